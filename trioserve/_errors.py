@@ -1,0 +1,43 @@
+"""Typed errors and the exit codes the command line maps them to."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_BOOT = 3
+EXIT_APP_LOAD = 4
+
+
+class TrioserveError(Exception):
+    """Base class of every error trioserve raises on purpose.
+
+    The message is one line that says what went wrong and what to do about it.
+    ``exit_code`` is what the command line exits with when it ends on this error.
+    """
+
+    exit_code: int = EXIT_FAILURE
+
+
+class ConfigError(TrioserveError):
+    """A setting has a bad value, or a configuration source cannot be read."""
+
+    exit_code = EXIT_USAGE
+
+
+class AppLoadError(TrioserveError):
+    """The application target could not be imported, found, built or recognised."""
+
+    exit_code = EXIT_APP_LOAD
+
+
+class BindError(TrioserveError):
+    """A listening socket could not be created."""
+
+    exit_code = EXIT_FAILURE
+
+
+class LifespanError(TrioserveError):
+    """The application's ASGI lifespan startup failed or timed out."""
+
+    exit_code = EXIT_BOOT
