@@ -1,0 +1,1 @@
+"""Runnable examples: ``trioserve examples.hello:app``, ``trioserve examples.echo:handler``."""

@@ -1,0 +1,1 @@
+"""A package of import targets, for dotted module names."""

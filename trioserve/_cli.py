@@ -1,0 +1,177 @@
+"""The ``trioserve`` command: an argparse parser generated from the settings registry."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import trio
+
+from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, render_config, settings
+from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
+from ._importer import load_app
+from ._logging import configure_logging
+from ._server import run
+from ._version import __version__
+
+LOGGER = logging.getLogger("trioserve.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like every other trioserve error; --help has the details.
+        raise ConfigError(f"{message} (see 'trioserve --help')")
+
+
+def _default_text(info: SettingInfo) -> str:
+    default = info.default
+    if isinstance(default, tuple):
+        default = " ".join(default)
+    if default is None or default == "":
+        return ""
+    return f" (default: {default})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser, one argument per setting of the registry."""
+    parser = _Parser(
+        prog="trioserve",
+        usage="trioserve [OPTIONS] APP",
+        description="Serve an ASGI app or a raw trio stream handler. "
+        "Every option can also be set as TRIOSERVE_<NAME> in the environment or in a "
+        "config file.",
+        argument_default=argparse.SUPPRESS,
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for info in settings():
+        setting = info.setting
+        group = groups.get(setting.section)
+        if group is None:
+            group = groups[setting.section] = parser.add_argument_group(setting.section)
+        help_text = setting.help + _default_text(info)
+        metavar = setting.metavar
+        if metavar is None and setting.kind.choices:
+            metavar = "{" + ",".join(setting.kind.choices) + "}"
+        if not setting.flags:
+            group.add_argument(info.name, nargs="?", metavar=setting.metavar, help=help_text)
+        elif setting.kind.expected == "true, false or auto":
+            group.add_argument(
+                *setting.flags,
+                dest=info.name,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        elif isinstance(info.default, tuple):
+            group.add_argument(
+                *setting.flags,
+                dest=info.name,
+                action="append",
+                metavar=setting.metavar,
+                help=help_text,
+            )
+        else:
+            group.add_argument(*setting.flags, dest=info.name, metavar=metavar, help=help_text)
+    actions = parser.add_argument_group("Actions")
+    actions.add_argument(
+        "--print-config",
+        action="store_true",
+        default=False,
+        help="Print every resolved setting and where its value came from, then exit.",
+    )
+    actions.add_argument(
+        "--check-config",
+        action="store_true",
+        default=False,
+        help="Load the configuration and the app, then exit 0, or 1 with the reason.",
+    )
+    actions.add_argument("--version", action="version", version=f"trioserve {__version__}")
+    return parser
+
+
+def cli_layer(namespace: argparse.Namespace) -> Layer:
+    """The settings given on the command line, as a layer of text values."""
+    infos = {info.name: info for info in settings()}
+    values: dict[str, Any] = {}
+    for name in infos:
+        if not hasattr(namespace, name):
+            continue
+        value = getattr(namespace, name)
+        if isinstance(value, list):
+            value = " ".join(value)
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        values[name] = value
+    return Layer("command line", values, text=True, where=lambda name: infos[name].flag)
+
+
+def _print_error(exc: BaseException, *, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"trioserve: error: {exc}", file=sys.stderr)
+
+
+def _check(loaded: LoadedConfig) -> int:
+    config = loaded.config
+    if config.app is None:
+        print(
+            "trioserve: error: no application given: pass APP as 'module:attribute'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    try:
+        app = trio.run(
+            lambda: load_app(
+                config.app,
+                factory=config.factory,
+                interface=config.interface,
+                app_dir=config.app_dir,
+            )
+        )
+    except TrioserveError as exc:
+        _print_error(exc, debug=config.log_level == "debug")
+        return EXIT_FAILURE
+    print(f"trioserve: configuration OK; {app.target} is a {app.interface} app")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Exit codes: 0 success, 1 other failure, 2 usage or configuration error, 3 the app
+    failed while booting (lifespan startup), 4 the app could not be loaded.
+    """
+    debug = False
+    try:
+        namespace = build_parser().parse_args(argv)
+        loaded = load_config(cli=cli_layer(namespace))
+    except ConfigError as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    config = loaded.config
+    debug = config.log_level == "debug"
+    if namespace.print_config:
+        sys.stdout.write(render_config(loaded))
+        return EXIT_OK
+    configure_logging(config.log_level)
+    if namespace.check_config:
+        return _check(loaded)
+    try:
+        run(config)
+    except TrioserveError as exc:
+        _print_error(exc, debug=debug)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:
+        _print_error(exc, debug=True)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def config_from_argv(argv: Sequence[str]) -> Config:
+    """Resolve a Config as the command line would, for tests and tools."""
+    return load_config(cli=cli_layer(build_parser().parse_args(argv))).config

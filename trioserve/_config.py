@@ -1,0 +1,677 @@
+"""The settings registry: every setting declared once, as an attrs field.
+
+Each field of :class:`Config` carries a :class:`Setting` in its metadata (under
+the :data:`SETTING` key). From that one declaration come the command-line
+parser (``_cli``), the ``TRIOSERVE_<NAME>`` environment variables, the config
+file keys, ``--print-config`` and the settings reference in docs/.
+
+Sources, lowest first: defaults, parameters passed in code, the config file
+(``-c FILE``, or ``[tool.trioserve]`` in ./pyproject.toml), the environment,
+the command line. :func:`load_config` resolves them and remembers where each
+value came from.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+import runpy
+import tomllib
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from ._bind import parse_bind
+from ._errors import ConfigError
+
+SETTING = "trioserve.setting"
+"""The attrs metadata key under which each Config field keeps its :class:`Setting`."""
+
+ENV_PREFIX = "TRIOSERVE_"
+
+
+class _BadValue(ValueError):
+    """Raised by a kind's parser: ``got`` is the offending piece, ``detail`` why."""
+
+    def __init__(self, got: object, detail: str = "") -> None:
+        super().__init__(detail)
+        self.got = got
+        self.detail = detail
+
+
+@attrs.frozen
+class Kind:
+    """How a setting's value is read from text (CLI, environment) and from Python values.
+
+    Attributes:
+        expected: The accepted form, worded to follow "expected", e.g. "an integer >= 0".
+        from_text: Parses a string from the command line or the environment.
+        from_value: Checks and normalises a value from code or a config file; strings are
+            passed through ``from_text``.
+    """
+
+    expected: str
+    from_text: Callable[[str], Any]
+    from_value: Callable[[Any], Any]
+    choices: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Setting:
+    """What the registry knows about one setting besides its name, type and default.
+
+    Attributes:
+        kind: How values are parsed and checked.
+        section: The heading it is listed under in ``--help`` and the docs.
+        help: One or two sentences for ``--help`` and docs/settings.md.
+        flags: Command-line flags; empty for a positional argument (the app).
+        scope: "server" for settings global to the whole server, "app" for those that
+            each application of a MultiApp may set on its own.
+        metavar: Placeholder shown in ``--help``.
+        env: Whether ``TRIOSERVE_<NAME>`` is read.
+        in_file: Whether a config file may set it (``config`` itself may not).
+    """
+
+    kind: Kind
+    section: str
+    help: str
+    flags: tuple[str, ...] = ()
+    scope: Literal["server", "app"] = "app"
+    metavar: str | None = None
+    env: bool = True
+    in_file: bool = True
+
+
+# -- kinds ---------------------------------------------------------------------------------
+
+
+def _int_kind(minimum: int) -> Kind:
+    def from_text(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise _BadValue(text) from None
+        return from_value(value)
+
+    def from_value(value: Any) -> int:
+        if isinstance(value, str):
+            return from_text(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _BadValue(value)
+        return value
+
+    return Kind(f"an integer >= {minimum}", from_text, from_value)
+
+
+def _seconds_kind() -> Kind:
+    def from_text(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise _BadValue(text) from None
+        return from_value(value)
+
+    def from_value(value: Any) -> float:
+        if isinstance(value, str):
+            return from_text(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _BadValue(value)
+        if not value >= 0 or value == float("inf"):  # also rejects NaN
+            raise _BadValue(value)
+        return float(value)
+
+    return Kind("a number of seconds >= 0", from_text, from_value)
+
+
+def _str_kind(*, optional: bool = False) -> Kind:
+    def from_value(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise _BadValue(value)
+        return value
+
+    return Kind("a path" if optional else "a string", from_value, from_value)
+
+
+def _choice_kind(*choices: str) -> Kind:
+    def from_value(value: Any) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise _BadValue(value)
+        return value.strip().lower()
+
+    words = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+    return Kind(f"one of {words}", from_value, from_value, choices)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _optional_bool_kind() -> Kind:
+    def from_text(text: str) -> bool | None:
+        word = text.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        if word in {"", "auto", "none"}:
+            return None
+        raise _BadValue(text)
+
+    def from_value(value: Any) -> bool | None:
+        if isinstance(value, str):
+            return from_text(value)
+        if value is None or isinstance(value, bool):
+            return value
+        raise _BadValue(value)
+
+    return Kind("true, false or auto", from_text, from_value)
+
+
+def _bind_list_kind() -> Kind:
+    def check(item: str) -> str:
+        try:
+            parse_bind(item)
+        except ValueError as exc:
+            _, _, detail = str(exc).partition("; ")
+            raise _BadValue(item, detail) from None
+        return item
+
+    def from_text(text: str) -> tuple[str, ...]:
+        items = text.replace(",", " ").split()
+        if not items:
+            raise _BadValue(text)
+        return tuple(check(item) for item in items)
+
+    def from_value(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return from_text(value)
+        if not isinstance(value, list | tuple) or not value:
+            raise _BadValue(value)
+        for item in value:
+            if not isinstance(item, str):
+                raise _BadValue(item)
+        return tuple(check(item) for item in value)
+
+    return Kind("HOST:PORT, [IPV6]:PORT, unix:PATH[(MODE)] or fd://N", from_text, from_value)
+
+
+def _app_kind() -> Kind:
+    def from_value(value: Any) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                raise _BadValue(value)
+            return value.strip()
+        if value is None or not callable(value):
+            raise _BadValue(value)
+        return value
+
+    return Kind("'module:attribute' or an app object", from_value, from_value)
+
+
+# -- the registry --------------------------------------------------------------------------
+
+
+def _setting(default: Any, setting: Setting) -> Any:
+    return attrs.field(default=default, metadata={SETTING: setting})
+
+
+def _make_converter(name: str, kind: Kind) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        return _checked(kind, value, name, text=False)
+
+    return convert
+
+
+def _add_converters(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+    # Direct construction (Config(workers=-1)) is validated by the same kinds as every
+    # other source, with the setting's name in the message.
+    return [
+        f.evolve(converter=_make_converter(f.name, f.metadata[SETTING].kind))
+        if SETTING in f.metadata
+        else f
+        for f in fields
+    ]
+
+
+_APP = "Application"
+_SERVER = "Server socket"
+_WORKER = "Worker processes"
+_TIMEOUTS = "Timeouts"
+_LOG = "Logging"
+_CONFIG = "Config file"
+
+
+@attrs.frozen(kw_only=True, field_transformer=_add_converters)
+class Config:
+    """Every trioserve setting, resolved and validated. Frozen: change it with ``attrs.evolve``.
+
+    Construct it in code with keyword arguments (``Config(app=app, bind=["127.0.0.1:0"])``)
+    or resolve it from every source with :meth:`Config.load`. A bad value raises
+    :class:`trioserve.ConfigError` naming the setting and the accepted form.
+    """
+
+    # Application
+    app: object = _setting(
+        None,
+        Setting(
+            _app_kind(),
+            _APP,
+            "The application: 'module:attribute', 'module:factory()' or "
+            "'module:factory(arg=1)'. An ASGI 3 or 2 app, or a raw stream handler "
+            "'async def handler(stream)'. Given as the APP argument on the command line.",
+            metavar="APP",
+        ),
+    )
+    factory: bool | None = _setting(
+        None,
+        Setting(
+            _optional_bool_kind(),
+            _APP,
+            "Call the target as a factory that returns the app. By default a callable that "
+            "is not an app and takes no required arguments is called; --no-factory forbids it.",
+            flags=("--factory",),
+        ),
+    )
+    interface: str = _setting(
+        "auto",
+        Setting(
+            _choice_kind("auto", "asgi3", "asgi2", "stream"),
+            _APP,
+            "What kind of app the target is; 'auto' detects ASGI 3, ASGI 2 and raw stream "
+            "handlers from the callable's signature.",
+            flags=("--interface",),
+        ),
+    )
+    app_dir: str = _setting(
+        ".",
+        Setting(
+            _str_kind(),
+            _APP,
+            "Directory put first on sys.path before the app is imported.",
+            flags=("--app-dir",),
+            metavar="DIR",
+        ),
+    )
+    root_path: str = _setting(
+        "",
+        Setting(
+            _str_kind(),
+            _APP,
+            "The ASGI root_path: the URL prefix the app is mounted under behind a proxy.",
+            flags=("--root-path",),
+            metavar="PATH",
+        ),
+    )
+    lifespan: str = _setting(
+        "auto",
+        Setting(
+            _choice_kind("auto", "on", "off"),
+            _APP,
+            "ASGI lifespan events: 'auto' runs them if the app supports them, 'on' fails "
+            "startup when the app does not, 'off' never sends them.",
+            flags=("--lifespan",),
+        ),
+    )
+
+    # Server socket
+    bind: Sequence[str] = _setting(
+        ("127.0.0.1:8000",),
+        Setting(
+            _bind_list_kind(),
+            _SERVER,
+            "Address to listen on: HOST:PORT, HOST (port 8000), :PORT (all interfaces), "
+            "[IPV6]:PORT, unix:PATH, unix:PATH(0660) for a socket file mode, or fd://N for "
+            "an inherited socket. Repeat to listen on several.",
+            flags=("-b", "--bind"),
+            metavar="ADDRESS",
+        ),
+    )
+    backlog: int = _setting(
+        2048,
+        Setting(
+            _int_kind(1),
+            _SERVER,
+            "Maximum number of pending connections queued by the kernel on each socket.",
+            flags=("--backlog",),
+            metavar="INT",
+        ),
+    )
+
+    # Worker processes
+    workers: int = _setting(
+        0,
+        Setting(
+            _int_kind(0),
+            _WORKER,
+            "Number of worker processes; 0 serves in this process. (The multi-process "
+            "master is not in this release: only 0 is served for now.)",
+            flags=("-w", "--workers"),
+            metavar="INT",
+        ),
+    )
+
+    # Timeouts
+    keep_alive: float = _setting(
+        5.0,
+        Setting(
+            _seconds_kind(),
+            _TIMEOUTS,
+            "Seconds an idle keep-alive connection is kept open waiting for the next request.",
+            flags=("--keep-alive",),
+            metavar="SECONDS",
+        ),
+    )
+    graceful_timeout: float = _setting(
+        30.0,
+        Setting(
+            _seconds_kind(),
+            _TIMEOUTS,
+            "On a graceful stop, seconds in-flight requests get to finish before they are "
+            "cancelled.",
+            flags=("--graceful-timeout",),
+            metavar="SECONDS",
+        ),
+    )
+    lifespan_startup_timeout: float = _setting(
+        60.0,
+        Setting(
+            _seconds_kind(),
+            _TIMEOUTS,
+            "Seconds the app's lifespan startup may take before the server gives up.",
+            flags=("--lifespan-startup-timeout",),
+            metavar="SECONDS",
+        ),
+    )
+    lifespan_shutdown_timeout: float = _setting(
+        30.0,
+        Setting(
+            _seconds_kind(),
+            _TIMEOUTS,
+            "Seconds the app's lifespan shutdown may take before it is cancelled.",
+            flags=("--lifespan-shutdown-timeout",),
+            metavar="SECONDS",
+        ),
+    )
+
+    # Logging
+    log_level: str = _setting(
+        "info",
+        Setting(
+            _choice_kind("debug", "info", "warning", "error", "critical"),
+            _LOG,
+            "Level of trioserve's own log; 'debug' also prints tracebacks of startup errors.",
+            flags=("--log-level",),
+            scope="server",
+            metavar="LEVEL",
+        ),
+    )
+
+    # Config file
+    config: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _CONFIG,
+            "A config file: Python (module-level names are settings, as in gunicorn) or "
+            "TOML. Without it, a [tool.trioserve] table in ./pyproject.toml is read.",
+            flags=("-c", "--config"),
+            scope="server",
+            metavar="FILE",
+            in_file=False,
+        ),
+    )
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        params: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        cli: Mapping[str, Any] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> Config:
+        """Resolve a Config from every source, lowest first: defaults, ``params`` (code),
+        the config file, the environment (``os.environ`` unless given), ``cli``.
+
+        Raises:
+            ConfigError: a value is invalid, a key is unknown, or a file cannot be read.
+        """
+        return load_config(params=params, environ=environ, cli=cli, cwd=cwd).config
+
+
+# -- introspection -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SettingInfo:
+    """A Config field together with its :class:`Setting`, as the registry lists it."""
+
+    name: str
+    default: Any
+    setting: Setting
+
+    @property
+    def env_var(self) -> str | None:
+        """``TRIOSERVE_<NAME>``, or None when the environment is not read for it."""
+        return ENV_PREFIX + self.name.upper() if self.setting.env else None
+
+    @property
+    def flag(self) -> str:
+        """The flag to name in messages: the long one, or the metavar for positionals."""
+        flags = self.setting.flags
+        if not flags:
+            return self.setting.metavar or self.name.upper()
+        return next((f for f in flags if f.startswith("--")), flags[0])
+
+
+def settings() -> tuple[SettingInfo, ...]:
+    """Every setting of :class:`Config`, in declaration order."""
+    return tuple(
+        SettingInfo(f.name, f.default, f.metadata[SETTING])
+        for f in attrs.fields(Config)
+        if SETTING in f.metadata
+    )
+
+
+def setting_names() -> tuple[str, ...]:
+    return tuple(info.name for info in settings())
+
+
+def _checked(kind: Kind, value: Any, where: str, *, text: bool) -> Any:
+    try:
+        return kind.from_text(value) if text else kind.from_value(value)
+    except _BadValue as exc:
+        detail = f"; {exc.detail}" if exc.detail else ""
+        raise ConfigError(f"{where}: expected {kind.expected}, got {exc.got!r}{detail}") from None
+
+
+def unknown_key_message(key: str, where: str) -> str:
+    """``where: unknown setting 'key'; did you mean 'x'?`` with the closest known names."""
+    names = setting_names()
+    close = difflib.get_close_matches(key.replace("-", "_").lower(), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see docs/settings.md for the list"
+    return f"{where}: unknown setting {key!r}{hint}"
+
+
+# -- sources -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Layer:
+    """Values from one source: ``values`` maps setting names to raw values.
+
+    ``text`` says whether raw values are strings to parse (environment, command line) or
+    Python values to check (code, files). ``where`` names each value's origin in messages;
+    ``label`` is how ``--print-config`` names the source.
+    """
+
+    label: str
+    values: Mapping[str, Any]
+    text: bool
+    where: Callable[[str], str]
+
+
+@attrs.frozen
+class LoadedConfig:
+    """A resolved Config and, for every setting, the label of the source that set it."""
+
+    config: Config
+    sources: Mapping[str, str]
+
+
+def env_layer(environ: Mapping[str, str]) -> Layer:
+    """The ``TRIOSERVE_<NAME>`` variables present in ``environ``."""
+    values = {}
+    for info in settings():
+        var = info.env_var
+        if var is not None and var in environ:
+            values[info.name] = environ[var]
+    return Layer("environment", values, text=True, where=lambda name: ENV_PREFIX + name.upper())
+
+
+def code_layer(params: Mapping[str, Any]) -> Layer:
+    """Parameters passed in code; unknown names are errors."""
+    known = set(setting_names())
+    for key in params:
+        if key not in known:
+            raise ConfigError(unknown_key_message(key, "parameters"))
+    return Layer("code", dict(params), text=False, where=lambda name: name)
+
+
+def _names_bound_by_imports(source: str) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                names.add(alias.asname or alias.name.split(".")[0])
+    return names
+
+
+def _file_layer(path: Path, raw: Mapping[str, Any], label: str) -> Layer:
+    known = {info.name: info for info in settings()}
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        info = known.get(name)
+        if info is None:
+            raise ConfigError(unknown_key_message(key, str(path)))
+        if not info.setting.in_file:
+            raise ConfigError(f"{path}: {key!r} cannot be set in a config file")
+        values[name] = value
+    return Layer(label, values, text=False, where=lambda name: f"{name} (in {path})")
+
+
+def file_layer(path: str | os.PathLike[str]) -> Layer:
+    """Settings from a config file: TOML when it ends in ``.toml``, otherwise Python.
+
+    In a Python file every module-level name is a setting, except names starting with an
+    underscore, modules, and names bound by import statements.
+    """
+    file = Path(path)
+    try:
+        source = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ConfigError(f"--config: cannot read {str(path)!r}: {reason}") from None
+    if file.suffix == ".toml":
+        try:
+            data = tomllib.loads(source)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        table = data.get("tool", {}).get("trioserve") if "tool" in data else data
+        return _file_layer(file, table or {}, f"config file {path}")
+    try:
+        imported = _names_bound_by_imports(source)
+        namespace = runpy.run_path(str(file), run_name="__trioserve_config__")
+    except SyntaxError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: invalid Python: {exc.msg}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"{path}: running the config file raised {type(exc).__name__}: {exc}"
+        ) from exc
+    raw = {
+        key: value
+        for key, value in namespace.items()
+        if not key.startswith("_")
+        and key not in imported
+        and not isinstance(value, types.ModuleType)
+    }
+    return _file_layer(file, raw, f"config file {path}")
+
+
+def pyproject_layer(cwd: Path) -> Layer | None:
+    """The ``[tool.trioserve]`` table of ``cwd/pyproject.toml``, if there is one."""
+    path = cwd / "pyproject.toml"
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read [tool.trioserve]: {exc}") from None
+    table = data.get("tool", {}).get("trioserve")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.trioserve] must be a table")
+    return _file_layer(path, table, "pyproject.toml [tool.trioserve]")
+
+
+def resolve(layers: Iterable[Layer]) -> LoadedConfig:
+    """Apply layers in order (later wins) over the defaults."""
+    kinds = {info.name: info.setting.kind for info in settings()}
+    values: dict[str, Any] = {}
+    sources = {name: "default" for name in kinds}
+    for layer in layers:
+        for name, raw in layer.values.items():
+            values[name] = _checked(kinds[name], raw, layer.where(name), text=layer.text)
+            sources[name] = layer.label
+    return LoadedConfig(Config(**values), sources)
+
+
+def load_config(
+    *,
+    params: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cli: Layer | Mapping[str, Any] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> LoadedConfig:
+    """Resolve every source, lowest first: defaults, code, config file, environment, CLI.
+
+    ``cli`` is a :class:`Layer` from the command-line parser, or a mapping of text values.
+    The config file is the ``config`` setting as given by the code, environment or command
+    line; without one, ``[tool.trioserve]`` in ``cwd/pyproject.toml`` is used if present.
+    """
+    code = code_layer(params or {})
+    env = env_layer(os.environ if environ is None else environ)
+    if cli is None:
+        cli = {}
+    if not isinstance(cli, Layer):
+        cli = Layer("command line", dict(cli), text=True, where=lambda name: name)
+    before_file = resolve([code, env, cli])
+    config_path = before_file.config.config
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    file = file_layer(base / config_path) if config_path is not None else pyproject_layer(base)
+    return resolve([code, *([file] if file else []), env, cli])
+
+
+def render_config(loaded: LoadedConfig) -> str:
+    """The ``--print-config`` text: every setting as a Python assignment with its source.
+
+    The output is itself a valid Python config file.
+    """
+    lines = ["# trioserve settings as resolved; the comment says where each value came from"]
+    rows = []
+    for info in settings():
+        value = getattr(loaded.config, info.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        rows.append((f"{info.name} = {value!r}", loaded.sources[info.name]))
+    width = max(len(left) for left, _ in rows)
+    lines += [f"{left.ljust(width)}  # {source}" for left, source in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,242 @@
+"""Serving in this process: ``serve()`` for trio programs, ``run()`` for the command line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
+from ._config import Config
+from ._errors import ConfigError, TrioserveError
+from ._importer import LoadedApp, load_app
+from ._lifespan import Lifespan
+from ._serve_http import serve_http_connection
+from ._serve_tcp import serve_stream_connection
+from ._state import ServerState
+from ._streams import stream_addresses
+from ._types import Address
+
+LOGGER = logging.getLogger("trioserve.server")
+
+# Beyond every phase's own deadline: a backstop so a stop can never hang.
+_STOP_MARGIN = 5.0
+
+
+@attrs.define(eq=False)
+class _Control:
+    """How ``run()`` (signals) and ``serve()`` (cancellation) stop a running server."""
+
+    state: ServerState | None = None
+    shield: trio.CancelScope | None = None
+
+    def graceful_stop(self) -> None:
+        if self.state is not None:
+            self.state.request_stop()
+        if self.shield is not None and self.state is not None:
+            cfg = self.state.config
+            budget = cfg.graceful_timeout + cfg.lifespan_shutdown_timeout + _STOP_MARGIN
+            self.shield.deadline = min(self.shield.deadline, trio.current_time() + budget)
+
+    def fast_stop(self) -> None:
+        if self.shield is not None:
+            self.shield.cancel()
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``config.app`` on ``config.bind`` inside the calling trio program.
+
+    Follows trio's start protocol: ``addresses = await nursery.start(serve, config)``
+    returns once every socket listens, with the real bound addresses ((host, port) for
+    TCP, the path for unix sockets). Cancelling the surrounding scope stops the server
+    gracefully: it stops accepting, gives in-flight requests ``graceful_timeout``
+    seconds, then runs lifespan shutdown.
+
+    Raises:
+        ConfigError: a setting cannot be served (for instance ``workers > 0``).
+        AppLoadError: the app could not be imported or recognised.
+        BindError: a socket could not be created.
+        LifespanError: lifespan startup failed or timed out.
+    """
+    await _serve(config, _Control(), task_status)
+
+
+def _single_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    leaves = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+async def _serve(
+    config: Config, control: _Control, task_status: trio.TaskStatus[list[Address]]
+) -> None:
+    try:
+        await _serve_inner(config, control, task_status)
+    except BaseExceptionGroup as group:
+        # Our own startup errors surface as themselves, not wrapped in a group.
+        error = _single_error(group)
+        if isinstance(error, TrioserveError):
+            raise error from None
+        raise
+
+
+async def _serve_inner(
+    config: Config, control: _Control, task_status: trio.TaskStatus[list[Address]]
+) -> None:
+    if config.workers > 0:
+        raise ConfigError(
+            f"--workers: {config.workers} worker processes asked for, but this release "
+            "serves in-process only; use --workers 0"
+        )
+    if config.app is None:
+        raise ConfigError(
+            "no application given: pass APP as 'module:attribute' or set 'app' in the config"
+        )
+    loaded = await load_app(
+        config.app, factory=config.factory, interface=config.interface, app_dir=config.app_dir
+    )
+    specs = [parse_bind(text) for text in config.bind]
+    listeners = await create_listeners(specs, backlog=config.backlog)
+    state = ServerState(config)
+    control.state = state
+    try:
+        async with trio.open_nursery() as outer:
+            # Cancellation of serve() is turned into a graceful stop: the server runs
+            # in a shielded scope, and this watcher asks it to stop when cancelled.
+            outer.start_soon(_stop_when_cancelled, control)
+            with trio.CancelScope(shield=True) as control.shield:
+                await _run(loaded, listeners, state, task_status)
+            outer.cancel_scope.cancel()
+    finally:
+        for listener in listeners:
+            cleanup_listener(listener)
+            await trio.aclose_forcefully(listener)
+
+
+async def _stop_when_cancelled(control: _Control) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        control.graceful_stop()
+
+
+async def _run(
+    loaded: LoadedApp,
+    listeners: list[trio.SocketListener],
+    state: ServerState,
+    task_status: trio.TaskStatus[list[Address]],
+) -> None:
+    config = state.config
+    handler = _connection_handler(loaded, state)
+    scheme = "tcp" if loaded.interface == "stream" else "http"
+    async with trio.open_nursery() as app_tasks:
+        lifespan = None
+        if loaded.asgi is not None and config.lifespan != "off":
+            state.lifespan_state = {}
+            lifespan = Lifespan(
+                loaded.asgi,
+                mode=config.lifespan,
+                state=state.lifespan_state,
+                startup_timeout=config.lifespan_startup_timeout,
+                shutdown_timeout=config.lifespan_shutdown_timeout,
+            )
+            await lifespan.startup(app_tasks)
+            if not lifespan.supported:
+                state.lifespan_state = None
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as acceptors:
+                await acceptors.start(
+                    functools.partial(
+                        trio.serve_listeners, handler, listeners, handler_nursery=connections
+                    )
+                )
+                for listener in listeners:
+                    LOGGER.info("listening on %s", listener_url(listener, scheme))
+                task_status.started([listener_address(listener) for listener in listeners])
+                await state.stop_requested.wait()
+                LOGGER.info(
+                    "stopping: no new connections; draining for up to %gs", config.graceful_timeout
+                )
+                acceptors.cancel_scope.cancel()
+            state.request_stop()
+            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        if connections.cancel_scope.cancelled_caught:
+            LOGGER.warning("graceful timeout reached: remaining connections were cancelled")
+        if lifespan is not None:
+            await lifespan.shutdown()
+        app_tasks.cancel_scope.cancel()
+
+
+def _connection_handler(
+    loaded: LoadedApp, state: ServerState
+) -> Callable[[trio.SocketStream], Any]:
+    if loaded.handler is not None:
+        stream_handler = loaded.handler
+
+        async def handle_stream(stream: trio.SocketStream) -> None:
+            await serve_stream_connection(stream, stream_handler)
+
+        return handle_stream
+    asgi = loaded.asgi
+    assert asgi is not None
+
+    async def handle_http(stream: trio.SocketStream) -> None:
+        client, server = stream_addresses(stream)
+        await serve_http_connection(stream, asgi, state, client=client, server=server)
+
+    return handle_http
+
+
+def run(config: Config) -> None:
+    """Serve ``config`` in this process until SIGINT or SIGTERM; blocks.
+
+    The first signal stops gracefully (see :func:`serve`), a second one stops at once.
+
+    Raises:
+        TrioserveError: startup failed (bad setting, app not loadable, bind failure,
+            lifespan startup failure).
+    """
+    try:
+        trio.run(_run_until_signal, config)
+    except BaseExceptionGroup as group:
+        error = _single_error(group)
+        if isinstance(error, TrioserveError):
+            raise error from None
+        raise
+
+
+async def _run_until_signal(config: Config) -> None:
+    control = _Control()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop() -> None:
+                await _serve(config, control, trio.TASK_STATUS_IGNORED)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(serve_then_stop)
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if control.state is None or not control.state.stopping:
+                    LOGGER.info(
+                        "%s received: stopping gracefully (send it again to stop now)", name
+                    )
+                    if control.state is None:
+                        nursery.cancel_scope.cancel()  # still starting: nothing to drain
+                    control.graceful_stop()
+                else:
+                    LOGGER.info("%s received again: stopping now", name)
+                    control.fast_stop()
