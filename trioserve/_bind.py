@@ -183,6 +183,9 @@ def _parse_tcp(text: str) -> BindSpec:
         if ":" not in host:
             raise _bad(text, f"{host!r} is not an IPv6 address")
         port = _parse_port(text, after[1:]) if after else DEFAULT_PORT
+    elif "://" in text:
+        scheme = text.partition("://")[0]
+        raise _bad(text, f"drop the {scheme + '://'!r} (only fd:// takes a scheme)")
     elif text.count(":") > 1:
         raise _bad(text, "put IPv6 addresses in brackets, e.g. [::1]:8000")
     elif ":" in text:

@@ -178,7 +178,7 @@ def _bind_list_kind() -> Kind:
         try:
             parse_bind(item)
         except ValueError as exc:
-            _, _, detail = str(exc).partition("; ")
+            _, _, detail = str(exc).partition(f"got {item!r}; ")
             raise _BadValue(item, detail) from None
         return item
 
@@ -207,7 +207,9 @@ def _app_kind() -> Kind:
             if not value.strip():
                 raise _BadValue(value)
             return value.strip()
-        if value is None or not callable(value):
+        if value is None:  # no app yet: serve() and the CLI report it when they need one
+            return None
+        if not callable(value):
             raise _BadValue(value)
         return value
 
@@ -660,10 +662,18 @@ def load_config(
     return resolve([code, *([file] if file else []), env, cli])
 
 
+def _is_literal(value: object) -> bool:
+    try:
+        return bool(ast.literal_eval(repr(value)) == value)
+    except (ValueError, SyntaxError):
+        return False
+
+
 def render_config(loaded: LoadedConfig) -> str:
     """The ``--print-config`` text: every setting as a Python assignment with its source.
 
-    The output is itself a valid Python config file.
+    The output is itself a valid Python config file: settings a file may not set
+    (``config``) and values with no literal form (an app object) are commented out.
     """
     lines = ["# trioserve settings as resolved; the comment says where each value came from"]
     rows = []
@@ -671,7 +681,10 @@ def render_config(loaded: LoadedConfig) -> str:
         value = getattr(loaded.config, info.name)
         if isinstance(value, tuple):
             value = list(value)
-        rows.append((f"{info.name} = {value!r}", loaded.sources[info.name]))
+        left = f"{info.name} = {value!r}"
+        if not info.setting.in_file or not _is_literal(value):
+            left = "# " + left
+        rows.append((left, loaded.sources[info.name]))
     width = max(len(left) for left, _ in rows)
     lines += [f"{left.ljust(width)}  # {source}" for left, source in rows]
     return "\n".join(lines) + "\n"

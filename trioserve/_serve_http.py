@@ -24,6 +24,8 @@ RECEIVE_SIZE = 64 * 1024
 # Pipelined bytes buffered while the app runs; past this we stop reading until it is done.
 MAX_PIPELINE_BUFFER = 64 * 1024
 MAX_HEAD_SIZE = 64 * 1024
+# Unread request body we are willing to read and drop to keep a connection alive.
+MAX_DISCARD = 256 * 1024
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -55,8 +57,10 @@ async def serve_http_connection(
                 root_path=state.config.root_path,
                 state=state.lifespan_state,
             )
-            cycle = _Cycle(stream, conn, request, close=state.stopping)
+            cycle = _Cycle(stream, conn, request, state)
             await cycle.run(app, scope)
+            if not cycle.broken and conn.their_state is h11.SEND_BODY:
+                await _discard_body(stream, conn, state)
             if (
                 cycle.broken
                 or state.stopping
@@ -105,6 +109,29 @@ async def _next_request(
         conn.receive_data(bytes(data))
 
 
+async def _discard_body(stream: trio.abc.Stream, conn: h11.Connection, state: ServerState) -> None:
+    """Read and drop what the app left unread of the request body, so the connection
+    can be reused; past MAX_DISCARD bytes it is cheaper to close."""
+    discarded = 0
+    while discarded <= MAX_DISCARD:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return
+        if isinstance(event, h11.Data):
+            discarded += len(event.data)
+        elif event is h11.NEED_DATA:
+            with trio.move_on_after(state.config.keep_alive):
+                try:
+                    conn.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
+                    continue
+                except _BROKEN:
+                    return
+            return
+        else:
+            return
+
+
 async def _reject(
     stream: trio.abc.Stream, conn: h11.Connection, exc: h11.RemoteProtocolError
 ) -> None:
@@ -126,11 +153,16 @@ class _Cycle:
     """One request/response exchange: the ``receive`` and ``send`` given to the app."""
 
     def __init__(
-        self, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, *, close: bool
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        request: h11.Request,
+        state: ServerState,
     ) -> None:
         self.stream = stream
         self.conn = conn
-        self.response = Response(head=request.method == b"HEAD", close=close)
+        self.state = state
+        self.response = Response(head=request.method == b"HEAD")
         self.body_done = False
         self.disconnected = False
         # True when the connection must not be reused (a broken response).
@@ -234,6 +266,8 @@ class _Cycle:
         return _DISCONNECT
 
     async def send(self, message: Message) -> None:
+        # A stop that began while the app worked still marks this response as the last.
+        self.response.close = self.state.stopping
         try:
             events = self.response.on_send(message)
         except ASGIProtocolError as exc:

@@ -1,0 +1,103 @@
+"""Small HTTP client and apps shared by the memory-stream and integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import h11
+import trio
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+class H11Client:
+    """An HTTP/1.1 client over any trio stream, one request at a time, built on h11."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def request(
+        self,
+        method: bytes = b"GET",
+        target: bytes = b"/",
+        headers: Headers = (),
+        body: bytes = b"",
+    ) -> tuple[h11.Response, bytes]:
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        all_headers = [(b"host", b"test"), *headers]
+        if body and not any(name.lower() == b"content-length" for name, _ in all_headers):
+            all_headers.append((b"content-length", str(len(body)).encode()))
+        data = self.conn.send(h11.Request(method=method, target=target, headers=all_headers))
+        if body:
+            data += self.conn.send(h11.Data(data=body))
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+        return await self.read_response()
+
+    async def read_response(self) -> tuple[h11.Response, bytes]:
+        response = None
+        body = bytearray()
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(65536))
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert response is not None
+                return response, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise AssertionError("connection closed before the response ended")
+
+
+async def read_until_eof(stream: trio.abc.Stream) -> bytes:
+    """Everything the peer sends until it closes."""
+    data = bytearray()
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return bytes(data)
+
+
+def header(response: h11.Response, name: bytes) -> bytes | None:
+    for key, value in response.headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers every request with 200 "Hello, world!"."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"Hello, world!"})
+
+
+async def echo_body_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echoes the request body, noting in a header how many chunks it came in."""
+    chunks = []
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request"
+        chunks.append(message["body"])
+        if not message["more_body"]:
+            break
+    body = b"".join(chunks)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"x-chunks", str(len(chunks)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
