@@ -43,7 +43,7 @@ class H11Client:
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
+                self.conn.receive_data(bytes(await self.stream.receive_some(65536)))
                 continue
             if isinstance(event, h11.Response):
                 response = event

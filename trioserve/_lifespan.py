@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import trio
@@ -73,6 +74,14 @@ class Lifespan:
         return await self._to_app_receive.receive()
 
     async def _send(self, message: Message) -> None:
+        phase = "shutdown" if self._started_ok else "startup"
+        kind = message.get("type") if isinstance(message, MutableMapping) else None
+        if kind not in {f"lifespan.{phase}.complete", f"lifespan.{phase}.failed"}:
+            # Raised into the app: in auto mode an app that answers lifespan with,
+            # say, an HTTP response is taken not to support lifespan.
+            raise RuntimeError(
+                f"expected 'lifespan.{phase}.complete' or 'lifespan.{phase}.failed', got {kind!r}"
+            )
         self._answer = message
         self._answered.set()
 
@@ -104,12 +113,9 @@ class Lifespan:
             if kind == "lifespan.startup.complete":
                 self._started_ok = True
                 return
-            if kind == "lifespan.startup.failed":
-                reason = answer.get("message", "") or "no reason given"
-                raise LifespanError(f"lifespan startup failed: {reason}")
-            raise LifespanError(
-                f"lifespan startup: the app sent {kind!r}, expected 'lifespan.startup.complete'"
-            )
+            # _send() lets through only complete and failed.
+            reason = answer.get("message", "") or "no reason given"
+            raise LifespanError(f"lifespan startup failed: {reason}")
         raise LifespanError(
             f"lifespan startup did not complete within {timeout:g} seconds "
             "(--lifespan-startup-timeout)"

@@ -57,7 +57,7 @@ async def test_connection_without_any_request_is_closed_after_keep_alive(nursery
 
 
 async def test_request_body_is_streamed_to_receive(nursery):
-    """A Content-Length body reaches the app in chunks as it arrives, ending with more_body=False."""
+    """A Content-Length body reaches the app in chunks as it arrives, then more_body=False."""
     client = await start_connection(nursery, echo_body_app)
     h11_client = client.conn
     head = h11_client.send(
@@ -130,7 +130,7 @@ async def test_pipelined_requests_are_answered_in_order(nursery):
 
 
 async def test_malformed_request_gets_400_and_close_without_error_log(nursery, caplog):
-    """Garbage instead of a request line is answered 400, the connection closed, nothing logged at error."""
+    """Garbage instead of a request is answered 400 and closed, with nothing at error level."""
     client, server = trio.testing.memory_stream_pair()
     nursery.start_soon(serve_http_connection, server, hello_app, make_state())
     await client.send_all(b"NOT HTTP AT ALL\r\n\r\n")
@@ -141,13 +141,13 @@ async def test_malformed_request_gets_400_and_close_without_error_log(nursery, c
 
 
 async def test_app_exception_before_response_is_500(nursery, caplog):
-    """An app raising before http.response.start gets a 500 with Connection: close, logged at error."""
+    """An app raising before http.response.start gets a 500 with Connection: close."""
 
     async def app(scope, receive, send):
         raise ValueError("boom")
 
     client = await start_connection(nursery, app)
-    response, body = await client.request()
+    response, _ = await client.request()
     assert response.status_code == 500
     assert header(response, b"connection") == b"close"
     assert await client.stream.receive_some() == b""
@@ -158,7 +158,7 @@ async def test_app_exception_before_response_is_500(nursery, caplog):
 
 
 async def test_app_exception_after_response_start_closes_connection(nursery):
-    """An app raising mid-response leaves the client with a cut-off response and a closed connection."""
+    """An app raising mid-response leaves the client a cut-off response and a closed connection."""
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
