@@ -586,8 +586,14 @@ def file_layer(path: str | os.PathLike[str]) -> Layer:
             data = tomllib.loads(source)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        table = data.get("tool", {}).get("trioserve") if "tool" in data else data
-        return _file_layer(file, table or {}, f"config file {path}")
+        table: Any = data
+        if "tool" in data:
+            # A pyproject-style file: only [tool.trioserve] is ours.
+            tool = data["tool"]
+            table = tool.get("trioserve", {}) if isinstance(tool, dict) else None
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [tool.trioserve] must be a table")
+        return _file_layer(file, table, f"config file {path}")
     try:
         imported = _names_bound_by_imports(source)
         namespace = runpy.run_path(str(file), run_name="__trioserve_config__")
