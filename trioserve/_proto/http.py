@@ -34,8 +34,11 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     """
     if not target.startswith(b"/") and b"://" in target[:16]:
         _, _, rest = target.partition(b"://")
-        slash = rest.find(b"/")
-        target = rest[slash:] if slash >= 0 else b"/"
+        # The authority ends at the first '/' or '?'; an empty path means '/'.
+        ends = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
+        target = rest[min(ends) :] if ends else b""
+        if not target.startswith(b"/"):
+            target = b"/" + target
     raw_path, _, query = target.partition(b"?")
     return raw_path, query
 
