@@ -638,7 +638,8 @@ def resolve(layers: Iterable[Layer]) -> LoadedConfig:
     for layer in layers:
         for name, raw in layer.values.items():
             values[name] = _checked(kinds[name], raw, layer.where(name), text=layer.text)
-            sources[name] = layer.label
+            # Text sources name the exact variable or flag: "environment TRIOSERVE_BIND".
+            sources[name] = f"{layer.label} {layer.where(name)}" if layer.text else layer.label
     return LoadedConfig(Config(**values), sources)
 
 
@@ -660,7 +661,8 @@ def load_config(
     if cli is None:
         cli = {}
     if not isinstance(cli, Layer):
-        cli = Layer("command line", dict(cli), text=True, where=lambda name: name)
+        flags = {info.name: info.flag for info in settings()}
+        cli = Layer("command line", dict(cli), text=True, where=lambda name: flags[name])
     before_file = resolve([code, env, cli])
     config_path = before_file.config.config
     base = Path(cwd) if cwd is not None else Path.cwd()

@@ -187,11 +187,15 @@ def _describe_object(obj: object) -> str:
 
 
 def _public_callables(namespace: object) -> str:
-    names = sorted(
-        name
+    candidates = {
+        name: value
         for name, value in vars(namespace).items()
         if not name.startswith("_") and callable(value)
-    )
+    }
+    # Name first what the module defines itself (an app), not what it imported (typing.Any).
+    own_name = getattr(namespace, "__name__", None)
+    own = [n for n, v in candidates.items() if getattr(v, "__module__", own_name) == own_name]
+    names = sorted(own) or sorted(candidates)
     if not names:
         return "it has no public callables"
     listed = ", ".join(names[:_MAX_LISTED])

@@ -249,8 +249,8 @@ async def test_print_config_shows_values_and_their_sources() -> None:
         match = re.fullmatch(r"(\w+) = (.*?) +# (.*)", line)
         if match:
             rows[match[1]] = (match[2], match[3])
-    assert rows["keep_alive"] == ("7.0", "environment")
-    assert rows["workers"] == ("0", "command line")
+    assert rows["keep_alive"] == ("7.0", "environment TRIOSERVE_KEEP_ALIVE")
+    assert rows["workers"] == ("0", "command line --workers")
     assert rows["graceful_timeout"] == ("30.0", "default")
 
 

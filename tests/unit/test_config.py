@@ -295,7 +295,7 @@ def test_environment(tmp_path: Path) -> None:
     assert config.workers == 3
     assert config.bind == ("127.0.0.1:1", ":2", "[::1]:3")
     assert config.factory is False
-    assert loaded.sources["bind"] == "environment"
+    assert loaded.sources["bind"] == "environment TRIOSERVE_BIND"
 
 
 def test_command_line_via_config_from_argv() -> None:
@@ -314,8 +314,8 @@ def test_command_line_via_cli_layer(tmp_path: Path) -> None:
     namespace = build_parser().parse_args(["--keep-alive", "7", "--factory", "m:a"])
     loaded = load(tmp_path, cli=cli_layer(namespace))
     assert (loaded.config.keep_alive, loaded.config.factory) == (7.0, True)
-    assert loaded.sources["keep_alive"] == "command line"
-    assert loaded.sources["app"] == "command line"
+    assert loaded.sources["keep_alive"] == "command line --keep-alive"
+    assert loaded.sources["app"] == "command line APP"
     assert loaded.sources["workers"] == "default"
 
 
@@ -333,8 +333,8 @@ def test_precedence_defaults_code_file_environment_command_line(tmp_path: Path) 
         loaded = load_config(cwd=tmp_path, **kwargs)
         assert (loaded.config.workers, loaded.sources["workers"]) == (expected, source)
 
-    check(4, "command line", params=params, environ=environ, cli=cli)
-    check(3, "environment", params=params, environ=environ)
+    check(4, "command line --workers", params=params, environ=environ, cli=cli)
+    check(3, "environment TRIOSERVE_WORKERS", params=params, environ=environ)
     check(2, f"config file {conf}", params=params, environ={})
     check(1, "code", params={"workers": 1}, environ={})
     check(0, "default", environ={})
@@ -345,7 +345,7 @@ def test_config_file_from_environment_selects_the_file(tmp_path: Path) -> None:
     conf = write(tmp_path / "conf.py", "workers = 2\n")
     loaded = load(tmp_path, environ={"TRIOSERVE_CONFIG": str(conf)})
     assert loaded.config.workers == 2
-    assert loaded.sources["config"] == "environment"
+    assert loaded.sources["config"] == "environment TRIOSERVE_CONFIG"
 
 
 def test_config_file_from_code_selects_the_file(tmp_path: Path) -> None:
@@ -506,7 +506,7 @@ def test_render_config_lists_every_setting_with_its_source(tmp_path: Path) -> No
     for info, line in zip(settings(), lines, strict=True):
         assert re.search(rf"\b{info.name} = .*  # {re.escape(loaded.sources[info.name])}$", line)
     assert re.search(r"^workers = 2\s+# code$", text, re.MULTILINE)
-    assert re.search(r"^backlog = 9\s+# environment$", text, re.MULTILINE)
+    assert re.search(r"^backlog = 9\s+# environment TRIOSERVE_BACKLOG$", text, re.MULTILINE)
     assert re.search(r"^bind = \['127\.0\.0\.1:8000'\]\s+# default$", text, re.MULTILINE)
 
 
@@ -543,9 +543,9 @@ def test_main_print_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--print-config", "x:y", "-w", "2"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert re.search(r"^workers\s*=\s*2\s*#\s*command line$", out, re.MULTILINE)
+    assert re.search(r"^workers\s*=\s*2\s*#\s*command line --workers$", out, re.MULTILINE)
     assert re.search(r"^keep_alive\s*=\s*5\.0\s*#\s*default$", out, re.MULTILINE)
-    assert re.search(r"^app\s*=\s*'x:y'\s*#\s*command line$", out, re.MULTILINE)
+    assert re.search(r"^app\s*=\s*'x:y'\s*#\s*command line APP$", out, re.MULTILINE)
 
 
 def test_main_bad_value_prints_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -575,7 +575,7 @@ def test_main_reads_the_environment_and_pyproject(
     monkeypatch.setenv("TRIOSERVE_WORKERS", "3")
     assert main(["--print-config", "x:y"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^workers = 3\s+# environment$", out, re.MULTILINE)
+    assert re.search(r"^workers = 3\s+# environment TRIOSERVE_WORKERS$", out, re.MULTILINE)
     assert re.search(r"^backlog = 10\s+# pyproject\.toml \[tool\.trioserve\]$", out, re.MULTILINE)
 
 

@@ -627,3 +627,10 @@ async def test_forced_factory_on_non_callable() -> None:
         f"--factory: '{GOOD}:settings' is a dict, which is not callable;"
         " name a function or class that builds the app"
     )
+
+
+async def test_missing_attribute_hint_names_what_the_module_defines_not_imports():
+    """The 'it has:' hint lists the module's own callables, not names it imported."""
+    with pytest.raises(AppLoadError) as info:
+        await load_app("examples.hello:nope", app_dir=None)
+    assert str(info.value).endswith("; it has: app")
