@@ -52,20 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups.get(setting.section)
         if group is None:
             group = groups[setting.section] = parser.add_argument_group(setting.section)
-        help_text = setting.help + _default_text(info)
+        # argparse %-formats help; the access log format is full of %(x)s atoms.
+        help_text = (setting.help + _default_text(info)).replace("%", "%%")
         metavar = setting.metavar
         if metavar is None and setting.kind.choices:
             metavar = "{" + ",".join(setting.kind.choices) + "}"
         if not setting.flags:
             group.add_argument(info.name, nargs="?", metavar=setting.metavar, help=help_text)
-        elif setting.kind.expected == "true, false or auto":
+        elif setting.kind.cli == "flag":
             group.add_argument(
                 *setting.flags,
                 dest=info.name,
                 action=argparse.BooleanOptionalAction,
                 help=help_text,
             )
-        elif isinstance(info.default, tuple):
+        elif setting.kind.cli == "append":
             group.add_argument(
                 *setting.flags,
                 dest=info.name,
@@ -100,9 +101,7 @@ def cli_layer(namespace: argparse.Namespace) -> Layer:
         if not hasattr(namespace, name):
             continue
         value = getattr(namespace, name)
-        if isinstance(value, list):
-            value = " ".join(value)
-        elif isinstance(value, bool):
+        if isinstance(value, bool):
             value = str(value).lower()
         values[name] = value
     return Layer("command line", values, text=True, where=lambda name: infos[name].flag)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import ipaddress
 import os
 import runpy
 import tomllib
@@ -58,6 +59,7 @@ class Kind:
     from_text: Callable[[str], Any]
     from_value: Callable[[Any], Any]
     choices: tuple[str, ...] = ()
+    cli: Literal["value", "flag", "append"] = "value"
 
 
 @attrs.frozen
@@ -152,16 +154,21 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _bool_word(text: str) -> bool | None:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    return None
+
+
 def _optional_bool_kind() -> Kind:
     def from_text(text: str) -> bool | None:
-        word = text.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-        if word in {"", "auto", "none"}:
-            return None
-        raise _BadValue(text)
+        value = _bool_word(text)
+        if value is None and text.strip().lower() not in {"", "auto", "none"}:
+            raise _BadValue(text)
+        return value
 
     def from_value(value: Any) -> bool | None:
         if isinstance(value, str):
@@ -170,35 +177,112 @@ def _optional_bool_kind() -> Kind:
             return value
         raise _BadValue(value)
 
-    return Kind("true, false or auto", from_text, from_value)
+    return Kind("true, false or auto", from_text, from_value, cli="flag")
 
 
-def _bind_list_kind() -> Kind:
-    def check(item: str) -> str:
-        try:
-            parse_bind(item)
-        except ValueError as exc:
-            _, _, detail = str(exc).partition(f"got {item!r}; ")
-            raise _BadValue(item, detail) from None
-        return item
+def _bool_kind() -> Kind:
+    def from_text(text: str) -> bool:
+        value = _bool_word(text)
+        if value is None:
+            raise _BadValue(text)
+        return value
+
+    def from_value(value: Any) -> bool:
+        if isinstance(value, str):
+            return from_text(value)
+        if not isinstance(value, bool):
+            raise _BadValue(value)
+        return value
+
+    return Kind("true or false", from_text, from_value, cli="flag")
+
+
+def _list_kind(
+    expected: str,
+    check: Callable[[str], str],
+    split: Callable[[str], list[str]],
+    *,
+    allow_empty: bool,
+) -> Kind:
+    """A list of strings: one flag occurrence or list item each; text is ``split``."""
 
     def from_text(text: str) -> tuple[str, ...]:
-        items = text.replace(",", " ").split()
-        if not items:
+        items = split(text)
+        if not items and not allow_empty:
             raise _BadValue(text)
         return tuple(check(item) for item in items)
 
     def from_value(value: Any) -> tuple[str, ...]:
         if isinstance(value, str):
             return from_text(value)
-        if not isinstance(value, list | tuple) or not value:
+        if not isinstance(value, list | tuple) or (not value and not allow_empty):
             raise _BadValue(value)
         for item in value:
             if not isinstance(item, str):
                 raise _BadValue(item)
         return tuple(check(item) for item in value)
 
-    return Kind("HOST:PORT, [IPV6]:PORT, unix:PATH[(MODE)] or fd://N", from_text, from_value)
+    return Kind(expected, from_text, from_value, cli="append")
+
+
+def _split_words(text: str) -> list[str]:
+    return text.replace(",", " ").split()
+
+
+def _split_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _check_bind(item: str) -> str:
+    try:
+        parse_bind(item)
+    except ValueError as exc:
+        _, _, detail = str(exc).partition(f"got {item!r}; ")
+        raise _BadValue(item, detail) from None
+    return item
+
+
+def _bind_list_kind() -> Kind:
+    return _list_kind(
+        "HOST:PORT, [IPV6]:PORT, unix:PATH[(MODE)] or fd://N",
+        _check_bind,
+        _split_words,
+        allow_empty=False,
+    )
+
+
+def _check_header(item: str) -> str:
+    name, sep, value = item.partition(":")
+    name = name.strip()
+    if (
+        not sep
+        or not name
+        or any(c in name for c in " \t\r\n\0")
+        or any(c in value for c in "\r\n\0")
+    ):
+        raise _BadValue(item)
+    return f"{name}:{value.strip()}"
+
+
+def _header_list_kind() -> Kind:
+    # Header values may hold spaces and commas, so text holds one header per line.
+    return _list_kind("NAME:VALUE", _check_header, _split_lines, allow_empty=True)
+
+
+def _check_network(item: str) -> str:
+    if item == "*":
+        return item
+    try:
+        ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        raise _BadValue(item) from None
+    return item
+
+
+def _network_list_kind() -> Kind:
+    return _list_kind(
+        "IP addresses or networks (CIDR), or '*'", _check_network, _split_words, allow_empty=True
+    )
 
 
 def _app_kind() -> Kind:
@@ -246,6 +330,10 @@ _SERVER = "Server socket"
 _WORKER = "Worker processes"
 _TIMEOUTS = "Timeouts"
 _LOG = "Logging"
+_HTTP = "HTTP"
+_LIMITS = "Limits"
+_PROXY = "Proxies"
+_TLS = "TLS"
 _CONFIG = "Config file"
 
 
@@ -283,10 +371,10 @@ class Config:
     interface: str = _setting(
         "auto",
         Setting(
-            _choice_kind("auto", "asgi3", "asgi2", "stream"),
+            _choice_kind("auto", "asgi3", "asgi2", "wsgi", "stream"),
             _APP,
-            "What kind of app the target is; 'auto' detects ASGI 3, ASGI 2 and raw stream "
-            "handlers from the callable's signature.",
+            "What kind of app the target is; 'auto' detects ASGI 3, ASGI 2, WSGI and raw "
+            "stream handlers from the callable's signature.",
             flags=("--interface",),
         ),
     )
@@ -321,6 +409,29 @@ class Config:
         ),
     )
 
+    app_loop: str = _setting(
+        "trio",
+        Setting(
+            _choice_kind("trio", "asyncio"),
+            _APP,
+            "The event loop the app's code expects. 'asyncio' runs apps written for asyncio "
+            "(Django's ASGI handler, asyncio libraries) inside the trio worker through "
+            "trio-asyncio (pip install 'trioserve[asyncio]'); trio and anyio apps need 'trio'.",
+            flags=("--app-loop",),
+        ),
+    )
+    threads: int = _setting(
+        10,
+        Setting(
+            _int_kind(1),
+            _APP,
+            "Threads that run a WSGI app's requests (per worker process); requests beyond "
+            "them wait for a free thread.",
+            flags=("--threads",),
+            metavar="INT",
+        ),
+    )
+
     # Server socket
     bind: Sequence[str] = _setting(
         ("127.0.0.1:8000",),
@@ -342,6 +453,192 @@ class Config:
             "Maximum number of pending connections queued by the kernel on each socket.",
             flags=("--backlog",),
             metavar="INT",
+        ),
+    )
+
+    # HTTP
+    http: str = _setting(
+        "auto",
+        Setting(
+            _choice_kind("auto", "h11", "h11-compiled"),
+            _HTTP,
+            "The HTTP/1.1 parser: 'h11', or 'h11-compiled' (the mypyc build of h11, from "
+            "pip install 'trioserve[speed]'); 'auto' uses the compiled one when installed.",
+            flags=("--http",),
+        ),
+    )
+    server_header: bool = _setting(
+        True,
+        Setting(
+            _bool_kind(),
+            _HTTP,
+            "Send a 'Server: trioserve' header on responses that do not set one.",
+            flags=("--server-header",),
+        ),
+    )
+    header: Sequence[str] = _setting(
+        (),
+        Setting(
+            _header_list_kind(),
+            _HTTP,
+            "A default response header, as NAME:VALUE, added unless the app sets it. Repeat "
+            "for several; in the environment, one per line.",
+            flags=("--header",),
+            metavar="NAME:VALUE",
+        ),
+    )
+    limit_request_line: int = _setting(
+        4094,
+        Setting(
+            _int_kind(0),
+            _LIMITS,
+            "Maximum size in bytes of the request line; longer gets 414. 0 means no limit.",
+            flags=("--limit-request-line",),
+            metavar="BYTES",
+        ),
+    )
+    limit_request_fields: int = _setting(
+        100,
+        Setting(
+            _int_kind(0),
+            _LIMITS,
+            "Maximum number of header fields in a request; more gets 431. 0 means no limit.",
+            flags=("--limit-request-fields",),
+            metavar="INT",
+        ),
+    )
+    limit_request_field_size: int = _setting(
+        8190,
+        Setting(
+            _int_kind(0),
+            _LIMITS,
+            "Maximum size in bytes of one request header field; larger gets 431. 0 means no limit.",
+            flags=("--limit-request-field-size", "--limit-request-field_size"),
+            metavar="BYTES",
+        ),
+    )
+    limit_request_body: int = _setting(
+        0,
+        Setting(
+            _int_kind(0),
+            _LIMITS,
+            "Maximum size in bytes of a request body; larger gets 413. 0 means no limit.",
+            flags=("--limit-request-body",),
+            metavar="BYTES",
+        ),
+    )
+    limit_concurrency: int = _setting(
+        0,
+        Setting(
+            _int_kind(0),
+            _LIMITS,
+            "Maximum number of requests served at once per worker; past it new requests get "
+            "503 at once. 0 means no limit.",
+            flags=("--limit-concurrency",),
+            metavar="INT",
+        ),
+    )
+
+    # Proxies
+    proxy_headers: bool = _setting(
+        False,
+        Setting(
+            _bool_kind(),
+            _PROXY,
+            "Trust X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and Forwarded (RFC "
+            "7239) from peers in --forwarded-allow-ips to set the client address and scheme.",
+            flags=("--proxy-headers",),
+        ),
+    )
+    forwarded_allow_ips: Sequence[str] = _setting(
+        ("127.0.0.1", "::1"),
+        Setting(
+            _network_list_kind(),
+            _PROXY,
+            "Peers whose proxy headers and PROXY protocol headers are trusted: IP addresses "
+            "or networks, comma separated; '*' trusts every peer.",
+            flags=("--forwarded-allow-ips",),
+            metavar="IPS",
+        ),
+    )
+    proxy_protocol: str = _setting(
+        "off",
+        Setting(
+            _choice_kind("off", "v1", "v2", "auto"),
+            _PROXY,
+            "Expect a PROXY protocol header (from HAProxy, AWS NLB and other load balancers) "
+            "at the start of each connection from a trusted peer.",
+            flags=("--proxy-protocol",),
+        ),
+    )
+
+    # TLS
+    certfile: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _TLS,
+            "TLS certificate file (PEM); with --keyfile, the server speaks HTTPS.",
+            flags=("--certfile",),
+            metavar="FILE",
+        ),
+    )
+    keyfile: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _TLS,
+            "TLS private key file (PEM).",
+            flags=("--keyfile",),
+            metavar="FILE",
+        ),
+    )
+    keyfile_password: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _TLS,
+            "Password of an encrypted --keyfile.",
+            flags=("--keyfile-password",),
+            metavar="PASSWORD",
+        ),
+    )
+    ca_certs: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _TLS,
+            "CA certificates file (PEM) used to verify client certificates.",
+            flags=("--ca-certs",),
+            metavar="FILE",
+        ),
+    )
+    cert_reqs: str = _setting(
+        "none",
+        Setting(
+            _choice_kind("none", "optional", "required"),
+            _TLS,
+            "Whether clients must present a certificate (verified against --ca-certs).",
+            flags=("--cert-reqs",),
+        ),
+    )
+    ciphers: str = _setting(
+        "",
+        Setting(
+            _str_kind(),
+            _TLS,
+            "OpenSSL cipher list for TLS 1.2; empty keeps Python's defaults.",
+            flags=("--ciphers",),
+            metavar="CIPHERS",
+        ),
+    )
+    tls_min_version: str = _setting(
+        "1.2",
+        Setting(
+            _choice_kind("1.2", "1.3"),
+            _TLS,
+            "Oldest TLS version accepted.",
+            flags=("--tls-min-version",),
         ),
     )
 
@@ -380,6 +677,48 @@ class Config:
             metavar="SECONDS",
         ),
     )
+    header_timeout: float = _setting(
+        10.0,
+        Setting(
+            _seconds_kind(),
+            _TIMEOUTS,
+            "Seconds a request head may take to arrive once it has begun; slower clients "
+            "get 408 and are disconnected.",
+            flags=("--header-timeout",),
+            metavar="SECONDS",
+        ),
+    )
+    read_timeout: float = _setting(
+        60.0,
+        Setting(
+            _seconds_kind(),
+            _TIMEOUTS,
+            "Seconds a request body may stall (no bytes arriving) before the connection is cut.",
+            flags=("--read-timeout",),
+            metavar="SECONDS",
+        ),
+    )
+    write_timeout: float = _setting(
+        60.0,
+        Setting(
+            _seconds_kind(),
+            _TIMEOUTS,
+            "Seconds one write to a client may block (a client that stopped reading) before "
+            "the connection is cut.",
+            flags=("--write-timeout",),
+            metavar="SECONDS",
+        ),
+    )
+    tls_handshake_timeout: float = _setting(
+        10.0,
+        Setting(
+            _seconds_kind(),
+            _TIMEOUTS,
+            "Seconds a TLS handshake may take before the connection is dropped.",
+            flags=("--tls-handshake-timeout",),
+            metavar="SECONDS",
+        ),
+    )
     lifespan_startup_timeout: float = _setting(
         60.0,
         Setting(
@@ -411,6 +750,54 @@ class Config:
             flags=("--log-level",),
             scope="server",
             metavar="LEVEL",
+        ),
+    )
+
+    access_log: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _LOG,
+            "Where to write the access log: a file, or '-' for stdout. Off when not set.",
+            flags=("--access-log", "--access-logfile"),
+            scope="server",
+            metavar="FILE",
+        ),
+    )
+    access_log_format: str = _setting(
+        '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+        Setting(
+            _str_kind(),
+            _LOG,
+            "Access log line format, in gunicorn's atoms: h client, t time, r request line, "
+            "s status, b body bytes, f referer, a user agent, M duration ms, D microseconds, "
+            "{name}i request header, {name}o response header, and more (see docs).",
+            flags=("--access-log-format", "--access-logformat"),
+            scope="server",
+            metavar="FORMAT",
+        ),
+    )
+    error_log: str = _setting(
+        "-",
+        Setting(
+            _str_kind(),
+            _LOG,
+            "Where trioserve's own log goes: a file, or '-' for stderr.",
+            flags=("--error-log", "--error-logfile"),
+            scope="server",
+            metavar="FILE",
+        ),
+    )
+    log_config: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _LOG,
+            "A logging.config.dictConfig file (JSON or TOML) applied after trioserve's own "
+            "logging setup.",
+            flags=("--log-config",),
+            scope="server",
+            metavar="FILE",
         ),
     )
 
@@ -487,6 +874,9 @@ def setting_names() -> tuple[str, ...]:
 
 def _checked(kind: Kind, value: Any, where: str, *, text: bool) -> Any:
     try:
+        if text and isinstance(value, list | tuple):
+            # Repeated flags: each occurrence is parsed on its own.
+            return tuple(item for part in value for item in kind.from_text(part))
         return kind.from_text(value) if text else kind.from_value(value)
     except _BadValue as exc:
         detail = f"; {exc.detail}" if exc.detail else ""
