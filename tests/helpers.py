@@ -28,7 +28,8 @@ class H11Client:
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
         all_headers = [(b"host", b"test"), *headers]
-        if body and not any(name.lower() == b"content-length" for name, _ in all_headers):
+        framed = {b"content-length", b"transfer-encoding"}
+        if body and not any(name.lower() in framed for name, _ in all_headers):
             all_headers.append((b"content-length", str(len(body)).encode()))
         data = self.conn.send(h11.Request(method=method, target=target, headers=all_headers))
         if body:

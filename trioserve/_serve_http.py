@@ -3,19 +3,36 @@
 ``serve_http_connection`` takes any ``trio.abc.Stream``, so tests drive it with
 ``trio.testing.memory_stream_pair()``. One task per connection: the request body is
 read inside ``receive()`` as the app asks for it, nothing is buffered whole.
+
+Raw bytes pass the checks of ``_proto.validate`` before h11 acts on them: the request
+head once it is complete (or as soon as it is too large), and a chunked body's framing
+as it arrives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+import time
+import types
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any, Protocol
 
 import h11
 import trio
 
+from ._config import Config
 from ._proto.http import ASGIProtocolError, Response, ResponsePhase, error_response, http_scope
+from ._proto.validate import (
+    ChunkedChecker,
+    Limits,
+    RequestRejected,
+    check_head,
+    check_partial_head,
+    head_end,
+)
 from ._state import ServerState
+from ._streams import DISCONNECT_ERRORS
 from ._types import ASGIApp, Message
 
 LOGGER = logging.getLogger("trioserve.http")
@@ -23,12 +40,69 @@ LOGGER = logging.getLogger("trioserve.http")
 RECEIVE_SIZE = 64 * 1024
 # Pipelined bytes buffered while the app runs; past this we stop reading until it is done.
 MAX_PIPELINE_BUFFER = 64 * 1024
-MAX_HEAD_SIZE = 64 * 1024
 # Unread request body we are willing to read and drop to keep a connection alive.
 MAX_DISCARD = 256 * 1024
+# Lingering close after an error response: how long and how much we read and drop so
+# that the client gets to read our answer instead of a reset (RFC 9112 section 9.6).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
-_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
+_BROKEN = DISCONNECT_ERRORS
+
+
+class AccessLogger(Protocol):
+    def log(
+        self,
+        scope: MutableMapping[str, Any],
+        status: int,
+        response_headers: Sequence[tuple[bytes, bytes]],
+        body_bytes: int,
+        request_time: float,
+        duration: float,
+    ) -> None: ...
+
+
+class HTTPOptions:
+    """What the HTTP edge needs from the settings, worked out once per server."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        h11_module: types.ModuleType = h11,
+        access_log: AccessLogger | None = None,
+        proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
+    ) -> None:
+        self.h11: Any = h11_module
+        self.limits = Limits(
+            request_line=config.limit_request_line,
+            fields=config.limit_request_fields,
+            field_size=config.limit_request_field_size,
+            body=config.limit_request_body,
+        )
+        self.keep_alive = config.keep_alive
+        self.header_timeout = config.header_timeout
+        self.read_timeout = config.read_timeout
+        self.write_timeout = config.write_timeout
+        self.root_path = config.root_path
+        self.server_header = config.server_header
+        self.default_headers = tuple(
+            (name.strip().lower().encode("latin-1"), value.strip().encode("latin-1"))
+            for name, _, value in (item.partition(":") for item in config.header)
+        )
+        self.limit_concurrency = config.limit_concurrency
+        self.access_log = access_log
+        self.proxy = proxy
+
+
+def options_for(state: ServerState) -> HTTPOptions:
+    """The state's HTTP options, made from its config on first use."""
+    options = state.http_options
+    if options is None:
+        options = state.http_options = HTTPOptions(state.config)
+    assert isinstance(options, HTTPOptions)
+    return options
 
 
 async def serve_http_connection(
@@ -39,36 +113,14 @@ async def serve_http_connection(
     client: tuple[str, int] | None = None,
     server: tuple[str, int | None] | None = None,
     scheme: str = "http",
+    extensions: dict[str, Any] | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
     idles out, or the server stops. Never raises for a client's or an app's fault;
     closes ``stream`` before returning."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+    connection = _Connection(stream, state, client, server, scheme, extensions)
     try:
-        while True:
-            request = await _next_request(stream, conn, state)
-            if request is None:
-                break
-            scope = http_scope(
-                request,
-                scheme=scheme,
-                client=client,
-                server=server,
-                root_path=state.config.root_path,
-                state=state.lifespan_state,
-            )
-            cycle = _Cycle(stream, conn, request, state)
-            await cycle.run(app, scope)
-            if not cycle.broken and conn.their_state is h11.SEND_BODY:
-                await _discard_body(stream, conn, state)
-            if (
-                cycle.broken
-                or state.stopping
-                or conn.our_state is not h11.DONE
-                or conn.their_state is not h11.DONE
-            ):
-                break
-            conn.start_next_cycle()
+        await connection.serve(app)
     except _BROKEN:
         LOGGER.debug("client went away")
     except Exception:
@@ -76,133 +128,375 @@ async def serve_http_connection(
         LOGGER.exception("unexpected error while serving a connection")
     finally:
         with trio.CancelScope(shield=True):
-            await stream.aclose()
+            await trio.aclose_forcefully(stream)
 
 
-async def _next_request(
-    stream: trio.abc.Stream, conn: h11.Connection, state: ServerState
-) -> h11.Request | None:
-    """Read until a request head is complete; None when the connection should close."""
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            await _reject(stream, conn, exc)
-            return None
-        if isinstance(event, h11.Request):
-            return event
-        if event is not h11.NEED_DATA:
-            # ConnectionClosed, or anything unexpected between requests.
-            return None
-        # Waiting with nothing of the next request received yet: the connection is idle,
-        # so a graceful stop may close it at once.
-        idle = not conn.trailing_data[0]
-        if idle and state.stopping:
-            return None
-        with state.idle(state.config.keep_alive) as scope:
-            try:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            except _BROKEN:
-                return None
-        if scope.cancelled_caught:
-            return None
-        conn.receive_data(bytes(data))
+class _Connection:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        state: ServerState,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        extensions: dict[str, Any] | None,
+    ) -> None:
+        self.stream = stream
+        self.state = state
+        self.options = options = options_for(state)
+        self.h11 = options.h11
+        self.conn = self._new_h11()
+        self.client = client
+        self.server = server
+        self.scheme = scheme
+        self.extensions = extensions
+        # Set while a chunked request body is arriving: checks its framing.
+        self.chunks: ChunkedChecker | None = None
 
-
-async def _discard_body(stream: trio.abc.Stream, conn: h11.Connection, state: ServerState) -> None:
-    """Read and drop what the app left unread of the request body, so the connection
-    can be reused; past MAX_DISCARD bytes it is cheaper to close."""
-    discarded = 0
-    while discarded <= MAX_DISCARD:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            return
-        if isinstance(event, h11.Data):
-            discarded += len(event.data)
-        elif event is h11.NEED_DATA:
-            with trio.move_on_after(state.config.keep_alive):
-                try:
-                    conn.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
-                    continue
-                except _BROKEN:
-                    return
-            return
-        else:
-            return
-
-
-async def _reject(
-    stream: trio.abc.Stream, conn: h11.Connection, exc: h11.RemoteProtocolError
-) -> None:
-    """Answer a malformed request with its status (400 unless h11 says otherwise)."""
-    LOGGER.info("bad request: %s", exc)
-    if conn.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
-        return
-    status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
-    try:
-        data = b"".join(
-            conn.send(ev) or b"" for ev in error_response(status, f"Bad request: {exc}")
+    def _new_h11(self) -> Any:
+        return self.h11.Connection(
+            self.h11.SERVER, max_incomplete_event_size=self.options.limits.head_size + 1024
         )
-        await stream.send_all(data)
-    except (h11.LocalProtocolError, *_BROKEN):
-        pass
+
+    async def serve(self, app: ASGIApp) -> None:
+        h11mod = self.h11
+        state = self.state
+        options = self.options
+        while True:
+            try:
+                request = await self._next_request()
+            except RequestRejected as exc:
+                LOGGER.info("bad request: %s", exc.reason)
+                await self._send_error(exc.status, exc.reason)
+                return
+            if request is None:
+                return
+            cycle = _Cycle(self, request)
+            limit = options.limit_concurrency
+            if limit and state.active_requests >= limit:
+                await self._send_error(503, "Service Unavailable: too many requests in progress")
+                return
+            state.active_requests += 1
+            try:
+                await cycle.run(app)
+            finally:
+                state.active_requests -= 1
+            if cycle.rejected is not None:
+                await self._linger()
+                return
+            conn = self.conn
+            if not cycle.broken and conn.their_state is h11mod.SEND_BODY:
+                await self._discard_body()
+            if cycle.broken or state.stopping:
+                return
+            if conn.our_state is h11mod.DONE and conn.their_state is h11mod.DONE:
+                conn.start_next_cycle()
+            elif cycle.response.keeps_alive_10 and conn.their_state in (
+                h11mod.DONE,
+                h11mod.MUST_CLOSE,
+            ):
+                # h11 closes every HTTP/1.0 exchange: carry on with a fresh parser fed
+                # what the client already sent.
+                leftover, closed = conn.trailing_data
+                self.conn = self._new_h11()
+                self.conn.receive_data(leftover)
+                if closed:
+                    self.conn.receive_data(b"")
+            else:
+                return
+
+    async def _receive(self) -> bytes:
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except _BROKEN:
+            return b""
+        return bytes(data)
+
+    async def _next_request(self) -> Any:
+        """Read until a request head is complete and checked; None to close quietly.
+
+        Raises:
+            RequestRejected: the head breaks a limit or is malformed.
+        """
+        conn = self.conn
+        h11mod = self.h11
+        limits = self.options.limits
+        pending = bytearray(conn.trailing_data[0])
+        deadline = trio.current_time() + self.options.header_timeout if pending else None
+        while True:
+            # Stray CRLFs between requests are allowed (RFC 9112 section 2.2).
+            while pending and pending[0] in (13, 10):
+                del pending[0]
+            end = head_end(pending)
+            if end >= 0:
+                framing = check_head(pending[:end], limits)
+                try:
+                    event = conn.next_event()
+                except h11mod.RemoteProtocolError as exc:
+                    raise RequestRejected(400, str(exc) or "malformed request") from None
+                if not isinstance(event, h11mod.Request):
+                    raise RequestRejected(400, "malformed request")
+                if framing.chunked:
+                    self.chunks = ChunkedChecker(limits.body)
+                    self.chunks.feed(pending[end:])
+                    if self.chunks.done:
+                        self.chunks = None
+                return event
+            check_partial_head(pending, limits)
+            if not pending:
+                # Nothing of the next request yet: the connection is idle, and a graceful
+                # stop closes it at once.
+                if self.state.stopping:
+                    return None
+                with self.state.idle(self.options.keep_alive) as idle:
+                    data = await self._receive()
+                if idle.cancelled_caught:
+                    return None
+            else:
+                if deadline is None:
+                    deadline = trio.current_time() + self.options.header_timeout
+                with trio.move_on_at(deadline) as waiting:
+                    data = await self._receive()
+                if waiting.cancelled_caught:
+                    raise RequestRejected(408, "request head not received in time")
+            if not data:
+                return None
+            pending += data
+            conn.receive_data(data)
+
+    def feed_body(self, data: bytes) -> None:
+        """Pass raw bytes that arrived while a request body is read to the checks and h11.
+
+        Raises:
+            RequestRejected: the chunked framing is bad or the body is over the limit.
+        """
+        if self.chunks is not None:
+            self.chunks.feed(data)
+            if self.chunks.done:
+                self.chunks = None
+        self.conn.receive_data(data)
+
+    async def receive_body_bytes(self) -> bytes:
+        """The next raw bytes of a request body, or b"" when the client is gone or stalled."""
+        with trio.move_on_after(self.options.read_timeout) as waiting:
+            data = await self._receive()
+        if waiting.cancelled_caught:
+            LOGGER.info("request body stalled for %gs; closing", self.options.read_timeout)
+            return b""
+        return data
+
+    async def _discard_body(self) -> None:
+        """Read and drop what the app left unread of the request body, so the connection
+        can be reused; past MAX_DISCARD bytes it is cheaper to close."""
+        h11mod = self.h11
+        discarded = 0
+        while discarded <= MAX_DISCARD:
+            try:
+                event = self.conn.next_event()
+            except h11mod.RemoteProtocolError:
+                return
+            if isinstance(event, h11mod.Data):
+                discarded += len(event.data)
+            elif event is h11mod.NEED_DATA:
+                data = await self.receive_body_bytes()
+                try:
+                    self.feed_body(data)
+                except RequestRejected:
+                    return
+                if not data:
+                    return
+            else:
+                return
+
+    async def write(self, data: bytes) -> bool:
+        """Send ``data`` within the write timeout; False if the client is gone or stuck."""
+        with trio.move_on_after(self.options.write_timeout) as waiting:
+            try:
+                await self.stream.send_all(data)
+            except _BROKEN:
+                return False
+        if waiting.cancelled_caught:
+            LOGGER.info(
+                "client did not read the response for %gs; closing", self.options.write_timeout
+            )
+            return False
+        return True
+
+    async def _send_error(self, status: int, reason: str) -> None:
+        """Answer with an error response (when nothing was sent yet) and close lingering."""
+        conn = self.conn
+        if conn.our_state in (self.h11.IDLE, self.h11.SEND_RESPONSE):
+            message = f"{error_status_text(status)}: {reason}"
+            try:
+                data = b"".join(
+                    conn.send(event) or b""
+                    for event in error_response(
+                        status,
+                        message,
+                        server_header=self.options.server_header,
+                        h11_module=self.h11,
+                    )
+                )
+            except self.h11.LocalProtocolError:
+                return
+            if not await self.write(data):
+                return
+        await self._linger()
+
+    async def _linger(self) -> None:
+        """Half-close, then read and drop what the client still sends for a short while,
+        so that it reads our response rather than a connection reset."""
+        with contextlib.suppress(*_BROKEN, AttributeError, NotImplementedError):
+            send_eof = self.stream.send_eof  # type: ignore[attr-defined]
+            with trio.move_on_after(LINGER_SECONDS):
+                await send_eof()
+        received = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while received < LINGER_BYTES:
+                data = await self._receive()
+                if not data:
+                    break
+                received += len(data)
+
+
+def error_status_text(status: int) -> str:
+    return {
+        400: "Bad Request",
+        408: "Request Timeout",
+        413: "Content Too Large",
+        414: "URI Too Long",
+        431: "Request Header Fields Too Large",
+        500: "Internal Server Error",
+        503: "Service Unavailable",
+    }.get(status, "Error")
 
 
 class _Cycle:
     """One request/response exchange: the ``receive`` and ``send`` given to the app."""
 
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        conn: h11.Connection,
-        request: h11.Request,
-        state: ServerState,
-    ) -> None:
-        self.stream = stream
-        self.conn = conn
-        self.state = state
-        self.response = Response(head=request.method == b"HEAD")
+    def __init__(self, connection: _Connection, request: Any) -> None:
+        self.connection = connection
+        self.h11 = connection.h11
+        self.request = request
+        options = connection.options
+        keep_alive_10 = request.http_version == b"1.0" and _asks_keep_alive(request.headers)
+        self.response = Response(
+            head=request.method == b"HEAD",
+            server_header=options.server_header,
+            default_headers=options.default_headers,
+            keep_alive_10=keep_alive_10,
+            h11_module=self.h11,
+        )
         self.body_done = False
         self.disconnected = False
         # True when the connection must not be reused (a broken response).
         self.broken = False
+        # Set when the body broke a limit or framing rule after the app started.
+        self.rejected: RequestRejected | None = None
+        self.status = 0
+        self.body_bytes = 0
         self._disconnect_waiter: trio.CancelScope | None = None
         self._response_done = trio.Event()
 
-    async def run(self, app: ASGIApp, scope: dict[str, Any]) -> None:
+    def scope(self) -> dict[str, Any]:
+        connection = self.connection
+        scope = http_scope(
+            self.request,
+            scheme=connection.scheme,
+            client=connection.client,
+            server=connection.server,
+            root_path=connection.options.root_path,
+            state=connection.state.lifespan_state,
+        )
+        if connection.extensions:
+            scope["extensions"] = dict(connection.extensions)
+        proxy = connection.options.proxy
+        if proxy is not None:
+            proxy(scope)
+        return scope
+
+    async def run(self, app: ASGIApp) -> None:
+        scope = self.scope()
+        access_log = self.connection.options.access_log
+        started = time.time() if access_log is not None else 0.0
         try:
             await app(scope, self.receive, self.send)
-        except Exception:
-            LOGGER.exception(
-                "exception in ASGI app while serving %s %s", scope["method"], scope["path"]
+        except Exception as exc:
+            if self.rejected is None:
+                LOGGER.exception(
+                    "exception in ASGI app while serving %s %s%s",
+                    scope["method"],
+                    scope["path"],
+                    _app_hint(exc),
+                )
+                await self._fail()
+        else:
+            if self.rejected is not None:
+                pass
+            elif not self.response.started:
+                LOGGER.error(
+                    "ASGI app returned without sending a response to %s %s",
+                    scope["method"],
+                    scope["path"],
+                )
+                await self._fail()
+            elif not self.response.done:
+                LOGGER.error(
+                    "ASGI app returned before finishing its response to %s %s",
+                    scope["method"],
+                    scope["path"],
+                )
+                self.broken = True
+        if access_log is not None and self.status:
+            access_log.log(
+                scope,
+                self.status,
+                self.response.headers,
+                self.body_bytes,
+                started,
+                time.time() - started,
             )
-            await self._fail("Internal Server Error")
-            return
-        if not self.response.started:
-            LOGGER.error(
-                "ASGI app returned without sending a response to %s %s",
-                scope["method"],
-                scope["path"],
-            )
-            await self._fail("Internal Server Error")
-        elif not self.response.done:
-            LOGGER.error(
-                "ASGI app returned before finishing its response to %s %s",
-                scope["method"],
-                scope["path"],
-            )
-            self.broken = True
 
-    async def _fail(self, message: str) -> None:
+    async def _fail(self) -> None:
         """500 if nothing was sent yet; otherwise the only honest thing is to close."""
         self.broken = True
         self._finish()
         if self.response.started or self.disconnected:
             return
         self.response.phase = ResponsePhase.DONE
-        with contextlib.suppress(h11.LocalProtocolError):
-            await self._write(error_response(500, message))
+        self.status = 500
+        with contextlib.suppress(self.h11.LocalProtocolError):
+            await self._write(
+                error_response(
+                    500,
+                    "Internal Server Error",
+                    server_header=self.connection.options.server_header,
+                    h11_module=self.h11,
+                )
+            )
+
+    async def _reject(self, exc: RequestRejected) -> Message:
+        """The body broke a rule while the app reads it: answer with the error if nothing
+        was sent yet, and tell the app the client is gone."""
+        LOGGER.info("bad request body: %s", exc.reason)
+        self.rejected = exc
+        self.broken = True
+        self.disconnected = True
+        if not self.response.started:
+            self.response.phase = ResponsePhase.DONE
+            self.status = exc.status
+            with contextlib.suppress(self.h11.LocalProtocolError):
+                await self._write(
+                    error_response(
+                        exc.status,
+                        f"{error_status_text(exc.status)}: {exc.reason}",
+                        server_header=self.connection.options.server_header,
+                        h11_module=self.h11,
+                    ),
+                    force=True,
+                )
+        self._finish()
+        return _DISCONNECT
 
     def _finish(self) -> None:
         self._response_done.set()
@@ -217,29 +511,35 @@ class _Cycle:
         return await self._wait_for_disconnect()
 
     async def _receive_body(self) -> Message:
+        h11mod = self.h11
+        conn = self.connection.conn
         while True:
             try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError:
+                event = conn.next_event()
+            except h11mod.RemoteProtocolError:
                 # The client sent a broken body or went away mid-body.
                 self.disconnected = True
                 self.broken = True
                 return _DISCONNECT
-            if isinstance(event, h11.Data):
+            if isinstance(event, h11mod.Data):
                 return {"type": "http.request", "body": bytes(event.data), "more_body": True}
-            if isinstance(event, h11.EndOfMessage):
+            if isinstance(event, h11mod.EndOfMessage):
                 self.body_done = True
                 return {"type": "http.request", "body": b"", "more_body": False}
-            if event is not h11.NEED_DATA:
+            if event is not h11mod.NEED_DATA:
                 self.disconnected = True
                 return _DISCONNECT
-            if self.conn.they_are_waiting_for_100_continue:
-                await self._write([h11.InformationalResponse(status_code=100, headers=[])])
+            if conn.they_are_waiting_for_100_continue:
+                await self._write([h11mod.InformationalResponse(status_code=100, headers=[])])
+            data = await self.connection.receive_body_bytes()
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except _BROKEN:
-                data = b""
-            self.conn.receive_data(bytes(data))
+                self.connection.feed_body(data)
+            except RequestRejected as exc:
+                return await self._reject(exc)
+            if not data:
+                self.disconnected = True
+                self.broken = True
+                return _DISCONNECT
 
     async def _wait_for_disconnect(self) -> Message:
         """After the body: block until the response is done or the client leaves.
@@ -247,47 +547,92 @@ class _Cycle:
         Bytes that arrive meanwhile are the next pipelined request; they are kept for
         the next cycle, and reading pauses once enough are buffered.
         """
+        conn = self.connection.conn
         with trio.CancelScope() as waiter:
             self._disconnect_waiter = waiter
             while not self.response.done:
-                if len(self.conn.trailing_data[0]) >= MAX_PIPELINE_BUFFER:
+                if len(conn.trailing_data[0]) >= MAX_PIPELINE_BUFFER:
                     await self._response_done.wait()
                     break
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except _BROKEN:
-                    data = b""
+                data = await self.connection._receive()
                 if not data:
                     self.disconnected = True
                     self.broken = True
                     break
-                self.conn.receive_data(bytes(data))
+                conn.receive_data(data)
         self._disconnect_waiter = None
         return _DISCONNECT
 
     async def send(self, message: Message) -> None:
-        # A stop that began while the app worked still marks this response as the last.
-        self.response.close = self.state.stopping
+        response = self.response
+        if not response.started:
+            # A stop that began while the app worked still marks this response the last.
+            response.close = self.connection.state.stopping
         try:
-            events = self.response.on_send(message)
+            events = response.on_send(message)
         except ASGIProtocolError as exc:
             LOGGER.error("ASGI app sent a bad message: %s", exc)
             raise RuntimeError(f"ASGI protocol error: {exc}") from None
-        if self.response.done:
+        if response.done:
             self._finish()
         if self.disconnected or not events:
             return
+        if not self.status:
+            self.status = response.status
         try:
             await self._write(events)
-        except h11.LocalProtocolError as exc:
+        except self.h11.LocalProtocolError as exc:
             self.broken = True
             raise RuntimeError(f"invalid HTTP response from the ASGI app: {exc}") from None
 
-    async def _write(self, events: list[h11.Event]) -> None:
-        data = b"".join(self.conn.send(event) or b"" for event in events)
-        try:
-            await self.stream.send_all(data)
-        except _BROKEN:
-            # The client left: drop the rest; receive() now reports http.disconnect.
+    async def _write(self, events: list[Any], *, force: bool = False) -> None:
+        if self.disconnected and not force:
+            return
+        conn = self.connection.conn
+        h11mod = self.h11
+        chunks = []
+        for event in events:
+            data = conn.send(event) or b""
+            if isinstance(event, h11mod.Data):
+                self.body_bytes += len(event.data)
+            elif self.response.keeps_alive_10 and isinstance(event, h11mod.Response):
+                data = _keep_alive_10_head(data)
+            chunks.append(data)
+        if not await self.connection.write(b"".join(chunks)):
+            # The client left or stopped reading: drop the rest; receive() now reports
+            # http.disconnect.
             self.disconnected = True
             self.broken = True
+
+
+def _asks_keep_alive(headers: Any) -> bool:
+    for name, value in headers:
+        if name == b"connection":
+            return b"keep-alive" in value.lower()
+    return False
+
+
+_CLOSE_TAIL = b"Connection: close\r\n\r\n"
+_KEEP_ALIVE_TAIL = b"Connection: keep-alive\r\n\r\n"
+
+
+def _keep_alive_10_head(head: bytes) -> bytes:
+    # h11 always ends an HTTP/1.0 response head with "Connection: close", which it adds
+    # itself; the length is known, so the connection can stay open as the client asked.
+    if head.endswith(_CLOSE_TAIL):
+        return head[: -len(_CLOSE_TAIL)] + _KEEP_ALIVE_TAIL
+    return head
+
+
+def _app_hint(exc: BaseException) -> str:
+    hint = _hint_for(exc)
+    return f" ({hint})" if hint else ""
+
+
+_hint_for: Callable[[BaseException], str | None] = lambda exc: None  # noqa: E731
+
+
+def set_app_hint(function: Callable[[BaseException], str | None]) -> None:
+    """Install the function that adds a hint to app error logs (the asyncio hint)."""
+    global _hint_for
+    _hint_for = function

@@ -30,6 +30,10 @@ class ServerState:
     lifespan_state: dict[str, Any] | None = None
     stopping: bool = False
     stop_requested: trio.Event = attrs.field(factory=trio.Event)
+    # Requests being served right now (for limit_concurrency).
+    active_requests: int = 0
+    # The HTTP edge's options, worked out from config on first use (_serve_http).
+    http_options: object = None
     _idle: set[trio.CancelScope] = attrs.field(factory=set)
 
     def request_stop(self) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import email.utils
 import enum
 import http
+import re
 import time
-from collections.abc import Iterable, MutableMapping
+import types
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -100,6 +102,10 @@ def date_header() -> bytes:
     return _date_cache[1]
 
 
+_HEADER_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+
+
 def _header_list(raw: Iterable[Any]) -> list[tuple[bytes, bytes]]:
     headers = []
     try:
@@ -111,6 +117,12 @@ def _header_list(raw: Iterable[Any]) -> list[tuple[bytes, bytes]]:
         raise ASGIProtocolError(
             "'headers' must be an iterable of [name, value] pairs of bytes"
         ) from None
+    for name, value in headers:
+        # Never let the app split the response: CR or LF in a header is refused.
+        if not _HEADER_NAME.fullmatch(name):
+            raise ASGIProtocolError(f"invalid response header name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise ASGIProtocolError(f"response header {name!r} has CR, LF or NUL in its value")
     return headers
 
 
@@ -126,15 +138,35 @@ class Response:
     Args:
         head: True for a HEAD request: body bytes from the app are dropped.
         close: True to add ``Connection: close`` (the server is stopping, or the
-            connection will not be reused).
+            connection will not be reused). May be set until the response starts.
+        server_header: Add ``Server: trioserve`` unless the app sets a Server header.
+        default_headers: Headers added unless the app sets a header of the same name.
+        keep_alive_10: The request is HTTP/1.0 with ``Connection: keep-alive``.
+        h11_module: ``h11``, or the compiled build ``h11_mypyc`` (same API).
     """
 
-    def __init__(self, *, head: bool = False, close: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        head: bool = False,
+        close: bool = False,
+        server_header: bool = True,
+        default_headers: Sequence[tuple[bytes, bytes]] = (),
+        keep_alive_10: bool = False,
+        h11_module: types.ModuleType = h11,
+    ) -> None:
+        self._h11: Any = h11_module
         self.phase = ResponsePhase.START
         self.head = head
         self.close = close
-        self._status = 0
-        self._headers: list[tuple[bytes, bytes]] = []
+        self.server_header = server_header
+        self.default_headers = default_headers
+        self.keep_alive_10 = keep_alive_10
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.no_body = head
+        self.length_known = False
+        self._pending_head = False
 
     @property
     def started(self) -> bool:
@@ -146,11 +178,17 @@ class Response:
         """True once the last body message was accepted."""
         return self.phase is ResponsePhase.DONE
 
-    def on_send(self, message: MutableMapping[str, Any]) -> list[h11.Event]:
+    @property
+    def keeps_alive_10(self) -> bool:
+        """True when this response keeps an HTTP/1.0 connection open: its length is known."""
+        return self.keep_alive_10 and not self.close and self.length_known
+
+    def on_send(self, message: MutableMapping[str, Any]) -> list[Any]:
         """The h11 events to send for one app message.
 
         The status line and headers are held back until the first body message so
-        that they go out in the same write.
+        that they go out in the same write (and so that a single-message body gets a
+        Content-Length instead of chunked framing).
 
         Raises:
             ASGIProtocolError: the message is of the wrong type or shape for this phase.
@@ -162,8 +200,10 @@ class Response:
             status = message.get("status")
             if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
                 raise ASGIProtocolError(f"'status' must be an int from 200 to 599, got {status!r}")
-            self._status = status
-            self._headers = _header_list(message.get("headers", ()))
+            self.headers = _header_list(message.get("headers", ()))
+            self.status = status
+            self.no_body = self.head or status in (204, 304)
+            self._pending_head = True
             self.phase = ResponsePhase.BODY
             return []
         if self.phase is ResponsePhase.BODY:
@@ -173,47 +213,67 @@ class Response:
             if not isinstance(body, bytes | bytearray | memoryview):
                 raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")
             more = bool(message.get("more_body", False))
-            events: list[h11.Event] = []
-            if self._status:
-                events.append(self._response_event())
-                self._status = 0
-            if body and not self.head:
-                events.append(h11.Data(data=bytes(body)))
+            events: list[Any] = []
+            if self._pending_head:
+                events.append(self._response_event(None if more else len(body)))
+                self._pending_head = False
+            if body and not self.no_body:
+                events.append(self._h11.Data(data=bytes(body)))
             if not more:
-                events.append(h11.EndOfMessage())
+                events.append(self._h11.EndOfMessage())
                 self.phase = ResponsePhase.DONE
             return events
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
 
-    def _response_event(self) -> h11.Response:
-        headers = self._headers
+    def _response_event(self, whole_body_length: int | None) -> Any:
+        headers = self.headers
         names = {name.lower() for name, _ in headers}
         extra = []
         if b"date" not in names:
             extra.append((b"date", date_header()))
-        if b"server" not in names:
+        if self.server_header and b"server" not in names:
             extra.append((b"server", SERVER_NAME))
+        for name, value in self.default_headers:
+            if name.lower() not in names:
+                extra.append((name, value))
+        self.length_known = b"content-length" in names or self.no_body
+        if (
+            not self.length_known
+            and whole_body_length is not None
+            and b"transfer-encoding" not in names
+        ):
+            # The whole body is in this one message: give its length rather than chunk it.
+            extra.append((b"content-length", str(whole_body_length).encode("ascii")))
+            self.length_known = True
         if self.close:
             extra.append((b"connection", b"close"))
-        return h11.Response(
-            status_code=self._status,
+        return self._h11.Response(
+            status_code=self.status,
             headers=headers + extra,
-            reason=_REASONS.get(self._status, b""),
+            reason=_REASONS.get(self.status, b""),
         )
 
 
-def error_response(status: int, message: str) -> list[h11.Event]:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    server_header: bool = True,
+    h11_module: types.ModuleType = h11,
+) -> list[Any]:
     """A complete plain-text response, always with ``Connection: close``."""
+    mod: Any = h11_module
     body = (message.rstrip("\n") + "\n").encode("utf-8")
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode("ascii")),
         (b"connection", b"close"),
         (b"date", date_header()),
-        (b"server", SERVER_NAME),
     ]
+    if server_header:
+        headers.append((b"server", SERVER_NAME))
     return [
-        h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")),
-        h11.Data(data=body),
-        h11.EndOfMessage(),
+        mod.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")),
+        mod.Data(data=body),
+        mod.EndOfMessage(),
     ]

@@ -1,0 +1,259 @@
+"""Request checks that h11 does not make, applied to the raw bytes before h11 sees them.
+
+h11 is lenient where a server facing the internet must not be: it has no limit on the
+request line, the number of fields or a field's size; it accepts HTTP versions other
+than 1.0 and 1.1; it processes a request with both Content-Length and
+Transfer-Encoding; and a chunk-size line ending in a bare LF makes it wait forever.
+Each of those shapes is refused here with the status a client should see. Standard
+library only, like the rest of ``_proto``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+class RequestRejected(Exception):
+    """The request is refused with ``status``; ``reason`` is one line for the client and log."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits; 0 means no limit."""
+
+    request_line: int = 4094
+    fields: int = 100
+    field_size: int = 8190
+    body: int = 0
+
+    @property
+    def head_size(self) -> int:
+        """The most a head may take before it is refused without waiting for its end."""
+        line = self.request_line or 65536
+        fields = self.fields or 1000
+        size = self.field_size or 65536
+        return min(line + 2 + fields * (size + 2) + 2, 1024 * 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How the request body is delimited, as the checked head says."""
+
+    chunked: bool
+    content_length: int | None
+
+
+_VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+
+
+def head_end(buffer: bytes | bytearray) -> int:
+    """The index just past the blank line ending the head, or -1 if it is not complete."""
+    end = buffer.find(b"\r\n\r\n")
+    if end >= 0:
+        return end + 4
+    # Lines may end in a bare LF (RFC 9112 allows recipients to accept it).
+    end = buffer.find(b"\n\n")
+    if end >= 0:
+        return end + 2
+    end = buffer.find(b"\n\r\n")
+    return end + 3 if end >= 0 else -1
+
+
+def check_partial_head(buffer: bytes | bytearray, limits: Limits) -> None:
+    """Refuse an incomplete head that already breaks a limit, instead of waiting for more."""
+    newline = buffer.find(b"\n")
+    line_length = len(buffer) if newline < 0 else newline
+    if limits.request_line and line_length > limits.request_line + 1:
+        raise RequestRejected(414, f"request line longer than {limits.request_line} bytes")
+    if newline >= 0:
+        fields = buffer.count(b"\n") - 1
+        if limits.fields and fields > limits.fields:
+            raise RequestRejected(431, f"more than {limits.fields} header fields")
+        if limits.field_size:
+            last = buffer.rfind(b"\n")
+            for line in (buffer[newline + 1 : last], buffer[last + 1 :]):
+                longest = max((len(part) for part in line.split(b"\n")), default=0)
+                if longest > limits.field_size + 1:
+                    raise RequestRejected(
+                        431, f"a header field is longer than {limits.field_size} bytes"
+                    )
+    if len(buffer) > limits.head_size:
+        raise RequestRejected(431, "request head too large")
+
+
+def check_head(head: bytes | bytearray, limits: Limits) -> Framing:
+    """Check a complete request head (up to and including its blank line).
+
+    Returns:
+        How the body is framed.
+
+    Raises:
+        RequestRejected: with 400, 413, 414 or 431.
+    """
+    head = bytes(head)
+    if b"\0" in head:
+        raise RequestRejected(400, "NUL byte in the request head")
+    if b"\r" in head.replace(b"\r\n", b""):
+        raise RequestRejected(400, "bare CR in the request head")
+    lines = head.split(b"\n")
+    # The split leaves two empty strings for the blank line at the end.
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines[:-2]]
+    request_line, fields = lines[0], lines[1:]
+    if limits.request_line and len(request_line) > limits.request_line:
+        raise RequestRejected(414, f"request line longer than {limits.request_line} bytes")
+    parts = request_line.split(b" ")
+    if len(parts) != 3:
+        raise RequestRejected(400, "malformed request line")
+    version = _VERSION.fullmatch(parts[2])
+    if version is None:
+        raise RequestRejected(400, "malformed HTTP version")
+    if version.groups() not in {(b"1", b"1"), (b"1", b"0")}:
+        raise RequestRejected(400, f"unsupported HTTP version {parts[2].decode('ascii')}")
+    if limits.fields and len(fields) > limits.fields:
+        raise RequestRejected(431, f"more than {limits.fields} header fields")
+    content_lengths: list[bytes] = []
+    transfer_codings: list[bytes] = []
+    hosts = 0
+    for field in fields:
+        if limits.field_size and len(field) > limits.field_size:
+            raise RequestRejected(431, f"a header field is longer than {limits.field_size} bytes")
+        if field[:1] in (b" ", b"\t"):
+            raise RequestRejected(400, "obsolete line folding in the request head")
+        name, colon, value = field.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise RequestRejected(400, "malformed header field")
+        lowered = name.lower()
+        if lowered == b"content-length":
+            content_lengths.extend(v.strip() for v in value.split(b","))
+        elif lowered == b"transfer-encoding":
+            transfer_codings.extend(v.strip().lower() for v in value.split(b","))
+        elif lowered == b"host":
+            hosts += 1
+    if hosts > 1:
+        raise RequestRejected(400, "more than one Host header")
+    if transfer_codings:
+        if content_lengths:
+            raise RequestRejected(400, "both Content-Length and Transfer-Encoding")
+        if version.group(2) == b"0":
+            raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if transfer_codings != [b"chunked"]:
+            raise RequestRejected(400, "Transfer-Encoding other than a single final chunked")
+        return Framing(chunked=True, content_length=None)
+    if content_lengths:
+        if any(not _DIGITS.fullmatch(v) for v in content_lengths):
+            raise RequestRejected(400, "invalid Content-Length")
+        if len(set(content_lengths)) > 1:
+            raise RequestRejected(400, "conflicting Content-Length values")
+        length = int(content_lengths[0])
+        if limits.body and length > limits.body:
+            raise RequestRejected(413, f"request body larger than {limits.body} bytes")
+        return Framing(chunked=False, content_length=length)
+    return Framing(chunked=False, content_length=None)
+
+
+_MAX_CHUNK_LINE = 4096
+_MAX_TRAILERS = 65536
+
+
+class ChunkedChecker:
+    """Follows the framing of a chunked body through the raw bytes, refusing what h11
+    would tolerate: non-hex or overlong chunk sizes, lines ending in a bare LF, a
+    missing CRLF after chunk data, oversized extensions and trailers, and a body over
+    the limit."""
+
+    __slots__ = ("_body_limit", "_line", "_remaining", "_state", "_total", "_trailer_bytes")
+
+    def __init__(self, body_limit: int = 0) -> None:
+        self._body_limit = body_limit
+        self._state = "size"  # size | data | data-cr | data-lf | trailer | done
+        self._line = bytearray()
+        self._remaining = 0
+        self._total = 0
+        self._trailer_bytes = 0
+
+    @property
+    def done(self) -> bool:
+        """True once the last chunk and the trailers were seen."""
+        return self._state == "done"
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        """Check the next raw bytes of the body.
+
+        Returns:
+            How many of ``data`` belong to the body: fewer than ``len(data)`` once the
+            body ended within it (the rest is the next request).
+
+        Raises:
+            RequestRejected: 400 for bad framing, 413 past the body limit.
+        """
+        view = memoryview(data)
+        i = 0
+        n = len(view)
+        while i < n and self._state != "done":
+            state = self._state
+            if state == "data":
+                take = min(self._remaining, n - i)
+                self._remaining -= take
+                i += take
+                if self._remaining == 0:
+                    self._state = "data-cr"
+            elif state in ("data-cr", "data-lf"):
+                expected = 13 if state == "data-cr" else 10
+                if view[i] != expected:
+                    raise RequestRejected(400, "chunk data not followed by CRLF")
+                i += 1
+                self._state = "data-lf" if state == "data-cr" else "size"
+            else:
+                newline = bytes(view[i:]).find(b"\n")
+                end = n if newline < 0 else i + newline
+                self._line += view[i:end]
+                limit = _MAX_CHUNK_LINE if state == "size" else _MAX_TRAILERS
+                if len(self._line) > limit:
+                    raise RequestRejected(400, "chunk size line or trailers too long")
+                if newline < 0:
+                    return n
+                i = end + 1
+                line = bytes(self._line)
+                self._line.clear()
+                if not line.endswith(b"\r"):
+                    raise RequestRejected(400, "chunked line ending in a bare LF")
+                line = line[:-1]
+                if state == "size":
+                    self._start_chunk(line)
+                else:
+                    self._trailer_bytes += len(line) + 2
+                    if self._trailer_bytes > _MAX_TRAILERS:
+                        raise RequestRejected(400, "trailers too large")
+                    if not line:
+                        self._state = "done"
+        return i
+
+    def _start_chunk(self, line: bytes) -> None:
+        size_text, _, _extensions = line.partition(b";")
+        size_text = size_text.rstrip(b" \t")
+        if not size_text or len(size_text) > 16 or not _is_hex(size_text):
+            raise RequestRejected(400, "invalid chunk size")
+        size = int(size_text, 16)
+        self._total += size
+        if self._body_limit and self._total > self._body_limit:
+            raise RequestRejected(413, f"request body larger than {self._body_limit} bytes")
+        if size == 0:
+            self._state = "trailer"
+        else:
+            self._remaining = size
+            self._state = "data"
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _is_hex(text: bytes) -> bool:
+    return all(c in _HEX for c in text)
