@@ -14,8 +14,10 @@ import trio
 from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, render_config, settings
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
 from ._importer import load_app
+from ._accesslog import access_log_for
 from ._logging import configure_logging
 from ._server import run
+from ._tls import ssl_context
 from ._version import __version__
 
 LOGGER = logging.getLogger("trioserve.cli")
@@ -122,6 +124,9 @@ def _check(loaded: LoadedConfig) -> int:
         )
         return EXIT_FAILURE
     try:
+        # Everything that can be checked without binding: TLS files, log format, the app.
+        ssl_context(config)
+        access_log_for(config)
         app = trio.run(
             lambda: load_app(
                 config.app,
@@ -155,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespace.print_config:
         sys.stdout.write(render_config(loaded))
         return EXIT_OK
-    configure_logging(config.log_level)
+    try:
+        configure_logging(config)
+    except ConfigError as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if namespace.check_config:
         return _check(loaded)
     try:

@@ -6,8 +6,8 @@ Loading happens in three steps, each with its own error message:
    without evaluating any code;
 2. the module is imported (from ``app_dir``, which goes first on ``sys.path``) and
    the attribute chain is resolved;
-3. the object is recognised as an ASGI 3 app, an ASGI 2 app or a raw stream
-   handler, calling it first when it is an app factory.
+3. the object is recognised as an ASGI 3 app, an ASGI 2 app, a WSGI app or a raw
+   stream handler, calling it first when it is an app factory.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import attrs
 
 from ._errors import AppLoadError
 from ._types import ASGIApp, Receive, Scope, Send, StreamHandler
+from ._wsgi import WSGIApp, wsgi_to_asgi
 
 __all__ = ["INTERFACE_CHOICES", "Interface", "LoadedApp", "load_app", "parse_target"]
 
 LOGGER = logging.getLogger("trioserve.app")
 
-Interface: TypeAlias = Literal["asgi3", "asgi2", "stream"]
-INTERFACE_CHOICES = ("auto", "asgi3", "asgi2", "stream")
+Interface: TypeAlias = Literal["asgi3", "asgi2", "wsgi", "stream"]
+INTERFACE_CHOICES = ("auto", "asgi3", "asgi2", "wsgi", "stream")
 
 FactoryCall: TypeAlias = tuple[tuple[object, ...], dict[str, object]]
 
@@ -43,7 +44,7 @@ DEFAULT_ATTRIBUTES = ("app", "application")
 # How many of a module's callables an "it has: ..." hint lists.
 _MAX_LISTED = 10
 
-_NOT_AN_APP = "not an ASGI app, a stream handler or an app factory"
+_NOT_AN_APP = "not an ASGI or WSGI app, a stream handler or an app factory"
 
 
 @attrs.frozen
@@ -55,8 +56,10 @@ class LoadedApp:
             description such as ``"<function examples.hello.app>"`` when an
             object was given.
         app: What the target named, or what its factory built, before any wrapping.
-        interface: How the app is called: ``"asgi3"``, ``"asgi2"`` or ``"stream"``.
-        asgi: An ASGI 3 callable (ASGI 2 apps are wrapped), or None for a stream handler.
+        interface: How the app is called: ``"asgi3"``, ``"asgi2"``, ``"wsgi"`` or
+            ``"stream"``.
+        asgi: An ASGI 3 callable (ASGI 2 and WSGI apps are wrapped), or None for a
+            stream handler.
         handler: The stream handler for interface ``"stream"``, otherwise None.
         from_factory: True if a factory was called to build the app.
     """
@@ -350,7 +353,8 @@ def _detect(obj: object, shape: _Shape) -> Interface | None:
     if shape.accepts(3):
         return "asgi3"
     if not shape.accepts(1):
-        return None
+        # environ, start_response; a class taking them is a WSGI app too (PEP 3333).
+        return "wsgi" if shape.accepts(2) and not shape.is_async else None
     if inspect.isclass(obj):
         return "asgi2"
     return "stream" if shape.is_async else "asgi2"
@@ -363,11 +367,6 @@ def _wrong_kind(target: str, obj: object, shape: _Shape, *, built: bool) -> AppL
         message += "; it is a coroutine: name the async factory itself, not a call of it"
     elif not callable(obj):
         return AppLoadError(message)
-    elif shape.accepts(2) and not shape.is_async:
-        message += (
-            "; it takes 2 arguments like a WSGI app (environ, start_response),"
-            " and this version of trioserve does not support WSGI apps"
-        )
     elif built and shape.looks_like_factory:
         message += "; it looks like a factory itself, and a factory's result is not called again"
     elif shape.required and not built:
@@ -399,7 +398,7 @@ async def _call_factory(target: str, factory: object, call: FactoryCall) -> obje
 
 
 def _finish(
-    target: str, obj: object, interface: str, *, from_factory: bool, built: bool
+    target: str, obj: object, interface: str, *, from_factory: bool, built: bool, threads: int
 ) -> LoadedApp:
     if interface == "auto":
         shape = _shape(obj)
@@ -424,7 +423,12 @@ def _finish(
             handler=cast(StreamHandler, obj),
             from_factory=from_factory,
         )
-    asgi = _wrap_asgi2(obj) if kind == "asgi2" else cast(ASGIApp, obj)
+    if kind == "asgi2":
+        asgi = _wrap_asgi2(obj)
+    elif kind == "wsgi":
+        asgi = wsgi_to_asgi(cast(WSGIApp, obj), threads=threads)
+    else:
+        asgi = cast(ASGIApp, obj)
     return LoadedApp(
         target=target, app=obj, interface=kind, asgi=asgi, handler=None, from_factory=from_factory
     )
@@ -436,6 +440,7 @@ async def load_app(
     factory: bool | None = None,
     interface: str = "auto",
     app_dir: str | None = ".",
+    threads: int = 10,
 ) -> LoadedApp:
     """Import, build and recognise the application to serve.
 
@@ -446,12 +451,17 @@ async def load_app(
         factory: None calls the object when it is a callable that is not an app and
             takes no required arguments; True always calls it; False never does.
         interface: ``"auto"`` to recognise the app from its signature, or one of
-            ``"asgi3"``, ``"asgi2"``, ``"stream"`` to skip recognition.
+            ``"asgi3"``, ``"asgi2"``, ``"wsgi"``, ``"stream"`` to skip recognition.
+            A sync callable taking exactly two positional arguments (environ,
+            start_response) is recognised as WSGI.
         app_dir: A directory put first on ``sys.path`` (made absolute) before
             importing; None leaves ``sys.path`` alone.
+        threads: For a WSGI app, how many requests may run it at once, each in a
+            worker thread.
 
     Returns:
-        The loaded app, with an ASGI 3 callable or a stream handler to serve.
+        The loaded app, with an ASGI 3 callable (WSGI apps wrapped to run in
+        threads) or a stream handler to serve.
 
     Raises:
         AppLoadError: The target cannot be parsed, imported, found, built or
@@ -486,20 +496,20 @@ async def load_app(
             raise AppLoadError(f"{target!r} calls {_kind_of(obj)}, which is not callable")
         built = await _call_factory(target, obj, call)
         LOGGER.info("called factory %s to build the app", target)
-        return _finish(target, built, interface, from_factory=True, built=True)
+        return _finish(target, built, interface, from_factory=True, built=True, threads=threads)
 
     shape = _shape(obj)
     # No interface takes zero arguments, so a callable that takes none is a factory.
     is_factory = callable(obj) and shape.looks_like_factory
     if factory is None and not is_factory:
-        return _finish(target, obj, interface, from_factory=False, built=False)
+        return _finish(target, obj, interface, from_factory=False, built=False, threads=threads)
     if factory is False:
         if is_factory and interface == "auto":
             raise AppLoadError(
                 f"{target!r} is {_kind_of(obj)} that takes no arguments, so it looks like"
                 " an app factory rather than an app; drop --no-factory to call it"
             )
-        return _finish(target, obj, interface, from_factory=False, built=False)
+        return _finish(target, obj, interface, from_factory=False, built=False, threads=threads)
     if factory is True:
         if not callable(obj):
             raise AppLoadError(
@@ -515,4 +525,4 @@ async def load_app(
     built = await _call_factory(target, obj, ((), {}))
     described = target if target.startswith("<") else f"{target}()"
     LOGGER.info("called factory %s to build the app", described)
-    return _finish(target, built, interface, from_factory=True, built=True)
+    return _finish(target, built, interface, from_factory=True, built=True, threads=threads)

@@ -1,26 +1,137 @@
-"""trioserve's own log: one line per event on stderr."""
+"""trioserve's own log and the access log: where they go, and the user's dictConfig."""
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.config
 import sys
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._config import Config
 
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] trioserve: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
-_HANDLER_NAME = "trioserve.stderr"
+ACCESS_FORMAT = "%(message)s"
+_ERROR_HANDLER = "trioserve.error_log"
+_ACCESS_HANDLER = "trioserve.access_log"
 
 
-def configure_logging(level: str) -> None:
-    """Send the ``trioserve`` loggers to stderr at ``level``; idempotent.
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
 
-    Only trioserve's own logger tree is touched: the app's logging stays as the app
-    configures it.
-    """
-    logger = logging.getLogger("trioserve")
-    logger.setLevel(level.upper())
-    if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.set_name(_HANDLER_NAME)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _open_handler(target: str, *, default: Any, flag: str, name: str) -> logging.Handler:
+    """A handler on ``default`` (stdout or stderr) for "-", else appending to the file."""
+    handler: logging.Handler
+    if target == "-":
+        handler = logging.StreamHandler(default)
+    else:
+        # A plain FileHandler (not Watched: no stat per line); USR1 is meant to reopen it.
+        try:
+            handler = logging.FileHandler(target, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{flag}: cannot open {target!r}: {_reason(exc)}") from None
+    handler.set_name(name)
+    return handler
+
+
+def _install(logger: logging.Logger, handler: logging.Handler | None, name: str) -> None:
+    """Replace the handler named ``name`` that an earlier call installed on ``logger``."""
+    for old in [h for h in logger.handlers if h.get_name() == name]:
+        logger.removeHandler(old)
+        old.close()
+    if handler is not None:
         logger.addHandler(handler)
+
+
+def _load_log_config(path: str) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = _reason(exc) if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(f"--log-config: cannot read {path!r}: {reason}") from None
+    data: Any
+    try:
+        if file.suffix == ".json":
+            data = json.loads(text)
+        elif file.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(f"--log-config: cannot read {path!r}: expected a .json or .toml file")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--log-config: cannot read {path!r}: invalid JSON: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--log-config: cannot read {path!r}: invalid TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"--log-config: cannot read {path!r}: expected a dictConfig object at the top level"
+        )
+    return data
+
+
+def configure_logging(config: Config) -> None:
+    """Set up trioserve's loggers from ``config``; calling it again replaces, never adds.
+
+    - ``trioserve`` logs at ``log_level`` to stderr, or to the ``error_log`` file.
+    - ``trioserve.access`` logs at INFO to stdout, or to the ``access_log`` file, one
+      line per request; with no ``access_log`` it has no handler and is disabled.
+    - ``log_config`` (JSON or TOML) is then passed to :func:`logging.config.dictConfig`,
+      so it can override both. As in gunicorn, ``disable_existing_loggers`` defaults to
+      false there. A logger the file names loses the handlers set up here.
+
+    Neither logger propagates: the app's own logging stays as the app configures it.
+    Files are opened in append mode.
+
+    Raises:
+        ConfigError: A log file cannot be opened, or ``log_config`` cannot be read or
+            applied; the message names the setting.
+    """
+    # Open everything before touching the loggers, so an error leaves them as they were.
+    error_handler = _open_handler(
+        config.error_log, default=sys.stderr, flag="--error-log", name=_ERROR_HANDLER
+    )
+    error_handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    access_handler = None
+    if config.access_log is not None:
+        try:
+            access_handler = _open_handler(
+                config.access_log, default=sys.stdout, flag="--access-log", name=_ACCESS_HANDLER
+            )
+        except ConfigError:
+            error_handler.close()
+            raise
+        access_handler.setFormatter(logging.Formatter(ACCESS_FORMAT))
+
+    logger = logging.getLogger("trioserve")
+    logger.setLevel(config.log_level.upper())
     logger.propagate = False
+    _install(logger, error_handler, _ERROR_HANDLER)
+
+    access = logging.getLogger("trioserve.access")
+    # Above INFO when off, so AccessLog.log returns before formatting anything.
+    access.setLevel(logging.INFO if access_handler is not None else logging.WARNING)
+    access.propagate = False
+    _install(access, access_handler, _ACCESS_HANDLER)
+
+    if config.log_config is not None:
+        dict_config = _load_log_config(config.log_config)
+        dict_config.setdefault("disable_existing_loggers", False)
+        try:
+            logging.config.dictConfig(dict_config)
+        except (ValueError, TypeError, AttributeError, ImportError) as exc:
+            # dictConfig says which entry failed and chains the reason it failed.
+            reason = str(exc) if exc.__cause__ is None else f"{exc}: {exc.__cause__}"
+            raise ConfigError(
+                f"--log-config: cannot apply {config.log_config!r}: {_one_line(reason)}"
+            ) from None

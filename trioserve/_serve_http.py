@@ -73,6 +73,7 @@ class HTTPOptions:
         h11_module: types.ModuleType = h11,
         access_log: AccessLogger | None = None,
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
+        app_hint: Callable[[BaseException], str | None] | None = None,
     ) -> None:
         self.h11: Any = h11_module
         self.limits = Limits(
@@ -93,7 +94,10 @@ class HTTPOptions:
         )
         self.limit_concurrency = config.limit_concurrency
         self.access_log = access_log
+        # Rewrites a request scope from trusted proxy headers.
         self.proxy = proxy
+        # Adds advice to the log of an app's exception (the asyncio hint).
+        self.app_hint = app_hint
 
 
 def options_for(state: ServerState) -> HTTPOptions:
@@ -423,11 +427,13 @@ class _Cycle:
             await app(scope, self.receive, self.send)
         except Exception as exc:
             if self.rejected is None:
+                hint = self.connection.options.app_hint
+                text = hint(exc) if hint is not None else None
                 LOGGER.exception(
                     "exception in ASGI app while serving %s %s%s",
                     scope["method"],
                     scope["path"],
-                    _app_hint(exc),
+                    f" ({text})" if text else "",
                 )
                 await self._fail()
         else:
@@ -622,17 +628,3 @@ def _keep_alive_10_head(head: bytes) -> bytes:
     if head.endswith(_CLOSE_TAIL):
         return head[: -len(_CLOSE_TAIL)] + _KEEP_ALIVE_TAIL
     return head
-
-
-def _app_hint(exc: BaseException) -> str:
-    hint = _hint_for(exc)
-    return f" ({hint})" if hint else ""
-
-
-_hint_for: Callable[[BaseException], str | None] = lambda exc: None  # noqa: E731
-
-
-def set_app_hint(function: Callable[[BaseException], str | None]) -> None:
-    """Install the function that adds a hint to app error logs (the asyncio hint)."""
-    global _hint_for
-    _hint_for = function

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import signal
+import types
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+import h11
 import trio
 
+from ._accesslog import access_log_for
+from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
 from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
 from ._config import Config
 from ._errors import ConfigError, TrioserveError
 from ._importer import LoadedApp, load_app
 from ._lifespan import Lifespan
-from ._serve_http import serve_http_connection
+from ._proto.proxy_protocol import ProxyProtocolError
+from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
+from ._serve_http import HTTPOptions, serve_http_connection
 from ._serve_tcp import serve_stream_connection
 from ._state import ServerState
-from ._streams import stream_addresses
+from ._streams import PrefixedStream, stream_addresses
+from ._tls import ssl_context, tls_extension, tls_handshake
 from ._types import Address
 
 LOGGER = logging.getLogger("trioserve.server")
@@ -106,8 +114,17 @@ async def _serve_inner(
             "no application given: pass APP as 'module:attribute' or set 'app' in the config"
         )
     loaded = await load_app(
-        config.app, factory=config.factory, interface=config.interface, app_dir=config.app_dir
+        config.app,
+        factory=config.factory,
+        interface=config.interface,
+        app_dir=config.app_dir,
+        threads=config.threads,
     )
+    if config.app_loop == "asyncio" and loaded.asgi is not None:
+        loaded = attrs.evolve(loaded, asgi=asyncio_app(loaded.asgi))
+    # Fail on bad TLS files or log formats before binding anything.
+    ssl_context(config)
+    access_log_for(config)
     specs = [parse_bind(text) for text in config.bind]
     listeners = await create_listeners(specs, backlog=config.backlog)
     state = ServerState(config)
@@ -142,7 +159,9 @@ async def _run(
     config = state.config
     handler = _connection_handler(loaded, state)
     scheme = "tcp" if loaded.interface == "stream" else "http"
-    async with trio.open_nursery() as app_tasks:
+    if config.certfile or config.keyfile:
+        scheme = "tls" if scheme == "tcp" else "https"
+    async with app_loop(config), trio.open_nursery() as app_tasks:
         lifespan = None
         if loaded.asgi is not None and config.lifespan != "off":
             state.lifespan_state = {}
@@ -180,22 +199,100 @@ async def _run(
         app_tasks.cancel_scope.cancel()
 
 
+def _h11_module(choice: str) -> types.ModuleType:
+    """The HTTP/1.1 parser: h11, or its compiled build when asked for or available."""
+    if choice != "h11":
+        try:
+            return importlib.import_module("h11_mypyc")
+        except ImportError:
+            if choice == "h11-compiled":
+                raise ConfigError(
+                    "--http h11-compiled: needs the compiled h11; install it with "
+                    "pip install 'trioserve[speed]'"
+                ) from None
+    return h11
+
+
+@attrs.define(eq=False)
+class _Accepted:
+    """A connection after the PROXY header and the TLS handshake."""
+
+    stream: trio.abc.Stream
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+    scheme_secure: bool = False
+    extensions: dict[str, Any] | None = None
+
+
 def _connection_handler(
     loaded: LoadedApp, state: ServerState
 ) -> Callable[[trio.SocketStream], Any]:
+    config = state.config
+    context = ssl_context(config)
+    trusted = TrustedPeers(config.forwarded_allow_ips)
+    proxy_protocol = config.proxy_protocol
+
+    async def accept(stream: trio.SocketStream) -> _Accepted | None:
+        client, server = stream_addresses(stream)
+        accepted = _Accepted(stream, client, server)
+        if proxy_protocol != "off" and (client[0] if client else None) in trusted:
+            try:
+                info, leftover = await read_proxy_protocol(
+                    stream, proxy_protocol, config.header_timeout
+                )
+            except ProxyProtocolError as exc:
+                LOGGER.info("dropping connection from %s: %s", client, exc)
+                await trio.aclose_forcefully(stream)
+                return None
+            if info.client is not None:
+                accepted.client = info.client
+            if info.server is not None:
+                accepted.server = info.server
+            if leftover:
+                accepted.stream = PrefixedStream(stream, leftover)
+        if context is not None:
+            secure = await tls_handshake(accepted.stream, context, config.tls_handshake_timeout)
+            if secure is None:
+                return None
+            accepted.stream = secure
+            accepted.scheme_secure = True
+            accepted.extensions = {"tls": tls_extension(secure)}
+        return accepted
+
     if loaded.handler is not None:
         stream_handler = loaded.handler
 
         async def handle_stream(stream: trio.SocketStream) -> None:
-            await serve_stream_connection(stream, stream_handler)
+            accepted = await accept(stream)
+            if accepted is not None:
+                await serve_stream_connection(accepted.stream, stream_handler)
 
         return handle_stream
     asgi = loaded.asgi
     assert asgi is not None
+    state.http_options = HTTPOptions(
+        config,
+        h11_module=_h11_module(config.http),
+        access_log=access_log_for(config),
+        proxy=functools.partial(apply_proxy_headers, trusted=trusted)
+        if config.proxy_headers
+        else None,
+        app_hint=asyncio_hint if config.app_loop == "trio" else None,
+    )
 
     async def handle_http(stream: trio.SocketStream) -> None:
-        client, server = stream_addresses(stream)
-        await serve_http_connection(stream, asgi, state, client=client, server=server)
+        accepted = await accept(stream)
+        if accepted is None:
+            return
+        await serve_http_connection(
+            accepted.stream,
+            asgi,
+            state,
+            client=accepted.client,
+            server=accepted.server,
+            scheme="https" if accepted.scheme_secure else "http",
+            extensions=accepted.extensions,
+        )
 
     return handle_http
 

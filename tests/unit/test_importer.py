@@ -156,6 +156,7 @@ async def test_load_app_never_evaluates_arguments(tmp_path: Path) -> None:
         ("stream_handler", "stream"),
         ("stream_instance", "stream"),
         ("partial_stream", "stream"),
+        ("wsgi_app", "wsgi"),
     ],
 )
 async def test_interface_is_detected_from_the_signature(attribute: str, interface: str) -> None:
@@ -228,8 +229,125 @@ async def test_explicit_interface_still_calls_zero_argument_factories() -> None:
 
 async def test_unknown_interface_is_refused() -> None:
     """An interface outside the choices is an error naming the choices."""
-    error = await load_error(f"{GOOD}:asgi3_app", interface="wsgi")
-    assert str(error) == "--interface: expected one of auto, asgi3, asgi2, stream, got 'wsgi'"
+    error = await load_error(f"{GOOD}:asgi3_app", interface="asgi4")
+    assert str(error) == (
+        "--interface: expected one of auto, asgi3, asgi2, wsgi, stream, got 'asgi4'"
+    )
+
+
+# --- WSGI apps ------------------------------------------------------------------------
+
+
+def wsgi_scope(path: str = "/") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": None,
+        "server": ("testserver", 80),
+    }
+
+
+def response_of(sent: list[dict[str, Any]]) -> tuple[int, bytes]:
+    """The status and the body of the ASGI messages a wrapped WSGI app sent."""
+    assert sent[0]["type"] == "http.response.start"
+    return sent[0]["status"], b"".join(message["body"] for message in sent[1:])
+
+
+class FlaskLike:
+    """A framework app object: a plain class whose sync __call__ takes environ, start_response."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"flask-like {environ['PATH_INFO']}".encode()]
+
+
+class WSGIClassApp:
+    """PEP 3333's class app: calling the class with environ, start_response makes the body."""
+
+    def __init__(self, environ: dict[str, Any], start_response: Any) -> None:
+        start_response("200 OK", [])
+        self.path = environ["PATH_INFO"]
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield f"class {self.path}".encode()
+
+
+async def test_wsgi_function_is_detected_and_wrapped() -> None:
+    """A sync function taking (environ, start_response) loads as WSGI, wrapped into ASGI."""
+    loaded = await load(f"{GOOD}:wsgi_app")
+    assert loaded.interface == "wsgi"
+    assert loaded.handler is None
+    assert loaded.asgi is not None
+    assert loaded.asgi is not loaded.app
+    with trio.fail_after(5):
+        assert response_of(await call_asgi(loaded, wsgi_scope())) == (200, b"hello")
+
+
+@pytest.mark.parametrize(
+    ("app", "body"),
+    [(FlaskLike(), b"flask-like /p"), (WSGIClassApp, b"class /p")],
+    ids=["instance-with-sync-call", "pep-3333-class"],
+)
+async def test_wsgi_objects_are_detected(app: object, body: bytes) -> None:
+    """An instance with a sync two-argument __call__, or a two-argument class, is WSGI."""
+    loaded = await load_app(app, app_dir=None)
+    assert loaded.interface == "wsgi"
+    assert loaded.app is app
+    assert loaded.from_factory is False
+    with trio.fail_after(5):
+        assert response_of(await call_asgi(loaded, wsgi_scope("/p"))) == (200, body)
+
+
+async def test_wsgi_app_built_by_a_factory_is_detected() -> None:
+    """A factory returning a WSGI app object (create_app() style) loads it as WSGI."""
+
+    def create_app() -> FlaskLike:
+        return FlaskLike()
+
+    loaded = await load_app(create_app, app_dir=None)
+    assert loaded.interface == "wsgi"
+    assert loaded.from_factory is True
+    assert isinstance(loaded.app, FlaskLike)
+
+
+async def test_async_two_argument_call_is_not_wsgi() -> None:
+    """An instance whose two-argument __call__ is async is not taken for WSGI."""
+
+    class AsyncPair:
+        async def __call__(self, first: object, second: object) -> None:
+            pass
+
+    with pytest.raises(AppLoadError) as info:
+        await load_app(AsyncPair(), app_dir=None)
+    assert "not an ASGI or WSGI app" in str(info.value)
+
+
+async def test_explicit_wsgi_interface_wraps_any_callable() -> None:
+    """interface='wsgi' wraps a callable that detection would take for ASGI 2."""
+
+    def lenient(environ: dict[str, Any], start_response: Any = None) -> list[bytes]:
+        assert start_response is not None
+        start_response("202 Accepted", [])
+        return [b"explicit"]
+
+    assert (await load_app(lenient, app_dir=None)).interface == "asgi2"
+    loaded = await load_app(lenient, app_dir=None, interface="wsgi")
+    assert loaded.interface == "wsgi"
+    with trio.fail_after(5):
+        assert response_of(await call_asgi(loaded, wsgi_scope())) == (202, b"explicit")
+
+
+async def test_threads_reach_the_wsgi_adapter() -> None:
+    """load_app passes threads to the WSGI adapter, which checks it; other apps ignore it."""
+    with pytest.raises(ValueError, match="threads: expected an integer of at least 1, got 0"):
+        await load(f"{GOOD}:wsgi_app", threads=0)
+    assert (await load(f"{GOOD}:asgi3_app", threads=0)).interface == "asgi3"
 
 
 # --- modules and attributes -----------------------------------------------------------
@@ -287,7 +405,7 @@ async def test_object_that_is_not_an_app_is_described_readably() -> None:
     with pytest.raises(AppLoadError) as info:
         await load_app(42, app_dir=None)
     assert str(info.value) == (
-        "'<int object>' is an int, not an ASGI app, a stream handler or an app factory"
+        "'<int object>' is an int, not an ASGI or WSGI app, a stream handler or an app factory"
     )
 
 
@@ -343,7 +461,7 @@ async def test_factory_call_syntax_calls_only_once() -> None:
     """A result of explicit call syntax is not called again, even if it takes no arguments."""
     error = await load_error(f"{GOOD}:factory_of_factory()")
     assert str(error).startswith(
-        f"'{GOOD}:factory_of_factory()' returned a function, not an ASGI app,"
+        f"'{GOOD}:factory_of_factory()' returned a function, not an ASGI or WSGI app,"
         " a stream handler or an app factory; it looks like a factory itself"
     )
 
@@ -554,26 +672,15 @@ async def test_non_callable_is_the_wrong_kind() -> None:
     """6. A non-callable object is neither app nor factory."""
     error = await load_error(f"{GOOD}:settings")
     assert str(error) == (
-        f"'{GOOD}:settings' is a dict, not an ASGI app, a stream handler or an app factory"
+        f"'{GOOD}:settings' is a dict, not an ASGI or WSGI app, a stream handler or an app factory"
     )
-
-
-async def test_wsgi_app_is_the_wrong_kind_with_a_hint() -> None:
-    """6. A two-argument sync callable is taken for WSGI, which is plainly unsupported."""
-    error = await load_error(f"{GOOD}:wsgi_app")
-    message = str(error)
-    assert message.startswith(
-        f"'{GOOD}:wsgi_app' is a function, not an ASGI app, a stream handler or an app factory;"
-    )
-    assert "WSGI" in message
-    assert "does not support WSGI apps" in message
 
 
 async def test_two_argument_coroutine_function_is_the_wrong_kind() -> None:
     """6. A two-argument async function is no known interface, and not WSGI either."""
     error = await load_error(f"{GOOD}:two_arg_coroutine")
     assert str(error) == (
-        f"'{GOOD}:two_arg_coroutine' is a function, not an ASGI app, a stream handler"
+        f"'{GOOD}:two_arg_coroutine' is a function, not an ASGI or WSGI app, a stream handler"
         " or an app factory; it takes required arguments first, second;"
         f" call it in the target like '{GOOD}:two_arg_coroutine(...)'"
     )
@@ -583,7 +690,7 @@ async def test_factory_with_required_arguments_is_the_wrong_kind() -> None:
     """6. A factory with required parameters is told to be called in the target."""
     error = await load_error(f"{GOOD}:needs_settings")
     assert str(error) == (
-        f"'{GOOD}:needs_settings' is a function, not an ASGI app, a stream handler"
+        f"'{GOOD}:needs_settings' is a function, not an ASGI or WSGI app, a stream handler"
         " or an app factory; it takes required arguments settings, environment;"
         f" call it in the target like '{GOOD}:needs_settings(...)'"
     )
@@ -593,16 +700,18 @@ async def test_factory_result_that_is_a_factory_is_the_wrong_kind() -> None:
     """6. A factory returning another zero-argument factory is not called twice."""
     error = await load_error(f"{GOOD}:factory_of_factory")
     assert str(error) == (
-        f"'{GOOD}:factory_of_factory' returned a function, not an ASGI app, a stream handler"
-        " or an app factory; it looks like a factory itself, and a factory's result"
-        " is not called again"
+        f"'{GOOD}:factory_of_factory' returned a function, not an ASGI or WSGI app,"
+        " a stream handler or an app factory; it looks like a factory itself,"
+        " and a factory's result is not called again"
     )
 
 
 async def test_factory_result_that_is_none_is_the_wrong_kind() -> None:
     """6. A factory that returns None says so."""
     error = await load_error(f"{GOOD}:factory_of_nothing")
-    assert str(error).startswith(f"'{GOOD}:factory_of_nothing' returned None, not an ASGI app")
+    assert str(error).startswith(
+        f"'{GOOD}:factory_of_nothing' returned None, not an ASGI or WSGI app"
+    )
 
 
 async def test_coroutine_object_gets_a_hint() -> None:

@@ -1,0 +1,194 @@
+"""The request checks made before h11: limits, smuggling shapes, chunked framing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trioserve._proto.validate import (
+    ChunkedChecker,
+    Limits,
+    RequestRejected,
+    check_head,
+    check_partial_head,
+    head_end,
+)
+
+LIMITS = Limits()
+
+
+def head(*lines: str, version: str = "HTTP/1.1") -> bytes:
+    return f"GET / {version}\r\n".encode() + b"".join(f"{x}\r\n".encode() for x in lines) + b"\r\n"
+
+
+def rejected(data: bytes, limits: Limits = LIMITS) -> tuple[int, str]:
+    with pytest.raises(RequestRejected) as info:
+        check_head(data, limits)
+    return info.value.status, info.value.reason
+
+
+def test_plain_head_has_no_body_framing():
+    """A GET without framing headers has neither chunked nor a length."""
+    framing = check_head(head("Host: a"), LIMITS)
+    assert (framing.chunked, framing.content_length) == (False, None)
+
+
+def test_content_length_and_chunked_framing():
+    """Content-Length and a single chunked coding are reported as the body framing."""
+    assert check_head(head("Host: a", "Content-Length: 12"), LIMITS).content_length == 12
+    assert check_head(head("Host: a", "Transfer-Encoding: chunked"), LIMITS).chunked
+    same_twice = head("Host: a", "Content-Length: 5", "Content-Length: 5")
+    assert check_head(same_twice, LIMITS).content_length == 5
+
+
+@pytest.mark.parametrize(
+    ("lines", "version", "status", "reason"),
+    [
+        (("Host: a", "Content-Length: 3", "Transfer-Encoding: chunked"), "HTTP/1.1", 400, "both"),
+        (("Host: a", "Content-Length: 3", "Content-Length: 4"), "HTTP/1.1", 400, "conflicting"),
+        (("Host: a", "Content-Length: 3, 4"), "HTTP/1.1", 400, "conflicting"),
+        (("Host: a", "Content-Length: +3"), "HTTP/1.1", 400, "invalid Content-Length"),
+        (("Host: a", "Content-Length: 0x10"), "HTTP/1.1", 400, "invalid Content-Length"),
+        (("Host: a", "Content-Length: 1234567890123456789"), "HTTP/1.1", 400, "invalid"),
+        (("Host: a", "Transfer-Encoding: gzip, chunked"), "HTTP/1.1", 400, "final chunked"),
+        (("Host: a", "Transfer-Encoding: chunked, gzip"), "HTTP/1.1", 400, "final chunked"),
+        (("Host: a", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"), "HTTP/1.1", 400, "final"),
+        (("Host: a", "Transfer-Encoding: identity"), "HTTP/1.1", 400, "final chunked"),
+        (("Host: a", "Transfer-Encoding: chunked"), "HTTP/1.0", 400, "HTTP/1.0"),
+        (("Host: a",), "HTTP/9.9", 400, "unsupported HTTP version"),
+        (("Host: a",), "HTTP/2.0", 400, "unsupported HTTP version"),
+        (("Host: a",), "http/1.1", 400, "malformed HTTP version"),
+        (("Host: a", " folded"), "HTTP/1.1", 400, "folding"),
+        (("Host: a", "\tfolded"), "HTTP/1.1", 400, "folding"),
+        (("Host: a", "Bad Name: x"), "HTTP/1.1", 400, "malformed header"),
+        (("Host: a", "Name : x"), "HTTP/1.1", 400, "malformed header"),
+        (("Host: a", "no colon"), "HTTP/1.1", 400, "malformed header"),
+        (("Host: a", "Host: b"), "HTTP/1.1", 400, "more than one Host"),
+    ],
+)
+def test_smuggling_shapes_are_refused(lines, version, status, reason):
+    """Each shape h11 would tolerate or mis-frame is refused with its status."""
+    got_status, got_reason = rejected(head(*lines, version=version))
+    assert got_status == status
+    assert reason in got_reason
+
+
+def test_nul_and_bare_cr_are_refused():
+    """A NUL byte or a CR not followed by LF anywhere in the head is a 400."""
+    assert rejected(head("Host: a", "X: a\0b"))[0] == 400
+    assert "bare CR" in rejected(head("Host: a", "X: a\rb"))[1]
+
+
+def test_request_line_limit_is_414():
+    """A request line one byte over the limit gets 414; at the limit it passes."""
+    limits = Limits(request_line=50)
+    target = "/" + "a" * (50 - len("GET  HTTP/1.1") - 1)
+    at_limit = f"GET {target} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+    assert len(at_limit.split(b"\r\n")[0]) == 50
+    check_head(at_limit, limits)
+    over = at_limit.replace(b"GET /", b"GET /a", 1)
+    assert rejected(over, limits)[0] == 414
+
+
+def test_field_count_and_size_limits_are_431():
+    """More fields than allowed, or one field too long, gets 431."""
+    limits = Limits(fields=3, field_size=20)
+    check_head(head("Host: a", "A: 1", "B: 2"), limits)
+    assert rejected(head("Host: a", "A: 1", "B: 2", "C: 3"), limits)[0] == 431
+    assert rejected(head("Host: a", "X: " + "v" * 18), limits)[0] == 431
+
+
+def test_body_limit_on_content_length_is_413():
+    """A declared Content-Length over limit_request_body gets 413 before any body is read."""
+    status, _ = rejected(head("Host: a", "Content-Length: 11"), Limits(body=10))
+    assert status == 413
+
+
+def test_zero_limits_mean_no_limit():
+    """With every limit at 0, long lines and many fields pass."""
+    limits = Limits(request_line=0, fields=0, field_size=0, body=0)
+    lines = [f"X-{i}: " + "v" * 9000 for i in range(150)]
+    check_head(head("Host: a", *lines), limits)
+
+
+def test_partial_head_over_limits_is_refused_early():
+    """An incomplete head that already breaks a limit is refused without waiting for the end."""
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(b"GET /" + b"a" * 5000, LIMITS)
+    assert info.value.status == 414
+    many = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(many, LIMITS)
+    assert info.value.status == 431
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(b"GET / HTTP/1.1\r\nX: " + b"v" * 9000, LIMITS)
+    assert info.value.status == 431
+    check_partial_head(b"GET / HTTP/1.1\r\nHost: a\r\n", LIMITS)
+
+
+def test_head_end_finds_crlf_and_bare_lf_endings():
+    """The end of a head is found after CRLFCRLF or LF LF, and -1 while incomplete."""
+    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY") == len(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY") == len(b"GET / HTTP/1.1\nHost: a\n\n")
+    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n") == -1
+
+
+def feed_all(checker: ChunkedChecker, data: bytes) -> int:
+    return checker.feed(data)
+
+
+def test_chunked_body_is_followed_to_its_end():
+    """The checker consumes exactly the chunked body and reports where the next request starts."""
+    body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
+    checker = ChunkedChecker()
+    assert checker.feed(body + b"GET / HTTP/1.1") == len(body)
+    assert checker.done
+
+
+@given(st.lists(st.integers(min_value=0, max_value=60), max_size=8))
+def test_chunked_checker_gives_the_same_result_for_any_split(cuts):
+    """Feeding a chunked body in pieces ends at the same place as feeding it whole."""
+    body = b"5\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n"
+    checker = ChunkedChecker()
+    points = sorted({min(c, len(body)) for c in cuts})
+    consumed = 0
+    for start, end in zip([0, *points], [*points, len(body)], strict=True):
+        consumed += checker.feed(body[start:end])
+    assert checker.done
+    assert consumed == len(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"zz\r\nhello\r\n", "invalid chunk size"),
+        (b"-5\r\nhello\r\n", "invalid chunk size"),
+        (b"1" * 17 + b"\r\n", "invalid chunk size"),
+        (b"5\nhello\r\n", "bare LF"),
+        (b"5\r\nhelloXX", "not followed by CRLF"),
+        (b"5\r\nhello\r\n0\r\nT: x\n\r\n", "bare LF"),
+        (b"\r\n", "invalid chunk size"),
+    ],
+)
+def test_bad_chunked_framing_is_refused(body, reason):
+    """Chunk framing h11 tolerates or waits on forever is refused with 400."""
+    with pytest.raises(RequestRejected) as info:
+        ChunkedChecker().feed(body)
+    assert info.value.status == 400
+    assert reason in info.value.reason
+
+
+def test_overlong_chunk_line_is_refused_without_its_end():
+    """A chunk-size line that never ends is refused once it is too long."""
+    with pytest.raises(RequestRejected):
+        ChunkedChecker().feed(b"5;" + b"e" * 5000)
+
+
+def test_chunked_body_over_limit_is_413():
+    """Chunk sizes adding up past limit_request_body get 413 as soon as the size is seen."""
+    checker = ChunkedChecker(body_limit=8)
+    checker.feed(b"5\r\nhello\r\n")
+    with pytest.raises(RequestRejected) as info:
+        checker.feed(b"4\r\n")
+    assert info.value.status == 413
