@@ -11,10 +11,10 @@ from typing import Any, NoReturn
 
 import trio
 
+from ._accesslog import access_log_for
 from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, render_config, settings
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
 from ._importer import load_app
-from ._accesslog import access_log_for
 from ._logging import configure_logging
 from ._server import run
 from ._tls import ssl_context

@@ -203,7 +203,8 @@ class _Connection:
                 # what the client already sent.
                 leftover, closed = conn.trailing_data
                 self.conn = self._new_h11()
-                self.conn.receive_data(leftover)
+                if leftover:  # (b"" would mean end of input to h11)
+                    self.conn.receive_data(leftover)
                 if closed:
                     self.conn.receive_data(b"")
             else:
@@ -439,6 +440,9 @@ class _Cycle:
         else:
             if self.rejected is not None:
                 pass
+            elif not self.response.started and self.disconnected:
+                # The client left before an answer was due; nothing is wrong with the app.
+                self.broken = True
             elif not self.response.started:
                 LOGGER.error(
                     "ASGI app returned without sending a response to %s %s",
@@ -570,6 +574,9 @@ class _Cycle:
         return _DISCONNECT
 
     async def send(self, message: Message) -> None:
+        if self.rejected is not None:
+            # The request was refused (413, bad framing) and answered already.
+            return
         response = self.response
         if not response.started:
             # A stop that began while the app worked still marks this response the last.

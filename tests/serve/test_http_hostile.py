@@ -1,0 +1,305 @@
+"""Hostile and odd clients against the HTTP edge: timeouts, limits, framing, headers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from tests.helpers import H11Client, echo_body_app, header, hello_app, read_until_eof
+from trioserve import Config
+from trioserve._accesslog import AccessLog
+from trioserve._serve_http import HTTPOptions, serve_http_connection
+from trioserve._state import ServerState
+
+
+def make_state(**settings: Any) -> ServerState:
+    return ServerState(Config(**settings))
+
+
+def start(nursery: trio.Nursery, app: Any, state: ServerState) -> trio.StapledStream[Any, Any]:
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_http_connection, server, app, state)
+    return client
+
+
+def no_errors(caplog: pytest.LogCaptureFixture) -> bool:
+    return not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_slow_request_head_gets_408(nursery, autojump_clock, caplog):
+    """A head that starts but does not finish within header_timeout gets 408 and a close."""
+    client = start(nursery, hello_app, make_state(header_timeout=4, keep_alive=60))
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    begin = trio.current_time()
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert trio.current_time() - begin == pytest.approx(4, abs=0.1)
+    assert no_errors(caplog)
+
+
+async def test_header_timeout_counts_from_the_first_byte_not_idle_time(nursery, autojump_clock):
+    """Idle time before a request counts against keep_alive only, not header_timeout."""
+    client = H11Client(start(nursery, hello_app, make_state(header_timeout=2, keep_alive=10)))
+    await trio.sleep(5)  # idle, under keep_alive: virtual time, the clock autojumps
+    response, _ = await client.request()
+    assert response.status_code == 200
+
+
+async def test_stalled_body_is_cut_after_read_timeout(nursery, autojump_clock, caplog):
+    """A request body that stops arriving is cut after read_timeout; the app sees a disconnect."""
+    seen: list[dict[str, Any]] = []
+    done = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+        done.set()
+
+    client = start(nursery, app, make_state(read_timeout=3))
+    await client.send_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+    begin = trio.current_time()
+    await done.wait()
+    assert trio.current_time() - begin == pytest.approx(3, abs=0.1)
+    assert seen[0]["body"] == b"12345"
+    assert seen[1] == {"type": "http.disconnect"}
+    assert await read_until_eof(client) == b""
+    assert no_errors(caplog)
+
+
+async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, autojump_clock):
+    """A client that never reads a large response is disconnected after write_timeout."""
+    finished = trio.Event()
+
+    async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(100):
+            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        finished.set()
+
+    client, server = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(serve_http_connection, server, big, make_state(write_timeout=7))
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    begin = trio.current_time()
+    await finished.wait()
+    assert trio.current_time() - begin == pytest.approx(7, abs=0.1)
+
+
+async def test_error_response_is_readable_despite_extra_bytes(nursery):
+    """After a 400, the server half-closes and drains, so the client reads the whole answer."""
+    client = start(nursery, hello_app, make_state())
+    await client.send_all(b"BROKEN\r\n\r\n" + b"junk" * 1000)
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert data.endswith(b"\n")
+
+
+async def test_concurrency_limit_answers_503_at_once(nursery):
+    """Past limit_concurrency, a new request gets 503 immediately while the first runs."""
+    release = trio.Event()
+    entered = trio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        entered.set()
+        await release.wait()
+        await hello_app(scope, receive, send)
+
+    state = make_state(limit_concurrency=1)
+    first = H11Client(start(nursery, slow, state))
+    second = start(nursery, slow, state)
+    results: list[int] = []
+
+    async def first_request() -> None:
+        response, _ = await first.request()
+        results.append(response.status_code)
+
+    nursery.start_soon(first_request)
+    await entered.wait()
+    await second.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    data = await read_until_eof(second)
+    assert data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert results == [200]
+    assert state.active_requests == 0
+
+
+async def test_response_header_with_crlf_is_refused_with_500(nursery, caplog):
+    """A header value with CR/LF from the app is never written: the client gets a 500."""
+
+    async def injecting(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"x-evil", b"a\r\nSet-Cookie: stolen=1")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"never"})
+
+    client = start(nursery, injecting, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 500 ")
+    assert b"stolen" not in data
+    assert b"never" not in data
+
+
+async def test_server_header_off_and_default_headers(nursery):
+    """--no-server-header drops Server; --header adds defaults unless the app sets them."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-b", b"app")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    state = make_state(server_header=False, header=["X-A: one", "X-B: default"])
+    response, _ = await H11Client(start(nursery, app, state)).request()
+    assert header(response, b"server") is None
+    assert header(response, b"x-a") == b"one"
+    assert header(response, b"x-b") == b"app"
+
+
+async def test_http10_keep_alive_with_known_length(nursery):
+    """An HTTP/1.0 client asking keep-alive keeps its connection when the length is known."""
+    client = start(nursery, hello_app, make_state())
+    request = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    await client.send_all(request)
+    first = await client.receive_some()
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Connection: keep-alive\r\n" in first
+    await client.send_all(b"GET / HTTP/1.0\r\n\r\n")
+    second = await read_until_eof(client)
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Connection: close\r\n" in second
+
+
+async def test_http10_keep_alive_with_streamed_body_closes(nursery):
+    """A streamed response of unknown length to HTTP/1.0 is close-delimited."""
+
+    async def streamed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+
+    client = start(nursery, streamed, make_state())
+    await client.send_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    data = await read_until_eof(client)
+    assert b"Connection: close\r\n" in data
+    assert data.endswith(b"\r\n\r\nab")
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_no_body_statuses_send_no_body(nursery, status):
+    """204 and 304 responses carry no body bytes even if the app sends some."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"dropped"})
+
+    client = start(nursery, app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data = await read_until_eof(client)
+    assert data.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"dropped" not in data
+
+
+async def test_content_length_over_limit_is_413_without_calling_app(nursery, caplog):
+    """A declared body over limit_request_body gets 413 and the app is never called."""
+    called: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        called.append(True)
+
+    client = start(nursery, app, make_state(limit_request_body=10))
+    await client.send_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n01234567890")
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert called == []
+    assert no_errors(caplog)
+
+
+async def test_chunked_body_over_limit_is_413_while_app_reads(nursery, caplog):
+    """A chunked body growing past the limit is answered 413; the app sees a disconnect."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        await hello_app(scope, receive, send)
+
+    client = start(nursery, app, make_state(limit_request_body=8))
+    await client.send_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    await trio.testing.wait_all_tasks_blocked()
+    await client.send_all(b"5\r\nworld\r\n0\r\n\r\n")
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert seen[-1] == {"type": "http.disconnect"}
+    assert data.count(b"HTTP/1.1") == 1
+    assert no_errors(caplog)
+
+
+async def test_bad_chunk_after_head_is_400(nursery, caplog):
+    """A chunk-size line ending in a bare LF (h11 would wait forever) is answered 400."""
+    client = start(nursery, echo_body_app, make_state())
+    await client.send_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"
+    )
+    with trio.fail_after(5):
+        data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert no_errors(caplog)
+
+
+async def test_access_log_line_per_request(nursery, caplog):
+    """With an access log, each request produces one line with method, path and status."""
+    logger = logging.getLogger("tests.access")
+    caplog.set_level(logging.INFO, "tests.access")
+    state = make_state()
+    state.http_options = HTTPOptions(
+        state.config, access_log=AccessLog('%(m)s %(U)s %(s)s %(b)s "%(a)s"', logger)
+    )
+    client = H11Client(start(nursery, hello_app, state))
+    await client.request(target=b"/path?q=1", headers=[(b"user-agent", b"tester")])
+    lines = [r.getMessage() for r in caplog.records if r.name == "tests.access"]
+    assert lines == ['GET /path 200 13 "tester"']
+
+
+async def test_proxy_option_rewrites_scope(nursery):
+    """The proxy option sees each scope before the app does."""
+    scopes: list[dict[str, Any]] = []
+
+    def pretend_proxy(scope: Any) -> None:
+        scope["client"] = ("203.0.113.9", 0)
+        scope["scheme"] = "https"
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await hello_app(scope, receive, send)
+
+    state = make_state()
+    state.http_options = HTTPOptions(state.config, proxy=pretend_proxy)
+    await H11Client(start(nursery, app, state)).request()
+    assert scopes[0]["client"] == ("203.0.113.9", 0)
+    assert scopes[0]["scheme"] == "https"
+
+
+async def test_app_hint_is_added_to_the_error_log(nursery, caplog):
+    """An app error's log line carries the hint the server was given."""
+
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise RuntimeError("no running event loop")
+
+    state = make_state()
+    state.http_options = HTTPOptions(state.config, app_hint=lambda exc: "try --app-loop asyncio")
+    response, _ = await H11Client(start(nursery, failing, state)).request()
+    assert response.status_code == 500
+    assert any("(try --app-loop asyncio)" in r.getMessage() for r in caplog.records)
