@@ -125,7 +125,7 @@ def apply_proxy_headers(scope: MutableMapping[str, Any], trusted: TrustedPeers) 
     client = scope.get("client")
     if (client[0] if client else None) not in trusted:
         return
-    headers: Iterable[Any] = scope.get("headers") or ()
+    headers = list(scope.get("headers") or ())  # read several times below
     forwarded = _header(headers, b"forwarded")
     if forwarded is not None:
         hop = _forwarded_hop(forwarded, trusted)
@@ -321,8 +321,10 @@ def _forwarded_node(node: str) -> tuple[str, int] | None:
 
 # The timeout is a parameter rather than the caller's cancel scope because running out of
 # time is a protocol failure, reported like any other as a ProxyProtocolError.
-async def read_proxy_protocol(  # noqa: ASYNC109
-    stream: trio.abc.Stream, mode: str, timeout: float
+async def read_proxy_protocol(
+    stream: trio.abc.Stream,
+    mode: str,
+    timeout: float,  # noqa: ASYNC109
 ) -> tuple[ProxyInfo, bytes]:
     """Read the PROXY protocol header that starts ``stream``.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import operator
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -59,16 +61,36 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         self.transport_stream = transport_stream
         self._prefix = bytes(prefix)
         self._receiving = False
+        self._sending = False
+
+    # Conflicts are detected here rather than left to the wrapped stream: the prefix is
+    # served without touching it, and not every stream treats send_eof as a send.
+    @contextmanager
+    def _receive_turn(self) -> Iterator[None]:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            yield
+        finally:
+            self._receiving = False
+
+    @contextmanager
+    def _send_turn(self) -> Iterator[None]:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            yield
+        finally:
+            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if max_bytes is not None:
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError(f"max_bytes must be >= 1, got {max_bytes!r}")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
+        with self._receive_turn():
             if not self._prefix:
                 return await self.transport_stream.receive_some(max_bytes)
             # Checkpoint before taking the bytes, so a cancelled call loses none of them.
@@ -77,14 +99,14 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
                 max_bytes = len(self._prefix)
             data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
             return data
-        finally:
-            self._receiving = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport_stream.send_all(data)
+        with self._send_turn():
+            await self.transport_stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.transport_stream.wait_send_all_might_not_block()
+        with self._send_turn():
+            await self.transport_stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
         """Close the sending direction of the wrapped stream.
@@ -94,7 +116,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         """
         if not isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
             raise TypeError(f"{type(self.transport_stream).__name__} does not support send_eof")
-        await self.transport_stream.send_eof()
+        with self._send_turn():
+            await self.transport_stream.send_eof()
 
     async def aclose(self) -> None:
         # Unread prefix bytes go with the stream: a closed stream must not return data.

@@ -22,9 +22,7 @@ async def prefixed_lockstep_pair() -> tuple[PrefixedStream, PrefixedStream]:
 async def test_passes_trio_half_closeable_stream_checks() -> None:
     """With an empty prefix it passes trio's generic half-closeable stream checks."""
     with trio.fail_after(30):
-        await trio.testing.check_half_closeable_stream(
-            prefixed_memory_pair, prefixed_lockstep_pair
-        )
+        await trio.testing.check_half_closeable_stream(prefixed_memory_pair, prefixed_lockstep_pair)
 
 
 async def test_prefix_is_received_first() -> None:
@@ -42,7 +40,7 @@ async def test_prefix_is_received_first() -> None:
 
 async def test_cancelled_receive_keeps_the_prefix() -> None:
     """A receive cancelled before it returns loses none of the prefix."""
-    client, server = trio.testing.memory_stream_pair()
+    _client, server = trio.testing.memory_stream_pair()
     stream = PrefixedStream(server, b"abc")
     with trio.CancelScope() as scope:
         scope.cancel()
@@ -54,7 +52,7 @@ async def test_cancelled_receive_keeps_the_prefix() -> None:
 
 async def test_closed_stream_returns_no_prefix() -> None:
     """After aclose the unread prefix is dropped: receiving is a ClosedResourceError."""
-    client, server = trio.testing.memory_stream_pair()
+    _client, server = trio.testing.memory_stream_pair()
     stream = PrefixedStream(server, b"abc")
     await stream.aclose()
     with pytest.raises(trio.ClosedResourceError):
@@ -64,14 +62,14 @@ async def test_closed_stream_returns_no_prefix() -> None:
 @pytest.mark.parametrize("max_bytes", [0, -1])
 async def test_prefix_checks_max_bytes(max_bytes: int) -> None:
     """max_bytes below 1 is a ValueError even while the prefix is being served."""
-    client, server = trio.testing.memory_stream_pair()
+    _client, server = trio.testing.memory_stream_pair()
     with pytest.raises(ValueError, match="max_bytes must be >= 1"):
         await PrefixedStream(server, b"abc").receive_some(max_bytes)
 
 
 async def test_concurrent_receive_is_busy() -> None:
     """Two tasks receiving at once is a BusyResourceError, as on any trio stream."""
-    client, server = trio.testing.memory_stream_pair()
+    _client, server = trio.testing.memory_stream_pair()
     stream = PrefixedStream(server, b"abc")
     with trio.fail_after(5), pytest.RaisesGroup(trio.BusyResourceError):
         async with trio.open_nursery() as nursery:
@@ -110,5 +108,5 @@ async def test_send_eof_needs_a_half_closeable_stream() -> None:
 
 def test_transport_stream_is_the_wrapped_stream() -> None:
     """transport_stream gives callers the wrapped stream (and so its socket)."""
-    client, server = trio.testing.memory_stream_pair()
+    _client, server = trio.testing.memory_stream_pair()
     assert PrefixedStream(server, b"x").transport_stream is server
