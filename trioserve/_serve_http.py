@@ -226,15 +226,26 @@ class _Connection:
         conn = self.conn
         h11mod = self.h11
         limits = self.options.limits
+        # h11 holds what followed the previous request; it is given the rest of the head
+        # only once the head is complete and checked.
         pending = bytearray(conn.trailing_data[0])
+        h11_has = len(pending)
+        stripped = False
         deadline = trio.current_time() + self.options.header_timeout if pending else None
         while True:
-            # Stray CRLFs between requests are allowed (RFC 9112 section 2.2).
+            # Stray CRLFs before a request are allowed (RFC 9112 section 2.2), but h11
+            # refuses them: they are dropped here, and h11 starts afresh without them.
             while pending and pending[0] in (13, 10):
                 del pending[0]
+                stripped = True
             end = head_end(pending)
             if end >= 0:
                 framing = check_head(pending[:end], limits)
+                if stripped:
+                    self.conn = conn = self._new_h11()
+                    conn.receive_data(bytes(pending))
+                elif len(pending) > h11_has:
+                    conn.receive_data(bytes(pending[h11_has:]))
                 try:
                     event = conn.next_event()
                 except h11mod.RemoteProtocolError as exc:
@@ -267,7 +278,6 @@ class _Connection:
             if not data:
                 return None
             pending += data
-            conn.receive_data(data)
 
     def feed_body(self, data: bytes) -> None:
         """Pass raw bytes that arrived while a request body is read to the checks and h11.
