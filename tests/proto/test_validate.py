@@ -53,7 +53,12 @@ def test_content_length_and_chunked_framing():
         (("Host: a", "Content-Length: 1234567890123456789"), "HTTP/1.1", 400, "invalid"),
         (("Host: a", "Transfer-Encoding: gzip, chunked"), "HTTP/1.1", 400, "final chunked"),
         (("Host: a", "Transfer-Encoding: chunked, gzip"), "HTTP/1.1", 400, "final chunked"),
-        (("Host: a", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"), "HTTP/1.1", 400, "final"),
+        (
+            ("Host: a", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"),
+            "HTTP/1.1",
+            400,
+            "final",
+        ),
         (("Host: a", "Transfer-Encoding: identity"), "HTTP/1.1", 400, "final chunked"),
         (("Host: a", "Transfer-Encoding: chunked"), "HTTP/1.0", 400, "HTTP/1.0"),
         (("Host: a",), "HTTP/9.9", 400, "unsupported HTTP version"),
@@ -129,7 +134,9 @@ def test_partial_head_over_limits_is_refused_early():
 
 def test_head_end_finds_crlf_and_bare_lf_endings():
     """The end of a head is found after CRLFCRLF or LF LF, and -1 while incomplete."""
-    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY") == len(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY") == len(
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
     assert head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY") == len(b"GET / HTTP/1.1\nHost: a\n\n")
     assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n") == -1
 
