@@ -79,7 +79,7 @@ def wsgi_to_asgi(app: WSGIApp, *, threads: int) -> ASGIApp:
         kind = scope["type"]
         if kind == "http":
             request = _Request(app, scope, receive, send)
-            await trio.to_thread.run_sync(request.run, limiter=trio.CapacityLimiter(5), abandon_on_cancel=False)
+            await trio.to_thread.run_sync(request.run, limiter=limiter, abandon_on_cancel=False)
         elif kind == "lifespan":
             await _lifespan(receive, send)
         else:
@@ -329,9 +329,15 @@ def _encode_headers(headers: object) -> tuple[list[tuple[bytes, bytes]], int | N
                 f"start_response(): header {name!r}: {value!r} is not latin-1 text;"
                 " encode other characters (RFC 8187, percent-encoding) first"
             ) from None
-        if name.lower() == "content-length" and value.strip().isdigit():
+        if name.lower() == "content-length" and value.strip().isascii() and value.strip().isdigit():
             content_length = int(value)
     return encoded, content_length
+
+
+def _checked_body(data: object, where: str) -> bytes | bytearray:
+    if not isinstance(data, bytes | bytearray):
+        raise TypeError(f"WSGI app gave {where} a {type(data).__name__}; body must be bytes")
+    return data
 
 
 class _Request:
@@ -386,7 +392,7 @@ class _Request:
 
     def write(self, data: bytes) -> None:
         """The ``write()`` callable ``start_response`` returns: sends ``data`` now."""
-        if self._remaining is not None and len(data) > self._remaining:
+        if self._remaining is not None and len(_checked_body(data, "write()")) > self._remaining:
             raise RuntimeError(
                 f"write() of {len(data)} bytes goes past the app's Content-Length"
                 f" ({self._remaining} bytes left)"
@@ -395,16 +401,15 @@ class _Request:
 
     def _body(self, data: object, where: str) -> bool:
         """Send one body chunk; False once Content-Length allows no more bytes."""
-        if not isinstance(data, bytes | bytearray):
-            raise TypeError(f"WSGI app gave {where} a {type(data).__name__}; body must be bytes")
+        chunk = _checked_body(data, where)
         if self._remaining is not None:
-            if len(data) > self._remaining:
+            if len(chunk) > self._remaining:
                 LOGGER.error("WSGI app sent more body than its Content-Length; the rest is dropped")
-            data = data[: self._remaining]
-            self._remaining -= len(data)
-        if data:
+            chunk = chunk[: self._remaining]
+            self._remaining -= len(chunk)
+        if chunk:
             self._start()
-            message = {"type": "http.response.body", "body": bytes(data), "more_body": True}
+            message = {"type": "http.response.body", "body": bytes(chunk), "more_body": True}
             trio.from_thread.run(self._send, message)
         return self._remaining != 0
 

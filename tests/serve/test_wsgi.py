@@ -658,6 +658,13 @@ async def test_wsgi_errors_logs_each_line_at_error(caplog: pytest.LogCaptureFixt
 # --- threads --------------------------------------------------------------------------
 
 
+def waits_for_a_thread(task: trio.lowlevel.Task) -> bool:
+    """Whether ``task`` waits in a limiter's acquire_on_behalf_of, as to_thread.run_sync does."""
+    return any(
+        frame.f_code.co_name == "acquire_on_behalf_of" for frame, _ in task.iter_await_frames()
+    )
+
+
 async def test_thread_count_is_bounded():
     """With threads=2, a third concurrent request waits until one of the first two is done."""
     names = ("/a", "/b", "/c")
@@ -681,13 +688,14 @@ async def test_thread_count_is_bounded():
     sends = {name: Recorder() for name in names}
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            for name in names:
+            for name in names[:2]:
                 nursery.start_soon(adapter, http_scope(name), body_receive(), sends[name])
-                # Start them in order, so that /c is the one left waiting.
-                await trio.testing.wait_all_tasks_blocked()
-            await started["/a"].wait()
-            await started["/b"].wait()
+                await started[name].wait()
+            nursery.start_soon(adapter, http_scope("/c"), body_receive(), sends["/c"], name="/c")
             await trio.testing.wait_all_tasks_blocked()
+            [waiting] = [task for task in nursery.child_tasks if task.name == "/c"]
+            # Parked in trio on the adapter's limiter, not running in a thread of its own.
+            assert waits_for_a_thread(waiting)
             assert not started["/c"].is_set()
             release["/a"].set()
             await started["/c"].wait()
