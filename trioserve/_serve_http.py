@@ -249,7 +249,7 @@ class _Connection:
                 try:
                     event = conn.next_event()
                 except h11mod.RemoteProtocolError as exc:
-                    raise RequestRejected(400, str(exc) or "malformed request") from None
+                    raise RequestRejected(400, _h11_reason(exc)) from None
                 if not isinstance(event, h11mod.Request):
                     raise RequestRejected(400, "malformed request")
                 if framing.chunked:
@@ -378,6 +378,7 @@ def error_status_text(status: int) -> str:
     return {
         400: "Bad Request",
         408: "Request Timeout",
+        501: "Not Implemented",
         413: "Content Too Large",
         414: "URI Too Long",
         431: "Request Header Fields Too Large",
@@ -536,11 +537,14 @@ class _Cycle:
         while True:
             try:
                 event = conn.next_event()
-            except h11mod.RemoteProtocolError:
-                # The client sent a broken body or went away mid-body.
-                self.disconnected = True
-                self.broken = True
-                return _DISCONNECT
+            except h11mod.RemoteProtocolError as exc:
+                if conn.trailing_data[1]:
+                    # The client went away mid-body.
+                    self.disconnected = True
+                    self.broken = True
+                    return _DISCONNECT
+                # h11 found the body malformed where our checks did not.
+                return await self._reject(RequestRejected(400, _h11_reason(exc)))
             if isinstance(event, h11mod.Data):
                 return {"type": "http.request", "body": bytes(event.data), "more_body": True}
             if isinstance(event, h11mod.EndOfMessage):
@@ -626,6 +630,12 @@ class _Cycle:
             # http.disconnect.
             self.disconnected = True
             self.broken = True
+
+
+def _h11_reason(exc: BaseException) -> str:
+    # h11's messages show the offending bytes as a Python repr; keep only the words.
+    text = str(exc).split(":", 1)[0].strip()
+    return text or "malformed request"
 
 
 def _asks_keep_alive(headers: Any) -> bool:

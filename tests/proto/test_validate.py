@@ -199,3 +199,23 @@ def test_chunked_body_over_limit_is_413():
     with pytest.raises(RequestRejected) as info:
         checker.feed(b"4\r\n")
     assert info.value.status == 413
+
+
+def test_head_end_takes_the_earliest_blank_line_of_either_form():
+    """A bare-LF head followed by bytes holding CRLFCRLF ends at its own blank line."""
+    data = b"GET / HTTP/1.1\nHost: a\n\nPOST / HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert head_end(data) == len(b"GET / HTTP/1.1\nHost: a\n\n")
+
+
+def test_connect_is_refused_with_501():
+    """CONNECT (a tunnel request) is refused with 501 before any app sees it."""
+    status, reason = rejected(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert (status, reason) == (501, "CONNECT is not supported")
+
+
+@pytest.mark.parametrize("trailer", [b"not a header", b" folded: x", b"Bad Name: x"])
+def test_malformed_trailers_are_refused(trailer):
+    """A trailer line that is not a well-formed header field is a 400."""
+    with pytest.raises(RequestRejected) as info:
+        ChunkedChecker().feed(b"0\r\n" + trailer + b"\r\n\r\n")
+    assert info.value.status == 400

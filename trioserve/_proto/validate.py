@@ -55,16 +55,18 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
 def head_end(buffer: bytes | bytearray) -> int:
-    """The index just past the blank line ending the head, or -1 if it is not complete."""
-    end = buffer.find(b"\r\n\r\n")
-    if end >= 0:
-        return end + 4
-    # Lines may end in a bare LF (RFC 9112 allows recipients to accept it).
-    end = buffer.find(b"\n\n")
-    if end >= 0:
-        return end + 2
-    end = buffer.find(b"\n\r\n")
-    return end + 3 if end >= 0 else -1
+    """The index just past the blank line ending the head, or -1 if it is not complete.
+
+    Lines may end in CRLF or a bare LF (RFC 9112 lets recipients accept it), so the head
+    ends at the earliest LF followed by an empty line of either form ("\n\r\n" also
+    covers the usual CRLF CRLF).
+    """
+    ends = [
+        found + length
+        for found, length in ((buffer.find(b"\n\n"), 2), (buffer.find(b"\n\r\n"), 3))
+        if found >= 0
+    ]
+    return min(ends) if ends else -1
 
 
 def check_partial_head(buffer: bytes | bytearray, limits: Limits) -> None:
@@ -112,6 +114,9 @@ def check_head(head: bytes | bytearray, limits: Limits) -> Framing:
     parts = request_line.split(b" ")
     if len(parts) != 3:
         raise RequestRejected(400, "malformed request line")
+    if parts[0] == b"CONNECT":
+        # No tunnels here; h11 would turn a 2xx answer into a tunnel and refuse its body.
+        raise RequestRejected(501, "CONNECT is not supported")
     version = _VERSION.fullmatch(parts[2])
     if version is None:
         raise RequestRejected(400, "malformed HTTP version")
@@ -234,6 +239,8 @@ class ChunkedChecker:
                         raise RequestRejected(400, "trailers too large")
                     if not line:
                         self._state = "done"
+                    else:
+                        _check_trailer(line)
         return i
 
     def _start_chunk(self, line: bytes) -> None:
@@ -250,6 +257,14 @@ class ChunkedChecker:
         else:
             self._remaining = size
             self._state = "data"
+
+
+def _check_trailer(line: bytes) -> None:
+    if line[:1] in (b" ", b"\t"):
+        raise RequestRejected(400, "obsolete line folding in the trailers")
+    name, colon, value = line.partition(b":")
+    if not colon or not _TOKEN.fullmatch(name) or b"\0" in value or b"\r" in value:
+        raise RequestRejected(400, "malformed trailer field")
 
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
