@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import sniffio
@@ -66,8 +66,29 @@ async def app_loop(config: Config) -> AsyncIterator[None]:
         yield
         return
     trio_asyncio = _trio_asyncio()
-    async with trio_asyncio.open_loop():
+    async with trio_asyncio.open_loop() as loop:
+        _accept_any_executor(loop, trio_asyncio.TrioExecutor)
         yield
+
+
+def _accept_any_executor(loop: Any, trio_executor: type) -> None:
+    """Let ``loop.run_in_executor`` take any concurrent.futures executor.
+
+    trio-asyncio accepts only its own TrioExecutor there, but asyncio code passes its
+    own: asgiref's thread-sensitive sync_to_async (which Django calls on every request)
+    hands in a ThreadPoolExecutor. Such work is submitted to that executor, and its
+    future wrapped for the loop, as asyncio's own loop does.
+    """
+    import asyncio  # only needed with --app-loop asyncio
+
+    original = loop.run_in_executor
+
+    def run_in_executor(executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+        if executor is None or isinstance(executor, trio_executor):
+            return original(executor, func, *args)
+        return asyncio.wrap_future(executor.submit(func, *args), loop=loop)
+
+    loop.run_in_executor = run_in_executor
 
 
 def asyncio_app(app: ASGIApp) -> ASGIApp:
@@ -155,6 +176,10 @@ def _points_at_asyncio(exc: BaseException, asyncio_dir: str | None) -> bool:
         text = str(exc)
         if any(message in text for message in _NO_LOOP_MESSAGES):
             return True
+    if isinstance(exc, TypeError) and "unrecognized yield message" in str(exc):
+        # An asyncio future awaited under trio: its __await__ is C code, so no asyncio
+        # frame shows in the traceback; trio's own message gives it away.
+        return True
     return asyncio_dir is not None and _traceback_enters(exc.__traceback__, asyncio_dir)
 
 

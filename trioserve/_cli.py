@@ -138,7 +138,7 @@ def _check(loaded: LoadedConfig) -> int:
     except TrioserveError as exc:
         _print_error(exc, debug=config.log_level == "debug")
         return EXIT_FAILURE
-    print(f"trioserve: configuration OK; {app.target} is a {app.interface} app")
+    print(f"trioserve: configuration OK; {app.target} loads as interface {app.interface!r}")
     return EXIT_OK
 
 

@@ -81,7 +81,7 @@ async def test_starlette_json_stream_echo_state_and_lifespan() -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
             home = await client.get("/")
             state = await client.get("/state")
-            echoed = await client.post("/echo", content=b"ping \x00\xff", headers={"x": "y"})
+            echoed = await client.post("/echo", content=b"ping \x00\xff")
             async with client.stream("GET", "/stream") as streamed:
                 lines = [line async for line in streamed.aiter_lines()]
         assert (home.status_code, home.json()) == (200, {"framework": "starlette", "path": "/"})
@@ -233,14 +233,6 @@ async def test_django_asgi_on_asyncio_app_loop_starts_without_lifespan_and_stops
 
 
 @needs("django")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "trioserve bug: under --app-loop asyncio every Django request is a 500; asgiref's "
-        "sync_to_async passes its own ThreadPoolExecutor to loop.run_in_executor and "
-        "trio-asyncio's loop asserts the executor is a TrioExecutor"
-    ),
-)
 async def test_django_asgi_on_asyncio_app_loop_serves_sync_and_async_views() -> None:
     """Django over ASGI with --app-loop asyncio: the sync and the asyncio view answer; exits 0."""
     async with serving(DJANGO_ASGI, "--app-loop", "asyncio", "-b", "127.0.0.1:0") as server:
@@ -278,13 +270,6 @@ async def test_django_asgi_on_trio_app_loop_answers_500() -> None:
 
 
 @needs("django")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "trioserve bug: asyncio_hint misses trio's 'unrecognized yield message' TypeError "
-        "when the yielded asyncio future's __await__ is C code (no frame in asyncio/)"
-    ),
-)
 async def test_django_asgi_on_trio_app_loop_logs_the_app_loop_hint() -> None:
     """The 500 from Django on the trio app loop is logged with the --app-loop asyncio hint."""
     async with serving(DJANGO_ASGI, "-b", "127.0.0.1:0") as server:

@@ -273,3 +273,37 @@ async def test_asyncio_without_trio_asyncio_is_a_config_error(monkeypatch):
             pass
     with pytest.raises(ConfigError, match=r"pip install 'trioserve\[asyncio\]'"):
         asyncio_app(asyncio_only_app)
+
+
+async def test_hint_for_asyncio_future_awaited_under_trio():
+    """An asyncio future awaited under trio (no asyncio frame in the traceback) gets the hint."""
+
+    async def gather_under_trio() -> None:
+        await asyncio.gather(asyncio.sleep(0))
+
+    with pytest.raises(TypeError) as info:
+        await gather_under_trio()
+    assert asyncio_hint(info.value) == ASYNCIO_HINT
+
+
+async def test_run_in_executor_accepts_a_plain_thread_pool():
+    """On the asyncio app loop, run_in_executor takes any executor (asgiref passes its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            scope["result"] = await loop.run_in_executor(pool, sum, [1, 2, 3])
+
+    scope: dict[str, Any] = {"type": "http"}
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    with trio.fail_after(5):
+        async with app_loop(Config(app_loop="asyncio")):
+            await asyncio_app(app)(scope, receive, send)
+    assert scope["result"] == 6
