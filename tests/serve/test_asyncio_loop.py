@@ -278,7 +278,8 @@ async def test_asyncio_without_trio_asyncio_is_a_config_error(monkeypatch):
 async def test_hint_for_asyncio_future_awaited_under_trio():
     """An asyncio future awaited under trio (no asyncio frame in the traceback) gets the hint."""
 
-    loop = asyncio.new_event_loop()
+    # A plain selector loop, never run: trio-asyncio refuses new_event_loop() inside trio.
+    loop = asyncio.SelectorEventLoop()
     try:
         future = loop.create_future()
         with pytest.raises(TypeError, match="unrecognized yield message") as info:
