@@ -124,7 +124,14 @@ async def serve_http_connection(
     closes ``stream`` before returning."""
     connection = _Connection(stream, state, client, server, scheme, extensions)
     try:
-        await connection.serve(app)
+        if state.watchdog:
+            await connection.serve(app)
+        else:
+            # Served on its own (tests, embedding): a watchdog for this connection only.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_deadlines, state)
+                await connection.serve(app)
+                nursery.cancel_scope.cancel()
     except _BROKEN:
         LOGGER.debug("client went away")
     except Exception:
@@ -135,7 +142,40 @@ async def serve_http_connection(
             await trio.aclose_forcefully(stream)
 
 
+_INF = float("inf")
+
+
+async def watch_deadlines(state: ServerState) -> None:
+    """End the connections whose current wait passed its deadline; runs until cancelled.
+
+    Sleeps until the earliest deadline, but never longer than the shortest timeout: a
+    deadline set meanwhile is at least that far away, so none is missed or late.
+    """
+    config = state.config
+    longest_sleep = max(min(config.keep_alive, config.header_timeout, config.write_timeout), 0.01)
+    while True:
+        now = trio.current_time()
+        wake = now + longest_sleep
+        for connection in state.connections:
+            deadline = connection.deadline
+            if deadline <= now:
+                connection.deadline = _INF
+                connection.timer.cancel()
+            elif deadline < wake:
+                wake = deadline
+        await trio.sleep_until(wake)
+
+
 class _Connection:
+    """One client connection: the request loop, its reads and writes, and its timer.
+
+    Waits outside the app (idle between requests, a request head arriving, writes) are
+    bounded by ``deadline``, a plain number set before each wait; the server's
+    deadline watchdog cancels ``timer``, the connection's one cancel scope, when a
+    deadline passes. Setting a number is much cheaper on the hot path than entering a
+    cancel scope, or moving a trio deadline, for every wait.
+    """
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -156,6 +196,16 @@ class _Connection:
         self.extensions = extensions
         # Set while a chunked request body is arriving: checks its framing.
         self.chunks: ChunkedChecker | None = None
+        # Cancelled by the deadline watchdog (or a graceful stop) to end the connection.
+        self.timer = trio.CancelScope()
+        # When the current wait must end (idle, head or write); infinity while the app
+        # works. Plain numbers: the watchdog compares them, no cancel scope per wait.
+        self.deadline = _INF
+        # True while waiting for a request with nothing of it received: a graceful stop
+        # may then close the connection at once.
+        self.idle = False
+        # What the timer bounds right now: "idle", "head" or "write".
+        self.waiting = ""
 
     def _new_h11(self) -> Any:
         return self.h11.Connection(
@@ -163,6 +213,18 @@ class _Connection:
         )
 
     async def serve(self, app: ASGIApp) -> None:
+        state = self.state
+        state.connections.add(self)
+        try:
+            with self.timer:
+                await self._serve(app)
+        finally:
+            state.connections.discard(self)
+        if self.timer.cancelled_caught and self.waiting == "head":
+            LOGGER.info("bad request: request head not received in time")
+            await self._send_error(408, "request head not received in time")
+
+    async def _serve(self, app: ASGIApp) -> None:
         h11mod = self.h11
         state = self.state
         options = self.options
@@ -231,7 +293,7 @@ class _Connection:
         pending = bytearray(conn.trailing_data[0])
         h11_has = len(pending)
         stripped = False
-        deadline = trio.current_time() + self.options.header_timeout if pending else None
+        head_deadline = _INF
         while True:
             # Stray CRLFs before a request are allowed (RFC 9112 section 2.2), but h11
             # refuses them: they are dropped here, and h11 starts afresh without them.
@@ -240,6 +302,7 @@ class _Connection:
                 stripped = True
             end = head_end(pending)
             if end >= 0:
+                self.deadline = _INF
                 framing = check_head(pending[:end], limits)
                 if stripped:
                     self.conn = conn = self._new_h11()
@@ -258,23 +321,24 @@ class _Connection:
                     if self.chunks.done:
                         self.chunks = None
                 return event
-            check_partial_head(pending, limits)
+            if pending:
+                check_partial_head(pending, limits)
             if not pending:
                 # Nothing of the next request yet: the connection is idle, and a graceful
                 # stop closes it at once.
                 if self.state.stopping:
                     return None
-                with self.state.idle(self.options.keep_alive) as idle:
-                    data = await self._receive()
-                if idle.cancelled_caught:
-                    return None
+                self.waiting = "idle"
+                self.idle = True
+                self.deadline = trio.current_time() + self.options.keep_alive
+                data = await self._receive()
+                self.idle = False
             else:
-                if deadline is None:
-                    deadline = trio.current_time() + self.options.header_timeout
-                with trio.move_on_at(deadline) as waiting:
-                    data = await self._receive()
-                if waiting.cancelled_caught:
-                    raise RequestRejected(408, "request head not received in time")
+                if head_deadline == _INF:
+                    head_deadline = trio.current_time() + self.options.header_timeout
+                self.waiting = "head"
+                self.deadline = head_deadline
+                data = await self._receive()
             if not data:
                 return None
             pending += data
@@ -292,7 +356,10 @@ class _Connection:
         self.conn.receive_data(data)
 
     async def receive_body_bytes(self) -> bytes:
-        """The next raw bytes of a request body, or b"" when the client is gone or stalled."""
+        """The next raw bytes of a request body, or b"" when the client is gone or stalled.
+
+        A stalled body ends the exchange, not the app: it learns of it as a disconnect.
+        """
         with trio.move_on_after(self.options.read_timeout) as waiting:
             data = await self._receive()
         if waiting.cancelled_caught:
@@ -304,6 +371,7 @@ class _Connection:
         """Read and drop what the app left unread of the request body, so the connection
         can be reused; past MAX_DISCARD bytes it is cheaper to close."""
         h11mod = self.h11
+        self.deadline = _INF
         discarded = 0
         while discarded <= MAX_DISCARD:
             try:
@@ -324,21 +392,28 @@ class _Connection:
                 return
 
     async def write(self, data: bytes) -> bool:
-        """Send ``data`` within the write timeout; False if the client is gone or stuck."""
-        with trio.move_on_after(self.options.write_timeout) as waiting:
-            try:
-                await self.stream.send_all(data)
-            except _BROKEN:
-                return False
-        if waiting.cancelled_caught:
-            LOGGER.info(
-                "client did not read the response for %gs; closing", self.options.write_timeout
-            )
+        """Send ``data``; False if the client is gone.
+
+        A client that does not take the bytes within the write timeout has stopped
+        reading: the timer then ends the whole connection, app included. The deadline
+        is lifted right after, since the app may go on working (background tasks run
+        after the response in some frameworks).
+        """
+        self.waiting = "write"
+        self.deadline = trio.current_time() + self.options.write_timeout
+        try:
+            await self.stream.send_all(data)
+        except _BROKEN:
             return False
+        finally:
+            self.deadline = _INF
         return True
 
     async def _send_error(self, status: int, reason: str) -> None:
-        """Answer with an error response (when nothing was sent yet) and close lingering."""
+        """Answer with an error response (when nothing was sent yet) and close lingering.
+
+        Runs outside the connection's timer, bounded by its own deadlines.
+        """
         conn = self.conn
         if conn.our_state in (self.h11.IDLE, self.h11.SEND_RESPONSE):
             message = f"{error_status_text(status)}: {reason}"
@@ -354,14 +429,17 @@ class _Connection:
                 )
             except self.h11.LocalProtocolError:
                 return
-            if not await self.write(data):
-                return
+            with trio.move_on_after(self.options.write_timeout):
+                try:
+                    await self.stream.send_all(data)
+                except _BROKEN:
+                    return
         await self._linger()
 
     async def _linger(self) -> None:
         """Half-close, then read and drop what the client still sends for a short while,
         so that it reads our response rather than a connection reset."""
-        with contextlib.suppress(*_BROKEN, AttributeError, NotImplementedError):
+        with contextlib.suppress(*_BROKEN, AttributeError, NotImplementedError, TypeError):
             send_eof = self.stream.send_eof  # type: ignore[attr-defined]
             with trio.move_on_after(LINGER_SECONDS):
                 await send_eof()
@@ -412,7 +490,8 @@ class _Cycle:
         self.status = 0
         self.body_bytes = 0
         self._disconnect_waiter: trio.CancelScope | None = None
-        self._response_done = trio.Event()
+        # Created only when receive() has to wait for the response to finish.
+        self._response_done: trio.Event | None = None
 
     def scope(self) -> dict[str, Any]:
         connection = self.connection
@@ -520,7 +599,8 @@ class _Cycle:
         return _DISCONNECT
 
     def _finish(self) -> None:
-        self._response_done.set()
+        if self._response_done is not None:
+            self._response_done.set()
         if self._disconnect_waiter is not None:
             self._disconnect_waiter.cancel()
 
@@ -576,7 +656,9 @@ class _Cycle:
             self._disconnect_waiter = waiter
             while not self.response.done:
                 if len(conn.trailing_data[0]) >= MAX_PIPELINE_BUFFER:
-                    await self._response_done.wait()
+                    self._response_done = trio.Event()
+                    if not self.response.done:
+                        await self._response_done.wait()
                     break
                 data = await self.connection._receive()
                 if not data:

@@ -23,7 +23,7 @@ from ._importer import LoadedApp, load_app
 from ._lifespan import Lifespan
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
-from ._serve_http import HTTPOptions, serve_http_connection
+from ._serve_http import HTTPOptions, serve_http_connection, watch_deadlines
 from ._serve_tcp import serve_stream_connection
 from ._state import ServerState
 from ._streams import PrefixedStream, stream_addresses
@@ -175,6 +175,8 @@ async def _run(
             await lifespan.startup(app_tasks)
             if not lifespan.supported:
                 state.lifespan_state = None
+        app_tasks.start_soon(watch_deadlines, state)
+        state.watchdog = True
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as acceptors:
                 await acceptors.start(

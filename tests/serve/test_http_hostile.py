@@ -71,22 +71,32 @@ async def test_stalled_body_is_cut_after_read_timeout(nursery, autojump_clock, c
 
 
 async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, autojump_clock):
-    """A client that never reads a large response is disconnected after write_timeout."""
-    finished = trio.Event()
+    """A client that never reads a large response is cut after write_timeout, app included."""
+    app_cancelled = trio.Event()
+    connection_done = trio.Event()
 
-    async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        for _ in range(100):
-            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-        finished.set()
+    async def big(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(100):
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except trio.Cancelled:
+            app_cancelled.set()
+            raise
+
+    async def serve_then_note(stream: Any) -> None:
+        await serve_http_connection(stream, big, make_state(write_timeout=7))
+        connection_done.set()
 
     client, server = trio.testing.lockstep_stream_pair()
-    nursery.start_soon(serve_http_connection, server, big, make_state(write_timeout=7))
+    nursery.start_soon(serve_then_note, server)
     await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     begin = trio.current_time()
-    await finished.wait()
+    with trio.fail_after(60):
+        await connection_done.wait()
     assert trio.current_time() - begin == pytest.approx(7, abs=0.1)
+    assert app_cancelled.is_set()
 
 
 async def test_error_response_is_readable_despite_extra_bytes(nursery):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import email.utils
 import enum
 import http
-import re
 import time
 import types
 from collections.abc import Iterable, MutableMapping, Sequence
@@ -102,10 +101,6 @@ def date_header() -> bytes:
     return _date_cache[1]
 
 
-_HEADER_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
-
-
 def _header_list(raw: Iterable[Any]) -> list[tuple[bytes, bytes]]:
     headers = []
     try:
@@ -117,12 +112,8 @@ def _header_list(raw: Iterable[Any]) -> list[tuple[bytes, bytes]]:
         raise ASGIProtocolError(
             "'headers' must be an iterable of [name, value] pairs of bytes"
         ) from None
-    for name, value in headers:
-        # Never let the app split the response: CR or LF in a header is refused.
-        if not _HEADER_NAME.fullmatch(name):
-            raise ASGIProtocolError(f"invalid response header name {name!r}")
-        if _BAD_VALUE.search(value):
-            raise ASGIProtocolError(f"response header {name!r} has CR, LF or NUL in its value")
+    # Names and values (no CR, LF or NUL: the app must not split the response) are
+    # checked by h11 when the response event is built, in _response_event.
     return headers
 
 
@@ -193,7 +184,12 @@ class Response:
         Raises:
             ASGIProtocolError: the message is of the wrong type or shape for this phase.
         """
-        kind = message.get("type") if isinstance(message, MutableMapping) else None
+        # (The dict test first: an ABC isinstance check is slow on this path.)
+        kind = (
+            message.get("type")
+            if type(message) is dict or isinstance(message, MutableMapping)
+            else None
+        )
         if self.phase is ResponsePhase.START:
             if kind != "http.response.start":
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
@@ -247,11 +243,16 @@ class Response:
             self.length_known = True
         if self.close:
             extra.append((b"connection", b"close"))
-        return self._h11.Response(
-            status_code=self.status,
-            headers=headers + extra,
-            reason=_REASONS.get(self.status, b""),
-        )
+        try:
+            return self._h11.Response(
+                status_code=self.status,
+                headers=headers + extra,
+                reason=_REASONS.get(self.status, b""),
+            )
+        except self._h11.LocalProtocolError as exc:
+            # A header name that is not a token, or CR, LF or NUL in a value: never sent.
+            self.phase = ResponsePhase.START
+            raise ASGIProtocolError(f"invalid response header: {exc}") from None
 
 
 def error_response(
