@@ -196,6 +196,8 @@ class _Connection:
         self.extensions = extensions
         # Set while a chunked request body is arriving: checks its framing.
         self.chunks: ChunkedChecker | None = None
+        # True when the current request had no body and h11 already said so.
+        self.body_done = False
         # Cancelled by the deadline watchdog (or a graceful stop) to end the connection.
         self.timer = trio.CancelScope()
         # When the current wait must end (idle, head or write); infinity while the app
@@ -289,16 +291,17 @@ class _Connection:
         h11mod = self.h11
         limits = self.options.limits
         # h11 holds what followed the previous request; it is given the rest of the head
-        # only once the head is complete and checked.
-        pending = bytearray(conn.trailing_data[0])
+        # only once the head is complete and checked. Usually one read brings the whole
+        # head, and ``pending`` stays the bytes that read returned: no copies.
+        pending: bytes | bytearray = conn.trailing_data[0]
         h11_has = len(pending)
         stripped = False
         head_deadline = _INF
         while True:
-            # Stray CRLFs before a request are allowed (RFC 9112 section 2.2), but h11
-            # refuses them: they are dropped here, and h11 starts afresh without them.
-            while pending and pending[0] in (13, 10):
-                del pending[0]
+            if pending[:1] in (b"\r", b"\n"):
+                # Stray CRLFs before a request are allowed (RFC 9112 section 2.2), but h11
+                # refuses them: they are dropped here, and h11 starts afresh without them.
+                pending = pending.lstrip(b"\r\n")
                 stripped = True
             end = head_end(pending)
             if end >= 0:
@@ -308,22 +311,32 @@ class _Connection:
                     self.conn = conn = self._new_h11()
                     conn.receive_data(bytes(pending))
                 elif len(pending) > h11_has:
-                    conn.receive_data(bytes(pending[h11_has:]))
+                    conn.receive_data(bytes(pending[h11_has:]) if h11_has else bytes(pending))
                 try:
                     event = conn.next_event()
                 except h11mod.RemoteProtocolError as exc:
                     raise RequestRejected(400, _h11_reason(exc)) from None
                 if not isinstance(event, h11mod.Request):
                     raise RequestRejected(400, "malformed request")
+                self.body_done = False
                 if framing.chunked:
                     self.chunks = ChunkedChecker(limits.body)
                     self.chunks.feed(pending[end:])
                     if self.chunks.done:
                         self.chunks = None
+                elif not framing.content_length:
+                    # No body: take h11's end of message now, so that neither receive()
+                    # nor the end of the exchange needs another round through h11.
+                    self.body_done = isinstance(conn.next_event(), h11mod.EndOfMessage)
                 return event
             if pending:
                 check_partial_head(pending, limits)
-            if not pending:
+                if head_deadline == _INF:
+                    head_deadline = trio.current_time() + self.options.header_timeout
+                self.waiting = "head"
+                self.deadline = head_deadline
+                data = await self._receive()
+            else:
                 # Nothing of the next request yet: the connection is idle, and a graceful
                 # stop closes it at once.
                 if self.state.stopping:
@@ -333,15 +346,14 @@ class _Connection:
                 self.deadline = trio.current_time() + self.options.keep_alive
                 data = await self._receive()
                 self.idle = False
-            else:
-                if head_deadline == _INF:
-                    head_deadline = trio.current_time() + self.options.header_timeout
-                self.waiting = "head"
-                self.deadline = head_deadline
-                data = await self._receive()
             if not data:
                 return None
-            pending += data
+            if not pending:
+                pending = data
+            else:
+                if isinstance(pending, bytes):
+                    pending = bytearray(pending)
+                pending += data
 
     def feed_body(self, data: bytes) -> None:
         """Pass raw bytes that arrived while a request body is read to the checks and h11.
@@ -481,7 +493,10 @@ class _Cycle:
             keep_alive_10=keep_alive_10,
             h11_module=self.h11,
         )
-        self.body_done = False
+        # The request had no body and h11's end of message was taken with the head: the
+        # first receive() gets the empty http.request without asking h11.
+        self.body_done = connection.body_done
+        self._empty_body_due = self.body_done
         self.disconnected = False
         # True when the connection must not be reused (a broken response).
         self.broken = False
@@ -609,6 +624,9 @@ class _Cycle:
             return _DISCONNECT
         if not self.body_done:
             return await self._receive_body()
+        if self._empty_body_due:
+            self._empty_body_due = False
+            return {"type": "http.request", "body": b"", "more_body": False}
         return await self._wait_for_disconnect()
 
     async def _receive_body(self) -> Message:
