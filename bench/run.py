@@ -1,0 +1,759 @@
+"""Throughput of trioserve against its peers, measured with wrk.
+
+Run from the repository root, with the peers installed in their own virtualenv
+(see bench/README.md)::
+
+    .bench-venv/bin/python bench/run.py [--duration 10] [--rounds 2]
+        [--servers trioserve,hypercorn,uvicorn] [--scenarios keepalive64,single,close]
+        [--json FILE]
+
+Every server serves ``bench.app:app`` from one process pinned to CPU 0; wrk runs
+with one thread pinned to CPU 1. Servers are interleaved (A B C A B C ...) so a
+slow phase of the machine does not land on one server only, and the table shows
+the median over rounds. All traffic goes to 127.0.0.1 and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import difflib
+import hashlib
+import http.client
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APP = "bench.app:app"
+HOST = "127.0.0.1"
+EXPECTED_BODY = b"Hello, world!"
+
+SERVER_CPU = "0"
+CLIENT_CPU = "1"
+READY_TIMEOUT = 15.0  # seconds for a server to accept TCP connections
+WARMUP_SECONDS = 2
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+WRK_GRACE = 30.0  # seconds wrk may run past its own -d before it is killed
+
+TIMES = "\N{MULTIPLICATION SIGN}"
+WRK_MISSING = (
+    "wrk not found: install it with 'apt-get install wrk' (Debian/Ubuntu) "
+    "or your distribution's package"
+)
+
+
+# --- what is measured ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One wrk load shape."""
+
+    name: str
+    connections: int
+    headers: tuple[str, ...] = ()
+    description: str = ""
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("keepalive64", 64, description="64 keep-alive connections"),
+        Scenario("single", 1, description="1 keep-alive connection"),
+        Scenario(
+            "close",
+            64,
+            headers=("Connection: close",),
+            description="64 connections, a new connection per request",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    """How to start one server on a port, and what it needs installed."""
+
+    name: str
+    argv: Callable[[int], list[str]]
+    module: str  # the module that must be importable for the server to run
+    distributions: tuple[str, ...]  # reported with their versions
+    ready_line: str | None = None  # a stderr line that says the server is listening
+    note: str = ""
+
+
+def _trioserve_argv(http: str) -> Callable[[int], list[str]]:
+    def argv(port: int) -> list[str]:
+        # --http is explicit for both variants: the default 'auto' would pick the
+        # compiled parser whenever h11-mypyc is installed, hiding the difference.
+        return [
+            *("-m", "trioserve", APP),
+            *("--bind", f"{HOST}:{port}", "--workers", "0", "--http", http),
+        ]
+
+    return argv
+
+
+SERVERS: dict[str, Server] = {
+    s.name: s
+    for s in (
+        Server(
+            "trioserve",
+            _trioserve_argv("h11"),
+            module="trioserve",
+            distributions=("trioserve", "trio", "h11"),
+            ready_line="listening on",
+        ),
+        Server(
+            "trioserve-compiled",
+            _trioserve_argv("h11-compiled"),
+            module="h11_mypyc",
+            distributions=("trioserve", "h11-mypyc"),
+            ready_line="listening on",
+            note="needs h11-mypyc (pip install h11-mypyc)",
+        ),
+        Server(
+            "hypercorn",
+            lambda port: [
+                *("-m", "hypercorn", "--worker-class", "trio", "--workers", "1"),
+                *("--bind", f"{HOST}:{port}", APP),
+            ],
+            module="hypercorn",
+            distributions=("hypercorn", "trio", "h11"),
+        ),
+        Server(
+            "uvicorn",
+            lambda port: [
+                *("-m", "uvicorn", "--http", "h11", "--loop", "asyncio", "--workers", "1"),
+                *("--no-access-log", "--port", str(port), "--host", HOST, APP),
+            ],
+            module="uvicorn",
+            distributions=("uvicorn", "h11"),
+        ),
+    )
+}
+
+DEFAULT_SERVERS = ("trioserve", "trioserve-compiled", "hypercorn", "uvicorn")
+BASELINE = "trioserve"
+
+
+class BenchError(Exception):
+    """A server or wrk run that did not give a measurement; the message says why."""
+
+
+class StartError(BenchError):
+    """The server exited, or did not accept connections, before the load started."""
+
+
+@dataclass
+class Measurement:
+    """What one wrk run against one server saw."""
+
+    server: str
+    scenario: str
+    round: int
+    requests_per_sec: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    requests: int
+    errors: dict[str, int]
+    loadavg_1m: float
+    h11_mypyc_loaded: bool | None  # None where /proc/PID/maps cannot be read
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def error_total(self) -> int:
+        return sum(self.errors.values())
+
+
+# --- wrk output ----------------------------------------------------------------------
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_DURATION = r"([\d.]+)(us|ms|s|m|h)"
+
+
+def _parse_duration_ms(text: str, label: str, output: str) -> float:
+    match = re.search(rf"^\s*{re.escape(label)}\s+{_DURATION}\s*$", output, re.MULTILINE)
+    if match is None:
+        raise BenchError(f"wrk output has no {label!r} latency line:\n{output}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int, dict[str, int]]:
+    """Requests/sec, p50 ms, p99 ms, request count and error counts from ``wrk --latency``."""
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    total = re.search(r"^\s*(\d+) requests in ", output, re.MULTILINE)
+    if rps is None or total is None:
+        raise BenchError(f"could not read Requests/sec from wrk output:\n{output}")
+    errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non_2xx_3xx": 0}
+    sock = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if sock is not None:
+        for key, value in zip(("connect", "read", "write", "timeout"), sock.groups(), strict=True):
+            errors[key] = int(value)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx is not None:
+        errors["non_2xx_3xx"] = int(non2xx.group(1))
+    return (
+        float(rps.group(1)),
+        _parse_duration_ms("p50", "50%", output),
+        _parse_duration_ms("p99", "99%", output),
+        int(total.group(1)),
+        errors,
+    )
+
+
+# --- running servers -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port that was free a moment ago.
+
+    The hypercorn and uvicorn CLIs cannot report the port they bound for
+    ``:0``, so the port is picked here right before the server starts. The race
+    with other programs is acceptable in a benchmark script, not in tests.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class RunningServer:
+    """A server process pinned to the server CPU, with its output in a log file."""
+
+    def __init__(self, server: Server, port: int, log_dir: Path) -> None:
+        self.server = server
+        self.port = port
+        self.command = [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            sys.executable,
+            *server.argv(port),
+        ]
+        self.log_path = log_dir / f"{server.name}-{port}.log"
+        self._log = self.log_path.open("wb")
+        # A session of its own, so that a worker child left behind by a killed
+        # master (hypercorn runs one) can still be reached by its group id.
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Return once the server accepts TCP connections (and printed its ready line)."""
+        deadline = time.monotonic() + timeout
+        ready_line = self.server.ready_line
+        seen_line = ready_line is None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StartError(
+                    f"{self.server.name} exited with status {self.process.returncode} "
+                    f"before accepting connections:\n{self.log_tail()}"
+                )
+            if ready_line is not None and ready_line in self.log_text():
+                seen_line = True
+            if seen_line and _accepts(self.port):
+                return
+            time.sleep(0.05)
+        raise StartError(
+            f"{self.server.name} did not accept connections on {HOST}:{self.port} "
+            f"within {timeout:g}s:\n{self.log_tail()}"
+        )
+
+    def loads_h11_mypyc(self) -> bool | None:
+        """Whether the compiled h11 is mapped into the server process, read from /proc."""
+        try:
+            maps = Path(f"/proc/{self.process.pid}/maps").read_text()
+        except OSError:
+            return None
+        return f"{os.sep}h11_mypyc{os.sep}" in maps
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a bounded wait; by pid, then the group it leads."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                print(
+                    f"  {self.server.name} did not stop within {STOP_TIMEOUT:g}s of SIGTERM: "
+                    "sending SIGKILL",
+                    file=sys.stderr,
+                )
+                self.process.kill()
+                self.process.wait(timeout=STOP_TIMEOUT)
+        # The process group is the one this script created for this server only.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running(server: Server, log_dir: Path) -> Iterator[RunningServer]:
+    """Start a server on a fresh port, wait until it is ready, and always stop it."""
+    proc = RunningServer(server, free_port(), log_dir)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def check_response(port: int) -> None:
+    """One plain GET, to be sure every server serves the same thing before it is timed."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise BenchError(f"GET / failed: {exc!r}") from exc
+    finally:
+        conn.close()
+    if response.status != 200 or body != EXPECTED_BODY:
+        raise BenchError(
+            f"GET / answered {response.status} {body!r}, expected 200 {EXPECTED_BODY!r}"
+        )
+
+
+def wrk_command(port: int, scenario: Scenario, seconds: int) -> list[str]:
+    command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{scenario.connections}"]
+    command += [f"-d{seconds}s", "--latency"]
+    for header in scenario.headers:
+        command += ["-H", header]
+    return [*command, f"http://{HOST}:{port}/"]
+
+
+def run_wrk(command: list[str], seconds: int) -> str:
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=seconds + WRK_GRACE,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"wrk did not finish within {seconds + WRK_GRACE:g}s") from exc
+    if done.returncode != 0:
+        raise BenchError(f"wrk exited with status {done.returncode}:\n{done.stderr}{done.stdout}")
+    return done.stdout
+
+
+def measure(
+    server: Server, scenario: Scenario, round_no: int, duration: int, log_dir: Path
+) -> Measurement:
+    """Start the server, warm it up, run wrk once, stop the server."""
+    with running(server, log_dir) as proc:
+        check_response(proc.port)
+        run_wrk(wrk_command(proc.port, scenario, WARMUP_SECONDS), WARMUP_SECONDS)
+        loadavg = os.getloadavg()[0]
+        command = wrk_command(proc.port, scenario, duration)
+        output = run_wrk(command, duration)
+        compiled = proc.loads_h11_mypyc()
+        if proc.process.poll() is not None:
+            raise BenchError(
+                f"{server.name} exited during the run with status "
+                f"{proc.process.returncode}:\n{proc.log_tail()}"
+            )
+    rps, p50, p99, total, errors = parse_wrk(output)
+    return Measurement(
+        server=server.name,
+        scenario=scenario.name,
+        round=round_no,
+        requests_per_sec=rps,
+        latency_p50_ms=p50,
+        latency_p99_ms=p99,
+        requests=total,
+        errors=errors,
+        loadavg_1m=loadavg,
+        h11_mypyc_loaded=compiled,
+        command=command,
+    )
+
+
+# --- report --------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    server: str
+    rps: float
+    rps_min: float
+    rps_max: float
+    p50_ms: float
+    p99_ms: float
+    rounds: int
+    errors: int
+
+
+def summarize(results: Sequence[Measurement], scenario: str, servers: Sequence[str]) -> list[Row]:
+    rows = []
+    for name in servers:
+        mine = [m for m in results if m.scenario == scenario and m.server == name]
+        if mine:
+            rows.append(
+                Row(
+                    server=name,
+                    rps=statistics.median(m.requests_per_sec for m in mine),
+                    rps_min=min(m.requests_per_sec for m in mine),
+                    rps_max=max(m.requests_per_sec for m in mine),
+                    p50_ms=statistics.median(m.latency_p50_ms for m in mine),
+                    p99_ms=statistics.median(m.latency_p99_ms for m in mine),
+                    rounds=len(mine),
+                    errors=sum(m.error_total for m in mine),
+                )
+            )
+    return rows
+
+
+def _ratio(rows: Sequence[Row], numerator: str, denominator: str) -> float | None:
+    by_name = {row.server: row for row in rows}
+    if numerator in by_name and denominator in by_name and by_name[denominator].rps > 0:
+        return by_name[numerator].rps / by_name[denominator].rps
+    return None
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}{TIMES}"
+
+
+def render_table(
+    results: Sequence[Measurement], scenarios: Sequence[str], servers: Sequence[str]
+) -> str:
+    """The results as a Markdown table, then the ratios the targets are stated in."""
+    lines = [
+        "| scenario | server | req/s (median) | req/s range | p50 ms | p99 ms | vs trioserve |"
+        " rounds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratio_lines = []
+    for scenario in scenarios:
+        rows = summarize(results, scenario, servers)
+        for row in rows:
+            errors = f" ({row.errors} errors)" if row.errors else ""
+            lines.append(
+                f"| {scenario} | {row.server} | {row.rps:,.0f}{errors} "
+                f"| {row.rps_min:,.0f}-{row.rps_max:,.0f} | {row.p50_ms:.2f} "
+                f"| {row.p99_ms:.2f} | {_fmt_ratio(_ratio(rows, row.server, BASELINE))} "
+                f"| {row.rounds} |"
+            )
+        pairs = [(BASELINE, "hypercorn"), (BASELINE, "uvicorn"), ("trioserve-compiled", "uvicorn")]
+        parts = [
+            f"{num} / {den} = {_fmt_ratio(_ratio(rows, num, den))}"
+            for num, den in pairs
+            if num in servers and den in servers
+        ]
+        if parts:
+            ratio_lines.append(f"- {scenario}: " + ", ".join(parts))
+    return "\n".join([*lines, "", *ratio_lines])
+
+
+def environment(servers: Sequence[str]) -> dict[str, Any]:
+    """The machine and the versions the numbers belong to."""
+    versions: dict[str, str] = {}
+    for name in servers:
+        for dist in SERVERS[name].distributions:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                versions[dist] = metadata.version(dist)
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10, check=False)
+    # The tree under test is often a work in progress: say which one it was.
+    git = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "wrk": (wrk.stdout + wrk.stderr).strip().splitlines()[0:1],
+        "versions": versions,
+        "trioserve_tree": git.stdout.strip() or None,
+        "trioserve_sources_sha256": sources_fingerprint(),
+    }
+
+
+def sources_fingerprint() -> dict[str, str]:
+    """A hash of each of trioserve's own source files, to notice a tree that changed.
+
+    ``git describe --dirty`` cannot tell two different uncommitted states apart,
+    and the tree may be edited while the benchmark runs.
+    """
+    package = REPO_ROOT / "trioserve"
+    hashes = {}
+    for path in sorted(package.rglob("*.py")):
+        try:
+            hashes[str(path.relative_to(package))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            continue
+    return hashes
+
+
+def changed_sources(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    return sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+
+
+# --- command line --------------------------------------------------------------------
+
+
+def _names(kind: str, known: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {name!r}{hint} (choose from {', '.join(known)})"
+                )
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected at least one {kind}")
+        return names
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Requests/sec of trioserve and its peers under wrk, one CPU each.",
+    )
+    parser.add_argument(
+        "--duration", type=_positive_int, default=10, help="Seconds per wrk run (default: 10)."
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=2,
+        help="Times every server runs every scenario; the table shows medians (default: 2).",
+    )
+    parser.add_argument(
+        "--servers",
+        type=_names("server", list(SERVERS)),
+        default=list(DEFAULT_SERVERS),
+        help=(
+            "Comma-separated servers, run in this order each round (default: "
+            "trioserve,trioserve-compiled,hypercorn,uvicorn; trioserve-compiled only when "
+            "h11_mypyc is importable)."
+        ),
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=_names("scenario", list(SCENARIOS)),
+        default=list(SCENARIOS),
+        help="Comma-separated scenarios: "
+        + ", ".join(f"{s.name} ({s.description})" for s in SCENARIOS.values()),
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="Write the raw results here.")
+    return parser
+
+
+def _parser_problem(m: Measurement) -> str | None:
+    """Why a measurement does not measure the parser its row is named after, if it does not."""
+    if m.server == "trioserve-compiled" and m.h11_mypyc_loaded is False:
+        return (
+            "trioserve-compiled started, but the server never loaded h11_mypyc: "
+            "--http h11-compiled has no effect in this build, so its numbers would be plain "
+            "h11; skipping it"
+        )
+    return None
+
+
+def _one_line(m: Measurement) -> str:
+    text = (
+        f"{m.requests_per_sec:>10,.0f} req/s  p50 {m.latency_p50_ms:.2f} ms  "
+        f"p99 {m.latency_p99_ms:.2f} ms  load {m.loadavg_1m:.2f}"
+    )
+    if m.error_total:
+        text += "  errors: " + ", ".join(f"{k} {v}" for k, v in m.errors.items() if v)
+    if m.server == "trioserve" and m.h11_mypyc_loaded:
+        text += "  (warning: h11_mypyc was loaded despite --http h11)"
+    return text
+
+
+def _available(names: Sequence[str]) -> list[str]:
+    kept = []
+    for name in names:
+        server = SERVERS[name]
+        if importlib.util.find_spec(server.module) is None:
+            extra = f" ({server.note})" if server.note else ""
+            print(
+                f"skipping {name}: module {server.module!r} is not importable by "
+                f"{sys.executable}{extra}",
+                file=sys.stderr,
+            )
+        else:
+            kept.append(name)
+    return kept
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if shutil.which("wrk") is None:
+        print(WRK_MISSING, file=sys.stderr)
+        return 2
+    if shutil.which("taskset") is None:
+        print(
+            "taskset not found: it is in util-linux ('apt-get install util-linux')", file=sys.stderr
+        )
+        return 2
+    cpus = os.sched_getaffinity(0)
+    if not {int(SERVER_CPU), int(CLIENT_CPU)} <= cpus:
+        print(
+            f"need CPUs {SERVER_CPU} and {CLIENT_CPU} (server and wrk), this process may use "
+            f"{sorted(cpus)}",
+            file=sys.stderr,
+        )
+        return 2
+
+    servers = _available(args.servers)
+    if BASELINE not in servers:
+        print(f"note: {BASELINE} is not in the run, so the ratio column is n/a", file=sys.stderr)
+    scenarios: list[str] = args.scenarios
+    duration: int = args.duration
+    per_run = duration + WARMUP_SECONDS + 2
+    estimate = per_run * len(servers) * len(scenarios) * args.rounds
+    print(
+        f"{args.rounds} round(s) x {len(servers)} server(s) x {len(scenarios)} scenario(s), "
+        f"{duration}s each: about {estimate // 60}m{estimate % 60:02d}s",
+        file=sys.stderr,
+    )
+
+    env = environment(servers)
+    results: list[Measurement] = []
+    failures: list[dict[str, Any]] = []
+    skipped: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="trioserve-bench-") as tmp:
+        for round_no in range(1, args.rounds + 1):
+            for name in servers:
+                for scenario_name in scenarios:
+                    if name in skipped:
+                        continue
+                    label = f"round {round_no}/{args.rounds} {name:<18} {scenario_name:<11}"
+                    skip = False  # only for a missing parser, not for a noisy run
+                    try:
+                        m = measure(
+                            SERVERS[name], SCENARIOS[scenario_name], round_no, duration, Path(tmp)
+                        )
+                        problem = _parser_problem(m)
+                        skip = problem is not None
+                    except StartError as exc:
+                        problem = str(exc)
+                        if name == "trioserve-compiled":
+                            skip = True
+                            problem = (
+                                "trioserve-compiled failed to start with --http h11-compiled "
+                                f"(not implemented in this build?): skipping it\n{exc}"
+                            )
+                    except BenchError as exc:
+                        problem = str(exc)
+                    else:
+                        if problem is None:
+                            results.append(m)
+                            print(f"{label} {_one_line(m)}", file=sys.stderr)
+                            continue
+                    failures.append(
+                        {
+                            "server": name,
+                            "scenario": scenario_name,
+                            "round": round_no,
+                            "error": problem,
+                        }
+                    )
+                    print(f"{label} FAILED: {problem}", file=sys.stderr)
+                    if skip:
+                        skipped.add(name)
+
+    ran = [name for name in servers if any(m.server == name for m in results)]
+    print()
+    print(render_table(results, scenarios, ran))
+    if any(m.error_total for m in results):
+        print("\nwrk saw errors (socket errors or non-2xx/3xx responses):")
+        for m in results:
+            if m.error_total:
+                detail = ", ".join(f"{k} {v}" for k, v in m.errors.items() if v)
+                print(f"- round {m.round} {m.server} {m.scenario}: {detail}")
+    if failures:
+        print(f"\n{len(failures)} run(s) gave no measurement (see above).")
+
+    changed = changed_sources(env["trioserve_sources_sha256"], sources_fingerprint())
+    if changed:
+        print(
+            "\nwarning: trioserve's sources changed during the run, so these numbers may mix "
+            f"builds ({', '.join(changed)}); run it again on a quiet tree."
+        )
+    if args.json is not None:
+        report = {
+            "environment": env,
+            "sources_changed_during_run": changed,
+            "settings": {
+                "duration": duration,
+                "rounds": args.rounds,
+                "warmup": WARMUP_SECONDS,
+                "server_cpu": SERVER_CPU,
+                "client_cpu": CLIENT_CPU,
+                "servers": servers,
+                "scenarios": scenarios,
+            },
+            "results": [asdict(m) for m in results],
+            "failures": failures,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nraw results written to {args.json}", file=sys.stderr)
+    return 1 if failures and not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
