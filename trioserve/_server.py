@@ -6,6 +6,7 @@ import functools
 import importlib
 import logging
 import signal
+import ssl
 import types
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import attrs
 import h11
 import trio
 
-from ._accesslog import access_log_for
+from ._accesslog import AccessLog, access_log_for
 from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
 from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
 from ._config import Config
@@ -123,8 +124,7 @@ async def _serve_inner(
     if config.app_loop == "asyncio" and loaded.asgi is not None:
         loaded = attrs.evolve(loaded, asgi=asyncio_app(loaded.asgi))
     # Fail on bad TLS files or log formats before binding anything.
-    ssl_context(config)
-    access_log_for(config)
+    extras = _Extras(ssl_context(config), access_log_for(config))
     specs = [parse_bind(text) for text in config.bind]
     listeners = await create_listeners(specs, backlog=config.backlog)
     state = ServerState(config)
@@ -135,7 +135,7 @@ async def _serve_inner(
             # in a shielded scope, and this watcher asks it to stop when cancelled.
             outer.start_soon(_stop_when_cancelled, control)
             with trio.CancelScope(shield=True) as control.shield:
-                await _run(loaded, listeners, state, task_status)
+                await _run(loaded, listeners, state, extras, task_status)
             outer.cancel_scope.cancel()
     finally:
         for listener in listeners:
@@ -154,10 +154,11 @@ async def _run(
     loaded: LoadedApp,
     listeners: list[trio.SocketListener],
     state: ServerState,
+    extras: _Extras,
     task_status: trio.TaskStatus[list[Address]],
 ) -> None:
     config = state.config
-    handler = _connection_handler(loaded, state)
+    handler = _connection_handler(loaded, state, extras)
     scheme = "tcp" if loaded.interface == "stream" else "http"
     if config.certfile or config.keyfile:
         scheme = "tls" if scheme == "tcp" else "https"
@@ -215,6 +216,14 @@ def _h11_module(choice: str) -> types.ModuleType:
     return h11
 
 
+@attrs.frozen
+class _Extras:
+    """What startup built from the settings, checked before binding: TLS and access log."""
+
+    ssl_context: ssl.SSLContext | None
+    access_log: AccessLog | None
+
+
 @attrs.define(eq=False)
 class _Accepted:
     """A connection after the PROXY header and the TLS handshake."""
@@ -227,10 +236,10 @@ class _Accepted:
 
 
 def _connection_handler(
-    loaded: LoadedApp, state: ServerState
+    loaded: LoadedApp, state: ServerState, extras: _Extras
 ) -> Callable[[trio.SocketStream], Any]:
     config = state.config
-    context = ssl_context(config)
+    context = extras.ssl_context
     trusted = TrustedPeers(config.forwarded_allow_ips)
     proxy_protocol = config.proxy_protocol
 
@@ -275,7 +284,7 @@ def _connection_handler(
     state.http_options = HTTPOptions(
         config,
         h11_module=_h11_module(config.http),
-        access_log=access_log_for(config),
+        access_log=extras.access_log,
         proxy=functools.partial(apply_proxy_headers, trusted=trusted)
         if config.proxy_headers
         else None,
