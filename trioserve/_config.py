@@ -334,6 +334,7 @@ _HTTP = "HTTP"
 _LIMITS = "Limits"
 _PROXY = "Proxies"
 _TLS = "TLS"
+_WS = "WebSocket"
 _CONFIG = "Config file"
 
 
@@ -371,10 +372,12 @@ class Config:
     interface: str = _setting(
         "auto",
         Setting(
-            _choice_kind("auto", "asgi3", "asgi2", "wsgi", "stream"),
+            _choice_kind("auto", "asgi3", "asgi2", "wsgi", "stream", "websocket"),
             _APP,
             "What kind of app the target is; 'auto' detects ASGI 3, ASGI 2, WSGI and raw "
-            "stream handlers from the callable's signature.",
+            "stream handlers from the callable's signature. 'websocket' serves a native "
+            "trio-websocket handler, async def handler(request: WebSocketRequest) (detected "
+            "when the parameter is annotated so).",
             flags=("--interface",),
         ),
     )
@@ -485,6 +488,57 @@ class Config:
             "for several; in the environment, one per line.",
             flags=("--header",),
             metavar="NAME:VALUE",
+        ),
+    )
+    ws: str = _setting(
+        "on",
+        Setting(
+            _choice_kind("on", "off"),
+            _WS,
+            "Accept WebSocket upgrades on the HTTP listeners; 'off' refuses them with a "
+            "plain HTTP response.",
+            flags=("--ws",),
+        ),
+    )
+    ws_max_message_size: int = _setting(
+        1024 * 1024,
+        Setting(
+            _int_kind(1),
+            _WS,
+            "Largest WebSocket message accepted, in bytes; a larger one closes the "
+            "connection with 1009 (message too big).",
+            flags=("--ws-max-message-size",),
+            metavar="BYTES",
+        ),
+    )
+    ws_max_queue: int = _setting(
+        4,
+        Setting(
+            _int_kind(1),
+            _WS,
+            "Received WebSocket messages held for the app before reading from the peer pauses.",
+            flags=("--ws-max-queue",),
+            metavar="INT",
+        ),
+    )
+    ws_ping_interval: float = _setting(
+        20.0,
+        Setting(
+            _seconds_kind(),
+            _WS,
+            "Seconds between pings sent to each WebSocket peer; 0 sends none.",
+            flags=("--ws-ping-interval",),
+            metavar="SECONDS",
+        ),
+    )
+    ws_ping_timeout: float = _setting(
+        20.0,
+        Setting(
+            _seconds_kind(),
+            _WS,
+            "Seconds a WebSocket peer has to answer a ping before it is disconnected.",
+            flags=("--ws-ping-timeout",),
+            metavar="SECONDS",
         ),
     )
     limit_request_line: int = _setting(

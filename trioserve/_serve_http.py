@@ -32,7 +32,7 @@ from ._proto.validate import (
     head_end,
 )
 from ._state import ServerState
-from ._streams import DISCONNECT_ERRORS
+from ._streams import DISCONNECT_ERRORS, PrefixedStream
 from ._types import ASGIApp, Message
 
 LOGGER = logging.getLogger("trioserve.http")
@@ -63,6 +63,24 @@ class AccessLogger(Protocol):
     ) -> None: ...
 
 
+class WebSocketUpgrade(Protocol):
+    """Serves a connection whose request asked for a WebSocket upgrade.
+
+    ``stream`` replays the request bytes already read, so the WebSocket library parses
+    the handshake itself.
+    """
+
+    async def __call__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        extensions: dict[str, Any] | None,
+    ) -> None: ...
+
+
 class HTTPOptions:
     """What the HTTP edge needs from the settings, worked out once per server."""
 
@@ -74,6 +92,7 @@ class HTTPOptions:
         access_log: AccessLogger | None = None,
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
         app_hint: Callable[[BaseException], str | None] | None = None,
+        websocket: WebSocketUpgrade | None = None,
     ) -> None:
         self.h11: Any = h11_module
         self.limits = Limits(
@@ -98,6 +117,9 @@ class HTTPOptions:
         self.proxy = proxy
         # Adds advice to the log of an app's exception (the asyncio hint).
         self.app_hint = app_hint
+        # Takes over connections that ask for a WebSocket upgrade; None serves them as
+        # plain HTTP (--ws off).
+        self.websocket = websocket
 
 
 def options_for(state: ServerState) -> HTTPOptions:
@@ -198,6 +220,8 @@ class _Connection:
         self.chunks: ChunkedChecker | None = None
         # True when the current request had no body and h11 already said so.
         self.body_done = False
+        # The raw bytes read for a request that may ask for an upgrade (head and beyond).
+        self.upgrade_bytes: bytes | None = None
         # Cancelled by the deadline watchdog (or a graceful stop) to end the connection.
         self.timer = trio.CancelScope()
         # When the current wait must end (idle, head or write); infinity while the app
@@ -238,6 +262,19 @@ class _Connection:
                 await self._send_error(exc.status, exc.reason)
                 return
             if request is None:
+                return
+            if (
+                self.upgrade_bytes is not None
+                and options.websocket is not None
+                and _asks_websocket(request)
+            ):
+                await options.websocket(
+                    PrefixedStream(self.stream, self.upgrade_bytes),
+                    client=self.client,
+                    server=self.server,
+                    scheme="wss" if self.scheme == "https" else "ws",
+                    extensions=self.extensions,
+                )
                 return
             cycle = _Cycle(self, request)
             limit = options.limit_concurrency
@@ -307,6 +344,8 @@ class _Connection:
             if end >= 0:
                 self.deadline = _INF
                 framing = check_head(pending[:end], limits)
+                # (A cheap substring test: "Upgrade:" in any case.)
+                self.upgrade_bytes = bytes(pending) if b"pgrade:" in pending[:end] else None
                 if stripped:
                     self.conn = conn = self._new_h11()
                     conn.receive_data(bytes(pending))
@@ -736,6 +775,19 @@ def _h11_reason(exc: BaseException) -> str:
     # h11's messages show the offending bytes as a Python repr; keep only the words.
     text = str(exc).split(":", 1)[0].strip()
     return text or "malformed request"
+
+
+def _asks_websocket(request: Any) -> bool:
+    """A GET over HTTP/1.1 with Upgrade: websocket and Connection: upgrade."""
+    if request.method != b"GET" or request.http_version != b"1.1":
+        return False
+    upgrade = connection = False
+    for name, value in request.headers:
+        if name == b"upgrade":
+            upgrade = upgrade or b"websocket" in value.lower()
+        elif name == b"connection":
+            connection = connection or b"upgrade" in value.lower()
+    return upgrade and connection
 
 
 def _asks_keep_alive(headers: Any) -> bool:
