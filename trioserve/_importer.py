@@ -33,8 +33,8 @@ __all__ = ["INTERFACE_CHOICES", "Interface", "LoadedApp", "load_app", "parse_tar
 
 LOGGER = logging.getLogger("trioserve.app")
 
-Interface: TypeAlias = Literal["asgi3", "asgi2", "wsgi", "stream"]
-INTERFACE_CHOICES = ("auto", "asgi3", "asgi2", "wsgi", "stream")
+Interface: TypeAlias = Literal["asgi3", "asgi2", "wsgi", "stream", "websocket"]
+INTERFACE_CHOICES = ("auto", "asgi3", "asgi2", "wsgi", "stream", "websocket")
 
 FactoryCall: TypeAlias = tuple[tuple[object, ...], dict[str, object]]
 
@@ -60,7 +60,9 @@ class LoadedApp:
             ``"stream"``.
         asgi: An ASGI 3 callable (ASGI 2 and WSGI apps are wrapped), or None for a
             stream handler.
-        handler: The stream handler for interface ``"stream"``, otherwise None.
+        handler: The handler for interface ``"stream"`` (it gets each connection's stream)
+            or ``"websocket"`` (a native trio-websocket handler: it gets each
+            connection's WebSocketRequest), otherwise None.
         from_factory: True if a factory was called to build the app.
     """
 
@@ -357,7 +359,22 @@ def _detect(obj: object, shape: _Shape) -> Interface | None:
         return "wsgi" if shape.accepts(2) and not shape.is_async else None
     if inspect.isclass(obj):
         return "asgi2"
-    return "stream" if shape.is_async else "asgi2"
+    if not shape.is_async:
+        return "asgi2"
+    # async def handler(x) is a raw stream handler, unless x is annotated as a
+    # trio-websocket request: then it is a native WebSocket handler.
+    return "websocket" if _annotated_websocket_request(shape) else "stream"
+
+
+def _annotated_websocket_request(shape: _Shape) -> bool:
+    if shape.signature is None:
+        return False
+    for param in shape.signature.parameters.values():
+        annotation = param.annotation
+        # (Under "from __future__ import annotations" a quoted annotation keeps its quotes.)
+        name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        return isinstance(name, str) and name.strip("'\"").rsplit(".", 1)[-1] == "WebSocketRequest"
+    return False
 
 
 def _wrong_kind(target: str, obj: object, shape: _Shape, *, built: bool) -> AppLoadError:
@@ -414,7 +431,7 @@ def _finish(
             )
         kind = cast(Interface, interface)
     LOGGER.debug("loaded %s as %s", target, kind)
-    if kind == "stream":
+    if kind in ("stream", "websocket"):
         return LoadedApp(
             target=target,
             app=obj,
@@ -451,7 +468,8 @@ async def load_app(
         factory: None calls the object when it is a callable that is not an app and
             takes no required arguments; True always calls it; False never does.
         interface: ``"auto"`` to recognise the app from its signature, or one of
-            ``"asgi3"``, ``"asgi2"``, ``"wsgi"``, ``"stream"`` to skip recognition.
+            ``"asgi3"``, ``"asgi2"``, ``"wsgi"``, ``"stream"``, ``"websocket"`` to skip
+            recognition.
             A sync callable taking exactly two positional arguments (environ,
             start_response) is recognised as WSGI.
         app_dir: A directory put first on ``sys.path`` (made absolute) before

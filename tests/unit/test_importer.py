@@ -231,7 +231,7 @@ async def test_unknown_interface_is_refused() -> None:
     """An interface outside the choices is an error naming the choices."""
     error = await load_error(f"{GOOD}:asgi3_app", interface="asgi4")
     assert str(error) == (
-        "--interface: expected one of auto, asgi3, asgi2, wsgi, stream, got 'asgi4'"
+        "--interface: expected one of auto, asgi3, asgi2, wsgi, stream, websocket, got 'asgi4'"
     )
 
 
@@ -743,3 +743,23 @@ async def test_missing_attribute_hint_names_what_the_module_defines_not_imports(
     with pytest.raises(AppLoadError) as info:
         await load_app("examples.hello:nope", app_dir=None)
     assert str(info.value).endswith("; it has: app")
+
+
+async def test_annotated_websocket_request_handler_is_native_websocket():
+    """async def handler(request: WebSocketRequest) is detected as a native WebSocket handler."""
+    import trio_websocket
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        pass
+
+    async def string_annotated(request: "trio_websocket.WebSocketRequest") -> None:  # noqa: UP037 (the quoting is the case under test)
+        pass
+
+    async def plain(stream: trio.abc.Stream) -> None:
+        pass
+
+    assert (await load_app(handler, app_dir=None)).interface == "websocket"
+    assert (await load_app(string_annotated, app_dir=None)).interface == "websocket"
+    assert (await load_app(plain, app_dir=None)).interface == "stream"
+    forced = await load_app(plain, interface="websocket", app_dir=None)
+    assert (forced.interface, forced.handler) == ("websocket", plain)
