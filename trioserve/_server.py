@@ -26,6 +26,7 @@ from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import HTTPOptions, serve_http_connection, watch_deadlines
 from ._serve_tcp import serve_stream_connection
+from ._serve_ws import serve_asgi_websocket, serve_native_websocket, watch_websockets
 from ._state import ServerState
 from ._streams import PrefixedStream, stream_addresses
 from ._tls import ssl_context, tls_extension, tls_handshake
@@ -159,9 +160,9 @@ async def _run(
 ) -> None:
     config = state.config
     handler = _connection_handler(loaded, state, extras)
-    scheme = "tcp" if loaded.interface == "stream" else "http"
+    scheme = {"stream": "tcp", "websocket": "ws"}.get(loaded.interface, "http")
     if config.certfile or config.keyfile:
-        scheme = "tls" if scheme == "tcp" else "https"
+        scheme = {"tcp": "tls", "ws": "wss"}.get(scheme, "https")
     async with app_loop(config), trio.open_nursery() as app_tasks:
         lifespan = None
         if loaded.asgi is not None and config.lifespan != "off":
@@ -178,6 +179,8 @@ async def _run(
                 state.lifespan_state = None
         app_tasks.start_soon(watch_deadlines, state)
         state.watchdog = True
+        if loaded.interface == "websocket" or config.ws == "on":
+            await app_tasks.start(watch_websockets, state)
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as acceptors:
                 await acceptors.start(
@@ -270,6 +273,18 @@ def _connection_handler(
             accepted.extensions = {"tls": tls_extension(secure)}
         return accepted
 
+    if loaded.interface == "websocket":
+        assert loaded.handler is not None
+        # The importer keeps both kinds of handler in one field; this one takes requests.
+        native_handler: Any = loaded.handler
+
+        async def handle_native_websocket(stream: trio.SocketStream) -> None:
+            accepted = await accept(stream)
+            if accepted is not None:
+                await serve_native_websocket(accepted.stream, native_handler, state)
+
+        return handle_native_websocket
+
     if loaded.handler is not None:
         stream_handler = loaded.handler
 
@@ -281,6 +296,19 @@ def _connection_handler(
         return handle_stream
     asgi = loaded.asgi
     assert asgi is not None
+
+    async def websocket(
+        stream: trio.abc.Stream,
+        *,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        extensions: dict[str, Any] | None,
+    ) -> None:
+        await serve_asgi_websocket(
+            stream, asgi, state, client=client, server=server, scheme=scheme, extensions=extensions
+        )
+
     state.http_options = HTTPOptions(
         config,
         h11_module=_h11_module(config.http),
@@ -289,6 +317,7 @@ def _connection_handler(
         if config.proxy_headers
         else None,
         app_hint=asyncio_hint if config.app_loop == "trio" else None,
+        websocket=websocket if config.ws == "on" else None,
     )
 
     async def handle_http(stream: trio.SocketStream) -> None:
