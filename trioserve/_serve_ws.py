@@ -1,0 +1,731 @@
+"""The trio edge of WebSocket: trio-websocket (on wsproto) speaks the protocol, this
+module turns it into ASGI ``websocket`` messages or hands it to native handlers.
+
+Each websocket costs one nursery holding trio-websocket's reader task, plus the task
+that called us, which runs the app. Pings and the graceful stop are done for all the
+websockets of a server by one task, :func:`watch_websockets`; a ping lives in a short
+task of its own only for one round trip. Served without that task (tests, embedding),
+a websocket runs a watcher for itself.
+
+trio-websocket 0.12 is extended in :class:`_ServerConnection` through a few of its
+private methods, kept in that one class and pinned by tests/serve/test_ws.py and
+tests/integration/test_ws_clients.py:
+
+- ``_reader_task``: when the handshake fails (trio-websocket answered 400 and closed,
+  or the client left), the wait for it must end; trio-websocket would wait forever.
+- ``_handle_close_connection_event``: when wsproto cannot parse a frame (invalid UTF-8,
+  a protocol violation), trio-websocket drops the TCP connection without a close
+  frame; the peer is told 1007 or 1002 first.
+- ``_handle_message_event``: after closing with 1009, trio-websocket stops reading, so
+  a peer still sending the message gets a reset and never sees the 1009; the rest is
+  read and dropped until the peer answers the close.
+- ``_accept``: a websocket accepted while the server stops is closed with 1001.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import math
+import re
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+import h11
+import trio
+import trio_websocket
+import wsproto
+import wsproto.events
+import wsproto.utilities
+from trio_websocket import ConnectionClosed, WebSocketRequest
+from wsproto.connection import ConnectionState
+
+from ._config import Config
+from ._proto.http import ASGI_VERSION, decode_path, split_target
+from ._state import ServerState
+from ._types import ASGIApp, Message
+
+LOGGER = logging.getLogger("trioserve.ws")
+
+# Largest read from the peer at once; nothing of this size is kept between reads.
+RECEIVE_SIZE = 64 * 1024
+# Seconds a peer gets to answer our close frame before its TCP connection is dropped.
+CLOSE_TIMEOUT = 5.0
+
+NativeHandler = Callable[[WebSocketRequest], Awaitable[object]]
+
+_BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 24\r\nconnection: close\r\n\r\nBad WebSocket handshake\n"
+)
+_ERROR_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"))
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+# What h11 and wsproto raise for a response they will not send (bad headers, say).
+_LOCAL_ERRORS = (h11.LocalProtocolError, wsproto.utilities.LocalProtocolError)
+# Framing headers of a denial response are worked out from its body.
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+
+
+class ClientDisconnected(OSError):
+    """``send()`` was called on a websocket that is closed (ASGI spec 2.4)."""
+
+
+# A peer that closed or broke the websocket.
+_GONE = (ClientDisconnected, ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class _ServerConnection(trio_websocket.WebSocketConnection):
+    """A server-side trio-websocket connection that a :class:`_Watcher` pings and stops."""
+
+    def __init__(self, stream: trio.abc.Stream, config: Config, watcher: _Watcher) -> None:
+        super().__init__(
+            stream,
+            wsproto.WSConnection(wsproto.ConnectionType.SERVER),
+            message_queue_size=config.ws_max_queue,
+            max_message_size=config.ws_max_message_size,
+            receive_buffer_size=RECEIVE_SIZE,
+        )
+        self.watcher = watcher
+        # When the watcher pings next; its connections are kept in this order.
+        self.next_ping = math.inf
+        # Set while a ping of the watcher's waits for its pong.
+        self.ping_scope: trio.CancelScope | None = None
+        # The (code, reason) we closed with, which the app is told rather than the echo.
+        self.local_close: tuple[int, str] | None = None
+
+    @property
+    def handshaking(self) -> bool:
+        """True until the handshake is accepted or rejected."""
+        return self._wsproto.state is ConnectionState.CONNECTING
+
+    @property
+    def awaiting_close_reply(self) -> bool:
+        """True when we sent a close frame and the peer has not answered yet."""
+        return self._wsproto.state is ConnectionState.LOCAL_CLOSING
+
+    @property
+    def is_open(self) -> bool:
+        """True while accepted and neither side has begun closing."""
+        return self._wsproto.state is ConnectionState.OPEN and self.closed is None
+
+    def close_code(self) -> tuple[int, str]:
+        """(code, reason) for the app's ``websocket.disconnect``."""
+        if self.local_close is not None:
+            return self.local_close
+        reason = self.closed
+        if reason is None:
+            return 1006, ""
+        return int(reason.code), reason.reason or ""
+
+    async def close_with(self, code: int, reason: str) -> None:
+        """Close with ``code`` unless closing already; the peer has CLOSE_TIMEOUT
+        seconds to answer before the TCP connection is dropped."""
+        if self.local_close is None and self.closed is None:
+            self.local_close = (code, reason)
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self.aclose(code, reason)
+
+    async def _reader_task(self) -> None:
+        try:
+            await super()._reader_task()
+        except ConnectionClosed:
+            # Answering a protocol error failed: the peer is gone.
+            pass
+        except Exception as exc:
+            if self.handshaking:
+                # wsproto's own checks answer 400; this is what they let through (a
+                # target or Host that is not ASCII, for one).
+                LOGGER.info("bad websocket handshake: %s", exc)
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self._stream.send_all(_BAD_REQUEST)
+            else:
+                LOGGER.exception("unexpected error in trio-websocket; closing the websocket")
+            await self._close_stream()
+        finally:
+            proposal = self._connection_proposal
+            if proposal is not None and not proposal._value_event.is_set():
+                # No request will come: wake the wait for it (see _handshake).
+                proposal.set_value(cast(WebSocketRequest, None))
+
+    async def _handle_close_connection_event(self, event: wsproto.events.CloseConnection) -> None:
+        if self._wsproto.state is ConnectionState.OPEN:
+            # wsproto reports a frame it cannot parse as a close from the peer without
+            # a change of state; the peer must hear the code (1007, 1002) from us.
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(event)
+        await super()._handle_close_connection_event(event)
+
+    async def _handle_message_event(
+        self, event: wsproto.events.BytesMessage | wsproto.events.TextMessage
+    ) -> None:
+        if self.closed is not None:
+            # Closing: what still arrives is dropped unread by anyone.
+            return
+        await super()._handle_message_event(event)
+        if self.closed is not None:
+            # Over the size limit, trio-websocket sent 1009 and stopped reading; a peer
+            # still sending would then have its connection reset, our close frame lost.
+            # Read on (and drop) until the peer answers the close.
+            self._reader_running = True
+
+    async def _accept(
+        self,
+        request: wsproto.events.Request,
+        subprotocol: str | None,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        await super()._accept(request, subprotocol, extra_headers)
+        self.watcher.opened(self)
+
+
+class _Watcher:
+    """Pings websockets and closes them with 1001 on a graceful stop.
+
+    Connections are kept in a dict ordered by their next ping: every ping is due one
+    interval after the previous one, so a pinged connection moves to the end and the
+    order holds. Waking up costs only the connections that are due.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.connections: dict[_ServerConnection, None] = {}
+        self.interval = config.ws_ping_interval
+        self.timeout = config.ws_ping_timeout
+        self.running = False
+        self.stopping = False
+        self._nursery: trio.Nursery | None = None
+        self._scope = trio.CancelScope()
+
+    def add(self, conn: _ServerConnection) -> None:
+        conn.next_ping = trio.current_time() + self.interval
+        self.connections[conn] = None
+
+    def discard(self, conn: _ServerConnection) -> None:
+        self.connections.pop(conn, None)
+        if conn.ping_scope is not None:
+            conn.ping_scope.cancel()
+
+    def opened(self, conn: _ServerConnection) -> None:
+        """``conn`` was just accepted: close it at once if the server is stopping."""
+        if self.stopping and self._nursery is not None:
+            self._nursery.start_soon(self._close, conn, 1001, "server shutting down")
+
+    def cancel(self) -> None:
+        """End :meth:`run` once the closes it started are done (pings end with their
+        websocket)."""
+        self._scope.cancel()
+
+    async def run(self, stop_requested: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.running = True
+            try:
+                with self._scope:
+                    task_status.started()
+                    await self._ping_until(stop_requested, nursery)
+                    self.stopping = True
+                    for conn in self.connections:
+                        if conn.is_open:
+                            nursery.start_soon(self._close, conn, 1001, "server shutting down")
+                    await trio.sleep_forever()
+            finally:
+                self.running = False
+                self._nursery = None
+
+    async def _ping_until(self, stop_requested: trio.Event, nursery: trio.Nursery) -> None:
+        interval = self.interval
+        if not interval:
+            await stop_requested.wait()
+            return
+        connections = self.connections
+        while not stop_requested.is_set():
+            now = trio.current_time()
+            wake = now + interval
+            due = []
+            for conn in connections:
+                if conn.next_ping > now:
+                    wake = conn.next_ping
+                    break
+                due.append(conn)
+            for conn in due:
+                del connections[conn]
+                conn.next_ping = now + interval
+                connections[conn] = None
+                if conn.ping_scope is None and conn.is_open:
+                    nursery.start_soon(self._ping, conn)
+            with trio.move_on_at(wake):
+                await stop_requested.wait()
+
+    async def _ping(self, conn: _ServerConnection) -> None:
+        # Cancelled by discard() when the websocket ends: its pong will never come.
+        with trio.CancelScope() as conn.ping_scope:
+            try:
+                with trio.move_on_after(self.timeout or math.inf) as timer:
+                    await conn.ping()
+            except ConnectionClosed:
+                return
+            finally:
+                conn.ping_scope = None
+        if timer.cancelled_caught:
+            LOGGER.info(
+                "closing a websocket whose peer did not answer a ping within %gs", self.timeout
+            )
+            await conn.close_with(1011, "keepalive ping timeout")
+
+    async def _close(self, conn: _ServerConnection, code: int, reason: str) -> None:
+        await conn.close_with(code, reason)
+
+
+_WATCHERS: weakref.WeakKeyDictionary[ServerState, _Watcher] = weakref.WeakKeyDictionary()
+
+
+async def watch_websockets(
+    state: ServerState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Ping every websocket of the server every ``ws_ping_interval`` seconds, close
+    those whose peer does not answer within ``ws_ping_timeout`` (1011), and close them
+    all with 1001 once ``state.stop_requested`` is set; runs until cancelled.
+
+    One task for all of a server's websockets, started with ``await
+    nursery.start(watch_websockets, state)`` before connections are accepted. Without
+    it, each websocket runs a watcher of its own.
+    """
+    watcher = _Watcher(state.config)
+    _WATCHERS[state] = watcher
+    try:
+        await watcher.run(state.stop_requested, task_status=task_status)
+    finally:
+        if _WATCHERS.get(state) is watcher:
+            del _WATCHERS[state]
+
+
+async def _serve_websocket(
+    stream: trio.abc.Stream,
+    state: ServerState,
+    serve: Callable[[_ServerConnection, WebSocketRequest], Awaitable[None]],
+) -> None:
+    """Wrap ``stream`` with trio-websocket, wait for the handshake request and call
+    ``serve`` with it; closes ``stream`` before returning."""
+    config = state.config
+    try:
+        async with trio.open_nursery() as nursery:
+            watcher = _WATCHERS.get(state)
+            own = None
+            if watcher is None or not watcher.running:
+                # Served on its own (tests, embedding): a watcher for this websocket only.
+                watcher = own = _Watcher(config)
+                await nursery.start(own.run, state.stop_requested)
+            conn = _ServerConnection(stream, config, watcher)
+            nursery.start_soon(conn._reader_task)
+            request = await _handshake(conn, config.header_timeout)
+            if request is not None:
+                watcher.add(conn)
+                try:
+                    await serve(conn, request)
+                finally:
+                    watcher.discard(conn)
+            if own is not None:
+                own.cancel()
+            if conn.awaiting_close_reply:
+                # The reader ends when the peer answers our close frame (or leaves).
+                nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+            else:
+                nursery.cancel_scope.cancel()
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
+        LOGGER.debug("websocket client went away")
+    except* Exception:
+        # A bug of ours must cost one connection, never the server.
+        LOGGER.exception("unexpected error while serving a websocket")
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+async def _handshake(conn: _ServerConnection, seconds: float) -> WebSocketRequest | None:
+    """The client's handshake request, or None if it was bad, late or never came."""
+    request: WebSocketRequest | None = None
+    with trio.move_on_after(seconds if seconds > 0 else math.inf):
+        # None when the reader ended first (see _ServerConnection._reader_task).
+        request = await conn._get_request()
+        return request
+    LOGGER.info("websocket handshake not received within %gs", seconds)
+    return None
+
+
+def _client_gone(exc: BaseException) -> bool:
+    """True for a websocket the peer closed or broke (or a group of only those)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, _GONE)
+
+
+# Native trio-websocket handlers
+
+
+async def serve_native_websocket(
+    stream: trio.abc.Stream, handler: NativeHandler, state: ServerState
+) -> None:
+    """Serve one websocket with a native trio-websocket handler, as
+    ``trio_websocket.serve_websocket`` would: ``handler(request)`` accepts or rejects
+    the request itself.
+
+    A handler that raises is logged and its websocket closed with 1011 (or answered
+    500 before the handshake); ``ConnectionClosed`` from a peer that left is not an
+    error. Never raises for a client's or a handler's fault; closes ``stream``.
+    """
+
+    async def serve(conn: _ServerConnection, request: WebSocketRequest) -> None:
+        code = 1000
+        try:
+            await handler(request)
+        except Exception as exc:
+            if _client_gone(exc):
+                LOGGER.debug("websocket closed: %r", exc)
+            else:
+                LOGGER.exception("exception in websocket handler for %s", request.path)
+                code = 1011
+        else:
+            if conn.handshaking:
+                LOGGER.error(
+                    "websocket handler returned without accepting or rejecting %s",
+                    request.path,
+                )
+                code = 1011
+        if conn.handshaking:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await request.reject(
+                    500, extra_headers=list(_ERROR_HEADERS), body=b"Internal Server Error\n"
+                )
+        else:
+            await conn.close_with(code, "")
+
+    await _serve_websocket(stream, state, serve)
+
+
+# ASGI
+
+
+async def serve_asgi_websocket(
+    stream: trio.abc.Stream,
+    app: ASGIApp,
+    state: ServerState,
+    *,
+    client: tuple[str, int] | None,
+    server: tuple[str, int | None] | None,
+    scheme: str,
+    extensions: dict[str, Any] | None,
+) -> None:
+    """Serve one websocket to an ASGI app; ``stream`` starts with the handshake request
+    (the HTTP edge replays what it read).
+
+    Never raises for a client's or an app's fault; closes ``stream`` before returning.
+    """
+
+    async def serve(conn: _ServerConnection, request: WebSocketRequest) -> None:
+        scope = websocket_scope(
+            request,
+            scheme=scheme,
+            client=client,
+            server=server,
+            root_path=state.config.root_path,
+            state=state.lifespan_state,
+            extensions=extensions,
+        )
+        await _Session(conn, request, stream, state.config.write_timeout).run(app, scope)
+
+    await _serve_websocket(stream, state, serve)
+
+
+def websocket_scope(
+    request: WebSocketRequest,
+    *,
+    scheme: str,
+    client: tuple[str, int] | None,
+    server: tuple[str, int | None] | None,
+    root_path: str,
+    state: dict[str, Any] | None,
+    extensions: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The ASGI ``websocket`` scope for a handshake request."""
+    raw_path, query = split_target(request.path.encode("ascii"))
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "asgi": ASGI_VERSION,
+        "http_version": "1.1",
+        "scheme": scheme,
+        "path": decode_path(raw_path),
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": _request_headers(request),
+        "client": client,
+        "server": server,
+        "subprotocols": list(request.proposed_subprotocols),
+        "extensions": {"websocket.http.response": {}, **(extensions or {})},
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    return scope
+
+
+def _request_headers(request: WebSocketRequest) -> list[tuple[bytes, bytes]]:
+    """The request's headers, lowercased, with the three that wsproto takes out of
+    them (Host, Sec-WebSocket-Protocol, Sec-WebSocket-Extensions) put back."""
+    event: wsproto.events.Request = request._event
+    headers = []
+    if event.host:
+        try:
+            host = event.host.encode("idna")
+        except UnicodeError:
+            host = event.host.encode("utf-8")
+        headers.append((b"host", host))
+    headers.extend(request.headers)
+    if event.subprotocols:
+        headers.append((b"sec-websocket-protocol", ", ".join(event.subprotocols).encode()))
+    if event.extensions:
+        names = [str(extension) for extension in event.extensions]
+        headers.append((b"sec-websocket-extensions", ", ".join(names).encode()))
+    return headers
+
+
+class _Phase(enum.Enum):
+    HANDSHAKE = "before websocket.accept"
+    DENYING = "sending a denial response"
+    OPEN = "accepted"
+    CLOSED = "closed"
+
+
+class _BadMessage(Exception):
+    pass
+
+
+class _Session:
+    """One ASGI websocket: the ``receive`` and ``send`` given to the app."""
+
+    __slots__ = (
+        "conn",
+        "connect_sent",
+        "denial",
+        "peer_gone",
+        "phase",
+        "reported",
+        "request",
+        "stream",
+        "write_timeout",
+    )
+
+    def __init__(
+        self,
+        conn: _ServerConnection,
+        request: WebSocketRequest,
+        stream: trio.abc.Stream,
+        write_timeout: float,
+    ) -> None:
+        self.conn = conn
+        self.request = request
+        self.stream = stream
+        self.write_timeout = write_timeout if write_timeout > 0 else math.inf
+        self.phase = _Phase.HANDSHAKE
+        self.connect_sent = False
+        # True once the app was told websocket.disconnect.
+        self.peer_gone = False
+        # (status, headers, body so far) of a denial response.
+        self.denial: tuple[int, list[tuple[bytes, bytes]], bytearray] | None = None
+        # The error raised into the app for a bad message, logged already.
+        self.reported: BaseException | None = None
+
+    async def run(self, app: ASGIApp, scope: dict[str, Any]) -> None:
+        try:
+            await app(scope, self.receive, self.send)
+        except Exception as exc:
+            if exc is self.reported:
+                pass
+            elif _client_gone(exc):
+                LOGGER.debug("websocket closed under the ASGI app: %r", exc)
+            else:
+                LOGGER.exception("exception in ASGI app while serving websocket %s", scope["path"])
+            await self._fail()
+            return
+        if self.phase is _Phase.HANDSHAKE and not self.peer_gone:
+            LOGGER.error(
+                "ASGI app returned without accepting or closing websocket %s", scope["path"]
+            )
+            await self._fail()
+        elif self.phase is _Phase.DENYING:
+            LOGGER.error(
+                "ASGI app returned before finishing its denial response to %s", scope["path"]
+            )
+            await self._fail()
+        elif self.phase is _Phase.OPEN:
+            self.phase = _Phase.CLOSED
+            await self.conn.close_with(1000, "")
+
+    async def _fail(self) -> None:
+        """500 before the handshake is answered, 1011 after."""
+        phase = self.phase
+        self.phase = _Phase.CLOSED
+        if phase is _Phase.OPEN:
+            await self.conn.close_with(1011, "")
+        elif phase is not _Phase.CLOSED and not self.peer_gone:
+            with contextlib.suppress(*_LOCAL_ERRORS):
+                await self._reject(500, list(_ERROR_HEADERS), b"Internal Server Error\n")
+
+    def _disconnect(self) -> Message:
+        self.peer_gone = True
+        code, reason = self.conn.close_code()
+        return {"type": "websocket.disconnect", "code": code, "reason": reason}
+
+    async def receive(self) -> Message:
+        if not self.connect_sent:
+            self.connect_sent = True
+            return {"type": "websocket.connect"}
+        if self.phase is _Phase.DENYING or self.phase is _Phase.CLOSED:
+            return self._disconnect()
+        try:
+            data = await self.conn.get_message()
+        except ConnectionClosed:
+            return self._disconnect()
+        if isinstance(data, str):
+            return {"type": "websocket.receive", "text": data}
+        return {"type": "websocket.receive", "bytes": data}
+
+    async def send(self, message: Message) -> None:
+        try:
+            await self._send(message)
+        except _BadMessage as exc:
+            LOGGER.error("ASGI app sent a bad websocket message: %s", exc)
+            error = RuntimeError(f"ASGI protocol error: {exc}")
+            self.reported = error
+            await self._fail()
+            raise error from None
+
+    async def _send(self, message: Message) -> None:
+        kind = message.get("type") if isinstance(message, Mapping) else None
+        phase = self.phase
+        if phase is _Phase.OPEN:
+            if kind == "websocket.send":
+                data = _payload(message)
+                try:
+                    await self._write(self.conn.send_message(data))
+                except ConnectionClosed:
+                    raise ClientDisconnected("the websocket is closed") from None
+                return
+            if kind == "websocket.close":
+                code, reason = _close_args(message)
+                self.phase = _Phase.CLOSED
+                await self.conn.close_with(code, reason)
+                return
+        elif phase is _Phase.HANDSHAKE:
+            if kind == "websocket.accept":
+                subprotocol, headers = self._accept_args(message)
+                self.phase = _Phase.OPEN
+                try:
+                    await self._write(
+                        self.request.accept(subprotocol=subprotocol, extra_headers=headers)
+                    )
+                except ConnectionClosed:
+                    self.phase = _Phase.CLOSED
+                    raise ClientDisconnected("the client left before the handshake") from None
+                return
+            if kind == "websocket.close":
+                # ASGI: closing before the handshake is answered is a 403.
+                self.phase = _Phase.CLOSED
+                await self._reject(403, [(b"connection", b"close")], b"")
+                return
+            if kind == "websocket.http.response.start":
+                status = message.get("status")
+                if not isinstance(status, int) or not 200 <= status <= 999:
+                    raise _BadMessage(f"'status' must be an int from 200 to 999, got {status!r}")
+                headers = [
+                    (name, value)
+                    for name, value in _headers(message.get("headers", ()))
+                    if name.lower() not in _FRAMING
+                ]
+                self.denial = (status, headers, bytearray())
+                self.phase = _Phase.DENYING
+                return
+        elif phase is _Phase.DENYING:
+            if kind == "websocket.http.response.body":
+                body = message.get("body", b"")
+                if not isinstance(body, bytes | bytearray | memoryview):
+                    raise _BadMessage(f"'body' must be bytes, got {type(body).__name__}")
+                assert self.denial is not None
+                status, headers, sofar = self.denial
+                sofar += body
+                if not message.get("more_body", False):
+                    self.phase = _Phase.CLOSED
+                    try:
+                        await self._reject(status, headers, bytes(sofar))
+                    except _LOCAL_ERRORS as exc:
+                        self.phase = _Phase.DENYING
+                        raise _BadMessage(f"invalid denial response: {exc}") from None
+                return
+        elif kind == "websocket.close":
+            return
+        elif kind == "websocket.send":
+            raise ClientDisconnected("the websocket is closed")
+        raise _BadMessage(f"{kind!r} is not valid {phase.value}")
+
+    def _accept_args(self, message: Message) -> tuple[str | None, list[tuple[bytes, bytes]]]:
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None:
+            if not isinstance(subprotocol, str):
+                raise _BadMessage(f"'subprotocol' must be a str, got {subprotocol!r}")
+            if subprotocol not in self.request.proposed_subprotocols:
+                raise _BadMessage(f"subprotocol {subprotocol!r} was not offered by the client")
+        headers = _headers(message.get("headers", ()))
+        for name, value in headers:
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise _BadMessage(f"invalid header {name!r}: {value!r}")
+        return subprotocol, headers
+
+    async def _reject(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._write(self.request.reject(status, extra_headers=headers, body=body))
+
+    async def _write(self, sending: Awaitable[object]) -> None:
+        """Await a send of trio-websocket's, for at most write_timeout seconds: a peer
+        that stopped reading is cut off."""
+        with trio.move_on_after(self.write_timeout):
+            await sending
+            return
+        LOGGER.info("websocket write timed out after %gs; closing", self.write_timeout)
+        self.conn.local_close = (1006, "write timeout")
+        # The send was cut mid-frame: the stream cannot be used any more.
+        await trio.aclose_forcefully(self.stream)
+        raise ClientDisconnected("the websocket write timed out")
+
+
+def _headers(raw: Any) -> list[tuple[bytes, bytes]]:
+    headers = []
+    try:
+        for name, value in raw:
+            if not isinstance(name, bytes) or not isinstance(value, bytes):
+                raise TypeError
+            headers.append((name, value))
+    except (TypeError, ValueError):
+        raise _BadMessage("'headers' must be an iterable of [name, value] pairs of bytes") from None
+    return headers
+
+
+def _payload(message: Message) -> str | bytes:
+    text = message.get("text")
+    data = message.get("bytes")
+    if text is not None and data is None and isinstance(text, str):
+        return text
+    if data is not None and text is None and isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise _BadMessage("websocket.send needs exactly one of 'bytes' (bytes) or 'text' (str)")
+
+
+def _close_args(message: Message) -> tuple[int, str]:
+    code = message.get("code", 1000)
+    reason = message.get("reason") or ""
+    if not isinstance(code, int) or isinstance(code, bool) or not 1000 <= code <= 4999:
+        raise _BadMessage(f"'code' must be an int from 1000 to 4999, got {code!r}")
+    if not isinstance(reason, str):
+        raise _BadMessage(f"'reason' must be a str, got {reason!r}")
+    return code, reason
