@@ -1,4 +1,5 @@
-"""A Starlette app: JSON, a streaming response, a POST echo and lifespan state.
+"""A Starlette app: JSON, a streaming response, a POST echo, a WebSocket echo and
+lifespan state.
 
 trioserve examples.frameworks.starlette_app:app
 
@@ -16,7 +17,8 @@ import anyio.lowlevel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 CHUNKS = 5
 
@@ -57,12 +59,23 @@ async def state(request: Request) -> JSONResponse:
     return JSONResponse({"greeting": greeting})
 
 
+async def websocket_echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_text(f"echo: {text}")
+    except WebSocketDisconnect:
+        pass
+
+
 app = Starlette(
     routes=[
         Route("/", homepage),
         Route("/stream", stream),
         Route("/echo", echo, methods=["POST"]),
         Route("/state", state),
+        WebSocketRoute("/ws", websocket_echo),
     ],
     lifespan=lifespan,
 )

@@ -99,6 +99,25 @@ async def test_starlette_json_stream_echo_state_and_lifespan() -> None:
     warn_if_no_curl()
 
 
+@needs("starlette")
+async def test_starlette_websocket_endpoint() -> None:
+    """A Starlette WebSocket route echoes through trioserve; closing client-side is clean."""
+    import trio
+    import trio_websocket
+
+    async with serving(f"{PKG}.starlette_app:app", "-b", "127.0.0.1:0") as server:
+        url = server.url.replace("http://", "ws://") + "/ws"
+        with trio.fail_after(10):
+            async with trio_websocket.open_websocket_url(url) as ws:
+                await ws.send_message("hi")
+                assert await ws.get_message() == "echo: hi"
+                await ws.send_message("again")
+                assert await ws.get_message() == "echo: again"
+        await stop(server)
+    assert_lifespan_ran(server.lines, "starlette")
+    assert_clean_log(server.lines)
+
+
 # -- FastAPI ------------------------------------------------------------------------------
 
 
