@@ -67,19 +67,23 @@ def http_scope(
 
     ``state`` is the lifespan state; each request gets a shallow copy of it.
     """
-    raw_path, query = split_target(request.target)
+    target = request.target
+    if target[:1] == b"/" and b"?" not in target:
+        raw_path, query = target, b""
+    else:
+        raw_path, query = split_target(target)
+    method = request.method
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": ASGI_VERSION,
-        "http_version": request.http_version.decode("ascii"),
-        "method": request.method.decode("ascii"),
+        "http_version": "1.1" if request.http_version == b"1.1" else "1.0",
+        "method": _METHODS.get(method) or method.decode("ascii"),
         "scheme": scheme,
         "path": decode_path(raw_path),
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,
-        # h11 already lowercases header names.
-        "headers": [(name, value) for name, value in request.headers],
+        "headers": _header_pairs(request.headers),
         "client": client,
         "server": server,
         "extensions": {},
@@ -87,6 +91,21 @@ def http_scope(
     if state is not None:
         scope["state"] = dict(state)
     return scope
+
+
+_METHODS = {
+    m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+}
+
+
+def _header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
+    """(lowercased name, value) pairs; h11 has already lowercased the names."""
+    # h11's Headers keeps (raw name, name, value) triples: reading them directly avoids
+    # its Sequence interface, which costs a method call per item on every request.
+    items = getattr(headers, "_full_items", None)
+    if items is not None:
+        return [(name, value) for _, name, value in items]
+    return [(name, value) for name, value in headers]
 
 
 _date_cache: tuple[int, bytes] = (0, b"")
