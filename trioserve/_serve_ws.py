@@ -7,19 +7,31 @@ websockets of a server by one task, :func:`watch_websockets`; a ping lives in a 
 task of its own only for one round trip. Served without that task (tests, embedding),
 a websocket runs a watcher for itself.
 
+An idle accepted websocket should cost little memory (see docs/performance.md): what
+only the handshake needed is let go, and no coroutine frame is kept that could be
+avoided (hence the sessions' start/failed/returned split, and the public functions
+returning their coroutine rather than awaiting it).
+
 trio-websocket 0.12 is extended in :class:`_ServerConnection` through a few of its
 private methods, kept in that one class and pinned by tests/serve/test_ws.py and
 tests/integration/test_ws_clients.py:
 
-- ``_reader_task``: when the handshake fails (trio-websocket answered 400 and closed,
-  or the client left), the wait for it must end; trio-websocket would wait forever.
+- ``_abort_web_socket``, ``_close_stream``: when the handshake fails (trio-websocket
+  answered 400 and closed, or the client left), the wait for it must end;
+  trio-websocket would wait forever.
 - ``_handle_close_connection_event``: when wsproto cannot parse a frame (invalid UTF-8,
   a protocol violation), trio-websocket drops the TCP connection without a close
   frame; the peer is told 1007 or 1002 first.
 - ``_handle_message_event``: after closing with 1009, trio-websocket stops reading, so
   a peer still sending the message gets a reset and never sees the 1009; the rest is
   read and dropped until the peer answers the close.
-- ``_accept``: a websocket accepted while the server stops is closed with 1001.
+- ``_handle_request_event``: once the replayed request head is read, trio-websocket
+  reads the socket directly rather than through the :class:`PrefixedStream`.
+- ``_accept``: a websocket accepted while the server stops is closed with 1001; the
+  handshake's state is let go (wsproto's HTTP/1.1 parser, the request).
+
+It also reads ``_recv_channel`` directly (as ``get_message`` does) and swaps in a
+smaller event queue in wsproto's frame-level connection, to save memory.
 """
 
 from __future__ import annotations
@@ -30,8 +42,8 @@ import logging
 import math
 import re
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Protocol, cast
 
 import h11
 import trio
@@ -45,6 +57,7 @@ from wsproto.connection import ConnectionState
 from ._config import Config
 from ._proto.http import ASGI_VERSION, decode_path, split_target
 from ._state import ServerState
+from ._streams import PrefixedStream
 from ._types import ASGIApp, Message
 
 LOGGER = logging.getLogger("trioserve.ws")
@@ -67,6 +80,27 @@ _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 _LOCAL_ERRORS = (h11.LocalProtocolError, wsproto.utilities.LocalProtocolError)
 # Framing headers of a denial response are worked out from its body.
 _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+
+
+# The reader task's name: trio would otherwise build a long one for every connection.
+_READER_NAME = "trioserve websocket reader"
+
+
+class _EventList(list[Any]):
+    """wsproto's frame-level event queue, which only ever holds the event of a lost
+    connection (and trio-websocket never reports one to it): a list is much smaller than
+    the 64-slot deque wsproto allocates for each connection."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+# Stands in for trio-websocket's events that are set once and never waited on again on
+# a server (the open handshake, a testing hook): one for all connections.
+_ALWAYS_SET = trio.Event()
+_ALWAYS_SET.set()
 
 
 class ClientDisconnected(OSError):
@@ -95,6 +129,7 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         self.ping_scope: trio.CancelScope | None = None
         # The (code, reason) we closed with, which the app is told rather than the echo.
         self.local_close: tuple[int, str] | None = None
+        self._for_testing_peer_closed_connection = _ALWAYS_SET
 
     @property
     def handshaking(self) -> bool:
@@ -128,28 +163,30 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         with trio.move_on_after(CLOSE_TIMEOUT):
             await self.aclose(code, reason)
 
-    async def _reader_task(self) -> None:
+    def _no_request(self) -> None:
+        # The reader is ending before a handshake request came (a request wsproto
+        # refused, a client that left): wake the wait for it with None (see _handshake).
+        proposal = self._connection_proposal
+        if proposal is not None and not proposal._value_event.is_set():
+            proposal.set_value(cast(WebSocketRequest, None))
+
+    async def _handle_request_event(self, event: wsproto.events.Request) -> None:
+        await super()._handle_request_event(event)
+        stream = self._stream
+        if isinstance(stream, PrefixedStream) and not stream._prefix:
+            # The replayed head is consumed: read the wrapped stream directly, one
+            # layer (and its frames while idle) less.
+            self._stream = stream.transport_stream
+
+    async def _abort_web_socket(self) -> None:
+        await super()._abort_web_socket()
+        self._no_request()
+
+    async def _close_stream(self) -> None:
         try:
-            await super()._reader_task()
-        except ConnectionClosed:
-            # Answering a protocol error failed: the peer is gone.
-            pass
-        except Exception as exc:
-            if self.handshaking:
-                # wsproto's own checks answer 400; this is what they let through (a
-                # target or Host that is not ASCII, for one).
-                LOGGER.info("bad websocket handshake: %s", exc)
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await self._stream.send_all(_BAD_REQUEST)
-            else:
-                LOGGER.exception("unexpected error in trio-websocket; closing the websocket")
-            await self._close_stream()
+            await super()._close_stream()
         finally:
-            proposal = self._connection_proposal
-            if proposal is not None and not proposal._value_event.is_set():
-                # No request will come: wake the wait for it (see _handshake).
-                proposal.set_value(cast(WebSocketRequest, None))
+            self._no_request()
 
     async def _handle_close_connection_event(self, event: wsproto.events.CloseConnection) -> None:
         if self._wsproto.state is ConnectionState.OPEN:
@@ -179,6 +216,15 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         extra_headers: list[tuple[bytes, bytes]],
     ) -> None:
         await super()._accept(request, subprotocol, extra_headers)
+        # From here on only wsproto's frame-level connection is used: its HTTP/1.1
+        # handshake (an h11 parser, the request) is let go. The frame-level object has
+        # everything trio-websocket asks of a WSConnection: state, send,
+        # receive_data, events and client.
+        connection = self._wsproto.connection
+        if connection is not None:
+            connection._events = _EventList()  # type: ignore[assignment]
+            self._wsproto = cast(wsproto.WSConnection, connection)
+        self._open_handshake = _ALWAYS_SET
         self.watcher.opened(self)
 
 
@@ -260,23 +306,31 @@ class _Watcher:
                 await stop_requested.wait()
 
     async def _ping(self, conn: _ServerConnection) -> None:
-        # Cancelled by discard() when the websocket ends: its pong will never come.
-        with trio.CancelScope() as conn.ping_scope:
-            try:
-                with trio.move_on_after(self.timeout or math.inf) as timer:
-                    await conn.ping()
-            except ConnectionClosed:
-                return
-            finally:
-                conn.ping_scope = None
-        if timer.cancelled_caught:
-            LOGGER.info(
-                "closing a websocket whose peer did not answer a ping within %gs", self.timeout
-            )
-            await conn.close_with(1011, "keepalive ping timeout")
+        try:
+            # Cancelled by discard() when the websocket ends: its pong will never come.
+            with trio.CancelScope() as conn.ping_scope:
+                try:
+                    with trio.move_on_after(self.timeout or math.inf) as timer:
+                        await conn.ping()
+                except ConnectionClosed:
+                    return
+                finally:
+                    conn.ping_scope = None
+            if timer.cancelled_caught:
+                LOGGER.info(
+                    "closing a websocket whose peer did not answer a ping within %gs",
+                    self.timeout,
+                )
+                await conn.close_with(1011, "keepalive ping timeout")
+        except Exception:
+            # This task serves every websocket of the server: a bug costs one of them.
+            LOGGER.exception("unexpected error while pinging a websocket")
 
     async def _close(self, conn: _ServerConnection, code: int, reason: str) -> None:
-        await conn.close_with(code, reason)
+        try:
+            await conn.close_with(code, reason)
+        except Exception:
+            LOGGER.exception("unexpected error while closing a websocket")
 
 
 _WATCHERS: weakref.WeakKeyDictionary[ServerState, _Watcher] = weakref.WeakKeyDictionary()
@@ -302,29 +356,48 @@ async def watch_websockets(
             del _WATCHERS[state]
 
 
-async def _serve_websocket(
-    stream: trio.abc.Stream,
-    state: ServerState,
-    serve: Callable[[_ServerConnection, WebSocketRequest], Awaitable[None]],
-) -> None:
-    """Wrap ``stream`` with trio-websocket, wait for the handshake request and call
-    ``serve`` with it; closes ``stream`` before returning."""
+class _Session(Protocol):
+    """What serves one websocket once its handshake request is in.
+
+    ``start`` returns the app's (or handler's) coroutine, awaited by
+    :func:`_serve_websocket` itself; then ``failed`` or ``returned`` finish up.
+    """
+
+    request: WebSocketRequest | None
+
+    def start(self, conn: _ServerConnection) -> Awaitable[object]: ...
+
+    async def failed(self, conn: _ServerConnection, exc: Exception) -> None: ...
+
+    async def returned(self, conn: _ServerConnection) -> None: ...
+
+
+async def _serve_websocket(stream: trio.abc.Stream, state: ServerState, session: _Session) -> None:
+    """Wrap ``stream`` with trio-websocket, wait for the handshake request and run
+    ``session`` with it; closes ``stream`` before returning."""
     config = state.config
+    watcher = _WATCHERS.get(state)
+    own = None
+    if watcher is None or not watcher.running:
+        # Served on its own (tests, embedding): a watcher for this websocket only.
+        watcher = own = _Watcher(config)
+    conn = _ServerConnection(stream, config, watcher)
     try:
         async with trio.open_nursery() as nursery:
-            watcher = _WATCHERS.get(state)
-            own = None
-            if watcher is None or not watcher.running:
-                # Served on its own (tests, embedding): a watcher for this websocket only.
-                watcher = own = _Watcher(config)
+            if own is not None:
                 await nursery.start(own.run, state.stop_requested)
-            conn = _ServerConnection(stream, config, watcher)
-            nursery.start_soon(conn._reader_task)
-            request = await _handshake(conn, config.header_timeout)
-            if request is not None:
+            nursery.start_soon(conn._reader_task, name=_READER_NAME)
+            # Kept by the session only (not by this frame): an ASGI session lets the
+            # request go once accepted.
+            session.request = await _handshake(conn, config.header_timeout)
+            if session.request is not None:
                 watcher.add(conn)
                 try:
-                    await serve(conn, request)
+                    await session.start(conn)
+                except Exception as exc:
+                    await session.failed(conn, exc)
+                else:
+                    await session.returned(conn)
                 finally:
                     watcher.discard(conn)
             if own is not None:
@@ -336,6 +409,16 @@ async def _serve_websocket(
                 nursery.cancel_scope.cancel()
     except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
         LOGGER.debug("websocket client went away")
+    except* UnicodeError as group:
+        if conn.handshaking:
+            # wsproto's own checks answer 400; decoding a target or Host that is not
+            # ASCII is what they let through, and it ends trio-websocket's reader.
+            LOGGER.info("bad websocket handshake: %s", group.exceptions[0])
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(_BAD_REQUEST)
+        else:
+            LOGGER.error("unexpected error while serving a websocket", exc_info=group)
     except* Exception:
         # A bug of ours must cost one connection, never the server.
         LOGGER.exception("unexpected error while serving a websocket")
@@ -346,11 +429,9 @@ async def _serve_websocket(
 
 async def _handshake(conn: _ServerConnection, seconds: float) -> WebSocketRequest | None:
     """The client's handshake request, or None if it was bad, late or never came."""
-    request: WebSocketRequest | None = None
     with trio.move_on_after(seconds if seconds > 0 else math.inf):
-        # None when the reader ended first (see _ServerConnection._reader_task).
-        request = await conn._get_request()
-        return request
+        # None when the reader ended first (see _ServerConnection._no_request).
+        return await conn._get_request()
     LOGGER.info("websocket handshake not received within %gs", seconds)
     return None
 
@@ -365,50 +446,64 @@ def _client_gone(exc: BaseException) -> bool:
 # Native trio-websocket handlers
 
 
-async def serve_native_websocket(
+def serve_native_websocket(
     stream: trio.abc.Stream, handler: NativeHandler, state: ServerState
-) -> None:
+) -> Coroutine[Any, Any, None]:
     """Serve one websocket with a native trio-websocket handler, as
     ``trio_websocket.serve_websocket`` would: ``handler(request)`` accepts or rejects
-    the request itself.
+    the request itself. Await the returned coroutine.
 
     A handler that raises is logged and its websocket closed with 1011 (or answered
     500 before the handshake); ``ConnectionClosed`` from a peer that left is not an
     error. Never raises for a client's or a handler's fault; closes ``stream``.
     """
+    return _serve_websocket(stream, state, _NativeSession(handler))
 
-    async def serve(conn: _ServerConnection, request: WebSocketRequest) -> None:
-        code = 1000
-        try:
-            await handler(request)
-        except Exception as exc:
-            if _client_gone(exc):
-                LOGGER.debug("websocket closed: %r", exc)
-            else:
-                LOGGER.exception("exception in websocket handler for %s", request.path)
-                code = 1011
+
+class _NativeSession:
+    __slots__ = ("handler", "request")
+
+    def __init__(self, handler: NativeHandler) -> None:
+        self.handler = handler
+        self.request: WebSocketRequest | None = None
+
+    def _request(self) -> WebSocketRequest:
+        assert self.request is not None
+        return self.request
+
+    def start(self, conn: _ServerConnection) -> Awaitable[object]:
+        return self.handler(self._request())
+
+    async def failed(self, conn: _ServerConnection, exc: Exception) -> None:
+        if _client_gone(exc):
+            LOGGER.debug("websocket closed: %r", exc)
+            await self._finish(conn, 1000)
         else:
-            if conn.handshaking:
-                LOGGER.error(
-                    "websocket handler returned without accepting or rejecting %s",
-                    request.path,
-                )
-                code = 1011
+            LOGGER.exception("exception in websocket handler for %s", self._request().path)
+            await self._finish(conn, 1011)
+
+    async def returned(self, conn: _ServerConnection) -> None:
+        if conn.handshaking:
+            LOGGER.error(
+                "websocket handler returned without accepting or rejecting %s",
+                self._request().path,
+            )
+        await self._finish(conn, 1000)
+
+    async def _finish(self, conn: _ServerConnection, code: int) -> None:
         if conn.handshaking:
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await request.reject(
+                await self._request().reject(
                     500, extra_headers=list(_ERROR_HEADERS), body=b"Internal Server Error\n"
                 )
         else:
             await conn.close_with(code, "")
 
-    await _serve_websocket(stream, state, serve)
-
 
 # ASGI
 
 
-async def serve_asgi_websocket(
+def serve_asgi_websocket(
     stream: trio.abc.Stream,
     app: ASGIApp,
     state: ServerState,
@@ -417,26 +512,14 @@ async def serve_asgi_websocket(
     server: tuple[str, int | None] | None,
     scheme: str,
     extensions: dict[str, Any] | None,
-) -> None:
+) -> Coroutine[Any, Any, None]:
     """Serve one websocket to an ASGI app; ``stream`` starts with the handshake request
-    (the HTTP edge replays what it read).
+    (the HTTP edge replays what it read). Await the returned coroutine.
 
     Never raises for a client's or an app's fault; closes ``stream`` before returning.
     """
-
-    async def serve(conn: _ServerConnection, request: WebSocketRequest) -> None:
-        scope = websocket_scope(
-            request,
-            scheme=scheme,
-            client=client,
-            server=server,
-            root_path=state.config.root_path,
-            state=state.lifespan_state,
-            extensions=extensions,
-        )
-        await _Session(conn, request, stream, state.config.write_timeout).run(app, scope)
-
-    await _serve_websocket(stream, state, serve)
+    session = _ASGISession(app, stream, state, client, server, scheme, extensions)
+    return _serve_websocket(stream, state, session)
 
 
 def websocket_scope(
@@ -502,32 +585,52 @@ class _BadMessage(Exception):
     pass
 
 
-class _Session:
+class _ASGISession:
     """One ASGI websocket: the ``receive`` and ``send`` given to the app."""
 
     __slots__ = (
+        "app",
+        "client",
         "conn",
         "connect_sent",
         "denial",
+        "extensions",
+        "path",
         "peer_gone",
         "phase",
         "reported",
         "request",
+        "scheme",
+        "server",
+        "state",
         "stream",
         "write_timeout",
     )
 
+    conn: _ServerConnection
+
     def __init__(
         self,
-        conn: _ServerConnection,
-        request: WebSocketRequest,
+        app: ASGIApp,
         stream: trio.abc.Stream,
-        write_timeout: float,
+        state: ServerState,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        extensions: dict[str, Any] | None,
     ) -> None:
-        self.conn = conn
-        self.request = request
+        self.app = app
         self.stream = stream
-        self.write_timeout = write_timeout if write_timeout > 0 else math.inf
+        self.state = state
+        self.client = client
+        self.server = server
+        self.scheme = scheme
+        self.extensions = extensions
+        self.path = ""
+        timeout = state.config.write_timeout
+        self.write_timeout = timeout if timeout > 0 else math.inf
+        # The handshake request, until the app accepts (or refuses) it.
+        self.request: WebSocketRequest | None = None
         self.phase = _Phase.HANDSHAKE
         self.connect_sent = False
         # True once the app was told websocket.disconnect.
@@ -537,27 +640,36 @@ class _Session:
         # The error raised into the app for a bad message, logged already.
         self.reported: BaseException | None = None
 
-    async def run(self, app: ASGIApp, scope: dict[str, Any]) -> None:
-        try:
-            await app(scope, self.receive, self.send)
-        except Exception as exc:
-            if exc is self.reported:
-                pass
-            elif _client_gone(exc):
-                LOGGER.debug("websocket closed under the ASGI app: %r", exc)
-            else:
-                LOGGER.exception("exception in ASGI app while serving websocket %s", scope["path"])
-            await self._fail()
-            return
+    def start(self, conn: _ServerConnection) -> Awaitable[object]:
+        self.conn = conn
+        state = self.state
+        scope = websocket_scope(
+            self._request(),
+            scheme=self.scheme,
+            client=self.client,
+            server=self.server,
+            root_path=state.config.root_path,
+            state=state.lifespan_state,
+            extensions=self.extensions,
+        )
+        self.path = scope["path"]
+        return self.app(scope, self.receive, self.send)
+
+    async def failed(self, conn: _ServerConnection, exc: Exception) -> None:
+        if exc is self.reported:
+            pass
+        elif _client_gone(exc):
+            LOGGER.debug("websocket closed under the ASGI app: %r", exc)
+        else:
+            LOGGER.exception("exception in ASGI app while serving websocket %s", self.path)
+        await self._fail()
+
+    async def returned(self, conn: _ServerConnection) -> None:
         if self.phase is _Phase.HANDSHAKE and not self.peer_gone:
-            LOGGER.error(
-                "ASGI app returned without accepting or closing websocket %s", scope["path"]
-            )
+            LOGGER.error("ASGI app returned without accepting or closing websocket %s", self.path)
             await self._fail()
         elif self.phase is _Phase.DENYING:
-            LOGGER.error(
-                "ASGI app returned before finishing its denial response to %s", scope["path"]
-            )
+            LOGGER.error("ASGI app returned before finishing its denial response to %s", self.path)
             await self._fail()
         elif self.phase is _Phase.OPEN:
             self.phase = _Phase.CLOSED
@@ -573,6 +685,10 @@ class _Session:
             with contextlib.suppress(*_LOCAL_ERRORS):
                 await self._reject(500, list(_ERROR_HEADERS), b"Internal Server Error\n")
 
+    def _request(self) -> WebSocketRequest:
+        assert self.request is not None, "the handshake was answered already"
+        return self.request
+
     def _disconnect(self) -> Message:
         self.peer_gone = True
         code, reason = self.conn.close_code()
@@ -585,8 +701,9 @@ class _Session:
         if self.phase is _Phase.DENYING or self.phase is _Phase.CLOSED:
             return self._disconnect()
         try:
-            data = await self.conn.get_message()
-        except ConnectionClosed:
+            # What get_message() does, one coroutine frame less while the app waits.
+            data = await self.conn._recv_channel.receive()
+        except (trio.ClosedResourceError, trio.EndOfChannel):
             return self._disconnect()
         if isinstance(data, str):
             return {"type": "websocket.receive", "text": data}
@@ -624,11 +741,13 @@ class _Session:
                 self.phase = _Phase.OPEN
                 try:
                     await self._write(
-                        self.request.accept(subprotocol=subprotocol, extra_headers=headers)
+                        self._request().accept(subprotocol=subprotocol, extra_headers=headers)
                     )
                 except ConnectionClosed:
                     self.phase = _Phase.CLOSED
                     raise ClientDisconnected("the client left before the handshake") from None
+                # Only the handshake needed it: an idle websocket stays smaller without.
+                self.request = None
                 return
             if kind == "websocket.close":
                 # ASGI: closing before the handshake is answered is a 403.
@@ -674,7 +793,7 @@ class _Session:
         if subprotocol is not None:
             if not isinstance(subprotocol, str):
                 raise _BadMessage(f"'subprotocol' must be a str, got {subprotocol!r}")
-            if subprotocol not in self.request.proposed_subprotocols:
+            if subprotocol not in self._request().proposed_subprotocols:
                 raise _BadMessage(f"subprotocol {subprotocol!r} was not offered by the client")
         headers = _headers(message.get("headers", ()))
         for name, value in headers:
@@ -684,7 +803,7 @@ class _Session:
 
     async def _reject(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await self._write(self.request.reject(status, extra_headers=headers, body=body))
+            await self._write(self._request().reject(status, extra_headers=headers, body=body))
 
     async def _write(self, sending: Awaitable[object]) -> None:
         """Await a send of trio-websocket's, for at most write_timeout seconds: a peer

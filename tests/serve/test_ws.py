@@ -25,6 +25,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from examples import ws_echo
 from trioserve import Config
 from trioserve._serve_ws import (
     _WATCHERS,
@@ -34,6 +35,7 @@ from trioserve._serve_ws import (
     watch_websockets,
 )
 from trioserve._state import ServerState
+from trioserve._streams import PrefixedStream
 
 CLIENT = ("127.0.0.1", 50000)
 SERVER = ("127.0.0.1", 8000)
@@ -117,7 +119,7 @@ class Served:
 
 def start_asgi(
     nursery: trio.Nursery, app: Any, state: ServerState | None = None
-) -> tuple[trio.testing.MemoryStream, Served]:
+) -> tuple[trio.abc.Stream, Served]:
     client, server = trio.testing.memory_stream_pair()
     served = Served()
     nursery.start_soon(served.asgi, server, app, state or make_state())
@@ -392,7 +394,7 @@ async def test_peer_that_answers_pings_stays_connected(nursery, autojump_clock):
     raw, _ = start_raw(nursery, app, state)
     assert isinstance(await raw.handshake(), AcceptConnection)
     start = trio.current_time()
-    times = []
+    times: list[float] = []
     while len(times) < 5:
         event = await raw.next_event()
         assert isinstance(event, Ping)
@@ -791,3 +793,70 @@ async def test_native_handler_stop_requested_closes_with_1001(nursery):
     assert info.value.reason.code == 1001
     with trio.fail_after(1):
         await served.done.wait()
+
+
+async def test_upgrade_handed_over_with_the_head_already_read(nursery):
+    """A PrefixedStream replaying the head read by the HTTP edge serves as well."""
+    client, server = trio.testing.memory_stream_pair()
+    raw = RawClient(client)
+    head = raw.ws.send(Request(host="test", target="/handed?over=1"))
+    app = App()
+    served = Served()
+    nursery.start_soon(served.asgi, PrefixedStream(server, head), app, make_state())
+    assert isinstance(await raw.next_event(), AcceptConnection)
+    await raw.send(TextMessage(data="after the head"))
+    assert await raw.next_event() == TextMessage(data="after the head")
+    assert app.scope["query_string"] == b"over=1"
+    await raw.send(CloseConnection(code=1000))
+    with trio.fail_after(1):
+        await served.done.wait()
+
+
+async def test_example_app_and_handler_echo(nursery):
+    """examples/ws_echo.py: the ASGI app and the native handler both echo."""
+    ws, _ = await open_client(nursery, ws_echo.app, subprotocols=("first", "second"))
+    assert ws.subprotocol == "first"
+    await ws.send_message("text")
+    assert await ws.get_message() == "text"
+    await ws.send_message(b"bytes")
+    assert await ws.get_message() == b"bytes"
+
+    client, server = trio.testing.memory_stream_pair()
+    served = Served()
+    nursery.start_soon(served.native, server, ws_echo.handler, make_state())
+    native = await trio_websocket.wrap_client_stream(nursery, client, "t", "/")  # type: ignore[arg-type]
+    await native.send_message("native")
+    assert await native.get_message() == "native"
+    await native.aclose()
+    with trio.fail_after(1):
+        await served.done.wait()
+
+
+async def test_example_app_answers_plain_http():
+    """examples/ws_echo.py answers a plain HTTP request with a text page."""
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await ws_echo.app({"type": "http", "path": "/"}, receive, send)
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == ws_echo.PAGE
+
+
+async def test_native_handler_returning_without_answering_is_500(nursery, caplog):
+    """A handler that neither accepts nor rejects gets its request answered 500."""
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        pass
+
+    client, server = trio.testing.memory_stream_pair()
+    served = Served()
+    nursery.start_soon(served.native, server, handler, make_state())
+    status, _, _ = await RawClient(client).rejection()
+    assert status == 500
+    (record,) = errors(caplog)
+    assert "without accepting or rejecting" in record.getMessage()

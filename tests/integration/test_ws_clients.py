@@ -1,0 +1,216 @@
+"""Real WebSocket clients (the ``websockets`` library, trio-websocket) against
+serve_asgi_websocket on a real socket bound to 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+import trio
+import trio_websocket
+from websockets.exceptions import ConnectionClosed as WebsocketsClosed
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
+
+from trioserve import Config
+from trioserve._serve_ws import serve_asgi_websocket, watch_websockets
+from trioserve._state import ServerState
+from trioserve._streams import stream_addresses
+
+# Every blocking call of the websockets client is bounded by this many seconds.
+WAIT = 5.0
+
+
+class Recorder:
+    """Echoes every message; closes with 4001 on "close please"; records the disconnect."""
+
+    def __init__(self) -> None:
+        self.scope: dict[str, Any] = {}
+        self.disconnect: dict[str, Any] | None = None
+        self.disconnected = trio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.scope = scope
+        assert (await receive())["type"] == "websocket.connect"
+        if scope["path"] == "/deny":
+            await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+            await send({"type": "websocket.http.response.body", "body": b"who are you?"})
+            return
+        offered = scope["subprotocols"]
+        await send({"type": "websocket.accept", "subprotocol": offered[0] if offered else None})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnect = message
+                self.disconnected.set()
+                return
+            if message.get("text") == "close please":
+                await send({"type": "websocket.close", "code": 4001, "reason": "as asked"})
+                self.disconnect = await receive()
+                self.disconnected.set()
+                return
+            await send(
+                {
+                    "type": "websocket.send",
+                    "text": message.get("text"),
+                    "bytes": message.get("bytes"),
+                }
+            )
+
+
+async def start_server(nursery: trio.Nursery, app: Any, state: ServerState) -> str:
+    """Serve ``app`` on 127.0.0.1:0 with serve_asgi_websocket; the ws:// base URL."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        client, server = stream_addresses(stream)
+        await serve_asgi_websocket(
+            stream, app, state, client=client, server=server, scheme="ws", extensions=None
+        )
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    host, port = listeners[0].socket.getsockname()[:2]
+    return f"ws://{host}:{port}"
+
+
+def state_with(**settings: Any) -> ServerState:
+    return ServerState(Config(**settings))
+
+
+async def test_websockets_client_echo_and_subprotocol(nursery):
+    """The websockets client negotiates a subprotocol and gets text and bytes echoed."""
+    app = Recorder()
+    url = await start_server(nursery, app, state_with())
+
+    def client() -> tuple[str | None, object, object]:
+        with connect(
+            f"{url}/chat?room=1",
+            subprotocols=[Subprotocol("chat"), Subprotocol("v2")],
+            open_timeout=WAIT,
+            close_timeout=WAIT,
+        ) as ws:
+            ws.send("hello")
+            text = ws.recv(timeout=WAIT)
+            ws.send(b"\x00\xff")
+            data = ws.recv(timeout=WAIT)
+            return ws.subprotocol, text, data
+
+    subprotocol, text, data = await trio.to_thread.run_sync(client)
+    assert subprotocol == "chat"
+    assert (text, data) == ("hello", b"\x00\xff")
+    with trio.fail_after(WAIT):
+        await app.disconnected.wait()
+    assert app.disconnect is not None
+    assert app.disconnect["code"] == 1000
+    assert app.scope["path"] == "/chat"
+    assert app.scope["query_string"] == b"room=1"
+    assert app.scope["client"][0] == "127.0.0.1"
+    assert dict(app.scope["headers"])[b"host"] == url.removeprefix("ws://").encode()
+
+
+async def test_websockets_client_close_codes_both_ways(nursery):
+    """The client's 4000 reaches the app; the app's 4001 reaches the client."""
+    app = Recorder()
+    url = await start_server(nursery, app, state_with())
+
+    def client_closes() -> None:
+        with connect(url, open_timeout=WAIT, close_timeout=WAIT) as ws:
+            ws.close(code=4000, reason="client done")
+
+    await trio.to_thread.run_sync(client_closes)
+    with trio.fail_after(WAIT):
+        await app.disconnected.wait()
+    assert app.disconnect == {"type": "websocket.disconnect", "code": 4000, "reason": "client done"}
+
+    app = Recorder()
+    url = await start_server(nursery, app, state_with())
+
+    def server_closes() -> tuple[int, str]:
+        with connect(url, open_timeout=WAIT, close_timeout=WAIT) as ws:
+            ws.send("close please")
+            try:
+                ws.recv(timeout=WAIT)
+            except WebsocketsClosed as exc:
+                assert exc.rcvd is not None
+                return exc.rcvd.code, exc.rcvd.reason
+        raise AssertionError("the server did not close")
+
+    assert await trio.to_thread.run_sync(server_closes) == (4001, "as asked")
+
+
+async def test_websockets_client_sees_the_denial_response(nursery):
+    """A denial response reaches the websockets client as its status and body."""
+    url = await start_server(nursery, Recorder(), state_with())
+
+    def client() -> tuple[int, bytes]:
+        try:
+            with connect(f"{url}/deny", open_timeout=WAIT, close_timeout=WAIT):
+                pass
+        except InvalidStatus as exc:
+            return exc.response.status_code, bytes(exc.response.body or b"")
+        raise AssertionError("the handshake was accepted")
+
+    assert await trio.to_thread.run_sync(client) == (401, b"who are you?")
+
+
+async def test_trio_websocket_client_echo_and_oversized_message(nursery):
+    """trio-websocket's client gets its echo, then 1009 for a message over the limit."""
+    app = Recorder()
+    url = await start_server(nursery, app, state_with(ws_max_message_size=64 * 1024))
+    with trio.fail_after(WAIT):
+        async with trio_websocket.open_websocket_url(url + "/", max_message_size=1024 * 1024) as ws:
+            await ws.send_message("ping?")
+            assert await ws.get_message() == "ping?"
+            await ws.send_message(b"z" * 64 * 1024)
+            assert await ws.get_message() == b"z" * 64 * 1024
+            await ws.send_message(b"z" * (64 * 1024 + 1))
+            with pytest.raises(trio_websocket.ConnectionClosed) as info:
+                await ws.get_message()
+            assert info.value.reason is not None
+            assert info.value.reason.code == 1009
+        await app.disconnected.wait()
+    assert app.disconnect is not None
+    assert app.disconnect["code"] == 1009
+
+
+async def test_websockets_client_sees_1009_for_a_large_message(nursery):
+    """A message far over the limit still ends with 1009 at the websockets client."""
+    url = await start_server(nursery, Recorder(), state_with(ws_max_message_size=1024))
+
+    def client() -> int:
+        with connect(url, open_timeout=WAIT, close_timeout=WAIT, max_size=None) as ws:
+            try:
+                ws.send(b"x" * 4 * 1024 * 1024)
+                ws.recv(timeout=WAIT)
+            except WebsocketsClosed as exc:
+                assert exc.rcvd is not None
+                return exc.rcvd.code
+        raise AssertionError("the server did not close")
+
+    assert await trio.to_thread.run_sync(client) == 1009
+
+
+async def test_graceful_stop_closes_open_websockets_with_1001(nursery):
+    """A graceful stop closes every open websocket with 1001 (trio-websocket clients)."""
+    state = state_with()
+    await nursery.start(watch_websockets, state)
+    apps = [Recorder() for _ in range(3)]
+    urls = [await start_server(nursery, app, state) for app in apps]
+    codes = []
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as clients:
+            sockets = [
+                await trio_websocket.connect_websocket_url(clients, url + "/") for url in urls
+            ]
+            state.request_stop()
+            for ws in sockets:
+                with pytest.raises(trio_websocket.ConnectionClosed) as info:
+                    await ws.get_message()
+                assert info.value.reason is not None
+                codes.append(info.value.reason.code)
+                await ws.aclose()
+        for app in apps:
+            await app.disconnected.wait()
+    assert codes == [1001, 1001, 1001]
+    assert [app.disconnect["code"] for app in apps if app.disconnect] == [1001, 1001, 1001]
