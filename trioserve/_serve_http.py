@@ -154,6 +154,18 @@ async def serve_http_connection(
                 nursery.start_soon(watch_deadlines, state)
                 await connection.serve(app)
                 nursery.cancel_scope.cancel()
+        upgrade = connection.upgrade
+        if upgrade is not None:
+            websocket = connection.options.websocket
+            assert websocket is not None
+            del connection  # (its h11 state and buffers are not needed by the websocket)
+            await websocket(
+                upgrade,
+                client=client,
+                server=server,
+                scheme="wss" if scheme == "https" else "ws",
+                extensions=extensions,
+            )
     except _BROKEN:
         LOGGER.debug("client went away")
     except Exception:
@@ -222,6 +234,8 @@ class _Connection:
         self.body_done = False
         # The raw bytes read for a request that may ask for an upgrade (head and beyond).
         self.upgrade_bytes: bytes | None = None
+        # Set when the request asked for a WebSocket: the stream replaying those bytes.
+        self.upgrade: PrefixedStream | None = None
         # Cancelled by the deadline watchdog (or a graceful stop) to end the connection.
         self.timer = trio.CancelScope()
         # When the current wait must end (idle, head or write); infinity while the app
@@ -268,13 +282,9 @@ class _Connection:
                 and options.websocket is not None
                 and _asks_websocket(request)
             ):
-                await options.websocket(
-                    PrefixedStream(self.stream, self.upgrade_bytes),
-                    client=self.client,
-                    server=self.server,
-                    scheme="wss" if self.scheme == "https" else "ws",
-                    extensions=self.extensions,
-                )
+                # Served by serve_http_connection once this object is gone: an idle
+                # websocket should not keep the HTTP connection's state alive.
+                self.upgrade = PrefixedStream(self.stream, self.upgrade_bytes)
                 return
             cycle = _Cycle(self, request)
             limit = options.limit_concurrency
