@@ -536,7 +536,8 @@ class Config:
         Setting(
             _seconds_kind(),
             _WS,
-            "Seconds a WebSocket peer has to answer a ping before it is disconnected.",
+            "Seconds a WebSocket peer has to answer a ping before it is disconnected "
+            "(1011); 0 keeps pinging but never disconnects for it.",
             flags=("--ws-ping-timeout",),
             metavar="SECONDS",
         ),
