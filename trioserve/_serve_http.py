@@ -142,9 +142,34 @@ async def serve_http_connection(
     extensions: dict[str, Any] | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
-    idles out, or the server stops. Never raises for a client's or an app's fault;
-    closes ``stream`` before returning."""
+    idles out, or the server stops, then a WebSocket if one was asked for. Never
+    raises for a client's or an app's fault; closes ``stream`` before returning."""
+    upgrade = await serve_http_requests(
+        stream, app, state, client=client, server=server, scheme=scheme, extensions=extensions
+    )
+    if upgrade is not None:
+        await upgrade_to_websocket(
+            upgrade, state, client=client, server=server, scheme=scheme, extensions=extensions
+        )
+
+
+async def serve_http_requests(
+    stream: trio.abc.Stream,
+    app: ASGIApp,
+    state: ServerState,
+    *,
+    client: tuple[str, int] | None = None,
+    server: tuple[str, int | None] | None = None,
+    scheme: str = "http",
+    extensions: dict[str, Any] | None = None,
+) -> PrefixedStream | None:
+    """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
+    idles out, or the server stops; closes ``stream`` before returning, unless a
+    request asked for a WebSocket: then the stream replaying that request is returned
+    for :func:`upgrade_to_websocket`, and nothing of the HTTP connection stays alive.
+    Never raises for a client's or an app's fault."""
     connection = _Connection(stream, state, client, server, scheme, extensions)
+    upgrade = None
     try:
         if state.watchdog:
             await connection.serve(app)
@@ -155,25 +180,41 @@ async def serve_http_connection(
                 await connection.serve(app)
                 nursery.cancel_scope.cancel()
         upgrade = connection.upgrade
-        if upgrade is not None:
-            websocket = connection.options.websocket
-            assert websocket is not None
-            del connection  # (its h11 state and buffers are not needed by the websocket)
-            await websocket(
-                upgrade,
-                client=client,
-                server=server,
-                scheme="wss" if scheme == "https" else "ws",
-                extensions=extensions,
-            )
     except _BROKEN:
         LOGGER.debug("client went away")
     except Exception:
         # A bug of ours must cost one connection, never the server.
         LOGGER.exception("unexpected error while serving a connection")
     finally:
+        if upgrade is None:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+    return upgrade
+
+
+async def upgrade_to_websocket(
+    upgrade: PrefixedStream,
+    state: ServerState,
+    *,
+    client: tuple[str, int] | None,
+    server: tuple[str, int | None] | None,
+    scheme: str,
+    extensions: dict[str, Any] | None,
+) -> None:
+    """Serve the WebSocket a request asked for (see :func:`serve_http_requests`)."""
+    websocket = options_for(state).websocket
+    assert websocket is not None
+    try:
+        await websocket(
+            upgrade,
+            client=client,
+            server=server,
+            scheme="wss" if scheme == "https" else "ws",
+            extensions=extensions,
+        )
+    finally:
         with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(upgrade)
 
 
 _INF = float("inf")

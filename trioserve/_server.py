@@ -24,7 +24,7 @@ from ._importer import LoadedApp, load_app
 from ._lifespan import Lifespan
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
-from ._serve_http import HTTPOptions, serve_http_connection, watch_deadlines
+from ._serve_http import HTTPOptions, serve_http_requests, upgrade_to_websocket, watch_deadlines
 from ._serve_tcp import serve_stream_connection
 from ._serve_ws import serve_asgi_websocket, serve_native_websocket, watch_websockets
 from ._state import ServerState
@@ -315,15 +315,27 @@ def _connection_handler(
         accepted = await accept(stream)
         if accepted is None:
             return
-        await serve_http_connection(
+        scheme = "https" if accepted.scheme_secure else "http"
+        upgrade = await serve_http_requests(
             accepted.stream,
             asgi,
             state,
             client=accepted.client,
             server=accepted.server,
-            scheme="https" if accepted.scheme_secure else "http",
+            scheme=scheme,
             extensions=accepted.extensions,
         )
+        if upgrade is not None:
+            # Called from here, not from within the HTTP edge: an idle websocket keeps
+            # no frame of the HTTP connection alive.
+            await upgrade_to_websocket(
+                upgrade,
+                state,
+                client=accepted.client,
+                server=accepted.server,
+                scheme=scheme,
+                extensions=accepted.extensions,
+            )
 
     return handle_http
 
