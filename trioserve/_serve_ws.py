@@ -87,9 +87,10 @@ _READER_NAME = "trioserve websocket reader"
 
 
 class _EventList(list[Any]):
-    """wsproto's frame-level event queue, which only ever holds the event of a lost
-    connection (and trio-websocket never reports one to it): a list is much smaller than
-    the 64-slot deque wsproto allocates for each connection."""
+    """A small queue for the two deques each connection would otherwise carry: wsproto's
+    frame-level event queue (which only ever holds the event of a lost connection) and
+    trio's memory channel of received messages (at most --ws-max-queue of them). An empty
+    deque takes 760 bytes, a list 56; with so few items, pop(0) costs nothing."""
 
     __slots__ = ()
 
@@ -130,6 +131,8 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         # The (code, reason) we closed with, which the app is told rather than the echo.
         self.local_close: tuple[int, str] | None = None
         self._for_testing_peer_closed_connection = _ALWAYS_SET
+        # trio's channel only appends, pops from the left, measures and clears its data.
+        self._recv_channel._state.data = _EventList()  # type: ignore[assignment]
 
     async def _reader_task(self) -> None:
         # trio-websocket's reader builds a table of nine bound methods per connection
