@@ -205,3 +205,36 @@ async def test_aborted_clients_leak_no_descriptors(caplog):
                 await trio.testing.wait_all_tasks_blocked(cushion=0.01)
         nursery.cancel_scope.cancel()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_websocket_clients_vanishing_leak_nothing(caplog):
+    """Websocket clients vanishing mid-handshake or mid-message leave no fd and no error log."""
+    from examples.ws_echo import app as ws_echo
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    handshake = (
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    # A masked text frame announcing 100 bytes, of which only 3 are sent.
+    partial_frame = b"\x81\xe4\x00\x00\x00\x00abc"
+    async with trio.open_nursery() as nursery:
+        [(host, port)] = await nursery.start(
+            serve, Config(app=ws_echo, bind=["127.0.0.1:0"], lifespan="off")
+        )
+        before = open_fds()
+        with trio.fail_after(10):
+            for _ in range(20):
+                for data in (handshake[:40], handshake, handshake + partial_frame):
+                    stream = await trio.open_tcp_stream(host, port)
+                    await stream.send_all(data)
+                    if data.endswith(b"abc"):
+                        await stream.receive_some()  # the 101, so the frame is read as one
+                    await trio.aclose_forcefully(stream)
+            # Until the server has handled every end of stream it was sent (bounded above).
+            while open_fds() > before:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        nursery.cancel_scope.cancel()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
