@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import difflib
-import hashlib
 import http.client
 import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -36,13 +33,23 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+if not __package__:
+    # Run as a script (python bench/X.py): make the "bench" package importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (
+    HOST,
+    REPO_ROOT,
+    changed_sources,
+    free_port,
+    machine_facts,
+    positive_int,
+    sources_fingerprint,
+)
+
 APP = "bench.app:app"
-HOST = "127.0.0.1"
 EXPECTED_BODY = b"Hello, world!"
 
 SERVER_CPU = "0"
@@ -222,19 +229,6 @@ def parse_wrk(output: str) -> tuple[float, float, float, int, dict[str, int]]:
 
 
 # --- running servers -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port that was free a moment ago.
-
-    The hypercorn and uvicorn CLIs cannot report the port they bound for
-    ``:0``, so the port is picked here right before the server starts. The race
-    with other programs is acceptable in a benchmark script, not in tests.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _accepts(port: int) -> bool:
@@ -489,53 +483,10 @@ def render_table(
 
 def environment(servers: Sequence[str]) -> dict[str, Any]:
     """The machine and the versions the numbers belong to."""
-    versions: dict[str, str] = {}
-    for name in servers:
-        for dist in SERVERS[name].distributions:
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                versions[dist] = metadata.version(dist)
+    facts = machine_facts(dist for name in servers for dist in SERVERS[name].distributions)
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10, check=False)
-    # The tree under test is often a work in progress: say which one it was.
-    git = subprocess.run(
-        ["git", "describe", "--always", "--dirty"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "wrk": (wrk.stdout + wrk.stderr).strip().splitlines()[0:1],
-        "versions": versions,
-        "trioserve_tree": git.stdout.strip() or None,
-        "trioserve_sources_sha256": sources_fingerprint(),
-    }
-
-
-def sources_fingerprint() -> dict[str, str]:
-    """A hash of each of trioserve's own source files, to notice a tree that changed.
-
-    ``git describe --dirty`` cannot tell two different uncommitted states apart,
-    and the tree may be edited while the benchmark runs.
-    """
-    package = REPO_ROOT / "trioserve"
-    hashes = {}
-    for path in sorted(package.rglob("*.py")):
-        try:
-            hashes[str(path.relative_to(package))] = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            continue
-    return hashes
-
-
-def changed_sources(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    return sorted(
-        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
-    )
+    facts["wrk"] = (wrk.stdout + wrk.stderr).strip().splitlines()[0:1]
+    return facts
 
 
 # --- command line --------------------------------------------------------------------
@@ -558,24 +509,17 @@ def _names(kind: str, known: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
         description="Requests/sec of trioserve and its peers under wrk, one CPU each.",
     )
     parser.add_argument(
-        "--duration", type=_positive_int, default=10, help="Seconds per wrk run (default: 10)."
+        "--duration", type=positive_int, default=10, help="Seconds per wrk run (default: 10)."
     )
     parser.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         help="Times every server runs every scenario; the table shows medians (default: 2).",
     )

@@ -12,15 +12,9 @@ servers, and both keep nothing per connection beyond what the echo needs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
 import trio_websocket
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from bench.app import Receive, Scope, Send, answer_lifespan
 
 HTTP_BODY = b"websocket echo\n"
 HTTP_HEADERS = [
@@ -34,13 +28,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "websocket":
         await _echo(receive, send)
     elif scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await answer_lifespan(receive, send)
     elif scope["type"] == "http":
         await send({"type": "http.response.start", "status": 200, "headers": HTTP_HEADERS})
         await send({"type": "http.response.body", "body": HTTP_BODY})

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import difflib
-import hashlib
 import importlib.util
 import json
 import math
 import os
-import platform
 import resource
 import select
 import signal
@@ -45,7 +42,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +58,24 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+
+if not __package__:
+    # Run as a script (python bench/X.py): make the "bench" package importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from bench.common import (
+    HOST,
+    REPO_ROOT,
+    changed_sources,
+    free_port,
+    machine_facts,
+    positive_int,
+    sources_fingerprint,
+)
+
 APP = "bench.ws_app:app"
 HANDLER = "bench.ws_app:handler"
-HOST = "127.0.0.1"
 
 READY_TIMEOUT = 20.0  # seconds for a server to answer a websocket echo
 SETTLE_SECONDS = 2.0  # after start, and after the N connections are open
@@ -441,14 +449,6 @@ def client_main(argv: Sequence[str]) -> int:
 # --- running processes -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (the peers' CLIs cannot report a port they chose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def stop_process(process: subprocess.Popen[bytes], name: str) -> None:
     """SIGTERM, then SIGKILL after a bounded wait; then the group it leads, by its id."""
     if process.poll() is None:
@@ -696,38 +696,7 @@ def render_table(
 
 def environment(servers: Sequence[str]) -> dict[str, Any]:
     """The machine and the versions the numbers belong to."""
-    versions: dict[str, str] = {}
-    for name in servers:
-        for dist in SERVERS[name].distributions:
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                versions[dist] = metadata.version(dist)
-    git = subprocess.run(
-        ["git", "describe", "--always", "--dirty"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "versions": versions,
-        "trioserve_tree": git.stdout.strip() or None,
-        "trioserve_sources_sha256": sources_fingerprint(),
-    }
-
-
-def sources_fingerprint() -> dict[str, str]:
-    """A hash of each of trioserve's source files: the tree may be edited during a run."""
-    package = REPO_ROOT / "trioserve"
-    hashes = {}
-    for path in sorted(package.rglob("*.py")):
-        with contextlib.suppress(OSError):
-            hashes[str(path.relative_to(package))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
+    return machine_facts(dist for name in servers for dist in SERVERS[name].distributions)
 
 
 # --- limits --------------------------------------------------------------------------
@@ -783,13 +752,6 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 60:
@@ -804,13 +766,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--connections",
-        type=_positive_int,
+        type=positive_int,
         default=5000,
         help="Idle websockets opened against each server (default: 5000).",
     )
     parser.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="Times each server is measured; the table shows the median (default: 1).",
     )
@@ -824,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         help="Handshakes the client has in flight at once (default: 100).",
     )
@@ -917,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"- {name}: {_display_command(SERVERS[name])}")
     before = env["trioserve_sources_sha256"]
     after = sources_fingerprint()
-    changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+    changed = changed_sources(before, after)
     if changed:
         print(
             "\nwarning: trioserve's sources changed during the run, so its rows may mix "

@@ -1,0 +1,87 @@
+"""What the benchmark scripts share: ports, the facts a result belongs to, argument types."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import os
+import platform
+import socket
+import subprocess
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port that was free a moment ago.
+
+    The hypercorn and uvicorn CLIs cannot report the port they bound for ``:0``, so
+    the port is picked here right before the server starts. The race with other
+    programs is acceptable in a benchmark script, not in tests.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sources_fingerprint() -> dict[str, str]:
+    """A hash of each of trioserve's source files, to notice a tree that changed.
+
+    ``git describe --dirty`` cannot tell two uncommitted states apart, and the tree
+    may be edited while a benchmark runs.
+    """
+    package = REPO_ROOT / "trioserve"
+    hashes = {}
+    for path in sorted(package.rglob("*.py")):
+        with contextlib.suppress(OSError):
+            hashes[str(path.relative_to(package))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def changed_sources(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The source files whose hash differs between two fingerprints."""
+    return sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+
+
+def machine_facts(distributions: Iterable[str]) -> dict[str, Any]:
+    """The machine, the package versions and the trioserve tree a result belongs to."""
+    versions: dict[str, str] = {}
+    for dist in distributions:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    # The tree under test is often a work in progress: say which one it was.
+    git = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "versions": versions,
+        "trioserve_tree": git.stdout.strip() or None,
+        "trioserve_sources_sha256": sources_fingerprint(),
+    }
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
