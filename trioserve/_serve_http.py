@@ -541,10 +541,11 @@ class _Connection:
     async def _linger(self) -> None:
         """Half-close, then read and drop what the client still sends for a short while,
         so that it reads our response rather than a connection reset."""
-        with contextlib.suppress(*_BROKEN, AttributeError, NotImplementedError, TypeError):
-            send_eof = self.stream.send_eof  # type: ignore[attr-defined]
-            with trio.move_on_after(LINGER_SECONDS):
-                await send_eof()
+        stream = self.stream
+        # TLS streams cannot half-close; a PrefixedStream over one says so with TypeError.
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            with contextlib.suppress(*_BROKEN, TypeError), trio.move_on_after(LINGER_SECONDS):
+                await stream.send_eof()
         received = 0
         with trio.move_on_after(LINGER_SECONDS):
             while received < LINGER_BYTES:
