@@ -17,7 +17,7 @@ import stat
 import sys
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -237,7 +237,7 @@ def _os_error(spec: BindSpec, exc: OSError) -> BindError:
 
 
 async def _listen_tcp(
-    spec: BindSpec, backlog: int, created: list[trio.socket.SocketType]
+    spec: BindSpec, backlog: int, created: list[trio.socket.SocketType], *, reserve: bool = False
 ) -> list[trio.SocketListener]:
     try:
         infos = await trio.socket.getaddrinfo(
@@ -260,12 +260,57 @@ async def _listen_tcp(
             if family == socket.AF_INET6:
                 # Lets "[::]:8000" and "0.0.0.0:8000" be bound side by side.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if reserve:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             await sock.bind(sockaddr)
-            sock.listen(backlog)
+            if not reserve:
+                sock.listen(backlog)
         except OSError as exc:
             raise _os_error(spec, exc) from exc
-        listeners.append(trio.SocketListener(sock))
+        if not reserve:
+            listeners.append(trio.SocketListener(sock))
     return listeners
+
+
+async def reserve_reuse_port(
+    specs: Sequence[BindSpec],
+) -> tuple[list[trio.socket.SocketType], list[BindSpec]]:
+    """For ``--reuse-port``: bind (without listening) each TCP spec with SO_REUSEPORT.
+
+    The master holds these sockets so the ports stay its own (and port 0 is resolved
+    once); each worker then listens on the same addresses with :func:`listen_reuse_port`.
+    Returns the reserved sockets and the specs that are not TCP (served as usual).
+    """
+    created: list[trio.socket.SocketType] = []
+    others = []
+    try:
+        for spec in specs:
+            if spec.kind == "tcp":
+                await _listen_tcp(spec, 0, created, reserve=True)
+            else:
+                others.append(spec)
+    except BaseException:
+        for sock in created:
+            sock.close()
+        raise
+    return created, others
+
+
+def listen_reuse_port(
+    family: int, sockaddr: tuple[Any, ...], backlog: int
+) -> trio.SocketListener:
+    """A worker's own SO_REUSEPORT listener on an address the master reserved."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)  # numeric: nothing to resolve, so a plain blocking bind
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on {sockaddr!r} with SO_REUSEPORT: {_reason(exc)}") from exc
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
 async def _remove_stale_unix_socket(spec: BindSpec) -> None:

@@ -16,7 +16,8 @@ from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, rend
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
 from ._importer import load_app
 from ._logging import configure_logging
-from ._server import run
+from ._master import AppPlan
+from ._server import run_cli
 from ._tls import ssl_context
 from ._version import __version__
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar = setting.metavar
         if metavar is None and setting.kind.choices:
             metavar = "{" + ",".join(setting.kind.choices) + "}"
+        if setting.kind.cli == "none":
+            continue  # hooks: set in code or a config file, not on the command line
         if not setting.flags:
             group.add_argument(info.name, nargs="?", metavar=setting.metavar, help=help_text)
         elif setting.kind.cli == "flag":
@@ -167,8 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if namespace.check_config:
         return _check(loaded)
+
+    def reload() -> list[AppPlan]:
+        # SIGHUP: every source again (the config file is re-read), same command line.
+        return [AppPlan(None, load_config(cli=cli_layer(namespace)).config)]
     try:
-        run(config)
+        run_cli(config, argv=list(sys.argv[1:] if argv is None else argv), reload_plans=reload)
     except TrioserveError as exc:
         _print_error(exc, debug=debug)
         return exc.exit_code

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import ipaddress
 import os
-import runpy
+import sys
 import tomllib
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ import attrs
 
 from ._bind import parse_bind
 from ._errors import ConfigError
+from ._hooks import arity_problem, hook_info, signature_text
 
 SETTING = "trioserve.setting"
 """The attrs metadata key under which each Config field keeps its :class:`Setting`."""
@@ -59,7 +61,7 @@ class Kind:
     from_text: Callable[[str], Any]
     from_value: Callable[[Any], Any]
     choices: tuple[str, ...] = ()
-    cli: Literal["value", "flag", "append"] = "value"
+    cli: Literal["value", "flag", "append", "none"] = "value"
 
 
 @attrs.frozen
@@ -225,6 +227,12 @@ def _list_kind(
     return Kind(expected, from_text, from_value, cli="append")
 
 
+def _check_nonempty(item: str) -> str:
+    if not item.strip():
+        raise _BadValue(item)
+    return item.strip()
+
+
 def _split_words(text: str) -> list[str]:
     return text.replace(",", " ").split()
 
@@ -300,6 +308,40 @@ def _app_kind() -> Kind:
     return Kind("'module:attribute' or an app object", from_value, from_value)
 
 
+def _hook_kind(name: str) -> Kind:
+    def from_value(value: Any) -> object:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = _import_hook(value.strip())
+        problem = arity_problem(name, value)
+        if problem is not None:
+            raise _BadValue(value, f"it must accept {signature_text(name)}: {problem}")
+        return value
+
+    return Kind(
+        "a function or async function, or 'module:attribute' naming one",
+        from_value,
+        from_value,
+        cli="none",
+    )
+
+
+def _import_hook(text: str) -> object:
+    module, sep, attribute = text.partition(":")
+    if not sep or not module or not attribute:
+        raise _BadValue(text, "name it as 'module:attribute'")
+    try:
+        value: object = importlib.import_module(module)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+    except ImportError as exc:
+        raise _BadValue(text, f"cannot import {module!r}: {exc}") from None
+    except AttributeError:
+        raise _BadValue(text, f"{module!r} has no attribute {attribute!r}") from None
+    return value
+
+
 # -- the registry --------------------------------------------------------------------------
 
 
@@ -336,6 +378,23 @@ _PROXY = "Proxies"
 _TLS = "TLS"
 _WS = "WebSocket"
 _CONFIG = "Config file"
+_DEV = "Development"
+_HOOKS = "Server hooks"
+
+
+def _hook_setting(name: str, scope: Literal["server", "app"] = "app") -> Any:
+    hook = hook_info(name)
+    where = {"master": "the master", "worker": "each worker", "both": "each worker (or the in-process server)"}[hook.where]
+    return _setting(
+        None,
+        Setting(
+            _hook_kind(name),
+            _HOOKS,
+            f"Hook called as {signature_text(name)} in {where}: {hook.when} See docs/hooks.md.",
+            scope=scope,
+            metavar="FUNCTION",
+        ),
+    )
 
 
 @attrs.frozen(kw_only=True, field_transformer=_add_converters)
@@ -699,14 +758,132 @@ class Config:
 
     # Worker processes
     workers: int = _setting(
+        1,
+        Setting(
+            _int_kind(0),
+            _WORKER,
+            "Number of worker processes, each serving the shared sockets under its own "
+            "trio loop; 0 serves in the master process itself. Without this setting, "
+            "WEB_CONCURRENCY in the environment gives the default, as in gunicorn.",
+            flags=("-w", "--workers"),
+            metavar="INT",
+        ),
+    )
+    timeout: float = _setting(
+        30.0,
+        Setting(
+            _seconds_kind(),
+            _WORKER,
+            "A worker whose event loop sent no heartbeat for this many seconds is "
+            "taken to be stuck: its stack is dumped to the error log, then it is sent "
+            "SIGABRT, then SIGKILL, and replaced. 0 disables the check.",
+            flags=("-t", "--timeout"),
+            metavar="SECONDS",
+        ),
+    )
+    max_requests: int = _setting(
         0,
         Setting(
             _int_kind(0),
             _WORKER,
-            "Number of worker processes; 0 serves in this process. (The multi-process "
-            "master is not in this release: only 0 is served for now.)",
-            flags=("-w", "--workers"),
+            "Replace a worker after it served this many requests (a fresh worker takes "
+            "its place first, so no request fails); 0 never.",
+            flags=("--max-requests",),
             metavar="INT",
+        ),
+    )
+    max_requests_jitter: int = _setting(
+        0,
+        Setting(
+            _int_kind(0),
+            _WORKER,
+            "Each worker adds a random number between 0 and this to --max-requests, so "
+            "that workers are not all replaced at once.",
+            flags=("--max-requests-jitter",),
+            metavar="INT",
+        ),
+    )
+    reuse_port: bool = _setting(
+        False,
+        Setting(
+            _bool_kind(),
+            _WORKER,
+            "Each worker listens on its own SO_REUSEPORT socket and the kernel spreads "
+            "connections between them, instead of all workers sharing the master's socket.",
+            flags=("--reuse-port",),
+        ),
+    )
+    preload: bool = _setting(
+        False,
+        Setting(
+            _bool_kind(),
+            _WORKER,
+            "Import the app once, in a preloader process that never runs trio, and fork "
+            "the workers from it, so they share its memory copy-on-write. Code changes "
+            "then need a SIGHUP (which restarts the preloader) to take effect.",
+            flags=("--preload",),
+        ),
+    )
+    name: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _WORKER,
+            "A name shown in process titles ('trioserve: master [NAME]', "
+            "'trioserve: worker 2 [NAME]'); titles are set when setproctitle is installed.",
+            flags=("-n", "--name"),
+            scope="server",
+            metavar="NAME",
+        ),
+    )
+
+    # Development
+    reload: bool = _setting(
+        False,
+        Setting(
+            _bool_kind(),
+            _DEV,
+            "Watch source files and restart the workers (a rolling restart) when they "
+            "change. Uses watchfiles when installed (pip install 'trioserve[reload]'), "
+            "otherwise polls.",
+            flags=("--reload",),
+            scope="server",
+        ),
+    )
+    reload_dir: Sequence[str] = _setting(
+        (),
+        Setting(
+            _list_kind("a list of directories", _check_nonempty, _split_words, allow_empty=True),
+            _DEV,
+            "A directory to watch with --reload (repeat the flag for several); the "
+            "current directory when none is given.",
+            flags=("--reload-dir",),
+            scope="server",
+            metavar="DIR",
+        ),
+    )
+    reload_include: Sequence[str] = _setting(
+        (),
+        Setting(
+            _list_kind("a list of glob patterns", _check_nonempty, _split_words, allow_empty=True),
+            _DEV,
+            "A glob pattern of file names that trigger a reload (repeatable); '*.py' when "
+            "none is given.",
+            flags=("--reload-include",),
+            scope="server",
+            metavar="GLOB",
+        ),
+    )
+    reload_exclude: Sequence[str] = _setting(
+        (),
+        Setting(
+            _list_kind("a list of glob patterns", _check_nonempty, _split_words, allow_empty=True),
+            _DEV,
+            "A glob pattern of file or directory names to ignore (repeatable); hidden "
+            "files, compiled files, editor swap files and __pycache__ are always ignored.",
+            flags=("--reload-exclude",),
+            scope="server",
+            metavar="GLOB",
         ),
     )
 
@@ -855,6 +1032,25 @@ class Config:
             metavar="FILE",
         ),
     )
+
+    # Server hooks
+    on_starting: Callable[..., Any] | None = _hook_setting("on_starting", scope="server")
+    on_reload: Callable[..., Any] | None = _hook_setting("on_reload", scope="server")
+    when_ready: Callable[..., Any] | None = _hook_setting("when_ready")
+    pre_fork: Callable[..., Any] | None = _hook_setting("pre_fork")
+    post_fork: Callable[..., Any] | None = _hook_setting("post_fork")
+    post_worker_init: Callable[..., Any] | None = _hook_setting("post_worker_init")
+    worker_int: Callable[..., Any] | None = _hook_setting("worker_int")
+    worker_abort: Callable[..., Any] | None = _hook_setting("worker_abort")
+    pre_request: Callable[..., Any] | None = _hook_setting("pre_request")
+    post_request: Callable[..., Any] | None = _hook_setting("post_request")
+    child_exit: Callable[..., Any] | None = _hook_setting("child_exit")
+    worker_exit: Callable[..., Any] | None = _hook_setting("worker_exit")
+    nworkers_changed: Callable[..., Any] | None = _hook_setting("nworkers_changed")
+    pre_exec: Callable[..., Any] | None = _hook_setting("pre_exec", scope="server")
+    on_exit: Callable[..., Any] | None = _hook_setting("on_exit", scope="server")
+    connection_made: Callable[..., Any] | None = _hook_setting("connection_made")
+    connection_lost: Callable[..., Any] | None = _hook_setting("connection_lost")
 
     # Config file
     config: str | None = _setting(
@@ -1014,6 +1210,27 @@ def _file_layer(path: Path, raw: Mapping[str, Any], label: str) -> Layer:
     return Layer(label, values, text=False, where=lambda name: f"{name} (in {path})")
 
 
+CONFIG_MODULE = "__trioserve_config__"
+"""The module name a Python config file runs under, registered in ``sys.modules`` so
+that functions it defines (hooks) can be sent to worker processes by reference."""
+
+
+def load_python_config(file: Path, source: str | None = None) -> types.ModuleType:
+    """Run a Python config file as the module :data:`CONFIG_MODULE` and register it.
+
+    Workers call this with the master's config file before they unpickle their Config,
+    so the hooks it defines resolve to the same functions there.
+    """
+    if source is None:
+        source = file.read_text(encoding="utf-8")
+    module = types.ModuleType(CONFIG_MODULE)
+    module.__file__ = str(file)
+    code = compile(source, str(file), "exec")
+    sys.modules[CONFIG_MODULE] = module
+    exec(code, module.__dict__)
+    return module
+
+
 def file_layer(path: str | os.PathLike[str]) -> Layer:
     """Settings from a config file: TOML when it ends in ``.toml``, otherwise Python.
 
@@ -1041,7 +1258,7 @@ def file_layer(path: str | os.PathLike[str]) -> Layer:
         return _file_layer(file, table, f"config file {path}")
     try:
         imported = _names_bound_by_imports(source)
-        namespace = runpy.run_path(str(file), run_name="__trioserve_config__")
+        namespace = load_python_config(file, source).__dict__
     except SyntaxError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: invalid Python: {exc.msg}") from None
     except Exception as exc:
@@ -1102,17 +1319,29 @@ def load_config(
     line; without one, ``[tool.trioserve]`` in ``cwd/pyproject.toml`` is used if present.
     """
     code = code_layer(params or {})
-    env = env_layer(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    env = env_layer(environ)
+    defaults = []
+    if "WEB_CONCURRENCY" in environ:
+        # As in gunicorn: the platform's hint replaces the default, below every source.
+        defaults.append(
+            Layer(
+                "environment",
+                {"workers": environ["WEB_CONCURRENCY"]},
+                text=True,
+                where=lambda name: "WEB_CONCURRENCY",
+            )
+        )
     if cli is None:
         cli = {}
     if not isinstance(cli, Layer):
         flags = {info.name: info.flag for info in settings()}
         cli = Layer("command line", dict(cli), text=True, where=lambda name: flags[name])
-    before_file = resolve([code, env, cli])
+    before_file = resolve([*defaults, code, env, cli])
     config_path = before_file.config.config
     base = Path(cwd) if cwd is not None else Path.cwd()
     file = file_layer(base / config_path) if config_path is not None else pyproject_layer(base)
-    return resolve([code, *([file] if file else []), env, cli])
+    return resolve([*defaults, code, *([file] if file else []), env, cli])
 
 
 def _is_literal(value: object) -> bool:

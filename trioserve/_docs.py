@@ -79,6 +79,8 @@ def _render_setting(info: SettingInfo, flags: Sequence[str]) -> list[str]:
     setting = info.setting
     if flags:
         command_line = ", ".join(_code(flag) for flag in flags)
+    elif setting.kind.cli == "none":
+        command_line = "not on the command line"
     else:
         command_line = f"positional {_code(setting.metavar or info.name.upper())}"
     env = _code(info.env_var) if info.env_var else "not read from the environment"

@@ -337,6 +337,9 @@ class _Connection:
                 await cycle.run(app)
             finally:
                 state.active_requests -= 1
+                state.requests_served += 1
+                if state.requests_served == state.request_limit:
+                    state.request_limit_reached()
             if cycle.rejected is not None:
                 await self._linger()
                 return

@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
+import random
 import signal
 import ssl
 import types
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import h11
@@ -20,6 +22,15 @@ from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
 from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
 from ._config import Config
 from ._errors import ConfigError, TrioserveError
+from ._hooks import (
+    ConnectionInfo,
+    HookError,
+    ResponseInfo,
+    ServerInfo,
+    WorkerInfo,
+    run_hook,
+    run_hook_logged,
+)
 from ._importer import LoadedApp, load_app
 from ._lifespan import Lifespan
 from ._proto.proxy_protocol import ProxyProtocolError
@@ -30,7 +41,10 @@ from ._serve_ws import serve_asgi_websocket, serve_native_websocket, watch_webso
 from ._state import ServerState
 from ._streams import PrefixedStream, stream_addresses
 from ._tls import ssl_context, tls_extension, tls_handshake
-from ._types import Address
+from ._types import Address, ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._master import AppPlan
 
 LOGGER = logging.getLogger("trioserve.server")
 
@@ -106,15 +120,52 @@ async def _serve(
 async def _serve_inner(
     config: Config, control: _Control, task_status: trio.TaskStatus[list[Address]]
 ) -> None:
-    if config.workers > 0:
-        raise ConfigError(
-            f"--workers: {config.workers} worker processes asked for, but this release "
-            "serves in-process only; use --workers 0"
-        )
     if config.app is None:
         raise ConfigError(
             "no application given: pass APP as 'module:attribute' or set 'app' in the config"
         )
+    if config.workers > 0:
+        from ._master import serve_master  # noqa: PLC0415 (_master imports this module)
+
+        await serve_master(config, control, task_status)
+        return
+    server = ServerInfo(config)
+    worker = WorkerInfo(0, config, pid=os.getpid())
+    error: BaseException | None = None
+    try:
+        await run_hook(config, "on_starting", server)
+        loaded = await load_config_app(config)
+        # Fail on bad TLS files or log formats before binding anything.
+        extras = _Extras(ssl_context(config), access_log_for(config))
+        specs = [parse_bind(text) for text in config.bind]
+        listeners = await create_listeners(specs, backlog=config.backlog)
+
+        async def ready(addresses: list[Address], urls: list[str]) -> None:
+            for url in urls:
+                LOGGER.info("listening on %s", url)
+            await run_hook(config, "when_ready", server)
+            task_status.started(addresses)
+
+        await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            await run_hook_logged(config, "on_exit", server, exc=_reportable(error))
+
+
+def _reportable(error: BaseException | None) -> BaseException | None:
+    """What a hook's ``exc`` gets for how serving ended: cancellation is a normal stop."""
+    if error is None or isinstance(error, trio.Cancelled | KeyboardInterrupt):
+        return None
+    if isinstance(error, BaseExceptionGroup):
+        return _single_error(error) or error
+    return error
+
+
+async def load_config_app(config: Config) -> LoadedApp:
+    """Import the app that ``config`` names, wrapped for ``app_loop`` when asked."""
     loaded = await load_app(
         config.app,
         factory=config.factory,
@@ -124,24 +175,48 @@ async def _serve_inner(
     )
     if config.app_loop == "asyncio" and loaded.asgi is not None:
         loaded = attrs.evolve(loaded, asgi=asyncio_app(loaded.asgi))
-    # Fail on bad TLS files or log formats before binding anything.
-    extras = _Extras(ssl_context(config), access_log_for(config))
-    specs = [parse_bind(text) for text in config.bind]
-    listeners = await create_listeners(specs, backlog=config.backlog)
+    return loaded
+
+
+async def serve_listeners(
+    loaded: LoadedApp,
+    listeners: list[trio.SocketListener],
+    config: Config,
+    extras: _Extras,
+    control: _Control,
+    worker: WorkerInfo,
+    ready: Callable[[list[Address], list[str]], Awaitable[None]],
+) -> None:
+    """Serve ``loaded`` on ``listeners`` until ``control`` stops it (workers and in-process).
+
+    Runs lifespan startup and the ``post_worker_init`` hook, then listens and awaits
+    ``ready(addresses, urls)``; on stop, drains, runs lifespan shutdown and ``worker_exit``.
+    Closes the listeners when it returns.
+    """
     state = ServerState(config)
+    if config.max_requests:
+        state.request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
     control.state = state
+    error: BaseException | None = None
     try:
         async with trio.open_nursery() as outer:
             # Cancellation of serve() is turned into a graceful stop: the server runs
             # in a shielded scope, and this watcher asks it to stop when cancelled.
             outer.start_soon(_stop_when_cancelled, control)
             with trio.CancelScope(shield=True) as control.shield:
-                await _run(loaded, listeners, state, extras, task_status)
+                await _run(loaded, listeners, state, extras, worker, ready)
             outer.cancel_scope.cancel()
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         for listener in listeners:
             cleanup_listener(listener)
             await trio.aclose_forcefully(listener)
+        with trio.CancelScope(shield=True):
+            await run_hook_logged(
+                config, "worker_exit", ServerInfo(config), worker, exc=_reportable(error)
+            )
 
 
 async def _stop_when_cancelled(control: _Control) -> None:
@@ -156,10 +231,11 @@ async def _run(
     listeners: list[trio.SocketListener],
     state: ServerState,
     extras: _Extras,
-    task_status: trio.TaskStatus[list[Address]],
+    worker: WorkerInfo,
+    ready: Callable[[list[Address], list[str]], Awaitable[None]],
 ) -> None:
     config = state.config
-    handler = _connection_handler(loaded, state, extras)
+    handler = _connection_handler(loaded, state, extras, worker)
     scheme = {"stream": "tcp", "websocket": "ws"}.get(loaded.interface, "http")
     if config.certfile or config.keyfile:
         scheme = {"tcp": "tls", "ws": "wss"}.get(scheme, "https")
@@ -177,6 +253,7 @@ async def _run(
             await lifespan.startup(app_tasks)
             if not lifespan.supported:
                 state.lifespan_state = None
+        await run_hook(config, "post_worker_init", worker)
         app_tasks.start_soon(watch_deadlines, state)
         state.watchdog = True
         if loaded.interface == "websocket" or config.ws == "on":
@@ -188,9 +265,10 @@ async def _run(
                         trio.serve_listeners, handler, listeners, handler_nursery=connections
                     )
                 )
-                for listener in listeners:
-                    LOGGER.info("listening on %s", listener_url(listener, scheme))
-                task_status.started([listener_address(listener) for listener in listeners])
+                await ready(
+                    [listener_address(listener) for listener in listeners],
+                    [listener_url(listener, scheme) for listener in listeners],
+                )
                 await state.stop_requested.wait()
                 LOGGER.info(
                     "stopping: no new connections; draining for up to %gs", config.graceful_timeout
@@ -239,9 +317,47 @@ class _Accepted:
 
 
 def _connection_handler(
-    loaded: LoadedApp, state: ServerState, extras: _Extras
+    loaded: LoadedApp, state: ServerState, extras: _Extras, worker: WorkerInfo
 ) -> Callable[[trio.SocketStream], Any]:
+    serve_accepted = _accepted_handler(loaded, state, extras, worker)
+    accept = _acceptor(state.config, extras)
     config = state.config
+    if config.connection_made is None and config.connection_lost is None:
+
+        async def handle(stream: trio.SocketStream) -> None:
+            accepted = await accept(stream)
+            if accepted is not None:
+                await serve_accepted(accepted)
+
+        return handle
+
+    async def handle_with_hooks(stream: trio.SocketStream) -> None:
+        accepted = await accept(stream)
+        if accepted is None:
+            return
+        conn = ConnectionInfo(accepted.client, accepted.server, accepted.scheme_secure, worker)
+        error: BaseException | None = None
+        try:
+            await run_hook(config, "connection_made", conn)
+            await serve_accepted(accepted)
+        except HookError as exc:
+            error = exc
+            LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
+            await trio.aclose_forcefully(accepted.stream)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await run_hook_logged(config, "connection_lost", conn, exc=_reportable(error))
+
+    return handle_with_hooks
+
+
+def _acceptor(
+    config: Config, extras: _Extras
+) -> Callable[[trio.SocketStream], Awaitable[_Accepted | None]]:
+    """PROXY header (from trusted peers) then TLS handshake, for each accepted stream."""
     context = extras.ssl_context
     trusted = TrustedPeers(config.forwarded_allow_ips)
     proxy_protocol = config.proxy_protocol
@@ -273,29 +389,36 @@ def _connection_handler(
             accepted.extensions = {"tls": tls_extension(secure)}
         return accepted
 
+    return accept
+
+
+def _accepted_handler(
+    loaded: LoadedApp, state: ServerState, extras: _Extras, worker: WorkerInfo
+) -> Callable[[_Accepted], Awaitable[None]]:
+    """How an accepted connection is served, for the app's interface."""
+    config = state.config
     if loaded.interface == "websocket":
         assert loaded.handler is not None
         # The importer keeps both kinds of handler in one field; this one takes requests.
         native_handler: Any = loaded.handler
 
-        async def handle_native_websocket(stream: trio.SocketStream) -> None:
-            accepted = await accept(stream)
-            if accepted is not None:
-                await serve_native_websocket(accepted.stream, native_handler, state)
+        async def handle_native_websocket(accepted: _Accepted) -> None:
+            await serve_native_websocket(accepted.stream, native_handler, state)
 
         return handle_native_websocket
 
     if loaded.handler is not None:
         stream_handler = loaded.handler
 
-        async def handle_stream(stream: trio.SocketStream) -> None:
-            accepted = await accept(stream)
-            if accepted is not None:
-                await serve_stream_connection(accepted.stream, stream_handler)
+        async def handle_stream(accepted: _Accepted) -> None:
+            await serve_stream_connection(accepted.stream, stream_handler)
 
         return handle_stream
     asgi = loaded.asgi
     assert asgi is not None
+    if config.pre_request is not None or config.post_request is not None:
+        asgi = _with_request_hooks(asgi, config, worker)
+    trusted = TrustedPeers(config.forwarded_allow_ips)
 
     # A partial, not a wrapper coroutine: one frame fewer kept alive per idle websocket.
     websocket = functools.partial(serve_asgi_websocket, app=asgi, state=state)
@@ -311,10 +434,7 @@ def _connection_handler(
         websocket=websocket if config.ws == "on" else None,
     )
 
-    async def handle_http(stream: trio.SocketStream) -> None:
-        accepted = await accept(stream)
-        if accepted is None:
-            return
+    async def handle_http(accepted: _Accepted) -> None:
         scheme = "https" if accepted.scheme_secure else "http"
         upgrade = await serve_http_requests(
             accepted.stream,
@@ -340,17 +460,79 @@ def _connection_handler(
     return handle_http
 
 
-def run(config: Config) -> None:
-    """Serve ``config`` in this process until SIGINT or SIGTERM; blocks.
+def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASGIApp:
+    """The app wrapped so that ``pre_request`` and ``post_request`` see every request."""
 
-    The first signal stops gracefully (see :func:`serve`), a second one stops at once.
+    async def hooked(scope: Scope, receive: Receive, send: Send) -> None:
+        response = ResponseInfo()
+
+        async def watching_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                response.status = message["status"]
+                response.headers = list(message.get("headers", ()))
+            elif kind == "websocket.accept":
+                response.status = 101
+            elif kind == "websocket.close" and response.status is None:
+                response.status = 403
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await run_hook(config, "pre_request", worker, scope)
+            await app(scope, receive, watching_send)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await run_hook_logged(
+                    config, "post_request", worker, scope, response, exc=_reportable(error)
+                )
+
+    return hooked
+
+
+def run(config: Config) -> None:
+    """Serve ``config`` until a signal stops it; blocks.
+
+    With ``workers`` 0 the app is served in this process: SIGINT or SIGTERM stops
+    gracefully (see :func:`serve`), a second one stops at once. With ``workers`` > 0
+    this process is the master and handles the operator signals (docs/signals.md).
 
     Raises:
         TrioserveError: startup failed (bad setting, app not loadable, bind failure,
-            lifespan startup failure).
+            lifespan startup failure, a worker that failed to boot).
     """
+    run_cli(config)
+
+
+def run_cli(
+    config: Config,
+    *,
+    argv: Sequence[str] | None = None,
+    reload_plans: Callable[[], list[AppPlan]] | None = None,
+    plans: list[AppPlan] | None = None,
+) -> None:
+    """:func:`run`, plus what only the command line knows: how to re-read the
+    configuration (SIGHUP) and the arguments a new master is started with (SIGUSR2)."""
+    from ._master import serve_master  # noqa: PLC0415 (_master imports this module)
+
     try:
-        trio.run(_run_until_signal, config)
+        if config.workers > 0 or plans:
+            trio.run(
+                functools.partial(
+                    serve_master,
+                    config,
+                    None,
+                    plans=plans,
+                    reload_plans=reload_plans,
+                    argv=argv,
+                    signals=True,
+                )
+            )
+        else:
+            trio.run(_run_until_signal, config)
     except BaseExceptionGroup as group:
         error = _single_error(group)
         if isinstance(error, TrioserveError):

@@ -34,6 +34,9 @@ class ServerState:
         connections: The open connections that a graceful stop closes when idle.
         http_options: The HTTP edge's options, worked out from config on first use.
         watchdog: True while the server runs one deadline watchdog for all connections.
+        requests_served: Requests served so far (HTTP requests and websockets).
+        request_limit: After this many requests the worker retires (0: never).
+        limit_reached: Set once ``request_limit`` requests were served.
     """
 
     config: Config
@@ -45,6 +48,14 @@ class ServerState:
     http_options: object = None
     # True while the server runs the deadline watchdog for all its connections.
     watchdog: bool = False
+    # Requests served so far, and the count (max_requests) at which the worker retires.
+    requests_served: int = 0
+    request_limit: int = 0
+    limit_reached: trio.Event = attrs.field(factory=trio.Event)
+
+    def request_limit_reached(self) -> None:
+        """Called by the HTTP edge when ``requests_served`` reaches ``request_limit``."""
+        self.limit_reached.set()
 
     def request_stop(self) -> None:
         """Begin a graceful stop: wake the server and close connections that are idle."""

@@ -1,0 +1,343 @@
+"""Server hooks: the one table of them, and ``run_hook``, the one way they are called.
+
+Every hook is a setting (``Config.on_starting`` ...) holding a plain function or an
+``async def``. :func:`run_hook` awaits async hooks, calls sync ones, always passes the
+keyword ``exc`` (None, or the exception that caused the event), and never swallows
+what a hook raises: the exception comes out as a :class:`HookError` naming the hook,
+and the caller's structure decides what fails (startup, the worker, or one request).
+docs/hooks.md is generated from :data:`HOOKS` (``python -m trioserve._docs --write``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._errors import EXIT_BOOT, TrioserveError
+
+if TYPE_CHECKING:
+    from ._config import Config
+
+LOGGER = logging.getLogger("trioserve.hooks")
+
+
+class HookError(TrioserveError):
+    """A server hook raised; ``__cause__`` holds what it raised, ``hook`` its name."""
+
+    def __init__(self, hook: str, exc: BaseException) -> None:
+        super().__init__(f"hook {hook} raised {type(exc).__name__}: {exc}")
+        self.hook = hook
+
+
+class WorkerBootError(TrioserveError):
+    """A worker process failed while booting; the master halts instead of restarting it."""
+
+    exit_code = EXIT_BOOT
+
+    def __init__(self, message: str, exit_code: int = EXIT_BOOT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@attrs.frozen
+class Hook:
+    """One row of the hook table.
+
+    Attributes:
+        name: The setting that holds it.
+        args: The positional arguments, by name; ``exc`` is always passed as a keyword.
+        where: "master", "worker", or "both" (the in-process server runs it as well).
+        when: When it is called.
+        raising: What happens when it raises.
+        exc: What ``exc`` holds when it is not None.
+    """
+
+    name: str
+    args: tuple[str, ...]
+    where: str
+    when: str
+    raising: str
+    exc: str = "always None"
+
+
+_STARTUP = "Startup is aborted: the server exits 1 with the hook's name and error."
+_BOOT = (
+    "The worker fails to boot: the master stops every worker and exits 3 with the "
+    "hook's name and error, instead of restarting it in a loop."
+)
+_LOGGED = "The error is logged with its traceback; the event goes on."
+
+HOOKS: tuple[Hook, ...] = (
+    Hook(
+        "on_starting",
+        ("server",),
+        "master",
+        "Once, before the master binds its sockets (in-process: before the app loads).",
+        _STARTUP,
+    ),
+    Hook(
+        "on_reload",
+        ("server",),
+        "master",
+        "On SIGHUP (or a --reload file change), after the configuration is re-read and "
+        "before new workers are started.",
+        "The reload is abandoned and logged; the old workers keep serving.",
+    ),
+    Hook(
+        "when_ready",
+        ("server",),
+        "master",
+        "Once every worker of the application reported ready the first time "
+        "(in-process: once the sockets listen).",
+        "The server stops: every worker is stopped and the master exits 1.",
+    ),
+    Hook(
+        "pre_fork",
+        ("server", "worker"),
+        "master",
+        "Just before a worker process is started; ``worker.pid`` is still None.",
+        "That worker is not started: the master treats it as a failed boot and exits 3.",
+    ),
+    Hook(
+        "post_fork",
+        ("server", "worker"),
+        "worker",
+        "First thing in a new worker process, before the app is imported.",
+        _BOOT,
+    ),
+    Hook(
+        "post_worker_init",
+        ("worker",),
+        "both",
+        "In the worker once the app is loaded and lifespan startup finished, just "
+        "before it reports ready and accepts connections.",
+        _BOOT,
+    ),
+    Hook(
+        "worker_int",
+        ("worker",),
+        "worker",
+        "When the worker receives SIGINT or SIGQUIT (a fast stop).",
+        _LOGGED,
+    ),
+    Hook(
+        "worker_abort",
+        ("worker",),
+        "worker",
+        "When the worker receives SIGABRT, which the master sends to a worker silent "
+        "for longer than --timeout, right after its stack was dumped to the error log. "
+        "The worker's event loop may be stuck, so this hook runs in a fresh trio loop "
+        "after the stuck one was abandoned.",
+        _LOGGED,
+    ),
+    Hook(
+        "pre_request",
+        ("worker", "req"),
+        "both",
+        "Before the app is called for a request; ``req`` is the ASGI scope (for WSGI "
+        "apps too, before the environ is built).",
+        "The request fails with a 500 response (if nothing was sent yet), and "
+        "``post_request`` is called with the error as ``exc``.",
+    ),
+    Hook(
+        "post_request",
+        ("worker", "req", "resp"),
+        "both",
+        "After the app returned for a request; ``resp`` is a ResponseInfo (status, "
+        "headers; status None when nothing was sent).",
+        "The error is logged; the response already went out.",
+        exc="the exception the app (or pre_request) raised for this request",
+    ),
+    Hook(
+        "child_exit",
+        ("server", "worker"),
+        "master",
+        "When a worker process has exited, for any reason; ``worker.exit_code`` holds "
+        "its exit status (negative: the signal that ended it).",
+        _LOGGED,
+        exc="a WorkerExited error when the worker exited unexpectedly",
+    ),
+    Hook(
+        "worker_exit",
+        ("server", "worker"),
+        "both",
+        "In the worker, after it stopped serving and ran lifespan shutdown, just "
+        "before the process exits.",
+        _LOGGED,
+        exc="the exception that ended the worker, if one did",
+    ),
+    Hook(
+        "nworkers_changed",
+        ("server", "new_value", "old_value"),
+        "master",
+        "When the number of workers changes (SIGTTIN, SIGTTOU, or a reload with a new "
+        "--workers); ``old_value`` is None the first time.",
+        _LOGGED,
+    ),
+    Hook(
+        "pre_exec",
+        ("server",),
+        "master",
+        "On SIGUSR2, just before the new master is started.",
+        "The upgrade is abandoned and logged; this master keeps serving.",
+    ),
+    Hook(
+        "on_exit",
+        ("server",),
+        "master",
+        "Last, when the server stops (also after a failed start).",
+        "The error is logged; the exit status becomes 1 if it was 0.",
+        exc="the error that stopped the server, if one did",
+    ),
+    Hook(
+        "connection_made",
+        ("conn",),
+        "both",
+        "When a connection is accepted (after the PROXY header and TLS handshake).",
+        "The connection is closed; the error is logged.",
+    ),
+    Hook(
+        "connection_lost",
+        ("conn",),
+        "both",
+        "When a connection is closed, for any reason.",
+        _LOGGED,
+        exc="the exception that broke the connection, if one did",
+    ),
+)
+
+HOOK_NAMES: tuple[str, ...] = tuple(hook.name for hook in HOOKS)
+_BY_NAME: Mapping[str, Hook] = {hook.name: hook for hook in HOOKS}
+
+
+def hook_info(name: str) -> Hook:
+    """The table row of hook ``name``."""
+    return _BY_NAME[name]
+
+
+def arity_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be hook ``name``, or None when its signature fits."""
+    if not callable(value):
+        return "not callable"
+    hook = _BY_NAME[name]
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):
+        return None  # a builtin without a signature: it gets the benefit of the doubt
+    try:
+        signature.bind(*hook.args, exc=None)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def signature_text(name: str) -> str:
+    """``on_starting(server, *, exc=None)``: how the hook is called."""
+    hook = _BY_NAME[name]
+    return f"{name}({', '.join(hook.args)}, *, exc=None)"
+
+
+async def run_hook(config: Config, name: str, *args: Any, exc: BaseException | None = None) -> None:
+    """Call hook ``name`` of ``config`` (if set) with ``args`` and ``exc``; await it if async.
+
+    Raises:
+        HookError: the hook raised; the original exception is the ``__cause__``.
+    """
+    hook = getattr(config, name)
+    if hook is None:
+        return
+    try:
+        result = hook(*args, exc=exc)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as error:
+        raise HookError(name, error) from error
+
+
+async def run_hook_logged(
+    config: Config, name: str, *args: Any, exc: BaseException | None = None
+) -> bool:
+    """Run a hook whose failure must not stop the event; log it. False if it raised."""
+    try:
+        await run_hook(config, name, *args, exc=exc)
+    except HookError as error:
+        LOGGER.error("%s", error, exc_info=error.__cause__)
+        return False
+    return True
+
+
+@attrs.define(eq=False)
+class WorkerInfo:
+    """A worker process, as hooks see it.
+
+    Attributes:
+        id: The worker's slot, 0..workers-1, kept when the worker is replaced; the app
+            sees it as the ``TRIOSERVE_WORKER_ID`` environment variable.
+        pid: Its process id (None before it was started).
+        app: The prefix of its application in a MultiApp, or None.
+        config: The settings it runs with.
+        requests: Requests it served so far (in the master: as of its last heartbeat).
+        started_at: ``time.time()`` when it was started.
+        exit_code: Its exit status once it exited; negative when a signal ended it.
+    """
+
+    id: int
+    config: Config
+    pid: int | None = None
+    app: str | None = None
+    requests: int = 0
+    started_at: float = attrs.field(factory=time.time)
+    exit_code: int | None = None
+
+
+@attrs.define(eq=False)
+class ServerInfo:
+    """The server (the master, or the in-process server), as hooks see it.
+
+    Attributes:
+        config: The settings of the application (for a MultiApp, of this application).
+        pid: The master's process id.
+        app: The prefix of the application in a MultiApp, or None.
+        workers: The worker processes running now (in the master; empty in a worker).
+    """
+
+    config: Config
+    pid: int = attrs.field(factory=os.getpid)
+    app: str | None = None
+    workers: list[WorkerInfo] = attrs.field(factory=list)
+
+    @property
+    def num_workers(self) -> int:
+        """The number of workers the application is meant to have right now."""
+        return int(self.config.workers)
+
+
+@attrs.define(eq=False)
+class ConnectionInfo:
+    """A connection, as ``connection_made`` and ``connection_lost`` see it.
+
+    Attributes:
+        client: The peer's (host, port), after PROXY protocol; None for unix sockets.
+        server: The local (host, port), or None.
+        secure: Whether TLS is in use.
+        worker: The worker serving it.
+    """
+
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+    secure: bool
+    worker: WorkerInfo
+
+
+@attrs.define(eq=False)
+class ResponseInfo:
+    """A response, as ``post_request`` sees it: status None when nothing was sent."""
+
+    status: int | None = None
+    headers: Sequence[tuple[bytes, bytes]] = ()

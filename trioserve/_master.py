@@ -1,0 +1,761 @@
+"""The master: a trio program whose nurseries supervise worker processes.
+
+The master binds the sockets once, then runs one :class:`_Pool` per application
+(one, or several for a MultiApp). A pool keeps ``workers`` processes, each in a
+stable slot; every process has a watcher task that reads its channel (ready,
+heartbeats, retire, boot errors) and reaps it. A worker that exits is replaced with
+exponential backoff; a worker that fails while booting halts the master with the
+worker's error; a worker silent for longer than ``timeout`` gets SIGABRT (its stack is
+dumped to the error log), then SIGKILL, and is replaced.
+
+Signals (``run()`` only; ``serve()`` leaves signals to the calling program): TERM
+graceful stop, INT and QUIT fast stop, HUP reload and rolling restart, TTIN/TTOU one
+worker more/less, USR1 reopen logs, USR2 start a new master on the same sockets,
+WINCH stop the workers but keep the master (only without a controlling terminal).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ._bind import (
+    cleanup_listener,
+    create_listeners,
+    listener_address,
+    parse_bind,
+    reserve_reuse_port,
+)
+from ._config import CONFIG_MODULE, Config
+from ._errors import ConfigError, TrioserveError
+from ._hooks import (
+    ServerInfo,
+    WorkerBootError,
+    WorkerInfo,
+    run_hook,
+    run_hook_logged,
+)
+from ._logging import configure_logging
+from ._types import Address
+from ._worker import DUMP_SIGNAL, WorkerBoot, frame, set_title
+
+LOGGER = logging.getLogger("trioserve.master")
+
+_KILL_AFTER_ABORT = 3.0
+_STOP_MARGIN = 5.0
+_FAST_STOP = 5.0
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 10.0
+# A worker that served this long resets its slot's backoff.
+_STABLE_AFTER = 10.0
+INHERIT_ENV = "TRIOSERVE_INHERITED_FDS"
+
+
+class WorkerExited(TrioserveError):
+    """A worker process ended while it was meant to be serving (``child_exit``'s exc)."""
+
+
+@attrs.frozen
+class AppPlan:
+    """One application the master serves: its prefix (None for a lone app) and settings."""
+
+    prefix: str | None
+    config: Config
+
+
+@attrs.define(eq=False)
+class _Proc:
+    """One worker process and what its channel said."""
+
+    info: WorkerInfo
+    process: trio.Process
+    link: trio.SocketStream
+    last_beat: float
+    ready: trio.Event = attrs.field(factory=trio.Event)
+    exited: trio.Event = attrs.field(factory=trio.Event)
+    boot_error: tuple[int, str] | None = None
+    urls: list[str] = attrs.field(factory=list)
+    retiring: bool = False
+    replaced: bool = False
+    timed_out: bool = False
+
+
+@attrs.define(eq=False)
+class _Pool:
+    """The workers of one application."""
+
+    plan: AppPlan
+    server: ServerInfo
+    fds: list[int]
+    reuse_port: list[tuple[int, tuple[Any, ...]]]
+    slots: dict[int, _Proc] = attrs.field(factory=dict)
+    backoff: dict[int, float] = attrs.field(factory=dict)
+    # The listening fds per bind text (passed on by SIGUSR2), and reuse-port sockets.
+    bind_fds: dict[str, list[int]] = attrs.field(factory=dict)
+    reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
+
+    @property
+    def config(self) -> Config:
+        return self.plan.config
+
+    def label(self, slot: int) -> str:
+        prefix = f"{self.plan.prefix} " if self.plan.prefix else ""
+        return f"{prefix}worker {slot}"
+
+
+@attrs.define(eq=False)
+class Master:
+    """Runtime state of the master (never stored on a Config)."""
+
+    plans: list[AppPlan]
+    reload_plans: Callable[[], list[AppPlan]] | None
+    argv: Sequence[str] | None
+    nursery: trio.Nursery
+    pools: list[_Pool] = attrs.field(factory=list)
+    listeners: list[trio.SocketListener] = attrs.field(factory=list)
+    reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
+    stopping: bool = False
+    fatal: BaseException | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    paused: bool = False
+    children: list[trio.Process] = attrs.field(factory=list)
+
+    # -- workers ---------------------------------------------------------------------
+
+    async def spawn(self, pool: _Pool, slot: int, config: Config) -> _Proc:
+        """Start worker ``slot`` of ``pool`` with ``config`` and begin watching it."""
+        info = WorkerInfo(slot, config, app=pool.plan.prefix)
+        await run_hook(config, "pre_fork", pool.server, info)
+        ours, theirs = socket.socketpair()
+        try:
+            boot = WorkerBoot(
+                slot=slot,
+                app=pool.plan.prefix,
+                master_pid=os.getpid(),
+                config_file=_config_file(config),
+                fds=tuple(pool.fds),
+                reuse_port=tuple(pool.reuse_port),
+                heartbeat=_heartbeat_interval(config),
+            )
+            payload = frame(boot.to_json()) + frame(_pickled(config))
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "trioserve._worker", str(theirs.fileno())],
+                pass_fds=[theirs.fileno(), *pool.fds],
+            )
+        finally:
+            theirs.close()
+        info.pid = process.pid
+        link = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        proc = _Proc(info, process, link, trio.current_time())
+        LOGGER.info("booting %s (pid %d)", pool.label(slot), process.pid)
+        self.nursery.start_soon(self._watch, pool, proc, payload)
+        return proc
+
+    async def _watch(self, pool: _Pool, proc: _Proc, payload: bytes) -> None:
+        """Feed the worker its boot message, read its channel, reap it, decide what next."""
+        try:
+            with trio.move_on_after(10):
+                await proc.link.send_all(payload)
+            await self._read(pool, proc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            # Never leave a process behind: the channel is gone, so the worker stops.
+            with trio.CancelScope(shield=True):
+                await proc.link.aclose()
+                with trio.move_on_after(self._stop_budget(pool.config)):
+                    await proc.process.wait()
+                if proc.process.returncode is None:
+                    proc.process.kill()
+                    await proc.process.wait()
+        proc.info.exit_code = proc.process.returncode
+        proc.exited.set()
+        await self._exited(pool, proc)
+
+    async def _read(self, pool: _Pool, proc: _Proc) -> None:
+        buffer = b""
+        while True:
+            data = await proc.link.receive_some(65536)
+            if not data:
+                return
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                await self._message(pool, proc, json.loads(line))
+
+    async def _message(self, pool: _Pool, proc: _Proc, message: dict[str, Any]) -> None:
+        proc.last_beat = trio.current_time()
+        kind = message.get("t")
+        if kind == "hb":
+            proc.info.requests = int(message.get("requests", 0))
+        elif kind == "ready":
+            proc.urls = list(message.get("urls", []))
+            proc.ready.set()
+        elif kind == "boot_error":
+            proc.boot_error = (int(message["code"]), str(message["message"]))
+        elif kind == "retire" and not proc.retiring and not self.stopping:
+            proc.retiring = True
+            self.nursery.start_soon(self._replace, pool, proc.info.id, pool.config, proc)
+
+    async def _exited(self, pool: _Pool, proc: _Proc) -> None:
+        slot = proc.info.id
+        code = proc.process.returncode
+        current = pool.slots.get(slot) is proc
+        expected = self.stopping or proc.replaced or not current or self.paused
+        exc: BaseException | None = None
+        if not expected:
+            how = _describe_exit(code)
+            if proc.boot_error is not None:
+                exc = WorkerBootError(
+                    f"{pool.label(slot)} failed to boot: {proc.boot_error[1]}", proc.boot_error[0]
+                )
+            elif not proc.ready.is_set():
+                exc = WorkerBootError(f"{pool.label(slot)} {how} while booting")
+            else:
+                exc = WorkerExited(f"{pool.label(slot)} (pid {proc.info.pid}) {how}")
+        if current:
+            del pool.slots[slot]
+            pool.server.workers = [p.info for p in pool.slots.values()]
+        await run_hook_logged(pool.config, "child_exit", pool.server, proc.info, exc=exc)
+        if isinstance(exc, WorkerBootError):
+            self.halt(exc)
+        elif exc is not None:
+            LOGGER.error("%s; replacing it", exc)
+            self.nursery.start_soon(self._restart, pool, slot, proc)
+
+    async def _restart(self, pool: _Pool, slot: int, old: _Proc) -> None:
+        lived = trio.current_time() - old.last_beat if old.ready.is_set() else 0.0
+        delay = pool.backoff.get(slot, 0.0)
+        delay = _BACKOFF_FIRST if lived > _STABLE_AFTER or not delay else delay * 2
+        pool.backoff[slot] = delay = min(delay, _BACKOFF_MAX)
+        if delay > _BACKOFF_FIRST:
+            LOGGER.info("restarting %s in %.1fs", pool.label(slot), delay)
+        await trio.sleep(delay)
+        if self.stopping or self.paused or slot in pool.slots or slot >= pool.config.workers:
+            return
+        try:
+            pool.slots[slot] = await self.spawn(pool, slot, pool.config)
+        except TrioserveError as exc:
+            self.halt(WorkerBootError(str(exc)))
+            return
+        pool.server.workers = [p.info for p in pool.slots.values()]
+
+    async def _replace(
+        self, pool: _Pool, slot: int, config: Config, old: _Proc | None
+    ) -> bool:
+        """Start a new worker for ``slot``; once it is ready, retire ``old``. False if it
+        failed to boot (``old`` keeps serving)."""
+        new = await self.spawn(pool, slot, config)
+        # Until it is ready the old one stays the slot's worker.
+        new.replaced = True
+        ok = await self._wait_ready(pool, new)
+        if not ok:
+            error = new.boot_error[1] if new.boot_error else _describe_exit(new.info.exit_code)
+            LOGGER.error("%s could not replace the old one: %s", pool.label(slot), error)
+            _signal(new.process, signal.SIGKILL)
+            if old is not None:
+                old.retiring = False
+            return False
+        new.replaced = False
+        if old is not None:
+            old.replaced = True
+        current = pool.slots.get(slot)
+        pool.slots[slot] = new
+        pool.server.workers = [p.info for p in pool.slots.values()]
+        for retired in {old, current} - {None, new}:
+            assert retired is not None
+            retired.replaced = True
+            _signal(retired.process, signal.SIGTERM)
+        return True
+
+    async def _wait_ready(self, pool: _Pool, proc: _Proc) -> bool:
+        async with trio.open_nursery() as waiters:
+
+            async def ready() -> None:
+                await proc.ready.wait()
+                waiters.cancel_scope.cancel()
+
+            async def exited() -> None:
+                await proc.exited.wait()
+                waiters.cancel_scope.cancel()
+
+            waiters.start_soon(ready)
+            waiters.start_soon(exited)
+        return proc.ready.is_set() and not proc.exited.is_set()
+
+    def _stop_budget(self, config: Config) -> float:
+        return config.graceful_timeout + config.lifespan_shutdown_timeout + _STOP_MARGIN
+
+    # -- the whole server ------------------------------------------------------------
+
+    def halt(self, exc: BaseException) -> None:
+        """Stop everything because of ``exc``; the master then exits with its code."""
+        if self.fatal is None:
+            self.fatal = exc
+            LOGGER.error("%s", exc)
+        self.begin_stop(fast=True)
+
+    def begin_stop(self, *, fast: bool) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.nursery.start_soon(self._stop_workers, fast)
+        elif fast:
+            for proc in self._procs():
+                _signal(proc.process, signal.SIGQUIT)
+
+    def _procs(self) -> list[_Proc]:
+        return [proc for pool in self.pools for proc in pool.slots.values()]
+
+    async def _stop_workers(self, fast: bool) -> None:
+        await self._stop_procs(self._procs(), fast=fast)
+        self.done.set()
+
+    async def _stop_procs(self, procs: list[_Proc], *, fast: bool) -> None:
+        for proc in procs:
+            _signal(proc.process, signal.SIGQUIT if fast else signal.SIGTERM)
+        budget = _FAST_STOP if fast else max(self._stop_budget(p.info.config) for p in procs or [])
+        with trio.move_on_after(budget) as scope:
+            for proc in procs:
+                await proc.exited.wait()
+        if scope.cancelled_caught:
+            LOGGER.warning("workers did not stop in %gs: killing them", budget)
+            for proc in procs:
+                _signal(proc.process, signal.SIGKILL)
+            for proc in procs:
+                await proc.exited.wait()
+
+    async def watch_timeouts(self) -> None:
+        """Abort, then kill, workers whose loop sent nothing for ``timeout`` seconds."""
+        while True:
+            await trio.sleep(0.25)
+            now = trio.current_time()
+            for pool in self.pools:
+                timeout = pool.config.timeout
+                if not timeout:
+                    continue
+                for proc in list(pool.slots.values()):
+                    if not proc.timed_out and now - proc.last_beat > timeout:
+                        proc.timed_out = True
+                        self.nursery.start_soon(self._abort, pool, proc)
+
+    async def _abort(self, pool: _Pool, proc: _Proc) -> None:
+        LOGGER.error(
+            "%s (pid %d) sent no heartbeat for %gs: dumping its stack and aborting it",
+            pool.label(proc.info.id),
+            proc.info.pid,
+            pool.config.timeout,
+        )
+        _signal(proc.process, DUMP_SIGNAL)
+        await trio.sleep(0.2)  # the dump is written by a C-level handler, at once
+        _signal(proc.process, signal.SIGABRT)
+        with trio.move_on_after(_KILL_AFTER_ABORT):
+            await proc.exited.wait()
+            return
+        LOGGER.error("%s (pid %d) did not abort: killing it", pool.label(proc.info.id), proc.info.pid)
+        _signal(proc.process, signal.SIGKILL)
+
+    async def start_pool(self, pool: _Pool) -> None:
+        """Start every worker of ``pool`` and wait until all are ready (or halt)."""
+        config = pool.config
+        async with trio.open_nursery() as starting:
+            for slot in range(config.workers):
+                starting.start_soon(self._start_slot, pool, slot)
+        if self.fatal is None:
+            await run_hook_logged(config, "nworkers_changed", pool.server, config.workers, None)
+
+    async def _start_slot(self, pool: _Pool, slot: int) -> None:
+        try:
+            proc = await self.spawn(pool, slot, pool.config)
+        except TrioserveError as exc:
+            self.halt(WorkerBootError(str(exc)))
+            return
+        pool.slots[slot] = proc
+        pool.server.workers = [p.info for p in pool.slots.values()]
+        await self._wait_ready(pool, proc)
+
+    async def change_workers(self, delta: int) -> None:
+        for pool in self.pools:
+            old = pool.config.workers
+            new = max(1, old + delta)
+            if new == old:
+                LOGGER.info("SIGTTOU: already down to one worker")
+                continue
+            pool.plan = attrs.evolve(pool.plan, config=attrs.evolve(pool.config, workers=new))
+            pool.server.config = pool.config
+            LOGGER.info("workers: %d -> %d", old, new)
+            if new > old:
+                await self._start_slot(pool, old)
+            else:
+                proc = pool.slots.get(new)
+                if proc is not None:
+                    proc.replaced = True
+                    del pool.slots[new]
+                    pool.server.workers = [p.info for p in pool.slots.values()]
+                    _signal(proc.process, signal.SIGTERM)
+            await run_hook_logged(pool.config, "nworkers_changed", pool.server, new, old)
+
+    async def rolling_restart(self, plans: list[AppPlan] | None) -> None:
+        """Replace every worker, one new worker per slot, each retiring the old once ready."""
+        for index, pool in enumerate(self.pools):
+            if plans is not None:
+                plan = plans[index]
+                if tuple(plan.config.bind) != tuple(pool.config.bind) or (
+                    plan.config.reuse_port != pool.config.reuse_port
+                ):
+                    LOGGER.warning(
+                        "%s: bind and reuse_port changes need a restart (or SIGUSR2); "
+                        "keeping the current sockets",
+                        plan.prefix or "reload",
+                    )
+                    plan = attrs.evolve(
+                        plan,
+                        config=attrs.evolve(
+                            plan.config, bind=pool.config.bind, reuse_port=pool.config.reuse_port
+                        ),
+                    )
+                try:
+                    await run_hook(plan.config, "on_reload", pool.server)
+                except TrioserveError as exc:
+                    LOGGER.error("reload abandoned: %s", exc)
+                    return
+                old_workers = pool.config.workers
+                pool.plan = plan
+                pool.server.config = plan.config
+            else:
+                old_workers = pool.config.workers
+            config = pool.config
+            results: list[bool] = []
+
+            async def one(slot: int, pool: _Pool = pool, config: Config = config) -> None:
+                results.append(await self._replace(pool, slot, config, pool.slots.get(slot)))
+
+            async with trio.open_nursery() as restarting:
+                for slot in range(config.workers):
+                    restarting.start_soon(one, slot)
+            for slot in [s for s in pool.slots if s >= config.workers]:
+                proc = pool.slots.pop(slot)
+                proc.replaced = True
+                _signal(proc.process, signal.SIGTERM)
+            pool.server.workers = [p.info for p in pool.slots.values()]
+            if config.workers != old_workers:
+                await run_hook_logged(
+                    config, "nworkers_changed", pool.server, config.workers, old_workers
+                )
+            if all(results):
+                LOGGER.info("reloaded: %d new workers ready, old ones retired", len(results))
+
+    async def pause(self) -> None:
+        """SIGWINCH: stop every worker gracefully; the master stays."""
+        self.paused = True
+        procs = self._procs()
+        for pool in self.pools:
+            for proc in pool.slots.values():
+                proc.replaced = True
+            pool.slots.clear()
+            pool.server.workers = []
+        await self._stop_procs(procs, fast=False)
+        LOGGER.info("all workers stopped (SIGWINCH); the master keeps the sockets")
+
+    async def resume(self) -> None:
+        """SIGHUP after SIGWINCH: start the workers again."""
+        self.paused = False
+        for pool in self.pools:
+            await self.start_pool(pool)
+
+    async def reexec(self) -> None:
+        """SIGUSR2: start a new master on the same sockets; this one keeps serving."""
+        if self.argv is None:
+            LOGGER.warning("SIGUSR2 ignored: only a master started by the command line re-executes")
+            return
+        try:
+            await run_hook(self.pools[0].config, "pre_exec", self.pools[0].server)
+        except TrioserveError as exc:
+            LOGGER.error("upgrade abandoned: %s", exc)
+            return
+        inherited: dict[str, list[int]] = {}
+        for pool in self.pools:
+            for text, fds in pool.bind_fds.items():
+                inherited.setdefault(text, []).extend(fds)
+        env = dict(os.environ)
+        env[INHERIT_ENV] = json.dumps(inherited)
+        fds = sorted({fd for fds in inherited.values() for fd in fds})
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trioserve", *self.argv], env=env, pass_fds=fds
+        )
+        self.children.append(process)
+        LOGGER.info(
+            "SIGUSR2: started a new master (pid %d) on the same sockets; stop this one "
+            "with SIGTERM once it is ready (or SIGWINCH to keep it without workers)",
+            process.pid,
+        )
+        self.nursery.start_soon(_reap, process)
+
+
+async def _reap(process: trio.Process) -> None:
+    await process.wait()
+
+
+def _signal(process: trio.Process, signum: int) -> None:
+    if process.returncode is None:
+        try:
+            process.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _heartbeat_interval(config: Config) -> float:
+    if not config.timeout:
+        return 1.0
+    return max(0.05, min(1.0, config.timeout / 4))
+
+
+def _config_file(config: Config) -> str | None:
+    module = sys.modules.get(CONFIG_MODULE)
+    path = getattr(module, "__file__", None)
+    if path is None or config.config is None:
+        return None
+    return str(path)
+
+
+def _pickled(config: Config) -> bytes:
+    try:
+        return pickle.dumps(config)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ConfigError(
+            "cannot send the settings to worker processes: every app and hook must be "
+            "importable by name ('module:attribute'), not a lambda or a local function "
+            f"({exc}); use workers=0 to serve in this process"
+        ) from None
+
+
+async def _bind(pool: _Pool, inherited: dict[str, list[int]]) -> list[trio.SocketListener]:
+    """Create ``pool``'s sockets (or adopt those a previous master passed on)."""
+    config = pool.config
+    listeners: list[trio.SocketListener] = []
+    bind_fds: dict[str, list[int]] = {}
+    specs = []
+    for text in config.bind:
+        fds = inherited.pop(text, None)
+        if fds:
+            adopted = [
+                trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+                for fd in fds
+            ]
+            listeners += adopted
+            bind_fds[text] = [listener.socket.fileno() for listener in adopted]
+        else:
+            specs.append((text, parse_bind(text)))
+    if config.reuse_port:
+        reserved, others = await reserve_reuse_port([spec for _, spec in specs])
+        pool.reuse_port = [(sock.family, tuple(sock.getsockname())) for sock in reserved]
+        pool.reserved = reserved
+        specs = [(str(spec), spec) for spec in others]
+    for text, spec in specs:
+        created = await create_listeners([spec], backlog=config.backlog)
+        listeners += created
+        bind_fds[text] = [listener.socket.fileno() for listener in created]
+    pool.bind_fds = bind_fds
+    pool.fds = [listener.socket.fileno() for listener in listeners]
+    return listeners
+
+
+async def serve_master(
+    config: Config,
+    control: Any,
+    task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
+    *,
+    plans: list[AppPlan] | None = None,
+    reload_plans: Callable[[], list[AppPlan]] | None = None,
+    argv: Sequence[str] | None = None,
+    signals: bool = False,
+) -> None:
+    """Run the master for ``plans`` (default: ``config`` alone) until stopped.
+
+    ``started()`` gets the addresses of every listener once every worker is ready.
+    Cancellation stops the workers gracefully. With ``signals`` the master handles the
+    operator signals itself (the command line); ``reload_plans`` re-reads the
+    configuration for SIGHUP, ``argv`` is the command line SIGUSR2 re-executes.
+    """
+    plans = plans or [AppPlan(None, config)]
+    async with trio.open_nursery() as nursery:
+        master = Master(plans, reload_plans, argv, nursery)
+        try:
+            await _run_master(master, config, control, task_status, signals)
+        finally:
+            nursery.cancel_scope.cancel()
+    if master.fatal is not None:
+        raise master.fatal
+
+
+async def _run_master(
+    master: Master,
+    config: Config,
+    control: Any,
+    task_status: trio.TaskStatus[list[Address]],
+    signals: bool,
+) -> None:
+    set_title("master", config.name)
+    inherited: dict[str, list[int]] = json.loads(os.environ.pop(INHERIT_ENV, "{}") or "{}")
+    for plan in master.plans:
+        master.pools.append(_Pool(plan, ServerInfo(plan.config, app=plan.prefix), [], []))
+    error: BaseException | None = None
+    try:
+        for pool in master.pools:
+            await run_hook(pool.config, "on_starting", pool.server)
+        for pool in master.pools:
+            master.listeners += await _bind(pool, inherited)
+        master.nursery.start_soon(master.watch_timeouts)
+        if signals:
+            await master.nursery.start(_signal_task, master)
+        else:
+            master.nursery.start_soon(_stop_when_cancelled, master)
+        for pool in master.pools:
+            await master.start_pool(pool)
+            if master.fatal is not None:
+                break
+            urls = next((p.urls for p in pool.slots.values() if p.urls), [])
+            for url in urls:
+                LOGGER.info("listening on %s", url)
+            LOGGER.info(
+                "%s%d worker(s) ready", f"{pool.plan.prefix}: " if pool.plan.prefix else "",
+                len(pool.slots),
+            )
+            await run_hook(pool.config, "when_ready", pool.server)
+        if master.fatal is None and not master.stopping:
+            task_status.started([listener_address(listener) for listener in master.listeners])
+        await master.done.wait()
+    except BaseException as exc:
+        error = exc
+        if master.fatal is None and not isinstance(exc, trio.Cancelled):
+            master.fatal = exc if isinstance(exc, TrioserveError) else None
+        with trio.CancelScope(shield=True):
+            master.begin_stop(fast=True)
+            await master.done.wait()
+        if not isinstance(exc, TrioserveError):
+            raise
+    finally:
+        with trio.CancelScope(shield=True):
+            for listener in master.listeners:
+                cleanup_listener(listener)
+                await trio.aclose_forcefully(listener)
+            for pool in master.pools:
+                for sock in pool.reserved:
+                    sock.close()
+            for pool in master.pools:
+                reported = error if error is not None else master.fatal
+                if isinstance(reported, trio.Cancelled):
+                    reported = None
+                await run_hook_logged(pool.config, "on_exit", pool.server, exc=reported)
+
+
+async def _stop_when_cancelled(master: Master) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        master.begin_stop(fast=False)
+
+
+def _has_terminal() -> bool:
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) -> None:
+    wanted = [
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGHUP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+    ]
+    with trio.open_signal_receiver(*wanted) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGTERM:
+                if master.stopping:
+                    LOGGER.info("%s received again: stopping now", name)
+                    master.begin_stop(fast=True)
+                else:
+                    LOGGER.info("%s received: stopping gracefully (send it again to stop now)", name)
+                    master.begin_stop(fast=False)
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
+                LOGGER.info("%s received: stopping now", name)
+                master.begin_stop(fast=True)
+            elif master.stopping:
+                LOGGER.info("%s ignored: stopping", name)
+            elif signum == signal.SIGHUP:
+                await _hup(master)
+            elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+                if master.paused:
+                    LOGGER.info("%s ignored: workers are stopped (SIGWINCH)", name)
+                else:
+                    await master.change_workers(1 if signum == signal.SIGTTIN else -1)
+            elif signum == signal.SIGUSR1:
+                LOGGER.info("SIGUSR1 received: reopening log files")
+                configure_logging(master.pools[0].config)
+                for proc in master._procs():
+                    _signal(proc.process, signal.SIGUSR1)
+            elif signum == signal.SIGUSR2:
+                await master.reexec()
+            elif signum == signal.SIGWINCH:
+                if _has_terminal():
+                    LOGGER.debug("SIGWINCH ignored: the master has a terminal (not daemonized)")
+                elif not master.paused:
+                    LOGGER.info("SIGWINCH received: stopping the workers, keeping the master")
+                    await master.pause()
+
+
+async def _hup(master: Master) -> None:
+    if master.paused:
+        LOGGER.info("SIGHUP received: starting the workers again")
+        await master.resume()
+        return
+    plans = None
+    if master.reload_plans is not None:
+        try:
+            plans = master.reload_plans()
+        except TrioserveError as exc:
+            LOGGER.error("SIGHUP: the configuration could not be reloaded: %s", exc)
+            return
+        if len(plans) != len(master.pools):
+            LOGGER.error("SIGHUP: the number of applications changed; restart the server")
+            return
+        try:
+            configure_logging(plans[0].config)
+        except ConfigError as exc:
+            LOGGER.error("SIGHUP: %s; keeping the old configuration", exc)
+            return
+    LOGGER.info("SIGHUP received: reloading (rolling restart of the workers)")
+    await master.rolling_restart(plans)
+

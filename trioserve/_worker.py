@@ -1,0 +1,323 @@
+"""A worker process: one ``trio.run`` serving the master's sockets.
+
+Started by the master as ``python -m trioserve._worker FD`` (or forked by the
+preloader, with the app already imported). FD is this worker's end of a socket pair
+with the master. Over it the master sends the boot message (a JSON header, then the
+pickled Config) and the worker sends JSON lines back: ``ready`` once it accepts
+connections, ``hb`` heartbeats from its trio loop, ``retire`` when it served
+``max_requests``, and ``boot_error`` when it cannot start. End of file on it means
+the master is gone: the worker then stops by itself, so no worker outlives it.
+
+Signals: TERM stops gracefully, INT and QUIT stop at once (``worker_int`` hook),
+USR1 reopens the log files, ABRT (sent by the master to a worker whose loop is stuck)
+dumps every thread's stack to the error log and runs ``worker_abort``.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import trio
+
+from ._accesslog import access_log_for
+from ._bind import listen_reuse_port
+from ._config import Config, load_python_config
+from ._errors import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, TrioserveError
+from ._hooks import ServerInfo, WorkerInfo, run_hook, run_hook_logged
+from ._importer import LoadedApp
+from ._logging import configure_logging
+from ._server import _Control, _Extras, _single_error, load_config_app, serve_listeners
+from ._tls import ssl_context
+from ._types import Address
+
+LOGGER = logging.getLogger("trioserve.worker")
+
+_LENGTH = struct.Struct("!I")
+# Signals the master handles for the whole server; a worker must not die of them.
+_IGNORED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH)
+# The master sends this first to a stuck worker: every thread's stack to the error log.
+DUMP_SIGNAL = signal.SIGUSR2
+_ABORT_GRACE = 5.0
+
+
+@attrs.frozen
+class WorkerBoot:
+    """What the master tells a new worker besides its Config (sent as JSON).
+
+    Attributes:
+        slot: The worker's stable index.
+        app: The application's prefix in a MultiApp, or None.
+        master_pid: The master's process id.
+        config_file: A Python config file to run before unpickling the Config (its
+            hooks are pickled by reference), or None.
+        fds: Inherited listening sockets.
+        reuse_port: (family, sockaddr) pairs to listen on with SO_REUSEPORT.
+        heartbeat: Seconds between heartbeats.
+    """
+
+    slot: int
+    app: str | None
+    master_pid: int
+    config_file: str | None
+    fds: tuple[int, ...]
+    reuse_port: tuple[tuple[int, tuple[Any, ...]], ...]
+    heartbeat: float
+
+    def to_json(self) -> bytes:
+        return json.dumps(attrs.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> WorkerBoot:
+        raw = json.loads(data)
+        raw["fds"] = tuple(raw["fds"])
+        raw["reuse_port"] = tuple((family, tuple(addr)) for family, addr in raw["reuse_port"])
+        return cls(**raw)
+
+
+def frame(data: bytes) -> bytes:
+    """``data`` with its length in front, as the boot message is sent."""
+    return _LENGTH.pack(len(data)) + data
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise EOFError("the master closed the channel before the boot message ended")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_boot(sock: socket.socket) -> tuple[WorkerBoot, Config]:
+    """Read the boot message (blocking: no trio loop runs yet)."""
+    (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+    boot = WorkerBoot.from_json(_read_exactly(sock, size))
+    if boot.config_file is not None:
+        load_python_config(Path(boot.config_file))
+    (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+    config = pickle.loads(_read_exactly(sock, size))
+    if not isinstance(config, Config):
+        raise TypeError("the boot message did not carry a Config")
+    return boot, config
+
+
+def set_title(role: str, name: str | None) -> None:
+    """``trioserve: worker 2 [name]`` in ps, when setproctitle is installed."""
+    try:
+        import setproctitle  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
+    except ImportError:
+        return
+    title = f"trioserve: {role}" + (f" [{name}]" if name else "")
+    setproctitle.setproctitle(title)
+
+
+class _Aborted(BaseException):
+    """Raised in the main thread by the SIGABRT handler, out of whatever it was doing."""
+
+
+_aborted = False
+
+
+def _on_abort(signum: int, frame: object) -> None:
+    global _aborted
+    if not _aborted:
+        _aborted = True
+        raise _Aborted
+
+
+def _error_file(config: Config) -> IO[str]:
+    if config.error_log == "-":
+        return sys.stderr
+    return open(config.error_log, "a", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry of a spawned worker: ``python -m trioserve._worker FD``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    for signum in _IGNORED:
+        signal.signal(signum, signal.SIG_IGN)
+    channel = socket.socket(fileno=int(args[0]))
+    try:
+        boot, config = read_boot(channel)
+    except Exception as exc:
+        print(f"trioserve: error: worker could not read its boot message: {exc}", file=sys.stderr)
+        return EXIT_BOOT
+    return run_worker(channel, boot, config, None)
+
+
+def run_worker(
+    channel: socket.socket, boot: WorkerBoot, config: Config, loaded: LoadedApp | None
+) -> int:
+    """Serve as worker ``boot.slot`` until the master stops it; returns the exit status."""
+    os.environ["TRIOSERVE_WORKER_ID"] = str(boot.slot)
+    for signum in _IGNORED:
+        signal.signal(signum, signal.SIG_IGN)
+    set_title(f"worker {boot.slot}", config.name)
+    configure_logging(config)
+    worker = WorkerInfo(boot.slot, config, pid=os.getpid(), app=boot.app)
+    # The stack goes to the error log at C level (works even when Python is stuck in C);
+    # then SIGABRT's handler raises _Aborted out of whatever the loop was stuck in.
+    faulthandler.register(DUMP_SIGNAL, file=_error_file(config), all_threads=True)
+    signal.signal(signal.SIGABRT, _on_abort)
+    try:
+        return trio.run(_worker_main, channel, boot, config, loaded, worker)
+    except BaseException as exc:
+        if not _aborted:
+            if isinstance(exc, KeyboardInterrupt):
+                return EXIT_OK
+            raise
+    LOGGER.error("worker %d (pid %d) aborted: its event loop was stuck", boot.slot, os.getpid())
+
+    async def abort_hook() -> None:
+        with trio.move_on_after(_ABORT_GRACE):
+            await run_hook_logged(config, "worker_abort", worker)
+
+    trio.run(abort_hook)
+    return EXIT_FAILURE
+
+
+class _Link:
+    """The worker's end of the channel: JSON lines out, end of file in."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.lock = trio.Lock()
+        self.broken = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.broken:
+            return
+        data = json.dumps(message).encode() + b"\n"
+        async with self.lock:
+            try:
+                with trio.fail_after(10):
+                    await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                self.broken = True
+
+
+def _boot_code(exc: BaseException) -> int:
+    return exc.exit_code if isinstance(exc, TrioserveError) else EXIT_BOOT
+
+
+async def _worker_main(
+    channel: socket.socket,
+    boot: WorkerBoot,
+    config: Config,
+    loaded: LoadedApp | None,
+    worker: WorkerInfo,
+) -> int:
+    link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(channel)))
+    control = _Control()
+    server = ServerInfo(config, pid=boot.master_pid, app=boot.app)
+    status = EXIT_OK
+    ready = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_heartbeat, link, control, worker, boot.heartbeat)
+        nursery.start_soon(_watch_master, link, control, nursery.cancel_scope)
+        nursery.start_soon(_signals, control, config, worker, nursery.cancel_scope)
+
+        async def on_ready(addresses: list[Address], urls: list[str]) -> None:
+            nonlocal ready
+            ready = True
+            await link.send({"t": "ready", "urls": urls})
+            LOGGER.info("worker %d ready (pid %d)", boot.slot, os.getpid())
+
+        try:
+            await run_hook(config, "post_fork", server, worker)
+            if loaded is None:
+                loaded = await load_config_app(config)
+            extras = _Extras(ssl_context(config), access_log_for(config))
+            listeners = [
+                trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+                for fd in boot.fds
+            ]
+            listeners += [
+                listen_reuse_port(family, addr, config.backlog) for family, addr in boot.reuse_port
+            ]
+            await serve_listeners(loaded, listeners, config, extras, control, worker, on_ready)
+        except Exception as exc:
+            error = _single_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            error = error or exc
+            if ready:
+                LOGGER.error("worker %d failed: %s", boot.slot, error, exc_info=error)
+                status = EXIT_FAILURE
+            else:
+                status = _boot_code(error)
+                message = str(error) if isinstance(error, TrioserveError) else repr(error)
+                await link.send({"t": "boot_error", "code": status, "message": message})
+                LOGGER.debug("worker %d failed to boot", boot.slot, exc_info=error)
+        nursery.cancel_scope.cancel()
+    return status
+
+
+async def _heartbeat(link: _Link, control: _Control, worker: WorkerInfo, interval: float) -> None:
+    retiring = False
+    while True:
+        state = control.state
+        requests = state.requests_served if state is not None else 0
+        worker.requests = requests
+        await link.send({"t": "hb", "requests": requests})
+        if state is not None and not retiring and state.limit_reached.is_set():
+            retiring = True
+            LOGGER.info(
+                "worker %d served %d requests (max_requests): retiring", worker.id, requests
+            )
+            await link.send({"t": "retire"})
+        await trio.sleep(interval)
+
+
+async def _watch_master(link: _Link, control: _Control, scope: trio.CancelScope) -> None:
+    try:
+        while await link.stream.receive_some(4096):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    link.broken = True
+    LOGGER.warning("the master is gone: stopping")
+    _stop(control, scope, fast=False)
+
+
+def _stop(control: _Control, scope: trio.CancelScope, *, fast: bool) -> None:
+    if control.state is None:
+        scope.cancel()  # still booting: nothing to drain
+    elif fast:
+        control.fast_stop()
+    else:
+        control.graceful_stop()
+
+
+async def _signals(
+    control: _Control, config: Config, worker: WorkerInfo, scope: trio.CancelScope
+) -> None:
+    with trio.open_signal_receiver(
+        signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1
+    ) as signals:
+        async for signum in signals:
+            if signum == signal.SIGUSR1:
+                LOGGER.info("SIGUSR1: reopening log files")
+                configure_logging(config)
+            elif signum == signal.SIGTERM and not (control.state and control.state.stopping):
+                _stop(control, scope, fast=False)
+            else:
+                if signum != signal.SIGTERM:
+                    await run_hook_logged(config, "worker_int", worker)
+                _stop(control, scope, fast=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
