@@ -14,7 +14,8 @@ import trio
 from ._accesslog import access_log_for
 from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, render_config, settings
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
-from ._importer import load_app
+from ._apps import MultiApp, add_prefixed_arguments, as_composite, prefixes_of, resolve_plans
+from ._importer import load_app, peek_target
 from ._logging import configure_logging
 from ._master import AppPlan
 from ._server import run_cli
@@ -149,17 +150,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
     Exit codes: 0 success, 1 other failure, 2 usage or configuration error, 3 the app
-    failed while booting (lifespan startup), 4 the app could not be loaded.
+    failed while booting (lifespan startup, a worker boot hook), 4 the app could not be
+    loaded.
     """
+    args = list(sys.argv[1:] if argv is None else argv)
     debug = False
     try:
-        namespace = build_parser().parse_args(argv)
+        parser = build_parser()
+        namespace, unknown = parser.parse_known_args(args)
         loaded = load_config(cli=cli_layer(namespace))
     except ConfigError as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = loaded.config
     debug = config.log_level == "debug"
+    composite = None
+    if config.app is not None and not namespace.print_config:
+        try:
+            composite = as_composite(peek_target(config.app, config.app_dir))
+            if isinstance(composite, MultiApp):
+                parser = build_parser()
+                add_prefixed_arguments(parser, list(prefixes_of(composite)))
+                namespace = parser.parse_args(args)
+            elif unknown:
+                parser.parse_args(args)  # reports the unknown arguments
+        except TrioserveError as exc:
+            _print_error(exc, debug=debug)
+            return exc.exit_code
+    elif unknown:
+        try:
+            parser.parse_args(args)
+        except ConfigError as exc:
+            print(f"trioserve: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if namespace.print_config:
         sys.stdout.write(render_config(loaded))
         return EXIT_OK
@@ -171,11 +194,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespace.check_config:
         return _check(loaded)
 
-    def reload() -> list[AppPlan]:
-        # SIGHUP: every source again (the config file is re-read), same command line.
-        return [AppPlan(None, load_config(cli=cli_layer(namespace)).config)]
+    def plans() -> list[AppPlan]:
+        # Also SIGHUP's: every source again (the config file is re-read), same arguments.
+        if composite is None:
+            return [AppPlan(None, load_config(cli=cli_layer(namespace)).config)]
+        resolved = resolve_plans(composite, cli=cli_layer(namespace), namespace=namespace)
+        return [AppPlan(prefix, app_config) for prefix, app_config in resolved]
+
     try:
-        run_cli(config, argv=list(sys.argv[1:] if argv is None else argv), reload_plans=reload)
+        first = plans()
+        run_cli(
+            first[0].config,
+            argv=args,
+            reload_plans=plans,
+            plans=first if composite is not None else None,
+        )
     except TrioserveError as exc:
         _print_error(exc, debug=debug)
         return exc.exit_code

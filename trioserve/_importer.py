@@ -544,3 +544,25 @@ async def load_app(
     described = target if target.startswith("<") else f"{target}()"
     LOGGER.info("called factory %s to build the app", described)
     return _finish(target, built, interface, from_factory=True, built=True, threads=threads)
+
+
+def peek_target(app: object, app_dir: str | None = ".") -> object:
+    """The object a target names, imported but never called (no factory is run).
+
+    The command line uses it to see whether the target is an :class:`~trioserve.Application`
+    or a :class:`~trioserve.MultiApp` before it parses their prefixed settings. A target
+    with a factory call ``module:factory(...)`` is returned as the string itself.
+
+    Raises:
+        AppLoadError: the module cannot be imported or has no such attribute.
+    """
+    if not isinstance(app, str):
+        return app
+    searched = _insert_app_dir(app_dir) if app_dir is not None else None
+    module_name, chain, call = parse_target(app)
+    if call is not None:
+        return app
+    module = _import(module_name, searched)
+    if chain:
+        return _resolve(module, chain)
+    return _resolve_default(module)[1]
