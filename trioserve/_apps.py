@@ -184,7 +184,7 @@ def resolve_plans(
     same for every application.
     """
     if isinstance(composite, Application):
-        merged = {**(params or {}), **composite.settings}
+        merged = {**composite.settings, **(params or {})}
         config = load_config(params=merged, environ=environ, cli=cli).config
         # The target named the composite; its application is what the workers load.
         return [(None, attrs.evolve(config, app=composite.app))]

@@ -16,6 +16,7 @@ WINCH stop the workers but keep the master (only without a controlling terminal)
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -74,12 +75,110 @@ class AppPlan:
     config: Config
 
 
+class _Child(Protocol):
+    """A worker process: spawned (``trio.Process``) or forked by the preloader."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def send_signal(self, signum: int) -> None: ...
+    def kill(self) -> None: ...
+    async def wait(self) -> int: ...
+
+
+@attrs.define(eq=False)
+class _Forked:
+    """A worker forked by the preloader, which reaps it and reports its status."""
+
+    pid: int
+    returncode: int | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        await self.done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def exited(self, status: int) -> None:
+        self.returncode = status
+        self.done.set()
+
+
+@attrs.define(eq=False)
+class _Preloader:
+    """The preloader process of one configuration, and the workers it forked."""
+
+    config: Config
+    process: trio.Process
+    sock: trio.socket.SocketType
+    loaded: trio.Event = attrs.field(factory=trio.Event)
+    error: tuple[int, str] | None = None
+    children: dict[int, _Forked] = attrs.field(factory=dict)
+    replies: list[int] = attrs.field(factory=list)
+    reply: trio.Event = attrs.field(factory=trio.Event)
+    lock: trio.Lock = attrs.field(factory=trio.Lock)
+    retired: bool = False
+
+    async def read(self) -> None:
+        try:
+            while data := await self.sock.recv(65536):
+                message = json.loads(data)
+                if "pid" in message:
+                    self.replies.append(int(message["pid"]))
+                    self.reply.set()
+                elif "exit" in message:
+                    child = self.children.pop(int(message["exit"]), None)
+                    if child is not None:
+                        child.exited(int(message["status"]))
+                    self.close_if_done()
+                elif "boot_error" in message:
+                    self.error = (int(message["boot_error"]), str(message["message"]))
+                elif "loaded" in message:
+                    self.loaded.set()
+        except (OSError, trio.ClosedResourceError):
+            pass  # closed by us (retired, or the master stops), or the preloader died
+        finally:
+            self.loaded.set()
+            self.reply.set()
+            # Gone: its children were reparented away, their status cannot be known.
+            for child in self.children.values():
+                child.exited(-signal.SIGKILL)
+            self.children.clear()
+            self.sock.close()
+
+    def close_if_done(self) -> None:
+        if self.retired and not self.children:
+            self.sock.close()
+
+    async def fork(self, slot: int, channel: socket.socket) -> _Forked:
+        async with self.lock:
+            self.reply = trio.Event()
+            await self.sock.sendmsg(
+                [json.dumps({"slot": slot}).encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))],
+            )
+            await self.reply.wait()
+            if not self.replies:
+                raise WorkerBootError("the preloader exited")
+            child = _Forked(self.replies.pop(0))
+            self.children[child.pid] = child
+            return child
+
+
 @attrs.define(eq=False)
 class _Proc:
     """One worker process and what its channel said."""
 
     info: WorkerInfo
-    process: trio.Process
+    process: _Child
     link: trio.SocketStream
     last_beat: float
     ready: trio.Event = attrs.field(factory=trio.Event)
@@ -104,6 +203,8 @@ class _Pool:
     # The listening fds per bind text (passed on by SIGUSR2), and reuse-port sockets.
     bind_fds: dict[str, list[int]] = attrs.field(factory=dict)
     reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
+    preloader: _Preloader | None = None
+    preload_lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     @property
     def config(self) -> Config:
@@ -130,6 +231,7 @@ class Master:
     done: trio.Event = attrs.field(factory=trio.Event)
     paused: bool = False
     children: list[trio.Process] = attrs.field(factory=list)
+    preloaders: list[_Preloader] = attrs.field(factory=list)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -149,10 +251,16 @@ class Master:
                 heartbeat=_heartbeat_interval(config),
             )
             payload = frame(boot.to_json()) + frame(_pickled(config))
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "trioserve._worker", str(theirs.fileno())],
-                pass_fds=[theirs.fileno(), *pool.fds],
-            )
+            process: _Child
+            if config.preload:
+                preloader = await self._preloader_for(pool, config, boot)
+                process = await preloader.fork(slot, theirs)
+                payload = b""  # a forked worker has its settings already
+            else:
+                process = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "trioserve._worker", str(theirs.fileno())],
+                    pass_fds=[theirs.fileno(), *pool.fds],
+                )
         finally:
             theirs.close()
         info.pid = process.pid
@@ -162,11 +270,49 @@ class Master:
         self.nursery.start_soon(self._watch, pool, proc, payload)
         return proc
 
+    async def _preloader_for(self, pool: _Pool, config: Config, boot: WorkerBoot) -> _Preloader:
+        """The preloader of ``config``: started (and the app imported) on first use."""
+        async with pool.preload_lock:
+            return await self._preloader_locked(pool, config, boot)
+
+    async def _preloader_locked(
+        self, pool: _Pool, config: Config, boot: WorkerBoot
+    ) -> _Preloader:
+        current = pool.preloader
+        if current is not None and current.config is config and not current.sock.fileno() < 0:
+            return current
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "trioserve._preload", str(theirs.fileno())],
+                pass_fds=[theirs.fileno(), *pool.fds],
+            )
+        finally:
+            theirs.close()
+        preloader = _Preloader(config, process, trio.socket.from_stdlib_socket(ours))
+        for piece in (boot.to_json(), _pickled(config)):
+            await preloader.sock.send(frame(piece)[:4])
+            await preloader.sock.send(piece)
+        self.nursery.start_soon(preloader.read)
+        self.preloaders.append(preloader)
+        self.nursery.start_soon(_reap, process)
+        LOGGER.info("preloading the app in pid %d", process.pid)
+        await preloader.loaded.wait()
+        if preloader.error is not None:
+            code, message = preloader.error
+            raise WorkerBootError(f"preloading the app failed: {message}", code)
+        if current is not None:
+            current.retired = True
+            current.close_if_done()
+        pool.preloader = preloader
+        return preloader
+
     async def _watch(self, pool: _Pool, proc: _Proc, payload: bytes) -> None:
         """Feed the worker its boot message, read its channel, reap it, decide what next."""
         try:
-            with trio.move_on_after(10):
-                await proc.link.send_all(payload)
+            if payload:
+                with trio.move_on_after(10):
+                    await proc.link.send_all(payload)
             await self._read(pool, proc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -247,7 +393,7 @@ class Master:
         try:
             pool.slots[slot] = await self.spawn(pool, slot, pool.config)
         except TrioserveError as exc:
-            self.halt(WorkerBootError(str(exc)))
+            self.halt(exc)
             return
         pool.server.workers = [p.info for p in pool.slots.values()]
 
@@ -378,7 +524,7 @@ class Master:
         try:
             proc = await self.spawn(pool, slot, pool.config)
         except TrioserveError as exc:
-            self.halt(WorkerBootError(str(exc)))
+            self.halt(exc)
             return
         pool.slots[slot] = proc
         pool.server.workers = [p.info for p in pool.slots.values()]
@@ -506,7 +652,7 @@ async def _reap(process: trio.Process) -> None:
     await process.wait()
 
 
-def _signal(process: trio.Process, signum: int) -> None:
+def _signal(process: _Child, signum: int) -> None:
     if process.returncode is None:
         try:
             process.send_signal(signum)
@@ -627,6 +773,8 @@ async def _run_master(
         for pool in master.pools:
             master.listeners += await _bind(pool, inherited)
         master.nursery.start_soon(master.watch_timeouts)
+        if config.reload:
+            await master.nursery.start(_reload_on_change, master, config)
         if signals:
             await master.nursery.start(_signal_task, master)
         else:
@@ -663,11 +811,52 @@ async def _run_master(
             for pool in master.pools:
                 for sock in pool.reserved:
                     sock.close()
+            # Every worker has exited: a preloader ends once its channel closes.
+            for preloader in master.preloaders:
+                preloader.sock.close()
+            with trio.move_on_after(_FAST_STOP):
+                for preloader in master.preloaders:
+                    await preloader.process.wait()
+            for preloader in master.preloaders:
+                if preloader.process.returncode is None:
+                    preloader.process.kill()
+                    await preloader.process.wait()
             for pool in master.pools:
                 reported = error if error is not None else master.fatal
                 if isinstance(reported, trio.Cancelled):
                     reported = None
                 await run_hook_logged(pool.config, "on_exit", pool.server, exc=reported)
+
+
+async def _reload_on_change(
+    master: Master, config: Config, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """--reload: a rolling restart (configuration re-read too) when watched files change."""
+    from ._reload import describe, watch_files  # noqa: PLC0415 (development only)
+
+    send, receive = trio.open_memory_channel[frozenset[str]](1)
+    async with trio.open_nursery() as nursery:
+        backend = await nursery.start(
+            watch_files, config.reload_dir, config.reload_include, config.reload_exclude, send
+        )
+        LOGGER.info(
+            "reload: %s with %s",
+            describe(config.reload_dir, config.reload_include, config.reload_exclude),
+            backend,
+        )
+        task_status.started()
+        async for changed in receive:
+            if master.stopping or master.paused:
+                continue
+            names = ", ".join(sorted(_short(path) for path in changed)[:3])
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            LOGGER.info("reload: %s changed; restarting the workers", names + more)
+            await _hup(master, announce=False)
+
+
+def _short(path: str) -> str:
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 async def _stop_when_cancelled(master: Master) -> None:
@@ -736,7 +925,7 @@ async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) ->
                     await master.pause()
 
 
-async def _hup(master: Master) -> None:
+async def _hup(master: Master, *, announce: bool = True) -> None:
     if master.paused:
         LOGGER.info("SIGHUP received: starting the workers again")
         await master.resume()
@@ -756,6 +945,7 @@ async def _hup(master: Master) -> None:
         except ConfigError as exc:
             LOGGER.error("SIGHUP: %s; keeping the old configuration", exc)
             return
-    LOGGER.info("SIGHUP received: reloading (rolling restart of the workers)")
+    if announce:
+        LOGGER.info("SIGHUP received: reloading (rolling restart of the workers)")
     await master.rolling_restart(plans)
 

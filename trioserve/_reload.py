@@ -103,11 +103,18 @@ class _Filter:
         )
 
     def wants(self, path: str) -> bool:
-        """Whether a change to the absolute ``path`` is reported."""
+        """Whether a change to the file at the absolute ``path`` is reported."""
+        *parents, name = self._parts(path)
+        return self.is_included(name) and not any(self.is_excluded(part) for part in parents)
+
+    def wants_dir(self, path: str) -> bool:
+        """Whether files under the directory at the absolute ``path`` can be reported."""
+        return not any(self.is_excluded(part) for part in self._parts(path))
+
+    def _parts(self, path: str) -> list[str]:
         root = self.root_of(path)
         relative = os.path.relpath(path, root) if root is not None else os.path.basename(path)
-        *parents, name = relative.split(os.sep)
-        return self.is_included(name) and not any(self.is_excluded(part) for part in parents)
+        return relative.split(os.sep)
 
     def root_of(self, path: str) -> str | None:
         """The watched root ``path`` is under (not equal to), or None."""
@@ -282,11 +289,14 @@ async def _batch(
 # --- polling ------------------------------------------------------------------------------------
 
 
-def _scan(flt: _Filter) -> dict[str, _Signature]:
-    """The ``(mtime_ns, size, inode)`` of every watched file, by path (runs in a thread)."""
+def _scan(flt: _Filter, tops: Iterable[str] | None = None) -> dict[str, _Signature]:
+    """The ``(mtime_ns, size, inode)`` of every watched file, by path (runs in a thread).
+
+    Scans the watched roots, or only the ``tops`` directories under them.
+    """
     found: dict[str, _Signature] = {}
-    for root in flt.roots:
-        stack = [root]
+    for top in flt.roots if tops is None else tops:
+        stack = [top]
         while stack:
             try:
                 entries = os.scandir(stack.pop())
@@ -395,8 +405,13 @@ async def _consume_awatch(
 ) -> None:
     import watchfiles
 
+    added = watchfiles.Change.added
+
     def wanted(change: Change, path: str) -> bool:
-        return flt.wants(path)
+        # A directory that appears (mkdir, a checkout, a move) may hold files
+        # created before the OS watch on it was in place, which will never be
+        # reported: keep it, to report what it contains (see _expand).
+        return flt.wants(path) or (change == added and flt.wants_dir(path))
 
     watcher = watchfiles.awatch(
         # A root inside another root is covered by the recursive watch.
@@ -417,4 +432,19 @@ async def _consume_awatch(
         async for batch in watcher:
             stop.ready.set()
             if batch:
-                raw.send_nowait(frozenset(path for _, path in batch))
+                found = await trio.to_thread.run_sync(_expand, flt, batch, added)
+                if found:
+                    raw.send_nowait(found)
+
+
+def _expand(flt: _Filter, batch: set[tuple[Change, str]], added: Change) -> frozenset[str]:
+    """The files a watchfiles batch is about, with new directories replaced by their files."""
+    files: set[str] = set()
+    new_dirs: list[str] = []
+    for change, path in batch:
+        if change == added and os.path.isdir(path):
+            new_dirs.append(path)
+        elif flt.wants(path):
+            files.add(path)
+    files.update(_scan(flt, new_dirs))
+    return frozenset(files)

@@ -31,7 +31,8 @@ from ._hooks import (
     run_hook,
     run_hook_logged,
 )
-from ._importer import LoadedApp, load_app
+from ._apps import as_composite, resolve_plans
+from ._importer import LoadedApp, load_app, peek_target
 from ._lifespan import Lifespan
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
@@ -124,11 +125,30 @@ async def _serve_inner(
         raise ConfigError(
             "no application given: pass APP as 'module:attribute' or set 'app' in the config"
         )
-    if config.workers > 0:
-        from ._master import serve_master  # noqa: PLC0415 (_master imports this module)
+    if config.reload and config.workers == 0:
+        raise ConfigError(
+            "--reload: the master restarts worker processes when files change; "
+            "use --workers 1 or more with it"
+        )
+    composite = as_composite(peek_target(config.app, config.app_dir))
+    if config.workers > 0 or composite is not None:
+        # An Application may say workers=0 itself: then it is served here, below.
+        from ._master import AppPlan, serve_master  # noqa: PLC0415 (_master imports us)
 
-        await serve_master(config, control, task_status)
-        return
+        plans = None
+        if composite is not None:
+            # Settings given in code sit below each application's own.
+            params = {
+                field.name: getattr(config, field.name)
+                for field in attrs.fields(Config)
+                if field.name != "app" and getattr(config, field.name) != field.default
+            }
+            resolved = resolve_plans(composite, params=params, environ={})
+            plans = [AppPlan(prefix, app_config) for prefix, app_config in resolved]
+            config = plans[0].config
+        if config.workers > 0:
+            await serve_master(config, control, task_status, plans=plans)
+            return
     server = ServerInfo(config)
     worker = WorkerInfo(0, config, pid=os.getpid())
     error: BaseException | None = None
@@ -518,6 +538,11 @@ def run_cli(
     configuration (SIGHUP) and the arguments a new master is started with (SIGUSR2)."""
     from ._master import serve_master  # noqa: PLC0415 (_master imports this module)
 
+    if config.reload and config.workers == 0:
+        raise ConfigError(
+            "--reload: the master restarts worker processes when files change; "
+            "use --workers 1 or more with it"
+        )
     try:
         if config.workers > 0 or plans:
             trio.run(

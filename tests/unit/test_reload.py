@@ -82,14 +82,25 @@ def paths(*files: Path) -> frozenset[str]:
 async def test_create_modify_and_delete_are_reported(nursery, root, backend):
     """Creating, modifying and deleting an included file are each reported, right after start."""
     changes = await start(nursery, [root], backend)
-    module = root / "pkg" / "app.py"
-    module.parent.mkdir()
+    module = root / "app.py"
     module.write_text("x = 1\n")
     assert await next_batch(changes) == paths(module)
     module.write_text("x = 1000\n")
     assert await next_batch(changes) == paths(module)
     module.unlink()
     assert await next_batch(changes) == paths(module)
+
+
+async def test_files_in_a_new_directory_are_reported(nursery, root, backend):
+    """Files written at once into new directories are reported, though no OS watch was on them."""
+    changes = await start(nursery, [root], backend, debounce=0.2)
+    (root / "pkg" / "sub" / "__pycache__").mkdir(parents=True)
+    modules = [root / "pkg" / "__init__.py", root / "pkg" / "sub" / "mod.py"]
+    for module in modules:
+        module.write_text("new\n")
+    (root / "pkg" / "sub" / "__pycache__" / "mod.py").write_text("excluded\n")
+    (root / "pkg" / "README.txt").write_text("not included\n")
+    assert await next_batch(changes) == paths(*modules)
 
 
 async def test_excluded_names_and_directories_are_not_reported(nursery, root, backend):

@@ -1,12 +1,21 @@
 """An ASGI app that says which worker process served the request: ``/`` answers
 ``PID WORKER_ID`` (os.getpid() and TRIOSERVE_WORKER_ID), and ``/stuck`` never returns:
-its loop blocks the worker's event loop, as a CPU-bound bug would."""
+its loop blocks the worker's event loop, as a CPU-bound bug would. When imported it
+prints the pid and worker id it sees to stderr."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
+
+print(
+    f"pid_app: imported in pid {os.getpid()} with TRIOSERVE_WORKER_ID="
+    f"{os.environ.get('TRIOSERVE_WORKER_ID', '-')}",
+    file=sys.stderr,
+    flush=True,
+)
 
 
 def stuck_forever() -> None:
