@@ -35,6 +35,8 @@ class Application:
         **settings: Settings for it, as in :class:`~trioserve.Config`.
     """
 
+    trioserve_composite = True
+
     def __init__(self, app: object, **settings: Any) -> None:
         self.app = app
         self.settings: dict[str, Any] = dict(settings)
@@ -68,6 +70,8 @@ class MultiApp:
     Args:
         **settings: Settings shared by every application (below each one's own).
     """
+
+    trioserve_composite = True
 
     def __init__(self, **settings: Any) -> None:
         self.settings: dict[str, Any] = dict(settings)

@@ -301,7 +301,8 @@ def _app_kind() -> Kind:
             return value.strip()
         if value is None:  # no app yet: serve() and the CLI report it when they need one
             return None
-        if not callable(value):
+        # Application and MultiApp objects mark themselves (they are not callables).
+        if not callable(value) and not getattr(value, "trioserve_composite", False):
             raise _BadValue(value)
         return value
 

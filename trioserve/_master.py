@@ -441,7 +441,7 @@ class Master:
         return proc.ready.is_set() and not proc.exited.is_set()
 
     def _stop_budget(self, config: Config) -> float:
-        return config.graceful_timeout + config.lifespan_shutdown_timeout + _STOP_MARGIN
+        return _stop_budget(config)
 
     # -- the whole server ------------------------------------------------------------
 
@@ -652,6 +652,10 @@ async def _reap(process: trio.Process) -> None:
     await process.wait()
 
 
+def _stop_budget(config: Config) -> float:
+    return config.graceful_timeout + config.lifespan_shutdown_timeout + _STOP_MARGIN
+
+
 def _signal(process: _Child, signum: int) -> None:
     if process.returncode is None:
         try:
@@ -745,13 +749,33 @@ async def serve_master(
     configuration for SIGHUP, ``argv`` is the command line SIGUSR2 re-executes.
     """
     plans = plans or [AppPlan(None, config)]
-    async with trio.open_nursery() as nursery:
-        master = Master(plans, reload_plans, argv, nursery)
-        try:
-            await _run_master(master, config, control, task_status, signals)
-        finally:
-            nursery.cancel_scope.cancel()
-    if master.fatal is not None:
+    budget = max(_FAST_STOP, *(_stop_budget(plan.config) for plan in plans)) + _STOP_MARGIN
+    master: Master | None = None
+    async with trio.open_nursery() as outer:
+        # Cancellation of serve() becomes a graceful stop: the master runs shielded,
+        # and this watcher asks it to stop (with a deadline as a backstop) when cancelled.
+        shield = trio.CancelScope(shield=True)
+
+        async def stop_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                if master is not None:
+                    master.begin_stop(fast=False)
+                else:
+                    shield.cancel()
+                shield.deadline = min(shield.deadline, trio.current_time() + budget)
+
+        outer.start_soon(stop_when_cancelled)
+        with shield:
+            async with trio.open_nursery() as nursery:
+                master = Master(plans, reload_plans, argv, nursery)
+                try:
+                    await _run_master(master, config, control, task_status, signals)
+                finally:
+                    nursery.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
+    if master is not None and master.fatal is not None:
         raise master.fatal
 
 
@@ -762,7 +786,8 @@ async def _run_master(
     task_status: trio.TaskStatus[list[Address]],
     signals: bool,
 ) -> None:
-    set_title("master", config.name)
+    if signals:  # the command line's master; a trio program embedding serve() keeps its title
+        set_title("master", config.name)
     inherited: dict[str, list[int]] = json.loads(os.environ.pop(INHERIT_ENV, "{}") or "{}")
     for plan in master.plans:
         master.pools.append(_Pool(plan, ServerInfo(plan.config, app=plan.prefix), [], []))
@@ -777,8 +802,6 @@ async def _run_master(
             await master.nursery.start(_reload_on_change, master, config)
         if signals:
             await master.nursery.start(_signal_task, master)
-        else:
-            master.nursery.start_soon(_stop_when_cancelled, master)
         for pool in master.pools:
             await master.start_pool(pool)
             if master.fatal is not None:
@@ -857,13 +880,6 @@ async def _reload_on_change(
 def _short(path: str) -> str:
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
-
-
-async def _stop_when_cancelled(master: Master) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        master.begin_stop(fast=False)
 
 
 def _has_terminal() -> bool:

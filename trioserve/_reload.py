@@ -34,7 +34,7 @@ from ._errors import ConfigError
 if TYPE_CHECKING:
     from watchfiles import Change
 
-__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_INCLUDE", "describe", "watch_files"]
+__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_INCLUDE", "Backend", "describe", "watch_files"]
 
 LOGGER = logging.getLogger("trioserve.reload")
 
@@ -205,8 +205,9 @@ async def watch_files(
     """Watch ``dirs`` recursively and send each batch of changed files to ``changes``.
 
     Runs until cancelled. Created, modified and deleted files are reported
-    (directories are not), as absolute paths with symlinks resolved in the
-    watched directories. ``changes`` is closed when this returns or raises.
+    (directories are not, but the files already in a new directory are), as
+    absolute paths under the real path of each watched directory. ``changes``
+    is closed when this returns or raises.
 
     Args:
         dirs: Directories to watch recursively; empty means the current directory.

@@ -10,11 +10,11 @@ import sys
 import time
 from typing import Any
 
-print(
+# One write(2): the line must not interleave with other processes' lines on the pipe.
+os.write(
+    sys.stderr.fileno(),
     f"pid_app: imported in pid {os.getpid()} with TRIOSERVE_WORKER_ID="
-    f"{os.environ.get('TRIOSERVE_WORKER_ID', '-')}",
-    file=sys.stderr,
-    flush=True,
+    f"{os.environ.get('TRIOSERVE_WORKER_ID', '-')}\n".encode(),
 )
 
 
