@@ -80,7 +80,7 @@ def _load_log_config(path: str) -> dict[str, Any]:
     return data
 
 
-def configure_logging(config: Config) -> None:
+def configure_logging(config: Config, *, role: str | None = None) -> None:
     """Set up trioserve's loggers from ``config``; calling it again replaces, never adds.
 
     - ``trioserve`` logs at ``log_level`` to stderr, or to the ``error_log`` file.
@@ -89,6 +89,8 @@ def configure_logging(config: Config) -> None:
     - ``log_config`` (JSON or TOML) is then passed to :func:`logging.config.dictConfig`,
       so it can override both. As in gunicorn, ``disable_existing_loggers`` defaults to
       false there. A logger the file names loses the handlers set up here.
+
+    ``role`` ("worker 2", "web worker 0") tags every line of a worker process.
 
     Neither logger propagates: the app's own logging stays as the app configures it.
     Files are opened in append mode.
@@ -101,7 +103,11 @@ def configure_logging(config: Config) -> None:
     error_handler = _open_handler(
         config.error_log, default=sys.stderr, flag="--error-log", name=_ERROR_HANDLER
     )
-    error_handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    # A worker names itself after the pid: "[1234] [INFO] trioserve: [worker 2] ...".
+    log_format = LOG_FORMAT if role is None else LOG_FORMAT.replace(
+        "trioserve: ", f"trioserve: [{role}] "
+    )
+    error_handler.setFormatter(logging.Formatter(log_format, DATE_FORMAT))
     access_handler = None
     if config.access_log is not None:
         try:

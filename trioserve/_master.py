@@ -348,6 +348,7 @@ class Master:
         elif kind == "ready":
             proc.urls = list(message.get("urls", []))
             proc.ready.set()
+            LOGGER.info("%s (pid %d) ready", pool.label(proc.info.id), proc.info.pid)
         elif kind == "boot_error":
             proc.boot_error = (int(message["code"]), str(message["message"]))
         elif kind == "retire" and not proc.retiring and not self.stopping:

@@ -285,6 +285,8 @@ class _Connection:
         # True while waiting for a request with nothing of it received: a graceful stop
         # may then close the connection at once.
         self.idle = False
+        # Whether a request arrived on this connection yet (a fresh one is never idle).
+        self.served = False
         # What the timer bounds right now: "idle", "head" or "write".
         self.waiting = ""
 
@@ -421,6 +423,7 @@ class _Connection:
                     # No body: take h11's end of message now, so that neither receive()
                     # nor the end of the exchange needs another round through h11.
                     self.body_done = isinstance(conn.next_event(), h11mod.EndOfMessage)
+                self.served = True
                 return event
             if pending:
                 check_partial_head(pending, limits)
@@ -431,11 +434,13 @@ class _Connection:
                 data = await self._receive()
             else:
                 # Nothing of the next request yet: the connection is idle, and a graceful
-                # stop closes it at once.
-                if self.state.stopping:
+                # stop closes it at once. Not a fresh connection, though: its client is
+                # about to send the request it connected for (it may already be in the
+                # socket buffer), so it is served, with keep_alive as its bound.
+                if self.state.stopping and self.served:
                     return None
                 self.waiting = "idle"
-                self.idle = True
+                self.idle = self.served
                 self.deadline = trio.current_time() + self.options.keep_alive
                 data = await self._receive()
                 self.idle = False

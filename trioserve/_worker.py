@@ -167,8 +167,8 @@ def run_worker(
     for signum in _IGNORED:
         signal.signal(signum, signal.SIG_IGN)
     set_title(f"worker {boot.slot}", config.name)
-    configure_logging(config)
     worker = WorkerInfo(boot.slot, config, pid=os.getpid(), app=boot.app)
+    configure_logging(config, role=_role(worker))
     # The stack goes to the error log at C level (works even when Python is stuck in C);
     # then SIGABRT's handler raises _Aborted out of whatever the loop was stuck in.
     faulthandler.register(DUMP_SIGNAL, file=_error_file(config), all_threads=True)
@@ -188,6 +188,10 @@ def run_worker(
 
     trio.run(abort_hook)
     return EXIT_FAILURE
+
+
+def _role(worker: WorkerInfo) -> str:
+    return (f"{worker.app} " if worker.app else "") + f"worker {worker.id}"
 
 
 class _Link:
@@ -235,7 +239,6 @@ async def _worker_main(
             nonlocal ready
             ready = True
             await link.send({"t": "ready", "urls": urls})
-            LOGGER.info("worker %d ready (pid %d)", boot.slot, os.getpid())
 
         try:
             await run_hook(config, "post_fork", server, worker)
@@ -310,7 +313,7 @@ async def _signals(
         async for signum in signals:
             if signum == signal.SIGUSR1:
                 LOGGER.info("SIGUSR1: reopening log files")
-                configure_logging(config)
+                configure_logging(config, role=_role(worker))
             elif signum == signal.SIGTERM and not (control.state and control.state.stopping):
                 _stop(control, scope, fast=False)
             else:

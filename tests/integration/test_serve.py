@@ -11,12 +11,12 @@ import pytest
 import trio
 
 from tests.helpers import echo_body_app, hello_app
-from trioserve import AppLoadError, BindError, Config, ConfigError, LifespanError, serve
+from trioserve import AppLoadError, BindError, Config, LifespanError, serve
 
 
 async def test_serve_reports_bound_address_and_answers_httpx(nursery):
     """started() gives the real (host, port); httpx gets the app's response there."""
-    addresses = await nursery.start(serve, Config(app=hello_app, bind=["127.0.0.1:0"]))
+    addresses = await nursery.start(serve, Config(app=hello_app, bind=["127.0.0.1:0"], workers=0))
     assert len(addresses) == 1
     host, port = addresses[0]
     assert host == "127.0.0.1"
@@ -32,7 +32,9 @@ async def test_serve_reports_bound_address_and_answers_httpx(nursery):
 
 async def test_large_request_body_round_trip(nursery):
     """A multi-megabyte POST body is streamed through the app and echoed intact."""
-    [(host, port)] = await nursery.start(serve, Config(app=echo_body_app, bind=["127.0.0.1:0"]))
+    [(host, port)] = await nursery.start(
+        serve, Config(app=echo_body_app, bind=["127.0.0.1:0"], workers=0)
+    )
     payload = bytes(range(256)) * 8192  # 2 MiB
     async with httpx.AsyncClient() as client:
         response = await client.post(f"http://{host}:{port}/", content=payload)
@@ -50,7 +52,7 @@ async def test_scope_client_and_server_are_real_addresses(nursery):
         await hello_app(scope, receive, send)
 
     [(host, port)] = await nursery.start(
-        serve, Config(app=app, bind=["127.0.0.1:0"], lifespan="off")
+        serve, Config(app=app, bind=["127.0.0.1:0"], workers=0, lifespan="off")
     )
     async with httpx.AsyncClient() as client:
         await client.get(f"http://{host}:{port}/p?q=1")
@@ -68,7 +70,9 @@ async def echo_handler(stream: trio.abc.Stream) -> None:
 
 async def test_stream_handler_echo(nursery):
     """A raw stream handler gets each connection's stream and owns it until it returns."""
-    [(host, port)] = await nursery.start(serve, Config(app=echo_handler, bind=["127.0.0.1:0"]))
+    [(host, port)] = await nursery.start(
+        serve, Config(app=echo_handler, bind=["127.0.0.1:0"], workers=0)
+    )
     with trio.fail_after(5):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
@@ -81,7 +85,9 @@ async def test_stream_handler_echo(nursery):
 async def test_unix_socket_with_mode(nursery, tmp_path: Path):
     """A unix: bind serves HTTP on the socket file, created with the requested mode."""
     path = tmp_path / "app.sock"
-    addresses = await nursery.start(serve, Config(app=hello_app, bind=[f"unix:{path}(0660)"]))
+    addresses = await nursery.start(
+        serve, Config(app=hello_app, bind=[f"unix:{path}(0660)"], workers=0)
+    )
     assert addresses == [str(path)]
     assert path.stat().st_mode & 0o777 == 0o660
     transport = httpx.AsyncHTTPTransport(uds=str(path))
@@ -94,7 +100,7 @@ async def test_unix_socket_file_removed_after_stop(tmp_path: Path):
     """The unix socket file is removed when the server stops."""
     path = tmp_path / "gone.sock"
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve, Config(app=hello_app, bind=[f"unix:{path}"]))
+        await nursery.start(serve, Config(app=hello_app, bind=[f"unix:{path}"], workers=0))
         assert path.exists()
         nursery.cancel_scope.cancel()
     assert not path.exists()
@@ -103,7 +109,7 @@ async def test_unix_socket_file_removed_after_stop(tmp_path: Path):
 async def test_several_binds(nursery):
     """Every --bind gets its own listener, reported in order."""
     addresses = await nursery.start(
-        serve, Config(app=hello_app, bind=["127.0.0.1:0", "127.0.0.1:0"])
+        serve, Config(app=hello_app, bind=["127.0.0.1:0", "127.0.0.1:0"], workers=0)
     )
     assert len(addresses) == 2
     assert addresses[0][1] != addresses[1][1]
@@ -130,7 +136,7 @@ async def test_cancelling_serve_is_a_graceful_stop():
     with trio.fail_after(10):
         async with trio.open_nursery() as outer, trio.open_nursery() as server_nursery:
             [(host, port)] = await server_nursery.start(
-                serve, Config(app=app, bind=["127.0.0.1:0"], graceful_timeout=5)
+                serve, Config(app=app, bind=["127.0.0.1:0"], workers=0, graceful_timeout=5)
             )
 
             async def request() -> None:
@@ -161,7 +167,8 @@ async def test_graceful_timeout_cancels_stuck_requests(autojump_clock):
 
     async with trio.open_nursery() as nursery:
         [(host, port)] = await nursery.start(
-            serve, Config(app=stuck, bind=["127.0.0.1:0"], lifespan="off", graceful_timeout=3)
+            serve,
+            Config(app=stuck, bind=["127.0.0.1:0"], workers=0, lifespan="off", graceful_timeout=3),
         )
         stream = await trio.open_tcp_stream(host, port)
         await stream.send_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
@@ -188,7 +195,7 @@ async def test_lifespan_state_reaches_requests(nursery):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
 
-    [(host, port)] = await nursery.start(serve, Config(app=app, bind=["127.0.0.1:0"]))
+    [(host, port)] = await nursery.start(serve, Config(app=app, bind=["127.0.0.1:0"], workers=0))
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://{host}:{port}/")
     assert response.content == b"from lifespan"
@@ -197,7 +204,9 @@ async def test_lifespan_state_reaches_requests(nursery):
 async def test_startup_errors_surface_as_themselves(nursery):
     """App load, bind and lifespan failures raise their own error from nursery.start."""
     with pytest.raises(AppLoadError, match="no_such_module_for_test"):
-        await nursery.start(serve, Config(app="no_such_module_for_test:app", bind=["127.0.0.1:0"]))
+        await nursery.start(
+            serve, Config(app="no_such_module_for_test:app", bind=["127.0.0.1:0"], workers=0)
+        )
 
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
@@ -205,26 +214,20 @@ async def test_startup_errors_surface_as_themselves(nursery):
     with busy:
         port = busy.getsockname()[1]
         with pytest.raises(BindError, match=f"127.0.0.1:{port}: address already in use"):
-            await nursery.start(serve, Config(app=hello_app, bind=[f"127.0.0.1:{port}"]))
+            await nursery.start(serve, Config(app=hello_app, bind=[f"127.0.0.1:{port}"], workers=0))
 
     async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "no database"})
 
     with pytest.raises(LifespanError, match="no database"):
-        await nursery.start(serve, Config(app=failing, bind=["127.0.0.1:0"]))
-
-
-async def test_workers_above_zero_is_refused_in_process(nursery):
-    """workers > 0 is a clear ConfigError until the process master exists."""
-    with pytest.raises(ConfigError, match="--workers"):
-        await nursery.start(serve, Config(app=hello_app, bind=["127.0.0.1:0"], workers=2))
+        await nursery.start(serve, Config(app=failing, bind=["127.0.0.1:0"], workers=0))
 
 
 async def test_app_given_as_import_string(nursery):
     """Config(app='module:attr') imports the app, as the command line does."""
     [(host, port)] = await nursery.start(
-        serve, Config(app="examples.hello:app", bind=["127.0.0.1:0"])
+        serve, Config(app="examples.hello:app", bind=["127.0.0.1:0"], workers=0)
     )
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://{host}:{port}/")

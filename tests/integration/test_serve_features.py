@@ -45,6 +45,7 @@ async def test_https_with_httpx(nursery, tls_files):
     config = Config(
         app=scope_recorder(scopes),
         bind=["127.0.0.1:0"],
+        workers=0,
         certfile=str(certfile),
         keyfile=str(keyfile),
         lifespan="off",
@@ -63,7 +64,7 @@ async def test_plaintext_request_on_tls_port_is_dropped_quietly(nursery, tls_fil
     """Plain HTTP sent to a TLS port gets the connection closed, nothing logged at warning."""
     _, certfile, keyfile = tls_files
     config = Config(
-        app=hello_app, bind=["127.0.0.1:0"], certfile=str(certfile), keyfile=str(keyfile)
+        app=hello_app, bind=["127.0.0.1:0"], workers=0, certfile=str(certfile), keyfile=str(keyfile)
     )
     [(host, port)] = await nursery.start(serve, config)
     with trio.fail_after(5):
@@ -81,7 +82,11 @@ async def test_proxy_protocol_sets_the_client(nursery):
     """A PROXY v1 header from a trusted peer gives the scope the original client address."""
     scopes: list[dict[str, Any]] = []
     config = Config(
-        app=scope_recorder(scopes), bind=["127.0.0.1:0"], proxy_protocol="v1", lifespan="off"
+        app=scope_recorder(scopes),
+        bind=["127.0.0.1:0"],
+        workers=0,
+        proxy_protocol="v1",
+        lifespan="off",
     )
     [(host, port)] = await nursery.start(serve, config)
     with trio.fail_after(5):
@@ -104,6 +109,7 @@ async def test_proxy_headers_from_trusted_peer(nursery):
     config = Config(
         app=scope_recorder(scopes),
         bind=["127.0.0.1:0"],
+        workers=0,
         proxy_headers=True,
         forwarded_allow_ips=["127.0.0.1"],
         lifespan="off",
@@ -122,6 +128,7 @@ async def test_proxy_headers_ignored_from_untrusted_peer(nursery):
     config = Config(
         app=scope_recorder(scopes),
         bind=["127.0.0.1:0"],
+        workers=0,
         proxy_headers=True,
         forwarded_allow_ips=["10.0.0.0/8"],
         lifespan="off",
@@ -135,7 +142,7 @@ async def test_proxy_headers_ignored_from_untrusted_peer(nursery):
 async def test_compiled_parser_serves(nursery):
     """--http h11-compiled serves the same responses through h11_mypyc."""
     pytest.importorskip("h11_mypyc", reason="the [speed] extra is not installed")
-    config = Config(app=hello_app, bind=["127.0.0.1:0"], http="h11-compiled")
+    config = Config(app=hello_app, bind=["127.0.0.1:0"], workers=0, http="h11-compiled")
     [(host, port)] = await nursery.start(serve, config)
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://{host}:{port}/")
@@ -148,7 +155,9 @@ async def test_compiled_parser_missing_is_a_config_error(nursery, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "h11_mypyc", None)
     with pytest.raises(ConfigError, match=r"trioserve\[speed\]"):
-        await nursery.start(serve, Config(app=hello_app, bind=["127.0.0.1:0"], http="h11-compiled"))
+        await nursery.start(
+            serve, Config(app=hello_app, bind=["127.0.0.1:0"], workers=0, http="h11-compiled")
+        )
 
 
 async def test_access_log_line(nursery, caplog):
@@ -157,6 +166,7 @@ async def test_access_log_line(nursery, caplog):
     config = Config(
         app=hello_app,
         bind=["127.0.0.1:0"],
+        workers=0,
         access_log="-",
         access_log_format="%(m)s %(U)s %(s)s",
     )
@@ -182,7 +192,7 @@ async def test_aborted_clients_leak_no_descriptors(caplog):
 
     async with trio.open_nursery() as nursery:
         [(host, port)] = await nursery.start(
-            serve, Config(app=slow_body, bind=["127.0.0.1:0"], lifespan="off")
+            serve, Config(app=slow_body, bind=["127.0.0.1:0"], workers=0, lifespan="off")
         )
         before = open_fds()
         partial = [
@@ -222,7 +232,7 @@ async def test_websocket_clients_vanishing_leak_nothing(caplog):
     partial_frame = b"\x81\xe4\x00\x00\x00\x00abc"
     async with trio.open_nursery() as nursery:
         [(host, port)] = await nursery.start(
-            serve, Config(app=ws_echo, bind=["127.0.0.1:0"], lifespan="off")
+            serve, Config(app=ws_echo, bind=["127.0.0.1:0"], workers=0, lifespan="off")
         )
         before = open_fds()
         with trio.fail_after(10):

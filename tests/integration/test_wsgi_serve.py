@@ -25,7 +25,9 @@ def echo_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]
 
 async def test_wsgi_app_answers_get_and_post(nursery):
     """A WSGI app is detected, runs in threads, and answers GET and echoes a POST body."""
-    config = trioserve.Config(app=echo_app, bind=["127.0.0.1:0"], interface="auto", threads=2)
+    config = trioserve.Config(
+        app=echo_app, bind=["127.0.0.1:0"], workers=0, interface="auto", threads=2
+    )
     [(host, port)] = await nursery.start(trioserve.serve, config)
     payload = bytes(range(256)) * 1024
     with trio.fail_after(10):

@@ -310,6 +310,31 @@ async def test_graceful_stop_closes_idle_connection_at_once(nursery, autojump_cl
     assert trio.current_time() == start
 
 
+async def test_graceful_stop_serves_the_first_request_of_a_fresh_connection(
+    nursery, autojump_clock
+):
+    """A connection accepted before the stop but not read yet gets its request served."""
+    state = make_state(keep_alive=5)
+    client = await start_connection(nursery, hello_app, state)
+    await trio.testing.wait_all_tasks_blocked()
+    state.request_stop()
+    await trio.sleep(1)  # the client's request arrives a moment after the stop began
+    response, body = await client.request()
+    assert (response.status_code, body) == (200, b"Hello, world!")
+    assert header(response, b"connection") == b"close"
+
+
+async def test_graceful_stop_bounds_a_fresh_connection_by_keep_alive(nursery, autojump_clock):
+    """A fresh connection that never sends a request is closed after keep_alive."""
+    state = make_state(keep_alive=5)
+    client = await start_connection(nursery, hello_app, state)
+    await trio.testing.wait_all_tasks_blocked()
+    start = trio.current_time()
+    state.request_stop()
+    assert await client.stream.receive_some() == b""
+    assert trio.current_time() - start == pytest.approx(5, abs=0.5)
+
+
 async def test_graceful_stop_lets_in_flight_request_finish_with_connection_close(nursery):
     """A request in flight when the stop begins completes, marked Connection: close."""
     state = make_state()

@@ -26,9 +26,9 @@ from trioserve._config import (
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run each test in an empty directory with no TRIOSERVE_* variables set."""
+    """Run each test in an empty directory with no TRIOSERVE_* or WEB_CONCURRENCY set."""
     for name in list(os.environ):
-        if name.startswith(ENV_PREFIX):
+        if name.startswith(ENV_PREFIX) or name == "WEB_CONCURRENCY":
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
@@ -113,7 +113,7 @@ def test_evolve_changes_a_copy_and_revalidates() -> None:
     config = Config()
     changed = attrs.evolve(config, workers=3, bind=["127.0.0.1:9000"])
     assert (changed.workers, changed.bind) == (3, ("127.0.0.1:9000",))
-    assert config.workers == 0
+    assert config.workers == 1
     message = config_error(attrs.evolve, config, workers=-2)
     assert message == "workers: expected an integer >= 0, got -2"
 
@@ -123,7 +123,7 @@ def test_defaults() -> None:
     config = Config()
     assert config.app is None
     assert config.bind == ("127.0.0.1:8000",)
-    assert (config.workers, config.keep_alive, config.log_level) == (0, 5.0, "info")
+    assert (config.workers, config.keep_alive, config.log_level) == (1, 5.0, "info")
 
 
 # -- direct construction -------------------------------------------------------------------
@@ -325,7 +325,7 @@ def test_command_line_via_cli_layer(tmp_path: Path) -> None:
 def test_precedence_defaults_code_file_environment_command_line(tmp_path: Path) -> None:
     """Each source overrides the ones before it: defaults < code < file < env < CLI."""
     conf = write(tmp_path / "conf.py", "workers = 2\n")
-    params: dict[str, Any] = {"workers": 1, "config": str(conf)}
+    params: dict[str, Any] = {"workers": 5, "config": str(conf)}
     environ = {"TRIOSERVE_WORKERS": "3"}
     cli = {"workers": "4"}
 
@@ -336,8 +336,39 @@ def test_precedence_defaults_code_file_environment_command_line(tmp_path: Path) 
     check(4, "command line --workers", params=params, environ=environ, cli=cli)
     check(3, "environment TRIOSERVE_WORKERS", params=params, environ=environ)
     check(2, f"config file {conf}", params=params, environ={})
-    check(1, "code", params={"workers": 1}, environ={})
-    check(0, "default", environ={})
+    check(5, "code", params={"workers": 5}, environ={})
+    check(1, "default", environ={})
+
+
+def test_web_concurrency_gives_the_default_worker_count(tmp_path: Path) -> None:
+    """WEB_CONCURRENCY replaces the default of workers, as in gunicorn, and is named as source."""
+    loaded = load(tmp_path, environ={"WEB_CONCURRENCY": "4"})
+    assert (loaded.config.workers, loaded.sources["workers"]) == (
+        4,
+        "environment WEB_CONCURRENCY",
+    )
+    assert load(tmp_path, environ={"WEB_CONCURRENCY": "0"}).config.workers == 0
+
+
+def test_web_concurrency_is_below_every_other_source(tmp_path: Path) -> None:
+    """Code, the config file, TRIOSERVE_WORKERS and --workers all override WEB_CONCURRENCY."""
+    conf = write(tmp_path / "conf.py", "workers = 2\n")
+    web = {"WEB_CONCURRENCY": "7"}
+
+    def check(expected: int, source: str, **kwargs: Any) -> None:
+        loaded = load_config(cwd=tmp_path, **kwargs)
+        assert (loaded.config.workers, loaded.sources["workers"]) == (expected, source)
+
+    check(5, "code", params={"workers": 5}, environ=web)
+    check(2, f"config file {conf}", params={"config": str(conf)}, environ=web)
+    check(3, "environment TRIOSERVE_WORKERS", environ={**web, "TRIOSERVE_WORKERS": "3"})
+    check(4, "command line --workers", environ=web, cli={"workers": "4"})
+
+
+def test_bad_web_concurrency_names_the_variable(tmp_path: Path) -> None:
+    """A WEB_CONCURRENCY that is not a worker count is a ConfigError naming it."""
+    message = config_error(load, tmp_path, environ={"WEB_CONCURRENCY": "lots"})
+    assert message == "WEB_CONCURRENCY: expected an integer >= 0, got 'lots'"
 
 
 def test_config_file_from_environment_selects_the_file(tmp_path: Path) -> None:
@@ -557,14 +588,42 @@ def test_main_bad_value_prints_one_error_line(capsys: pytest.CaptureFixture[str]
 
 
 def test_main_unknown_flag_prints_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown flag exits 2 with a one-line error naming it."""
-    assert main(["--no-such-flag", "x:y"]) == 2
+    """An unknown flag exits 2 with a one-line error naming it.
+
+    The app is importable: which flags exist depends on it (a MultiApp adds prefixed
+    ones), so with an app that cannot be imported, the import error is reported instead.
+    """
+    assert main(["--no-such-flag", "examples.hello:app"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("trioserve: error: ")
     assert "--no-such-flag" in lines[0]
+
+
+def test_main_print_config_shows_web_concurrency(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--print-config names WEB_CONCURRENCY as the source, and -w or TRIOSERVE_WORKERS win."""
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert main(["--print-config", "x:y"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^workers = 3\s+# environment WEB_CONCURRENCY$", out, re.MULTILINE)
+    assert main(["--print-config", "x:y", "-w", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^workers = 2\s+# command line --workers$", out, re.MULTILINE)
+    monkeypatch.setenv("TRIOSERVE_WORKERS", "5")
+    assert main(["--print-config", "x:y"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^workers = 5\s+# environment TRIOSERVE_WORKERS$", out, re.MULTILINE)
+
+
+def test_main_print_config_default_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without any source, --print-config shows one worker, from the default."""
+    assert main(["--print-config", "x:y"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^workers = 1\s+# default$", out, re.MULTILINE)
 
 
 def test_main_reads_the_environment_and_pyproject(
