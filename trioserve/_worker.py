@@ -35,7 +35,7 @@ from ._accesslog import access_log_for
 from ._bind import listen_reuse_port
 from ._config import Config, load_python_config
 from ._errors import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, TrioserveError
-from ._hooks import ServerInfo, WorkerInfo, run_hook, run_hook_logged
+from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
 from ._logging import configure_logging
 from ._server import _Control, _Extras, _single_error, load_config_app, serve_listeners
@@ -215,7 +215,10 @@ class _Link:
 
 
 def _boot_code(exc: BaseException) -> int:
-    return exc.exit_code if isinstance(exc, TrioserveError) else EXIT_BOOT
+    # A boot hook that raises is a boot failure (3), like a failing lifespan startup.
+    if isinstance(exc, TrioserveError) and not isinstance(exc, HookError):
+        return exc.exit_code
+    return EXIT_BOOT
 
 
 async def _worker_main(
