@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.parse_args(args)  # reports the unknown arguments
         except TrioserveError as exc:
             _print_error(exc, debug=debug)
-            return exc.exit_code
+            # --check-config reports every problem it finds with its own status, 1.
+            return EXIT_FAILURE if namespace.check_config else exc.exit_code
     elif unknown:
         try:
             parser.parse_args(args)

@@ -313,11 +313,13 @@ def _hook_kind(name: str) -> Kind:
     def from_value(value: Any) -> object:
         if value is None:
             return None
+        given = value
         if isinstance(value, str):
             value = _import_hook(value.strip())
         problem = arity_problem(name, value)
         if problem is not None:
-            raise _BadValue(value, f"it must accept {signature_text(name)}: {problem}")
+            # A 'module:attribute' string is named as written, not as the function's repr.
+            raise _BadValue(given, f"it must accept {signature_text(name)}: {problem}")
         return value
 
     return Kind(
@@ -334,12 +336,15 @@ def _import_hook(text: str) -> object:
         raise _BadValue(text, "name it as 'module:attribute'")
     try:
         value: object = importlib.import_module(module)
-        for part in attribute.split("."):
-            value = getattr(value, part)
     except ImportError as exc:
         raise _BadValue(text, f"cannot import {module!r}: {exc}") from None
-    except AttributeError:
-        raise _BadValue(text, f"{module!r} has no attribute {attribute!r}") from None
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise _BadValue(text, f"importing {module!r} raised {type(exc).__name__}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise _BadValue(text, f"{module!r} has no attribute {attribute!r}") from None
     return value
 
 
@@ -385,7 +390,11 @@ _HOOKS = "Server hooks"
 
 def _hook_setting(name: str, scope: Literal["server", "app"] = "app") -> Any:
     hook = hook_info(name)
-    where = {"master": "the master", "worker": "each worker", "both": "each worker (or the in-process server)"}[hook.where]
+    where = {
+        "master": "the master",
+        "worker": "each worker",
+        "both": "each worker (or the in-process server)",
+    }[hook.where]
     return _setting(
         None,
         Setting(

@@ -1,20 +1,31 @@
-"""The settings reference, docs/settings.md, generated from the settings registry.
+"""Generated reference pages: docs/settings.md from the settings registry, docs/hooks.md
+from the hook table.
 
-Run ``python -m trioserve._docs --write`` after changing a setting; a test fails while
-the checked-in file differs from :func:`render_settings_reference`.
+Run ``python -m trioserve._docs --write`` after changing a setting or a hook; tests fail
+while the checked-in files differ from :func:`render_settings_reference` and
+:func:`render_hooks_reference`.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
+
 from ._cli import build_parser
 from ._config import SettingInfo, settings
+from ._hooks import HOOKS, ConnectionInfo, Hook, ResponseInfo, ServerInfo, WorkerInfo
 
-REFERENCE_PATH = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
-"""Where ``--write`` puts the reference: docs/settings.md at the repository root."""
+_DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+REFERENCE_PATH = _DOCS / "settings.md"
+"""Where ``--write`` puts the settings reference: docs/settings.md at the repository root."""
+
+HOOKS_PATH = _DOCS / "hooks.md"
+"""Where ``--write`` puts the hooks reference: docs/hooks.md at the repository root."""
 
 _INTRO = """\
 # Settings reference
@@ -114,16 +125,245 @@ def render_settings_reference() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+# -- docs/hooks.md --------------------------------------------------------------------------
+
+HOOKS_EXAMPLE = """\
+# hooks.py: trioserve -c hooks.py myapp:app
+import logging
+
+bind = ["0.0.0.0:8000"]
+workers = 4
+
+# Module-level names are settings: helpers start with an underscore.
+_log = logging.getLogger("myapp.hooks")
+
+
+def on_starting(server, *, exc=None):
+    _log.info("master %d starting", server.pid)
+
+
+def post_fork(server, worker, *, exc=None):
+    _log.info("worker %d started (pid %d)", worker.id, worker.pid)
+
+
+async def post_worker_init(worker, *, exc=None):
+    pass  # async hooks are awaited, here in the worker's trio loop
+
+
+def post_request(worker, req, resp, *, exc=None):
+    if exc is not None:
+        _log.warning("%s %s failed: %r", req.get("method", "-"), req["path"], exc)
+
+
+def child_exit(server, worker, *, exc=None):
+    if exc is not None:
+        _log.error("worker %d: %s", worker.id, exc)
+"""
+"""The example config file of docs/hooks.md; a test loads it as a ``-c`` file."""
+
+_HOOKS_INTRO = """\
+# Server hooks
+
+Hooks are functions trioserve calls at points of the server's life: when it starts, when
+a worker process is started or exits, around each request and each connection. Their
+names and arguments follow gunicorn's server hooks where gunicorn has one (`post_request`
+gets no WSGI environ); `connection_made` and `connection_lost` are trioserve's own.
+
+- A hook is a plain function or an `async def`: a plain one is called, an async one is
+  awaited (in the trio loop of the process it runs in; a blocking plain function blocks
+  that loop).
+- Every hook is called with the positional arguments listed below, and always with the
+  keyword argument `exc`: None, or the exception that caused the event (a request that
+  failed, a worker that died). Declare it as `*, exc=None`. The signature is checked when
+  the configuration is loaded: a hook that cannot be called so is a configuration error
+  naming the hook and the signature it must have.
+- What a hook raises is never swallowed. It comes out as a `trioserve.HookError` naming
+  the hook, with the original exception as its `__cause__`, and each hook says below
+  what happens next: some abort startup or a worker's boot, others are logged with their
+  traceback and the event goes on. With `--workers 0` there is no master to stop: a
+  hook whose error aborts startup or a worker's boot makes `serve()` (and the command
+  line) fail with the `HookError`.
+
+## Setting hooks
+
+Each hook is a setting of the same name (section "Server hooks" of the
+[settings reference](settings.md)). Hooks are not set on the command line; set them
+
+- in code: `Config(on_starting=my_function, ...)`;
+- in a Python config file (`-c FILE`), as module-level functions named after the hook;
+- anywhere else a setting is read (a TOML config file, `[tool.trioserve]` in
+  pyproject.toml, `TRIOSERVE_<NAME>` in the environment, or in code), as a string
+  `'module:attribute'` naming the function, which is imported when the configuration
+  is loaded.
+
+With worker processes (`--workers 1` or more), the settings are sent to each worker, and
+hooks with them, by reference: a hook must be a module-level function of an importable
+module, or a function of the `-c` Python config file (each worker runs the file again).
+A lambda or a function defined inside another one is refused with a configuration error;
+with `--workers 0` any callable works.
+
+An example config file:
+
+```python
+{example}```
+
+## The hooks
+
+"Runs in" says which process calls the hook: the master, each worker process, or the
+server of `--workers 0`, which serves in one process and calls the hooks marked so.
+
+| hook | runs in |
+| --- | --- |
+"""
+
+
+def _md(text: str) -> str:
+    """Docstring and table text (reStructuredText literals) as Markdown."""
+    return text.replace("``", "`")
+
+
+def _hook_signature(hook: Hook) -> str:
+    return f"{hook.name}({', '.join([*hook.args, '*', 'exc=None'])})"
+
+
+def _hook_where(hook: Hook) -> str:
+    where = {"master": "the master", "worker": "each worker", "both": "each worker"}[hook.where]
+    if hook.in_process:
+        where += ", and the server of `--workers 0`"
+    return where
+
+
+def _hook_exc(hook: Hook) -> str:
+    if hook.exc == "always None":
+        return "always None"
+    return f"None, or {_md(hook.exc)}"
+
+
+def _render_hook(hook: Hook) -> list[str]:
+    arguments = ", ".join(f"`{name}`" for name in hook.args)
+    return [
+        f"### {hook.name}",
+        "",
+        "```python",
+        f"def {_hook_signature(hook)}: ...",
+        "```",
+        "",
+        f"- Runs in: {_hook_where(hook)}.",
+        f"- When: {_md(hook.when)}",
+        f"- Arguments: {arguments}; see [the arguments](#the-arguments).",
+        f"- `exc`: {_hook_exc(hook)}.",
+        f"- If it raises: {_md(hook.raising)}",
+        "",
+    ]
+
+
+_ARGUMENTS: dict[str, str] = {
+    "server": "a [ServerInfo](#serverinfo): the master, or the server of `--workers 0`.",
+    "worker": "a [WorkerInfo](#workerinfo): the worker process the event is about.",
+    "req": "the request's ASGI scope, a dict (an `http` or a `websocket` scope): the one "
+    "the app is called with.",
+    "resp": "a [ResponseInfo](#responseinfo): what was sent in response.",
+    "conn": "a [ConnectionInfo](#connectioninfo): the connection.",
+    "new_value": "an int: the number of workers from now on.",
+    "old_value": "an int: the number of workers before, or None the first time.",
+}
+
+_ARGUMENT_CLASSES: tuple[type, ...] = (ServerInfo, WorkerInfo, ConnectionInfo, ResponseInfo)
+
+
+def _docstring_attributes(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` section of a Google-style class docstring, by name."""
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    described: dict[str, str] = {}
+    current = None
+    inside = False
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        if not line.strip():
+            current = None
+            continue
+        if not line.startswith(" "):
+            break  # the next section
+        if line.startswith(" " * 8) and current is not None:
+            described[current] += " " + line.strip()
+            continue
+        name, sep, text = line.strip().partition(":")
+        if not sep:
+            raise ValueError(f"{cls.__name__}: cannot read attribute line {line!r}")
+        current = name.strip()
+        described[current] = text.strip()
+    return described
+
+
+def _render_argument_class(cls: type) -> list[str]:
+    described = _docstring_attributes(cls)
+    summary = _md(inspect.cleandoc(cls.__doc__ or "").splitlines()[0])
+    lines = [f"### {cls.__name__}", "", summary, "", "| attribute | type | what it is |"]
+    lines.append("| --- | --- | --- |")
+    for field in attrs.fields(cls):
+        if field.name not in described:
+            raise ValueError(f"{cls.__name__}.{field.name} is not described in its docstring")
+        kind = str(field.type).replace("|", "\\|")
+        text = _md(described[field.name]).replace("|", "\\|")
+        lines.append(f"| `{field.name}` | `{kind}` | {text} |")
+    for name, member in vars(cls).items():
+        if isinstance(member, property):
+            kind = str(inspect.signature(member.fget).return_annotation) if member.fget else ""
+            doc = _md(inspect.cleandoc(member.__doc__ or "").splitlines()[0])
+            lines.append(f"| `{name}` | `{kind}` | {doc} (read-only) |")
+    return [*lines, ""]
+
+
+def render_hooks_reference() -> str:
+    """The Markdown text of docs/hooks.md: how hooks are called and set, then each hook
+    of :data:`~trioserve._hooks.HOOKS` and the objects they receive."""
+    lines = [_HOOKS_INTRO.format(example=HOOKS_EXAMPLE).rstrip("\n")]
+    for hook in HOOKS:
+        lines.append(f"| [`{hook.name}`](#{hook.name}) | {_hook_where(hook)} |")
+    lines.append("")
+    for hook in HOOKS:
+        lines += _render_hook(hook)
+    lines += [
+        "## The arguments",
+        "",
+        "Hooks get their arguments positionally, in the order of their signature. The "
+        "objects describe the server as it is when the hook runs; they are not a way to "
+        "control it.",
+        "",
+    ]
+    names = list(dict.fromkeys(name for hook in HOOKS for name in hook.args))
+    lines += [f"- `{name}`: {_ARGUMENTS[name]}" for name in names]
+    lines.append("")
+    for cls in _ARGUMENT_CLASSES:
+        lines += _render_argument_class(cls)
+    lines += [
+        "This file is generated from the hook table in `trioserve/_hooks.py` by "
+        "`python -m trioserve._docs --write`; do not edit it by hand. A test fails when "
+        "it no longer matches the table.",
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
 def main(argv: Sequence[str]) -> int:
-    """Print the reference, or with ``--write`` write it to docs/settings.md."""
-    text = render_settings_reference()
+    """Print the settings reference (with ``--hooks``, the hooks reference), or with
+    ``--write`` write both to docs/settings.md and docs/hooks.md."""
     if list(argv) == ["--write"]:
-        REFERENCE_PATH.write_text(text, encoding="utf-8", newline="\n")
-        print(f"wrote {REFERENCE_PATH}")
+        for path, text in (
+            (REFERENCE_PATH, render_settings_reference()),
+            (HOOKS_PATH, render_hooks_reference()),
+        ):
+            path.write_text(text, encoding="utf-8", newline="\n")
+            print(f"wrote {path}")
     elif not argv:
-        sys.stdout.write(text)
+        sys.stdout.write(render_settings_reference())
+    elif list(argv) == ["--hooks"]:
+        sys.stdout.write(render_hooks_reference())
     else:
-        print("usage: python -m trioserve._docs [--write]", file=sys.stderr)
+        print("usage: python -m trioserve._docs [--hooks | --write]", file=sys.stderr)
         return 2
     return 0
 

@@ -56,6 +56,8 @@ class Hook:
         when: When it is called.
         raising: What happens when it raises.
         exc: What ``exc`` holds when it is not None.
+        in_process: Whether the in-process server (``workers=0``) calls it: every "both"
+            hook, and the master hooks that have a meaning without workers.
     """
 
     name: str
@@ -64,6 +66,9 @@ class Hook:
     when: str
     raising: str
     exc: str = "always None"
+    in_process: bool = attrs.field(
+        kw_only=True, default=attrs.Factory(lambda self: self.where == "both", takes_self=True)
+    )
 
 
 _STARTUP = "Startup is aborted: the server exits 1 with the hook's name and error."
@@ -80,6 +85,7 @@ HOOKS: tuple[Hook, ...] = (
         "master",
         "Once, before the master binds its sockets (in-process: before the app loads).",
         _STARTUP,
+        in_process=True,
     ),
     Hook(
         "on_reload",
@@ -96,6 +102,7 @@ HOOKS: tuple[Hook, ...] = (
         "Once every worker of the application reported ready the first time "
         "(in-process: once the sockets listen).",
         "The server stops: every worker is stopped and the master exits 1.",
+        in_process=True,
     ),
     Hook(
         "pre_fork",
@@ -194,6 +201,7 @@ HOOKS: tuple[Hook, ...] = (
         "Last, when the server stops (also after a failed start).",
         "The error is logged; the exit status becomes 1 if it was 0.",
         exc="the error that stopped the server, if one did",
+        in_process=True,
     ),
     Hook(
         "connection_made",
@@ -337,7 +345,13 @@ class ConnectionInfo:
 
 @attrs.define(eq=False)
 class ResponseInfo:
-    """A response, as ``post_request`` sees it: status None when nothing was sent."""
+    """A response, as ``post_request`` sees it.
+
+    Attributes:
+        status: The status code sent (101 for an accepted websocket, 403 for one closed
+            before it was accepted), or None when nothing was sent.
+        headers: The response headers as the app sent them, (name, value) byte pairs.
+    """
 
     status: int | None = None
     headers: Sequence[tuple[bytes, bytes]] = ()

@@ -25,7 +25,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -41,6 +42,7 @@ from ._bind import (
 from ._config import CONFIG_MODULE, Config
 from ._errors import ConfigError, TrioserveError
 from ._hooks import (
+    HookError,
     ServerInfo,
     WorkerBootError,
     WorkerInfo,
@@ -204,6 +206,8 @@ class _Pool:
     bind_fds: dict[str, list[int]] = attrs.field(factory=dict)
     reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
     preloader: _Preloader | None = None
+    # Every worker process alive, the slots' ones and replacements still booting.
+    live: set[_Proc] = attrs.field(factory=set)
     preload_lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     @property
@@ -227,6 +231,9 @@ class Master:
     listeners: list[trio.SocketListener] = attrs.field(factory=list)
     reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
     stopping: bool = False
+    stop_wait: trio.CancelScope | None = None
+    # HUP, TTIN/TTOU, USR2 and WINCH run one at a time.
+    operations: trio.Lock = attrs.field(factory=trio.Lock)
     fatal: BaseException | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     paused: bool = False
@@ -238,7 +245,10 @@ class Master:
     async def spawn(self, pool: _Pool, slot: int, config: Config) -> _Proc:
         """Start worker ``slot`` of ``pool`` with ``config`` and begin watching it."""
         info = WorkerInfo(slot, config, app=pool.plan.prefix)
-        await run_hook(config, "pre_fork", pool.server, info)
+        try:
+            await run_hook(config, "pre_fork", pool.server, info)
+        except HookError as exc:
+            raise WorkerBootError(f"{pool.label(slot)} was not started: {exc}") from exc
         ours, theirs = socket.socketpair()
         try:
             boot = WorkerBoot(
@@ -266,6 +276,7 @@ class Master:
         info.pid = process.pid
         link = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         proc = _Proc(info, process, link, trio.current_time())
+        pool.live.add(proc)
         LOGGER.info("booting %s (pid %d)", pool.label(slot), process.pid)
         self.nursery.start_soon(self._watch, pool, proc, payload)
         return proc
@@ -326,6 +337,7 @@ class Master:
                     proc.process.kill()
                     await proc.process.wait()
         proc.info.exit_code = proc.process.returncode
+        pool.live.discard(proc)
         proc.exited.set()
         await self._exited(pool, proc)
 
@@ -382,7 +394,7 @@ class Master:
             self.nursery.start_soon(self._restart, pool, slot, proc)
 
     async def _restart(self, pool: _Pool, slot: int, old: _Proc) -> None:
-        lived = trio.current_time() - old.last_beat if old.ready.is_set() else 0.0
+        lived = time.time() - old.info.started_at if old.ready.is_set() else 0.0
         delay = pool.backoff.get(slot, 0.0)
         delay = _BACKOFF_FIRST if lived > _STABLE_AFTER or not delay else delay * 2
         pool.backoff[slot] = delay = min(delay, _BACKOFF_MAX)
@@ -403,7 +415,13 @@ class Master:
     ) -> bool:
         """Start a new worker for ``slot``; once it is ready, retire ``old``. False if it
         failed to boot (``old`` keeps serving)."""
-        new = await self.spawn(pool, slot, config)
+        try:
+            new = await self.spawn(pool, slot, config)
+        except TrioserveError as exc:
+            LOGGER.error("%s could not be replaced: %s", pool.label(slot), exc)
+            if old is not None:
+                old.retiring = False
+            return False
         # Until it is ready the old one stays the slot's worker.
         new.replaced = True
         ok = await self._wait_ready(pool, new)
@@ -460,19 +478,32 @@ class Master:
         elif fast:
             for proc in self._procs():
                 _signal(proc.process, signal.SIGQUIT)
+            if self.stop_wait is not None:
+                self.stop_wait.deadline = min(
+                    self.stop_wait.deadline, trio.current_time() + _FAST_STOP
+                )
 
     def _procs(self) -> list[_Proc]:
-        return [proc for pool in self.pools for proc in pool.slots.values()]
+        """Every worker process alive, including replacements still booting."""
+        return [proc for pool in self.pools for proc in pool.live]
 
     async def _stop_workers(self, fast: bool) -> None:
+        # Refuse new connections at once rather than queue them for nobody: the workers
+        # close their copies of the sockets as they stop accepting, the master its own.
+        for listener in self.listeners:
+            await trio.aclose_forcefully(listener)
         await self._stop_procs(self._procs(), fast=fast)
         self.done.set()
 
     async def _stop_procs(self, procs: list[_Proc], *, fast: bool) -> None:
         for proc in procs:
             _signal(proc.process, signal.SIGQUIT if fast else signal.SIGTERM)
-        budget = _FAST_STOP if fast else max(self._stop_budget(p.info.config) for p in procs or [])
+        budget = _FAST_STOP
+        if not fast:
+            budget = max((self._stop_budget(p.info.config) for p in procs), default=_FAST_STOP)
         with trio.move_on_after(budget) as scope:
+            # A second TERM (or an INT) while this waits shortens it: see begin_stop.
+            self.stop_wait = scope
             for proc in procs:
                 await proc.exited.wait()
         if scope.cancelled_caught:
@@ -491,7 +522,7 @@ class Master:
                 timeout = pool.config.timeout
                 if not timeout:
                     continue
-                for proc in list(pool.slots.values()):
+                for proc in list(pool.live):
                     if not proc.timed_out and now - proc.last_beat > timeout:
                         proc.timed_out = True
                         self.nursery.start_soon(self._abort, pool, proc)
@@ -875,7 +906,8 @@ async def _reload_on_change(
             names = ", ".join(sorted(_short(path) for path in changed)[:3])
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             LOGGER.info("reload: %s changed; restarting the workers", names + more)
-            await _hup(master, announce=False)
+            async with master.operations:
+                await _hup(master, announce=False)
 
 
 def _short(path: str) -> str:
@@ -921,25 +953,37 @@ async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) ->
             elif master.stopping:
                 LOGGER.info("%s ignored: stopping", name)
             elif signum == signal.SIGHUP:
-                await _hup(master)
+                _later(master, _hup, master)
             elif signum in (signal.SIGTTIN, signal.SIGTTOU):
                 if master.paused:
                     LOGGER.info("%s ignored: workers are stopped (SIGWINCH)", name)
                 else:
-                    await master.change_workers(1 if signum == signal.SIGTTIN else -1)
+                    _later(master, master.change_workers, 1 if signum == signal.SIGTTIN else -1)
             elif signum == signal.SIGUSR1:
                 LOGGER.info("SIGUSR1 received: reopening log files")
                 configure_logging(master.pools[0].config)
                 for proc in master._procs():
                     _signal(proc.process, signal.SIGUSR1)
             elif signum == signal.SIGUSR2:
-                await master.reexec()
+                _later(master, master.reexec)
             elif signum == signal.SIGWINCH:
                 if _has_terminal():
                     LOGGER.debug("SIGWINCH ignored: the master has a terminal (not daemonized)")
                 elif not master.paused:
                     LOGGER.info("SIGWINCH received: stopping the workers, keeping the master")
-                    await master.pause()
+                    _later(master, master.pause)
+
+
+def _later(master: Master, operation: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run ``operation`` in the background, one at a time: the signal task stays free, so
+    a TERM during a long reload is acted on at once."""
+
+    async def serialized() -> None:
+        async with master.operations:
+            if not master.stopping:
+                await operation(*args)
+
+    master.nursery.start_soon(serialized)
 
 
 async def _hup(master: Master, *, announce: bool = True) -> None:

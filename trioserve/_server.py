@@ -206,12 +206,16 @@ async def serve_listeners(
     control: _Control,
     worker: WorkerInfo,
     ready: Callable[[list[Address], list[str]], Awaitable[None]],
+    *,
+    owner: bool = True,
 ) -> None:
     """Serve ``loaded`` on ``listeners`` until ``control`` stops it (workers and in-process).
 
     Runs lifespan startup and the ``post_worker_init`` hook, then listens and awaits
     ``ready(addresses, urls)``; on stop, drains, runs lifespan shutdown and ``worker_exit``.
-    Closes the listeners when it returns.
+    Closes the listeners when the stop begins (new connections are refused at once,
+    not queued); ``owner`` (False in workers, whose sockets are the master's) says
+    whether unix socket files are removed at the end.
     """
     state = ServerState(config)
     if config.max_requests:
@@ -231,7 +235,8 @@ async def serve_listeners(
         raise
     finally:
         for listener in listeners:
-            cleanup_listener(listener)
+            if owner:
+                cleanup_listener(listener)
             await trio.aclose_forcefully(listener)
         with trio.CancelScope(shield=True):
             await run_hook_logged(
@@ -294,6 +299,11 @@ async def _run(
                     "stopping: no new connections; draining for up to %gs", config.graceful_timeout
                 )
                 acceptors.cancel_scope.cancel()
+            # This process stops accepting: its copies of the sockets go now, so once
+            # no process holds them the kernel refuses new connections instead of
+            # queueing them for nobody.
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
             state.request_stop()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         if connections.cancel_scope.cancelled_caught:

@@ -24,7 +24,8 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,24 +126,40 @@ def set_title(role: str, name: str | None) -> None:
     setproctitle.setproctitle(title)
 
 
-class _Aborted(BaseException):
-    """Raised in the main thread by the SIGABRT handler, out of whatever it was doing."""
-
-
-_aborted = False
-
-
-def _on_abort(signum: int, frame: object) -> None:
-    global _aborted
-    if not _aborted:
-        _aborted = True
-        raise _Aborted
-
-
 def _error_file(config: Config) -> IO[str]:
     if config.error_log == "-":
         return sys.stderr
     return open(config.error_log, "a", encoding="utf-8")
+
+
+def _watch_stack_dumps(config: Config) -> None:
+    """The master's DUMP_SIGNAL writes every thread's stack to the error log (C level:
+    it works even while Python is stuck in C code). Called again by USR1."""
+    faulthandler.register(DUMP_SIGNAL, file=_error_file(config), all_threads=True)
+
+
+def _abort_handler(config: Config, worker: WorkerInfo) -> Callable[[int, object], None]:
+    """SIGABRT (the master gave up on this worker): run worker_abort, then exit at once.
+
+    The handler runs in the main thread between two bytecodes of whatever is stuck; the
+    hook gets a fresh trio loop in a thread of its own (trio's run state is per
+    thread), bounded in time, and the process then exits without unwinding the loop.
+    """
+
+    def on_abort(signum: int, frame: object) -> None:
+        LOGGER.error("aborted by the master: the event loop was stuck")
+
+        async def abort_hook() -> None:
+            with trio.move_on_after(_ABORT_GRACE):
+                await run_hook_logged(config, "worker_abort", worker)
+
+        runner = threading.Thread(target=trio.run, args=(abort_hook,), daemon=True)
+        runner.start()
+        runner.join(_ABORT_GRACE + 1)
+        logging.shutdown()
+        os._exit(EXIT_FAILURE)
+
+    return on_abort
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,28 +183,15 @@ def run_worker(
     os.environ["TRIOSERVE_WORKER_ID"] = str(boot.slot)
     for signum in _IGNORED:
         signal.signal(signum, signal.SIG_IGN)
-    set_title(f"worker {boot.slot}", config.name)
+    set_title((f"{boot.app} " if boot.app else "") + f"worker {boot.slot}", config.name)
     worker = WorkerInfo(boot.slot, config, pid=os.getpid(), app=boot.app)
     configure_logging(config, role=_role(worker))
-    # The stack goes to the error log at C level (works even when Python is stuck in C);
-    # then SIGABRT's handler raises _Aborted out of whatever the loop was stuck in.
-    faulthandler.register(DUMP_SIGNAL, file=_error_file(config), all_threads=True)
-    signal.signal(signal.SIGABRT, _on_abort)
+    _watch_stack_dumps(config)
+    signal.signal(signal.SIGABRT, _abort_handler(config, worker))
     try:
         return trio.run(_worker_main, channel, boot, config, loaded, worker)
-    except BaseException as exc:
-        if not _aborted:
-            if isinstance(exc, KeyboardInterrupt):
-                return EXIT_OK
-            raise
-    LOGGER.error("worker %d (pid %d) aborted: its event loop was stuck", boot.slot, os.getpid())
-
-    async def abort_hook() -> None:
-        with trio.move_on_after(_ABORT_GRACE):
-            await run_hook_logged(config, "worker_abort", worker)
-
-    trio.run(abort_hook)
-    return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _role(worker: WorkerInfo) -> str:
@@ -255,7 +259,9 @@ async def _worker_main(
             listeners += [
                 listen_reuse_port(family, addr, config.backlog) for family, addr in boot.reuse_port
             ]
-            await serve_listeners(loaded, listeners, config, extras, control, worker, on_ready)
+            await serve_listeners(
+                loaded, listeners, config, extras, control, worker, on_ready, owner=False
+            )
         except Exception as exc:
             error = _single_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             error = error or exc
@@ -317,6 +323,7 @@ async def _signals(
             if signum == signal.SIGUSR1:
                 LOGGER.info("SIGUSR1: reopening log files")
                 configure_logging(config, role=_role(worker))
+                _watch_stack_dumps(config)
             elif signum == signal.SIGTERM and not (control.state and control.state.stopping):
                 _stop(control, scope, fast=False)
             else:

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 
 from trioserve import __version__
@@ -271,12 +270,6 @@ async def test_check_config_accepts_a_loadable_app() -> None:
     assert "examples.hello:app" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="regression: main() peeks at the target (for MultiApp's prefixed flags) before "
-    "it handles --check-config, so an AppLoadError exits 4 from there instead of the "
-    "documented --check-config exit status 1",
-)
 async def test_check_config_names_the_missing_attribute() -> None:
     """--check-config with a missing attribute exits 1 and says which one."""
     status, _, err = await run_cli("--check-config", "examples.hello:nope")
