@@ -147,14 +147,22 @@ def add_prefixed_arguments(parser: argparse.ArgumentParser, prefixes: Sequence[s
             flags = [_prefixed_flag(prefix, f) for f in long_flags]
             dest = f"{prefix}:{info.name}"
             kind = info.setting.kind
+            # argparse %-formats help texts.
+            text = f"{info.flag} for the {prefix!r} application only.".replace("%", "%%")
+            metavar = info.setting.metavar
+            if metavar is None:
+                choices = kind.choices
+                metavar = "{" + ",".join(choices) + "}" if choices else info.name.upper()
             if kind.cli == "flag":
                 group.add_argument(
-                    *flags, dest=dest, action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS
+                    *flags, dest=dest, action=argparse.BooleanOptionalAction, help=text
                 )
             elif kind.cli == "append":
-                group.add_argument(*flags, dest=dest, action="append", help=argparse.SUPPRESS)
+                group.add_argument(
+                    *flags, dest=dest, action="append", metavar=metavar, help=text
+                )
             else:
-                group.add_argument(*flags, dest=dest, help=argparse.SUPPRESS)
+                group.add_argument(*flags, dest=dest, metavar=metavar, help=text)
 
 
 def prefixed_layer(namespace: argparse.Namespace, prefix: str) -> Layer:

@@ -40,9 +40,10 @@ def _default_text(info: SettingInfo) -> str:
     return f" (default: {default})"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, add_help: bool = True) -> argparse.ArgumentParser:
     """The command-line parser, one argument per setting of the registry."""
     parser = _Parser(
+        add_help=add_help,
         prog="trioserve",
         usage="trioserve [OPTIONS] APP",
         description="Serve an ASGI app or a raw trio stream handler. "
@@ -156,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = False
     try:
-        parser = build_parser()
-        namespace, unknown = parser.parse_known_args(args)
+        # First without --help: a MultiApp target adds its prefixed flags to the help.
+        namespace, unknown = build_parser(add_help=False).parse_known_args(args)
         loaded = load_config(cli=cli_layer(namespace))
     except ConfigError as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
@@ -168,19 +169,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.app is not None and not namespace.print_config:
         try:
             composite = as_composite(peek_target(config.app, config.app_dir))
+            parser = build_parser()
             if isinstance(composite, MultiApp):
-                parser = build_parser()
                 add_prefixed_arguments(parser, list(prefixes_of(composite)))
                 namespace = parser.parse_args(args)
             elif unknown:
-                parser.parse_args(args)  # reports the unknown arguments
+                parser.parse_args(args)  # reports the unknown arguments, or prints --help
         except TrioserveError as exc:
             _print_error(exc, debug=debug)
             # --check-config reports every problem it finds with its own status, 1.
             return EXIT_FAILURE if namespace.check_config else exc.exit_code
     elif unknown:
         try:
-            parser.parse_args(args)
+            build_parser().parse_args(args)
         except ConfigError as exc:
             print(f"trioserve: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
