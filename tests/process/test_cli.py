@@ -27,8 +27,13 @@ READY = re.compile(
 
 
 def environment(**extra: str) -> dict[str, str]:
-    """This process's environment without TRIOSERVE_* settings, plus ``extra``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TRIOSERVE_")}
+    """This process's environment without TRIOSERVE_* settings and WEB_CONCURRENCY (the
+    default worker count), plus ``extra``."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("TRIOSERVE_") and name != "WEB_CONCURRENCY"
+    }
     env.update(extra)
     return env
 
@@ -79,12 +84,13 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(*args: str) -> AsyncIterator[Server]:
-    """Start ``trioserve *args`` and wait for its ready line; always reap it."""
+async def serving(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Server]:
+    """Start ``trioserve *args`` (``env`` added to the environment) and wait for its ready
+    line; always reap it."""
     process = await trio.lowlevel.open_process(
         [str(TRIOSERVE), *args],
         cwd=ROOT,
-        env=environment(),
+        env=environment(**(env or {})),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -197,6 +203,20 @@ async def test_echo_stream_handler_over_tcp() -> None:
                     received += chunk
         assert received == b"ping over tcp\n"
         assert await server.stop(signal.SIGTERM) == 0
+    assert_clean_log(server.lines)
+
+
+async def test_web_concurrency_gives_the_number_of_workers() -> None:
+    """WEB_CONCURRENCY in the environment sets how many workers the master starts."""
+    async with serving(
+        "examples.hello:app", "-b", "127.0.0.1:0", env={"WEB_CONCURRENCY": "2"}
+    ) as server:
+        await server.wait_for_line("2 worker(s) ready")
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(server.url + "/")
+        assert response.text == "Hello, world!\n"
+        assert await server.stop(signal.SIGTERM) == 0
+    assert len([line for line in server.lines if "booting worker" in line]) == 2
     assert_clean_log(server.lines)
 
 
