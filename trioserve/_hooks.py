@@ -27,12 +27,17 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger("trioserve.hooks")
 
 
+_BOOT_HOOKS = frozenset({"pre_fork", "post_fork", "post_worker_init"})
+
+
 class HookError(TrioserveError):
     """A server hook raised; ``__cause__`` holds what it raised, ``hook`` its name."""
 
     def __init__(self, hook: str, exc: BaseException) -> None:
         super().__init__(f"hook {hook} raised {type(exc).__name__}: {exc}")
         self.hook = hook
+        if hook in _BOOT_HOOKS:
+            self.exit_code = EXIT_BOOT  # the server could not boot: as a lifespan failure
 
 
 class WorkerBootError(TrioserveError):
@@ -199,7 +204,7 @@ HOOKS: tuple[Hook, ...] = (
         ("server",),
         "master",
         "Last, when the server stops (also after a failed start).",
-        "The error is logged; the exit status becomes 1 if it was 0.",
+        "The error is logged with its traceback; the exit status is not changed.",
         exc="the error that stopped the server, if one did",
         in_process=True,
     ),

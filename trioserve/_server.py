@@ -21,7 +21,7 @@ from ._accesslog import AccessLog, access_log_for
 from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
 from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
 from ._config import Config
-from ._errors import ConfigError, TrioserveError
+from ._errors import AppLoadError, ConfigError, TrioserveError
 from ._hooks import (
     ConnectionInfo,
     HookError,
@@ -114,7 +114,7 @@ async def _serve(
         # Our own startup errors surface as themselves, not wrapped in a group.
         error = _single_error(group)
         if isinstance(error, TrioserveError):
-            raise error from None
+            raise error from error.__cause__
         raise
 
 
@@ -130,7 +130,12 @@ async def _serve_inner(
             "--reload: the master restarts worker processes when files change; "
             "use --workers 1 or more with it"
         )
-    composite = as_composite(peek_target(config.app, config.app_dir))
+    try:
+        composite = as_composite(peek_target(config.app, config.app_dir))
+    except AppLoadError:
+        # Reported where the app is loaded (here below, or by a worker): after
+        # on_starting, and followed by on_exit, like every failed start.
+        composite = None
     if config.workers > 0 or composite is not None:
         # An Application may say workers=0 itself: then it is served here, below.
         from ._master import AppPlan, serve_master  # noqa: PLC0415 (_master imports us)
@@ -180,6 +185,8 @@ def _reportable(error: BaseException | None) -> BaseException | None:
     if error is None or isinstance(error, trio.Cancelled | KeyboardInterrupt):
         return None
     if isinstance(error, BaseExceptionGroup):
+        if error.split(trio.Cancelled)[1] is None:
+            return None  # cancellation only: a normal stop
         return _single_error(error) or error
     return error
 
@@ -234,11 +241,11 @@ async def serve_listeners(
         error = exc
         raise
     finally:
-        for listener in listeners:
-            if owner:
-                cleanup_listener(listener)
-            await trio.aclose_forcefully(listener)
         with trio.CancelScope(shield=True):
+            for listener in listeners:
+                if owner:
+                    cleanup_listener(listener)
+                await trio.aclose_forcefully(listener)
             await run_hook_logged(
                 config, "worker_exit", ServerInfo(config), worker, exc=_reportable(error)
             )
@@ -278,7 +285,14 @@ async def _run(
             await lifespan.startup(app_tasks)
             if not lifespan.supported:
                 state.lifespan_state = None
-        await run_hook(config, "post_worker_init", worker)
+        try:
+            await run_hook(config, "post_worker_init", worker)
+        except BaseException:
+            if lifespan is not None:
+                # Startup completed: the app gets its shutdown even though we never served.
+                with trio.CancelScope(shield=True):
+                    await lifespan.shutdown()
+            raise
         app_tasks.start_soon(watch_deadlines, state)
         state.watchdog = True
         if loaded.interface == "websocket" or config.ws == "on":
@@ -513,6 +527,8 @@ def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASG
             await app(scope, receive, watching_send)
         except BaseException as exc:
             error = exc
+            if response.status is None and scope["type"] == "http":
+                response.status = 500  # what the HTTP edge answers for an app that raised
             raise
         finally:
             with trio.CancelScope(shield=True):

@@ -116,13 +116,6 @@ async def test_server_hooks_run_in_order_around_the_app() -> None:
     assert (worker.id, worker.pid) == (0, os.getpid())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: serve_listeners' finally awaits trio.aclose_forcefully(listener) outside "
-    "the shielded scope; when serve() is cancelled that checkpoint raises Cancelled, so "
-    "worker_exit (and the unix socket cleanup of the listeners after the first) is skipped. "
-    "Shielding it is not enough: _reportable() then passes a group of Cancelled as exc",
-)
 async def test_worker_exit_runs_when_serve_is_cancelled() -> None:
     """Cancelling serve() runs worker_exit after lifespan shutdown and before on_exit."""
     recorder = Recorder()
@@ -180,11 +173,6 @@ async def test_on_starting_raising_aborts_startup() -> None:
     assert (name, exc) == ("on_exit", info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _serve_inner calls peek_target() (for Application/MultiApp) before its "
-    "try/finally, so an app that cannot be imported skips on_starting and on_exit",
-)
 async def test_on_exit_runs_after_an_app_that_cannot_be_imported() -> None:
     """on_exit runs 'also after a failed start': with the AppLoadError as exc."""
     recorder = Recorder()
@@ -223,11 +211,6 @@ async def test_post_worker_init_raising_fails_startup_with_a_hook_error() -> Non
     assert recorder.events[-1][2] is info.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _serve unwraps the nursery's exception group with 'raise error from None', "
-    "which sets the HookError's __cause__ (the hook's own exception) to None",
-)
 async def test_hook_error_from_serve_keeps_its_cause() -> None:
     """A HookError raised from inside serve()'s nurseries still chains the hook's error."""
 
