@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from trioserve import MultiApp, NewApp
 
 
-
 class Site(MultiApp):
     """The hello-world web app (prefix ``web``) and the echo server (prefix ``echo``)."""
 

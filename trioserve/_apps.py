@@ -127,7 +127,9 @@ def _app_settings() -> list[SettingInfo]:
     return [
         info
         for info in settings()
-        if info.setting.scope == "app" and info.setting.flags and info.setting.kind.cli != "none"
+        if info.setting.scope == "app"
+        and info.setting.flags
+        and info.setting.kind.cli != "none"
         and info.name != "app"
     ]
 
@@ -158,9 +160,7 @@ def add_prefixed_arguments(parser: argparse.ArgumentParser, prefixes: Sequence[s
                     *flags, dest=dest, action=argparse.BooleanOptionalAction, help=text
                 )
             elif kind.cli == "append":
-                group.add_argument(
-                    *flags, dest=dest, action="append", metavar=metavar, help=text
-                )
+                group.add_argument(*flags, dest=dest, action="append", metavar=metavar, help=text)
             else:
                 group.add_argument(*flags, dest=dest, metavar=metavar, help=text)
 
@@ -169,7 +169,7 @@ def prefixed_layer(namespace: argparse.Namespace, prefix: str) -> Layer:
     """The ``--PREFIX-...`` values of one application, as a command-line layer."""
     infos = {info.name: info for info in _app_settings()}
     values: dict[str, Any] = {}
-    for name, info in infos.items():
+    for name in infos:
         dest = f"{prefix}:{name}"
         if hasattr(namespace, dest):
             value = getattr(namespace, dest)

@@ -296,9 +296,7 @@ async def reserve_reuse_port(
     return created, others
 
 
-def listen_reuse_port(
-    family: int, sockaddr: tuple[Any, ...], backlog: int
-) -> trio.SocketListener:
+def listen_reuse_port(family: int, sockaddr: tuple[Any, ...], backlog: int) -> trio.SocketListener:
     """A worker's own SO_REUSEPORT listener on an address the master reserved."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

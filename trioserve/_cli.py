@@ -12,9 +12,9 @@ from typing import Any, NoReturn
 import trio
 
 from ._accesslog import access_log_for
+from ._apps import MultiApp, add_prefixed_arguments, as_composite, prefixes_of, resolve_plans
 from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, render_config, settings
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
-from ._apps import MultiApp, add_prefixed_arguments, as_composite, prefixes_of, resolve_plans
 from ._importer import load_app, peek_target
 from ._logging import configure_logging
 from ._master import AppPlan

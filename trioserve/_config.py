@@ -388,22 +388,19 @@ _DEV = "Development"
 _HOOKS = "Server hooks"
 
 
-def _hook_setting(name: str, scope: Literal["server", "app"] = "app") -> Any:
+def _hook(name: str, scope: Literal["server", "app"] = "app") -> Setting:
     hook = hook_info(name)
     where = {
         "master": "the master",
         "worker": "each worker",
         "both": "each worker (or the in-process server)",
     }[hook.where]
-    return _setting(
-        None,
-        Setting(
-            _hook_kind(name),
-            _HOOKS,
-            f"Hook called as {signature_text(name)} in {where}: {hook.when} See docs/hooks.md.",
-            scope=scope,
-            metavar="FUNCTION",
-        ),
+    return Setting(
+        _hook_kind(name),
+        _HOOKS,
+        f"Hook called as {signature_text(name)} in {where}: {hook.when} See docs/hooks.md.",
+        scope=scope,
+        metavar="FUNCTION",
     )
 
 
@@ -1044,23 +1041,25 @@ class Config:
     )
 
     # Server hooks
-    on_starting: Callable[..., Any] | str | None = _hook_setting("on_starting", scope="server")
-    on_reload: Callable[..., Any] | str | None = _hook_setting("on_reload", scope="server")
-    when_ready: Callable[..., Any] | str | None = _hook_setting("when_ready")
-    pre_fork: Callable[..., Any] | str | None = _hook_setting("pre_fork")
-    post_fork: Callable[..., Any] | str | None = _hook_setting("post_fork")
-    post_worker_init: Callable[..., Any] | str | None = _hook_setting("post_worker_init")
-    worker_int: Callable[..., Any] | str | None = _hook_setting("worker_int")
-    worker_abort: Callable[..., Any] | str | None = _hook_setting("worker_abort")
-    pre_request: Callable[..., Any] | str | None = _hook_setting("pre_request")
-    post_request: Callable[..., Any] | str | None = _hook_setting("post_request")
-    child_exit: Callable[..., Any] | str | None = _hook_setting("child_exit")
-    worker_exit: Callable[..., Any] | str | None = _hook_setting("worker_exit")
-    nworkers_changed: Callable[..., Any] | str | None = _hook_setting("nworkers_changed")
-    pre_exec: Callable[..., Any] | str | None = _hook_setting("pre_exec", scope="server")
-    on_exit: Callable[..., Any] | str | None = _hook_setting("on_exit", scope="server")
-    connection_made: Callable[..., Any] | str | None = _hook_setting("connection_made")
-    connection_lost: Callable[..., Any] | str | None = _hook_setting("connection_lost")
+    on_starting: Callable[..., Any] | str | None = _setting(
+        None, _hook("on_starting", scope="server")
+    )
+    on_reload: Callable[..., Any] | str | None = _setting(None, _hook("on_reload", scope="server"))
+    when_ready: Callable[..., Any] | str | None = _setting(None, _hook("when_ready"))
+    pre_fork: Callable[..., Any] | str | None = _setting(None, _hook("pre_fork"))
+    post_fork: Callable[..., Any] | str | None = _setting(None, _hook("post_fork"))
+    post_worker_init: Callable[..., Any] | str | None = _setting(None, _hook("post_worker_init"))
+    worker_int: Callable[..., Any] | str | None = _setting(None, _hook("worker_int"))
+    worker_abort: Callable[..., Any] | str | None = _setting(None, _hook("worker_abort"))
+    pre_request: Callable[..., Any] | str | None = _setting(None, _hook("pre_request"))
+    post_request: Callable[..., Any] | str | None = _setting(None, _hook("post_request"))
+    child_exit: Callable[..., Any] | str | None = _setting(None, _hook("child_exit"))
+    worker_exit: Callable[..., Any] | str | None = _setting(None, _hook("worker_exit"))
+    nworkers_changed: Callable[..., Any] | str | None = _setting(None, _hook("nworkers_changed"))
+    pre_exec: Callable[..., Any] | str | None = _setting(None, _hook("pre_exec", scope="server"))
+    on_exit: Callable[..., Any] | str | None = _setting(None, _hook("on_exit", scope="server"))
+    connection_made: Callable[..., Any] | str | None = _setting(None, _hook("connection_made"))
+    connection_lost: Callable[..., Any] | str | None = _setting(None, _hook("connection_lost"))
 
     # Config file
     config: str | None = _setting(

@@ -104,8 +104,8 @@ def configure_logging(config: Config, *, role: str | None = None) -> None:
         config.error_log, default=sys.stderr, flag="--error-log", name=_ERROR_HANDLER
     )
     # A worker names itself after the pid: "[1234] [INFO] trioserve: [worker 2] ...".
-    log_format = LOG_FORMAT if role is None else LOG_FORMAT.replace(
-        "trioserve: ", f"trioserve: [{role}] "
+    log_format = (
+        LOG_FORMAT if role is None else LOG_FORMAT.replace("trioserve: ", f"trioserve: [{role}] ")
     )
     error_handler.setFormatter(logging.Formatter(log_format, DATE_FORMAT))
     access_handler = None

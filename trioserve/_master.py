@@ -17,13 +17,13 @@ WINCH stop the workers but keep the master (only without a controlling terminal)
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import logging
 import os
 import pickle
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +56,8 @@ from ._worker import DUMP_SIGNAL, WorkerBoot, frame, set_title
 LOGGER = logging.getLogger("trioserve.master")
 
 _KILL_AFTER_ABORT = 3.0
+# Until it is ready, a worker may stay silent this long even when --timeout is shorter.
+_BOOT_SILENCE = 30.0
 _STOP_MARGIN = 5.0
 _FAST_STOP = 5.0
 _BACKOFF_FIRST = 0.1
@@ -286,9 +288,7 @@ class Master:
         async with pool.preload_lock:
             return await self._preloader_locked(pool, config, boot)
 
-    async def _preloader_locked(
-        self, pool: _Pool, config: Config, boot: WorkerBoot
-    ) -> _Preloader:
+    async def _preloader_locked(self, pool: _Pool, config: Config, boot: WorkerBoot) -> _Preloader:
         current = pool.preloader
         if current is not None and current.config is config and not current.sock.fileno() < 0:
             return current
@@ -410,9 +410,7 @@ class Master:
             return
         pool.server.workers = [p.info for p in pool.slots.values()]
 
-    async def _replace(
-        self, pool: _Pool, slot: int, config: Config, old: _Proc | None
-    ) -> bool:
+    async def _replace(self, pool: _Pool, slot: int, config: Config, old: _Proc | None) -> bool:
         """Start a new worker for ``slot``; once it is ready, retire ``old``. False if it
         failed to boot (``old`` keeps serving)."""
         try:
@@ -523,16 +521,19 @@ class Master:
                 if not timeout:
                     continue
                 for proc in list(pool.live):
-                    if not proc.timed_out and now - proc.last_beat > timeout:
+                    # Importing the app blocks a booting worker's loop: that may take
+                    # longer than a tight --timeout without anything being wrong.
+                    limit = timeout if proc.ready.is_set() else max(timeout, _BOOT_SILENCE)
+                    if not proc.timed_out and now - proc.last_beat > limit:
                         proc.timed_out = True
                         self.nursery.start_soon(self._abort, pool, proc)
 
     async def _abort(self, pool: _Pool, proc: _Proc) -> None:
         LOGGER.error(
-            "%s (pid %d) sent no heartbeat for %gs: dumping its stack and aborting it",
+            "%s (pid %d) sent no heartbeat for %.1fs: dumping its stack and aborting it",
             pool.label(proc.info.id),
             proc.info.pid,
-            pool.config.timeout,
+            trio.current_time() - proc.last_beat,
         )
         _signal(proc.process, DUMP_SIGNAL)
         await trio.sleep(0.2)  # the dump is written by a C-level handler, at once
@@ -540,7 +541,9 @@ class Master:
         with trio.move_on_after(_KILL_AFTER_ABORT):
             await proc.exited.wait()
             return
-        LOGGER.error("%s (pid %d) did not abort: killing it", pool.label(proc.info.id), proc.info.pid)
+        LOGGER.error(
+            "%s (pid %d) did not abort: killing it", pool.label(proc.info.id), proc.info.pid
+        )
         _signal(proc.process, signal.SIGKILL)
 
     async def start_pool(self, pool: _Pool) -> None:
@@ -615,7 +618,12 @@ class Master:
             config = pool.config
             results: list[bool] = []
 
-            async def one(slot: int, pool: _Pool = pool, config: Config = config) -> None:
+            async def one(
+                slot: int,
+                pool: _Pool = pool,
+                config: Config = config,
+                results: list[bool] = results,
+            ) -> None:
                 results.append(await self._replace(pool, slot, config, pool.slots.get(slot)))
 
             async with trio.open_nursery() as restarting:
@@ -690,10 +698,8 @@ def _stop_budget(config: Config) -> float:
 
 def _signal(process: _Child, signum: int) -> None:
     if process.returncode is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # exited since: nothing to signal
             process.send_signal(signum)
-        except ProcessLookupError:
-            pass
 
 
 def _describe_exit(code: int | None) -> str:
@@ -842,7 +848,8 @@ async def _run_master(
             for url in urls:
                 LOGGER.info("listening on %s", url)
             LOGGER.info(
-                "%s%d worker(s) ready", f"{pool.plan.prefix}: " if pool.plan.prefix else "",
+                "%s%d worker(s) ready",
+                f"{pool.plan.prefix}: " if pool.plan.prefix else "",
                 len(pool.slots),
             )
             await run_hook(pool.config, "when_ready", pool.server)
@@ -887,7 +894,7 @@ async def _reload_on_change(
     master: Master, config: Config, *, task_status: trio.TaskStatus[None]
 ) -> None:
     """--reload: a rolling restart (configuration re-read too) when watched files change."""
-    from ._reload import describe, watch_files  # noqa: PLC0415 (development only)
+    from ._reload import describe, watch_files
 
     send, receive = trio.open_memory_channel[frozenset[str]](1)
     async with trio.open_nursery() as nursery:
@@ -945,7 +952,9 @@ async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) ->
                     LOGGER.info("%s received again: stopping now", name)
                     master.begin_stop(fast=True)
                 else:
-                    LOGGER.info("%s received: stopping gracefully (send it again to stop now)", name)
+                    LOGGER.info(
+                        "%s received: stopping gracefully (send it again to stop now)", name
+                    )
                     master.begin_stop(fast=False)
             elif signum in (signal.SIGINT, signal.SIGQUIT):
                 LOGGER.info("%s received: stopping now", name)
@@ -1009,4 +1018,3 @@ async def _hup(master: Master, *, announce: bool = True) -> None:
     if announce:
         LOGGER.info("SIGHUP received: reloading (rolling restart of the workers)")
     await master.rolling_restart(plans)
-

@@ -18,6 +18,7 @@ import h11
 import trio
 
 from ._accesslog import AccessLog, access_log_for
+from ._apps import as_composite, resolve_plans
 from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
 from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
 from ._config import Config
@@ -31,7 +32,6 @@ from ._hooks import (
     run_hook,
     run_hook_logged,
 )
-from ._apps import as_composite, resolve_plans
 from ._importer import LoadedApp, load_app, peek_target
 from ._lifespan import Lifespan
 from ._proto.proxy_protocol import ProxyProtocolError
@@ -138,7 +138,7 @@ async def _serve_inner(
         composite = None
     if config.workers > 0 or composite is not None:
         # An Application may say workers=0 itself: then it is served here, below.
-        from ._master import AppPlan, serve_master  # noqa: PLC0415 (_master imports us)
+        from ._master import AppPlan, serve_master
 
         plans = None
         if composite is not None:
@@ -562,7 +562,7 @@ def run_cli(
 ) -> None:
     """:func:`run`, plus what only the command line knows: how to re-read the
     configuration (SIGHUP) and the arguments a new master is started with (SIGUSR2)."""
-    from ._master import serve_master  # noqa: PLC0415 (_master imports this module)
+    from ._master import serve_master
 
     if config.reload and config.workers == 0:
         raise ConfigError(

@@ -119,7 +119,7 @@ def read_boot(sock: socket.socket) -> tuple[WorkerBoot, Config]:
 def set_title(role: str, name: str | None) -> None:
     """``trioserve: worker 2 [name]`` in ps, when setproctitle is installed."""
     try:
-        import setproctitle  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
+        import setproctitle  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return
     title = f"trioserve: {role}" + (f" [{name}]" if name else "")

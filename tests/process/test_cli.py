@@ -84,9 +84,12 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Server]:
+async def serving(
+    *args: str, env: dict[str, str] | None = None, new_session: bool = False
+) -> AsyncIterator[Server]:
     """Start ``trioserve *args`` (``env`` added to the environment) and wait for its ready
-    line; always reap it."""
+    line; always reap it. ``new_session`` detaches it from the controlling terminal, as a
+    daemon is."""
     process = await trio.lowlevel.open_process(
         [str(TRIOSERVE), *args],
         cwd=ROOT,
@@ -94,6 +97,7 @@ async def serving(*args: str, env: dict[str, str] | None = None) -> AsyncIterato
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=new_session,
     )
     server = Server(process)
     try:

@@ -202,7 +202,7 @@ async def test_stuck_worker_is_dumped_aborted_and_replaced() -> None:
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
         async with stream:
             await stream.send_all(b"GET /stuck HTTP/1.1\r\nhost: test\r\n\r\n")
-            await server.wait_for_line(f"(pid {stuck_pid}) sent no heartbeat for 1s")
+            await server.wait_for_line(f"(pid {stuck_pid}) sent no heartbeat for ")
             # faulthandler's dump of the stuck loop names the app's file and function.
             line = await server.wait_for_line("pid_app.py")
             assert "in stuck_forever" in line

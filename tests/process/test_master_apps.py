@@ -58,7 +58,7 @@ async def test_preload_imports_the_app_once_and_forks_workers_from_the_preloader
         preloader = int(imports[0][1])
         assert imports[0][2] == "-"  # not a worker: no worker id
         assert len(children(preloader)) == 2
-        seen = set()
+        seen: set[str] = set()
         with trio.fail_after(TIMEOUT):
             while len(seen) < 2:
                 pid, worker_id = (await get(server.url)).split()
@@ -203,4 +203,70 @@ async def test_a_raising_boot_hook_halts_the_master_with_exit_3(tmp_path: Path) 
     assert re.fullmatch(
         r"trioserve: error: worker [01] failed to boot: hook post_fork raised RuntimeError: no",
         err.splitlines()[-1],
+    )
+
+
+async def test_winch_stops_workers_hup_restarts_them_and_term_exits() -> None:
+    """Detached from a terminal: WINCH stops the workers, HUP starts them, TERM exits 0."""
+    async with serving(*PID_APP, "--workers", "2", new_session=True) as server:
+        master = server.process.pid
+        before = set(children(master))
+        server.process.send_signal(signal.SIGWINCH)
+        await server.wait_for_line("all workers stopped (SIGWINCH)")
+        await wait_until(lambda: not children(master), "the workers exit after WINCH")
+        server.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: len(children(master)) == 2, "HUP starts two workers again")
+        assert not set(children(master)) & before
+        with trio.fail_after(TIMEOUT):
+            while True:  # the new workers become ready in their own time
+                try:
+                    await get(server.url)
+                    break
+                except httpx.TransportError:
+                    await trio.sleep(0.05)
+        server.process.send_signal(signal.SIGWINCH)
+        await server.wait_for_line("all workers stopped (SIGWINCH)")
+        assert await server.stop(signal.SIGTERM) == 0
+
+
+async def test_second_term_turns_a_graceful_stop_into_a_fast_one(tmp_path: Path) -> None:
+    """A request holding the drain open is cut short by a second TERM."""
+    app = tmp_path / "hanging_app.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            import trio
+
+            async def app(scope, receive, send):
+                if scope["type"] != "http":
+                    return
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                await trio.sleep_forever()
+            """
+        )
+    )
+    args = ["--app-dir", str(tmp_path), "hanging_app:app", "-b", "127.0.0.1:0"]
+    async with (
+        serving(*args, "--graceful-timeout", "60") as server,
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream("GET", server.url + "/") as response,
+    ):
+        assert response.status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        await server.wait_for_line("stopping: no new connections")
+        with trio.fail_after(10):  # well inside the 60 s graceful timeout
+            server.process.send_signal(signal.SIGTERM)
+            assert await server.wait_exit() == 0
+    assert any("SIGTERM received again: stopping now" in line for line in server.lines)
+
+
+async def test_raising_pre_fork_is_a_boot_failure(tmp_path: Path) -> None:
+    """pre_fork raising in the master: no worker starts, exit 3 naming the hook."""
+    config = tmp_path / "hooks.py"
+    config.write_text("def pre_fork(server, worker, *, exc=None):\n    raise OSError('full')\n")
+    status, _, err = await run_cli("-c", str(config), *PID_APP)
+    assert status == 3
+    assert err.splitlines()[-1] == (
+        "trioserve: error: worker 0 was not started: hook pre_fork raised OSError: full"
     )

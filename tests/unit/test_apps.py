@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trioserve import Application, ConfigError, MultiApp, NewApp
+from trioserve import Application, Config, ConfigError, MultiApp, NewApp
 from trioserve._apps import add_prefixed_arguments, as_composite, prefixes_of, resolve_plans
 from trioserve._cli import build_parser, cli_layer, main
 
@@ -17,7 +17,7 @@ class Site(MultiApp):
         yield self.new_app("examples.echo:handler", "echo", bind=["127.0.0.1:9000"])
 
 
-def plans_from_argv(site: MultiApp, argv: list[str]) -> dict[str | None, object]:
+def plans_from_argv(site: MultiApp, argv: list[str]) -> dict[str | None, Config]:
     parser = build_parser()
     add_prefixed_arguments(parser, list(prefixes_of(site)))
     namespace = parser.parse_args(argv)
