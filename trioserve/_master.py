@@ -969,8 +969,8 @@ async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) ->
                 else:
                     _later(master, master.change_workers, 1 if signum == signal.SIGTTIN else -1)
             elif signum == signal.SIGUSR1:
-                LOGGER.info("SIGUSR1 received: reopening log files")
                 configure_logging(master.pools[0].config)
+                LOGGER.info("SIGUSR1 received: log files reopened")
                 for proc in master._procs():
                     _signal(proc.process, signal.SIGUSR1)
             elif signum == signal.SIGUSR2:

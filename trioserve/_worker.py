@@ -321,9 +321,9 @@ async def _signals(
     ) as signals:
         async for signum in signals:
             if signum == signal.SIGUSR1:
-                LOGGER.info("SIGUSR1: reopening log files")
                 configure_logging(config, role=_role(worker))
                 _watch_stack_dumps(config)
+                LOGGER.info("SIGUSR1: log files reopened")
             elif signum == signal.SIGTERM and not (control.state and control.state.stopping):
                 _stop(control, scope, fast=False)
             else:

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import textwrap
 from pathlib import Path
 
 import httpx
 import trio
 
-from tests.process.test_cli import APPS, READY, TIMEOUT, run_cli, serving
+from tests.process.test_cli import (
+    APPS,
+    READY,
+    ROOT,
+    TIMEOUT,
+    TRIOSERVE,
+    environment,
+    run_cli,
+    serving,
+)
 from tests.process.test_master import children, wait_until
 
 PID_APP = ("--app-dir", APPS, "pid_app:app", "-b", "127.0.0.1:0", "--graceful-timeout", "1")
@@ -270,3 +280,55 @@ async def test_raising_pre_fork_is_a_boot_failure(tmp_path: Path) -> None:
     assert err.splitlines()[-1] == (
         "trioserve: error: worker 0 was not started: hook pre_fork raised OSError: full"
     )
+
+
+async def test_process_titles_name_the_master_and_each_worker() -> None:
+    """With setproctitle, ps shows 'trioserve: master [NAME]' and 'trioserve: worker N [NAME]'."""
+    async with serving(*PID_APP, "--workers", "2", "--name", "shop") as server:
+        assert _cmdline(server.process.pid) == "trioserve: master [shop]"
+        assert sorted(children(server.process.pid).values()) == [
+            "trioserve: worker 0 [shop]",
+            "trioserve: worker 1 [shop]",
+        ]
+        assert await server.stop(signal.SIGTERM) == 0
+
+
+async def test_usr1_reopens_the_log_files_of_master_and_workers(tmp_path: Path) -> None:
+    """After logrotate moves the error log away, SIGUSR1 makes master and workers write a
+    new file at the configured path."""
+    log = tmp_path / "error.log"
+    rotated = tmp_path / "error.log.1"
+    args = [str(TRIOSERVE), *PID_APP, "--workers", "1", "--error-log", str(log)]
+    process = await trio.lowlevel.open_process(
+        args, cwd=ROOT, env=environment(), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        await _wait_for_text(log, "listening on")
+        log.rename(rotated)
+        process.send_signal(signal.SIGUSR1)
+        await _wait_for_text(log, "[worker 0] SIGUSR1: log files reopened")
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(TIMEOUT):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = log.read_text()
+    assert "SIGUSR1 received: log files reopened" in text  # the master, in the new file
+    assert "SIGTERM received" in text
+    assert "SIGTERM" not in rotated.read_text()
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode()
+
+
+def _has_text(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
+
+
+async def _wait_for_text(path: Path, text: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        while not _has_text(path, text):  # noqa: ASYNC110 - a file has no event to wait on
+            await trio.sleep(0.05)
