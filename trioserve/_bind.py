@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -24,6 +25,8 @@ import trio
 
 from ._errors import BindError
 from ._types import Address
+
+LOGGER = logging.getLogger("trioserve.bind")
 
 DEFAULT_PORT = 8000
 # ":PORT" means every interface, as in gunicorn.
@@ -470,6 +473,9 @@ def cleanup_listener(listener: trio.SocketListener) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+    except PermissionError:
+        # Privileges were dropped (--user) and the directory is not the account's.
+        LOGGER.warning("cannot remove the unix socket file %s: permission denied", path)
 
 
 def remove_unix_socket_files(listeners: Iterable[trio.SocketListener]) -> None:

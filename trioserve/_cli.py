@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -14,6 +16,8 @@ import trio
 from ._accesslog import access_log_for
 from ._apps import MultiApp, add_prefixed_arguments, as_composite, prefixes_of, resolve_plans
 from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, render_config, settings
+from ._ctl import main as ctl_main
+from ._daemon import PidFile, Readiness, absolute_paths, daemonize
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
 from ._importer import load_app, peek_target
 from ._logging import configure_logging
@@ -155,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["ctl"]:
+        return ctl_main(args[1:])
     debug = False
     try:
         # First without --help: a MultiApp target adds its prefixed flags to the help.
@@ -196,30 +202,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespace.check_config:
         return _check(loaded)
 
-    def plans() -> list[AppPlan]:
-        # Also SIGHUP's: every source again (the config file is re-read), same arguments.
-        if composite is None:
-            return [AppPlan(None, load_config(cli=cli_layer(namespace)).config)]
-        resolved = resolve_plans(composite, cli=cli_layer(namespace), namespace=namespace)
-        return [AppPlan(prefix, app_config) for prefix, app_config in resolved]
+    cwd = os.getcwd()
 
+    def plans() -> list[AppPlan]:
+        # Also SIGHUP's: every source again (the config file is re-read), same arguments,
+        # relative paths still meaning what they meant where trioserve was started.
+        resolved: list[tuple[str | None, Config]]
+        if composite is None:
+            resolved = [(None, load_config(cli=cli_layer(namespace), cwd=cwd).config)]
+        else:
+            resolved = resolve_plans(composite, cli=cli_layer(namespace), namespace=namespace)
+        return [
+            AppPlan(prefix, absolute_paths(app_config, cwd) if moves else app_config)
+            for prefix, app_config in resolved
+        ]
+
+    moves = bool(config.daemon or config.chdir)
+    readiness: Readiness | None = None
+    pidfile: PidFile | None = None
     try:
         first = plans()
+        server = first[0].config
+        if server.daemon:
+            readiness = daemonize(
+                chdir=server.chdir, umask=server.umask, error_log=server.error_log
+            )
+        elif server.chdir is not None:
+            _chdir(server.chdir)
+        if server.pid is not None:
+            pidfile = PidFile.acquire(server.pid)
         run_cli(
-            first[0].config,
+            server,
             argv=args,
             reload_plans=plans,
             plans=first if composite is not None else None,
+            on_ready=functools.partial(readiness.report, EXIT_OK) if readiness else None,
+            pidfile=pidfile,
         )
     except TrioserveError as exc:
+        if readiness is not None:
+            readiness.report(exc.exit_code, str(exc))
         _print_error(exc, debug=debug)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:
+        if readiness is not None:
+            readiness.report(EXIT_FAILURE, f"{type(exc).__name__}: {exc}")
         _print_error(exc, debug=True)
         return EXIT_FAILURE
+    finally:
+        if pidfile is not None:
+            pidfile.release()
+        if readiness is not None:
+            readiness.report(EXIT_OK)  # stopped before it was ready: nothing failed
     return EXIT_OK
+
+
+def _chdir(path: str) -> None:
+    try:
+        os.chdir(path)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise ConfigError(f"--chdir: cannot change to {path!r}: {reason}") from None
 
 
 def config_from_argv(argv: Sequence[str]) -> Config:

@@ -348,6 +348,55 @@ def _import_hook(text: str) -> object:
     return value
 
 
+def _umask_kind() -> Kind:
+    def from_value(value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if 0 <= value <= 0o777:
+                return f"0o{value:03o}"
+            raise _BadValue(value)
+        if not isinstance(value, str):
+            raise _BadValue(value)
+        text = value.strip().lower()
+        if text == "inherit":
+            return text
+        digits = text.removeprefix("0o")
+        if not digits or len(digits) > 4 or any(c not in "01234567" for c in digits):
+            raise _BadValue(value)
+        if int(digits, 8) > 0o777:
+            raise _BadValue(value)
+        return f"0o{int(digits, 8):03o}"
+
+    return Kind("an octal umask such as 022 or 0o027, or 'inherit'", from_value, from_value)
+
+
+def _account_kind(what: str) -> Kind:
+    def from_value(value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return str(value)
+        if not isinstance(value, str) or not value.strip() or ":" in value:
+            raise _BadValue(value)
+        return value.strip()
+
+    return Kind(f"a {what} name or number", from_value, from_value)
+
+
+def _hostport_kind() -> Kind:
+    def from_value(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise _BadValue(value)
+        text = value.strip()
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _BadValue(value)
+        return text
+
+    return Kind("HOST:PORT", from_value, from_value)
+
+
 # -- the registry --------------------------------------------------------------------------
 
 
@@ -385,6 +434,7 @@ _TLS = "TLS"
 _WS = "WebSocket"
 _CONFIG = "Config file"
 _DEV = "Development"
+_SERVICE = "Running as a service"
 _HOOKS = "Server hooks"
 
 
@@ -844,6 +894,104 @@ class Config:
         ),
     )
 
+    # Running as a service
+    daemon: bool = _setting(
+        False,
+        Setting(
+            _bool_kind(),
+            _SERVICE,
+            "Detach from the terminal and run in the background (double fork, new session, "
+            "standard streams on /dev/null, stderr to --error-log when it is a file). The "
+            "command returns once the sockets are bound and the pid file is locked.",
+            flags=("-D", "--daemon"),
+            scope="server",
+        ),
+    )
+    pid: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _SERVICE,
+            "A pid file: written by the master and held under an advisory lock for its "
+            "whole life, so a second server with the same file refuses to start; removed "
+            "on exit. A file left by a dead process is taken over.",
+            flags=("-p", "--pid"),
+            scope="server",
+            metavar="FILE",
+        ),
+    )
+    chdir: str | None = _setting(
+        None,
+        Setting(
+            _str_kind(optional=True),
+            _SERVICE,
+            "Change to this directory before loading the app; a daemon changes to / when "
+            "it is not given (after resolving the app directory and the config file).",
+            flags=("--chdir",),
+            scope="server",
+            metavar="DIR",
+        ),
+    )
+    umask: str = _setting(
+        "0o022",
+        Setting(
+            _umask_kind(),
+            _SERVICE,
+            "The file mode creation mask of a daemon (octal), or 'inherit' to keep the "
+            "caller's. Only applied with --daemon.",
+            flags=("--umask",),
+            scope="server",
+            metavar="MASK",
+        ),
+    )
+    user: str | None = _setting(
+        None,
+        Setting(
+            _account_kind("user"),
+            _SERVICE,
+            "Run the workers as this user (name or uid) once the sockets are bound; unix "
+            "socket files are given to it. Needs root; ignored with a warning otherwise.",
+            flags=("-u", "--user"),
+            scope="server",
+            metavar="USER",
+        ),
+    )
+    group: str | None = _setting(
+        None,
+        Setting(
+            _account_kind("group"),
+            _SERVICE,
+            "Run the workers with this group (name or gid); the user's primary group when "
+            "only --user is given. Needs root; ignored with a warning otherwise.",
+            flags=("-g", "--group"),
+            scope="server",
+            metavar="GROUP",
+        ),
+    )
+    statsd_host: str | None = _setting(
+        None,
+        Setting(
+            _hostport_kind(),
+            _SERVICE,
+            "Send gunicorn-compatible metrics (requests, status codes, request duration, "
+            "workers, log levels) as statsd datagrams over UDP to HOST:PORT.",
+            flags=("--statsd-host",),
+            scope="server",
+            metavar="HOST:PORT",
+        ),
+    )
+    statsd_prefix: str = _setting(
+        "",
+        Setting(
+            _str_kind(),
+            _SERVICE,
+            "A prefix for every statsd metric name, joined with a dot.",
+            flags=("--statsd-prefix",),
+            scope="server",
+            metavar="PREFIX",
+        ),
+    )
+
     # Development
     reload: bool = _setting(
         False,
@@ -1025,6 +1173,18 @@ class Config:
             flags=("--error-log", "--error-logfile"),
             scope="server",
             metavar="FILE",
+        ),
+    )
+    log_format: str = _setting(
+        "text",
+        Setting(
+            _choice_kind("text", "json"),
+            _LOG,
+            "The format of trioserve's own log lines: 'text', or 'json' for one JSON object "
+            "per line (time, level, pid, worker, logger, message, exception) for log "
+            "shippers.",
+            flags=("--log-format",),
+            scope="server",
         ),
     )
     log_config: str | None = _setting(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import logging.config
@@ -43,6 +44,31 @@ def _open_handler(target: str, *, default: Any, flag: str, name: str) -> logging
             raise ConfigError(f"{flag}: cannot open {target!r}: {_reason(exc)}") from None
     handler.set_name(name)
     return handler
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (ISO 8601, UTC), level, pid, worker (in worker
+    processes), logger, message, and exception (the formatted traceback) when there is one.
+    """
+
+    def __init__(self, role: str | None = None) -> None:
+        super().__init__()
+        self.role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+        data: dict[str, Any] = {
+            "time": moment.isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "pid": record.process,
+        }
+        if self.role is not None:
+            data["worker"] = self.role
+        data["logger"] = record.name
+        data["message"] = record.getMessage()
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
 
 
 def _install(logger: logging.Logger, handler: logging.Handler | None, name: str) -> None:
@@ -103,11 +129,14 @@ def configure_logging(config: Config, *, role: str | None = None) -> None:
     error_handler = _open_handler(
         config.error_log, default=sys.stderr, flag="--error-log", name=_ERROR_HANDLER
     )
-    # A worker names itself after the pid: "[1234] [INFO] trioserve: [worker 2] ...".
-    log_format = (
-        LOG_FORMAT if role is None else LOG_FORMAT.replace("trioserve: ", f"trioserve: [{role}] ")
-    )
-    error_handler.setFormatter(logging.Formatter(log_format, DATE_FORMAT))
+    if config.log_format == "json":
+        error_handler.setFormatter(JsonFormatter(role))
+    else:
+        # A worker names itself after the pid: "[1234] [INFO] trioserve: [worker 2] ...".
+        text_format = LOG_FORMAT
+        if role is not None:
+            text_format = LOG_FORMAT.replace("trioserve: ", f"trioserve: [{role}] ")
+        error_handler.setFormatter(logging.Formatter(text_format, DATE_FORMAT))
     access_handler = None
     if config.access_log is not None:
         try:
@@ -117,7 +146,9 @@ def configure_logging(config: Config, *, role: str | None = None) -> None:
         except ConfigError:
             error_handler.close()
             raise
-        access_handler.setFormatter(logging.Formatter(ACCESS_FORMAT))
+        access_handler.setFormatter(
+            JsonFormatter(role) if config.log_format == "json" else logging.Formatter(ACCESS_FORMAT)
+        )
 
     logger = logging.getLogger("trioserve")
     logger.setLevel(config.log_level.upper())

@@ -40,6 +40,7 @@ from ._bind import (
     reserve_reuse_port,
 )
 from ._config import CONFIG_MODULE, Config
+from ._daemon import Account, PidFile, give_unix_sockets, holder, resolve_account
 from ._errors import ConfigError, TrioserveError
 from ._hooks import (
     HookError,
@@ -231,6 +232,10 @@ class Master:
     nursery: trio.Nursery
     pools: list[_Pool] = attrs.field(factory=list)
     listeners: list[trio.SocketListener] = attrs.field(factory=list)
+    # The locked pid file of a master started by the command line with --pid.
+    pidfile: PidFile | None = None
+    # What the workers drop to (--user/--group), when the master runs as root.
+    account: Account | None = None
     reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
     stopping: bool = False
     stop_wait: trio.CancelScope | None = None
@@ -261,6 +266,7 @@ class Master:
                 fds=tuple(pool.fds),
                 reuse_port=tuple(pool.reuse_port),
                 heartbeat=_heartbeat_interval(config),
+                account=attrs.astuple(self.account) if self.account else None,
             )
             payload = frame(boot.to_json()) + frame(_pickled(config))
             process: _Child
@@ -676,6 +682,11 @@ class Master:
         env = dict(os.environ)
         env[INHERIT_ENV] = json.dumps(inherited)
         fds = sorted({fd for fds in inherited.values() for fd in fds})
+        pidfile = self.pidfile
+        if pidfile is not None:
+            # The new master takes the pid file's name; this one keeps FILE.oldbin.
+            own_path = pidfile.path
+            pidfile.rename(own_path.with_name(own_path.name + ".oldbin"))
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "trioserve", *self.argv], env=env, pass_fds=fds
         )
@@ -685,7 +696,23 @@ class Master:
             "with SIGTERM once it is ready (or SIGWINCH to keep it without workers)",
             process.pid,
         )
-        self.nursery.start_soon(_reap, process)
+        self.nursery.start_soon(self._reap_new_master, process)
+
+    async def _reap_new_master(self, process: trio.Process) -> None:
+        await process.wait()
+        pidfile = self.pidfile
+        if pidfile is None or self.stopping or not pidfile.path.name.endswith(".oldbin"):
+            return
+        own_path = pidfile.path.with_name(pidfile.path.name.removesuffix(".oldbin"))
+        # A daemonized new master's first process exits once it is ready: it then
+        # holds the pid file. If nobody does, the upgrade failed and the name is ours again.
+        if holder(own_path) is None:
+            LOGGER.error(
+                "the new master (pid %d) exited with status %s; this master keeps serving",
+                process.pid,
+                process.returncode,
+            )
+            pidfile.rename(own_path)
 
 
 async def _reap(process: trio.Process) -> None:
@@ -808,6 +835,7 @@ async def serve_master(
         with shield:
             async with trio.open_nursery() as nursery:
                 master = Master(plans, reload_plans, argv, nursery)
+                master.pidfile = getattr(control, "pidfile", None)
                 try:
                     await _run_master(master, config, control, task_status, signals)
                 finally:
@@ -833,8 +861,11 @@ async def _run_master(
     try:
         for pool in master.pools:
             await run_hook(pool.config, "on_starting", pool.server)
+        master.account = resolve_account(config.user, config.group)
         for pool in master.pools:
-            master.listeners += await _bind(pool, inherited)
+            listeners = await _bind(pool, inherited)
+            master.listeners += listeners
+            give_unix_sockets(listeners, master.account)
         master.nursery.start_soon(master.watch_timeouts)
         if config.reload:
             await master.nursery.start(_reload_on_change, master, config)
@@ -855,6 +886,8 @@ async def _run_master(
             await run_hook(pool.config, "when_ready", pool.server)
         if master.fatal is None and not master.stopping:
             task_status.started([listener_address(listener) for listener in master.listeners])
+            if control is not None:
+                control.ready()
         await master.done.wait()
     except BaseException as exc:
         error = exc

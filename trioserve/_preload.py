@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = socket.socket(fileno=int(args[0]))
     boot, config = read_boot(channel)
+    boot.drop_privileges()  # before the app is imported; forked workers inherit it
     set_title("preloader", config.name)
     try:
         loaded = _run_without_trio(

@@ -22,6 +22,7 @@ from ._apps import as_composite, resolve_plans
 from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
 from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
 from ._config import Config
+from ._daemon import give_unix_sockets, resolve_account
 from ._errors import AppLoadError, ConfigError, TrioserveError
 from ._hooks import (
     ConnectionInfo,
@@ -45,6 +46,7 @@ from ._tls import ssl_context, tls_extension, tls_handshake
 from ._types import Address, ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from ._daemon import PidFile
     from ._master import AppPlan
 
 LOGGER = logging.getLogger("trioserve.server")
@@ -59,6 +61,14 @@ class _Control:
 
     state: ServerState | None = None
     shield: trio.CancelScope | None = None
+    # The command line's: told once the server is ready (a daemon's parent then exits),
+    # and the locked pid file (renamed by the master on SIGUSR2).
+    on_ready: Callable[[], None] | None = None
+    pidfile: PidFile | None = None
+
+    def ready(self) -> None:
+        if self.on_ready is not None:
+            self.on_ready()
 
     def graceful_stop(self) -> None:
         if self.state is not None:
@@ -164,12 +174,18 @@ async def _serve_inner(
         extras = _Extras(ssl_context(config), access_log_for(config))
         specs = [parse_bind(text) for text in config.bind]
         listeners = await create_listeners(specs, backlog=config.backlog)
+        account = resolve_account(config.user, config.group)
+        if account is not None:
+            # This process is its own worker: it serves as the account from here on.
+            give_unix_sockets(listeners, account)
+            account.drop()
 
         async def ready(addresses: list[Address], urls: list[str]) -> None:
             for url in urls:
                 LOGGER.info("listening on %s", url)
             await run_hook(config, "when_ready", server)
             task_status.started(addresses)
+            control.ready()
 
         await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
     except BaseException as exc:
@@ -559,9 +575,13 @@ def run_cli(
     argv: Sequence[str] | None = None,
     reload_plans: Callable[[], list[AppPlan]] | None = None,
     plans: list[AppPlan] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    pidfile: PidFile | None = None,
 ) -> None:
     """:func:`run`, plus what only the command line knows: how to re-read the
-    configuration (SIGHUP) and the arguments a new master is started with (SIGUSR2)."""
+    configuration (SIGHUP), the arguments a new master is started with (SIGUSR2), whom to
+    tell that the server is ready (a daemon's parent), and the locked pid file."""
+    control = _Control(on_ready=on_ready, pidfile=pidfile)
     from ._master import serve_master
 
     if config.reload and config.workers == 0:
@@ -575,7 +595,7 @@ def run_cli(
                 functools.partial(
                     serve_master,
                     config,
-                    None,
+                    control,
                     plans=plans,
                     reload_plans=reload_plans,
                     argv=argv,
@@ -583,7 +603,7 @@ def run_cli(
                 )
             )
         else:
-            trio.run(_run_until_signal, config)
+            trio.run(_run_until_signal, config, control)
     except BaseExceptionGroup as group:
         error = _single_error(group)
         if isinstance(error, TrioserveError):
@@ -591,8 +611,7 @@ def run_cli(
         raise
 
 
-async def _run_until_signal(config: Config) -> None:
-    control = _Control()
+async def _run_until_signal(config: Config, control: _Control) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

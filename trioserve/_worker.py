@@ -35,6 +35,7 @@ import trio
 from ._accesslog import access_log_for
 from ._bind import listen_reuse_port
 from ._config import Config, load_python_config
+from ._daemon import Account
 from ._errors import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, TrioserveError
 from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
@@ -75,6 +76,8 @@ class WorkerBoot:
     fds: tuple[int, ...]
     reuse_port: tuple[tuple[int, tuple[Any, ...]], ...]
     heartbeat: float
+    # (uid, gid, user name) to drop to (--user/--group), or None.
+    account: tuple[int, int, str | None] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self)).encode()
@@ -84,7 +87,14 @@ class WorkerBoot:
         raw = json.loads(data)
         raw["fds"] = tuple(raw["fds"])
         raw["reuse_port"] = tuple((family, tuple(addr)) for family, addr in raw["reuse_port"])
+        if raw.get("account") is not None:
+            raw["account"] = tuple(raw["account"])
         return cls(**raw)
+
+    def drop_privileges(self) -> None:
+        """Become the --user/--group account, before any app code runs."""
+        if self.account is not None:
+            Account(*self.account).drop()
 
 
 def frame(data: bytes) -> bytes:
@@ -181,6 +191,7 @@ def run_worker(
 ) -> int:
     """Serve as worker ``boot.slot`` until the master stops it; returns the exit status."""
     os.environ["TRIOSERVE_WORKER_ID"] = str(boot.slot)
+    boot.drop_privileges()  # (a forked worker's preloader has dropped them already)
     for signum in _IGNORED:
         signal.signal(signum, signal.SIG_IGN)
     set_title((f"{boot.app} " if boot.app else "") + f"worker {boot.slot}", config.name)
