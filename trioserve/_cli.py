@@ -194,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if namespace.print_config:
         sys.stdout.write(render_config(loaded))
         return EXIT_OK
+    if config.daemon and config.umask != "inherit" and not namespace.check_config:
+        # Before any file is opened (the log files just below): they follow it too.
+        os.umask(int(config.umask, 8))
     try:
         configure_logging(config)
     except ConfigError as exc:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from . import _statsd as statsd_names
 from ._bind import (
     cleanup_listener,
     create_listeners,
@@ -51,6 +52,15 @@ from ._hooks import (
     run_hook_logged,
 )
 from ._logging import configure_logging
+from ._statsd import Statsd
+from ._statsd import install as install_statsd
+from ._systemd import (
+    Notifier,
+    activated_sockets,
+    listeners_for,
+    run_watchdog,
+    watchdog_interval,
+)
 from ._types import Address
 from ._worker import DUMP_SIGNAL, WorkerBoot, frame, set_title
 
@@ -236,6 +246,10 @@ class Master:
     pidfile: PidFile | None = None
     # What the workers drop to (--user/--group), when the master runs as root.
     account: Account | None = None
+    # systemd's notification socket (NOTIFY_SOCKET), and the statsd client.
+    notifier: Notifier | None = None
+    statsd: Statsd | None = None
+    last_supervision: float = 0.0
     reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
     stopping: bool = False
     stop_wait: trio.CancelScope | None = None
@@ -367,6 +381,7 @@ class Master:
             proc.urls = list(message.get("urls", []))
             proc.ready.set()
             LOGGER.info("%s (pid %d) ready", pool.label(proc.info.id), proc.info.pid)
+            self.report()
         elif kind == "boot_error":
             proc.boot_error = (int(message["code"]), str(message["message"]))
         elif kind == "retire" and not proc.retiring and not self.stopping:
@@ -478,6 +493,8 @@ class Master:
     def begin_stop(self, *, fast: bool) -> None:
         if not self.stopping:
             self.stopping = True
+            if self.notifier is not None:
+                self.notifier.notify(STOPPING=1, STATUS="stopping")
             self.nursery.start_soon(self._stop_workers, fast)
         elif fast:
             for proc in self._procs():
@@ -517,11 +534,23 @@ class Master:
             for proc in procs:
                 await proc.exited.wait()
 
+    def supervising(self) -> bool:
+        """For the systemd watchdog: whether the supervision loop ran a moment ago."""
+        return trio.current_time() - self.last_supervision < 5.0
+
+    def report(self, **fields: str | int) -> None:
+        """Worker counts to statsd (gauge) and to systemd (STATUS=, with ``fields``)."""
+        count = sum(len(pool.slots) for pool in self.pools)
+        if self.statsd is not None:
+            self.statsd.gauge(statsd_names.WORKERS, count)
+        if self.notifier is not None:
+            self.notifier.notify(**fields, STATUS=f"{count} worker(s) serving")
+
     async def watch_timeouts(self) -> None:
         """Abort, then kill, workers whose loop sent nothing for ``timeout`` seconds."""
         while True:
             await trio.sleep(0.25)
-            now = trio.current_time()
+            now = self.last_supervision = trio.current_time()
             for pool in self.pools:
                 timeout = pool.config.timeout
                 if not timeout:
@@ -591,6 +620,7 @@ class Master:
                     pool.server.workers = [p.info for p in pool.slots.values()]
                     _signal(proc.process, signal.SIGTERM)
             await run_hook_logged(pool.config, "nworkers_changed", pool.server, new, old)
+        self.report()
 
     async def rolling_restart(self, plans: list[AppPlan] | None) -> None:
         """Replace every worker, one new worker per slot, each retiring the old once ready."""
@@ -719,6 +749,10 @@ async def _reap(process: trio.Process) -> None:
     await process.wait()
 
 
+def _adopt(fd: int) -> trio.SocketListener:
+    return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
 def _stop_budget(config: Config) -> float:
     return config.graceful_timeout + config.lifespan_shutdown_timeout + _STOP_MARGIN
 
@@ -765,12 +799,22 @@ def _pickled(config: Config) -> bytes:
         ) from None
 
 
-async def _bind(pool: _Pool, inherited: dict[str, list[int]]) -> list[trio.SocketListener]:
-    """Create ``pool``'s sockets (or adopt those a previous master passed on)."""
+async def _bind(
+    pool: _Pool, inherited: dict[str, list[int]], activated: list[int]
+) -> list[trio.SocketListener]:
+    """Create ``pool``'s sockets, or adopt those systemd (socket activation) or a
+    previous master (SIGUSR2) passed on."""
     config = pool.config
     listeners: list[trio.SocketListener] = []
     bind_fds: dict[str, list[int]] = {}
     specs = []
+    if activated:
+        # systemd's sockets replace the binds of this application.
+        listeners = [_adopt(fd) for fd in activated]
+        bind_fds = {f"fd://{fd}": [fd] for fd in activated}
+        pool.bind_fds = bind_fds
+        pool.fds = list(activated)
+        return listeners
     for text in config.bind:
         fds = inherited.pop(text, None)
         if fds:
@@ -836,6 +880,8 @@ async def serve_master(
             async with trio.open_nursery() as nursery:
                 master = Master(plans, reload_plans, argv, nursery)
                 master.pidfile = getattr(control, "pidfile", None)
+                master.notifier = Notifier.from_environ() if signals else None
+                master.statsd = install_statsd(config)
                 try:
                     await _run_master(master, config, control, task_status, signals)
                 finally:
@@ -862,8 +908,13 @@ async def _run_master(
         for pool in master.pools:
             await run_hook(pool.config, "on_starting", pool.server)
         master.account = resolve_account(config.user, config.group)
+        sockets = activated_sockets()
+        activated: dict[str | None, list[int]] = {}
+        if sockets:
+            activated = listeners_for(sockets, [pool.plan.prefix for pool in master.pools])
+            LOGGER.info("socket activation: %d socket(s) from systemd", len(sockets))
         for pool in master.pools:
-            listeners = await _bind(pool, inherited)
+            listeners = await _bind(pool, inherited, activated.get(pool.plan.prefix, []))
             master.listeners += listeners
             give_unix_sockets(listeners, master.account)
         master.nursery.start_soon(master.watch_timeouts)
@@ -888,6 +939,12 @@ async def _run_master(
             task_status.started([listener_address(listener) for listener in master.listeners])
             if control is not None:
                 control.ready()
+            master.report(READY=1)
+            interval = watchdog_interval()
+            if master.notifier is not None and interval is not None:
+                master.nursery.start_soon(
+                    run_watchdog, master.notifier, interval, master.supervising
+                )
         await master.done.wait()
     except BaseException as exc:
         error = exc
@@ -1050,4 +1107,6 @@ async def _hup(master: Master, *, announce: bool = True) -> None:
             return
     if announce:
         LOGGER.info("SIGHUP received: reloading (rolling restart of the workers)")
+    master.report(RELOADING=1)
     await master.rolling_restart(plans)
+    master.report(READY=1)

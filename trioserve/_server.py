@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import ssl
 import types
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,7 +42,10 @@ from ._serve_http import HTTPOptions, serve_http_requests, upgrade_to_websocket,
 from ._serve_tcp import serve_stream_connection
 from ._serve_ws import serve_asgi_websocket, serve_native_websocket, watch_websockets
 from ._state import ServerState
+from ._statsd import RequestMetrics, Statsd
+from ._statsd import install as install_statsd
 from ._streams import PrefixedStream, stream_addresses
+from ._systemd import Notifier, activated_sockets
 from ._tls import ssl_context, tls_extension, tls_handshake
 from ._types import Address, ASGIApp, Message, Receive, Scope, Send
 
@@ -64,6 +68,7 @@ class _Control:
     # The command line's: told once the server is ready (a daemon's parent then exits),
     # and the locked pid file (renamed by the master on SIGUSR2).
     on_ready: Callable[[], None] | None = None
+    on_stop: Callable[[], None] | None = None
     pidfile: PidFile | None = None
 
     def ready(self) -> None:
@@ -171,9 +176,17 @@ async def _serve_inner(
         await run_hook(config, "on_starting", server)
         loaded = await load_config_app(config)
         # Fail on bad TLS files or log formats before binding anything.
-        extras = _Extras(ssl_context(config), access_log_for(config))
+        extras = _Extras(ssl_context(config), access_log_for(config), install_statsd(config))
         specs = [parse_bind(text) for text in config.bind]
-        listeners = await create_listeners(specs, backlog=config.backlog)
+        sockets = activated_sockets()
+        if sockets:
+            # systemd socket activation: its sockets replace the binds.
+            listeners = [
+                trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=s.fd)))
+                for s in sockets
+            ]
+        else:
+            listeners = await create_listeners(specs, backlog=config.backlog)
         account = resolve_account(config.user, config.group)
         if account is not None:
             # This process is its own worker: it serves as the account from here on.
@@ -363,6 +376,7 @@ class _Extras:
 
     ssl_context: ssl.SSLContext | None
     access_log: AccessLog | None
+    statsd: Statsd | None = None
 
 
 @attrs.define(eq=False)
@@ -483,10 +497,13 @@ def _accepted_handler(
     # A partial, not a wrapper coroutine: one frame fewer kept alive per idle websocket.
     websocket = functools.partial(serve_asgi_websocket, app=asgi, state=state)
 
+    access_log: Any = extras.access_log
+    if extras.statsd is not None:
+        access_log = RequestMetrics(extras.statsd, access_log)
     state.http_options = HTTPOptions(
         config,
         h11_module=_h11_module(config.http),
-        access_log=extras.access_log,
+        access_log=access_log,
         proxy=functools.partial(apply_proxy_headers, trusted=trusted)
         if config.proxy_headers
         else None,
@@ -603,6 +620,17 @@ def run_cli(
                 )
             )
         else:
+            notifier = Notifier.from_environ()
+            if notifier is not None:
+                told = control.on_ready
+
+                def ready_and_notify() -> None:
+                    notifier.notify(READY=1, STATUS="serving")
+                    if told is not None:
+                        told()
+
+                control.on_ready = ready_and_notify
+                control.on_stop = lambda: notifier.notify(STOPPING=1, STATUS="stopping")
             trio.run(_run_until_signal, config, control)
     except BaseExceptionGroup as group:
         error = _single_error(group)
@@ -622,6 +650,8 @@ async def _run_until_signal(config: Config, control: _Control) -> None:
             nursery.start_soon(serve_then_stop)
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if control.on_stop is not None:
+                    control.on_stop()
                 if control.state is None or not control.state.stopping:
                     LOGGER.info(
                         "%s received: stopping gracefully (send it again to stop now)", name

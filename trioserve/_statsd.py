@@ -38,9 +38,13 @@ import logging
 import math
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._config import Config
 
 LOGGER = logging.getLogger("trioserve.statsd")
 
@@ -267,3 +271,40 @@ class StatsdLogHandler(logging.Handler):
             self.statsd.incr(LOG_EXCEPTION if traceback else LOG_ERROR)
         elif record.levelno >= logging.WARNING:
             self.statsd.incr(LOG_WARNING)
+
+
+def install(config: Config) -> Statsd | None:
+    """For ``--statsd-host``: the client, with trioserve's warnings and errors counted.
+
+    Called once per process (master, each worker, the in-process server).
+    """
+    if config.statsd_host is None:
+        return None
+    statsd = Statsd.from_setting(config.statsd_host, config.statsd_prefix)
+    logger = logging.getLogger("trioserve")
+    for old in [h for h in logger.handlers if isinstance(h, StatsdLogHandler)]:
+        logger.removeHandler(old)
+    logger.addHandler(StatsdLogHandler(statsd))
+    return statsd
+
+
+class RequestMetrics:
+    """Sits where the HTTP edge reports each finished request (the access log), sends
+    the request's metrics, and passes the report on to the access log if there is one."""
+
+    def __init__(self, statsd: Statsd, access_log: Any | None) -> None:
+        self.statsd = statsd
+        self.access_log = access_log
+
+    def log(
+        self,
+        scope: MutableMapping[str, Any],
+        status: int,
+        response_headers: Sequence[tuple[bytes, bytes]],
+        body_bytes: int,
+        request_time: float,
+        duration: float,
+    ) -> None:
+        request_metrics(self.statsd, status, duration)
+        if self.access_log is not None:
+            self.access_log.log(scope, status, response_headers, body_bytes, request_time, duration)

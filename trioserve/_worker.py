@@ -41,6 +41,7 @@ from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
 from ._logging import configure_logging
 from ._server import _Control, _Extras, _single_error, load_config_app, serve_listeners
+from ._statsd import install as install_statsd
 from ._tls import ssl_context
 from ._types import Address
 
@@ -262,7 +263,7 @@ async def _worker_main(
             await run_hook(config, "post_fork", server, worker)
             if loaded is None:
                 loaded = await load_config_app(config)
-            extras = _Extras(ssl_context(config), access_log_for(config))
+            extras = _Extras(ssl_context(config), access_log_for(config), install_statsd(config))
             listeners = [
                 trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
                 for fd in boot.fds

@@ -1,0 +1,373 @@
+"""The real ``trioserve`` command in a subprocess: ``running_process()`` and ``start_process()``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from ._listening import READY_LINE, Listening, unwrap_single
+
+# Bounds of the waits; each method takes its own timeout too.
+READY_TIMEOUT = 30.0
+LINE_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+# After SIGKILL, or for the last output once the process exited.
+_AFTERMATH = 5.0
+# How many of the last output lines an error message shows.
+_SHOWN_LINES = 20
+
+
+def _has_bind(args: Sequence[str]) -> bool:
+    return any(
+        arg in ("-b", "--bind") or arg.startswith("--bind=") or (arg.startswith("-b") and len(arg) > 2)
+        for arg in args
+    )
+
+
+def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
+    # Settings inherited from the shell running the tests would change what is tested.
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("TRIOSERVE_") and name != "WEB_CONCURRENCY"
+    }
+    env["PYTHONUNBUFFERED"] = "1"  # an app's print() shows up in .lines when it happens
+    env.update(extra or {})
+    return env
+
+
+def _proc_children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it exited meanwhile
+        # The command name is in parentheses and may hold anything: split after it.
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _ps_children(pid: int) -> list[int]:
+    listing = subprocess.run(
+        ["ps", "-A", "-o", "pid=", "-o", "ppid="],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
+    found = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and int(fields[1]) == pid:
+            found.append(int(fields[0]))
+    return sorted(found)
+
+
+class ServerProcess(Listening):
+    """``python -m trioserve ...`` started by :func:`running_process`,
+    :func:`start_process` or the ``trioserve_process`` fixture.
+
+    Its standard output and error are read all along (stdout first merged into stderr),
+    so a chatty server never blocks on a full pipe.
+
+    Attributes:
+        args: The command line it was started with.
+        lines: Every line it wrote so far, in order, without line endings.
+        urls: The URLs of its "listening on URL" lines so far, in order.
+    """
+
+    def __init__(self, process: trio.Process, args: list[str]) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self.urls: list[str] = []
+        self._process = process
+        self._cursor = 0
+        self._changed = trio.Event()
+        self._output_ended = trio.Event()
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"exited {self.returncode}"
+        return f"<trioserve.testing.ServerProcess pid {self.pid} {state}>"
+
+    @property
+    def pid(self) -> int:
+        """The process id of the ``trioserve`` master (or single) process."""
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it exited and was reaped (``-N`` for signal N), else None."""
+        return self._process.returncode
+
+    def worker_pids(self) -> list[int]:
+        """The live child processes of the master: its workers.
+
+        Read from ``/proc`` on Linux, from ``ps -A -o pid= -o ppid=`` elsewhere. With
+        ``--preload`` the master's child is the preloader, whose children are the workers.
+        """
+        if Path("/proc/self/stat").exists():
+            return _proc_children(self.pid)
+        return _ps_children(self.pid)
+
+    def send_signal(self, sig: int) -> None:
+        """Send signal ``sig`` to the master (nothing happens once it was reaped)."""
+        self._process.send_signal(sig)
+
+    async def wait_ready(self, *, timeout: float = READY_TIMEOUT) -> None:
+        """Wait for its first "listening on URL" line (returns at once after it).
+
+        Raises:
+            EOFError: it ended its output (it exited) first; the message has its status
+                and last lines.
+            TimeoutError: no such line within ``timeout`` seconds.
+        """
+        with trio.move_on_after(timeout):
+            while not self.urls:
+                if self._output_ended.is_set():
+                    with trio.move_on_after(_AFTERMATH):
+                        await self._process.wait()
+                    raise EOFError(self._describe("exited before listening"))
+                await self._changed.wait()
+            return
+        raise TimeoutError(self._describe(f"was not listening within {timeout:g}s"))
+
+    async def wait_for_line(self, text: str, *, timeout: float = LINE_TIMEOUT) -> str:
+        """The first line containing ``text`` after the line this method returned last
+        (from the first line, on the first call); waits for it if needed.
+
+        Raises:
+            EOFError: its output ended (it exited) without such a line.
+            TimeoutError: no such line within ``timeout`` seconds.
+        """
+        index = self._cursor
+        with trio.move_on_after(timeout):
+            while True:
+                while index < len(self.lines):
+                    line = self.lines[index]
+                    index += 1
+                    if text in line:
+                        self._cursor = index
+                        return line
+                if self._output_ended.is_set():
+                    raise EOFError(self._describe(f"ended its output without {text!r}"))
+                await self._changed.wait()
+        raise TimeoutError(self._describe(f"wrote no line with {text!r} within {timeout:g}s"))
+
+    async def wait(self, *, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for it to exit on its own, then for the rest of its output.
+
+        Returns:
+            The exit status.
+
+        Raises:
+            TimeoutError: it was still running after ``timeout`` seconds.
+        """
+        with trio.move_on_after(timeout):
+            await self._process.wait()
+        status = self.returncode
+        if status is None:
+            raise TimeoutError(self._describe(f"still runs after {timeout:g}s"))
+        await self._drain()
+        return status
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Stop it with SIGTERM (a graceful stop); SIGKILL it and its process group if it
+        has not exited after ``timeout`` seconds. Does nothing but report once it exited.
+
+        Returns:
+            The exit status: 0 after a graceful stop, ``-9`` when it had to be killed.
+        """
+        if self._process.returncode is None:
+            self._process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(timeout):
+                await self._process.wait()
+            if self._process.returncode is None:
+                self._kill_group()
+                with trio.move_on_after(_AFTERMATH):
+                    await self._process.wait()
+        status = self.returncode
+        if status is None:
+            raise TimeoutError(self._describe("survived SIGKILL"))
+        await self._drain()
+        return status
+
+    async def _drain(self) -> None:
+        """Wait (bounded) for the end of the output: workers may hold the pipe a little
+        after the master exited; any still there then are killed."""
+        with trio.move_on_after(_AFTERMATH):
+            await self._output_ended.wait()
+        if not self._output_ended.is_set():
+            self._kill_group()
+
+    def _kill_group(self) -> None:
+        # The process leads its own process group (start_new_session), which its
+        # workers share unless they left it: this kills them too.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            self._process.kill()
+
+    def _describe(self, what: str) -> str:
+        status = f" (exit status {self.returncode})" if self.returncode is not None else ""
+        shown = "\n".join(self.lines[-_SHOWN_LINES:]) or "(no output)"
+        return f"trioserve {what}{status}: {' '.join(self.args)}\nlast lines:\n{shown}"
+
+    def _add_line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        self.lines.append(line)
+        match = READY_LINE.search(line)
+        if match is not None:
+            self.urls.append(match["url"])
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _read_output(self) -> None:
+        stream = self._process.stdout
+        assert stream is not None
+        pending = b""
+        try:
+            async for chunk in stream:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for raw in complete:
+                    self._add_line(raw)
+            if pending:  # a last line without its newline
+                self._add_line(pending)
+        finally:
+            self._output_ended.set()
+            self._notify()
+
+    async def _supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read its output until the end, then reap it; cancelled, stop it first."""
+        try:
+            task_status.started()
+            await self._read_output()
+            await self._process.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.stop()
+                finally:
+                    if self._process.stdout is not None:
+                        await self._process.stdout.aclose()
+
+
+def command(args: Sequence[str]) -> list[str]:
+    """The command line for ``trioserve *args``: this interpreter's ``-m trioserve``, bound
+    to ``127.0.0.1:0`` unless ``args`` has ``-b``/``--bind``."""
+    argv = [sys.executable, "-m", "trioserve", *args]
+    if not _has_bind(args):
+        argv += ["--bind", "127.0.0.1:0"]
+    return argv
+
+
+async def start_process(
+    nursery: trio.Nursery,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    ready: bool = True,
+    timeout: float = READY_TIMEOUT,
+) -> ServerProcess:
+    """Start ``trioserve *args`` as a subprocess whose output a task of ``nursery`` reads.
+
+    When ``nursery`` is cancelled the process is stopped as :meth:`ServerProcess.stop`
+    does, and always reaped.
+
+    Args:
+        nursery: Where the task that reads its output and reaps it runs.
+        *args: Command-line arguments: the app target and any flags. Without ``-b`` or
+            ``--bind``, ``--bind 127.0.0.1:0`` is added.
+        env: Environment variables to set. The process gets this one's environment
+            without ``TRIOSERVE_*`` and ``WEB_CONCURRENCY`` (set them here), plus
+            ``PYTHONUNBUFFERED=1``.
+        cwd: Its working directory (where ``--app-dir`` points by default); default: this
+            one's.
+        ready: Wait for its first "listening on URL" line before returning.
+        timeout: How long to wait for it, in seconds.
+
+    Returns:
+        The running :class:`ServerProcess`.
+
+    Raises:
+        EOFError: ``ready`` and it exited before listening (the process is reaped).
+        TimeoutError: ``ready`` and it did not listen in time (the process is stopped).
+    """
+    argv = command(args)
+    process = await trio.lowlevel.open_process(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_environment(env),
+        cwd=cwd,
+        # Its own process group: signals from the terminal go to the tests, not to it,
+        # and a last-resort SIGKILL reaches its workers too.
+        start_new_session=True,
+    )
+    proc = ServerProcess(process, argv)
+    try:
+        await nursery.start(proc._supervise)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            process.kill()
+            await process.wait()
+        raise
+    if ready:
+        try:
+            await proc.wait_ready(timeout=timeout)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await proc.stop()
+            raise
+    return proc
+
+
+@asynccontextmanager
+async def running_process(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    ready: bool = True,
+    timeout: float = READY_TIMEOUT,
+) -> AsyncIterator[ServerProcess]:
+    """Run ``trioserve *args`` in a subprocess for the duration of an ``async with`` block.
+
+    ::
+
+        async with running_process("myapp:app", "--workers", "2") as proc:
+            assert len(proc.worker_pids()) == 2
+            assert await proc.stop() == 0
+
+    The arguments are those of :func:`start_process`. On leaving the block the process
+    is stopped (SIGTERM, then SIGKILL after ``STOP_TIMEOUT`` seconds) unless it exited
+    already, and always reaped.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            proc = await start_process(nursery, *args, env=env, cwd=cwd, ready=ready, timeout=timeout)
+            try:
+                yield proc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await proc.stop()
+    except BaseExceptionGroup as group:
+        error = unwrap_single(group)
+        if error is None:
+            raise
+        raise error from error.__cause__
