@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +19,16 @@ import httpx
 import pytest
 import trio
 
-from tests.process.test_cli import APPS, TIMEOUT, run_cli, serving
+from tests.process.test_cli import (
+    APPS,
+    ROOT,
+    TIMEOUT,
+    TRIOSERVE,
+    Server,
+    environment,
+    run_cli,
+    serving,
+)
 from tests.process.test_master import alive, children, wait_until
 
 HELLO = ("examples.hello:app", "--graceful-timeout", "1")
@@ -128,7 +141,7 @@ async def test_umask_and_unix_socket_mode_are_applied(tmp_path: Path) -> None:
     sock = tmp_path / "app.sock"
     access = tmp_path / "access"
     args = (*HELLO, "--umask", "077", "-b", f"unix:{sock}(0660)", "--access-log", str(access))
-    async with daemon(tmp_path, *args, "--chdir", str(tmp_path)) as (pid_file, log):
+    async with daemon(tmp_path, *args, "--chdir", str(tmp_path)) as (pid_file, _):
         await wait_until(lambda: sock.exists(), "the socket file")
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
         # Opened by the daemon after the umask: no bits for group and others.
@@ -181,3 +194,117 @@ async def test_json_log_format_writes_one_object_per_line(tmp_path: Path) -> Non
     assert {"time", "level", "pid", "logger", "message"} <= set(records[0])
     assert any(r.get("worker") == "worker 0" for r in records)
     assert any(r["message"].startswith("listening on http://127.0.0.1:") for r in records)
+
+
+async def _datagrams(sock: trio.socket.SocketType, until: str, seen: list[str]) -> None:
+    """Receive datagrams into ``seen`` until one contains ``until``."""
+    with trio.fail_after(TIMEOUT):
+        while True:
+            data = (await sock.recv(65536)).decode()
+            seen.append(data)
+            if until in data:
+                return
+
+
+async def test_sd_notify_reports_ready_reloading_and_stopping(tmp_path: Path) -> None:
+    """NOTIFY_SOCKET gets READY=1 with a STATUS, RELOADING=1 on HUP, STOPPING=1 on TERM."""
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        await sock.bind(str(tmp_path / "notify"))
+        seen: list[str] = []
+        env = {"NOTIFY_SOCKET": str(tmp_path / "notify")}
+        async with serving(*HELLO, "-b", "127.0.0.1:0", "-w", "2", env=env) as server:
+            await _datagrams(sock, "READY=1", seen)
+            assert "STATUS=2 worker(s) serving" in seen[-1]
+            server.process.send_signal(signal.SIGHUP)
+            await _datagrams(sock, "RELOADING=1", seen)
+            await _datagrams(sock, "READY=1", seen)
+            server.process.send_signal(signal.SIGTERM)
+            await _datagrams(sock, "STOPPING=1", seen)
+            assert await server.wait_exit() == 0
+
+
+async def test_socket_activation_serves_on_the_passed_socket() -> None:
+    """LISTEN_FDS/LISTEN_PID: the master serves on fd 3 instead of binding --bind."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        fd = listening.fileno()
+        # As systemd does: the socket at fd 3, LISTEN_PID the server's own pid (the
+        # wrapper execs trioserve, keeping its pid).
+        wrapper = (
+            "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+            "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+            "os.execv(sys.argv[2], sys.argv[2:])"
+        )
+        command = [sys.executable, "-c", wrapper, str(fd), str(TRIOSERVE)]
+        command += ["examples.hello:app", "-b", "127.0.0.1:1", "--graceful-timeout", "1"]
+        process = await trio.lowlevel.open_process(
+            command,
+            cwd=ROOT,
+            env=environment(),
+            pass_fds=[fd],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        server = Server(process)
+        try:
+            line = await server.wait_for_line("listening on ")
+            assert line.endswith(f"listening on http://127.0.0.1:{port}")
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.get(f"http://127.0.0.1:{port}/")
+            assert response.text == "Hello, world!\n"
+            assert await server.stop(signal.SIGTERM) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert any("socket activation: 1 socket(s) from systemd" in line for line in server.lines)
+
+
+async def test_statsd_receives_request_and_worker_metrics() -> None:
+    """--statsd-host: per-request counters and timer, and the worker gauge, over UDP."""
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        args = (*HELLO, "-b", "127.0.0.1:0", "--statsd-host", f"127.0.0.1:{port}")
+        async with serving(*args, "--statsd-prefix", "shop") as server:
+            seen: list[str] = []
+            await _datagrams(sock, "shop.gunicorn.workers:1|g", seen)
+            async with httpx.AsyncClient(timeout=5) as client:
+                assert (await client.get(server.url + "/")).status_code == 200
+                assert (await client.get(server.url + "/missing")).status_code in (200, 404)
+            await _datagrams(sock, "shop.gunicorn.requests:1|c", seen)
+            await _datagrams(sock, "shop.gunicorn.request.status.", seen)
+            assert any(
+                re.fullmatch(r"shop\.gunicorn\.request\.duration:[\d.]+\|ms", d) for d in seen
+            )
+            assert await server.stop(signal.SIGTERM) == 0
+
+
+async def test_usr2_moves_the_pid_file_to_oldbin_and_the_new_master_takes_it(
+    tmp_path: Path,
+) -> None:
+    """On USR2 the old master's pid file becomes FILE.oldbin; the new master writes FILE."""
+    pid_file = tmp_path / "app.pid"
+    async with serving(*HELLO, "-b", "127.0.0.1:0", "-p", str(pid_file)) as server:
+        old = server.process.pid
+        server.process.send_signal(signal.SIGUSR2)
+        line = await server.wait_for_line("started a new master (pid ")
+        new = int(line.split("(pid ")[1].split(")")[0])
+        try:
+            await wait_until(
+                lambda: pid_file.exists() and _read_pid(pid_file) == new, "the new pid file"
+            )
+            oldbin = tmp_path / "app.pid.oldbin"
+            assert _read_pid(oldbin) == old
+            server.process.send_signal(signal.SIGTERM)
+            # (Not server.wait_exit(): the new master writes to the same stderr pipe.)
+            with trio.fail_after(TIMEOUT):
+                assert await server.process.wait() == 0
+            assert not oldbin.exists()
+            assert _read_pid(pid_file) == new
+            assert (await run_cli("ctl", "stop", "-p", str(pid_file)))[0] == 0
+        finally:
+            if alive(new):
+                os.kill(new, signal.SIGKILL)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._listening import Listening
-
 if TYPE_CHECKING:
     import httpx
+
+    from ._process import ServerProcess
+    from ._server import Server
 
 HTTPX_MISSING = "httpx is not installed; install it to get a client (pip install httpx)"
 
@@ -15,7 +16,7 @@ HTTPX_MISSING = "httpx is not installed; install it to get a client (pip install
 _UNIX_BASE_URL = "http://localhost"
 
 
-def http_client(server: Listening, **kwargs: Any) -> httpx.AsyncClient:
+def http_client(server: Server | ServerProcess, /, **kwargs: Any) -> httpx.AsyncClient:
     """An :class:`httpx.AsyncClient` whose ``base_url`` is ``server``'s first socket.
 
     ``server`` is a :class:`Server` or a :class:`ServerProcess`. For a unix socket the

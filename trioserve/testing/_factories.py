@@ -6,7 +6,6 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._listening import Listening
 from ._process import READY_TIMEOUT, ServerProcess
 from ._server import Server
 
@@ -37,7 +36,7 @@ class ProcessFactory(Protocol):
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         ready: bool = True,
-        timeout: float = READY_TIMEOUT,
+        timeout: float = READY_TIMEOUT,  # noqa: ASYNC109 - start_process's bound
     ) -> ServerProcess:
         """Run ``trioserve *args`` until the test ends."""
         ...
@@ -49,6 +48,6 @@ class ClientFactory(Protocol):
     Takes the arguments of :func:`trioserve.testing.http_client`.
     """
 
-    async def __call__(self, server: Listening, /, **kwargs: Any) -> httpx.AsyncClient:
+    async def __call__(self, server: Server | ServerProcess, /, **kwargs: Any) -> httpx.AsyncClient:
         """An open httpx client for ``server``, closed when the test ends."""
         ...

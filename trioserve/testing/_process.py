@@ -14,7 +14,8 @@ import trio
 
 from ._listening import READY_LINE, Listening, unwrap_single
 
-# Bounds of the waits; each method takes its own timeout too.
+# Bounds of the waits, so that none is unbounded; each method takes its own ``timeout``
+# (hence the ASYNC109 exemptions: a default bound, with trio.fail_after still usable).
 READY_TIMEOUT = 30.0
 LINE_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -26,9 +27,26 @@ _SHOWN_LINES = 20
 
 def _has_bind(args: Sequence[str]) -> bool:
     return any(
-        arg in ("-b", "--bind") or arg.startswith("--bind=") or (arg.startswith("-b") and len(arg) > 2)
+        arg in ("-b", "--bind")
+        or arg.startswith("--bind=")
+        or (arg.startswith("-b") and len(arg) > 2)
         for arg in args
     )
+
+
+# Meant for the process running the tests, not for a server it starts: the worker count
+# some platforms set, and a service manager's sockets and notifications.
+_NOT_INHERITED = frozenset(
+    {
+        "WEB_CONCURRENCY",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    }
+)
 
 
 def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -36,7 +54,7 @@ def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("TRIOSERVE_") and name != "WEB_CONCURRENCY"
+        if not name.startswith("TRIOSERVE_") and name not in _NOT_INHERITED
     }
     env["PYTHONUNBUFFERED"] = "1"  # an app's print() shows up in .lines when it happens
     env.update(extra or {})
@@ -125,7 +143,7 @@ class ServerProcess(Listening):
         """Send signal ``sig`` to the master (nothing happens once it was reaped)."""
         self._process.send_signal(sig)
 
-    async def wait_ready(self, *, timeout: float = READY_TIMEOUT) -> None:
+    async def wait_ready(self, *, timeout: float = READY_TIMEOUT) -> None:  # noqa: ASYNC109
         """Wait for its first "listening on URL" line (returns at once after it).
 
         Raises:
@@ -143,7 +161,12 @@ class ServerProcess(Listening):
             return
         raise TimeoutError(self._describe(f"was not listening within {timeout:g}s"))
 
-    async def wait_for_line(self, text: str, *, timeout: float = LINE_TIMEOUT) -> str:
+    async def wait_for_line(
+        self,
+        text: str,
+        *,
+        timeout: float = LINE_TIMEOUT,  # noqa: ASYNC109
+    ) -> str:
         """The first line containing ``text`` after the line this method returned last
         (from the first line, on the first call); waits for it if needed.
 
@@ -165,7 +188,7 @@ class ServerProcess(Listening):
                 await self._changed.wait()
         raise TimeoutError(self._describe(f"wrote no line with {text!r} within {timeout:g}s"))
 
-    async def wait(self, *, timeout: float = STOP_TIMEOUT) -> int:
+    async def wait(self, *, timeout: float = STOP_TIMEOUT) -> int:  # noqa: ASYNC109
         """Wait for it to exit on its own, then for the rest of its output.
 
         Returns:
@@ -182,7 +205,7 @@ class ServerProcess(Listening):
         await self._drain()
         return status
 
-    async def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> int:  # noqa: ASYNC109 - before SIGKILL
         """Stop it with SIGTERM (a graceful stop); SIGKILL it and its process group if it
         has not exited after ``timeout`` seconds. Does nothing but report once it exited.
 
@@ -252,7 +275,9 @@ class ServerProcess(Listening):
             self._output_ended.set()
             self._notify()
 
-    async def _supervise(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _supervise(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Read its output until the end, then reap it; cancelled, stop it first."""
         try:
             task_status.started()
@@ -282,7 +307,7 @@ async def start_process(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     ready: bool = True,
-    timeout: float = READY_TIMEOUT,
+    timeout: float = READY_TIMEOUT,  # noqa: ASYNC109
 ) -> ServerProcess:
     """Start ``trioserve *args`` as a subprocess whose output a task of ``nursery`` reads.
 
@@ -294,7 +319,8 @@ async def start_process(
         *args: Command-line arguments: the app target and any flags. Without ``-b`` or
             ``--bind``, ``--bind 127.0.0.1:0`` is added.
         env: Environment variables to set. The process gets this one's environment
-            without ``TRIOSERVE_*`` and ``WEB_CONCURRENCY`` (set them here), plus
+            without ``TRIOSERVE_*``, ``WEB_CONCURRENCY`` and systemd's ``LISTEN_*``,
+            ``NOTIFY_SOCKET`` and ``WATCHDOG_*`` (set them here), plus
             ``PYTHONUNBUFFERED=1``.
         cwd: Its working directory (where ``--app-dir`` points by default); default: this
             one's.
@@ -344,7 +370,7 @@ async def running_process(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     ready: bool = True,
-    timeout: float = READY_TIMEOUT,
+    timeout: float = READY_TIMEOUT,  # noqa: ASYNC109
 ) -> AsyncIterator[ServerProcess]:
     """Run ``trioserve *args`` in a subprocess for the duration of an ``async with`` block.
 
@@ -360,7 +386,9 @@ async def running_process(
     """
     try:
         async with trio.open_nursery() as nursery:
-            proc = await start_process(nursery, *args, env=env, cwd=cwd, ready=ready, timeout=timeout)
+            proc = await start_process(
+                nursery, *args, env=env, cwd=cwd, ready=ready, timeout=timeout
+            )
             try:
                 yield proc
             finally:
