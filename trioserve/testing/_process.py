@@ -78,17 +78,15 @@ def _proc_children(pid: int) -> list[int]:
 
 
 def _ps_children(pid: int) -> list[int]:
-    listing = subprocess.run(
-        ["ps", "-A", "-o", "pid=", "-o", "ppid="],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    ).stdout
+    with subprocess.Popen(
+        ["ps", "-A", "-o", "pid=", "-o", "ppid="], stdout=subprocess.PIPE, text=True
+    ) as ps:
+        listing, _ = ps.communicate(timeout=10)
     found = []
     for line in listing.splitlines():
         fields = line.split()
-        if len(fields) == 2 and int(fields[1]) == pid:
+        # ps is a child of this process while it runs: of no interest when pid is this one.
+        if len(fields) == 2 and int(fields[1]) == pid and int(fields[0]) != ps.pid:
             found.append(int(fields[0]))
     return sorted(found)
 
