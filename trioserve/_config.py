@@ -30,6 +30,7 @@ import attrs
 from ._bind import parse_bind
 from ._errors import ConfigError
 from ._hooks import arity_problem, hook_info, signature_text
+from ._statsd import parse_statsd_host
 
 SETTING = "trioserve.setting"
 """The attrs metadata key under which each Config field keeps its :class:`Setting`."""
@@ -388,13 +389,13 @@ def _hostport_kind() -> Kind:
             return None
         if not isinstance(value, str):
             raise _BadValue(value)
-        text = value.strip()
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise _BadValue(value)
-        return text
+        try:
+            parse_statsd_host(value)
+        except ConfigError:
+            raise _BadValue(value) from None
+        return value.strip()
 
-    return Kind("HOST:PORT", from_value, from_value)
+    return Kind("HOST:PORT, or HOST for port 8125", from_value, from_value)
 
 
 # -- the registry --------------------------------------------------------------------------
@@ -938,7 +939,8 @@ class Config:
             _umask_kind(),
             _SERVICE,
             "The file mode creation mask of a daemon (octal), or 'inherit' to keep the "
-            "caller's. Only applied with --daemon.",
+            "caller's. Only applied with --daemon. In TOML write it as a string ('027'): "
+            "a TOML integer is decimal.",
             flags=("--umask",),
             scope="server",
             metavar="MASK",

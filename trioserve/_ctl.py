@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ._daemon import holder
+from ._errors import TrioserveError
 
 EXIT_NOT_RUNNING = 3
+EXIT_STATUS_UNKNOWN = 4
 
 ACTIONS: dict[str, tuple[signal.Signals | None, str]] = {
     "stop": (signal.SIGTERM, "graceful stop (TERM), then wait until the server has exited"),
@@ -60,8 +62,13 @@ def main(argv: Sequence[str]) -> int:
         args = _parser().parse_args(list(argv))
     except SystemExit as exc:
         return int(exc.code or 0)
-    pid = holder(args.pid)
     action: str = args.action
+    try:
+        pid = holder(args.pid)
+    except TrioserveError as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        # As init scripts: status 4 means "unknown", any other action failed.
+        return EXIT_STATUS_UNKNOWN if action == "status" else 1
     signum, _ = ACTIONS[action]
     if pid is None:
         print(f"trioserve: not running (no live master holds {args.pid!r})")

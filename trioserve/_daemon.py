@@ -50,14 +50,18 @@ def holder(path: str | os.PathLike[str]) -> int | None:
     """The pid of the live master holding the lock on ``path``, or None if nobody does."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        # Unreadable is not "not running": say so rather than guess.
+        reason = (exc.strerror or str(exc)).lower()
+        raise TrioserveError(f"--pid: cannot read {str(path)!r}: {reason}") from None
     try:
-        # Taking a read lock fails only while a master holds its write lock.
+        # Taking a shared lock fails only while a master holds its exclusive one.
         try:
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EAGAIN):
+            if exc.errno in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
                 return read_pid(path) or -1
             raise
         return None
@@ -67,7 +71,7 @@ def holder(path: str | os.PathLike[str]) -> int | None:
 
 @attrs.define(eq=False)
 class PidFile:
-    """A pid file written by the master and locked (``fcntl.lockf``) for its whole life.
+    """A pid file written by the master and locked (``fcntl.flock``) for its whole life.
 
     The lock, not the file's existence, says whether a master runs: a file left by a
     process that died is simply taken over.
@@ -91,10 +95,12 @@ class PidFile:
             reason = (exc.strerror or str(exc)).lower()
             raise TrioserveError(f"--pid: cannot open {str(path)!r}: {reason}") from None
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # flock, not lockf: a POSIX lock would be lost as soon as anything in this
+            # process (a hook) opened and closed the file.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            if exc.errno in (errno.EACCES, errno.EAGAIN):
+            if exc.errno in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
                 running = read_pid(file)
                 who = f"pid {running}" if running else "another process"
                 raise AlreadyRunning(
@@ -289,6 +295,16 @@ def absolute_paths(config: Config, base: str) -> Config:
     ):
         changes[name] = absolute(getattr(config, name))
     return attrs.evolve(config, **changes)
+
+
+def give_log_files(config: Config, account: Account | None) -> None:
+    """Make the log files the workers' account's, so that they can reopen them (USR1)."""
+    if account is None:
+        return
+    for path in (config.error_log, config.access_log):
+        if path is not None and path != "-":
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(path, account.uid, account.gid)
 
 
 def give_unix_sockets(listeners: Iterable[trio.SocketListener], account: Account | None) -> None:

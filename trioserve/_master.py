@@ -41,7 +41,14 @@ from ._bind import (
     reserve_reuse_port,
 )
 from ._config import CONFIG_MODULE, Config
-from ._daemon import Account, PidFile, give_unix_sockets, holder, resolve_account
+from ._daemon import (
+    Account,
+    PidFile,
+    give_log_files,
+    give_unix_sockets,
+    holder,
+    resolve_account,
+)
 from ._errors import ConfigError, TrioserveError
 from ._hooks import (
     HookError,
@@ -908,6 +915,7 @@ async def _run_master(
         for pool in master.pools:
             await run_hook(pool.config, "on_starting", pool.server)
         master.account = resolve_account(config.user, config.group)
+        give_log_files(config, master.account)
         sockets = activated_sockets()
         activated: dict[str | None, list[int]] = {}
         if sockets:
@@ -1059,8 +1067,13 @@ async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) ->
                 else:
                     _later(master, master.change_workers, 1 if signum == signal.SIGTTIN else -1)
             elif signum == signal.SIGUSR1:
-                configure_logging(master.pools[0].config)
-                LOGGER.info("SIGUSR1 received: log files reopened")
+                try:
+                    configure_logging(master.pools[0].config)
+                except ConfigError as exc:
+                    # The old handlers stay: logging goes on where it went.
+                    LOGGER.error("SIGUSR1: cannot reopen the log files: %s", exc)
+                else:
+                    LOGGER.info("SIGUSR1 received: log files reopened")
                 for proc in master._procs():
                     _signal(proc.process, signal.SIGUSR1)
             elif signum == signal.SIGUSR2:

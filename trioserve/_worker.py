@@ -36,7 +36,7 @@ from ._accesslog import access_log_for
 from ._bind import listen_reuse_port
 from ._config import Config, load_python_config
 from ._daemon import Account
-from ._errors import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, TrioserveError
+from ._errors import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, ConfigError, TrioserveError
 from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
 from ._logging import configure_logging
@@ -192,12 +192,12 @@ def run_worker(
 ) -> int:
     """Serve as worker ``boot.slot`` until the master stops it; returns the exit status."""
     os.environ["TRIOSERVE_WORKER_ID"] = str(boot.slot)
-    boot.drop_privileges()  # (a forked worker's preloader has dropped them already)
     for signum in _IGNORED:
         signal.signal(signum, signal.SIG_IGN)
     set_title((f"{boot.app} " if boot.app else "") + f"worker {boot.slot}", config.name)
     worker = WorkerInfo(boot.slot, config, pid=os.getpid(), app=boot.app)
     configure_logging(config, role=_role(worker))
+    boot.drop_privileges()  # after opening the log files; before any app code runs
     _watch_stack_dumps(config)
     signal.signal(signal.SIGABRT, _abort_handler(config, worker))
     try:
@@ -333,9 +333,13 @@ async def _signals(
     ) as signals:
         async for signum in signals:
             if signum == signal.SIGUSR1:
-                configure_logging(config, role=_role(worker))
-                _watch_stack_dumps(config)
-                LOGGER.info("SIGUSR1: log files reopened")
+                try:
+                    configure_logging(config, role=_role(worker))
+                    _watch_stack_dumps(config)
+                except (ConfigError, OSError) as exc:
+                    LOGGER.error("SIGUSR1: cannot reopen the log files: %s", exc)
+                else:
+                    LOGGER.info("SIGUSR1: log files reopened")
             elif signum == signal.SIGTERM and not (control.state and control.state.stopping):
                 _stop(control, scope, fast=False)
             else:
