@@ -443,7 +443,11 @@ def listener_address(listener: trio.SocketListener) -> Address:
 
 def listener_url(listener: trio.SocketListener, scheme: str) -> str:
     """A URL for logs and clients, e.g. ``http://[::1]:8000``; ``unix:PATH`` for unix sockets."""
-    address = listener_address(listener)
+    return address_url(listener_address(listener), scheme)
+
+
+def address_url(address: Address, scheme: str) -> str:
+    """The URL of a listening address, as :func:`listener_url` writes it."""
     if isinstance(address, str):
         return f"unix:{address}"
     host, port = address

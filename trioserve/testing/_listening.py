@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
+from .._bind import address_url
 from .._types import Address
 
 # The line trioserve writes once a socket listens; a worker's lines carry its role.
@@ -29,12 +30,7 @@ def address_from_url(url: str) -> Address:
 
 def url_for_address(address: Address, scheme: str = "http") -> str:
     """The URL trioserve prints for ``address`` (used when its log line was not seen)."""
-    if isinstance(address, str):
-        return f"unix:{address}"
-    host, port = address
-    if ":" in host:
-        host = "[" + host.replace("%", "%25") + "]"
-    return f"{scheme}://{host}:{port}"
+    return address_url(address, scheme)
 
 
 def unwrap_single(group: BaseExceptionGroup[Any]) -> BaseException | None:
