@@ -22,7 +22,14 @@ import h11
 import trio
 
 from ._config import Config
-from ._proto.http import ASGIProtocolError, Response, ResponsePhase, error_response, http_scope
+from ._proto.http import (
+    ASGIProtocolError,
+    Response,
+    ResponsePhase,
+    client_keep_alive,
+    error_response,
+    http_scope,
+)
 from ._proto.validate import (
     ChunkedChecker,
     Limits,
@@ -48,6 +55,9 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_START = ResponsePhase.START
+_DONE = ResponsePhase.DONE
 _BROKEN = DISCONNECT_ERRORS
 
 
@@ -187,9 +197,20 @@ async def serve_http_requests(
         LOGGER.exception("unexpected error while serving a connection")
     finally:
         if upgrade is None:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            await _close(stream)
     return upgrade
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` at once, whatever the cancellation around."""
+    if type(stream) is trio.SocketStream:
+        # What its aclose() does, minus the checkpoint: closing a socket never blocks,
+        # and aclose_forcefully's cancelled checkpoint costs more than serving a small
+        # request (it raises and catches Cancelled), once per connection.
+        stream.socket.close()
+        return
+    with trio.CancelScope(shield=True):
+        await trio.aclose_forcefully(stream)
 
 
 async def upgrade_to_websocket(
@@ -263,8 +284,12 @@ class _Connection:
         self.stream = stream
         self.state = state
         self.options = options = options_for(state)
-        self.h11 = options.h11
+        self.h11 = h11mod = options.h11
         self.conn = self._new_h11()
+        # h11's states of a client whose request was read whole: DONE, or MUST_CLOSE
+        # (it asked to close, or HTTP/1.0), or MIGHT_SWITCH_PROTOCOL (an Upgrade or
+        # CONNECT that h11 would settle only when it sends the response).
+        self._request_read = (h11mod.DONE, h11mod.MUST_CLOSE, h11mod.MIGHT_SWITCH_PROTOCOL)
         self.client = client
         self.server = server
         self.scheme = scheme
@@ -346,26 +371,25 @@ class _Connection:
                 await self._linger()
                 return
             conn = self.conn
-            if not cycle.broken and conn.their_state is h11mod.SEND_BODY:
+            their_state = conn.their_state
+            if their_state is h11mod.SEND_BODY and not cycle.broken:
                 await self._discard_body()
-            if cycle.broken or state.stopping:
-                return
-            if conn.our_state is h11mod.DONE and conn.their_state is h11mod.DONE:
-                conn.start_next_cycle()
-            elif cycle.response.keeps_alive_10 and conn.their_state in (
-                h11mod.DONE,
-                h11mod.MUST_CLOSE,
+                their_state = conn.their_state
+            if (
+                cycle.broken
+                or state.stopping
+                or not cycle.response.keep_alive
+                or their_state not in self._request_read
             ):
-                # h11 closes every HTTP/1.0 exchange: carry on with a fresh parser fed
-                # what the client already sent.
-                leftover, closed = conn.trailing_data
-                self.conn = self._new_h11()
-                if leftover:  # (b"" would mean end of input to h11)
-                    self.conn.receive_data(leftover)
-                if closed:
-                    self.conn.receive_data(b"")
-            else:
                 return
+            # h11 only parses: responses never go through it, so each request gets a
+            # fresh parser, fed what the client already sent after the last one.
+            leftover, closed = conn.trailing_data
+            self.conn = conn = self._new_h11()
+            if leftover:  # (b"" would mean end of input to h11)
+                conn.receive_data(leftover)
+            if closed:
+                conn.receive_data(b"")
 
     async def _receive(self) -> bytes:
         try:
@@ -396,7 +420,7 @@ class _Connection:
                 # refuses them: they are dropped here, and h11 starts afresh without them.
                 pending = pending.lstrip(b"\r\n")
                 stripped = True
-            end = head_end(pending)
+            end = head_end(pending) if pending else -1
             if end >= 0:
                 self.deadline = _INF
                 framing = check_head(pending[:end], limits)
@@ -522,28 +546,19 @@ class _Connection:
     async def _send_error(self, status: int, reason: str) -> None:
         """Answer with an error response (when nothing was sent yet) and close lingering.
 
-        Runs outside the connection's timer, bounded by its own deadlines.
+        Runs outside the connection's timer, bounded by its own deadlines. Only called
+        between exchanges, when no response is under way.
         """
-        conn = self.conn
-        if conn.our_state in (self.h11.IDLE, self.h11.SEND_RESPONSE):
-            message = f"{error_status_text(status)}: {reason}"
+        data = error_response(
+            status,
+            f"{error_status_text(status)}: {reason}",
+            server_header=self.options.server_header,
+        )
+        with trio.move_on_after(self.options.write_timeout):
             try:
-                data = b"".join(
-                    conn.send(event) or b""
-                    for event in error_response(
-                        status,
-                        message,
-                        server_header=self.options.server_header,
-                        h11_module=self.h11,
-                    )
-                )
-            except self.h11.LocalProtocolError:
+                await self.stream.send_all(data)
+            except _BROKEN:
                 return
-            with trio.move_on_after(self.options.write_timeout):
-                try:
-                    await self.stream.send_all(data)
-                except _BROKEN:
-                    return
         await self._linger()
 
     async def _linger(self) -> None:
@@ -584,13 +599,12 @@ class _Cycle:
         self.h11 = connection.h11
         self.request = request
         options = connection.options
-        keep_alive_10 = request.http_version == b"1.0" and _asks_keep_alive(request.headers)
         self.response = Response(
             head=request.method == b"HEAD",
             server_header=options.server_header,
             default_headers=options.default_headers,
-            keep_alive_10=keep_alive_10,
-            h11_module=self.h11,
+            keep_alive=client_keep_alive(request),
+            http_10=request.http_version < b"1.1",
         )
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
@@ -606,6 +620,8 @@ class _Cycle:
         self._disconnect_waiter: trio.CancelScope | None = None
         # Created only when receive() has to wait for the response to finish.
         self._response_done: trio.Event | None = None
+        # Whether "100 Continue" went out for a request with Expect: 100-continue.
+        self._continue_sent = False
 
     def scope(self) -> dict[str, Any]:
         connection = self.connection
@@ -679,15 +695,13 @@ class _Cycle:
             return
         self.response.phase = ResponsePhase.DONE
         self.status = 500
-        with contextlib.suppress(self.h11.LocalProtocolError):
-            await self._write(
-                error_response(
-                    500,
-                    "Internal Server Error",
-                    server_header=self.connection.options.server_header,
-                    h11_module=self.h11,
-                )
+        await self._write(
+            error_response(
+                500,
+                "Internal Server Error",
+                server_header=self.connection.options.server_header,
             )
+        )
 
     async def _reject(self, exc: RequestRejected) -> Message:
         """The body broke a rule while the app reads it: answer with the error if nothing
@@ -699,16 +713,14 @@ class _Cycle:
         if not self.response.started:
             self.response.phase = ResponsePhase.DONE
             self.status = exc.status
-            with contextlib.suppress(self.h11.LocalProtocolError):
-                await self._write(
-                    error_response(
-                        exc.status,
-                        f"{error_status_text(exc.status)}: {exc.reason}",
-                        server_header=self.connection.options.server_header,
-                        h11_module=self.h11,
-                    ),
-                    force=True,
-                )
+            await self._write(
+                error_response(
+                    exc.status,
+                    f"{error_status_text(exc.status)}: {exc.reason}",
+                    server_header=self.connection.options.server_header,
+                ),
+                force=True,
+            )
         self._finish()
         return _DISCONNECT
 
@@ -750,8 +762,15 @@ class _Cycle:
             if event is not h11mod.NEED_DATA:
                 self.disconnected = True
                 return _DISCONNECT
-            if conn.they_are_waiting_for_100_continue:
-                await self._write([h11mod.InformationalResponse(status_code=100, headers=[])])
+            if (
+                conn.they_are_waiting_for_100_continue
+                and not self._continue_sent
+                and not self.response.head_sent
+            ):
+                # The client waits for this before it sends the body (h11 keeps saying
+                # so until it sees a response go out, which it never does here).
+                self._continue_sent = True
+                await self._write(_CONTINUE)
             data = await self.connection.receive_body_bytes()
             try:
                 self.connection.feed_body(data)
@@ -791,40 +810,43 @@ class _Cycle:
             # The request was refused (413, bad framing) and answered already.
             return
         response = self.response
-        if not response.started:
+        if response.phase is _START:
             # A stop that began while the app worked still marks this response the last.
             response.close = self.connection.state.stopping
         try:
-            events = response.on_send(message)
+            data = response.on_send(message)
         except ASGIProtocolError as exc:
+            if response.head_sent and response.must_close:
+                # Part of the response is out and it cannot be completed (a body longer
+                # than its length): the connection cannot carry on.
+                self.broken = True
+                self._finish()
             LOGGER.error("ASGI app sent a bad message: %s", exc)
             raise RuntimeError(f"ASGI protocol error: {exc}") from None
-        if response.done:
+        if response.phase is _DONE:
             self._finish()
-        if self.disconnected or not events:
+            if response.missing:
+                LOGGER.error(
+                    "ASGI app sent %d bytes less than its Content-Length to %s %s;"
+                    " closing the connection",
+                    response.missing,
+                    self.request.method.decode("ascii", "replace"),
+                    self.request.target.decode("ascii", "replace"),
+                )
+        if self.disconnected or not data:
             return
         if not self.status:
             self.status = response.status
-        try:
-            await self._write(events)
-        except self.h11.LocalProtocolError as exc:
+        self.body_bytes = response.body_bytes
+        if not await self.connection.write(data):
+            # The client left or stopped reading (see _write).
+            self.disconnected = True
             self.broken = True
-            raise RuntimeError(f"invalid HTTP response from the ASGI app: {exc}") from None
 
-    async def _write(self, events: list[Any], *, force: bool = False) -> None:
+    async def _write(self, data: bytes, *, force: bool = False) -> None:
         if self.disconnected and not force:
             return
-        conn = self.connection.conn
-        h11mod = self.h11
-        chunks = []
-        for event in events:
-            data = conn.send(event) or b""
-            if isinstance(event, h11mod.Data):
-                self.body_bytes += len(event.data)
-            elif self.response.keeps_alive_10 and isinstance(event, h11mod.Response):
-                data = _keep_alive_10_head(data)
-            chunks.append(data)
-        if not await self.connection.write(b"".join(chunks)):
+        if not await self.connection.write(data):
             # The client left or stopped reading: drop the rest; receive() now reports
             # http.disconnect.
             self.disconnected = True
@@ -848,22 +870,3 @@ def _asks_websocket(request: Any) -> bool:
         elif name == b"connection":
             connection = connection or b"upgrade" in value.lower()
     return upgrade and connection
-
-
-def _asks_keep_alive(headers: Any) -> bool:
-    for name, value in headers:
-        if name == b"connection":
-            return b"keep-alive" in value.lower()
-    return False
-
-
-_CLOSE_TAIL = b"Connection: close\r\n\r\n"
-_KEEP_ALIVE_TAIL = b"Connection: keep-alive\r\n\r\n"
-
-
-def _keep_alive_10_head(head: bytes) -> bytes:
-    # h11 always ends an HTTP/1.0 response head with "Connection: close", which it adds
-    # itself; the length is known, so the connection can stay open as the client asked.
-    if head.endswith(_CLOSE_TAIL):
-        return head[: -len(_CLOSE_TAIL)] + _KEEP_ALIVE_TAIL
-    return head

@@ -1,4 +1,5 @@
-"""Tests for trioserve._proto.http: request targets, the ASGI scope, and response checking."""
+"""Tests for trioserve._proto.http: request targets, the ASGI scope, and responses: checks
+and serialization."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from trioserve._proto import http
 from trioserve._proto.http import (
     ASGIProtocolError,
     Response,
+    client_keep_alive,
     date_header,
     decode_path,
     error_response,
@@ -27,29 +29,21 @@ from trioserve._proto.http import (
 START = {"type": "http.response.start", "status": 200, "headers": []}
 
 
-def body(data: bytes | bytearray = b"", *, more: bool = False) -> dict[str, Any]:
+def body(data: bytes | bytearray | memoryview = b"", *, more: bool = False) -> dict[str, Any]:
     return {"type": "http.response.body", "body": data, "more_body": more}
 
 
-def server_after(method: bytes = b"GET") -> h11.Connection:
-    """An h11 server connection that has read one complete request."""
-    conn = h11.Connection(h11.SERVER)
-    conn.receive_data(method + b" / HTTP/1.1\r\nHost: example.com\r\n\r\n")
-    assert isinstance(conn.next_event(), h11.Request)
-    assert isinstance(conn.next_event(), h11.EndOfMessage)
-    return conn
+def parse(wire: bytes, method: bytes = b"GET", *, eof: bool = False) -> tuple[h11.Response, bytes]:
+    """What a real HTTP/1.1 client makes of ``wire``: the response head and the body.
 
-
-def to_wire(conn: h11.Connection, events: list[h11.Event]) -> bytes:
-    return b"".join(conn.send(event) or b"" for event in events)
-
-
-def parse(wire: bytes, method: bytes = b"GET") -> tuple[h11.Response, bytes]:
-    """What a real HTTP/1.1 client makes of ``wire``: the response head and the body."""
+    ``eof``: the connection closes after ``wire`` (the end of a close-delimited body).
+    """
     client = h11.Connection(h11.CLIENT)
     client.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"example.com")]))
     client.send(h11.EndOfMessage())
     client.receive_data(wire)
+    if eof:
+        client.receive_data(b"")
     head = client.next_event()
     assert isinstance(head, h11.Response)
     data = b""
@@ -66,11 +60,24 @@ def header_values(response: h11.Response, name: bytes) -> list[bytes]:
     return [value for key, value in response.headers if key == name]
 
 
+def send_all(response: Response, messages: list[dict[str, Any]]) -> bytes:
+    """The bytes a Response serializes for ``messages``, in order."""
+    return b"".join(response.on_send(message) for message in messages)
+
+
 def run_app(messages: list[dict[str, Any]], *, head: bool = False, close: bool = False) -> bytes:
-    """Feed ``messages`` to a Response and return the bytes h11 writes for them."""
-    conn = server_after(b"HEAD" if head else b"GET")
-    response = Response(head=head, close=close)
-    return to_wire(conn, [event for message in messages for event in response.on_send(message)])
+    """Feed ``messages`` to a Response for a GET (or HEAD) and return its bytes."""
+    return send_all(Response(head=head, close=close), messages)
+
+
+DATE = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+HEAD_TAIL = DATE + b"server: trioserve\r\n"
+
+
+@pytest.fixture
+def fixed_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Responses carry DATE, so that their exact bytes can be compared."""
+    monkeypatch.setattr(http, "_date_line", lambda: DATE)
 
 
 # -- split_target / decode_path ---------------------------------------------------------
@@ -285,16 +292,35 @@ def test_date_header_is_an_http_date_of_now() -> None:
 # -- Response: the happy paths ----------------------------------------------------------
 
 
-def test_response_start_is_held_until_the_first_body_message() -> None:
-    """http.response.start alone produces no event; the first body sends head, data, end."""
+def test_response_start_is_held_until_the_first_body_message(fixed_date: None) -> None:
+    """http.response.start alone gives no bytes; the first body message sends head and body."""
     response = Response()
     assert not response.started
-    assert response.on_send({**START, "headers": [(b"content-type", b"text/plain")]}) == []
+    assert response.on_send({**START, "headers": [(b"content-type", b"text/plain")]}) == b""
     assert response.started
+    assert not response.head_sent
     assert not response.done
-    events = response.on_send(body(b"hello"))
-    assert [type(event) for event in events] == [h11.Response, h11.Data, h11.EndOfMessage]
+    assert response.on_send(body(b"Hello, world!")) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+        + HEAD_TAIL
+        + b"content-length: 13\r\n\r\nHello, world!"
+    )
+    assert response.head_sent
     assert response.done
+    assert response.keep_alive
+    assert response.body_bytes == 13
+
+
+def test_app_content_length_is_sent_and_counted(fixed_date: None) -> None:
+    """The app's own Content-Length is sent once, and the body bytes are counted against it."""
+    wire = run_app(
+        [
+            {**START, "headers": [(b"Content-Length", b"5"), (b"X-A", b"1")]},
+            body(b"hel", more=True),
+            body(b"lo"),
+        ]
+    )
+    assert wire == b"HTTP/1.1 200 OK\r\nX-A: 1\r\n" + HEAD_TAIL + b"content-length: 5\r\n\r\nhello"
 
 
 def test_response_on_the_wire() -> None:
@@ -321,58 +347,158 @@ def test_response_on_the_wire() -> None:
     assert data == b"hello"
 
 
-def test_response_streams_with_more_body() -> None:
-    """Body messages with more_body=True each give Data; the last one ends the message."""
+def test_streamed_response_is_chunked(fixed_date: None) -> None:
+    """Without a length, each body message is a chunk and the last one ends with 0 CRLF CRLF."""
     response = Response()
-    response.on_send(START)
-    first = response.on_send(body(b"one,", more=True))
-    assert [type(event) for event in first] == [h11.Response, h11.Data]
-    assert response.on_send(body(b"", more=True)) == []
-    assert [type(event) for event in response.on_send(body(b"two,", more=True))] == [h11.Data]
+    assert response.on_send(START) == b""
+    assert response.on_send(body(b"one,", more=True)) == (
+        b"HTTP/1.1 200 OK\r\n" + HEAD_TAIL + b"Transfer-Encoding: chunked\r\n\r\n4\r\none,\r\n"
+    )
+    assert response.on_send(body(b"", more=True)) == b""
+    assert response.on_send(body(b"0123456789abcdef", more=True)) == (b"10\r\n0123456789abcdef\r\n")
     assert not response.done
-    assert [type(event) for event in response.on_send(body(b"three"))] == [
-        h11.Data,
-        h11.EndOfMessage,
-    ]
+    assert response.on_send(body(b"end")) == b"3\r\nend\r\n0\r\n\r\n"
     assert response.done
+    assert response.keep_alive
 
 
 def test_streamed_response_on_the_wire() -> None:
-    """A streamed response without content-length reaches a client whole (chunked)."""
-    wire = run_app([START, body(b"one,", more=True), body(bytearray(b"two,"), more=True), body()])
+    """A streamed response of bytes, bytearray and memoryview reaches a client whole."""
+    wire = run_app(
+        [
+            START,
+            body(b"one,", more=True),
+            body(bytearray(b"two,"), more=True),
+            body(memoryview(b"three")),
+        ]
+    )
     head, data = parse(wire)
     assert header_values(head, b"transfer-encoding") == [b"chunked"]
-    assert data == b"one,two,"
+    assert data == b"one,two,three"
 
 
 def test_body_key_may_be_omitted() -> None:
     """A body message without 'body' or 'more_body' ends an empty response."""
     head, data = parse(run_app([START, {"type": "http.response.body"}]))
     assert head.status_code == 200
+    assert header_values(head, b"content-length") == [b"0"]
     assert data == b""
 
 
-def test_head_response_drops_body_bytes() -> None:
-    """For HEAD the app's body is dropped, its content-length kept."""
+def test_head_response_keeps_content_length_and_drops_body(fixed_date: None) -> None:
+    """For HEAD the app's body is dropped and its content-length kept."""
     response = Response(head=True)
-    response.on_send({**START, "headers": [(b"content-length", b"5")]})
-    events = response.on_send(body(b"hello"))
-    assert [type(event) for event in events] == [h11.Response, h11.EndOfMessage]
-    wire = run_app([{**START, "headers": [(b"content-length", b"5")]}, body(b"hello")], head=True)
+    wire = send_all(response, [{**START, "headers": [(b"content-length", b"5")]}, body(b"hello")])
+    assert wire == b"HTTP/1.1 200 OK\r\n" + HEAD_TAIL + b"content-length: 5\r\n\r\n"
+    assert response.keep_alive
     head, data = parse(wire, method=b"HEAD")
     assert header_values(head, b"content-length") == [b"5"]
     assert data == b""
-    assert b"hello" not in wire
 
 
-def test_close_adds_connection_close() -> None:
-    """close=True adds 'Connection: close' and h11 then closes the connection."""
-    conn = server_after()
+def test_head_response_has_the_framing_of_a_get(fixed_date: None) -> None:
+    """HEAD gets the framing headers a GET would get, and never a body or its last chunk."""
+    whole = send_all(Response(head=True), [START, body(b"hello")])
+    assert whole == b"HTTP/1.1 200 OK\r\n" + HEAD_TAIL + b"content-length: 5\r\n\r\n"
+    response = Response(head=True)
+    streamed = send_all(response, [START, body(b"a", more=True), body(b"b")])
+    assert streamed == b"HTTP/1.1 200 OK\r\n" + HEAD_TAIL + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert response.keep_alive
+
+
+@pytest.mark.parametrize(("status", "reason"), [(204, b"No Content"), (304, b"Not Modified")])
+def test_no_body_status_sends_no_body(fixed_date: None, status: int, reason: bytes) -> None:
+    """204 and 304 carry no body and no added length, whatever the app sends."""
+    response = Response()
+    wire = send_all(response, [{**START, "status": status}, body(b"dropped")])
+    assert wire == b"HTTP/1.1 %d %s\r\n" % (status, reason) + HEAD_TAIL + b"\r\n"
+    assert response.keep_alive
+    assert response.body_bytes == 0
+
+
+def test_close_adds_connection_close(fixed_date: None) -> None:
+    """close=True adds 'Connection: close', and the connection is not to be reused."""
     response = Response(close=True)
-    events = response.on_send(START) + response.on_send(body(b"bye"))
-    head, _ = parse(to_wire(conn, events))
+    wire = send_all(response, [START, body(b"bye")])
+    assert wire == (
+        b"HTTP/1.1 200 OK\r\n" + HEAD_TAIL + b"content-length: 3\r\nConnection: close\r\n\r\nbye"
+    )
+    assert response.done
+    assert not response.keep_alive
+
+
+def test_client_asking_close_gets_connection_close() -> None:
+    """A client that asked to close (keep_alive=False) is told so, once, and not kept."""
+    response = Response(keep_alive=False)
+    wire = send_all(response, [{**START, "headers": [(b"connection", b"keep-alive")]}, body()])
+    head, _ = parse(wire)
     assert header_values(head, b"connection") == [b"close"]
-    assert conn.our_state is h11.MUST_CLOSE
+    assert not response.keep_alive
+
+
+@pytest.mark.parametrize("value", [b"close", b"Close", b"upgrade, CLOSE"])
+def test_app_connection_close_closes_the_connection(value: bytes) -> None:
+    """The app's own Connection: close is sent once and ends the connection after it."""
+    response = Response()
+    wire = send_all(response, [{**START, "headers": [(b"Connection", value)]}, body(b"x")])
+    head, data = parse(wire)
+    [connection] = header_values(head, b"connection")
+    assert b"close" in connection.split(b", ")
+    assert data == b"x"
+    assert response.done
+    assert not response.keep_alive
+
+
+def test_app_connection_tokens_are_kept_on_a_kept_connection() -> None:
+    """Other Connection tokens of the app go out as they are when the connection stays."""
+    response = Response()
+    wire = send_all(response, [{**START, "headers": [(b"Connection", b"x-hop")]}, body()])
+    head, _ = parse(wire)
+    assert header_values(head, b"connection") == [b"x-hop"]
+    assert response.keep_alive
+
+
+def test_http10_streamed_response_is_close_delimited(fixed_date: None) -> None:
+    """HTTP/1.0 and no length: no framing at all, Connection: close, and the close ends it."""
+    response = Response(http_10=True, keep_alive=True)
+    wire = send_all(response, [START, body(b"a", more=True), body(b"", more=True), body(b"b")])
+    assert wire == b"HTTP/1.1 200 OK\r\n" + HEAD_TAIL + b"Connection: close\r\n\r\nab"
+    assert response.done
+    assert not response.keep_alive
+    _, data = parse(wire, eof=True)
+    assert data == b"ab"
+
+
+def test_http10_app_chunked_is_close_delimited() -> None:
+    """An app's Transfer-Encoding: chunked is not sent to HTTP/1.0: the close ends the body."""
+    response = Response(http_10=True, keep_alive=True)
+    headers = [(b"transfer-encoding", b"chunked"), (b"content-length", b"2")]
+    wire = send_all(response, [{**START, "headers": headers}, body(b"ab", more=True), body()])
+    assert b"transfer-encoding" not in wire.lower()
+    assert b"content-length" not in wire.lower()
+    assert wire.endswith(b"Connection: close\r\n\r\nab")
+    assert not response.keep_alive
+
+
+def test_http10_keep_alive_with_known_length(fixed_date: None) -> None:
+    """HTTP/1.0 asking keep-alive, length known: Connection: keep-alive, connection kept."""
+    response = Response(http_10=True, keep_alive=True)
+    wire = send_all(response, [START, body(b"hi")])
+    assert wire == (
+        b"HTTP/1.1 200 OK\r\n"
+        + HEAD_TAIL
+        + b"content-length: 2\r\nConnection: keep-alive\r\n\r\nhi"
+    )
+    assert response.keep_alive
+
+
+def test_http10_without_keep_alive_closes() -> None:
+    """HTTP/1.0 without keep-alive gets Connection: close even with a known length."""
+    response = Response(http_10=True, keep_alive=False)
+    head, data = parse(send_all(response, [START, body(b"hi")]))
+    assert header_values(head, b"connection") == [b"close"]
+    assert data == b"hi"
+    assert not response.keep_alive
 
 
 def test_app_server_and_date_headers_are_not_duplicated() -> None:
@@ -384,10 +510,224 @@ def test_app_server_and_date_headers_are_not_duplicated() -> None:
     assert header_values(head, b"date") == [date]
 
 
+def test_default_headers_unless_the_app_sets_them() -> None:
+    """Default headers are added, except those the app sets itself (any case)."""
+    response = Response(
+        server_header=False, default_headers=[(b"x-a", b"default"), (b"x-b", b"default")]
+    )
+    head, _ = parse(send_all(response, [{**START, "headers": [(b"X-B", b"app")]}, body()]))
+    assert header_values(head, b"x-a") == [b"default"]
+    assert header_values(head, b"x-b") == [b"app"]
+    assert header_values(head, b"server") == []
+
+
 def test_unknown_status_has_an_empty_reason() -> None:
     """A status code without a standard phrase goes out with an empty reason."""
-    head, _ = parse(run_app([{**START, "status": 599}, body()]))
+    wire = run_app([{**START, "status": 599}, body()])
+    assert wire.startswith(b"HTTP/1.1 599 \r\n")
+    head, _ = parse(wire)
     assert (head.status_code, head.reason) == (599, b"")
+
+
+@given(
+    pieces=st.lists(st.binary(max_size=20), max_size=6),
+    declare_length=st.booleans(),
+    head=st.booleans(),
+)
+def test_any_body_split_reaches_a_client_whole(
+    pieces: list[bytes], declare_length: bool, head: bool
+) -> None:
+    """However the body is split into messages, a real client reads exactly that body."""
+    whole = b"".join(pieces)
+    headers = [(b"content-length", str(len(whole)).encode())] if declare_length else []
+    messages = [{**START, "headers": headers}]
+    messages += [body(piece, more=True) for piece in pieces] + [body()]
+    response = Response(head=head)
+    wire = send_all(response, messages)
+    _, data = parse(wire, method=b"HEAD" if head else b"GET")
+    assert data == (b"" if head else whole)
+    assert response.keep_alive
+    assert response.body_bytes == (0 if head else len(whole))
+
+
+# -- Response: framing errors -----------------------------------------------------------
+
+
+def test_too_much_data_in_the_first_message_sends_nothing() -> None:
+    """A first body message longer than the Content-Length is refused before anything is
+    out: the response is back at its start, so the app (or the server) may answer anew."""
+    response = Response()
+    response.on_send({**START, "headers": [(b"content-length", b"3")]})
+    with pytest.raises(ASGIProtocolError, match="longer than its Content-Length"):
+        response.on_send(body(b"four"))
+    assert not response.started
+    assert response.on_send({**START, "status": 500}) == b""
+    head, _ = parse(response.on_send(body(b"oops")))
+    assert head.status_code == 500
+
+
+def test_too_much_data_after_the_head_breaks_the_response() -> None:
+    """More body than the Content-Length once the head is out: error, and close."""
+    response = Response()
+    response.on_send({**START, "headers": [(b"content-length", b"3")]})
+    assert response.on_send(body(b"ab", more=True)).endswith(b"\r\n\r\nab")
+    with pytest.raises(ASGIProtocolError, match="longer than its Content-Length"):
+        response.on_send(body(b"cd"))
+    assert response.done
+    assert response.must_close
+    assert not response.keep_alive
+
+
+def test_too_little_data_closes_the_connection() -> None:
+    """A body shorter than its Content-Length is sent, then the connection must close."""
+    response = Response()
+    response.on_send({**START, "headers": [(b"content-length", b"10")]})
+    assert response.on_send(body(b"four", more=True)).endswith(b"four")
+    assert response.on_send(body()) == b""
+    assert response.done
+    assert response.missing == 6
+    assert not response.keep_alive
+
+
+def test_too_little_data_in_one_message_says_connection_close() -> None:
+    """When the short body is the only message, the head itself says Connection: close."""
+    response = Response()
+    wire = send_all(response, [{**START, "headers": [(b"content-length", b"10")]}, body(b"four")])
+    assert b"\r\nConnection: close\r\n" in wire
+    assert response.missing == 6
+    assert not response.keep_alive
+
+
+def test_transfer_encoding_wins_over_content_length() -> None:
+    """With both Transfer-Encoding: chunked and Content-Length, only the former is sent."""
+    headers = [(b"Transfer-Encoding", b"Chunked"), (b"Content-Length", b"5")]
+    wire = run_app([{**START, "headers": headers}, body(b"hello")])
+    assert b"content-length" not in wire.lower()
+    assert wire.endswith(b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    head, data = parse(wire)
+    assert header_values(head, b"transfer-encoding") == [b"chunked"]
+    assert data == b"hello"
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        ([(b"transfer-encoding", b"gzip")], "Transfer-Encoding b'gzip' is not supported"),
+        ([(b"transfer-encoding", b"gzip, chunked")], "Transfer-Encoding b'gzip, chunked'"),
+        (
+            [(b"transfer-encoding", b"chunked"), (b"Transfer-Encoding", b"chunked")],
+            "more than one Transfer-Encoding header",
+        ),
+        ([(b"content-length", b"five")], "bad Content-Length b'five'"),
+        ([(b"content-length", b"-1")], "bad Content-Length b'-1'"),
+        ([(b"content-length", b"1" * 21)], "bad Content-Length"),
+        ([(b"content-length", b"1, 2")], "bad Content-Length b'1, 2'"),
+        (
+            [(b"content-length", b"1"), (b"content-length", b"2")],
+            "conflicting Content-Length headers",
+        ),
+    ],
+)
+def test_bad_framing_headers_are_refused(headers: list[tuple[bytes, bytes]], error: str) -> None:
+    """Only Transfer-Encoding: chunked, once, and one well-formed length are accepted."""
+    response = Response()
+    with pytest.raises(ASGIProtocolError, match=r"^invalid response header: ") as info:
+        response.on_send({**START, "headers": headers})
+    assert error in str(info.value)
+    assert not response.started
+
+
+def test_repeated_equal_content_lengths_are_one() -> None:
+    """Content-Length given twice with the same value (or as '5, 5') is sent once."""
+    headers = [(b"content-length", b"5, 5"), (b"Content-Length", b"5")]
+    head, data = parse(run_app([{**START, "headers": headers}, body(b"hello")]))
+    assert header_values(head, b"content-length") == [b"5"]
+    assert data == b"hello"
+
+
+@pytest.mark.parametrize(
+    "name", [b"bad name", b"", b"colon:", b"caf\xc3\xa9", b"x\r\ny", b"a\x00", b"(x)"]
+)
+def test_header_name_that_is_not_a_token_is_refused(name: bytes) -> None:
+    """A header name must be a token; the error names it, and nothing was started."""
+    response = Response()
+    with pytest.raises(ASGIProtocolError) as info:
+        response.on_send({**START, "headers": [(b"x-ok", b"1"), (name, b"v")]})
+    assert str(info.value) == f"invalid response header: illegal header name {name!r}"
+    assert not response.started
+
+
+def test_refused_start_leaves_nothing_behind() -> None:
+    """After a refused http.response.start, the next one starts from scratch."""
+    response = Response()
+    bad = [
+        (b"content-length", b"5"),
+        (b"connection", b"close"),
+        (b"date", b"x"),
+        (b"bad name", b""),
+    ]
+    with pytest.raises(ASGIProtocolError):
+        response.on_send({**START, "headers": bad})
+    response.on_send(START)
+    head, data = parse(send_all(response, [body(b"ab", more=True), body(b"c")]))
+    assert header_values(head, b"transfer-encoding") == [b"chunked"]
+    assert header_values(head, b"connection") == []
+    assert len(header_values(head, b"date")) == 1
+    assert data == b"abc"
+    assert response.keep_alive
+
+
+@pytest.mark.parametrize("name", [b"x-custom", b"connection", b"server"])
+@pytest.mark.parametrize("value", [b"a\rb", b"a\nb", b"a\x00b", b"ok\r\nX-Injected: 1", b"\n"])
+def test_header_value_with_cr_lf_or_nul_is_refused(name: bytes, value: bytes) -> None:
+    """A value with CR, LF or NUL could split the response: refused, naming the header."""
+    response = Response()
+    with pytest.raises(ASGIProtocolError) as info:
+        response.on_send({**START, "headers": [(b"x-ok", b"1"), (name, value)]})
+    assert str(info.value).startswith(
+        f"invalid response header: illegal value {value!r} of {name!r}"
+    )
+    assert not response.started
+
+
+def test_header_values_with_spaces_tabs_and_latin1_are_sent() -> None:
+    """Inner spaces, tabs and obs-text bytes are legal in a value and sent as they are."""
+    value = b"a b\tc \xe9"
+    head, _ = parse(run_app([{**START, "headers": [(b"x-v", value)]}, body()]))
+    assert header_values(head, b"x-v") == [value]
+
+
+def test_invalid_default_header_is_refused() -> None:
+    """A default header is checked like the app's own."""
+    response = Response(default_headers=[(b"x-a", b"1\r\nx-b: 2")])
+    response.on_send(START)
+    with pytest.raises(ASGIProtocolError, match="invalid response header: illegal value"):
+        response.on_send(body())
+
+
+# -- client_keep_alive ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "keep_alive"),
+    [
+        (b"1.1", [], True),
+        (b"1.1", [(b"Connection", b"close")], False),
+        (b"1.1", [(b"Connection", b"Upgrade, Close")], False),
+        (b"1.1", [(b"Connection", b"keep-alive"), (b"Connection", b"close")], False),
+        (b"1.1", [(b"Connection", b"keep-alive")], True),
+        (b"1.1", [(b"Connection", b"closed")], True),
+        (b"1.0", [], False),
+        (b"1.0", [(b"Connection", b"Keep-Alive")], True),
+        (b"1.0", [(b"Connection", b"keep-alive, close")], False),
+    ],
+)
+def test_client_keep_alive(version: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool):
+    """HTTP/1.1 keeps the connection unless told close; HTTP/1.0 only when told keep-alive."""
+    request = h11.Request(
+        method=b"GET", target=b"/", headers=[(b"host", b"a"), *headers], http_version=version
+    )
+    assert client_keep_alive(request) is keep_alive
 
 
 # -- Response: wrong messages -----------------------------------------------------------
@@ -476,13 +816,10 @@ def test_body_that_is_not_bytes_is_refused(value: object, name: str) -> None:
 # -- error_response ---------------------------------------------------------------------
 
 
-def test_error_response_400_after_a_malformed_request() -> None:
-    """A 400 after a request h11 rejected is complete, sized and closes the connection."""
-    conn = h11.Connection(h11.SERVER)
-    conn.receive_data(b"NOT HTTP AT ALL\r\n\r\n")
-    with pytest.raises(h11.RemoteProtocolError):
-        conn.next_event()
-    wire = to_wire(conn, error_response(400, "Bad request: no HTTP version\n"))
+def test_error_response_400_is_complete_sized_and_closes() -> None:
+    """A 400 is complete, sized, plain text, and says Connection: close."""
+    wire = error_response(400, "Bad request: no HTTP version\n")
+    assert wire.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     head, data = parse(wire)
     assert (head.status_code, head.reason) == (400, b"Bad Request")
     assert data == b"Bad request: no HTTP version\n"
@@ -491,18 +828,21 @@ def test_error_response_400_after_a_malformed_request() -> None:
     assert header_values(head, b"connection") == [b"close"]
     assert header_values(head, b"server") == [b"trioserve"]
     assert len(header_values(head, b"date")) == 1
-    assert conn.our_state is h11.MUST_CLOSE
 
 
 def test_error_response_500_is_utf8_and_ends_with_a_newline() -> None:
     """A 500 body is the message in UTF-8 with exactly one trailing newline."""
-    events = error_response(500, "Internal Server Error: déjà vu")
-    assert [type(event) for event in events] == [h11.Response, h11.Data, h11.EndOfMessage]
-    head, data = parse(to_wire(server_after(), events))
+    head, data = parse(error_response(500, "Internal Server Error: déjà vu"))
     assert (head.status_code, head.reason) == (500, b"Internal Server Error")
     assert data == "Internal Server Error: déjà vu\n".encode()
     assert header_values(head, b"content-length") == [str(len(data)).encode()]
     assert header_values(head, b"connection") == [b"close"]
+
+
+def test_error_response_without_server_header() -> None:
+    """server_header=False leaves the Server header out."""
+    head, _ = parse(error_response(503, "busy", server_header=False))
+    assert header_values(head, b"server") == []
 
 
 # -- sans-IO ----------------------------------------------------------------------------

@@ -313,3 +313,157 @@ async def test_app_hint_is_added_to_the_error_log(nursery, caplog):
     response, _ = await H11Client(start(nursery, failing, state)).request()
     assert response.status_code == 500
     assert any("(try --app-loop asyncio)" in r.getMessage() for r in caplog.records)
+
+
+# -- responses trioserve frames itself ----------------------------------------------------
+
+
+def respond(headers: list[tuple[bytes, bytes]], *bodies: bytes) -> Any:
+    """An app sending a 200 with ``headers`` and each of ``bodies`` as a body message."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i, chunk in enumerate(bodies):
+            more = i < len(bodies) - 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    return app
+
+
+TWO_GETS = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+async def test_app_connection_close_ends_the_connection(nursery):
+    """An app's own Connection: close ends the connection after its response."""
+    client = start(nursery, respond([(b"connection", b"close")], b"one"), make_state())
+    await client.send_all(TWO_GETS)
+    data = await read_until_eof(client)
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 1
+    assert data.lower().count(b"\r\nconnection: close\r\n") == 1
+    assert data.endswith(b"\r\n\r\none")
+
+
+async def test_body_shorter_than_its_length_closes_the_connection(nursery, caplog):
+    """A body shorter than its Content-Length goes out, then the connection closes (a
+    client must not read the next response as the rest), with an error logged."""
+    app = respond([(b"content-length", b"10")], b"four", b"")
+    client = start(nursery, app, make_state())
+    await client.send_all(TWO_GETS)
+    data = await read_until_eof(client)
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 1
+    assert data.endswith(b"\r\n\r\nfour")
+    assert "6 bytes less than its Content-Length to GET /1" in caplog.text
+
+
+async def test_body_longer_than_its_length_breaks_the_connection(nursery, caplog):
+    """More body than the Content-Length once the head is out: the app gets an error, the
+    extra bytes are never sent and the connection closes."""
+    errors: list[BaseException] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]}
+        )
+        await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        try:
+            await send({"type": "http.response.body", "body": b"cd"})
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    client = start(nursery, app, make_state())
+    await client.send_all(TWO_GETS)
+    data = await read_until_eof(client)
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 1
+    assert data.endswith(b"\r\n\r\nab")
+    assert "longer than its Content-Length" in str(errors[0])
+
+
+async def test_first_body_longer_than_its_length_gets_500(nursery, caplog):
+    """A single body message longer than the Content-Length sends nothing of it: 500."""
+    app = respond([(b"content-length", b"3")], b"four")
+    client = start(nursery, app, make_state())
+    await client.send_all(TWO_GETS)
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"four" not in data
+    assert "longer than its Content-Length" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"x-bad", b"a\r\nx-injected: 1")],
+        [(b"bad name", b"v")],
+        [(b"transfer-encoding", b"gzip")],
+    ],
+)
+async def test_invalid_response_header_gets_500_and_never_goes_out(nursery, caplog, headers):
+    """A response header that is not valid HTTP is never sent: the client gets a 500."""
+    client = start(nursery, respond(headers, b"body"), make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 500 ")
+    assert b"injected" not in data
+    assert "invalid response header" in caplog.text
+
+
+async def test_non_websocket_upgrade_keeps_the_connection(nursery):
+    """A request with an Upgrade the server does not take (h2c) is plain HTTP, and the
+    connection carries on to the next request."""
+    client = H11Client(start(nursery, hello_app, make_state()))
+    for _ in range(2):
+        response, body = await client.request(
+            headers=[(b"upgrade", b"h2c"), (b"connection", b"Upgrade, HTTP2-Settings")]
+        )
+        assert response.status_code == 200
+        assert body == b"Hello, world!"
+
+
+async def test_100_continue_is_sent_once(nursery):
+    """A body read in several parts after Expect: 100-continue gets one 100 only."""
+    client = start(nursery, echo_body_app, make_state())
+    await client.send_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: 100-continue\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    assert await client.receive_some() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await client.send_all(b"pi")
+    await trio.testing.wait_all_tasks_blocked()
+    await client.send_all(b"ng")
+    data = await read_until_eof(client)
+    assert b" 100 " not in data
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.endswith(b"\r\n\r\nping")
+
+
+async def test_no_100_continue_once_the_response_is_out(nursery):
+    """An app that starts its answer before it reads the body sends no 100 Continue."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"got:", "more_body": True})
+        message = await receive()
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    client = start(nursery, app, make_state())
+    await client.send_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: 100-continue\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    first = await client.receive_some()
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    await trio.testing.wait_all_tasks_blocked()
+    await client.send_all(b"ping")
+    data = first + await read_until_eof(client)
+    assert b" 100 " not in data
+    assert data.endswith(b"4\r\ngot:\r\n4\r\nping\r\n0\r\n\r\n")
+
+
+async def test_request_then_eof_is_answered(nursery):
+    """A client that sends its request and half-closes still gets the whole response."""
+    client = start(nursery, hello_app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await client.send_eof()
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.endswith(b"Hello, world!")

@@ -2,8 +2,9 @@
 messages mean on the wire.
 
 This module uses only the standard library and h11 (a test asserts trio is never
-imported from here). The trio edge in ``_serve_http`` feeds it h11 events and app
-messages and writes the bytes it decides on.
+imported from here; h11 only parses requests). The trio edge in ``_serve_http``
+feeds it the requests h11 parsed and the app's messages, and writes the bytes that
+:class:`Response` serializes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import email.utils
 import enum
 import http
+import re
 import time
-import types
 from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -21,7 +22,6 @@ import h11
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 SERVER_NAME = b"trioserve"
-_REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
 
 
 class ASGIProtocolError(Exception):
@@ -108,32 +108,103 @@ def _header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers]
 
 
-_date_cache: tuple[int, bytes] = (0, b"")
+def client_keep_alive(request: h11.Request) -> bool:
+    """Whether the client lets the connection carry another request after this one.
+
+    HTTP/1.1 keeps the connection unless a ``Connection`` header says ``close``;
+    HTTP/1.0 closes it unless one says ``keep-alive`` (and none says ``close``).
+    """
+    keep_alive = request.http_version >= b"1.1"
+    for name, value in _header_pairs(request.headers):
+        if name == b"connection":
+            tokens = _tokens(value)
+            if b"close" in tokens:
+                return False
+            if b"keep-alive" in tokens:
+                keep_alive = True
+    return keep_alive
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    """The lowercased items of a comma-separated header value."""
+    return [token for token in (item.strip() for item in value.lower().split(b",")) if token]
+
+
+_date_cache: tuple[int, bytes, bytes] = (0, b"", b"")
 
 
 def date_header() -> bytes:
     """The current time as an HTTP ``Date`` value, formatted at most once a second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode("ascii"))
+    _date_line()
     return _date_cache[1]
 
 
-def _header_list(raw: Iterable[Any]) -> list[tuple[bytes, bytes]]:
-    headers = []
-    try:
-        for name, value in raw:
-            if not isinstance(name, bytes) or not isinstance(value, bytes):
-                raise TypeError
-            headers.append((name, value))
-    except (TypeError, ValueError):
+def _date_line() -> bytes:
+    """The ``date`` header line of a response, formatted at most once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        value = email.utils.formatdate(now, usegmt=True).encode("ascii")
+        _date_cache = (now, value, b"date: " + value + b"\r\n")
+    return _date_cache[2]
+
+
+# -- serializing responses ---------------------------------------------------------------
+
+_STATUS_LINES: dict[int, bytes] = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
+    for status in http.HTTPStatus
+}
+_SERVER_LINE = b"server: " + SERVER_NAME + b"\r\n"
+_CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+# RFC 9110 section 5.1: a field name is a token.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+# CR or LF in a value would let the app split the response; NUL no client accepts.
+_FORBIDDEN = re.compile(rb"[\r\n\x00]")
+# h11's limit; 20 digits is already far beyond any real body.
+_MAX_LENGTH_DIGITS = 20
+# Header names already found to be tokens, mapped to their lowercase form: apps send
+# the same few names over and over, and a dict look-up is cheaper than a regex match.
+_checked_names: dict[bytes, bytes] = {}
+_MAX_CHECKED_NAMES = 1024
+# Headers that decide the framing or the connection: never copied as the app gave them.
+_FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+
+
+def _status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
+
+
+def _checked_name(name: bytes) -> bytes:
+    """The lowercase form of a header name the app gave, which must be a token."""
+    lower = _checked_names.get(name)
+    if lower is None:
+        if _TOKEN.fullmatch(name) is None:
+            raise ASGIProtocolError(f"invalid response header: illegal header name {name!r}")
+        lower = bytes(name).lower()
+        if len(_checked_names) < _MAX_CHECKED_NAMES:
+            _checked_names[bytes(name)] = lower
+    return lower
+
+
+def _check_value(name: bytes, value: bytes) -> None:
+    if _FORBIDDEN.search(value) is not None:
         raise ASGIProtocolError(
-            "'headers' must be an iterable of [name, value] pairs of bytes"
-        ) from None
-    # Names and values (no CR, LF or NUL: the app must not split the response) are
-    # checked by h11 when the response event is built, in _response_event.
-    return headers
+            f"invalid response header: illegal value {value!r} of {name!r}"
+            " (CR, LF and NUL are not allowed)"
+        )
+
+
+def _content_length(value: bytes) -> int:
+    """The length a Content-Length value gives: "5", or "5, 5" as some proxies join it."""
+    digits = value.strip()
+    if not digits.isdigit():
+        lengths = {item.strip() for item in value.split(b",")}
+        digits = lengths.pop() if len(lengths) == 1 else b""
+    if not digits.isdigit() or len(digits) > _MAX_LENGTH_DIGITS:
+        raise ASGIProtocolError(f"invalid response header: bad Content-Length {value!r}")
+    return int(digits)
 
 
 class ResponsePhase(enum.Enum):
@@ -142,18 +213,69 @@ class ResponsePhase(enum.Enum):
     DONE = "response complete"
 
 
+class _Framing(enum.Enum):
+    LENGTH = "content-length"
+    CHUNKED = "chunked"
+    CLOSE = "close-delimited"  # HTTP/1.0 without a length: the close ends the body
+    NONE = "no body"  # HEAD, 204, 304
+
+
+# What Response keeps of http.response.start (instance attributes over class defaults).
+_START_STATE = (
+    "status",
+    "headers",
+    "_pending_head",
+    "_lines",
+    "_length",
+    "_app_chunked",
+    "_connection",
+    "_has_date",
+    "_has_server",
+)
+
+
 class Response:
-    """Checks one response's ``send()`` messages and turns them into h11 events.
+    """Checks one response's ``send()`` messages and serializes them to HTTP/1.1 bytes.
+
+    It also decides whether the connection outlives the response: see
+    :attr:`keep_alive`.
 
     Args:
         head: True for a HEAD request: body bytes from the app are dropped.
-        close: True to add ``Connection: close`` (the server is stopping, or the
-            connection will not be reused). May be set until the response starts.
+        close: True to add ``Connection: close`` and end the connection after this
+            response (the server is stopping). May be set until the response starts.
         server_header: Add ``Server: trioserve`` unless the app sets a Server header.
         default_headers: Headers added unless the app sets a header of the same name.
-        keep_alive_10: The request is HTTP/1.0 with ``Connection: keep-alive``.
-        h11_module: ``h11``, or the compiled build ``h11_mypyc`` (same API).
+        keep_alive: The client lets the connection be reused (see
+            :func:`client_keep_alive`).
+        http_10: The request is HTTP/1.0: no chunked framing (a body of unknown
+            length ends with the connection), and ``Connection: keep-alive`` on a
+            response that keeps the connection.
     """
+
+    # Defaults at class level: most responses never change most of these, and one
+    # response is made per request.
+    status = 0
+    # The app's headers as it gave them (for the access log).
+    headers: Sequence[Any] = ()
+    # True once the connection must not be reused after this response: decided with
+    # the head, or later when the body ends short or overruns its length.
+    must_close = False
+    # Body bytes serialized so far, framing not counted.
+    body_bytes = 0
+    # How many bytes the body fell short of its Content-Length, once it ended.
+    missing = 0
+    _pending_head = False
+    _framing = _Framing.NONE
+    _remaining = 0
+    # What http.response.start said, checked: the header lines to copy as they are,
+    # and what the framing and connection headers and the names said.
+    _lines = b""
+    _length: int | None = None
+    _app_chunked = False
+    _connection: list[bytes] | None = None
+    _has_date = False
+    _has_server = False
 
     def __init__(
         self,
@@ -162,21 +284,17 @@ class Response:
         close: bool = False,
         server_header: bool = True,
         default_headers: Sequence[tuple[bytes, bytes]] = (),
-        keep_alive_10: bool = False,
-        h11_module: types.ModuleType = h11,
+        keep_alive: bool = True,
+        http_10: bool = False,
     ) -> None:
-        self._h11: Any = h11_module
         self.phase = ResponsePhase.START
         self.head = head
+        self.no_body = head
         self.close = close
         self.server_header = server_header
         self.default_headers = default_headers
-        self.keep_alive_10 = keep_alive_10
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.no_body = head
-        self.length_known = False
-        self._pending_head = False
+        self.client_keep_alive = keep_alive
+        self.http_10 = http_10
 
     @property
     def started(self) -> bool:
@@ -189,19 +307,27 @@ class Response:
         return self.phase is ResponsePhase.DONE
 
     @property
-    def keeps_alive_10(self) -> bool:
-        """True when this response keeps an HTTP/1.0 connection open: its length is known."""
-        return self.keep_alive_10 and not self.close and self.length_known
+    def head_sent(self) -> bool:
+        """True once the status line and headers were serialized."""
+        return self.phase is not ResponsePhase.START and not self._pending_head
 
-    def on_send(self, message: MutableMapping[str, Any]) -> list[Any]:
-        """The h11 events to send for one app message.
+    @property
+    def keep_alive(self) -> bool:
+        """True when the response is complete and the connection may carry another."""
+        return self.phase is ResponsePhase.DONE and not self.must_close
+
+    def on_send(self, message: MutableMapping[str, Any]) -> bytes:
+        """The bytes to write for one app message; b"" when there are none yet.
 
         The status line and headers are held back until the first body message so
         that they go out in the same write (and so that a single-message body gets a
         Content-Length instead of chunked framing).
 
         Raises:
-            ASGIProtocolError: the message is of the wrong type or shape for this phase.
+            ASGIProtocolError: the message is of the wrong type or shape for this
+                phase, a header is invalid, or the body is longer than its
+                Content-Length. While the head is not serialized yet, the response
+                is back at its start; after that it is done and must close.
         """
         # (The dict test first: an ABC isinstance check is slow on this path.)
         kind = (
@@ -209,91 +335,236 @@ class Response:
             if type(message) is dict or isinstance(message, MutableMapping)
             else None
         )
-        if self.phase is ResponsePhase.START:
+        phase = self.phase
+        if phase is ResponsePhase.START:
             if kind != "http.response.start":
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
             status = message.get("status")
             if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
                 raise ASGIProtocolError(f"'status' must be an int from 200 to 599, got {status!r}")
-            self.headers = _header_list(message.get("headers", ()))
+            try:
+                self._take_headers(message.get("headers", ()))
+            except ASGIProtocolError:
+                self._forget_start()
+                raise
             self.status = status
-            self.no_body = self.head or status in (204, 304)
+            if status == 204 or status == 304:
+                self.no_body = True
             self._pending_head = True
             self.phase = ResponsePhase.BODY
-            return []
-        if self.phase is ResponsePhase.BODY:
+            return b""
+        if phase is ResponsePhase.BODY:
             if kind != "http.response.body":
                 raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
             body = message.get("body", b"")
-            if not isinstance(body, bytes | bytearray | memoryview):
+            if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
                 raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")
             more = bool(message.get("more_body", False))
-            events: list[Any] = []
             if self._pending_head:
-                events.append(self._response_event(None if more else len(body)))
-                self._pending_head = False
-            if body and not self.no_body:
-                events.append(self._h11.Data(data=bytes(body)))
-            if not more:
-                events.append(self._h11.EndOfMessage())
+                return self._head_and_body(body, more)
+            if self._framing is _Framing.LENGTH and len(body) > self._remaining:
+                # Part of the response is out already: only closing can end it.
+                self.must_close = True
                 self.phase = ResponsePhase.DONE
-            return events
+                raise ASGIProtocolError(
+                    f"the body is longer than its Content-Length: {len(body)} more bytes"
+                    f" with {self._remaining} left"
+                )
+            parts: list[bytes] = []
+            self._add_body(parts, body, more)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
 
-    def _response_event(self, whole_body_length: int | None) -> Any:
-        headers = self.headers
-        names = {name.lower() for name, _ in headers}
-        extra = []
-        if b"date" not in names:
-            extra.append((b"date", date_header()))
-        if self.server_header and b"server" not in names:
-            extra.append((b"server", SERVER_NAME))
+    def _take_headers(self, raw: Iterable[Any]) -> None:
+        """Check the app's headers and keep what the head needs of them."""
+        lines: list[bytes] = []
+        checked = _checked_names
+        try:
+            headers = raw if type(raw) is list else list(raw)
+            for name, value in headers:
+                lower = checked.get(name)
+                if lower is None:
+                    if not isinstance(name, bytes):
+                        raise TypeError
+                    lower = _checked_name(name)
+                if type(value) is not bytes and not isinstance(value, bytes):
+                    raise TypeError
+                if lower in _FRAMING_NAMES:
+                    self._take_framing_header(lower, name, value)
+                    continue
+                if lower == b"date":
+                    self._has_date = True
+                elif lower == b"server":
+                    self._has_server = True
+                lines += (name, b": ", value, b"\r\n")
+        except (TypeError, ValueError):
+            raise ASGIProtocolError(
+                "'headers' must be an iterable of [name, value] pairs of bytes"
+            ) from None
+        block = b"".join(lines)
+        # The names are tokens and the separators ours: the block holds one CR and one
+        # LF per header, and no NUL, unless a value brings its own.
+        count = len(lines) >> 2
+        if block.count(b"\n") != count or block.count(b"\r") != count or b"\x00" in block:
+            for name, value in headers:
+                _check_value(name, value)
+        self.headers = headers
+        self._lines = block
+
+    def _forget_start(self) -> None:
+        """Back to waiting for http.response.start, as if none came."""
+        for name in _START_STATE:
+            self.__dict__.pop(name, None)
+        self.phase = ResponsePhase.START
+        self.no_body = self.head
+
+    def _take_framing_header(self, lower: bytes, name: bytes, value: bytes) -> None:
+        """Note a Content-Length, Transfer-Encoding or Connection header of the app."""
+        if lower == b"content-length":
+            length = _content_length(value)
+            if self._length is not None and length != self._length:
+                raise ASGIProtocolError(
+                    "invalid response header: conflicting Content-Length headers"
+                )
+            self._length = length
+        elif lower == b"transfer-encoding":
+            if self._app_chunked:
+                raise ASGIProtocolError(
+                    "invalid response header: more than one Transfer-Encoding header"
+                )
+            if value.strip().lower() != b"chunked":
+                raise ASGIProtocolError(
+                    f"invalid response header: Transfer-Encoding {value!r} is not"
+                    " supported, only 'chunked'"
+                )
+            self._app_chunked = True
+        else:
+            _check_value(name, value)
+            self._connection = (self._connection or []) + _tokens(value)
+
+    def _head_and_body(self, body: bytes | bytearray | memoryview, more: bool) -> bytes:
+        """The status line and headers, then the first body message."""
+        size = len(body)
+        length = self._length
+        status = self.status
+        if self._app_chunked:
+            # Transfer-Encoding beats Content-Length, which is then not sent at all.
+            length = None
+            framing = _Framing.CLOSE if self.http_10 else _Framing.CHUNKED
+        elif length is not None:
+            framing = _Framing.LENGTH
+        elif status == 204 or status == 304:
+            framing = _Framing.NONE
+        elif not more and (size or not self.head):
+            # The whole body is in this one message: give its length rather than chunk
+            # it. (For HEAD an empty body tells nothing of what a GET would get.)
+            framing = _Framing.LENGTH
+            length = size
+        else:
+            framing = _Framing.CLOSE if self.http_10 else _Framing.CHUNKED
+        close_delimited = False
+        short = False
+        if self.no_body:
+            # The framing headers are those a GET would get; no body bytes follow.
+            self._framing = _Framing.NONE
+        else:
+            self._framing = framing
+            if framing is _Framing.CLOSE:
+                close_delimited = True
+            elif length is not None:
+                if size > length:
+                    # Nothing is out yet: the app may still answer otherwise (or the
+                    # edge with a 500).
+                    self._forget_start()
+                    raise ASGIProtocolError(
+                        f"the body is longer than its Content-Length: {size} bytes for {length}"
+                    )
+                self._remaining = length
+                short = not more and size < length
+        connection = self._connection
+        must_close = (
+            self.close
+            or not self.client_keep_alive
+            or close_delimited
+            or short
+            or (connection is not None and b"close" in connection)
+        )
+        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, self._lines]
+        if not self._has_date:
+            parts.append(_date_line())
+        if self.server_header and not self._has_server:
+            parts.append(_SERVER_LINE)
+        if self.default_headers:
+            self._add_default_headers(parts)
+        if length is not None:
+            parts.append(b"content-length: %d\r\n" % length)
+        elif framing is _Framing.CHUNKED:
+            parts.append(_CHUNKED_LINE)
+        if must_close or self.http_10 or connection:
+            self.must_close = must_close
+            parts.append(self._connection_line(must_close))
+        parts.append(b"\r\n")
+        self._pending_head = False
+        self._add_body(parts, body, more)
+        return b"".join(parts)
+
+    def _add_default_headers(self, parts: list[bytes]) -> None:
+        names = {bytes(name).lower() for name, _ in self.headers}
         for name, value in self.default_headers:
             if name.lower() not in names:
-                extra.append((name, value))
-        self.length_known = b"content-length" in names or self.no_body
-        if (
-            not self.length_known
-            and whole_body_length is not None
-            and b"transfer-encoding" not in names
-        ):
-            # The whole body is in this one message: give its length rather than chunk it.
-            extra.append((b"content-length", str(whole_body_length).encode("ascii")))
-            self.length_known = True
-        if self.close:
-            extra.append((b"connection", b"close"))
-        try:
-            return self._h11.Response(
-                status_code=self.status,
-                headers=headers + extra,
-                reason=_REASONS.get(self.status, b""),
-            )
-        except self._h11.LocalProtocolError as exc:
-            # A header name that is not a token, or CR, LF or NUL in a value: never sent.
-            self.phase = ResponsePhase.START
-            raise ASGIProtocolError(f"invalid response header: {exc}") from None
+                _checked_name(name)
+                _check_value(name, value)
+                parts += (name, b": ", value, b"\r\n")
+
+    def _connection_line(self, must_close: bool) -> bytes:
+        tokens = self._connection or []
+        if must_close or self.http_10:
+            # An HTTP/1.0 client needs to hear that the connection stays open.
+            ours = b"close" if must_close else b"keep-alive"
+            tokens = [ours, *(t for t in tokens if t != b"close" and t != b"keep-alive")]
+        return b"Connection: " + b", ".join(tokens) + b"\r\n"
+
+    def _add_body(
+        self, parts: list[bytes], body: bytes | bytearray | memoryview, more: bool
+    ) -> None:
+        """Add one body message, framed; mark the response done after the last."""
+        framing = self._framing
+        size = len(body)
+        if framing is _Framing.LENGTH:
+            if size:
+                parts.append(body if type(body) is bytes else bytes(body))
+                self.body_bytes += size
+                self._remaining -= size
+            if not more and self._remaining:
+                # The app promised more than it sent: a client would wait for the rest,
+                # or take the next response for it. The connection must end.
+                self.missing = self._remaining
+                self.must_close = True
+        elif framing is _Framing.CHUNKED:
+            if size:
+                parts += (b"%x\r\n" % size, bytes(body), b"\r\n")
+                self.body_bytes += size
+            if not more:
+                parts.append(_LAST_CHUNK)
+        elif framing is _Framing.CLOSE and size:
+            parts.append(bytes(body))
+            self.body_bytes += size
+        if not more:
+            self.phase = ResponsePhase.DONE
 
 
-def error_response(
-    status: int,
-    message: str,
-    *,
-    server_header: bool = True,
-    h11_module: types.ModuleType = h11,
-) -> list[Any]:
+def error_response(status: int, message: str, *, server_header: bool = True) -> bytes:
     """A complete plain-text response, always with ``Connection: close``."""
-    mod: Any = h11_module
     body = (message.rstrip("\n") + "\n").encode("utf-8")
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode("ascii")),
-        (b"connection", b"close"),
-        (b"date", date_header()),
-    ]
-    if server_header:
-        headers.append((b"server", SERVER_NAME))
-    return [
-        mod.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")),
-        mod.Data(data=body),
-        mod.EndOfMessage(),
-    ]
+    return b"".join(
+        [
+            _status_line(status),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+            _date_line(),
+            _SERVER_LINE if server_header else b"",
+            b"\r\n",
+            body,
+        ]
+    )
