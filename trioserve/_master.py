@@ -209,6 +209,8 @@ class _Proc:
     urls: list[str] = attrs.field(factory=list)
     retiring: bool = False
     replaced: bool = False
+    # One writer at a time on the channel (the boot message, then a stop request).
+    sending: trio.Lock = attrs.field(factory=trio.Lock)
     timed_out: bool = False
 
 
@@ -350,7 +352,8 @@ class Master:
         try:
             if payload:
                 with trio.move_on_after(10):
-                    await proc.link.send_all(payload)
+                    async with proc.sending:
+                        await proc.link.send_all(payload)
             await self._read(pool, proc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -467,7 +470,7 @@ class Master:
         for retired in {old, current} - {None, new}:
             assert retired is not None
             retired.replaced = True
-            _signal(retired.process, signal.SIGTERM)
+            self.ask_to_stop(retired)
         return True
 
     async def _wait_ready(self, pool: _Pool, proc: _Proc) -> bool:
@@ -489,6 +492,23 @@ class Master:
         return _stop_budget(config)
 
     # -- the whole server ------------------------------------------------------------
+
+    def ask_to_stop(self, proc: _Proc) -> None:
+        """A graceful stop of one worker, asked over its channel rather than with SIGTERM.
+
+        When the whole process group gets SIGTERM (systemd's default KillMode, ``kill
+        -TERM -PGID``), the workers get it directly; a second SIGTERM from the master
+        would then turn their graceful stop into a fast one. A message does not.
+        """
+        self.nursery.start_soon(self._send_stop, proc)
+
+    async def _send_stop(self, proc: _Proc) -> None:
+        try:
+            with trio.fail_after(5):
+                async with proc.sending:
+                    await proc.link.send_all(b'{"t": "stop"}\n')
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            _signal(proc.process, signal.SIGTERM)  # no channel: the signal still works
 
     def halt(self, exc: BaseException) -> None:
         """Stop everything because of ``exc``; the master then exits with its code."""
@@ -525,7 +545,10 @@ class Master:
 
     async def _stop_procs(self, procs: list[_Proc], *, fast: bool) -> None:
         for proc in procs:
-            _signal(proc.process, signal.SIGQUIT if fast else signal.SIGTERM)
+            if fast:
+                _signal(proc.process, signal.SIGQUIT)
+            else:
+                self.ask_to_stop(proc)
         budget = _FAST_STOP
         if not fast:
             budget = max((self._stop_budget(p.info.config) for p in procs), default=_FAST_STOP)
@@ -625,7 +648,7 @@ class Master:
                     proc.replaced = True
                     del pool.slots[new]
                     pool.server.workers = [p.info for p in pool.slots.values()]
-                    _signal(proc.process, signal.SIGTERM)
+                    self.ask_to_stop(proc)
             await run_hook_logged(pool.config, "nworkers_changed", pool.server, new, old)
         self.report()
 
@@ -675,7 +698,7 @@ class Master:
             for slot in [s for s in pool.slots if s >= config.workers]:
                 proc = pool.slots.pop(slot)
                 proc.replaced = True
-                _signal(proc.process, signal.SIGTERM)
+                self.ask_to_stop(proc)
             pool.server.workers = [p.info for p in pool.slots.values()]
             if config.workers != old_workers:
                 await run_hook_logged(

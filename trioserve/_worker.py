@@ -306,9 +306,16 @@ async def _heartbeat(link: _Link, control: _Control, worker: WorkerInfo, interva
 
 
 async def _watch_master(link: _Link, control: _Control, scope: trio.CancelScope) -> None:
+    buffer = b""
     try:
-        while await link.stream.receive_some(4096):
-            pass
+        while data := await link.stream.receive_some(4096):
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if json.loads(line).get("t") == "stop":
+                    # The master's graceful stop (idempotent: a SIGTERM to the whole
+                    # process group may have started it already).
+                    _stop(control, scope, fast=False)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     link.broken = True
@@ -340,11 +347,13 @@ async def _signals(
                     LOGGER.error("SIGUSR1: cannot reopen the log files: %s", exc)
                 else:
                     LOGGER.info("SIGUSR1: log files reopened")
-            elif signum == signal.SIGTERM and not (control.state and control.state.stopping):
+            elif signum == signal.SIGTERM:
+                # Always graceful, however often: the same SIGTERM may come from the
+                # process group and from the master. A fast stop is INT or QUIT (the
+                # master sends QUIT on a second TERM to itself).
                 _stop(control, scope, fast=False)
             else:
-                if signum != signal.SIGTERM:
-                    await run_hook_logged(config, "worker_int", worker)
+                await run_hook_logged(config, "worker_int", worker)
                 _stop(control, scope, fast=True)
 
 

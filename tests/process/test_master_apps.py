@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -332,3 +333,34 @@ async def _wait_for_text(path: Path, text: str) -> None:
     with trio.fail_after(TIMEOUT):
         while not _has_text(path, text):  # noqa: ASYNC110 - a file has no event to wait on
             await trio.sleep(0.05)
+
+
+async def test_sigterm_to_the_whole_process_group_still_drains(tmp_path: Path) -> None:
+    """TERM sent to the process group (systemd's default KillMode) is a graceful stop:
+    a request in flight completes, though each worker gets TERM as well as the master."""
+    app = tmp_path / "slow_part_app.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            import trio
+
+            async def app(scope, receive, send):
+                if scope["type"] != "http":
+                    return
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"a", "more_body": True})
+                await trio.sleep(1)
+                await send({"type": "http.response.body", "body": b"b"})
+            """
+        )
+    )
+    args = ["--app-dir", str(tmp_path), "slow_part_app:app", "-b", "127.0.0.1:0", "-w", "2"]
+    async with (
+        serving(*args, new_session=True) as server,
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", server.url + "/") as response,
+    ):
+        assert response.status_code == 200
+        os.killpg(server.process.pid, signal.SIGTERM)
+        assert await response.aread() == b"ab"
+        assert await server.wait_exit() == 0
