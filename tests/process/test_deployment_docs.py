@@ -280,8 +280,8 @@ def _check_service(unit: Unit) -> Config:
     assert value(unit, "Service", "NotifyAccess") == "main"
     assert value(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert value(unit, "Service", "KillSignal") == "SIGTERM"
-    # The default, control-group, would TERM the workers too: the master's own TERM would
-    # then be their second one, a fast stop.
+    # TERM to the master only; the guide recommends it (control-group works, see
+    # test_sigterm_to_the_whole_process_group_still_drains).
     assert value(unit, "Service", "KillMode") == "mixed"
     assert value(unit, "Service", "Restart") == "on-failure"
     assert seconds(value(unit, "Service", "WatchdogSec")) >= 10
