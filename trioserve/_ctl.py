@@ -56,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return False  # no /proc (not Linux): kill(0) said it is there
+
+
 def main(argv: Sequence[str]) -> int:
     """Run ``trioserve ctl``; returns the exit status."""
     try:
@@ -97,8 +112,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"trioserve: sent {signal.Signals(signum).name} to pid {pid}")
         return 0
     deadline = time.monotonic() + args.timeout
-    # The master's lock goes with its last file descriptor, that is when it has exited.
-    while holder(args.pid) == pid:
+    # The lock goes a moment before the process does (the master releases its pid file,
+    # then the interpreter winds down): wait for both.
+    while holder(args.pid) == pid or not _gone(pid):
         if time.monotonic() > deadline:
             print(
                 f"trioserve: error: pid {pid} still runs after {args.timeout:g}s",
