@@ -36,9 +36,6 @@ STR_KEYS = ("method", "path", "http_version")
 BYTES_KEYS = ("raw_path", "query_string")
 APP_BODY = b"ok"
 
-# Cases that show a bug in trioserve: xfail(strict=True) until it is fixed.
-KNOWN_BUGS: dict[str, str] = {}
-
 
 @dataclass(frozen=True)
 class ValidCase:
@@ -122,16 +119,7 @@ INVALID_GENERATED = [
 
 
 def _params(cases: Sequence[ValidCase | InvalidCase]) -> list[Any]:
-    return [
-        pytest.param(
-            case,
-            id=case.name,
-            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[case.name])]
-            if case.name in KNOWN_BUGS
-            else [],
-        )
-        for case in cases
-    ]
+    return [pytest.param(case, id=case.name) for case in cases]
 
 
 # ---------------------------------------------------------------- driving a connection
@@ -258,7 +246,6 @@ def test_corpus_is_big_enough() -> None:
     """The corpus holds at least 25 valid and 30 invalid requests, each with its expectation."""
     assert len(VALID_FILES) >= 25
     assert len(INVALID_FILES) >= 30
-    assert set(KNOWN_BUGS) <= {case.name for case in VALID_FILES + INVALID_FILES}
 
 
 @pytest.mark.parametrize("case", _params(VALID_FILES + VALID_GENERATED))
@@ -278,7 +265,7 @@ async def test_invalid_request(case: InvalidCase, caplog: pytest.LogCaptureFixtu
     assert error_logs(caplog) == []
 
 
-_SPLIT_VALID = [case for case in VALID_FILES if case.name not in KNOWN_BUGS]
+_SPLIT_VALID = list(VALID_FILES)
 # Cases where a split can land on a limit's boundary or inside the chunked framing.
 _SPLIT_INVALID = [
     case
