@@ -58,27 +58,36 @@ class NewApp:
 class MultiApp:
     """Several applications served by one master, each with its own prefix.
 
-    Subclass it and implement :meth:`build`::
+    Give the applications by prefix::
+
+        site = MultiApp(
+            apps={"web": "examples.hello:app", "echo": "examples.echo:handler"},
+            log_level="info",
+        )
+
+    or subclass it and implement :meth:`build`, to give each its own settings::
 
         class Site(MultiApp):
             def build(self):
                 yield self.new_app("examples.hello:app", "web", bind=[":8000"])
                 yield self.new_app("examples.echo:handler", "echo", bind=[":9000"])
 
-        site = Site(log_level="info")
-
     Args:
+        apps: Prefix → app (a target string, an app object or an :class:`Application`
+            carrying its own settings); what the default :meth:`build` yields.
         **settings: Settings shared by every application (below each one's own).
     """
 
     trioserve_composite = True
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, apps: Mapping[str, object] | None = None, **settings: Any) -> None:
+        self.apps: dict[str, object] = dict(apps or {})
         self.settings: dict[str, Any] = dict(settings)
 
     def build(self) -> Iterable[NewApp]:
-        """Yield one :meth:`new_app` per application; subclasses must implement it."""
-        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+        """Yield one :meth:`new_app` per application: by default those given as ``apps``."""
+        for prefix, app in self.apps.items():
+            yield self.new_app(app, prefix)
 
     def new_app(self, app: object, prefix: str, **settings: Any) -> NewApp:
         """An application of this MultiApp, with ``prefix`` for its command-line flags.

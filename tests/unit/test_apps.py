@@ -138,3 +138,25 @@ def test_prefixed_flag_for_a_plain_app_is_a_usage_error(capsys: pytest.CaptureFi
     assert main(["examples.hello:app", "--web-workers", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("trioserve: error: unrecognized arguments: --web-workers 2")
+
+
+def test_multiapp_takes_its_applications_by_prefix_without_a_subclass() -> None:
+    """MultiApp(apps={prefix: app}) builds one application per entry; an Application
+    entry keeps its own settings."""
+    site = MultiApp(
+        apps={
+            "web": Application("examples.hello:app", workers=2),
+            "echo": "examples.echo:handler",
+        },
+        timeout=9,
+    )
+    plans = dict(resolve_plans(site, environ={}))
+    assert (plans["web"].app, plans["web"].workers) == ("examples.hello:app", 2)
+    assert (plans["echo"].app, plans["echo"].workers) == ("examples.echo:handler", 1)
+    assert plans["web"].timeout == plans["echo"].timeout == 9.0
+
+
+def test_multiapp_without_applications_is_an_error() -> None:
+    """A MultiApp given no apps (and no build()) is a one-line ConfigError."""
+    with pytest.raises(ConfigError, match="yielded no application"):
+        MultiApp().applications()
