@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import trio
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -41,3 +45,17 @@ class LifespanError(TrioserveError):
     """The application's ASGI lifespan startup failed or timed out."""
 
     exit_code = EXIT_BOOT
+
+
+def single_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    """The one exception in a nursery's (nested) group, not counting cancellations; None
+    when there are none or several. Lets our own errors surface as themselves."""
+    leaves = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None

@@ -10,16 +10,18 @@ docs/hooks.md is generated from :data:`HOOKS` (``python -m trioserve._docs --wri
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 
-from ._errors import EXIT_BOOT, TrioserveError
+from ._errors import EXIT_BOOT, TrioserveError, single_error
 
 if TYPE_CHECKING:
     from ._config import Config
@@ -271,6 +273,32 @@ async def run_hook(config: Config, name: str, *args: Any, exc: BaseException | N
             await result
     except Exception as error:
         raise HookError(name, error) from error
+
+
+def reportable(error: BaseException | None) -> BaseException | None:
+    """What a hook's ``exc`` gets for how something ended: cancellation is a normal end."""
+    if error is None or isinstance(error, trio.Cancelled | KeyboardInterrupt):
+        return None
+    if isinstance(error, BaseExceptionGroup):
+        if error.split(trio.Cancelled)[1] is None:
+            return None  # cancellation only: a normal stop
+        return single_error(error) or error
+    return error
+
+
+@contextlib.asynccontextmanager
+async def hook_after(config: Config, name: str, *args: Any) -> AsyncIterator[None]:
+    """Run hook ``name`` (logged, shielded) when the block ends, however it ends; ``exc``
+    is what ended it (see :func:`reportable`). Whatever ended it goes on propagating."""
+    error: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            await run_hook_logged(config, name, *args, exc=reportable(error))
 
 
 async def run_hook_logged(

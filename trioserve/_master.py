@@ -291,13 +291,13 @@ class Master:
                 heartbeat=_heartbeat_interval(config),
                 account=attrs.astuple(self.account) if self.account else None,
             )
-            payload = frame(boot.to_json()) + frame(_pickled(config))
             process: _Child
             if config.preload:
                 preloader = await self._preloader_for(pool, config, boot)
                 process = await preloader.fork(slot, theirs)
                 payload = b""  # a forked worker has its settings already
             else:
+                payload = frame(boot.to_json()) + frame(_pickled(config))
                 process = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "trioserve._worker", str(theirs.fileno())],
                     pass_fds=[theirs.fileno(), *pool.fds],

@@ -24,13 +24,15 @@ from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
 from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
 from ._config import Config
 from ._daemon import give_unix_sockets, resolve_account
-from ._errors import AppLoadError, ConfigError, TrioserveError
+from ._errors import AppLoadError, ConfigError, TrioserveError, single_error
 from ._hooks import (
     ConnectionInfo,
     HookError,
     ResponseInfo,
     ServerInfo,
     WorkerInfo,
+    hook_after,
+    reportable,
     run_hook,
     run_hook_logged,
 )
@@ -108,18 +110,6 @@ async def serve(
     await _serve(config, _Control(), task_status)
 
 
-def _single_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
-    leaves = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
-
-
 async def _serve(
     config: Config, control: _Control, task_status: trio.TaskStatus[list[Address]]
 ) -> None:
@@ -127,7 +117,7 @@ async def _serve(
         await _serve_inner(config, control, task_status)
     except BaseExceptionGroup as group:
         # Our own startup errors surface as themselves, not wrapped in a group.
-        error = _single_error(group)
+        error = single_error(group)
         if isinstance(error, TrioserveError):
             raise error from error.__cause__
         raise
@@ -171,8 +161,7 @@ async def _serve_inner(
             return
     server = ServerInfo(config)
     worker = WorkerInfo(0, config, pid=os.getpid())
-    error: BaseException | None = None
-    try:
+    async with hook_after(config, "on_exit", server):
         await run_hook(config, "on_starting", server)
         loaded = await load_config_app(config)
         # Fail on bad TLS files or log formats before binding anything.
@@ -201,23 +190,6 @@ async def _serve_inner(
             control.ready()
 
         await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        with trio.CancelScope(shield=True):
-            await run_hook_logged(config, "on_exit", server, exc=_reportable(error))
-
-
-def _reportable(error: BaseException | None) -> BaseException | None:
-    """What a hook's ``exc`` gets for how serving ended: cancellation is a normal stop."""
-    if error is None or isinstance(error, trio.Cancelled | KeyboardInterrupt):
-        return None
-    if isinstance(error, BaseExceptionGroup):
-        if error.split(trio.Cancelled)[1] is None:
-            return None  # cancellation only: a normal stop
-        return _single_error(error) or error
-    return error
 
 
 async def load_config_app(config: Config) -> LoadedApp:
@@ -257,27 +229,21 @@ async def serve_listeners(
     if config.max_requests:
         state.request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
     control.state = state
-    error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as outer:
-            # Cancellation of serve() is turned into a graceful stop: the server runs
-            # in a shielded scope, and this watcher asks it to stop when cancelled.
-            outer.start_soon(_stop_when_cancelled, control)
-            with trio.CancelScope(shield=True) as control.shield:
-                await _run(loaded, listeners, state, extras, worker, ready)
-            outer.cancel_scope.cancel()
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        with trio.CancelScope(shield=True):
-            for listener in listeners:
-                if owner:
-                    cleanup_listener(listener)
-                await trio.aclose_forcefully(listener)
-            await run_hook_logged(
-                config, "worker_exit", ServerInfo(config), worker, exc=_reportable(error)
-            )
+    async with hook_after(config, "worker_exit", ServerInfo(config), worker):
+        try:
+            async with trio.open_nursery() as outer:
+                # Cancellation of serve() is turned into a graceful stop: the server runs
+                # in a shielded scope, and this watcher asks it to stop when cancelled.
+                outer.start_soon(_stop_when_cancelled, control)
+                with trio.CancelScope(shield=True) as control.shield:
+                    await _run(loaded, listeners, state, extras, worker, ready)
+                outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    if owner:
+                        cleanup_listener(listener)
+                    await trio.aclose_forcefully(listener)
 
 
 async def _stop_when_cancelled(control: _Control) -> None:
@@ -423,7 +389,7 @@ def _connection_handler(
             raise
         finally:
             with trio.CancelScope(shield=True):
-                await run_hook_logged(config, "connection_lost", conn, exc=_reportable(error))
+                await run_hook_logged(config, "connection_lost", conn, exc=reportable(error))
 
     return handle_with_hooks
 
@@ -566,7 +532,7 @@ def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASG
         finally:
             with trio.CancelScope(shield=True):
                 await run_hook_logged(
-                    config, "post_request", worker, scope, response, exc=_reportable(error)
+                    config, "post_request", worker, scope, response, exc=reportable(error)
                 )
 
     return hooked
@@ -633,7 +599,7 @@ def run_cli(
                 control.on_stop = lambda: notifier.notify(STOPPING=1, STATUS="stopping")
             trio.run(_run_until_signal, config, control)
     except BaseExceptionGroup as group:
-        error = _single_error(group)
+        error = single_error(group)
         if isinstance(error, TrioserveError):
             raise error from None
         raise

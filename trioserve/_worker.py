@@ -36,11 +36,18 @@ from ._accesslog import access_log_for
 from ._bind import listen_reuse_port
 from ._config import Config, load_python_config
 from ._daemon import Account
-from ._errors import EXIT_BOOT, EXIT_FAILURE, EXIT_OK, ConfigError, TrioserveError
+from ._errors import (
+    EXIT_BOOT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    ConfigError,
+    TrioserveError,
+    single_error,
+)
 from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
 from ._logging import configure_logging
-from ._server import _Control, _Extras, _single_error, load_config_app, serve_listeners
+from ._server import _Control, _Extras, load_config_app, serve_listeners
 from ._statsd import install as install_statsd
 from ._tls import ssl_context
 from ._types import Address
@@ -275,7 +282,7 @@ async def _worker_main(
                 loaded, listeners, config, extras, control, worker, on_ready, owner=False
             )
         except Exception as exc:
-            error = _single_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            error = single_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             error = error or exc
             if ready:
                 LOGGER.error("worker %d failed: %s", boot.slot, error, exc_info=error)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import trio
@@ -31,20 +29,6 @@ def address_from_url(url: str) -> Address:
 def url_for_address(address: Address, scheme: str = "http") -> str:
     """The URL trioserve prints for ``address`` (used when its log line was not seen)."""
     return address_url(address, scheme)
-
-
-def unwrap_single(group: BaseExceptionGroup[Any]) -> BaseException | None:
-    """The one exception in a nursery's group, not counting cancellations, if there is one."""
-    leaves = [leaf for leaf in _leaves(group) if not isinstance(leaf, trio.Cancelled)]
-    return leaves[0] if len(leaves) == 1 else None
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 class Listening:

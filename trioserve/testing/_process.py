@@ -12,7 +12,8 @@ from pathlib import Path
 
 import trio
 
-from ._listening import READY_LINE, Listening, unwrap_single
+from .._errors import single_error
+from ._listening import READY_LINE, Listening
 
 # Bounds of the waits, so that none is unbounded; each method takes its own ``timeout``
 # (hence the ASYNC109 exemptions: a default bound, with trio.fail_after still usable).
@@ -393,7 +394,7 @@ async def running_process(
                 with trio.CancelScope(shield=True):
                     await proc.stop()
     except BaseExceptionGroup as group:
-        error = unwrap_single(group)
+        error = single_error(group)
         if error is None:
             raise
         raise error from error.__cause__

@@ -16,10 +16,10 @@ import attrs
 import trio
 
 from .._config import Config, unknown_key_message
-from .._errors import ConfigError
+from .._errors import ConfigError, single_error
 from .._server import serve
 from .._types import Address
-from ._listening import Listening, unwrap_single, url_for_address
+from ._listening import Listening, url_for_address
 
 # The server whose tasks are running: records logged there are that server's.
 # Trio copies the context into every task and worker thread a server starts.
@@ -324,7 +324,7 @@ async def serving(app: object, /, *, unix: bool = False, **settings: Any) -> Asy
             finally:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        error = unwrap_single(group)
+        error = single_error(group)
         if error is None:
             raise
         raise error from error.__cause__
