@@ -391,6 +391,12 @@ def _adopt_fd(spec: BindSpec, created: list[trio.socket.SocketType]) -> trio.Soc
     return trio.SocketListener(sock)
 
 
+def listener_from_fd(fd: int) -> trio.SocketListener:
+    """A listener on an inherited, already listening socket descriptor (from the master,
+    a previous master, or systemd), trusted as such: no checks, unlike ``fd://N``."""
+    return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
 async def create_listeners(specs: Sequence[BindSpec], *, backlog: int) -> list[trio.SocketListener]:
     """Create one listening socket per spec (per resolved address for TCP hosts).
 

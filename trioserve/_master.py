@@ -37,6 +37,7 @@ from ._bind import (
     cleanup_listener,
     create_listeners,
     listener_address,
+    listener_from_fd,
     parse_bind,
     reserve_reuse_port,
 )
@@ -779,10 +780,6 @@ async def _reap(process: trio.Process) -> None:
     await process.wait()
 
 
-def _adopt(fd: int) -> trio.SocketListener:
-    return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
-
-
 def _stop_budget(config: Config) -> float:
     return config.graceful_timeout + config.lifespan_shutdown_timeout + _STOP_MARGIN
 
@@ -840,7 +837,7 @@ async def _bind(
     specs = []
     if activated:
         # systemd's sockets replace the binds of this application.
-        listeners = [_adopt(fd) for fd in activated]
+        listeners = [listener_from_fd(fd) for fd in activated]
         bind_fds = {f"fd://{fd}": [fd] for fd in activated}
         pool.bind_fds = bind_fds
         pool.fds = list(activated)
@@ -848,10 +845,7 @@ async def _bind(
     for text in config.bind:
         fds = inherited.pop(text, None)
         if fds:
-            adopted = [
-                trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
-                for fd in fds
-            ]
+            adopted = [listener_from_fd(fd) for fd in fds]
             listeners += adopted
             bind_fds[text] = [listener.socket.fileno() for listener in adopted]
         else:

@@ -8,7 +8,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import ssl
 import types
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +20,14 @@ import trio
 from ._accesslog import AccessLog, access_log_for
 from ._apps import as_composite, resolve_plans
 from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
-from ._bind import cleanup_listener, create_listeners, listener_address, listener_url, parse_bind
+from ._bind import (
+    cleanup_listener,
+    create_listeners,
+    listener_address,
+    listener_from_fd,
+    listener_url,
+    parse_bind,
+)
 from ._config import Config
 from ._daemon import give_unix_sockets, resolve_account
 from ._errors import AppLoadError, ConfigError, TrioserveError, single_error
@@ -170,10 +176,7 @@ async def _serve_inner(
         sockets = activated_sockets()
         if sockets:
             # systemd socket activation: its sockets replace the binds.
-            listeners = [
-                trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=s.fd)))
-                for s in sockets
-            ]
+            listeners = [listener_from_fd(activated.fd) for activated in sockets]
         else:
             listeners = await create_listeners(specs, backlog=config.backlog)
         account = resolve_account(config.user, config.group)

@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from ._accesslog import access_log_for
-from ._bind import listen_reuse_port
+from ._bind import listen_reuse_port, listener_from_fd
 from ._config import Config, load_python_config
 from ._daemon import Account
 from ._errors import (
@@ -271,10 +271,7 @@ async def _worker_main(
             if loaded is None:
                 loaded = await load_config_app(config)
             extras = _Extras(ssl_context(config), access_log_for(config), install_statsd(config))
-            listeners = [
-                trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
-                for fd in boot.fds
-            ]
+            listeners = [listener_from_fd(fd) for fd in boot.fds]
             listeners += [
                 listen_reuse_port(family, addr, config.backlog) for family, addr in boot.reuse_port
             ]
