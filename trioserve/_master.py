@@ -1086,6 +1086,8 @@ async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) ->
             elif signum == signal.SIGUSR1:
                 try:
                     configure_logging(master.pools[0].config)
+                    # New files the master just created: the workers reopen them next.
+                    give_log_files(master.pools[0].config, master.account)
                 except ConfigError as exc:
                     # The old handlers stay: logging goes on where it went.
                     LOGGER.error("SIGUSR1: cannot reopen the log files: %s", exc)

@@ -204,8 +204,8 @@ def run_worker(
     set_title((f"{boot.app} " if boot.app else "") + f"worker {boot.slot}", config.name)
     worker = WorkerInfo(boot.slot, config, pid=os.getpid(), app=boot.app)
     configure_logging(config, role=_role(worker))
-    boot.drop_privileges()  # after opening the log files; before any app code runs
     _watch_stack_dumps(config)
+    boot.drop_privileges()  # after opening the log files; before any app code runs
     signal.signal(signal.SIGABRT, _abort_handler(config, worker))
     try:
         return trio.run(_worker_main, channel, boot, config, loaded, worker)

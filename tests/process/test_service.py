@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -308,3 +310,36 @@ async def test_usr2_moves_the_pid_file_to_oldbin_and_the_new_master_takes_it(
         finally:
             if alive(new):
                 os.kill(new, signal.SIGKILL)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def _log_dir_for_nobody(request: pytest.FixtureRequest) -> Path:
+    """A log directory the workers' user can reach to reopen files in: pytest's temporary
+    directories are root's alone, so this one is made apart (and removed afterwards)."""
+    logs = Path(tempfile.mkdtemp(prefix="trioserve-logs-"))
+    request.addfinalizer(lambda: shutil.rmtree(logs, ignore_errors=True))
+    logs.chmod(0o755)
+    shutil.chown(logs, "nobody", "nogroup")
+    return logs
+
+
+async def test_reopened_log_files_stay_writable_for_the_workers_user(
+    request: pytest.FixtureRequest,
+) -> None:
+    """USR1 after the access log was moved away (no logrotate 'create'): the master makes a
+    new file and gives it to --user, so the workers log their requests into it."""
+    logs = _log_dir_for_nobody(request)
+    access = logs / "access.log"
+    args = (*HELLO, "--user", "nobody", "--group", "nogroup", "--access-log", str(access))
+    async with daemon(logs, *args) as (pid_file, log):
+        url = f"http://127.0.0.1:{_port_of(log)}/"
+        async with httpx.AsyncClient(timeout=5) as client:
+            await client.get(url)
+            access.rename(logs / "access.log.1")
+            assert (await run_cli("ctl", "reopen-logs", "-p", str(pid_file)))[0] == 0
+            await wait_until(
+                lambda: "[worker 0] SIGUSR1: log files reopened" in _text(log), "reopen"
+            )
+            await client.get(url)
+        await wait_until(lambda: '"GET / HTTP/1.1" 200' in _text(access), "a line in the new file")
+        assert (await run_cli("ctl", "stop", "-p", str(pid_file)))[0] == 0
