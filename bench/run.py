@@ -146,6 +146,22 @@ SERVERS: dict[str, Server] = {
             distributions=("hypercorn", "trio", "h11"),
         ),
         Server(
+            "bare",
+            lambda port: ["-m", "bench.bare", str(port), "h11"],
+            module="trio",
+            distributions=("trio", "h11"),
+            ready_line="listening on",
+            note="calibration: a bare trio + h11 loop, no ASGI (bench/bare.py)",
+        ),
+        Server(
+            "bare-compiled",
+            lambda port: ["-m", "bench.bare", str(port), "h11_mypyc"],
+            module="h11_mypyc",
+            distributions=("trio", "h11-mypyc"),
+            ready_line="listening on",
+            note="calibration: bench/bare.py on the compiled h11",
+        ),
+        Server(
             "uvicorn",
             lambda port: [
                 *("-m", "uvicorn", "--http", "h11", "--loop", "asyncio", "--workers", "1"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 import types
 from collections.abc import Callable, MutableMapping, Sequence
@@ -31,12 +32,14 @@ from ._proto.http import (
     http_scope,
 )
 from ._proto.validate import (
+    NO_BODY,
     ChunkedChecker,
     Limits,
     RequestRejected,
     check_head,
     check_partial_head,
     head_end,
+    plain_head_end,
 )
 from ._state import ServerState
 from ._streams import DISCONNECT_ERRORS, PrefixedStream
@@ -314,6 +317,13 @@ class _Connection:
         self.served = False
         # What the timer bounds right now: "idle", "head" or "write".
         self.waiting = ""
+        # The socket under a plain trio.SocketStream, read and written directly: a read
+        # or write the kernel completes at once then costs no trip through trio's
+        # scheduler. Such calls are not checkpoints, so ``yielded`` records whether
+        # this connection waited since its last request; if not, it checkpoints before
+        # the next one, to let other connections run and cancellation reach it.
+        self.sock = plain_socket(stream)
+        self.yielded = True
 
     def _new_h11(self) -> Any:
         return self.h11.Connection(
@@ -337,6 +347,9 @@ class _Connection:
         state = self.state
         options = self.options
         while True:
+            if not self.yielded:
+                await trio.lowlevel.checkpoint()
+            self.yielded = False
             try:
                 request = await self._next_request()
             except RequestRejected as exc:
@@ -392,11 +405,28 @@ class _Connection:
                 conn.receive_data(b"")
 
     async def _receive(self) -> bytes:
-        try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except _BROKEN:
-            return b""
-        return bytes(data)
+        """The next bytes from the client; b"" once it is gone."""
+        sock = self.sock
+        if sock is None:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except _BROKEN:
+                return b""
+            return bytes(data)
+        # A plain TCP or unix socket: try the read first and wait only when nothing is
+        # there. A read that finds data is not a checkpoint (see ``yielded``).
+        while True:
+            try:
+                return sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return b""
+            self.yielded = True
+            try:
+                await _wait_readable(sock)
+            except _BROKEN:
+                return b""
 
     async def _next_request(self) -> Any:
         """Read until a request head is complete and checked; None to close quietly.
@@ -420,12 +450,18 @@ class _Connection:
                 # refuses them: they are dropped here, and h11 starts afresh without them.
                 pending = pending.lstrip(b"\r\n")
                 stripped = True
-            end = head_end(pending) if pending else -1
+            # Most heads take the one-regex path; the others get the full checks.
+            end = plain_head_end(pending, limits)
+            framing = NO_BODY
+            if end < 0 and pending:
+                end = head_end(pending)
+                if end >= 0:
+                    framing = check_head(pending[:end], limits)
             if end >= 0:
                 self.deadline = _INF
-                framing = check_head(pending[:end], limits)
                 # (A cheap substring test: "Upgrade:" in any case.)
-                self.upgrade_bytes = bytes(pending) if b"pgrade:" in pending[:end] else None
+                upgrade = pending.find(b"pgrade:", 0, end) >= 0
+                self.upgrade_bytes = bytes(pending) if upgrade else None
                 if stripped:
                     self.conn = conn = self._new_h11()
                     conn.receive_data(bytes(pending))
@@ -525,7 +561,7 @@ class _Connection:
             else:
                 return
 
-    async def write(self, data: bytes) -> bool:
+    async def write(self, data: bytes | memoryview) -> bool:
         """Send ``data``; False if the client is gone.
 
         A client that does not take the bytes within the write timeout has stopped
@@ -533,15 +569,44 @@ class _Connection:
         is lifted right after, since the app may go on working (background tasks run
         after the response in some frameworks).
         """
+        sock = self.sock
+        if sock is not None:
+            # Usually the kernel takes the whole response at once: no wait, no deadline.
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return False
+            if sent == len(data):
+                return True
+            data = memoryview(data)[sent:]
         self.waiting = "write"
         self.deadline = trio.current_time() + self.options.write_timeout
         try:
-            await self.stream.send_all(data)
+            if sock is None:
+                await self.stream.send_all(data)
+            else:
+                await self._send_rest(sock, data)
         except _BROKEN:
+            return False
+        except OSError:
             return False
         finally:
             self.deadline = _INF
         return True
+
+    async def _send_rest(self, sock: socket.socket, data: bytes | memoryview) -> None:
+        """Send what the kernel did not take at once, waiting until it can take more."""
+        view = memoryview(data)
+        while view:
+            self.yielded = True
+            await _wait_writable(sock)
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                continue
+            view = view[sent:]
 
     async def _send_error(self, status: int, reason: str) -> None:
         """Answer with an error response (when nothing was sent yet) and close lingering.
@@ -851,6 +916,18 @@ class _Cycle:
             # http.disconnect.
             self.disconnected = True
             self.broken = True
+
+
+_wait_readable = trio.lowlevel.wait_readable
+_wait_writable = trio.lowlevel.wait_writable
+
+
+def plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The stdlib socket under a plain ``trio.SocketStream``, else None."""
+    if type(stream) is not trio.SocketStream:
+        return None
+    sock = getattr(stream.socket, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _h11_reason(exc: BaseException) -> str:

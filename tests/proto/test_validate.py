@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from trioserve._proto.validate import (
+    NO_BODY,
     ChunkedChecker,
     Limits,
     RequestRejected,
     check_head,
     check_partial_head,
     head_end,
+    plain_head_end,
 )
 
 LIMITS = Limits()
+CORPUS = Path(__file__).resolve().parent.parent / "data" / "requests"
 
 
 def head(*lines: str, version: str = "HTTP/1.1") -> bytes:
@@ -219,3 +224,72 @@ def test_malformed_trailers_are_refused(trailer):
     with pytest.raises(RequestRejected) as info:
         ChunkedChecker().feed(b"0\r\n" + trailer + b"\r\n\r\n")
     assert info.value.status == 400
+
+
+# -- the one-regex path for plain heads ---------------------------------------------------
+
+SMALL_LIMITS = Limits(request_line=20, fields=2, field_size=12)
+
+
+def agrees_with_full_checks(data: bytes, limits: Limits) -> int:
+    """plain_head_end(data); when it takes a head, the full path takes it the same way."""
+    end = plain_head_end(data, limits)
+    if end >= 0:
+        assert head_end(data) == end
+        assert check_head(data[:end], limits) is NO_BODY
+    return end
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CORPUS.glob("*/*.http")), ids=lambda path: f"{path.parent.name}/{path.stem}"
+)
+def test_plain_path_agrees_with_full_checks_on_the_corpus(path):
+    """Every head of the request corpus the plain path takes, head_end and check_head
+    take too, ending at the same byte and with no body."""
+    data = path.read_bytes()
+    for limits in (LIMITS, SMALL_LIMITS):
+        agrees_with_full_checks(data, limits)
+
+
+HEAD_PIECES = st.sampled_from(
+    [b"GET", b"CONNECT", b" ", b"/", b"?a", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"\r\n",
+     b"\n", b"\r", b"\0", b"\t", b"Host:", b"HOST: x", b"Content-Length: 3",
+     b"transfer-encoding:", b"X-A:", b"b", b"x" * 9, b":", b"\x7f"]
+)  # fmt: skip
+
+
+@given(st.lists(HEAD_PIECES, max_size=14), st.sampled_from([LIMITS, SMALL_LIMITS]))
+def test_plain_path_never_takes_what_the_full_checks_refuse(pieces, limits):
+    """Over heads built from tricky pieces, the plain path only takes heads the full
+    checks take as bodiless, and ends them at the same byte."""
+    agrees_with_full_checks(b"".join(pieces) + b"\r\n\r\n", limits)
+    agrees_with_full_checks(b"GET / HTTP/1.1\r\n" + b"".join(pieces) + b"\r\n\r\n", limits)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"HEAD /x?y=1 HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nUser-Agent: curl/8\r\nHost: a:80\r\nAccept: */*\r\n\r\nGET /next",
+    ],
+)
+def test_plain_heads_take_the_plain_path(data):
+    """Ordinary bodiless requests are ended by the one regex (the fast path is alive)."""
+    assert agrees_with_full_checks(data, LIMITS) == data.index(b"\r\n\r\n") + 4
+
+
+@pytest.mark.parametrize(
+    ("data", "limits"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", LIMITS),
+        (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", LIMITS),
+        (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", SMALL_LIMITS),
+        (b"GET /" + b"a" * 30 + b" HTTP/1.1\r\n\r\n", SMALL_LIMITS),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n", LIMITS),
+    ],
+    ids=["two-hosts", "content-length", "too-many-fields", "long-line", "incomplete"],
+)
+def test_heads_needing_the_full_checks_leave_the_plain_path(data, limits):
+    """Two Hosts, a body, a limit reached or an incomplete head: -1, the full path decides."""
+    assert plain_head_end(data, limits) == -1

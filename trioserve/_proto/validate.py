@@ -11,7 +11,7 @@ library only, like the rest of ``_proto``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class RequestRejected(Exception):
@@ -31,6 +31,12 @@ class Limits:
     fields: int = 100
     field_size: int = 8190
     body: int = 0
+    # Heads no longer than this break neither the request-line nor the field-size limit.
+    plain_size: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sizes = [size for size in (self.request_line, self.field_size) if size]
+        object.__setattr__(self, "plain_size", min(sizes, default=1 << 62))
 
     @property
     def head_size(self) -> int:
@@ -69,6 +75,44 @@ def head_end(buffer: bytes | bytearray) -> int:
     return min(ends) if ends else -1
 
 
+_TOKEN_CHARS = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
+_OTHER_FIELD = (
+    rb"(?:(?!(?i:content-length|transfer-encoding|host):)" + _TOKEN_CHARS + rb"+:[^\x00\r\n]*\r\n)*"
+)
+# A request head in its plainest form: a request line with a token method other than
+# CONNECT, a target without controls or spaces and HTTP/1.0 or 1.1; CRLF line ends;
+# fields with token names, values without NUL or CR; at most one Host; and no
+# Content-Length or Transfer-Encoding, so no body.
+_PLAIN_HEAD = re.compile(
+    rb"(?!CONNECT )"
+    + _TOKEN_CHARS
+    + rb"+ [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n"
+    + _OTHER_FIELD
+    + rb"(?:(?i:host):[^\x00\r\n]*\r\n"
+    + _OTHER_FIELD
+    + rb")?\r\n"
+)
+
+
+def plain_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
+    """Where a request head at the start of ``buffer`` ends if it is complete, in its
+    plainest form (see ``_PLAIN_HEAD``) and within the limits; -1 otherwise.
+
+    The fast path for most requests: one regex scan stands for :func:`head_end` and
+    :func:`check_head`, whose answer for such a head is always "no body". -1 only
+    means "take the full path", not that the head is bad or incomplete.
+    """
+    match = _PLAIN_HEAD.match(buffer)
+    if match is None:
+        return -1
+    end = match.end()
+    if end > limits.plain_size or (
+        limits.fields and buffer.count(b"\n", 0, end) - 2 > limits.fields
+    ):
+        return -1
+    return end
+
+
 def check_partial_head(buffer: bytes | bytearray, limits: Limits) -> None:
     """Refuse an incomplete head that already breaks a limit, instead of waiting for more."""
     newline = buffer.find(b"\n")
@@ -95,7 +139,8 @@ _FIELD_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*\r?\n)*")
 _FRAMING_FIELDS = re.compile(
     rb"^(content-length|transfer-encoding|host):([^\r\n]*)", re.IGNORECASE | re.MULTILINE
 )
-_NO_BODY_FRAMING = Framing(chunked=False, content_length=None)
+# The framing of a request without a body.
+NO_BODY = Framing(chunked=False, content_length=None)
 
 
 def check_head(head: bytes | bytearray, limits: Limits) -> Framing:
@@ -173,7 +218,7 @@ def check_head(head: bytes | bytearray, limits: Limits) -> Framing:
         if limits.body and length > limits.body:
             raise RequestRejected(413, f"request body larger than {limits.body} bytes")
         return Framing(chunked=False, content_length=length)
-    return _NO_BODY_FRAMING
+    return NO_BODY
 
 
 def _field_error(block: bytes) -> RequestRejected:
