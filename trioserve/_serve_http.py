@@ -153,12 +153,21 @@ async def serve_http_connection(
     server: tuple[str, int | None] | None = None,
     scheme: str = "http",
     extensions: dict[str, Any] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
     idles out, or the server stops, then a WebSocket if one was asked for. Never
-    raises for a client's or an app's fault; closes ``stream`` before returning."""
+    raises for a client's or an app's fault; closes ``stream`` before returning.
+    ``sock``: see :func:`serve_http_requests`."""
     upgrade = await serve_http_requests(
-        stream, app, state, client=client, server=server, scheme=scheme, extensions=extensions
+        stream,
+        app,
+        state,
+        client=client,
+        server=server,
+        scheme=scheme,
+        extensions=extensions,
+        sock=sock,
     )
     if upgrade is not None:
         await upgrade_to_websocket(
@@ -175,13 +184,18 @@ async def serve_http_requests(
     server: tuple[str, int | None] | None = None,
     scheme: str = "http",
     extensions: dict[str, Any] | None = None,
+    sock: socket.socket | None = None,
 ) -> PrefixedStream | None:
     """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
     idles out, or the server stops; closes ``stream`` before returning, unless a
     request asked for a WebSocket: then the stream replaying that request is returned
     for :func:`upgrade_to_websocket`, and nothing of the HTTP connection stays alive.
-    Never raises for a client's or an app's fault."""
-    connection = _Connection(stream, state, client, server, scheme, extensions)
+    Never raises for a client's or an app's fault.
+
+    ``sock`` is the socket under ``stream`` when ``stream`` is a plain
+    ``trio.SocketStream``: the edge then reads and writes it directly (see
+    :class:`_Connection`)."""
+    connection = _Connection(stream, state, client, server, scheme, extensions, sock)
     upgrade = None
     try:
         if state.watchdog:
@@ -283,6 +297,7 @@ class _Connection:
         server: tuple[str, int | None] | None,
         scheme: str,
         extensions: dict[str, Any] | None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.stream = stream
         self.state = state
@@ -322,7 +337,7 @@ class _Connection:
         # scheduler. Such calls are not checkpoints, so ``yielded`` records whether
         # this connection waited since its last request; if not, it checkpoints before
         # the next one, to let other connections run and cancellation reach it.
-        self.sock = plain_socket(stream)
+        self.sock = sock
         self.yielded = True
 
     def _new_h11(self) -> Any:
@@ -920,14 +935,6 @@ class _Cycle:
 
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
-
-
-def plain_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The stdlib socket under a plain ``trio.SocketStream``, else None."""
-    if type(stream) is not trio.SocketStream:
-        return None
-    sock = getattr(stream.socket, "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
 
 
 def _h11_reason(exc: BaseException) -> str:

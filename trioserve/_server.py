@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import ssl
 import types
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +18,7 @@ import attrs
 import h11
 import trio
 
+from ._accept import Connection, accept_connections
 from ._accesslog import AccessLog, access_log_for
 from ._apps import as_composite, resolve_plans
 from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
@@ -52,7 +54,7 @@ from ._serve_ws import serve_asgi_websocket, serve_native_websocket, watch_webso
 from ._state import ServerState
 from ._statsd import RequestMetrics, Statsd
 from ._statsd import install as install_statsd
-from ._streams import PrefixedStream, stream_addresses
+from ._streams import PrefixedStream
 from ._systemd import Notifier, activated_sockets
 from ._tls import ssl_context, tls_extension, tls_handshake
 from ._types import Address, ASGIApp, Message, Receive, Scope, Send
@@ -297,11 +299,8 @@ async def _run(
             await app_tasks.start(watch_websockets, state)
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as acceptors:
-                await acceptors.start(
-                    functools.partial(
-                        trio.serve_listeners, handler, listeners, handler_nursery=connections
-                    )
-                )
+                for listener in listeners:
+                    await acceptors.start(accept_connections, listener, handler, connections)
                 await ready(
                     [listener_address(listener) for listener in listeners],
                     [listener_url(listener, scheme) for listener in listeners],
@@ -357,25 +356,28 @@ class _Accepted:
     server: tuple[str, int | None] | None
     scheme_secure: bool = False
     extensions: dict[str, Any] | None = None
+    # The plain socket under ``stream`` while nothing wraps it (no TLS, no replayed
+    # PROXY leftovers): the HTTP edge then reads and writes it directly.
+    sock: socket.socket | None = None
 
 
 def _connection_handler(
     loaded: LoadedApp, state: ServerState, extras: _Extras, worker: WorkerInfo
-) -> Callable[[trio.SocketStream], Any]:
+) -> Callable[[Connection], Awaitable[None]]:
     serve_accepted = _accepted_handler(loaded, state, extras, worker)
     accept = _acceptor(state.config, extras)
     config = state.config
     if config.connection_made is None and config.connection_lost is None:
 
-        async def handle(stream: trio.SocketStream) -> None:
-            accepted = await accept(stream)
+        async def handle(connection: Connection) -> None:
+            accepted = await accept(connection)
             if accepted is not None:
                 await serve_accepted(accepted)
 
         return handle
 
-    async def handle_with_hooks(stream: trio.SocketStream) -> None:
-        accepted = await accept(stream)
+    async def handle_with_hooks(connection: Connection) -> None:
+        accepted = await accept(connection)
         if accepted is None:
             return
         conn = ConnectionInfo(accepted.client, accepted.server, accepted.scheme_secure, worker)
@@ -399,15 +401,16 @@ def _connection_handler(
 
 def _acceptor(
     config: Config, extras: _Extras
-) -> Callable[[trio.SocketStream], Awaitable[_Accepted | None]]:
+) -> Callable[[Connection], Awaitable[_Accepted | None]]:
     """PROXY header (from trusted peers) then TLS handshake, for each accepted stream."""
     context = extras.ssl_context
     trusted = TrustedPeers(config.forwarded_allow_ips)
     proxy_protocol = config.proxy_protocol
 
-    async def accept(stream: trio.SocketStream) -> _Accepted | None:
-        client, server = stream_addresses(stream)
-        accepted = _Accepted(stream, client, server)
+    async def accept(connection: Connection) -> _Accepted | None:
+        stream = connection.stream
+        client = connection.client
+        accepted = _Accepted(stream, client, connection.server, sock=connection.sock)
         if proxy_protocol != "off" and (client[0] if client else None) in trusted:
             try:
                 info, leftover = await read_proxy_protocol(
@@ -423,11 +426,13 @@ def _acceptor(
                 accepted.server = info.server
             if leftover:
                 accepted.stream = PrefixedStream(stream, leftover)
+                accepted.sock = None
         if context is not None:
             secure = await tls_handshake(accepted.stream, context, config.tls_handshake_timeout)
             if secure is None:
                 return None
             accepted.stream = secure
+            accepted.sock = None
             accepted.scheme_secure = True
             accepted.extensions = {"tls": tls_extension(secure)}
         return accepted
@@ -490,6 +495,7 @@ def _accepted_handler(
             server=accepted.server,
             scheme=scheme,
             extensions=accepted.extensions,
+            sock=accepted.sock,
         )
         if upgrade is not None:
             # Called from here, not from within the HTTP edge: an idle websocket keeps

@@ -1,15 +1,16 @@
 """The HTTP edge on a real TCP socket, which it reads and writes directly.
 
-For a plain ``trio.SocketStream`` the edge calls the socket's ``recv``/``send`` itself
-and waits only when the kernel has nothing to give or cannot take more; such calls are
-not checkpoints, so it checkpoints once per request when it did not wait. These tests
-hold that path to the same behaviour as the stream path: whole responses to slow
-readers, a write timeout for readers that stop, and other tasks running while a
-client pipelines.
+Given the socket under a plain ``trio.SocketStream`` (as the accept loop does), the
+edge calls the socket's ``recv``/``send`` itself and waits only when the kernel has
+nothing to give or cannot take more; such calls are not checkpoints, so it checkpoints
+once per request when it did not wait. These tests hold that path to the same
+behaviour as the stream path: whole responses to slow readers, a write timeout for
+readers that stop, and other tasks running while a client pipelines.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 from typing import Any
 
@@ -19,37 +20,30 @@ import trio.testing
 
 from tests.helpers import H11Client, hello_app
 from trioserve import Config
-from trioserve._serve_http import plain_socket, serve_http_connection
+from trioserve._serve_http import serve_http_connection
 from trioserve._state import ServerState
-from trioserve._streams import PrefixedStream
 from trioserve._types import Receive, Scope, Send
 
 
-async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    """(client, server) ends of one TCP connection over 127.0.0.1."""
-    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    async with listener:
-        port = listener.socket.getsockname()[1]
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        server = await listener.accept()
-    assert isinstance(server, trio.SocketStream)
-    return client, server
+async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream, socket.socket]:
+    """(client, server, server's socket): one TCP connection over 127.0.0.1, the server
+    end as the accept loop gives it (a SocketStream over a socket we hold)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
+        sock, _ = listener.accept()
+    return client, trio.SocketStream(trio.socket.from_stdlib_socket(sock)), sock
 
 
-async def test_plain_socket_streams_are_read_directly():
-    """A plain SocketStream gives its socket to the edge; wrapped or memory streams don't."""
-    client, server = await tcp_pair()
-    async with client, server:
-        assert isinstance(plain_socket(server), socket.socket)
-        assert plain_socket(PrefixedStream(server, b"x")) is None
-        assert plain_socket(trio.testing.memory_stream_pair()[0]) is None
+def serve(nursery: trio.Nursery, app: Any, state: ServerState, server: Any) -> None:
+    stream, sock = server
+    nursery.start_soon(functools.partial(serve_http_connection, stream, app, state, sock=sock))
 
 
 async def test_pipelined_requests_let_other_tasks_run(nursery):
     """50 requests arriving in one packet are answered in order, and the server lets
     other tasks run between them although no read or write had to wait."""
-    client, server = await tcp_pair()
-    nursery.start_soon(serve_http_connection, server, hello_app, ServerState(Config()))
+    client, *server = await tcp_pair()
+    serve(nursery, hello_app, ServerState(Config()), server)
     count = 50
     request = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n"
     answered = trio.Event()
@@ -91,8 +85,8 @@ async def big_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def test_large_response_reaches_a_slow_reader_whole(nursery):
     """A response far larger than the socket buffers, read slowly, arrives whole and in
     order, and the connection then serves another request."""
-    client, server = await tcp_pair()
-    nursery.start_soon(serve_http_connection, server, big_app, ServerState(Config()))
+    client, *server = await tcp_pair()
+    serve(nursery, big_app, ServerState(Config()), server)
     reader = H11Client(client)
     with trio.fail_after(30):
         request = h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"a")])
@@ -129,11 +123,11 @@ async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, aut
             app_cancelled.set()
             raise
 
-    client, server = await tcp_pair()
+    client, server, sock = await tcp_pair()
     state = ServerState(Config(write_timeout=7))
 
     async def serve_then_note() -> None:
-        await serve_http_connection(server, endless, state)
+        await serve_http_connection(server, endless, state, sock=sock)
         connection_done.set()
 
     nursery.start_soon(serve_then_note)

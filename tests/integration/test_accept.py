@@ -1,0 +1,121 @@
+"""trioserve's accept loop on real listening sockets (127.0.0.1 port 0, and a unix socket)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from trioserve._accept import ACCEPT_BATCH, Connection, accept_connections
+
+
+async def tcp_listener(host: str = "127.0.0.1") -> trio.SocketListener:
+    [listener] = await trio.open_tcp_listeners(0, host=host)
+    return listener
+
+
+async def record_into(seen: list[Connection], connection: Connection) -> None:
+    seen.append(connection)
+    await connection.stream.send_all(b"hi")
+
+
+async def connect_and_read(port: int) -> tuple[tuple[str, int], bytes]:
+    """Connect, read until the server closes; (our address, what was received)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        ours = stream.socket.getsockname()
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    return (ours[0], ours[1]), data
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+async def test_connections_carry_both_addresses_and_are_closed_after(nursery, host):
+    """Each connection comes with the peer's address and ours (bound to one host or to
+    the wildcard), and is closed once its handler returns."""
+    listener = await tcp_listener(host)
+    port = listener.socket.getsockname()[1]
+    seen: list[Connection] = []
+
+    async def handler(connection: Connection) -> None:
+        await record_into(seen, connection)
+
+    await nursery.start(accept_connections, listener, handler, nursery)
+    with trio.fail_after(10):
+        ours, data = await connect_and_read(port)
+    assert data == b"hi"  # then EOF: the server closed it
+    [connection] = seen
+    assert connection.client == ours
+    assert connection.server == ("127.0.0.1", port)
+    assert connection.sock.fileno() == -1
+    await listener.aclose()
+
+
+async def test_unix_socket_connections_have_no_client(nursery, tmp_path: Path):
+    """On a unix socket the client is None and the server is (path, None)."""
+    path = str(tmp_path / "s.sock")
+    raw = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await raw.bind(path)
+    raw.listen()
+    listener = trio.SocketListener(raw)
+    seen: list[Connection] = []
+
+    async def handler(connection: Connection) -> None:
+        await record_into(seen, connection)
+
+    await nursery.start(accept_connections, listener, handler, nursery)
+    with trio.fail_after(10):
+        stream = await trio.open_unix_socket(path)
+        async with stream:
+            assert await stream.receive_some() == b"hi"
+    assert (seen[0].client, seen[0].server) == (None, (path, None))
+    await listener.aclose()
+
+
+async def test_a_backlog_larger_than_a_batch_is_all_served(nursery):
+    """More pending connections than one batch takes: every one is accepted and served."""
+    listener = await tcp_listener()
+    port = listener.socket.getsockname()[1]
+    count = ACCEPT_BATCH * 3 + 1
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    seen: list[Connection] = []
+
+    async def handler(connection: Connection) -> None:
+        await record_into(seen, connection)
+
+    try:
+        await nursery.start(accept_connections, listener, handler, nursery)
+        with trio.fail_after(10):
+            for client in clients:
+                await trio.lowlevel.wait_readable(client)
+                assert client.recv(10) == b"hi"
+    finally:
+        for client in clients:
+            client.close()
+    assert len(seen) == count
+    await listener.aclose()
+
+
+async def test_loop_ends_when_the_listener_is_closed(nursery):
+    """Closing the listener while the loop waits ends the loop without an error, and the
+    listener's descriptor is closed once (the loop never closes it itself)."""
+    listener = await tcp_listener()
+    ended = trio.Event()
+
+    async def run() -> None:
+        await accept_connections(listener, record_into_nothing, nursery)
+        ended.set()
+
+    async def record_into_nothing(connection: Connection) -> None:
+        raise AssertionError("no connection expected")
+
+    nursery.start_soon(run)
+    await trio.testing.wait_all_tasks_blocked()
+    await listener.aclose()
+    with trio.fail_after(10):
+        await ended.wait()
+    assert listener.socket.fileno() == -1
