@@ -125,6 +125,8 @@ class HTTPOptions:
             for name, _, value in (item.partition(":") for item in config.header)
         )
         self.limit_concurrency = config.limit_concurrency
+        # h11's own bound on a head, beyond ours (which refuse earlier, with a status).
+        self.max_event_size = self.limits.head_size + 1024
         self.access_log = access_log
         # Rewrites a request scope from trusted proxy headers.
         self.proxy = proxy
@@ -342,7 +344,7 @@ class _Connection:
 
     def _new_h11(self) -> Any:
         return self.h11.Connection(
-            self.h11.SERVER, max_incomplete_event_size=self.options.limits.head_size + 1024
+            self.h11.SERVER, max_incomplete_event_size=self.options.max_event_size
         )
 
     async def serve(self, app: ASGIApp) -> None:
@@ -420,7 +422,12 @@ class _Connection:
                 conn.receive_data(b"")
 
     async def _receive(self) -> bytes:
-        """The next bytes from the client; b"" once it is gone."""
+        """The next bytes from the client; b"" once it is gone.
+
+        On a plain socket the read is tried first and the wait comes only when nothing
+        is there (under load the next request is usually there already); a read that
+        finds data is not a checkpoint (see ``yielded``).
+        """
         sock = self.sock
         if sock is None:
             try:
@@ -428,8 +435,6 @@ class _Connection:
             except _BROKEN:
                 return b""
             return bytes(data)
-        # A plain TCP or unix socket: try the read first and wait only when nothing is
-        # there. A read that finds data is not a checkpoint (see ``yielded``).
         while True:
             try:
                 return sock.recv(RECEIVE_SIZE)
@@ -466,7 +471,7 @@ class _Connection:
                 pending = pending.lstrip(b"\r\n")
                 stripped = True
             # Most heads take the one-regex path; the others get the full checks.
-            end = plain_head_end(pending, limits)
+            end = plain_head_end(pending, limits) if pending else -1
             framing = NO_BODY
             if end < 0 and pending:
                 end = head_end(pending)

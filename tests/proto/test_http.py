@@ -4,9 +4,11 @@ and serialization."""
 from __future__ import annotations
 
 import email.utils
+import itertools
 import subprocess
 import sys
 import time
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -77,7 +79,8 @@ HEAD_TAIL = DATE + b"server: trioserve\r\n"
 @pytest.fixture
 def fixed_date(monkeypatch: pytest.MonkeyPatch) -> None:
     """Responses carry DATE, so that their exact bytes can be compared."""
-    monkeypatch.setattr(http, "_date_line", lambda: DATE)
+    fixed = (0, DATE[6:-2], DATE, HEAD_TAIL)
+    monkeypatch.setattr(http, "_date_lines", lambda: fixed)
 
 
 # -- split_target / decode_path ---------------------------------------------------------
@@ -774,6 +777,14 @@ def test_bad_status_is_refused(status: object) -> None:
     assert not response.started
 
 
+def test_int_enum_status_is_taken_as_its_number(fixed_date: None) -> None:
+    """http.HTTPStatus members (int subclasses) are statuses like their numbers."""
+    response = Response()
+    response.on_send({**START, "status": HTTPStatus.NOT_FOUND})
+    assert response.on_send(body(b"")).startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert type(response.status) is int
+
+
 def test_missing_status_is_refused() -> None:
     """A start message without a status is refused."""
     with pytest.raises(
@@ -843,6 +854,66 @@ def test_error_response_without_server_header() -> None:
     """server_header=False leaves the Server header out."""
     head, _ = parse(error_response(503, "busy", server_header=False))
     assert header_values(head, b"server") == []
+
+
+# -- the one-piece answer ---------------------------------------------------------------
+
+RESPONSE_HEADERS = [
+    (b"content-type", b"text/plain"),
+    (b"Content-Length", b"5"),
+    (b"content-length", b"0"),
+    (b"Date", b"Sun, 06 Nov 1994 08:49:37 GMT"),
+    (b"server", b"app"),
+    (b"connection", b"close"),
+    (b"Transfer-Encoding", b"chunked"),
+]
+REQUESTS: list[dict[str, Any]] = [
+    {},
+    {"head": True},
+    {"keep_alive": False},
+    {"http_10": True},
+    {"close": True},
+    {"server_header": False},
+    {"default_headers": [(b"x-d", b"1")]},
+]
+
+
+def serialized(shortcut: bool, request: dict[str, Any], messages: list[Any]) -> tuple[Any, ...]:
+    response = Response(**request)
+    if not shortcut:
+        response._plain = False
+    try:
+        data = send_all(response, messages)
+    except ASGIProtocolError as exc:
+        data = str(exc).encode()
+    return data, response.phase, response.keep_alive, response.body_bytes, response.missing
+
+
+def test_one_piece_answer_matches_the_general_path(
+    fixed_date: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shortcut for a whole body framed by its length gives exactly the bytes, and
+    leaves the response in exactly the state, that the general serializer does: every
+    combination of status, up to two telling headers, body, more_body and request."""
+    header_lists = [[], *([h] for h in RESPONSE_HEADERS)]
+    header_lists += [[a, b] for a in RESPONSE_HEADERS for b in RESPONSE_HEADERS]
+    cases = itertools.product(
+        [200, 204, 304, 404], header_lists, [b"", b"hello", b"hello!"], [False, True], REQUESTS
+    )
+    shortcuts = 0
+    one_piece = Response._one_piece
+
+    def counted(self: Response, *args: Any) -> bytes:
+        nonlocal shortcuts
+        shortcuts += 1
+        return one_piece(self, *args)
+
+    monkeypatch.setattr(Response, "_one_piece", counted)
+    for status, headers, content, more, request in cases:
+        messages = [{**START, "status": status, "headers": headers}, body(content, more=more)]
+        fast = serialized(True, request, messages)
+        assert fast == serialized(False, request, messages), (status, headers, content, request)
+    assert shortcuts >= 30  # the shortcut was taken, not only the general path
 
 
 # -- sans-IO ----------------------------------------------------------------------------

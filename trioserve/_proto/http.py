@@ -130,7 +130,8 @@ def _tokens(value: bytes) -> list[bytes]:
     return [token for token in (item.strip() for item in value.lower().split(b",")) if token]
 
 
-_date_cache: tuple[int, bytes, bytes] = (0, b"", b"")
+# (second, Date value, date line, date and server lines)
+_date_cache: tuple[int, bytes, bytes, bytes] = (0, b"", b"", b"")
 
 
 def date_header() -> bytes:
@@ -141,12 +142,17 @@ def date_header() -> bytes:
 
 def _date_line() -> bytes:
     """The ``date`` header line of a response, formatted at most once a second."""
+    return _date_lines()[2]
+
+
+def _date_lines() -> tuple[int, bytes, bytes, bytes]:
     global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
         value = email.utils.formatdate(now, usegmt=True).encode("ascii")
-        _date_cache = (now, value, b"date: " + value + b"\r\n")
-    return _date_cache[2]
+        line = b"date: " + value + b"\r\n"
+        _date_cache = (now, value, line, line + _SERVER_LINE)
+    return _date_cache
 
 
 # -- serializing responses ---------------------------------------------------------------
@@ -231,6 +237,7 @@ _START_STATE = (
     "_connection",
     "_has_date",
     "_has_server",
+    "_plain_headers",
 )
 
 
@@ -276,6 +283,7 @@ class Response:
     _connection: list[bytes] | None = None
     _has_date = False
     _has_server = False
+    _plain_headers = False
 
     def __init__(
         self,
@@ -295,6 +303,11 @@ class Response:
         self.default_headers = default_headers
         self.client_keep_alive = keep_alive
         self.http_10 = http_10
+        # Nothing about the request or the settings stands in the way of the common
+        # answer (see _head_and_body).
+        self._plain = keep_alive and not http_10 and not head and server_header
+        if default_headers:
+            self._plain = False
 
     @property
     def started(self) -> bool:
@@ -340,7 +353,9 @@ class Response:
             if kind != "http.response.start":
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
             status = message.get("status")
-            if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+            if type(status) is not int and isinstance(status, int) and not isinstance(status, bool):
+                status = int(status)  # an IntEnum such as http.HTTPStatus.OK
+            if type(status) is not int or not 200 <= status <= 599:
                 raise ASGIProtocolError(f"'status' must be an int from 200 to 599, got {status!r}")
             try:
                 self._take_headers(message.get("headers", ()))
@@ -350,6 +365,14 @@ class Response:
             self.status = status
             if status == 204 or status == 304:
                 self.no_body = True
+            # No header of the app changes the common answer (see _head_and_body).
+            self._plain_headers = not (
+                self._app_chunked
+                or self._connection is not None
+                or self._has_date
+                or self._has_server
+                or self.no_body
+            )
             self._pending_head = True
             self.phase = ResponsePhase.BODY
             return b""
@@ -447,6 +470,14 @@ class Response:
         size = len(body)
         length = self._length
         status = self.status
+        if (
+            self._plain
+            and not more
+            and (length is None or length == size)
+            and not self.close
+            and self._plain_headers
+        ):
+            return self._one_piece(body, size)
         if self._app_chunked:
             # Transfer-Encoding beats Content-Length, which is then not sent at all.
             length = None
@@ -507,6 +538,23 @@ class Response:
         self._pending_head = False
         self._add_body(parts, body, more)
         return b"".join(parts)
+
+    def _one_piece(self, body: bytes | bytearray | memoryview, size: int) -> bytes:
+        """The common answer, in one piece: the whole body, framed by its length, on a
+        connection that stays open, with our Date and Server lines."""
+        self._pending_head = False
+        self.phase = ResponsePhase.DONE
+        self.body_bytes = size
+        status = self.status
+        return b"".join(
+            (
+                _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
+                self._lines,
+                _date_lines()[3],
+                b"content-length: %d\r\n\r\n" % size,
+                body if type(body) is bytes else bytes(body),
+            )
+        )
 
     def _add_default_headers(self, parts: list[bytes]) -> None:
         names = {bytes(name).lower() for name, _ in self.headers}
