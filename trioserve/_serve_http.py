@@ -29,10 +29,10 @@ from ._proto.http import (
     ResponsePhase,
     client_keep_alive,
     error_response,
+    header_pairs,
     http_scope,
 )
 from ._proto.validate import (
-    NO_BODY,
     ChunkedChecker,
     Limits,
     RequestRejected,
@@ -455,13 +455,56 @@ class _Connection:
             RequestRejected: the head breaks a limit or is malformed.
         """
         conn = self.conn
-        h11mod = self.h11
-        limits = self.options.limits
         # h11 holds what followed the previous request; it is given the rest of the head
         # only once the head is complete and checked. Usually one read brings the whole
         # head, and ``pending`` stays the bytes that read returned: no copies.
-        pending: bytes | bytearray = conn.trailing_data[0]
+        pending: bytes = conn.trailing_data[0]
         h11_has = len(pending)
+        if not h11_has:
+            # Nothing of the next request yet: the connection is idle, and a graceful
+            # stop closes it at once. Not a fresh connection, though: its client is
+            # about to send the request it connected for (it may already be in the
+            # socket buffer), so it is served, with keep_alive as its bound.
+            if self.state.stopping and self.served:
+                return None
+            self.waiting = "idle"
+            self.idle = self.served
+            self.deadline = trio.current_time() + self.options.keep_alive
+            pending = await self._receive()
+            self.idle = False
+            if not pending:
+                return None
+        end = plain_head_end(pending, self.options.limits)
+        if end < 0:
+            return await self._read_head(pending, h11_has)
+        # Most requests: a complete head that one regex found plain, and no body.
+        self.deadline = _INF
+        # (A cheap substring test: "Upgrade:" in any case.)
+        self.upgrade_bytes = pending if pending.find(b"pgrade:", 0, end) >= 0 else None
+        if h11_has:
+            if len(pending) > h11_has:
+                conn.receive_data(pending[h11_has:])
+        else:
+            conn.receive_data(pending)
+        h11mod = self.h11
+        try:
+            event = conn.next_event()
+        except h11mod.RemoteProtocolError as exc:
+            raise RequestRejected(400, _h11_reason(exc)) from None
+        if type(event) is not h11mod.Request:
+            raise RequestRejected(400, "malformed request")
+        # Take h11's end of message now, so that neither receive() nor the end of the
+        # exchange needs another round through h11.
+        self.body_done = type(conn.next_event()) is h11mod.EndOfMessage
+        self.served = True
+        return event
+
+    async def _read_head(self, pending: bytes | bytearray, h11_has: int) -> Any:
+        """_next_request for heads that are incomplete or not plain: every check, and
+        more reads with ``header_timeout`` as their bound."""
+        conn = self.conn
+        h11mod = self.h11
+        limits = self.options.limits
         stripped = False
         head_deadline = _INF
         while True:
@@ -470,15 +513,10 @@ class _Connection:
                 # refuses them: they are dropped here, and h11 starts afresh without them.
                 pending = pending.lstrip(b"\r\n")
                 stripped = True
-            # Most heads take the one-regex path; the others get the full checks.
-            end = plain_head_end(pending, limits) if pending else -1
-            framing = NO_BODY
-            if end < 0 and pending:
-                end = head_end(pending)
-                if end >= 0:
-                    framing = check_head(pending[:end], limits)
+            end = head_end(pending) if pending else -1
             if end >= 0:
                 self.deadline = _INF
+                framing = check_head(pending[:end], limits)
                 # (A cheap substring test: "Upgrade:" in any case.)
                 upgrade = pending.find(b"pgrade:", 0, end) >= 0
                 self.upgrade_bytes = bytes(pending) if upgrade else None
@@ -500,8 +538,7 @@ class _Connection:
                     if self.chunks.done:
                         self.chunks = None
                 elif not framing.content_length:
-                    # No body: take h11's end of message now, so that neither receive()
-                    # nor the end of the exchange needs another round through h11.
+                    # No body: take h11's end of message now (see _next_request).
                     self.body_done = isinstance(conn.next_event(), h11mod.EndOfMessage)
                 self.served = True
                 return event
@@ -513,10 +550,7 @@ class _Connection:
                 self.deadline = head_deadline
                 data = await self._receive()
             else:
-                # Nothing of the next request yet: the connection is idle, and a graceful
-                # stop closes it at once. Not a fresh connection, though: its client is
-                # about to send the request it connected for (it may already be in the
-                # socket buffer), so it is served, with keep_alive as its bound.
+                # Only stray CRLFs so far: still idle, as far as a stop is concerned.
                 if self.state.stopping and self.served:
                     return None
                 self.waiting = "idle"
@@ -683,30 +717,32 @@ class _Cycle:
         self.connection = connection
         self.h11 = connection.h11
         self.request = request
+        self.headers = headers = header_pairs(request.headers)
         options = connection.options
         self.response = Response(
             head=request.method == b"HEAD",
             server_header=options.server_header,
             default_headers=options.default_headers,
-            keep_alive=client_keep_alive(request),
-            http_10=request.http_version < b"1.1",
+            keep_alive=client_keep_alive(request, headers),
+            http_10=request.http_version != b"1.1",
         )
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
-        self.body_done = connection.body_done
-        self._empty_body_due = self.body_done
-        self.disconnected = False
-        # True when the connection must not be reused (a broken response).
-        self.broken = False
-        # Set when the body broke a limit or framing rule after the app started.
-        self.rejected: RequestRejected | None = None
-        self.status = 0
-        self.body_bytes = 0
-        self._disconnect_waiter: trio.CancelScope | None = None
-        # Created only when receive() has to wait for the response to finish.
-        self._response_done: trio.Event | None = None
-        # Whether "100 Continue" went out for a request with Expect: 100-continue.
-        self._continue_sent = False
+        self.body_done = self._empty_body_due = connection.body_done
+
+    # Defaults at class level: most exchanges never change them.
+    disconnected = False
+    # True when the connection must not be reused (a broken response).
+    broken = False
+    # Set when the body broke a limit or framing rule after the app started.
+    rejected: RequestRejected | None = None
+    status = 0
+    body_bytes = 0
+    _disconnect_waiter: trio.CancelScope | None = None
+    # Created only when receive() has to wait for the response to finish.
+    _response_done: trio.Event | None = None
+    # Whether "100 Continue" went out for a request with Expect: 100-continue.
+    _continue_sent = False
 
     def scope(self) -> dict[str, Any]:
         connection = self.connection
@@ -717,6 +753,7 @@ class _Cycle:
             server=connection.server,
             root_path=connection.options.root_path,
             state=connection.state.lifespan_state,
+            headers=self.headers,
         )
         if connection.extensions:
             scope["extensions"] = dict(connection.extensions)

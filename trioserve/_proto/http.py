@@ -62,10 +62,13 @@ def http_scope(
     server: tuple[str, int | None] | None,
     root_path: str,
     state: dict[str, Any] | None,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> dict[str, Any]:
     """The ASGI ``http`` scope for one request.
 
     ``state`` is the lifespan state; each request gets a shallow copy of it.
+    ``headers`` are the request's (name, value) pairs if already made by
+    :func:`header_pairs`.
     """
     target = request.target
     if target[:1] == b"/" and b"?" not in target:
@@ -83,7 +86,7 @@ def http_scope(
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,
-        "headers": _header_pairs(request.headers),
+        "headers": header_pairs(request.headers) if headers is None else headers,
         "client": client,
         "server": server,
         "extensions": {},
@@ -98,7 +101,7 @@ _METHODS = {
 }
 
 
-def _header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
+def header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
     """(lowercased name, value) pairs; h11 has already lowercased the names."""
     # h11's Headers keeps (raw name, name, value) triples: reading them directly avoids
     # its Sequence interface, which costs a method call per item on every request.
@@ -108,14 +111,17 @@ def _header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers]
 
 
-def client_keep_alive(request: h11.Request) -> bool:
+def client_keep_alive(
+    request: h11.Request, headers: list[tuple[bytes, bytes]] | None = None
+) -> bool:
     """Whether the client lets the connection carry another request after this one.
 
     HTTP/1.1 keeps the connection unless a ``Connection`` header says ``close``;
     HTTP/1.0 closes it unless one says ``keep-alive`` (and none says ``close``).
+    ``headers``: as for :func:`http_scope`.
     """
     keep_alive = request.http_version >= b"1.1"
-    for name, value in _header_pairs(request.headers):
+    for name, value in header_pairs(request.headers) if headers is None else headers:
         if name == b"connection":
             tokens = _tokens(value)
             if b"close" in tokens:
