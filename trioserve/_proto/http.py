@@ -182,6 +182,8 @@ _checked_names: dict[bytes, bytes] = {}
 _MAX_CHECKED_NAMES = 1024
 # Headers that decide the framing or the connection: never copied as the app gave them.
 _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+# Headers that need more than copying: the framing ones, and those we would add.
+_SPECIAL_NAMES = _FRAMING_NAMES | {b"date", b"server"}
 
 
 def _status_line(status: int) -> bytes:
@@ -371,14 +373,7 @@ class Response:
             self.status = status
             if status == 204 or status == 304:
                 self.no_body = True
-            # No header of the app changes the common answer (see _head_and_body).
-            self._plain_headers = not (
-                self._app_chunked
-                or self._connection is not None
-                or self._has_date
-                or self._has_server
-                or self.no_body
-            )
+                self._plain_headers = False
             self._pending_head = True
             self.phase = ResponsePhase.BODY
             return b""
@@ -408,6 +403,9 @@ class Response:
         """Check the app's headers and keep what the head needs of them."""
         lines: list[bytes] = []
         checked = _checked_names
+        # Until a header says otherwise, nothing in them changes the common answer (see
+        # _head_and_body).
+        self._plain_headers = True
         try:
             headers = raw if type(raw) is list else list(raw)
             for name, value in headers:
@@ -418,13 +416,8 @@ class Response:
                     lower = _checked_name(name)
                 if type(value) is not bytes and not isinstance(value, bytes):
                     raise TypeError
-                if lower in _FRAMING_NAMES:
-                    self._take_framing_header(lower, name, value)
+                if lower in _SPECIAL_NAMES and self._take_special(lower, name, value):
                     continue
-                if lower == b"date":
-                    self._has_date = True
-                elif lower == b"server":
-                    self._has_server = True
                 lines += (name, b": ", value, b"\r\n")
         except (TypeError, ValueError):
             raise ASGIProtocolError(
@@ -447,16 +440,35 @@ class Response:
         self.phase = ResponsePhase.START
         self.no_body = self.head
 
-    def _take_framing_header(self, lower: bytes, name: bytes, value: bytes) -> None:
-        """Note a Content-Length, Transfer-Encoding or Connection header of the app."""
+    def _take_special(self, lower: bytes, name: bytes, value: bytes) -> bool:
+        """Note a framing header of the app (Content-Length, Transfer-Encoding or
+        Connection: True, we write our own) or a Date or Server header (False: it is
+        copied, and we add none)."""
         if lower == b"content-length":
+            self._take_length(value)
+            return True
+        self._plain_headers = False
+        if lower == b"date":
+            self._has_date = True
+            return False
+        if lower == b"server":
+            self._has_server = True
+            return False
+        self._take_framing_header(lower, name, value)
+        return True
+
+    def _take_length(self, value: bytes) -> None:
+        if value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
+            length = int(value)
+        else:
             length = _content_length(value)
-            if self._length is not None and length != self._length:
-                raise ASGIProtocolError(
-                    "invalid response header: conflicting Content-Length headers"
-                )
-            self._length = length
-        elif lower == b"transfer-encoding":
+        if self._length is not None and length != self._length:
+            raise ASGIProtocolError("invalid response header: conflicting Content-Length headers")
+        self._length = length
+
+    def _take_framing_header(self, lower: bytes, name: bytes, value: bytes) -> None:
+        """Note a Transfer-Encoding or Connection header of the app."""
+        if lower == b"transfer-encoding":
             if self._app_chunked:
                 raise ASGIProtocolError(
                     "invalid response header: more than one Transfer-Encoding header"
