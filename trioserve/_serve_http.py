@@ -341,6 +341,8 @@ class _Connection:
         # the next one, to let other connections run and cancellation reach it.
         self.sock = sock
         self.yielded = True
+        # Whether the current exchange wrote to ``sock`` yet (see write).
+        self.wrote = False
 
     def _new_h11(self) -> Any:
         return self.h11.Connection(
@@ -367,7 +369,7 @@ class _Connection:
         while True:
             if not self.yielded:
                 await trio.lowlevel.checkpoint()
-            self.yielded = False
+            self.yielded = self.wrote = False
             try:
                 request = await self._next_request()
             except RequestRejected as exc:
@@ -586,6 +588,11 @@ class _Connection:
         A stalled body ends the exchange, not the app: it learns of it as a disconnect.
         """
         with trio.move_on_after(self.options.read_timeout) as waiting:
+            if self.sock is not None:
+                # A body read is a checkpoint, as a stream's receive_some is: a client
+                # sending a large body faster than the app reads it would otherwise
+                # keep this task running, and every other connection waiting.
+                await trio.lowlevel.checkpoint()
             data = await self._receive()
         if waiting.cancelled_caught:
             LOGGER.info("request body stalled for %gs; closing", self.options.read_timeout)
@@ -626,6 +633,12 @@ class _Connection:
         """
         sock = self.sock
         if sock is not None:
+            if self.wrote:
+                # Every write of an exchange after its first is a checkpoint, as a
+                # stream's send_all is: an app streaming a response faster than the
+                # kernel sends it must still let the other connections run.
+                await trio.lowlevel.checkpoint()
+            self.wrote = True
             # Usually the kernel takes the whole response at once: no wait, no deadline.
             try:
                 sent = sock.send(data)
@@ -692,6 +705,8 @@ class _Connection:
         received = 0
         with trio.move_on_after(LINGER_SECONDS):
             while received < LINGER_BYTES:
+                if self.sock is not None:
+                    await trio.lowlevel.checkpoint()  # (as in receive_body_bytes)
                 data = await self._receive()
                 if not data:
                     break
