@@ -55,6 +55,38 @@ async def test_connections_carry_both_addresses_and_are_closed_after(nursery, ho
     await listener.aclose()
 
 
+def has_ipv6() -> bool:
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="this machine has no IPv6 loopback")
+@pytest.mark.parametrize("host", ["::1", "::"])
+async def test_ipv6_connections_carry_two_part_addresses(nursery, host):
+    """Over IPv6 the client and server are (host, port) pairs too, not the 4-tuples
+    the socket calls give."""
+    [listener] = await trio.open_tcp_listeners(0, host=host)
+    port = listener.socket.getsockname()[1]
+    seen: list[Connection] = []
+
+    async def handler(connection: Connection) -> None:
+        await record_into(seen, connection)
+
+    await nursery.start(accept_connections, listener, handler, nursery)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("::1", port)
+        async with stream:
+            ours = stream.socket.getsockname()
+            assert await stream.receive_some() == b"hi"
+    [connection] = seen
+    assert connection.client == ("::1", ours[1])
+    assert connection.server == ("::1", port)
+    await listener.aclose()
+
+
 async def test_unix_socket_connections_have_no_client(nursery, tmp_path: Path):
     """On a unix socket the client is None and the server is (path, None)."""
     path = str(tmp_path / "s.sock")
