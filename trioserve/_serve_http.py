@@ -464,17 +464,7 @@ class _Connection:
         pending: bytes = conn.trailing_data[0]
         h11_has = len(pending)
         if not h11_has:
-            # Nothing of the next request yet: the connection is idle, and a graceful
-            # stop closes it at once. Not a fresh connection, though: its client is
-            # about to send the request it connected for (it may already be in the
-            # socket buffer), so it is served, with keep_alive as its bound.
-            if self.state.stopping and self.served:
-                return None
-            self.waiting = "idle"
-            self.idle = self.served
-            self.deadline = trio.current_time() + self.options.keep_alive
-            pending = await self._receive()
-            self.idle = False
+            pending = await self._receive_idle()
             if not pending:
                 return None
         end = plain_head_end(pending, self.options.limits)
@@ -501,6 +491,23 @@ class _Connection:
         self.body_done = type(conn.next_event()) is h11mod.EndOfMessage
         self.served = True
         return event
+
+    async def _receive_idle(self) -> bytes:
+        """Wait for the next request with nothing of it received yet: b"" to close.
+
+        The connection is idle meanwhile, and a graceful stop closes it at once. Not a
+        fresh connection, though: its client is about to send the request it connected
+        for (it may already be in the socket buffer), so it is served, with keep_alive
+        as its bound.
+        """
+        if self.state.stopping and self.served:
+            return b""
+        self.waiting = "idle"
+        self.idle = self.served
+        self.deadline = trio.current_time() + self.options.keep_alive
+        data = await self._receive()
+        self.idle = False
+        return data
 
     async def _read_head(self, pending: bytes | bytearray, h11_has: int) -> Any:
         """_next_request for heads that are incomplete or not plain: every check, and
@@ -554,13 +561,7 @@ class _Connection:
                 data = await self._receive()
             else:
                 # Only stray CRLFs so far: still idle, as far as a stop is concerned.
-                if self.state.stopping and self.served:
-                    return None
-                self.waiting = "idle"
-                self.idle = self.served
-                self.deadline = trio.current_time() + self.options.keep_alive
-                data = await self._receive()
-                self.idle = False
+                data = await self._receive_idle()
             if not data:
                 return None
             if not pending:

@@ -17,9 +17,16 @@ async def tcp_listener(host: str = "127.0.0.1") -> trio.SocketListener:
     return listener
 
 
-async def record_into(seen: list[Connection], connection: Connection) -> None:
-    seen.append(connection)
-    await connection.stream.send_all(b"hi")
+async def start_recording(nursery: trio.Nursery, listener: trio.SocketListener) -> list[Connection]:
+    """Accept on ``listener``; each connection is recorded, then answered with b"hi"."""
+    seen: list[Connection] = []
+
+    async def handler(connection: Connection) -> None:
+        seen.append(connection)
+        await connection.stream.send_all(b"hi")
+
+    await nursery.start(accept_connections, listener, handler, nursery)
+    return seen
 
 
 async def connect_and_read(port: int) -> tuple[tuple[str, int], bytes]:
@@ -39,12 +46,7 @@ async def test_connections_carry_both_addresses_and_are_closed_after(nursery, ho
     the wildcard), and is closed once its handler returns."""
     listener = await tcp_listener(host)
     port = listener.socket.getsockname()[1]
-    seen: list[Connection] = []
-
-    async def handler(connection: Connection) -> None:
-        await record_into(seen, connection)
-
-    await nursery.start(accept_connections, listener, handler, nursery)
+    seen = await start_recording(nursery, listener)
     with trio.fail_after(10):
         ours, data = await connect_and_read(port)
     assert data == b"hi"  # then EOF: the server closed it
@@ -70,12 +72,7 @@ async def test_ipv6_connections_carry_two_part_addresses(nursery, host):
     the socket calls give."""
     [listener] = await trio.open_tcp_listeners(0, host=host)
     port = listener.socket.getsockname()[1]
-    seen: list[Connection] = []
-
-    async def handler(connection: Connection) -> None:
-        await record_into(seen, connection)
-
-    await nursery.start(accept_connections, listener, handler, nursery)
+    seen = await start_recording(nursery, listener)
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("::1", port)
         async with stream:
@@ -94,12 +91,7 @@ async def test_unix_socket_connections_have_no_client(nursery, tmp_path: Path):
     await raw.bind(path)
     raw.listen()
     listener = trio.SocketListener(raw)
-    seen: list[Connection] = []
-
-    async def handler(connection: Connection) -> None:
-        await record_into(seen, connection)
-
-    await nursery.start(accept_connections, listener, handler, nursery)
+    seen = await start_recording(nursery, listener)
     with trio.fail_after(10):
         stream = await trio.open_unix_socket(path)
         async with stream:
@@ -114,13 +106,8 @@ async def test_a_backlog_larger_than_a_batch_is_all_served(nursery):
     port = listener.socket.getsockname()[1]
     count = ACCEPT_BATCH * 3 + 1
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
-    seen: list[Connection] = []
-
-    async def handler(connection: Connection) -> None:
-        await record_into(seen, connection)
-
     try:
-        await nursery.start(accept_connections, listener, handler, nursery)
+        seen = await start_recording(nursery, listener)
         with trio.fail_after(10):
             for client in clients:
                 await trio.lowlevel.wait_readable(client)
