@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import resource
 import socket
 from pathlib import Path
 
@@ -138,3 +141,52 @@ async def test_loop_ends_when_the_listener_is_closed(nursery):
     with trio.fail_after(10):
         await ended.wait()
     assert listener.socket.fileno() == -1
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+async def test_running_out_of_descriptors_pauses_accepting_then_recovers(nursery, caplog):
+    """accept() failing with EMFILE is logged as one error line and retried shortly;
+    the connections that waited in the backlog are served once descriptors are free."""
+    listener = await tcp_listener()
+    port = listener.socket.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    refused = trio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cannot accept connections" in record.getMessage():
+                refused.set()
+
+    watch = Watch()
+    logging.getLogger("trioserve.server").addHandler(watch)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = next(fd for fd in range(soft) if not is_open(fd))
+    try:
+        # Every descriptor below the limit is in use: accept() has nowhere to put one.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        seen = await start_recording(nursery, listener)
+        with trio.fail_after(10):
+            await refused.wait()
+        assert seen == []
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        logging.getLogger("trioserve.server").removeHandler(watch)
+    try:
+        with trio.fail_after(10):
+            for client in clients:
+                await trio.lowlevel.wait_readable(client)
+                assert client.recv(10) == b"hi"
+    finally:
+        for client in clients:
+            client.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors
+    assert all("Too many open files" in r.getMessage() and not r.exc_info for r in errors)
+    await listener.aclose()
