@@ -433,6 +433,7 @@ class _Connection:
         """
         sock = self.sock
         if sock is None:
+            self.yielded = True  # (a stream's receive_some is a checkpoint)
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except _BROKEN:
