@@ -32,6 +32,18 @@ async def start_recording(nursery: trio.Nursery, listener: trio.SocketListener) 
     return seen
 
 
+async def all_answered(clients: list[socket.socket]) -> None:
+    """Each client gets b"hi"; all are closed afterwards, whatever happens."""
+    try:
+        with trio.fail_after(10):
+            for client in clients:
+                await trio.lowlevel.wait_readable(client)
+                assert client.recv(10) == b"hi"
+    finally:
+        for client in clients:
+            client.close()
+
+
 async def connect_and_read(port: int) -> tuple[tuple[str, int], bytes]:
     """Connect, read until the server closes; (our address, what was received)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -109,15 +121,8 @@ async def test_a_backlog_larger_than_a_batch_is_all_served(nursery):
     port = listener.socket.getsockname()[1]
     count = ACCEPT_BATCH * 3 + 1
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
-    try:
-        seen = await start_recording(nursery, listener)
-        with trio.fail_after(10):
-            for client in clients:
-                await trio.lowlevel.wait_readable(client)
-                assert client.recv(10) == b"hi"
-    finally:
-        for client in clients:
-            client.close()
+    seen = await start_recording(nursery, listener)
+    await all_answered(clients)
     assert len(seen) == count
     await listener.aclose()
 
@@ -178,14 +183,7 @@ async def test_running_out_of_descriptors_pauses_accepting_then_recovers(nursery
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         logging.getLogger("trioserve.server").removeHandler(watch)
-    try:
-        with trio.fail_after(10):
-            for client in clients:
-                await trio.lowlevel.wait_readable(client)
-                assert client.recv(10) == b"hi"
-    finally:
-        for client in clients:
-            client.close()
+    await all_answered(clients)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors
     assert all("Too many open files" in r.getMessage() and not r.exc_info for r in errors)
