@@ -10,9 +10,11 @@ See tests/data/requests/README.md for the file formats.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +136,12 @@ class Exchange:
     app_calls: int
 
 
-async def exchange(pieces: Sequence[bytes], config: dict[str, Any]) -> Exchange:
+async def exchange(
+    pieces: Sequence[bytes], config: dict[str, Any], transport: str = "memory"
+) -> Exchange:
     """Serve one connection: send ``pieces`` one by one, then EOF; read until the server
-    closes."""
+    closes. ``transport`` "socket" serves a real TCP connection over 127.0.0.1, whose
+    socket the edge reads and writes directly, as it does behind the accept loop."""
     requests: list[tuple[dict[str, Any], bytes]] = []
     app_calls = 0
 
@@ -162,11 +167,20 @@ async def exchange(pieces: Sequence[bytes], config: dict[str, Any]) -> Exchange:
         )
         await send({"type": "http.response.body", "body": APP_BODY})
 
-    client, server = trio.testing.memory_stream_pair()
     state = ServerState(Config(**config))
+    client: trio.abc.HalfCloseableStream
+    if transport == "socket":
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
+            sock, _ = listener.accept()  # (connected already: it waits in the backlog)
+        server: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        serve = functools.partial(serve_http_connection, server, app, state, sock=sock)
+    else:
+        client, server = trio.testing.memory_stream_pair()
+        serve = functools.partial(serve_http_connection, server, app, state)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_http_connection, server, app, state)
+            nursery.start_soon(serve)
             try:
                 for piece in pieces:
                     await client.send_all(piece)
@@ -248,19 +262,29 @@ def test_corpus_is_big_enough() -> None:
     assert len(INVALID_FILES) >= 30
 
 
+TRANSPORTS = pytest.mark.parametrize("transport", ["memory", "socket"])
+
+
+@TRANSPORTS
 @pytest.mark.parametrize("case", _params(VALID_FILES + VALID_GENERATED))
-async def test_valid_request(case: ValidCase, caplog: pytest.LogCaptureFixture) -> None:
-    """A valid request reaches the app with the scope and body of its .expect file, and 200."""
-    result = await exchange([case.data], case.config)
+async def test_valid_request(
+    case: ValidCase, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A valid request reaches the app with the scope and body of its .expect file, and
+    200, over a memory stream and over a real socket."""
+    result = await exchange([case.data], case.config, transport)
     assert_matches(result, case)
     assert error_logs(caplog) == []
 
 
+@TRANSPORTS
 @pytest.mark.parametrize("case", _params(INVALID_FILES + INVALID_GENERATED))
-async def test_invalid_request(case: InvalidCase, caplog: pytest.LogCaptureFixture) -> None:
+async def test_invalid_request(
+    case: InvalidCase, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """An invalid request gets its status and Connection: close, never reaches the app whole,
-    and logs nothing at error level."""
-    result = await exchange([case.data], case.config)
+    and logs nothing at error level, over a memory stream and over a real socket."""
+    result = await exchange([case.data], case.config, transport)
     assert_refused(result, case)
     assert error_logs(caplog) == []
 
@@ -290,23 +314,29 @@ _SPLIT_INVALID = [
 ]
 
 
+@TRANSPORTS
 @settings(max_examples=25, deadline=None)
 @given(case=st.sampled_from(_SPLIT_VALID), data=st.data())
-async def test_valid_request_split_anywhere(case: ValidCase, data: st.DataObject) -> None:
+async def test_valid_request_split_anywhere(
+    case: ValidCase, transport: str, data: st.DataObject
+) -> None:
     """A valid request sent in pieces split anywhere gives the app what it gets unsplit."""
     points = data.draw(st.lists(st.integers(1, len(case.data) - 1), max_size=10), label="points")
-    whole = await exchange([case.data], case.config)
-    pieces = await exchange(split(case.data, points), case.config)
+    whole = await exchange([case.data], case.config, transport)
+    pieces = await exchange(split(case.data, points), case.config, transport)
     assert_matches(pieces, case)
     assert [seen(*request) for request in pieces.requests] == [
         seen(*request) for request in whole.requests
     ]
 
 
+@TRANSPORTS
 @settings(max_examples=25, deadline=None)
 @given(case=st.sampled_from(_SPLIT_INVALID), data=st.data())
-async def test_invalid_request_split_anywhere(case: InvalidCase, data: st.DataObject) -> None:
+async def test_invalid_request_split_anywhere(
+    case: InvalidCase, transport: str, data: st.DataObject
+) -> None:
     """An invalid request sent in pieces split anywhere is refused with the same status."""
     points = data.draw(st.lists(st.integers(1, len(case.data) - 1), max_size=10), label="points")
-    result = await exchange(split(case.data, points), case.config)
+    result = await exchange(split(case.data, points), case.config, transport)
     assert_refused(result, case)
