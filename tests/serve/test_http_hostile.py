@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,10 +23,35 @@ def make_state(**settings: Any) -> ServerState:
     return ServerState(Config(**settings))
 
 
-def start(nursery: trio.Nursery, app: Any, state: ServerState) -> trio.StapledStream[Any, Any]:
-    client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(serve_http_connection, server, app, state)
-    return client
+# Each test runs over a memory stream and over a real TCP socket on 127.0.0.1, whose
+# socket the edge reads and writes directly (as behind the accept loop).
+_transport = "memory"
+
+
+@pytest.fixture(autouse=True, params=["memory", "socket"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    global _transport
+    _transport = request.param
+    yield request.param
+    _transport = "memory"
+
+
+async def start(
+    nursery: trio.Nursery, app: Any, state: ServerState
+) -> trio.abc.HalfCloseableStream:
+    """Serve one connection of ``app`` in ``nursery``; the client's end of it."""
+    if _transport == "memory":
+        client, server = trio.testing.memory_stream_pair()
+        nursery.start_soon(serve_http_connection, server, app, state)
+        return client
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        stream = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
+        sock, _ = listener.accept()  # (connected already: it waits in the backlog)
+    server_stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    nursery.start_soon(
+        functools.partial(serve_http_connection, server_stream, app, state, sock=sock)
+    )
+    return stream
 
 
 def no_errors(caplog: pytest.LogCaptureFixture) -> bool:
@@ -32,7 +60,7 @@ def no_errors(caplog: pytest.LogCaptureFixture) -> bool:
 
 async def test_slow_request_head_gets_408(nursery, autojump_clock, caplog):
     """A head that starts but does not finish within header_timeout gets 408 and a close."""
-    client = start(nursery, hello_app, make_state(header_timeout=4, keep_alive=60))
+    client = await start(nursery, hello_app, make_state(header_timeout=4, keep_alive=60))
     await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
     begin = trio.current_time()
     data = await read_until_eof(client)
@@ -43,7 +71,7 @@ async def test_slow_request_head_gets_408(nursery, autojump_clock, caplog):
 
 async def test_header_timeout_counts_from_the_first_byte_not_idle_time(nursery, autojump_clock):
     """Idle time before a request counts against keep_alive only, not header_timeout."""
-    client = H11Client(start(nursery, hello_app, make_state(header_timeout=2, keep_alive=10)))
+    client = H11Client(await start(nursery, hello_app, make_state(header_timeout=2, keep_alive=10)))
     await trio.sleep(5)  # idle, under keep_alive: virtual time, the clock autojumps
     response, _ = await client.request()
     assert response.status_code == 200
@@ -59,7 +87,7 @@ async def test_stalled_body_is_cut_after_read_timeout(nursery, autojump_clock, c
         seen.append(await receive())
         done.set()
 
-    client = start(nursery, app, make_state(read_timeout=3))
+    client = await start(nursery, app, make_state(read_timeout=3))
     await client.send_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
     begin = trio.current_time()
     await done.wait()
@@ -101,7 +129,7 @@ async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, aut
 
 async def test_error_response_is_readable_despite_extra_bytes(nursery):
     """After a 400, the server half-closes and drains, so the client reads the whole answer."""
-    client = start(nursery, hello_app, make_state())
+    client = await start(nursery, hello_app, make_state())
     await client.send_all(b"BROKEN\r\n\r\n" + b"junk" * 1000)
     data = await read_until_eof(client)
     assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
@@ -119,8 +147,8 @@ async def test_concurrency_limit_answers_503_at_once(nursery):
         await hello_app(scope, receive, send)
 
     state = make_state(limit_concurrency=1)
-    first = H11Client(start(nursery, slow, state))
-    second = start(nursery, slow, state)
+    first = H11Client(await start(nursery, slow, state))
+    second = await start(nursery, slow, state)
     results: list[int] = []
 
     async def first_request() -> None:
@@ -151,7 +179,7 @@ async def test_response_header_with_crlf_is_refused_with_500(nursery, caplog):
         )
         await send({"type": "http.response.body", "body": b"never"})
 
-    client = start(nursery, injecting, make_state())
+    client = await start(nursery, injecting, make_state())
     await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     data = await read_until_eof(client)
     assert data.startswith(b"HTTP/1.1 500 ")
@@ -167,7 +195,7 @@ async def test_server_header_off_and_default_headers(nursery):
         await send({"type": "http.response.body", "body": b"ok"})
 
     state = make_state(server_header=False, header=["X-A: one", "X-B: default"])
-    response, _ = await H11Client(start(nursery, app, state)).request()
+    response, _ = await H11Client(await start(nursery, app, state)).request()
     assert header(response, b"server") is None
     assert header(response, b"x-a") == b"one"
     assert header(response, b"x-b") == b"app"
@@ -175,7 +203,7 @@ async def test_server_header_off_and_default_headers(nursery):
 
 async def test_http10_keep_alive_with_known_length(nursery):
     """An HTTP/1.0 client asking keep-alive keeps its connection when the length is known."""
-    client = start(nursery, hello_app, make_state())
+    client = await start(nursery, hello_app, make_state())
     request = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
     await client.send_all(request)
     first = await client.receive_some()
@@ -195,7 +223,7 @@ async def test_http10_keep_alive_with_streamed_body_closes(nursery):
         await send({"type": "http.response.body", "body": b"a", "more_body": True})
         await send({"type": "http.response.body", "body": b"b"})
 
-    client = start(nursery, streamed, make_state())
+    client = await start(nursery, streamed, make_state())
     await client.send_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     data = await read_until_eof(client)
     assert b"Connection: close\r\n" in data
@@ -210,7 +238,7 @@ async def test_no_body_statuses_send_no_body(nursery, status):
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"dropped"})
 
-    client = start(nursery, app, make_state())
+    client = await start(nursery, app, make_state())
     await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     data = await read_until_eof(client)
     assert data.startswith(f"HTTP/1.1 {status} ".encode())
@@ -224,7 +252,7 @@ async def test_content_length_over_limit_is_413_without_calling_app(nursery, cap
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         called.append(True)
 
-    client = start(nursery, app, make_state(limit_request_body=10))
+    client = await start(nursery, app, make_state(limit_request_body=10))
     await client.send_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n01234567890")
     data = await read_until_eof(client)
     assert data.startswith(b"HTTP/1.1 413 ")
@@ -244,7 +272,7 @@ async def test_chunked_body_over_limit_is_413_while_app_reads(nursery, caplog):
                 break
         await hello_app(scope, receive, send)
 
-    client = start(nursery, app, make_state(limit_request_body=8))
+    client = await start(nursery, app, make_state(limit_request_body=8))
     await client.send_all(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
     )
@@ -259,7 +287,7 @@ async def test_chunked_body_over_limit_is_413_while_app_reads(nursery, caplog):
 
 async def test_bad_chunk_after_head_is_400(nursery, caplog):
     """A chunk-size line ending in a bare LF (h11 would wait forever) is answered 400."""
-    client = start(nursery, echo_body_app, make_state())
+    client = await start(nursery, echo_body_app, make_state())
     await client.send_all(
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"
     )
@@ -277,7 +305,7 @@ async def test_access_log_line_per_request(nursery, caplog):
     state.http_options = HTTPOptions(
         state.config, access_log=AccessLog('%(m)s %(U)s %(s)s %(b)s "%(a)s"', logger)
     )
-    client = H11Client(start(nursery, hello_app, state))
+    client = H11Client(await start(nursery, hello_app, state))
     await client.request(target=b"/path?q=1", headers=[(b"user-agent", b"tester")])
     lines = [r.getMessage() for r in caplog.records if r.name == "tests.access"]
     assert lines == ['GET /path 200 13 "tester"']
@@ -297,7 +325,7 @@ async def test_proxy_option_rewrites_scope(nursery):
 
     state = make_state()
     state.http_options = HTTPOptions(state.config, proxy=pretend_proxy)
-    await H11Client(start(nursery, app, state)).request()
+    await H11Client(await start(nursery, app, state)).request()
     assert scopes[0]["client"] == ("203.0.113.9", 0)
     assert scopes[0]["scheme"] == "https"
 
@@ -310,7 +338,7 @@ async def test_app_hint_is_added_to_the_error_log(nursery, caplog):
 
     state = make_state()
     state.http_options = HTTPOptions(state.config, app_hint=lambda exc: "try --app-loop asyncio")
-    response, _ = await H11Client(start(nursery, failing, state)).request()
+    response, _ = await H11Client(await start(nursery, failing, state)).request()
     assert response.status_code == 500
     assert any("(try --app-loop asyncio)" in r.getMessage() for r in caplog.records)
 
@@ -335,7 +363,7 @@ TWO_GETS = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\
 
 async def test_app_connection_close_ends_the_connection(nursery):
     """An app's own Connection: close ends the connection after its response."""
-    client = start(nursery, respond([(b"connection", b"close")], b"one"), make_state())
+    client = await start(nursery, respond([(b"connection", b"close")], b"one"), make_state())
     await client.send_all(TWO_GETS)
     data = await read_until_eof(client)
     assert data.count(b"HTTP/1.1 200 OK\r\n") == 1
@@ -347,7 +375,7 @@ async def test_body_shorter_than_its_length_closes_the_connection(nursery, caplo
     """A body shorter than its Content-Length goes out, then the connection closes (a
     client must not read the next response as the rest), with an error logged."""
     app = respond([(b"content-length", b"10")], b"four", b"")
-    client = start(nursery, app, make_state())
+    client = await start(nursery, app, make_state())
     await client.send_all(TWO_GETS)
     data = await read_until_eof(client)
     assert data.count(b"HTTP/1.1 200 OK\r\n") == 1
@@ -370,7 +398,7 @@ async def test_body_longer_than_its_length_breaks_the_connection(nursery, caplog
         except RuntimeError as exc:
             errors.append(exc)
 
-    client = start(nursery, app, make_state())
+    client = await start(nursery, app, make_state())
     await client.send_all(TWO_GETS)
     data = await read_until_eof(client)
     assert data.count(b"HTTP/1.1 200 OK\r\n") == 1
@@ -381,7 +409,7 @@ async def test_body_longer_than_its_length_breaks_the_connection(nursery, caplog
 async def test_first_body_longer_than_its_length_gets_500(nursery, caplog):
     """A single body message longer than the Content-Length sends nothing of it: 500."""
     app = respond([(b"content-length", b"3")], b"four")
-    client = start(nursery, app, make_state())
+    client = await start(nursery, app, make_state())
     await client.send_all(TWO_GETS)
     data = await read_until_eof(client)
     assert data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
@@ -399,7 +427,7 @@ async def test_first_body_longer_than_its_length_gets_500(nursery, caplog):
 )
 async def test_invalid_response_header_gets_500_and_never_goes_out(nursery, caplog, headers):
     """A response header that is not valid HTTP is never sent: the client gets a 500."""
-    client = start(nursery, respond(headers, b"body"), make_state())
+    client = await start(nursery, respond(headers, b"body"), make_state())
     await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     data = await read_until_eof(client)
     assert data.startswith(b"HTTP/1.1 500 ")
@@ -410,7 +438,7 @@ async def test_invalid_response_header_gets_500_and_never_goes_out(nursery, capl
 async def test_non_websocket_upgrade_keeps_the_connection(nursery):
     """A request with an Upgrade the server does not take (h2c) is plain HTTP, and the
     connection carries on to the next request."""
-    client = H11Client(start(nursery, hello_app, make_state()))
+    client = H11Client(await start(nursery, hello_app, make_state()))
     for _ in range(2):
         response, body = await client.request(
             headers=[(b"upgrade", b"h2c"), (b"connection", b"Upgrade, HTTP2-Settings")]
@@ -421,7 +449,7 @@ async def test_non_websocket_upgrade_keeps_the_connection(nursery):
 
 async def test_100_continue_is_sent_once(nursery):
     """A body read in several parts after Expect: 100-continue gets one 100 only."""
-    client = start(nursery, echo_body_app, make_state())
+    client = await start(nursery, echo_body_app, make_state())
     await client.send_all(
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: 100-continue\r\n"
         b"Connection: close\r\n\r\n"
@@ -445,7 +473,7 @@ async def test_no_100_continue_once_the_response_is_out(nursery):
         message = await receive()
         await send({"type": "http.response.body", "body": message["body"]})
 
-    client = start(nursery, app, make_state())
+    client = await start(nursery, app, make_state())
     await client.send_all(
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: 100-continue\r\n"
         b"Connection: close\r\n\r\n"
@@ -461,7 +489,7 @@ async def test_no_100_continue_once_the_response_is_out(nursery):
 
 async def test_request_then_eof_is_answered(nursery):
     """A client that sends its request and half-closes still gets the whole response."""
-    client = start(nursery, hello_app, make_state())
+    client = await start(nursery, hello_app, make_state())
     await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     await client.send_eof()
     data = await read_until_eof(client)
