@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +10,16 @@ import h11
 import trio
 
 Headers = Sequence[tuple[bytes, bytes]]
+
+
+async def tcp_connection() -> tuple[trio.SocketStream, trio.SocketStream, socket.socket]:
+    """(client, server, the server's socket): one TCP connection over 127.0.0.1, the
+    server's end as the accept loop gives it (a SocketStream over a socket we hold, for
+    the HTTP edge's ``sock=``)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
+        sock, _ = listener.accept()  # (connected already: it waits in the backlog)
+    return client, trio.SocketStream(trio.socket.from_stdlib_socket(sock)), sock
 
 
 class H11Client:

@@ -21,20 +21,11 @@ import h11
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, hello_app
+from tests.helpers import H11Client, hello_app, tcp_connection
 from trioserve import Config
 from trioserve._serve_http import serve_http_connection
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
-
-
-async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream, socket.socket]:
-    """(client, server, server's socket): one TCP connection over 127.0.0.1, the server
-    end as the accept loop gives it (a SocketStream over a socket we hold)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
-        sock, _ = listener.accept()
-    return client, trio.SocketStream(trio.socket.from_stdlib_socket(sock)), sock
 
 
 def serve(nursery: trio.Nursery, app: Any, state: ServerState, server: Any) -> None:
@@ -45,7 +36,7 @@ def serve(nursery: trio.Nursery, app: Any, state: ServerState, server: Any) -> N
 async def test_pipelined_requests_let_other_tasks_run(nursery):
     """50 requests arriving in one packet are answered in order, and the server lets
     other tasks run between them although no read or write had to wait."""
-    client, *server = await tcp_pair()
+    client, *server = await tcp_connection()
     serve(nursery, hello_app, ServerState(Config()), server)
     count = 50
     request = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -89,7 +80,7 @@ async def big_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def test_large_response_reaches_a_slow_reader_whole(nursery):
     """A response far larger than the socket buffers, read slowly, arrives whole and in
     order, and the connection then serves another request."""
-    client, *server = await tcp_pair()
+    client, *server = await tcp_connection()
     serve(nursery, big_app, ServerState(Config()), server)
     reader = H11Client(client)
     with trio.fail_after(30):
@@ -127,7 +118,7 @@ async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, aut
             app_cancelled.set()
             raise
 
-    client, server, sock = await tcp_pair()
+    client, server, sock = await tcp_connection()
     state = ServerState(Config(write_timeout=7))
 
     async def serve_then_note() -> None:
@@ -173,7 +164,7 @@ async def test_streamed_response_lets_other_tasks_run(nursery):
         await send({"type": "http.response.body", "body": b""})
 
     nursery.start_soon(turns.run)
-    client, *server = await tcp_pair()
+    client, *server = await tcp_connection()
     serve(nursery, streaming, ServerState(Config()), server)
     with trio.fail_after(10):
         response, body = await H11Client(client).request()
@@ -202,7 +193,7 @@ async def test_request_body_already_received_lets_other_tasks_run(nursery):
         await send({"type": "http.response.body", "body": b""})
 
     nursery.start_soon(turns.run)
-    client, stream, sock = await tcp_pair()
+    client, stream, sock = await tcp_connection()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * 1024 * 1024)
     # Half a megabyte, or what the kernel lets the socket hold (net.core.rmem_max).
     size = min(512 * 1024, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,14 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, echo_body_app, header, hello_app, read_until_eof
+from tests.helpers import (
+    H11Client,
+    echo_body_app,
+    header,
+    hello_app,
+    read_until_eof,
+    tcp_connection,
+)
 from trioserve import Config
 from trioserve._accesslog import AccessLog
 from trioserve._serve_http import HTTPOptions, serve_http_connection
@@ -44,10 +50,7 @@ async def start(
         client, server = trio.testing.memory_stream_pair()
         nursery.start_soon(serve_http_connection, server, app, state)
         return client
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        stream = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
-        sock, _ = listener.accept()  # (connected already: it waits in the backlog)
-    server_stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    stream, server_stream, sock = await tcp_connection()
     nursery.start_soon(
         functools.partial(serve_http_connection, server_stream, app, state, sock=sock)
     )

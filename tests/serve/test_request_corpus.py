@@ -14,7 +14,6 @@ import functools
 import itertools
 import json
 import logging
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import read_until_eof
+from tests.helpers import read_until_eof, tcp_connection
 from trioserve import Config
 from trioserve._serve_http import serve_http_connection
 from trioserve._state import ServerState
@@ -170,11 +169,8 @@ async def exchange(
     state = ServerState(Config(**config))
     client: trio.abc.HalfCloseableStream
     if transport == "socket":
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            client = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
-            sock, _ = listener.accept()  # (connected already: it waits in the backlog)
-        server: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        serve = functools.partial(serve_http_connection, server, app, state, sock=sock)
+        client, socket_stream, sock = await tcp_connection()
+        serve = functools.partial(serve_http_connection, socket_stream, app, state, sock=sock)
     else:
         client, server = trio.testing.memory_stream_pair()
         serve = functools.partial(serve_http_connection, server, app, state)
