@@ -365,7 +365,6 @@ class _Connection:
         h11mod = self.h11
         state = self.state
         options = self.options
-        max_event = options.max_event_size
         while True:
             if not self.yielded:
                 await trio.lowlevel.checkpoint()
@@ -418,7 +417,7 @@ class _Connection:
             # h11 only parses: responses never go through it, so each request gets a
             # fresh parser, fed what the client already sent after the last one.
             leftover, closed = conn.trailing_data
-            self.conn = conn = h11mod.Connection(h11mod.SERVER, max_incomplete_event_size=max_event)
+            self.conn = conn = self._new_h11()
             if leftover:  # (b"" would mean end of input to h11)
                 conn.receive_data(leftover)
             if closed:
@@ -964,8 +963,7 @@ class _Cycle:
             LOGGER.error("ASGI app sent a bad message: %s", exc)
             raise RuntimeError(f"ASGI protocol error: {exc}") from None
         if response.phase is _DONE:
-            if self._response_done is not None or self._disconnect_waiter is not None:
-                self._finish()
+            self._finish()
             if response.missing:
                 LOGGER.error(
                     "ASGI app sent %d bytes less than its Content-Length to %s %s;"

@@ -212,6 +212,8 @@ def _check_value(name: bytes, value: bytes) -> None:
 
 def _content_length(value: bytes) -> int:
     """The length a Content-Length value gives: "5", or "5, 5" as some proxies join it."""
+    if value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
+        return int(value)  # (nearly always)
     digits = value.strip()
     if not digits.isdigit():
         lengths = {item.strip() for item in value.split(b",")}
@@ -458,10 +460,7 @@ class Response:
         return True
 
     def _take_length(self, value: bytes) -> None:
-        if value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
-            length = int(value)
-        else:
-            length = _content_length(value)
+        length = _content_length(value)
         if self._length is not None and length != self._length:
             raise ASGIProtocolError("invalid response header: conflicting Content-Length headers")
         self._length = length
