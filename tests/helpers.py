@@ -7,9 +7,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import h11
+import pytest
 import trio
 
 Headers = Sequence[tuple[bytes, bytes]]
+
+
+def require_ipv6_loopback() -> None:
+    """Skip the calling test where this Python or this machine has no IPv6 on ::1."""
+    if not socket.has_ipv6:
+        pytest.skip("this Python was built without IPv6 support")
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
 
 
 async def tcp_connection() -> tuple[trio.SocketStream, trio.SocketStream, socket.socket]:

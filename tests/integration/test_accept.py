@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import require_ipv6_loopback
 from trioserve._accept import ACCEPT_BATCH, Connection, accept_connections
 
 
@@ -72,19 +73,11 @@ async def test_connections_carry_both_addresses_and_are_closed_after(nursery, ho
     await listener.aclose()
 
 
-def has_ipv6() -> bool:
-    try:
-        with socket.create_server(("::1", 0), family=socket.AF_INET6):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not has_ipv6(), reason="this machine has no IPv6 loopback")
 @pytest.mark.parametrize("host", ["::1", "::"])
 async def test_ipv6_connections_carry_two_part_addresses(nursery, host):
     """Over IPv6 the client and server are (host, port) pairs too, not the 4-tuples
     the socket calls give."""
+    require_ipv6_loopback()
     [listener] = await trio.open_tcp_listeners(0, host=host)
     port = listener.socket.getsockname()[1]
     seen = await start_recording(nursery, listener)

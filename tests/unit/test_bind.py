@@ -14,6 +14,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import require_ipv6_loopback
 from trioserve._bind import (
     DEFAULT_PORT,
     BindSpec,
@@ -78,13 +79,7 @@ def busy_port() -> Iterator[int]:
 
 @pytest.fixture
 def ipv6_loopback() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("this Python was built without IPv6 support")
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError as exc:
-        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+    require_ipv6_loopback()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio
 
+from tests.helpers import require_ipv6_loopback
 from trioserve import ConfigError
 from trioserve._statsd import (
     LOG_WARNING,
@@ -240,14 +241,11 @@ async def test_log_handler_counts_levels_like_gunicorn(
     ]
 
 
-@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 support")
 async def test_ipv6_collector() -> None:
     """[::1]:PORT sends over IPv6."""
-    try:
-        sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        await sock.bind(("::1", 0))
-    except OSError as exc:
-        pytest.skip(f"cannot bind ::1: {exc}")
+    require_ipv6_loopback()
+    sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    await sock.bind(("::1", 0))
     with sock:
         with Statsd.from_setting(f"[::1]:{port_of(sock)}", "") as client:
             client.gauge(WORKERS, 2)
