@@ -238,6 +238,10 @@ def _split_words(text: str) -> list[str]:
     return text.replace(",", " ").split()
 
 
+# --reload-include and --reload-exclude: file name patterns.
+_GLOB_LIST = _list_kind("a list of glob patterns", _check_nonempty, _split_words, allow_empty=True)
+
+
 def _split_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -1022,7 +1026,7 @@ class Config:
     reload_include: Sequence[str] = _setting(
         (),
         Setting(
-            _list_kind("a list of glob patterns", _check_nonempty, _split_words, allow_empty=True),
+            _GLOB_LIST,
             _DEV,
             "A glob pattern of file names that trigger a reload (repeatable); '*.py' when "
             "none is given.",
@@ -1034,7 +1038,7 @@ class Config:
     reload_exclude: Sequence[str] = _setting(
         (),
         Setting(
-            _list_kind("a list of glob patterns", _check_nonempty, _split_words, allow_empty=True),
+            _GLOB_LIST,
             _DEV,
             "A glob pattern of file or directory names to ignore (repeatable); hidden "
             "files, compiled files, editor swap files and __pycache__ are always ignored.",
