@@ -240,23 +240,28 @@ async def test_winch_stops_workers_hup_restarts_them_and_term_exits() -> None:
         assert await server.stop(signal.SIGTERM) == 0
 
 
-async def test_second_term_turns_a_graceful_stop_into_a_fast_one(tmp_path: Path) -> None:
-    """A request holding the drain open is cut short by a second TERM."""
-    app = tmp_path / "hanging_app.py"
-    app.write_text(
+def write_partial_app(path: Path, first: bytes, then: str) -> None:
+    """Write an app (``app`` in ``path``) that starts its body with ``first``, then runs
+    the statement ``then``."""
+    path.write_text(
         textwrap.dedent(
-            """
+            f"""
             import trio
 
             async def app(scope, receive, send):
                 if scope["type"] != "http":
                     return
-                await send({"type": "http.response.start", "status": 200, "headers": []})
-                await send({"type": "http.response.body", "body": b"x", "more_body": True})
-                await trio.sleep_forever()
+                await send({{"type": "http.response.start", "status": 200, "headers": []}})
+                await send({{"type": "http.response.body", "body": {first!r}, "more_body": True}})
+                {then}
             """
         )
     )
+
+
+async def test_second_term_turns_a_graceful_stop_into_a_fast_one(tmp_path: Path) -> None:
+    """A request holding the drain open is cut short by a second TERM."""
+    write_partial_app(tmp_path / "hanging_app.py", b"x", "await trio.sleep_forever()")
     args = ["--app-dir", str(tmp_path), "hanging_app:app", "-b", "127.0.0.1:0"]
     async with (
         serving(*args, "--graceful-timeout", "60") as server,
@@ -338,21 +343,10 @@ async def _wait_for_text(path: Path, text: str) -> None:
 async def test_sigterm_to_the_whole_process_group_still_drains(tmp_path: Path) -> None:
     """TERM sent to the process group (systemd's default KillMode) is a graceful stop:
     a request in flight completes, though each worker gets TERM as well as the master."""
-    app = tmp_path / "slow_part_app.py"
-    app.write_text(
-        textwrap.dedent(
-            """
-            import trio
-
-            async def app(scope, receive, send):
-                if scope["type"] != "http":
-                    return
-                await send({"type": "http.response.start", "status": 200, "headers": []})
-                await send({"type": "http.response.body", "body": b"a", "more_body": True})
-                await trio.sleep(1)
-                await send({"type": "http.response.body", "body": b"b"})
-            """
-        )
+    write_partial_app(
+        tmp_path / "slow_part_app.py",
+        b"a",
+        'await trio.sleep(1); await send({"type": "http.response.body", "body": b"b"})',
     )
     args = ["--app-dir", str(tmp_path), "slow_part_app:app", "-b", "127.0.0.1:0", "-w", "2"]
     async with (
