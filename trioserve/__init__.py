@@ -11,7 +11,8 @@ Public API (everything else is private):
   :class:`ConnectionInfo`, :class:`ResponseInfo`;
 - the errors :class:`TrioserveError`, :class:`ConfigError`, :class:`AppLoadError`,
   :class:`BindError`, :class:`LifespanError`, :class:`HookError`,
-  :class:`WorkerBootError`.
+  :class:`WorkerBootError`, and :class:`ClientDisconnected` (an ``OSError`` that an
+  app's ``send()`` raises once the client has gone).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ._apps import MultiApp as MultiApp
 from ._apps import NewApp as NewApp
 from ._config import Config as Config
 from ._errors import AppLoadError as AppLoadError
+from ._errors import ClientDisconnected as ClientDisconnected
 from ._errors import BindError as BindError
 from ._errors import ConfigError as ConfigError
 from ._errors import LifespanError as LifespanError
@@ -38,6 +40,7 @@ from ._version import __version__ as __version__
 __all__ = [
     "AppLoadError",
     "Application",
+    "ClientDisconnected",
     "BindError",
     "Config",
     "ConfigError",

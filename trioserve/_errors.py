@@ -47,6 +47,16 @@ class LifespanError(TrioserveError):
     exit_code = EXIT_BOOT
 
 
+class ClientDisconnected(OSError):
+    """Raised by an app's ``send()`` once the client has gone.
+
+    ASGI 2.4 promises that ``send()`` on a closed connection raises an ``OSError``
+    subclass; frameworks (Starlette's ``StreamingResponse``) rely on it to stop producing
+    a response nobody will read. An app may catch it to clean up; letting it propagate
+    is fine too: the server knows the client left and logs nothing at ERROR for it.
+    """
+
+
 def single_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
     """The one exception in a nursery's (nested) group, not counting cancellations; None
     when there are none or several. Lets our own errors surface as themselves."""
