@@ -31,6 +31,14 @@ Atoms (as in gunicorn):
 ====================  ===============================================================
 
 Repeated headers are joined with ``", "``.
+
+Every atom that can carry what a client sent (everything but the numbers, the time and
+the pid) is escaped as nginx escapes its access log: ``"`` and ``\\`` and every byte
+outside printable ASCII (control bytes, DEL, and each byte of a non-ASCII character)
+become ``\\xHH``. A Referer of ``a" "b`` cannot add fields to the line, and the ESC of a
+terminal escape sequence arrives in the file as the four characters ``\\x1B``. Header
+values, the query string and the raw path are escaped byte by byte as received; the
+decoded path (``U``) and the Basic user (``u``) as their UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -57,6 +65,25 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 # "%s" would print the whole atom dict and "100%" fails only when the line is formatted.
 _DIRECTIVE = re.compile(r"%(%|\(([^)]*)\))?")
 _HEADER_OR_ENV = re.compile(r"\{([^{}]+)\}([ioe])")
+# What nginx leaves as it is in a log line: printable ASCII but the quote and the backslash.
+_UNSAFE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _escape_byte(match: re.Match[bytes]) -> bytes:
+    return b"\\x%02X" % match[0][0]
+
+
+def escape(data: bytes) -> str:
+    """``data`` as it may appear in a log line: ``"``, ``\\`` and every byte outside
+    printable ASCII as ``\\xHH`` (uppercase hex), as nginx writes them."""
+    if _UNSAFE.search(data) is None:
+        return data.decode("ascii")
+    return _UNSAFE.sub(_escape_byte, data).decode("ascii")
+
+
+def _escape_text(text: str) -> str:
+    """A decoded string (a path, an address), escaped as its UTF-8 bytes."""
+    return escape(text.encode("utf-8", errors="surrogatepass"))
 
 
 class _Exchange:
@@ -84,32 +111,37 @@ class _Exchange:
 _Atom = Callable[[_Exchange], str]
 
 
-def _find_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
+def _find_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     # ASGI request header names are lowercase, but an app's response headers may not be.
-    values = [value.decode("latin-1") for key, value in headers if key.lower() == name]
-    return ", ".join(values) if values else "-"
+    values = [value for key, value in headers if key.lower() == name]
+    return b", ".join(values) if values else None
+
+
+def _header_atom(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
+    value = _find_header(headers, name)
+    return "-" if value is None else escape(value)
 
 
 def _request_header(x: _Exchange, name: bytes) -> str:
-    return _find_header(x.scope.get("headers", ()), name)
+    return _header_atom(x.scope.get("headers", ()), name)
 
 
 def _remote_addr(x: _Exchange) -> str:
     client = x.scope.get("client")
-    return str(client[0]) if client else "-"
+    return _escape_text(str(client[0])) if client else "-"
 
 
 def _user(x: _Exchange) -> str:
-    auth = _request_header(x, b"authorization")
-    scheme, _, credentials = auth.partition(" ")
-    if scheme.lower() != "basic":
+    auth = _find_header(x.scope.get("headers", ()), b"authorization") or b""
+    scheme, _, credentials = auth.partition(b" ")
+    if scheme.lower() != b"basic":
         return "-"
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True)
     except (binascii.Error, ValueError):
         return "-"
-    user, sep, _ = decoded.decode("utf-8", errors="replace").partition(":")
-    return user if sep and user else "-"
+    user, sep, _ = decoded.partition(b":")
+    return escape(user) if sep and user else "-"
 
 
 def _clf_time(timestamp: float) -> str:
@@ -125,24 +157,27 @@ def _clf_time(timestamp: float) -> str:
 
 
 def _method(x: _Exchange) -> str:
-    return str(x.scope.get("method", "GET"))
+    return _escape_text(str(x.scope.get("method", "GET")))
 
 
 def _protocol(x: _Exchange) -> str:
-    return f"HTTP/{x.scope.get('http_version', '1.1')}"
+    return _escape_text(f"HTTP/{x.scope.get('http_version', '1.1')}")
 
 
 def _query(x: _Exchange) -> str:
-    return bytes(x.scope.get("query_string", b"")).decode("latin-1")
+    return escape(bytes(x.scope.get("query_string", b"")))
 
 
 def _request_line(x: _Exchange) -> str:
     raw_path = x.scope.get("raw_path")
-    target = raw_path.decode("latin-1") if raw_path else str(x.scope.get("path", "/"))
-    query = _query(x)
+    if raw_path:
+        target = bytes(raw_path)
+    else:
+        target = str(x.scope.get("path", "/")).encode("utf-8", errors="surrogatepass")
+    query = bytes(x.scope.get("query_string", b""))
     if query:
-        target = f"{target}?{query}"
-    return f"{_method(x)} {target} {_protocol(x)}"
+        target = b"%s?%s" % (target, query)
+    return f"{_method(x)} {escape(target)} {_protocol(x)}"
 
 
 _ATOMS: dict[str, _Atom] = {
@@ -152,7 +187,7 @@ _ATOMS: dict[str, _Atom] = {
     "t": lambda x: _clf_time(x.request_time),
     "r": _request_line,
     "m": _method,
-    "U": lambda x: str(x.scope.get("path", "")),
+    "U": lambda x: _escape_text(str(x.scope.get("path", ""))),
     "q": _query,
     "H": _protocol,
     "s": lambda x: str(x.status),
@@ -174,11 +209,11 @@ def _parametrized_atom(key: str) -> _Atom | None:
         return None
     name, where = match.groups()
     if where == "e":
-        return lambda x: os.environ.get(name, "-")
+        return lambda x: _escape_text(os.environ.get(name, "-"))
     header = name.strip().lower().encode("latin-1", errors="replace")
     if where == "i":
         return lambda x: _request_header(x, header)
-    return lambda x: _find_header(x.response_headers, header)
+    return lambda x: _header_atom(x.response_headers, header)
 
 
 def _compile(fmt: str) -> dict[str, _Atom]:

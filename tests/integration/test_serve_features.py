@@ -177,6 +177,33 @@ async def test_access_log_line(nursery, caplog):
     assert lines == ["GET /hello 200"]
 
 
+async def test_access_log_escapes_what_the_client_sent(nursery, caplog):
+    """A hostile Referer, User-Agent and path reach the access log escaped, fields intact."""
+    caplog.set_level(logging.INFO, "trioserve.access")
+    config = Config(
+        app=hello_app,
+        bind=["127.0.0.1:0"],
+        workers=0,
+        access_log="-",
+        access_log_format='%(h)s "%(r)s" %(s)s "%(f)s" "%(a)s" %(U)s',
+    )
+    [(host, port)] = await nursery.start(serve, config)
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(
+            b"GET /%1B[2J%07\\x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+            b'Referer: a" "b\r\nUser-Agent: caf\xe9 \xff\r\n\r\n'
+        )
+        with trio.fail_after(10):
+            while await stream.receive_some():
+                pass
+    [line] = [r.getMessage() for r in caplog.records if r.name == "trioserve.access"]
+    assert line == (
+        r'127.0.0.1 "GET /%1B[2J%07\x5Cx HTTP/1.1" 200 "a\x22 \x22b" "caf\xE9 \xFF" '
+        r"/\x1B[2J\x07\x5Cx"
+    )
+
+
 async def test_aborted_clients_leak_no_descriptors(caplog):
     """Clients vanishing mid-head, mid-body and mid-response leave no fd and no error log."""
 

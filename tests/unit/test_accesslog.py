@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -16,6 +18,7 @@ from trioserve._accesslog import (
     AccessLog,
     access_log_for,
     check_access_log_format,
+    escape,
 )
 
 DEFAULT_FORMAT = Config().access_log_format
@@ -120,7 +123,7 @@ SIMPLE_ATOMS = [
     ("t", "[23/Nov/2026:10:00:00 +0000]"),
     ("r", "GET /caf%C3%A9%20bar?q=1&r=%20 HTTP/1.1"),
     ("m", "GET"),
-    ("U", "/café bar"),
+    ("U", r"/caf\xC3\xA9 bar"),
     ("q", "q=1&r=%20"),
     ("H", "HTTP/1.1"),
     ("s", "200"),
@@ -214,7 +217,7 @@ def test_request_line_without_raw_path_or_method(lines: list[str]) -> None:
     [
         (b"Basic YWxpY2U6c2VjcmV0", "alice"),
         (b"basic YWxpY2U6c2VjcmV0", "alice"),
-        (b"Basic em/Dqzpwdw==", "zoë"),
+        (b"Basic em/Dqzpwdw==", r"zo\xC3\xAB"),
         (b"Basic bm9jb2xvbg==", "-"),
         (b"Basic !!not-base64!!", "-"),
         (b"Bearer YWxpY2U6c2VjcmV0", "-"),
@@ -299,3 +302,80 @@ def test_access_log_for_checks_the_format() -> None:
     """access_log_for rejects an unknown atom with a ConfigError."""
     with pytest.raises(ConfigError, match=r"unknown atom '%\(zz\)s'"):
         access_log_for(Config(access_log="-", access_log_format="%(zz)s"))
+
+
+# -- escaping: what a client sends cannot forge fields or reach a terminal ------------------
+
+# The combined log format, one field per group: a quoted field holds no bare quote.
+COMBINED = re.compile(r'(\S+) (\S+) (\S+) (\[[^]]+\]) "([^"]*)" (\d+) (\S+) "([^"]*)" "([^"]*)"')
+
+
+@pytest.mark.parametrize(
+    ("atom", "overrides", "expected"),
+    [
+        ("h", {"client": ('a"b\x1b', 1)}, r"a\x22b\x1B"),
+        (
+            "u",
+            {"headers": [(b"authorization", b"Basic " + base64.b64encode(b'a"\x1b\xff:pw'))]},
+            r"a\x22\x1B\xFF",
+        ),
+        (
+            "r",
+            {"raw_path": b'/a"b\\c', "query_string": b"x=\x7f"},
+            r"GET /a\x22b\x5Cc?x=\x7F HTTP/1.1",
+        ),
+        (
+            "r",
+            {"raw_path": b"", "path": "/é\n", "query_string": b""},
+            r"GET /\xC3\xA9\x0A HTTP/1.1",
+        ),
+        ("m", {"method": 'G"T'}, r"G\x22T"),
+        ("U", {"path": '/é\n"'}, r"/\xC3\xA9\x0A\x22"),
+        ("q", {"query_string": b'a="\xff'}, r"a=\x22\xFF"),
+        ("H", {"http_version": '1.1"'}, r"HTTP/1.1\x22"),
+        ("f", {"headers": [(b"referer", b'a" "b')]}, r"a\x22 \x22b"),
+        (
+            "a",
+            {"headers": [(b"user-agent", b"\x1b]0;pwned\x07\x1b[2J")]},
+            r"\x1B]0;pwned\x07\x1B[2J",
+        ),
+        ("{X-Custom}i", {"headers": [(b"x-custom", b"caf\xe9\tok\\")]}, r"caf\xE9\x09ok\x5C"),
+    ],
+)
+def test_atoms_carrying_client_data_are_escaped(
+    atom: str, overrides: dict[str, Any], expected: str, lines: list[str]
+) -> None:
+    """Quotes, backslashes, control and non-ASCII bytes become \\xHH, as nginx writes them."""
+    assert log_one(f"%({atom})s", lines, http_scope(**overrides)) == expected
+
+
+def test_response_header_and_environment_atoms_are_escaped(
+    lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A response header echoing client data and an environment variable are escaped too."""
+    monkeypatch.setenv("TRIOSERVE_TEST_ACCESS_VAR", 'two\nlines "quoted"')
+    access("%({location}o)s %({TRIOSERVE_TEST_ACCESS_VAR}e)s").log(
+        http_scope(), 302, [(b"Location", b'/next"\x1b')], 0, REQUEST_TIME, DURATION
+    )
+    assert lines == [r"/next\x22\x1B two\x0Alines \x22quoted\x22"]
+
+
+def test_hostile_referer_and_user_agent_keep_the_combined_fields(
+    lines: list[str], timezone: Any
+) -> None:
+    """A Referer of a" "b stays one field, and ESC/BEL from the User-Agent are escaped."""
+    headers = [(b"referer", b'a" "b'), (b"user-agent", b"\x1b[31mred\x07")]
+    line = log_one(DEFAULT_FORMAT, lines, http_scope(headers=headers))
+    match = COMBINED.fullmatch(line)
+    assert match is not None, line
+    assert match.group(8, 9) == (r"a\x22 \x22b", r"\x1B[31mred\x07")
+    assert line.isascii() and line.isprintable()
+
+
+def test_escape_leaves_printable_ascii_alone() -> None:
+    """Printable ASCII other than the quote and the backslash is kept as it is."""
+    printable = bytes(range(0x20, 0x7F)).replace(b'"', b"").replace(b"\\", b"")
+    assert escape(printable) == printable.decode("ascii")
+    assert escape(bytes([0, 0x1F, 0x22, 0x5C, 0x7F, 0x80, 0xFF])) == (
+        r"\x00\x1F\x22\x5C\x7F\x80\xFF"
+    )
