@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import logging
 import logging.config
+import re
 import sys
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _lograte
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,6 +24,9 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 ACCESS_FORMAT = "%(message)s"
 _ERROR_HANDLER = "trioserve.error_log"
 _ACCESS_HANDLER = "trioserve.access_log"
+# Control characters: a newline would start a forged line, an ESC a terminal sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_ESCAPES = {c: f"\\x{c:02X}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def _reason(exc: OSError) -> str:
@@ -44,6 +50,18 @@ def _open_handler(target: str, *, default: Any, flag: str, name: str) -> logging
             raise ConfigError(f"{flag}: cannot open {target!r}: {_reason(exc)}") from None
     handler.set_name(name)
     return handler
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, with each control character of a message (a client's path in "exception
+    in ASGI app while serving GET /..." may hold any) written as ``\\xHH``: one line per
+    record, and nothing a terminal would act on. A traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if _CONTROL.search(message) is not None:
+            record.message = message.translate(_CONTROL_ESCAPES)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -118,6 +136,10 @@ def configure_logging(config: Config, *, role: str | None = None) -> None:
 
     ``role`` ("worker 2", "web worker 0") tags every line of a worker process.
 
+    Below debug level, the loggers of the connection edges are rate-limited
+    (:mod:`trioserve._lograte`): of each kind of line, ten a second per process, then one
+    line that counts the rest. Control characters in messages are written as ``\\xHH``.
+
     Neither logger propagates: the app's own logging stays as the app configures it.
     Files are opened in append mode.
 
@@ -136,7 +158,7 @@ def configure_logging(config: Config, *, role: str | None = None) -> None:
         text_format = LOG_FORMAT
         if role is not None:
             text_format = LOG_FORMAT.replace("trioserve: ", f"trioserve: [{role}] ")
-        error_handler.setFormatter(logging.Formatter(text_format, DATE_FORMAT))
+        error_handler.setFormatter(TextFormatter(text_format, DATE_FORMAT))
     access_handler = None
     if config.access_log is not None:
         try:
@@ -154,6 +176,12 @@ def configure_logging(config: Config, *, role: str | None = None) -> None:
     logger.setLevel(config.log_level.upper())
     logger.propagate = False
     _install(logger, error_handler, _ERROR_HANDLER)
+
+    # A client can cause the edges' lines once per request: a few a second of each kind,
+    # then one line that counts the rest. At debug level every line is written.
+    _lograte.install(None if config.log_level == "debug" else _lograte.RateLimit())
+    atexit.unregister(_lograte.flush_all)
+    atexit.register(_lograte.flush_all)
 
     access = logging.getLogger("trioserve.access")
     # Above INFO when off, so AccessLog.log returns before formatting anything.

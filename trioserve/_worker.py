@@ -47,6 +47,7 @@ from ._errors import (
 from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
 from ._logging import configure_logging
+from ._lograte import flush_all
 from ._server import _Control, _Extras, load_config_app, serve_listeners
 from ._statsd import install as install_statsd
 from ._tls import ssl_context
@@ -211,6 +212,9 @@ def run_worker(
         return trio.run(_worker_main, channel, boot, config, loaded, worker)
     except KeyboardInterrupt:
         return EXIT_OK
+    finally:
+        # A preloaded worker ends with os._exit(): no atexit, so no summary of hidden lines.
+        flush_all()
 
 
 def _role(worker: WorkerInfo) -> str:

@@ -15,6 +15,7 @@ import pytest
 from trioserve import Config, ConfigError
 from trioserve._accesslog import AccessLog
 from trioserve._logging import configure_logging
+from trioserve._lograte import LIMITED_LOGGERS, flush_all, install, installed
 
 LOGGERS = ("trioserve", "trioserve.access")
 
@@ -36,6 +37,7 @@ def _restore_logging() -> Iterator[None]:
         logger.setLevel(level)
         logger.propagate = propagate
         logger.disabled = disabled
+    install(None)
 
 
 def configure(**settings: Any) -> None:
@@ -92,6 +94,52 @@ def test_trioserve_logger_does_not_propagate(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.DEBUG):
         logging.getLogger("trioserve.test").warning("only ours")
     assert caplog.records == []
+
+
+def test_control_characters_in_messages_are_escaped(tmp_path: Path) -> None:
+    """A newline or ESC in a message (a client's path) is written as \\xHH: no forged line;
+    a traceback keeps its own lines."""
+    path = tmp_path / "error.log"
+    configure(error_log=str(path))
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("trioserve.http").exception(
+            "exception in ASGI app while serving %s %s", "GET", "/a\n[x] [ERROR] forged\x1b[2J"
+        )
+    first, *traceback = path.read_text(encoding="utf-8").splitlines()
+    assert first.endswith(r"serving GET /a\x0A[x] [ERROR] forged\x1B[2J")
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert traceback[-1] == "ValueError: boom"
+
+
+def test_edge_loggers_are_rate_limited(tmp_path: Path) -> None:
+    """Each edge logger gets the rate limit: ten lines of a kind, then one that counts the rest."""
+    path = tmp_path / "error.log"
+    configure(error_log=str(path))
+    assert all(len(installed(logging.getLogger(name))) == 1 for name in LIMITED_LOGGERS)
+    for n in range(25):
+        logging.getLogger("trioserve.http").info("bad request: %s", n)
+    logging.getLogger("trioserve.test").info("not limited")
+    flush_all()
+    lines = [line.split("trioserve: ", 1)[1] for line in path.read_text().splitlines()]
+    assert lines[:10] == [f"bad request: {n}" for n in range(10)]
+    # The summary comes from the timer or from flush_all(), whichever is first.
+    assert sorted(lines[10:]) == [
+        "not limited",
+        "… 15 more like this in the last second (the last: bad request: 24)",
+    ]
+
+
+def test_debug_level_is_not_rate_limited(tmp_path: Path) -> None:
+    """With log_level debug every line is written; configuring again takes the limit off."""
+    path = tmp_path / "error.log"
+    configure(error_log=str(path))
+    configure(error_log=str(path), log_level="debug")
+    assert not any(installed(logging.getLogger(name)) for name in LIMITED_LOGGERS)
+    for n in range(25):
+        logging.getLogger("trioserve.ws").info("bad websocket handshake: %s", n)
+    assert len(path.read_text().splitlines()) == 25
 
 
 # -- the access log ------------------------------------------------------------------------
