@@ -9,6 +9,12 @@ cancelled checkpoint costs more than a small request.
 While connections keep arriving the loop accepts up to ``ACCEPT_BATCH`` of them per
 turn and then lets the other tasks run; it waits on the socket only once the backlog
 is empty.
+
+Running out of file descriptors (or memory) makes accept() fail until some are free
+again; the loop retries every ``_CAPACITY_PAUSE`` seconds. That is logged when it starts,
+every ``_CAPACITY_REMINDER`` seconds while it lasts, and once when accepting works again:
+not once per retry, which would flood the log just when the machine is short of
+everything.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ ACCEPT_BATCH = 16
 # accept() failing for want of resources: wait a little, then try again.
 _CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
 _CAPACITY_PAUSE = 0.1
+_CAPACITY_REMINDER = 10.0
 # accept() failing for this one connection (it was reset or aborted meanwhile).
 _CONNECTION_ERRNOS = frozenset(
     getattr(errno, name)
@@ -67,6 +74,41 @@ class Connection:
 Handler = Callable[[Connection], Awaitable[object]]
 
 
+@attrs.define(slots=True)
+class _Starved:
+    """accept() failing for want of resources since ``since``: what to log, and when."""
+
+    reason: str
+    since: float
+    reported: float
+    failures: int = 1
+
+    @classmethod
+    def start(cls, reason: str) -> _Starved:
+        now = trio.current_time()
+        LOGGER.error(
+            "cannot accept connections: %s; trying again every %gs", reason, _CAPACITY_PAUSE
+        )
+        return cls(reason, now, now)
+
+    def failed_again(self) -> None:
+        self.failures += 1
+        now = trio.current_time()
+        if now - self.reported >= _CAPACITY_REMINDER:
+            self.reported = now
+            LOGGER.error(
+                "still cannot accept connections after %.0fs: %s", now - self.since, self.reason
+            )
+
+    def end(self) -> None:
+        LOGGER.warning(
+            "accepting connections again after %.1fs (%d attempts failed: %s)",
+            trio.current_time() - self.since,
+            self.failures,
+            self.reason,
+        )
+
+
 async def accept_connections(
     listener: trio.SocketListener,
     handler: Handler,
@@ -88,11 +130,15 @@ async def accept_connections(
         family = raw.family
         server = _fixed_server_address(raw)
         task_status.started()
+        starved: _Starved | None = None
         while True:
             for _ in range(ACCEPT_BATCH):
                 try:
                     sock, address = raw.accept()
                 except BlockingIOError:
+                    if starved is not None:
+                        starved.end()
+                        starved = None
                     break
                 except OSError as exc:
                     if exc.errno in _CONNECTION_ERRNOS:
@@ -101,13 +147,15 @@ async def accept_connections(
                         return  # the listener was closed
                     if exc.errno not in _CAPACITY_ERRNOS:
                         raise
-                    LOGGER.error(
-                        "cannot accept connections: %s; trying again in %gs",
-                        os.strerror(exc.errno),
-                        _CAPACITY_PAUSE,
-                    )
+                    if starved is None:
+                        starved = _Starved.start(os.strerror(exc.errno))
+                    else:
+                        starved.failed_again()
                     await trio.sleep(_CAPACITY_PAUSE)
                     break
+                if starved is not None:
+                    starved.end()
+                    starved = None
                 nursery.start_soon(_serve, sock, address, family, server, handler)
             else:
                 # A full batch: let the new connections (and everyone else) run first.
