@@ -154,9 +154,7 @@ def is_open(fd: int) -> bool:
 async def test_running_out_of_descriptors_pauses_accepting_then_recovers(
     nursery, caplog, autojump_clock
 ):
-    """accept() failing with EMFILE is retried ten times a second but logged only when it
-    starts, every 10s while it lasts and once when it ends; the connections that waited in
-    the backlog are served once descriptors are free."""
+    """EMFILE is logged at its start, every 10s and at its end; the backlog is then served."""
     caplog.set_level(logging.INFO, "trioserve.server")
     listener = await tcp_listener()
     port = listener.socket.getsockname()[1]

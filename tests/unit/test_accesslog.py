@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trioserve import Config, ConfigError
 from trioserve._accesslog import (
@@ -379,3 +381,12 @@ def test_escape_leaves_printable_ascii_alone() -> None:
     assert escape(bytes([0, 0x1F, 0x22, 0x5C, 0x7F, 0x80, 0xFF])) == (
         r"\x00\x1F\x22\x5C\x7F\x80\xFF"
     )
+
+
+@given(st.binary())
+def test_escape_is_printable_ascii_and_can_be_read_back(data: bytes) -> None:
+    """Any bytes escape to printable ASCII without a quote, and \\xHH read back restores them."""
+    text = escape(data)
+    assert text.isascii() and text.isprintable() and '"' not in text
+    restored = re.sub(r"\\x([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), text)
+    assert restored.encode("latin-1") == data

@@ -97,8 +97,7 @@ def test_trioserve_logger_does_not_propagate(caplog: pytest.LogCaptureFixture) -
 
 
 def test_control_characters_in_messages_are_escaped(tmp_path: Path) -> None:
-    """A newline or ESC in a message (a client's path) is written as \\xHH: no forged line;
-    a traceback keeps its own lines."""
+    """A newline or ESC in a message is written as \\xHH; a traceback keeps its lines."""
     path = tmp_path / "error.log"
     configure(error_log=str(path))
     try:

@@ -131,8 +131,7 @@ def test_other_kinds_are_counted_apart(clock, timers, handler):
 
 
 def test_the_window_resets_and_its_summary_comes_first(clock, timers, handler):
-    """After the window, a line of the same kind passes, right after the summary of the
-    last window, even if the timer has not fired yet."""
+    """After the window a line of its kind passes, right after the window's summary."""
     limited(clock, timers, limit=2)
     for n in range(5):
         A.warning("websocket handshake not received within %gs", n)
@@ -230,8 +229,7 @@ def restore_edge_loggers() -> Iterator[None]:
 def test_install_replaces_and_flushes_the_previous_limit(
     clock, timers, handler, restore_edge_loggers
 ):
-    """install() puts one limit on every edge logger; a new one replaces it, and what the
-    old one hid is summed up first; flush_all() flushes the installed one."""
+    """install() replaces the edge loggers' limit, summing up what the old one hid first."""
     http = logging.getLogger(LIMITED_LOGGERS[0])
     old = RateLimit(1, clock=clock, schedule=timers)
     install(old)
