@@ -112,9 +112,7 @@ class RateLimit(logging.Filter):
                 self._next_due = min(self._next_due, window.start + self.window)
                 passed = False
                 if not self._timer_pending:
-                    self._timer_pending = True
-                    delay = max(self._next_due - now, 0.0)
-                    self._schedule(delay, self._on_timer)
+                    self._start_timer(now)
         self._emit(due)
         return passed
 
@@ -130,9 +128,19 @@ class RateLimit(logging.Filter):
             self._timer_pending = False
             due = self._take_due(now) if now >= self._next_due else []
             if self._next_due != float("inf"):
-                self._timer_pending = True
-                self._schedule(max(self._next_due - now, 0.0), self._on_timer)
+                self._start_timer(now)
         self._emit(due)
+
+    def _start_timer(self, now: float) -> None:
+        """Have _on_timer called when the earliest window with hidden lines ends. Called
+        with the lock held."""
+        try:
+            self._schedule(max(self._next_due - now, 0.0), self._on_timer)
+        except RuntimeError:
+            # No thread to be had (at interpreter shutdown, or out of memory): the summary
+            # comes with the next line of any kind, or at flush().
+            return
+        self._timer_pending = True
 
     def _take_due(self, now: float) -> list[logging.LogRecord]:
         """The summaries of the windows with hidden lines that ended by ``now``; those

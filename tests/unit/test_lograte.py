@@ -255,3 +255,22 @@ def test_install_replaces_and_flushes_the_previous_limit(
         "bad request: 3",
         "… 1 more like this in the last second (the last: bad request: 4)",
     ]
+
+
+def test_without_a_timer_thread_the_summary_still_comes(clock, handler):
+    """When no timer can be started, the line is still hidden and its count comes later."""
+
+    def no_threads(delay: float, callback: Callable[[], None]) -> None:
+        raise RuntimeError("can't start new thread")
+
+    limited_a = RateLimit(1, clock=clock, schedule=no_threads)
+    A.addFilter(limited_a)
+    A.info("bad request: %s", 1)
+    A.info("bad request: %s", 2)
+    clock.now += 1.0
+    A.info("bad request: %s", 3)
+    assert handler.lines == [
+        "bad request: 1",
+        "… 1 more like this in the last second (the last: bad request: 2)",
+        "bad request: 3",
+    ]
