@@ -274,3 +274,13 @@ def test_without_a_timer_thread_the_summary_still_comes(clock, handler):
         "… 1 more like this in the last second (the last: bad request: 2)",
         "bad request: 3",
     ]
+
+
+def test_kinds_seen_once_are_forgotten(clock, timers, handler):
+    """Messages built without a format (a new kind each) do not pile up in memory."""
+    rate = limited(clock, timers)
+    for n in range(1000):
+        A.info(f"made by an f-string {n}")
+        clock.now += 0.01
+    assert len(handler.lines) == 1000
+    assert len(rate._windows) <= 300
