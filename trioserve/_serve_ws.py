@@ -219,8 +219,13 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         # wsproto's frame decoder keeps the header of a frame whose payload is still to
         # come; trio-websocket would only count the payload as it arrives, so a header
         # announcing 2**62 bytes would hold the connection until a ping timed out.
+        frames: object = self._wsproto
+        if isinstance(frames, wsproto.WSConnection):
+            # Accepted, but _accept has not swapped in the frame-level connection yet:
+            # the client's first frames can come before the 101 is written out.
+            frames = frames.connection
         decoder: FrameDecoder | None = getattr(
-            getattr(self._wsproto, "_proto", None), "_frame_decoder", None
+            getattr(frames, "_proto", None), "_frame_decoder", None
         )
         if decoder is None or decoder.header is None or decoder.header.opcode.iscontrol():
             return False

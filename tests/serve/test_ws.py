@@ -1022,6 +1022,36 @@ async def test_frame_announcing_too_big_a_message_closes_with_1009_at_once(nurse
     assert app.disconnect["code"] == 1009
 
 
+async def test_frame_header_read_before_the_101_is_written_out_is_checked(nursery, autojump_clock):
+    """The size check also holds for a header that the client sends as soon as it has
+    the 101, while the server is still finishing that write."""
+    to_client, from_server = trio.testing.memory_stream_one_way_pair()
+    to_server, from_client = trio.testing.memory_stream_one_way_pair()
+    pump = to_client.send_all_hook
+    assert pump is not None
+    writes = 0
+
+    async def deliver_then_linger_on_the_first_write() -> None:
+        nonlocal writes
+        writes += 1
+        await pump()
+        if writes == 1:
+            # The 101 is with the client; its answer is read before this write returns.
+            await trio.testing.wait_all_tasks_blocked()
+
+    to_client.send_all_hook = deliver_then_linger_on_the_first_write
+    served = Served()
+    server = trio.StapledStream(to_client, from_client)
+    nursery.start_soon(served.asgi, server, App(), make_state(ws_max_message_size=1000))
+    raw = RawClient(trio.StapledStream(to_server, from_server))
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    await raw.stream.send_all(frame_header(0x2, 2**62))
+    with trio.fail_after(1):
+        event = await raw.next_event()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1009
+
+
 async def test_continuation_announcing_too_big_a_message_closes_with_1009_at_once(
     nursery, autojump_clock
 ):
