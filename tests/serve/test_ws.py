@@ -612,6 +612,8 @@ async def test_send_after_the_client_left_raises_oserror(nursery):
     with trio.fail_after(1):
         await left.wait()
     assert len(raised) == 1
+    # The documented, exported class: an app can catch it by name.
+    assert isinstance(raised[0], ClientDisconnected)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-watcher", "server-watcher"])
