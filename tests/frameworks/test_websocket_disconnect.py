@@ -1,7 +1,7 @@
-"""A real Starlette WebSocket endpoint under the real CLI, whose client leaves while it
-keeps sending: its loop must end at once (ASGI 2.4: send() raises an OSError, which
-Starlette turns into WebSocketDisconnect), and the log must stay free of ERROR lines
-even though the endpoint lets that exception propagate."""
+"""Real Starlette and FastAPI WebSocket endpoints under the real CLI, whose client
+leaves while they keep sending: the loop must end at once (ASGI 2.4: send() raises an
+OSError, which Starlette turns into WebSocketDisconnect), and the log must stay free of
+ERROR lines even though the endpoint lets that exception propagate."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import trio_websocket
 from tests.frameworks.test_frameworks import needs, stop
 from tests.process.test_cli import APPS, Server, assert_clean_log, serving
 
-TICKER = ("--app-dir", APPS, "starlette_ws_ticker:app", "-b", "127.0.0.1:0")
 HANDSHAKE = (
     b"GET /ticker HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -44,12 +43,18 @@ async def leave_by_dropping_tcp(server: Server) -> None:
     await stream.aclose()
 
 
-@needs("starlette")
 @pytest.mark.parametrize("leave", [leave_with_a_close_frame, leave_by_dropping_tcp])
-async def test_starlette_sender_stops_within_a_second_of_the_client_leaving(leave) -> None:
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param("starlette_ws_ticker", marks=needs("starlette"), id="starlette"),
+        pytest.param("fastapi_ws_ticker", marks=needs("fastapi"), id="fastapi"),
+    ],
+)
+async def test_framework_sender_stops_within_a_second_of_the_client_leaving(module, leave) -> None:
     """The endpoint's send() raises once the client has gone: its loop ends within a
     second, and the WebSocketDisconnect it lets out is not logged at ERROR."""
-    async with serving(*TICKER) as server:
+    async with serving("--app-dir", APPS, f"{module}:app", "-b", "127.0.0.1:0") as server:
         await leave(server)
         with trio.fail_after(1):
             line = await server.wait_for_line("ticker ended:")
