@@ -42,7 +42,7 @@ smaller event queue in wsproto's frame-level connection, to save memory.
 wsproto's server handshake is extended in :class:`_Handshake` through two private
 methods (``_process_connection_request``, ``_reject``): the rules of
 :mod:`trioserve._proto.websocket` refuse what wsproto lets through (an empty
-Sec-WebSocket-Key), and refusals get their reason phrase.
+Sec-WebSocket-Key), and refusals get their reason phrase and ``connection: close``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from wsproto.frame_protocol import FrameDecoder
 from ._config import Config
 from ._errors import ClientDisconnected
 from ._proto.http import ASGI_VERSION, decode_path, split_target
-from ._proto.websocket import handshake_refusal, with_reason_phrase
+from ._proto.websocket import closing_refusal, handshake_refusal
 from ._state import ServerState
 from ._streams import PrefixedStream
 from ._types import ASGIApp, Message
@@ -125,8 +125,9 @@ _GONE = (ClientDisconnected, ConnectionClosed, trio.BrokenResourceError, trio.Cl
 
 class _Handshake(wsproto.handshake.H11Handshake):
     """wsproto's server handshake, refusing what RFC 6455 section 4.2.1 says to refuse
-    and wsproto lets through (see :func:`handshake_refusal`), and answering refusals
-    with a reason phrase in the status line (h11 is given none by wsproto)."""
+    and wsproto lets through (see :func:`handshake_refusal`), and finishing the head of
+    a refusal (see :func:`closing_refusal`): wsproto gives h11 no reason phrase, and the
+    connection is closed after any refusal."""
 
     def _process_connection_request(self, event: h11.Request) -> wsproto.events.Request:
         refusal = handshake_refusal(event.headers)
@@ -140,7 +141,7 @@ class _Handshake(wsproto.handshake.H11Handshake):
         return super()._process_connection_request(event)
 
     def _reject(self, event: wsproto.events.RejectConnection) -> bytes:
-        return with_reason_phrase(super()._reject(event))
+        return closing_refusal(super()._reject(event))
 
 
 class _ServerConnection(trio_websocket.WebSocketConnection):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from trioserve._proto import websocket
-from trioserve._proto.websocket import Refusal, handshake_refusal, valid_key, with_reason_phrase
+from trioserve._proto.websocket import Refusal, closing_refusal, handshake_refusal, valid_key
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example: base64 of 16 bytes
 
@@ -97,17 +97,37 @@ def test_version_is_checked_before_the_key() -> None:
 @pytest.mark.parametrize(
     ("response", "expected"),
     [
-        (b"HTTP/1.1 426 \r\nx: y\r\n\r\n", b"HTTP/1.1 426 Upgrade Required\r\nx: y\r\n\r\n"),
-        (b"HTTP/1.1 400 \r\n\r\n", b"HTTP/1.1 400 Bad Request\r\n\r\n"),
-        (b"HTTP/1.1 403 \r\n\r\nbody", b"HTTP/1.1 403 Forbidden\r\n\r\nbody"),
+        (
+            b"HTTP/1.1 426 \r\nx: y\r\n\r\n",
+            b"HTTP/1.1 426 Upgrade Required\r\nconnection: close\r\nx: y\r\n\r\n",
+        ),
+        (b"HTTP/1.1 400 \r\n\r\n", b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n"),
+        (
+            b"HTTP/1.1 403 \r\ncontent-length: 4\r\n\r\nbody",
+            b"HTTP/1.1 403 Forbidden\r\nconnection: close\r\ncontent-length: 4\r\n\r\nbody",
+        ),
         # A phrase already there, or no standard one: left alone.
-        (b"HTTP/1.1 400 Nope\r\n\r\n", b"HTTP/1.1 400 Nope\r\n\r\n"),
-        (b"HTTP/1.1 599 \r\n\r\n", b"HTTP/1.1 599 \r\n\r\n"),
+        (b"HTTP/1.1 400 Nope\r\n\r\n", b"HTTP/1.1 400 Nope\r\nconnection: close\r\n\r\n"),
+        (b"HTTP/1.1 599 \r\n\r\n", b"HTTP/1.1 599 \r\nconnection: close\r\n\r\n"),
+        # A Connection field of the app's own is kept, and not doubled.
+        (
+            b"HTTP/1.1 500 \r\nConnection : close\r\n\r\n",
+            b"HTTP/1.1 500 Internal Server Error\r\nConnection : close\r\n\r\n",
+        ),
+        # A body that looks like a field does not count.
+        (
+            b"HTTP/1.1 400 \r\ncontent-length: 19\r\n\r\n\r\nconnection: close",
+            b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 19\r\n\r\n"
+            b"\r\nconnection: close",
+        ),
     ],
 )
-def test_reason_phrase_is_put_into_a_bare_status_line(response: bytes, expected: bytes) -> None:
-    """A status line without a reason phrase gets the standard one; nothing else changes."""
-    assert with_reason_phrase(response) == expected
+def test_refusal_gets_its_reason_phrase_and_connection_close(
+    response: bytes, expected: bytes
+) -> None:
+    """A bare status line gets the standard reason phrase, and the head a Connection:
+    close unless it has a Connection field; nothing else changes."""
+    assert closing_refusal(response) == expected
 
 
 def test_proto_websocket_does_not_import_trio() -> None:

@@ -1121,7 +1121,8 @@ async def test_bad_handshake_is_refused_with_a_reason_phrase(
     nursery, caplog, fields, status_line, interface
 ):
     """A key that is not the base64 of 16 bytes is 400, another version 426 Upgrade
-    Required naming version 13; the app never hears of it; logged at INFO."""
+    Required naming version 13, each with Connection: close; the app never hears of
+    it; logged at INFO."""
     caplog.set_level(logging.INFO, "trioserve.ws")
     called: list[object] = []
 
@@ -1143,8 +1144,10 @@ async def test_bad_handshake_is_refused_with_a_reason_phrase(
         await served.done.wait()
     head = response.split(b"\r\n\r\n")[0].split(b"\r\n")
     assert head[0] == status_line
+    fields = [line.lower() for line in head[1:]]
+    assert b"connection: close" in fields
     if b"426" in status_line:
-        assert b"sec-websocket-version: 13" in [line.lower() for line in head]
+        assert b"sec-websocket-version: 13" in fields
     assert called == []
     assert not errors(caplog)
     assert any("bad websocket handshake" in r.getMessage() for r in caplog.records)

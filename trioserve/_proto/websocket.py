@@ -1,5 +1,5 @@
 """WebSocket rules, without I/O: what a server must refuse in an opening handshake
-(RFC 6455 section 4.2.1), and the status line of a refusal.
+(RFC 6455 section 4.2.1), and how a refusal's head is finished.
 
 wsproto (through trio-websocket) parses the handshake and checks that it asks for an
 upgrade; the trio edge in ``_serve_ws`` asks this module about the fields wsproto lets
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 # The one version of the protocol there is (RFC 6455 section 4.2.1, item 6).
 VERSION = b"13"
-# The status line h11 writes when it is given no reason phrase.
-_BARE_STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) \r\n")
+# A status line; h11 writes an empty reason phrase when wsproto gives it none.
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ([^\r\n]*)\r\n")
+_CONNECTION_FIELD = re.compile(rb"\r\nconnection[ \t]*:", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +70,24 @@ def valid_key(key: bytes) -> bool:
         return False
 
 
-def with_reason_phrase(response: bytes) -> bytes:
-    """``response`` with the standard reason phrase in a status line that has none
-    (``HTTP/1.1 426 `` becomes ``HTTP/1.1 426 Upgrade Required``)."""
-    match = _BARE_STATUS.match(response)
+def closing_refusal(response: bytes) -> bytes:
+    """``response``, a refusal of a handshake as h11 wrote it, as the server sends it
+    before closing the connection: the standard reason phrase in a status line that
+    has none (``HTTP/1.1 426 `` becomes ``HTTP/1.1 426 Upgrade Required``), and
+    ``connection: close`` unless the head has a Connection field already."""
+    match = _STATUS_LINE.match(response)
     if match is None:
         return response
-    status = int(match[1])
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        return response
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii")) + response[match.end() :]
+    status_line = match[0]
+    if not match[2]:
+        try:
+            phrase = http.HTTPStatus(int(match[1])).phrase
+        except ValueError:
+            pass
+        else:
+            status_line = b"HTTP/1.1 %s %s\r\n" % (match[1], phrase.encode("ascii"))
+    rest = response[match.end() :]
+    fields = b"" if rest.startswith(b"\r\n") else b"\r\n" + rest.partition(b"\r\n\r\n")[0]
+    if _CONNECTION_FIELD.search(fields) is None:
+        status_line += b"connection: close\r\n"
+    return status_line + rest
