@@ -21,7 +21,9 @@ tests/integration/test_ws_clients.py:
   trio-websocket would wait forever.
 - ``_handle_close_connection_event``: when wsproto cannot parse a frame (invalid UTF-8,
   a protocol violation), trio-websocket drops the TCP connection without a close
-  frame; the peer is told 1007 or 1002 first.
+  frame; the peer is told 1007 or 1002 first, and the websocket is marked closed
+  before that close frame goes out, so that a send meanwhile raises ConnectionClosed
+  (ClientDisconnected for an ASGI app) rather than wsproto's LocalProtocolError.
 - ``_handle_message_event``: after closing with 1009, trio-websocket stops reading, so
   a peer still sending the message gets a reset and never sees the 1009; the rest is
   read and dropped until the peer answers the close.
@@ -29,9 +31,18 @@ tests/integration/test_ws_clients.py:
   reads the socket directly rather than through the :class:`PrefixedStream`.
 - ``_accept``: a websocket accepted while the server stops is closed with 1001; the
   handshake's state is let go (wsproto's HTTP/1.1 parser, the request).
+- ``_reader_task`` (rewritten whole, with one dispatch table for all connections)
+  closes with 1009 as soon as a frame header announces a message over the size
+  limit, reading the header that wsproto's frame decoder (``_proto._frame_decoder``)
+  keeps while the payload is still to come.
 
 It also reads ``_recv_channel`` directly (as ``get_message`` does) and swaps in a
 smaller event queue in wsproto's frame-level connection, to save memory.
+
+wsproto's server handshake is extended in :class:`_Handshake` through two private
+methods (``_process_connection_request``, ``_reject``): the rules of
+:mod:`trioserve._proto.websocket` refuse what wsproto lets through (an empty
+Sec-WebSocket-Key), and refusals get their reason phrase and ``connection: close``.
 """
 
 from __future__ import annotations
@@ -50,12 +61,16 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events
+import wsproto.handshake
 import wsproto.utilities
 from trio_websocket import ConnectionClosed, WebSocketRequest
 from wsproto.connection import ConnectionState
+from wsproto.frame_protocol import FrameDecoder
 
 from ._config import Config
+from ._errors import ClientDisconnected
 from ._proto.http import ASGI_VERSION, decode_path, split_target
+from ._proto.websocket import closing_refusal, handshake_refusal
 from ._state import ServerState
 from ._streams import PrefixedStream
 from ._types import ASGIApp, Message
@@ -104,21 +119,40 @@ _ALWAYS_SET = trio.Event()
 _ALWAYS_SET.set()
 
 
-class ClientDisconnected(OSError):
-    """``send()`` was called on a websocket that is closed (ASGI spec 2.4)."""
-
-
 # A peer that closed or broke the websocket.
 _GONE = (ClientDisconnected, ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class _Handshake(wsproto.handshake.H11Handshake):
+    """wsproto's server handshake, refusing what RFC 6455 section 4.2.1 says to refuse
+    and wsproto lets through (see :func:`handshake_refusal`), and finishing the head of
+    a refusal (see :func:`closing_refusal`): wsproto gives h11 no reason phrase, and the
+    connection is closed after any refusal."""
+
+    def _process_connection_request(self, event: h11.Request) -> wsproto.events.Request:
+        refusal = handshake_refusal(event.headers)
+        if refusal is not None:
+            raise wsproto.utilities.RemoteProtocolError(
+                refusal.reason,
+                event_hint=wsproto.events.RejectConnection(
+                    status_code=refusal.status, headers=list(refusal.headers)
+                ),
+            )
+        return super()._process_connection_request(event)
+
+    def _reject(self, event: wsproto.events.RejectConnection) -> bytes:
+        return closing_refusal(super()._reject(event))
 
 
 class _ServerConnection(trio_websocket.WebSocketConnection):
     """A server-side trio-websocket connection that a :class:`_Watcher` pings and stops."""
 
     def __init__(self, stream: trio.abc.Stream, config: Config, watcher: _Watcher) -> None:
+        connection = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        connection.handshake = _Handshake(wsproto.ConnectionType.SERVER)
         super().__init__(
             stream,
-            wsproto.WSConnection(wsproto.ConnectionType.SERVER),
+            connection,
             message_queue_size=config.ws_max_queue,
             max_message_size=config.ws_max_message_size,
             receive_buffer_size=RECEIVE_SIZE,
@@ -152,6 +186,11 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
                     except ConnectionClosed:
                         self._reader_running = False
                         break
+                if self._reader_running and self._announces_too_big():
+                    try:
+                        await self._refuse_message()
+                    except ConnectionClosed:
+                        break
                 try:
                     data = await self._stream.receive_some(self._receive_buffer_size)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -166,10 +205,44 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
                     try:
                         self._wsproto.receive_data(bytes(data))
                     except wsproto.utilities.RemoteProtocolError as exc:
+                        if self.handshaking:
+                            LOGGER.info("bad websocket handshake: %s", exc)
                         # wsproto says what to answer (a 400, or a close frame).
                         if exc.event_hint is not None:
                             await self._send(exc.event_hint)
                         await self._close_stream()
+
+    def _announces_too_big(self) -> bool:
+        """True when the frame being read makes its message longer than
+        max_message_size: its header says so before the payload comes."""
+        if self.closed is not None or self._wsproto.state is not ConnectionState.OPEN:
+            return False
+        # wsproto's frame decoder keeps the header of a frame whose payload is still to
+        # come; trio-websocket would only count the payload as it arrives, so a header
+        # announcing 2**62 bytes would hold the connection until a ping timed out.
+        frames: object = self._wsproto
+        if isinstance(frames, wsproto.WSConnection):
+            # Accepted, but _accept has not swapped in the frame-level connection yet:
+            # the client's first frames can come before the 101 is written out.
+            frames = frames.connection
+        decoder: FrameDecoder | None = getattr(
+            getattr(frames, "_proto", None), "_frame_decoder", None
+        )
+        if decoder is None or decoder.header is None or decoder.header.opcode.iscontrol():
+            return False
+        remaining = decoder.header.payload_len - decoder.payload_consumed
+        return self._message_size + remaining > self._max_message_size
+
+    async def _refuse_message(self) -> None:
+        """Close with 1009 for a message over max_message_size, as trio-websocket does
+        once it has read that much (what still arrives is dropped, see
+        _handle_message_event)."""
+        reason = f"Exceeded maximum message size: {self._max_message_size} bytes"
+        self._message_size = 0
+        self._message_parts = []
+        self._close_reason = trio_websocket.CloseReason(1009, reason)
+        await self._send(wsproto.events.CloseConnection(code=1009, reason=reason))
+        await self._recv_channel.aclose()
 
     @property
     def handshaking(self) -> bool:
@@ -232,6 +305,10 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         if self._wsproto.state is ConnectionState.OPEN:
             # wsproto reports a frame it cannot parse as a close from the peer without
             # a change of state; the peer must hear the code (1007, 1002) from us.
+            # Closed as of now: while our close frame is being written, wsproto refuses
+            # messages (LocalProtocolError), so the app's send() must get
+            # ClientDisconnected instead (as after any close; see send_message).
+            self._close_reason = trio_websocket.CloseReason(event.code, event.reason or None)
             with contextlib.suppress(ConnectionClosed):
                 await self._send(event)
         await super()._handle_close_connection_event(event)
@@ -491,10 +568,17 @@ async def _handshake(conn: _ServerConnection, seconds: float) -> WebSocketReques
     return None
 
 
-def _client_gone(exc: BaseException) -> bool:
-    """True for a websocket the peer closed or broke (or a group of only those)."""
+def _client_gone(exc: BaseException, raised: ClientDisconnected | None = None) -> bool:
+    """True for a websocket the peer closed or broke (or a group of only those).
+
+    ``raised`` is the ClientDisconnected that send() raised into the app: an exception
+    raised while handling it is the framework's way of passing it on (Starlette's
+    WebSocket turns it into WebSocketDisconnect), not a bug of the app.
+    """
     if isinstance(exc, BaseExceptionGroup):
-        return all(_client_gone(inner) for inner in exc.exceptions)
+        return all(_client_gone(inner, raised) for inner in exc.exceptions)
+    if raised is not None and (exc.__cause__ is raised or exc.__context__ is raised):
+        return True
     return isinstance(exc, _GONE)
 
 
@@ -650,6 +734,7 @@ class _ASGISession:
         "connect_sent",
         "denial",
         "extensions",
+        "gone",
         "path",
         "peer_gone",
         "phase",
@@ -694,6 +779,8 @@ class _ASGISession:
         self.denial: tuple[int, list[tuple[bytes, bytes]], bytearray] | None = None
         # The error raised into the app for a bad message, logged already.
         self.reported: BaseException | None = None
+        # The ClientDisconnected that send() raised into the app, if it did.
+        self.gone: ClientDisconnected | None = None
 
     def start(self, conn: _ServerConnection) -> Awaitable[object]:
         self.conn = conn
@@ -713,7 +800,7 @@ class _ASGISession:
     async def failed(self, conn: _ServerConnection, exc: Exception) -> None:
         if exc is self.reported:
             pass
-        elif _client_gone(exc):
+        elif _client_gone(exc, self.gone):
             LOGGER.debug("websocket closed under the ASGI app: %r", exc)
         else:
             LOGGER.exception("exception in ASGI app while serving websocket %s", self.path)
@@ -773,6 +860,9 @@ class _ASGISession:
             self.reported = error
             await self._fail()
             raise error from None
+        except ClientDisconnected as exc:
+            self.gone = exc
+            raise
 
     async def _send(self, message: Message) -> None:
         kind = message.get("type") if isinstance(message, Mapping) else None

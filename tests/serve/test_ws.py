@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import struct
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from wsproto.events import (
 )
 
 from examples import ws_echo
-from trioserve import Config
+from trioserve import ClientDisconnected, Config
 from trioserve._serve_ws import (
     _WATCHERS,
     CLOSE_TIMEOUT,
@@ -611,6 +612,8 @@ async def test_send_after_the_client_left_raises_oserror(nursery):
     with trio.fail_after(1):
         await left.wait()
     assert len(raised) == 1
+    # The documented, exported class: an app can catch it by name.
+    assert isinstance(raised[0], ClientDisconnected)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-watcher", "server-watcher"])
@@ -860,3 +863,310 @@ async def test_native_handler_returning_without_answering_is_500(nursery, caplog
     assert status == 500
     (record,) = errors(caplog)
     assert "without accepting or rejecting" in record.getMessage()
+
+
+# -- a client's protocol error while the app sends; a message announced too big ----------
+
+# A masked text frame "hello" and a frame with the reserved opcode 3, in one packet
+# (zero masks: the payload reads as is).
+HELLO_THEN_OPCODE_3 = b"\x81\x85\x00\x00\x00\x00hello" + b"\x83\x80\x00\x00\x00\x00"
+
+
+def frame_header(opcode: int, length: int, *, fin: bool = True) -> bytes:
+    """The header of a masked client frame (zero mask) announcing ``length`` bytes."""
+    first = (0x80 if fin else 0) | opcode
+    if length < 126:
+        head = bytes([first, 0x80 | length])
+    elif length < 2**16:
+        head = bytes([first, 0x80 | 126]) + struct.pack("!H", length)
+    else:
+        head = bytes([first, 0x80 | 127]) + struct.pack("!Q", length)
+    return head + b"\x00\x00\x00\x00"
+
+
+async def test_send_during_the_close_for_a_protocol_error_raises_client_disconnected(
+    nursery, caplog
+):
+    """A send that meets our 1002 close frame on its way raises ClientDisconnected into
+    the app, which may let it propagate: nothing is logged at ERROR."""
+    raised: list[BaseException] = []
+    tried = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        # The client does not read (a lockstep stream): our close frame, answering the
+        # opcode 3 frame, waits to be written when the app echoes "hello".
+        await trio.testing.wait_all_tasks_blocked()
+        try:
+            await send({"type": "websocket.send", "text": message["text"]})
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+        finally:
+            tried.set()
+
+    client, server = trio.testing.lockstep_stream_pair()
+    served = Served()
+    nursery.start_soon(served.asgi, server, app, make_state())
+    raw = RawClient(client)
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    await raw.stream.send_all(HELLO_THEN_OPCODE_3)
+    with trio.fail_after(1):
+        await tried.wait()
+        event = await raw.next_event()
+        await served.done.wait()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1002
+    assert [type(exc) for exc in raised] == [ClientDisconnected]
+    assert not errors(caplog)
+
+
+async def test_native_send_during_the_close_for_a_protocol_error_is_connection_closed(
+    nursery, caplog
+):
+    """A native handler's send that meets our 1002 close frame gets ConnectionClosed,
+    not wsproto's LocalProtocolError, and nothing is logged at ERROR."""
+    raised: list[BaseException] = []
+    tried = trio.Event()
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        message = await ws.get_message()
+        await trio.testing.wait_all_tasks_blocked()
+        try:
+            await ws.send_message(message)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+        finally:
+            tried.set()
+
+    client, server = trio.testing.lockstep_stream_pair()
+    served = Served()
+    nursery.start_soon(served.native, server, handler, make_state())
+    raw = RawClient(client)
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    await raw.stream.send_all(HELLO_THEN_OPCODE_3)
+    with trio.fail_after(1):
+        await tried.wait()
+        event = await raw.next_event()
+        await served.done.wait()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1002
+    assert [type(exc) for exc in raised] == [trio_websocket.ConnectionClosed]
+    assert not errors(caplog)
+
+
+async def test_example_echo_with_a_protocol_error_logs_no_error(nursery, caplog):
+    """examples.ws_echo:app given "hello" and an opcode 3 frame in one packet: the
+    client hears 1002, and no interleaving of the echo and the close logs an ERROR."""
+    for _ in range(10):
+        raw, served = start_raw(nursery, ws_echo.app)
+        assert isinstance(await raw.handshake(), AcceptConnection)
+        await raw.stream.send_all(HELLO_THEN_OPCODE_3)
+        with trio.fail_after(1):
+            event = await raw.next_event()
+            if isinstance(event, TextMessage):
+                event = await raw.next_event()
+            await served.done.wait()
+        assert isinstance(event, CloseConnection)
+        assert event.code == 1002
+    assert not errors(caplog)
+
+
+async def test_app_passing_on_client_disconnected_as_its_own_error_logs_no_error(nursery, caplog):
+    """An exception the app raises while handling the ClientDisconnected of its send()
+    (Starlette's WebSocketDisconnect) is the client leaving, not an app error."""
+
+    class FrameworkDisconnect(Exception):
+        pass
+
+    ended = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        try:
+            while True:
+                await send({"type": "websocket.send", "text": "tick"})
+                await trio.sleep(0.01)
+        except OSError:
+            raise FrameworkDisconnect(1006) from None
+        finally:
+            ended.set()
+
+    ws, served = await open_client(nursery, app)
+    assert await ws.get_message() == "tick"
+    await ws.aclose()
+    with trio.fail_after(1):
+        await ended.wait()
+        await served.done.wait()
+    assert not errors(caplog)
+
+
+async def test_frame_announcing_too_big_a_message_closes_with_1009_at_once(nursery, autojump_clock):
+    """A frame header announcing more than ws_max_message_size (2**62 bytes) is closed
+    with 1009 as soon as it is read, without waiting for the payload."""
+    app = App()
+    raw, _ = start_raw(nursery, app, make_state(ws_max_message_size=1000))
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    start = trio.current_time()
+    await raw.stream.send_all(frame_header(0x2, 2**62))
+    with trio.fail_after(1):
+        event = await raw.next_event()
+        await app.disconnected.wait()
+    assert trio.current_time() == start
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1009
+    assert app.disconnect is not None
+    assert app.disconnect["code"] == 1009
+
+
+async def test_frame_header_read_before_the_101_is_written_out_is_checked(nursery, autojump_clock):
+    """The size check also holds for a header that the client sends as soon as it has
+    the 101, while the server is still finishing that write."""
+    to_client, from_server = trio.testing.memory_stream_one_way_pair()
+    to_server, from_client = trio.testing.memory_stream_one_way_pair()
+    pump = to_client.send_all_hook
+    assert pump is not None
+    writes = 0
+
+    async def deliver_then_linger_on_the_first_write() -> None:
+        nonlocal writes
+        writes += 1
+        await pump()
+        if writes == 1:
+            # The 101 is with the client; its answer is read before this write returns.
+            await trio.testing.wait_all_tasks_blocked()
+
+    to_client.send_all_hook = deliver_then_linger_on_the_first_write
+    served = Served()
+    server = trio.StapledStream(to_client, from_client)
+    nursery.start_soon(served.asgi, server, App(), make_state(ws_max_message_size=1000))
+    raw = RawClient(trio.StapledStream(to_server, from_server))
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    await raw.stream.send_all(frame_header(0x2, 2**62))
+    with trio.fail_after(1):
+        event = await raw.next_event()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1009
+
+
+async def test_continuation_announcing_too_big_a_message_closes_with_1009_at_once(
+    nursery, autojump_clock
+):
+    """The announced size counts what the message already holds: a continuation frame
+    taking it over the limit is closed with 1009 from its header."""
+    raw, _ = start_raw(nursery, App(), make_state(ws_max_message_size=1000))
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    start = trio.current_time()
+    await raw.stream.send_all(frame_header(0x2, 600, fin=False) + b"a" * 600)
+    await raw.stream.send_all(frame_header(0x0, 401))
+    with trio.fail_after(1):
+        event = await raw.next_event()
+    assert trio.current_time() == start
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1009
+
+
+async def test_frame_announcing_a_message_at_the_limit_is_read(nursery):
+    """A header announcing exactly ws_max_message_size is no reason to close: its
+    payload, sent later, is read and echoed."""
+    raw, _ = start_raw(nursery, App(), make_state(ws_max_message_size=1000))
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    await raw.stream.send_all(frame_header(0x2, 600, fin=False) + b"a" * 600)
+    await raw.stream.send_all(frame_header(0x0, 400))
+    await trio.testing.wait_all_tasks_blocked()
+    await raw.stream.send_all(b"b" * 400)
+    with trio.fail_after(1):
+        event = await raw.next_event()
+    assert event == BytesMessage(data=b"a" * 600 + b"b" * 400)
+
+
+# -- the opening handshake (RFC 6455 section 4.2.1) ----------------------------------------
+
+
+def handshake_head(fields: bytes) -> bytes:
+    return (
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        + fields
+        + b"\r\n"
+    )
+
+
+async def read_to_eof(stream: trio.abc.Stream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("fields", "status_line"),
+    [
+        (b"Sec-WebSocket-Key: \r\nSec-WebSocket-Version: 13\r\n", b"HTTP/1.1 400 Bad Request"),
+        (b"Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n", b"HTTP/1.1 400 Bad Request"),
+        (
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n",
+            b"HTTP/1.1 426 Upgrade Required",
+        ),
+        (b"Sec-WebSocket-Version: 13\r\n", b"HTTP/1.1 400 Bad Request"),
+    ],
+    ids=["empty-key", "short-key", "version-8", "no-key"],
+)
+@pytest.mark.parametrize("interface", ["asgi", "native"])
+async def test_bad_handshake_is_refused_with_a_reason_phrase(
+    nursery, caplog, fields, status_line, interface
+):
+    """A key that is not the base64 of 16 bytes is 400, another version 426 Upgrade
+    Required naming version 13, each with Connection: close; the app never hears of
+    it; logged at INFO."""
+    caplog.set_level(logging.INFO, "trioserve.ws")
+    called: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope)
+
+    async def handler(request: Any) -> None:
+        called.append(request)
+
+    client, server = trio.testing.memory_stream_pair()
+    served = Served()
+    if interface == "asgi":
+        nursery.start_soon(served.asgi, server, app, make_state())
+    else:
+        nursery.start_soon(served.native, server, handler, make_state())
+    await client.send_all(handshake_head(fields))
+    with trio.fail_after(1):
+        response = await read_to_eof(client)
+        await served.done.wait()
+    head = response.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == status_line
+    fields = [line.lower() for line in head[1:]]
+    assert b"connection: close" in fields
+    if b"426" in status_line:
+        assert b"sec-websocket-version: 13" in fields
+    assert called == []
+    assert not errors(caplog)
+    assert any("bad websocket handshake" in r.getMessage() for r in caplog.records)
+
+
+async def test_app_refusal_has_a_reason_phrase(nursery):
+    """websocket.close before accepting is answered "403 Forbidden", phrase included."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.close"})
+
+    stream, served = start_asgi(nursery, app)
+    await stream.send_all(
+        handshake_head(
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        )
+    )
+    with trio.fail_after(1):
+        response = await read_to_eof(stream)
+        await served.done.wait()
+    assert response.startswith(b"HTTP/1.1 403 Forbidden\r\n")
