@@ -116,9 +116,9 @@ def test_body_limit_on_content_length_is_413():
 
 
 def test_zero_limits_mean_no_limit():
-    """With every limit at 0, long lines and many fields pass."""
-    limits = Limits(request_line=0, fields=0, field_size=0, body=0)
-    lines = [f"X-{i}: " + "v" * 9000 for i in range(150)]
+    """With every limit at 0, long lines and many fields pass (up to the 1 MiB backstop)."""
+    limits = Limits(request_line=0, fields=0, field_size=0, body=0, head=0)
+    lines = [f"X-{i}: " + "v" * 9000 for i in range(110)]
     check_head(head("Host: a", *lines), limits)
 
 
@@ -137,12 +137,13 @@ def test_partial_head_over_limits_is_refused_early():
     check_partial_head(b"GET / HTTP/1.1\r\nHost: a\r\n", LIMITS)
 
 
-def test_head_end_finds_crlf_and_bare_lf_endings():
-    """The end of a head is found after CRLFCRLF or LF LF, and -1 while incomplete."""
+def test_head_end_finds_crlf_crlf_only():
+    """The end of a head is found after CRLFCRLF, and -1 while incomplete: a bare LF ends
+    no line (the checks refuse it)."""
     assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY") == len(
         b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     )
-    assert head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY") == len(b"GET / HTTP/1.1\nHost: a\n\n")
+    assert head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY") == -1
     assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n") == -1
 
 
@@ -206,10 +207,16 @@ def test_chunked_body_over_limit_is_413():
     assert info.value.status == 413
 
 
-def test_head_end_takes_the_earliest_blank_line_of_either_form():
-    """A bare-LF head followed by bytes holding CRLFCRLF ends at its own blank line."""
-    data = b"GET / HTTP/1.1\nHost: a\n\nPOST / HTTP/1.1\r\nHost: a\r\n\r\n"
-    assert head_end(data) == len(b"GET / HTTP/1.1\nHost: a\n\n")
+def test_bare_lf_heads_are_refused_complete_or_not():
+    """A bare LF anywhere in a head is a 400, whether the head is complete or not: a
+    proxy in front that reads "X: a<LF>Content-Length: 5" as one field would see another
+    request than we do."""
+    smuggled = b"POST / HTTP/1.1\r\nHost: a\r\nX: a\nContent-Length: 5\r\n\r\n"
+    assert rejected(smuggled) == (400, "bare LF in the request head")
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(smuggled[:-4], LIMITS)
+    assert info.value.reason == "bare LF in the request head"
+    assert rejected(b"GET / HTTP/1.1\nHost: a\n\r\n")[0] == 400
 
 
 def test_connect_is_refused_with_501():
@@ -228,7 +235,7 @@ def test_malformed_trailers_are_refused(trailer):
 
 # -- the one-regex path for plain heads ---------------------------------------------------
 
-SMALL_LIMITS = Limits(request_line=20, fields=2, field_size=12)
+SMALL_LIMITS = Limits(request_line=20, fields=2, field_size=12, head=30)
 
 
 def agrees_with_full_checks(data: bytes, limits: Limits) -> int:
@@ -254,7 +261,8 @@ def test_plain_path_agrees_with_full_checks_on_the_corpus(path):
 HEAD_PIECES = st.sampled_from(
     [b"GET", b"CONNECT", b" ", b"/", b"?a", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"\r\n",
      b"\n", b"\r", b"\0", b"\t", b"Host:", b"HOST: x", b"Content-Length: 3",
-     b"transfer-encoding:", b"X-A:", b"b", b"x" * 9, b":", b"\x7f"]
+     b"transfer-encoding:", b"X-A:", b"b", b"x" * 9, b":", b"\x7f", b"\x01", b"\x0b",
+     b"\x80", b"\x16\x03"]
 )  # fmt: skip
 
 

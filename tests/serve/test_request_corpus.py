@@ -306,6 +306,13 @@ _SPLIT_INVALID = [
         "trailer_line_bare_lf",
         "body_over_limit_content_length",
         "body_over_limit_chunked",
+        "header_bare_lf_hides_content_length",
+        "lone_cr_before_request_line",
+        "control_07_in_header_value",
+        "chunk_extension_bare_cr",
+        "chunk_size_trailing_space",
+        "tls_client_hello",
+        "garbage_binary_unterminated",
     }
 ]
 
