@@ -549,6 +549,8 @@ class _Connection:
         limits = self.options.limits
         stripped = False
         head_deadline = _INF
+        # How much of ``pending`` passed check_partial_head (and holds no head end).
+        checked = 0
         while True:
             if pending[:2] == b"\r\n":
                 # Empty lines (CRLF) before a request are allowed (RFC 9112 section 2.2),
@@ -557,7 +559,8 @@ class _Connection:
                 # refuses it.
                 pending = pending[_empty_lines_end(pending) :]
                 stripped = True
-            end = head_end(pending) if pending else -1
+                checked = 0
+            end = head_end(pending, checked) if pending else -1
             if end >= 0:
                 self.deadline = _INF
                 framing = check_head(pending[:end], limits)
@@ -589,7 +592,8 @@ class _Connection:
                 self.served = True
                 return event
             if pending:
-                check_partial_head(pending, limits)
+                check_partial_head(pending, limits, checked)
+                checked = len(pending)
                 if head_deadline == _INF:
                     head_deadline = trio.current_time() + self.options.header_timeout
                 self.waiting = "head"

@@ -71,13 +71,14 @@ _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
-def head_end(buffer: bytes | bytearray) -> int:
+def head_end(buffer: bytes | bytearray, checked: int = 0) -> int:
     """The index just past the blank line ending the head, or -1 if it is not complete.
 
     Lines end in CRLF: a bare LF is refused (see :func:`check_head`), since a proxy in
-    front that reads it otherwise would see other fields than we do.
+    front that reads it otherwise would see other fields than we do. ``checked``: the
+    first bytes of ``buffer`` hold no end (an earlier call said so).
     """
-    found = buffer.find(b"\r\n\r\n")
+    found = buffer.find(b"\r\n\r\n", max(checked - 3, 0))
     return found + 4 if found >= 0 else -1
 
 
@@ -143,47 +144,57 @@ def looks_like_tls(buffer: bytes | bytearray) -> bool:
     return buffer[:1] == b"\x16" and buffer[1:2] in (b"", b"\x03")
 
 
-def check_partial_head(buffer: bytes | bytearray, limits: Limits) -> None:
+def check_partial_head(buffer: bytes | bytearray, limits: Limits, checked: int = 0) -> None:
     """Refuse an incomplete head that already breaks a rule or a limit, instead of
     waiting for more: bytes that cannot start a request are refused at once.
 
     ``buffer`` starts where the request line does (stray CRLFs before it removed).
+    ``checked``: how much of ``buffer`` an earlier call found good; only what follows is
+    scanned again, so a head arriving in many pieces costs no more than one.
     """
     if looks_like_tls(buffer):
         raise TLSOnPlainPort()
+    # Where the new bytes begin, or their CR if it ended the earlier ones.
+    start = checked - 1 if checked and buffer[checked - 1 : checked] == b"\r" else checked
     newline = buffer.find(b"\n")
-    line_length = len(buffer) if newline < 0 else newline
-    if limits.request_line and line_length > limits.request_line + 1:
-        raise RequestRejected(414, f"request line longer than {limits.request_line} bytes")
-    line_end = line_length - 1 if buffer[line_length - 1 : line_length] == b"\r" else line_length
-    if _LINE_START.fullmatch(buffer, 0, line_end) is None:
-        raise RequestRejected(400, "malformed request line")
-    _check_line_ends(buffer, partial=True)
+    if newline < 0 or newline >= start:
+        # The request line was not complete at the last check: check it again.
+        line_length = len(buffer) if newline < 0 else newline
+        if limits.request_line and line_length > limits.request_line + 1:
+            raise RequestRejected(414, f"request line longer than {limits.request_line} bytes")
+        line_end = line_length - (buffer[line_length - 1 : line_length] == b"\r")
+        if _LINE_START.fullmatch(buffer, 0, line_end) is None:
+            raise RequestRejected(400, "malformed request line")
+    _check_line_ends(buffer, start, partial=True)
     if newline >= 0:
         fields = buffer.count(b"\n") - 1
         if limits.fields and fields > limits.fields:
             raise RequestRejected(431, f"more than {limits.fields} header fields")
         if limits.field_size:
-            last = buffer.rfind(b"\n")
-            for line in (buffer[newline + 1 : last], buffer[last + 1 :]):
-                longest = max((len(part) for part in line.split(b"\n")), default=0)
-                if longest > limits.field_size + 1:
+            # The field lines the new bytes reach into, the last one maybe incomplete.
+            begin = max(buffer.rfind(b"\n", 0, start) + 1, newline + 1)
+            while True:
+                end = buffer.find(b"\n", begin)
+                if (len(buffer) if end < 0 else end) - begin > limits.field_size + 1:
                     raise RequestRejected(
                         431, f"a header field is longer than {limits.field_size} bytes"
                     )
+                if end < 0:
+                    break
+                begin = end + 1
     if len(buffer) > limits.head_size:
         raise RequestRejected(431, f"request head larger than {limits.head_size} bytes")
 
 
-def _check_line_ends(head: bytes | bytearray, *, partial: bool = False) -> None:
+def _check_line_ends(head: bytes | bytearray, start: int = 0, *, partial: bool = False) -> None:
     """Refuse a head with a NUL or another control byte, or a CR or LF not in a CRLF (a
-    CR at the very end of a ``partial`` head may still get its LF)."""
-    crlfs = head.count(b"\r\n")
-    if head.count(b"\n") != crlfs:
+    CR at the very end of a ``partial`` head may still get its LF); from ``start`` on."""
+    crlfs = head.count(b"\r\n", start)
+    if head.count(b"\n", start) != crlfs:
         raise RequestRejected(400, "bare LF in the request head")
-    if head.count(b"\r") - crlfs > (partial and head[-1:] == b"\r"):
+    if head.count(b"\r", start) - crlfs > (partial and head[-1:] == b"\r"):
         raise RequestRejected(400, "bare CR in the request head")
-    control = _CONTROL.search(head)
+    control = _CONTROL.search(head, start)
     if control is not None:
         if control.group() == b"\0":
             raise RequestRejected(400, "NUL byte in the request head")
