@@ -355,10 +355,11 @@ class _Connection:
         self.yielded = True
         # Whether the current exchange wrote to ``sock`` yet (see write).
         self.wrote = False
-        # The current request body: bytes received and seconds spent waiting for them
-        # (for body_min_rate).
-        self.body_received = 0
-        self.body_waited = 0.0
+
+    # The current request body: bytes received and seconds spent waiting for them (for
+    # body_min_rate). Class defaults: set only for requests with a body.
+    body_received = 0
+    body_waited = 0.0
 
     def _new_h11(self) -> Any:
         return self.h11.Connection(

@@ -13,6 +13,7 @@ from trioserve._proto.validate import (
     ChunkedChecker,
     Limits,
     RequestRejected,
+    TLSOnPlainPort,
     check_head,
     check_partial_head,
     head_end,
@@ -301,3 +302,113 @@ def test_plain_heads_take_the_plain_path(data):
 def test_heads_needing_the_full_checks_leave_the_plain_path(data, limits):
     """Two Hosts, a body, a limit reached or an incomplete head: -1, the full path decides."""
     assert plain_head_end(data, limits) == -1
+
+
+# -- no lenient corners (issue 13) ---------------------------------------------------------
+
+LENIENT_HEADS = {
+    "bare-lf-line-end": b"POST / HTTP/1.1\r\nHost: a\r\nX: a\nContent-Length: 5\r\n\r\n",
+    "lone-cr-first": b"\rGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "lone-lf-first": b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "control-01": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+    "control-07": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x07b\r\n\r\n",
+    "control-7f": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
+    "control-1b-in-host": b"GET / HTTP/1.1\r\nHost: a\x1b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("data", LENIENT_HEADS.values(), ids=LENIENT_HEADS.keys())
+def test_lenient_heads_are_refused_by_every_check(data):
+    """Bare LF line ends, a lone CR or LF before the request line and control characters
+    in field values: the plain path does not take them, and the full checks refuse them
+    with 400, complete or not."""
+    assert plain_head_end(data, LIMITS) == -1
+    assert rejected(data)[0] == 400
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(data[:-2], LIMITS)
+    assert info.value.status == 400
+
+
+def test_obs_text_and_tabs_in_values_stay_valid():
+    """Field values may hold HTAB, SP and obs-text (bytes 0x80-0xFF), on both paths."""
+    data = b"GET / HTTP/1.1\r\nHost: a\r\nX: a\tb \xe9\xff\r\n\r\n"
+    assert agrees_with_full_checks(data, LIMITS) == len(data)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"5;a=\rb\r\n", "malformed chunk extension"),
+        (b"5;a=\x00b\r\n", "malformed chunk extension"),
+        (b"5;a=\x01\r\n", "malformed chunk extension"),
+        (b"5;\r\n", "malformed chunk extension"),
+        (b"5 \r\n", "invalid chunk size"),
+        (b"5\t\r\n", "invalid chunk size"),
+        (b" 5\r\n", "invalid chunk size"),
+    ],
+)
+def test_loose_chunk_lines_are_refused(line, reason):
+    """A chunk-size line with a bare CR, NUL or control in its extensions, or whitespace
+    after the size with no extension, is a 400 (h11 accepts them)."""
+    with pytest.raises(RequestRejected) as info:
+        ChunkedChecker().feed(line + b"hello\r\n0\r\n\r\n")
+    assert (info.value.status, info.value.reason) == (400, reason)
+
+
+@pytest.mark.parametrize(
+    "line", [b"5;a=b", b"5 ; a = b", b'5;a="x;\\"y\\""', b"5;a;b=c", b"0005", b'5;a="\xe9"']
+)
+def test_chunk_extensions_of_rfc_9112_stay_valid(line):
+    """Extensions as RFC 9112 writes them (whitespace around ';' and '=', tokens, quoted
+    strings with escapes) are accepted."""
+    checker = ChunkedChecker()
+    body = line + b"\r\nhello\r\n0\r\n\r\n"
+    assert checker.feed(body) == len(body)
+    assert checker.done
+
+
+def test_tls_handshake_and_binary_are_refused_from_their_first_bytes():
+    """A TLS record start, or a byte no method begins with, is refused before more comes."""
+    for data in (b"\x16", b"\x16\x03\x01", b"\x00", b"\xff", b"G\x00"):
+        with pytest.raises(RequestRejected) as info:
+            check_partial_head(data, LIMITS)
+        assert info.value.status == 400
+    with pytest.raises(TLSOnPlainPort):
+        check_partial_head(b"\x16\x03\x01\x02\x00", LIMITS)
+    for start in (b"G", b"GET", b"GET ", b"GET /x", b"GET /x HTT", b"GET /x HTTP/1.", b"\r"):
+        check_partial_head(start, LIMITS)
+
+
+def test_head_limit_is_431_complete_or_not():
+    """A head over Limits.head is refused with 431, whole or while it arrives; at the
+    limit it passes, and the plain path leaves longer heads to the full checks."""
+    limits = Limits(head=100)
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 68 + b"\r\n\r\n"
+    assert len(head) == 100
+    check_head(head, limits)
+    longer = head.replace(b"X: ", b"X: v")
+    assert rejected(longer, limits) == (431, "request head larger than 100 bytes")
+    assert plain_head_end(longer, limits) == -1
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(longer[:-4] + b"v" * 10, limits)
+    assert info.value.status == 431
+
+
+@given(st.lists(HEAD_PIECES, max_size=14), st.lists(st.integers(1, 60), max_size=6))
+def test_partial_checks_in_pieces_agree_with_one_check(pieces, cuts):
+    """check_partial_head fed a head in pieces (told how much it checked before) refuses
+    exactly when checking every prefix whole would."""
+    data = b"".join(pieces)
+    points = sorted({min(cut, len(data)) for cut in cuts} | {len(data)})
+    checked = 0
+    for point in points:
+        prefix = data[:point]
+        try:
+            check_partial_head(prefix, SMALL_LIMITS)
+        except RequestRejected as whole:
+            with pytest.raises(RequestRejected) as info:
+                check_partial_head(prefix, SMALL_LIMITS, checked)
+            assert info.value.status == whole.status
+            return
+        check_partial_head(prefix, SMALL_LIMITS, checked)
+        checked = point
