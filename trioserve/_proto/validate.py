@@ -396,14 +396,14 @@ class ChunkedChecker:
 
 
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-# RFC 9112 section 7.1: chunk-size *( BWS ";" BWS name [ BWS "=" BWS value ] ), the
-# value a token or a quoted string. Nothing else: no whitespace after the size alone,
-# no CR, NUL or other controls in the extensions.
+# RFC 9112 section 7.1: chunk-size *( ";" name [ "=" value ] ), the value a token or a
+# quoted string. Nothing else: no whitespace (h11 refuses it before ";" and takes it
+# after the size or the extensions), no CR, NUL or other controls in the extensions.
 _QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
 _CHUNK_LINE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*"
+    rb"([0-9A-Fa-f]{1,16})(?:;"
     + _TOKEN_CHARS
-    + rb"+(?:[ \t]*=[ \t]*(?:"
+    + rb"+(?:=(?:"
     + _TOKEN_CHARS
     + rb"+|"
     + _QUOTED
