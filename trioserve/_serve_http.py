@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import socket
 import time
 import types
@@ -40,6 +39,7 @@ from ._proto.validate import (
     TLSOnPlainPort,
     check_head,
     check_partial_head,
+    empty_lines_end,
     head_end,
     plain_head_end,
 )
@@ -276,10 +276,9 @@ async def watch_deadlines(state: ServerState) -> None:
     Sleeps until the earliest deadline, but never longer than the shortest timeout: a
     deadline set meanwhile is at least that far away, so none is missed or late.
     """
-    options = options_for(state)
-    longest_sleep = max(
-        min(options.keep_alive, options.header_timeout, options.write_timeout), 0.01
-    )
+    config = state.config
+    timeouts = (config.keep_alive, config.header_timeout, config.write_timeout)
+    longest_sleep = max(min(timeout_seconds(seconds) for seconds in timeouts), 0.01)
     while True:
         now = trio.current_time()
         wake = now + longest_sleep
@@ -558,7 +557,7 @@ class _Connection:
                 # but h11 refuses them: they are dropped here, and h11 starts afresh
                 # without them. A lone CR or LF is not an empty line: check_partial_head
                 # refuses it.
-                pending = pending[_empty_lines_end(pending) :]
+                pending = pending[empty_lines_end(pending) :]
                 stripped = True
                 checked = 0
             end = head_end(pending, checked) if pending else -1
@@ -1053,15 +1052,6 @@ class _Cycle:
             # http.disconnect.
             self.disconnected = True
             self.broken = True
-
-
-_EMPTY_LINES = re.compile(rb"(?:\r\n)*")
-
-
-def _empty_lines_end(buffer: bytes | bytearray) -> int:
-    """Where the empty lines (CRLF) at the start of ``buffer`` end."""
-    match = _EMPTY_LINES.match(buffer)
-    return match.end() if match is not None else 0
 
 
 _wait_readable = trio.lowlevel.wait_readable

@@ -71,6 +71,16 @@ _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
+_EMPTY_LINES = re.compile(rb"(?:\r\n)*")
+
+
+def empty_lines_end(buffer: bytes | bytearray) -> int:
+    """Where the empty lines (CRLF) at the start of ``buffer`` end: a server ignores them
+    before a request line (RFC 9112 section 2.2). A lone CR or LF is no empty line."""
+    match = _EMPTY_LINES.match(buffer)
+    return match.end() if match is not None else 0
+
+
 def head_end(buffer: bytes | bytearray, checked: int = 0) -> int:
     """The index just past the blank line ending the head, or -1 if it is not complete.
 
