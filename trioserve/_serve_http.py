@@ -642,7 +642,7 @@ class _Connection:
             earned = BODY_RATE_GRACE + self.body_received / rate - self.body_waited
             too_slow = earned < wait
             if too_slow:
-                wait = earned
+                wait = max(earned, 0.0)
             started = trio.current_time()
         data = b""
         with trio.move_on_after(wait) as waiting:

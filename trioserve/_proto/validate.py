@@ -314,9 +314,11 @@ _MAX_TRAILERS = 65536
 
 class ChunkedChecker:
     """Follows the framing of a chunked body through the raw bytes, refusing what h11
-    would tolerate: non-hex or overlong chunk sizes, lines ending in a bare LF, a
-    missing CRLF after chunk data, oversized extensions and trailers, and a body over
-    the limit."""
+    would tolerate: non-hex or overlong chunk sizes, whitespace in chunk-size lines,
+    extensions that are not tokens or quoted strings (a CR, NUL or other control in
+    them), lines ending in a bare LF, a missing CRLF after chunk data, oversized
+    extensions and trailers, control characters in trailers, and a body over the
+    limit."""
 
     __slots__ = ("_body_limit", "_line", "_remaining", "_state", "_total", "_trailer_bytes")
 
