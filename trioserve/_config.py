@@ -17,6 +17,7 @@ import ast
 import difflib
 import importlib
 import ipaddress
+import math
 import os
 import sys
 import tomllib
@@ -112,7 +113,13 @@ def _int_kind(minimum: int) -> Kind:
     return Kind(f"an integer >= {minimum}", from_text, from_value)
 
 
-def _seconds_kind() -> Kind:
+def _seconds_kind(*, zero: str = "") -> Kind:
+    """Seconds >= 0, or > 0 when ``zero`` says why 0 (no limit) is refused.
+
+    The rule for every timeout: 0 means no limit, as for the WebSocket and --limit-*
+    settings, except where waiting for ever would be dangerous: there 0 is refused.
+    """
+
     def from_text(text: str) -> float:
         try:
             value = float(text.strip())
@@ -127,9 +134,18 @@ def _seconds_kind() -> Kind:
             raise _BadValue(value)
         if not value >= 0 or value == float("inf"):  # also rejects NaN
             raise _BadValue(value)
+        if zero and value == 0:
+            raise _BadValue(value, zero)
         return float(value)
 
-    return Kind("a number of seconds >= 0", from_text, from_value)
+    return Kind(
+        "a number of seconds > 0" if zero else "a number of seconds >= 0", from_text, from_value
+    )
+
+
+def timeout_seconds(value: float) -> float:
+    """A timeout setting as a duration to wait: its 0 (no limit) becomes infinity."""
+    return value if value > 0 else math.inf
 
 
 def _str_kind(*, optional: bool = False) -> Kind:
@@ -693,6 +709,19 @@ class Config:
             metavar="BYTES",
         ),
     )
+    limit_request_head: int = _setting(
+        32768,
+        Setting(
+            _int_kind(0),
+            _LIMITS,
+            "Maximum size in bytes of a whole request head (request line, header fields and "
+            "the blank line), checked as it arrives: larger gets 431, so a worker holds at "
+            "most this much per connection for heads. 0 means no limit of its own (the line "
+            "and field limits still bound it, up to 1 MiB).",
+            flags=("--limit-request-head",),
+            metavar="BYTES",
+        ),
+    )
     limit_request_body: int = _setting(
         0,
         Setting(
@@ -701,6 +730,19 @@ class Config:
             "Maximum size in bytes of a request body; larger gets 413. 0 means no limit.",
             flags=("--limit-request-body",),
             metavar="BYTES",
+        ),
+    )
+    body_min_rate: int = _setting(
+        500,
+        Setting(
+            _int_kind(0),
+            _LIMITS,
+            "Minimum rate in bytes per second at which a request body must arrive, after a "
+            "grace of 10 seconds and counting only the time spent waiting for the client "
+            "(as Apache's mod_reqtimeout MinRate): a slower client gets 408 and is "
+            "disconnected. 0 means no limit.",
+            flags=("--body-min-rate",),
+            metavar="BYTES_PER_SECOND",
         ),
     )
     limit_concurrency: int = _setting(
@@ -1052,9 +1094,10 @@ class Config:
     keep_alive: float = _setting(
         5.0,
         Setting(
-            _seconds_kind(),
+            _seconds_kind(zero="no limit would let idle connections pile up for ever"),
             _TIMEOUTS,
-            "Seconds an idle keep-alive connection is kept open waiting for the next request.",
+            "Seconds an idle keep-alive connection is kept open waiting for the next request. "
+            "Must be more than 0: no limit would let idle connections pile up.",
             flags=("--keep-alive",),
             metavar="SECONDS",
         ),
@@ -1062,10 +1105,13 @@ class Config:
     graceful_timeout: float = _setting(
         30.0,
         Setting(
-            _seconds_kind(),
+            _seconds_kind(
+                zero="no limit would let a stop wait for ever; use SIGQUIT for a fast stop"
+            ),
             _TIMEOUTS,
             "On a graceful stop, seconds in-flight requests get to finish before they are "
-            "cancelled.",
+            "cancelled. Must be more than 0: no limit would let a stop wait for ever (for a "
+            "fast stop, send SIGINT or SIGQUIT).",
             flags=("--graceful-timeout",),
             metavar="SECONDS",
         ),
@@ -1076,7 +1122,7 @@ class Config:
             _seconds_kind(),
             _TIMEOUTS,
             "Seconds a request head may take to arrive once it has begun; slower clients "
-            "get 408 and are disconnected.",
+            "get 408 and are disconnected. 0 means no limit.",
             flags=("--header-timeout",),
             metavar="SECONDS",
         ),
@@ -1086,7 +1132,8 @@ class Config:
         Setting(
             _seconds_kind(),
             _TIMEOUTS,
-            "Seconds a request body may stall (no bytes arriving) before the connection is cut.",
+            "Seconds a request body may stall (no bytes arriving) before the connection is "
+            "cut. 0 means no limit (--body-min-rate still applies).",
             flags=("--read-timeout",),
             metavar="SECONDS",
         ),
@@ -1097,7 +1144,7 @@ class Config:
             _seconds_kind(),
             _TIMEOUTS,
             "Seconds one write to a client may block (a client that stopped reading) before "
-            "the connection is cut.",
+            "the connection is cut. 0 means no limit.",
             flags=("--write-timeout",),
             metavar="SECONDS",
         ),
@@ -1107,7 +1154,7 @@ class Config:
         Setting(
             _seconds_kind(),
             _TIMEOUTS,
-            "Seconds a TLS handshake may take before the connection is dropped.",
+            "Seconds a TLS handshake may take before the connection is dropped. 0 means no limit.",
             flags=("--tls-handshake-timeout",),
             metavar="SECONDS",
         ),
@@ -1117,7 +1164,8 @@ class Config:
         Setting(
             _seconds_kind(),
             _TIMEOUTS,
-            "Seconds the app's lifespan startup may take before the server gives up.",
+            "Seconds the app's lifespan startup may take before the server gives up. 0 means "
+            "no limit.",
             flags=("--lifespan-startup-timeout",),
             metavar="SECONDS",
         ),
@@ -1125,9 +1173,10 @@ class Config:
     lifespan_shutdown_timeout: float = _setting(
         30.0,
         Setting(
-            _seconds_kind(),
+            _seconds_kind(zero="no limit would let a stop wait for ever"),
             _TIMEOUTS,
-            "Seconds the app's lifespan shutdown may take before it is cancelled.",
+            "Seconds the app's lifespan shutdown may take before it is cancelled. Must be more "
+            "than 0: no limit would let a stop wait for ever.",
             flags=("--lifespan-shutdown-timeout",),
             metavar="SECONDS",
         ),

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import h11
 import trio
 
-from ._config import Config
+from ._config import Config, timeout_seconds
 from ._proto.http import (
     ASGIProtocolError,
     Response,
@@ -36,8 +36,10 @@ from ._proto.validate import (
     ChunkedChecker,
     Limits,
     RequestRejected,
+    TLSOnPlainPort,
     check_head,
     check_partial_head,
+    empty_lines_end,
     head_end,
     plain_head_end,
 )
@@ -56,6 +58,9 @@ MAX_DISCARD = 256 * 1024
 # that the client gets to read our answer instead of a reset (RFC 9112 section 9.6).
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
+# Seconds of waiting a request body gets before --body-min-rate applies (as the initial
+# timeout of Apache's mod_reqtimeout, which then extends by a second per MinRate bytes).
+BODY_RATE_GRACE = 10.0
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -113,11 +118,14 @@ class HTTPOptions:
             fields=config.limit_request_fields,
             field_size=config.limit_request_field_size,
             body=config.limit_request_body,
+            head=config.limit_request_head,
         )
-        self.keep_alive = config.keep_alive
-        self.header_timeout = config.header_timeout
-        self.read_timeout = config.read_timeout
-        self.write_timeout = config.write_timeout
+        # Timeouts as durations: a setting of 0 (no limit) is infinity here.
+        self.keep_alive = timeout_seconds(config.keep_alive)
+        self.header_timeout = timeout_seconds(config.header_timeout)
+        self.read_timeout = timeout_seconds(config.read_timeout)
+        self.write_timeout = timeout_seconds(config.write_timeout)
+        self.body_min_rate = config.body_min_rate
         self.root_path = config.root_path
         self.server_header = config.server_header
         self.default_headers = tuple(
@@ -135,6 +143,8 @@ class HTTPOptions:
         # Takes over connections that ask for a WebSocket upgrade; None serves them as
         # plain HTTP (--ws off).
         self.websocket = websocket
+        # Whether a TLS handshake on this plain port was logged yet (it is logged once).
+        self.tls_logged = False
 
 
 def options_for(state: ServerState) -> HTTPOptions:
@@ -267,7 +277,8 @@ async def watch_deadlines(state: ServerState) -> None:
     deadline set meanwhile is at least that far away, so none is missed or late.
     """
     config = state.config
-    longest_sleep = max(min(config.keep_alive, config.header_timeout, config.write_timeout), 0.01)
+    timeouts = (config.keep_alive, config.header_timeout, config.write_timeout)
+    longest_sleep = max(min(timeout_seconds(seconds) for seconds in timeouts), 0.01)
     while True:
         now = trio.current_time()
         wake = now + longest_sleep
@@ -344,6 +355,11 @@ class _Connection:
         # Whether the current exchange wrote to ``sock`` yet (see write).
         self.wrote = False
 
+    # The current request body: bytes received and seconds spent waiting for them (for
+    # body_min_rate). Class defaults: set only for requests with a body.
+    body_received = 0
+    body_waited = 0.0
+
     def _new_h11(self) -> Any:
         return self.h11.Connection(
             self.h11.SERVER, max_incomplete_event_size=self.options.max_event_size
@@ -372,7 +388,10 @@ class _Connection:
             try:
                 request = await self._next_request()
             except RequestRejected as exc:
-                LOGGER.info("bad request: %s", exc.reason)
+                if type(exc) is TLSOnPlainPort:
+                    self._log_tls()
+                else:
+                    LOGGER.info("bad request: %s", exc.reason)
                 await self._send_error(exc.status, exc.reason)
                 return
             if request is None:
@@ -422,6 +441,19 @@ class _Connection:
                 conn.receive_data(leftover)
             if closed:
                 conn.receive_data(b"")
+
+    def _log_tls(self) -> None:
+        """Log a TLS handshake on this plain port: once, since a client configured for
+        https:// would otherwise fill the log with a line per connection."""
+        if self.options.tls_logged:
+            LOGGER.debug("TLS on a plain HTTP port (from %s)", self.client)
+            return
+        self.options.tls_logged = True
+        LOGGER.warning(
+            "TLS on a plain HTTP port: %s sent a TLS handshake to an http:// listener"
+            " (answered 400; further ones are logged at debug level)",
+            self.client,
+        )
 
     async def _receive(self) -> bytes:
         """The next bytes from the client; b"" once it is gone.
@@ -517,13 +549,18 @@ class _Connection:
         limits = self.options.limits
         stripped = False
         head_deadline = _INF
+        # How much of ``pending`` passed check_partial_head (and holds no head end).
+        checked = 0
         while True:
-            if pending[:1] in (b"\r", b"\n"):
-                # Stray CRLFs before a request are allowed (RFC 9112 section 2.2), but h11
-                # refuses them: they are dropped here, and h11 starts afresh without them.
-                pending = pending.lstrip(b"\r\n")
+            if pending[:2] == b"\r\n":
+                # Empty lines (CRLF) before a request are allowed (RFC 9112 section 2.2),
+                # but h11 refuses them: they are dropped here, and h11 starts afresh
+                # without them. A lone CR or LF is not an empty line: check_partial_head
+                # refuses it.
+                pending = pending[empty_lines_end(pending) :]
                 stripped = True
-            end = head_end(pending) if pending else -1
+                checked = 0
+            end = head_end(pending, checked) if pending else -1
             if end >= 0:
                 self.deadline = _INF
                 framing = check_head(pending[:end], limits)
@@ -542,6 +579,8 @@ class _Connection:
                 if not isinstance(event, h11mod.Request):
                     raise RequestRejected(400, "malformed request")
                 self.body_done = False
+                self.body_received = len(pending) - end
+                self.body_waited = 0.0
                 if framing.chunked:
                     self.chunks = ChunkedChecker(limits.body)
                     self.chunks.feed(pending[end:])
@@ -553,7 +592,8 @@ class _Connection:
                 self.served = True
                 return event
             if pending:
-                check_partial_head(pending, limits)
+                check_partial_head(pending, limits, checked)
+                checked = len(pending)
                 if head_deadline == _INF:
                     head_deadline = trio.current_time() + self.options.header_timeout
                 self.waiting = "head"
@@ -587,16 +627,38 @@ class _Connection:
         """The next raw bytes of a request body, or b"" when the client is gone or stalled.
 
         A stalled body ends the exchange, not the app: it learns of it as a disconnect.
+        Only the time spent waiting here counts against ``body_min_rate``: while the app
+        does not read, a client that cannot send is not slow.
+
+        Raises:
+            RequestRejected: 408, the body arrives slower than ``body_min_rate``.
         """
-        with trio.move_on_after(self.options.read_timeout) as waiting:
+        options = self.options
+        wait = options.read_timeout
+        rate = options.body_min_rate
+        too_slow = False
+        if rate:
+            # The waiting the body has earned: the grace, and a second per `rate` bytes.
+            earned = BODY_RATE_GRACE + self.body_received / rate - self.body_waited
+            too_slow = earned < wait
+            if too_slow:
+                wait = max(earned, 0.0)
+            started = trio.current_time()
+        data = b""
+        with trio.move_on_after(wait) as waiting:
             if self.sock is not None:
                 # A body read is a checkpoint, as a stream's receive_some is: a client
                 # sending a large body faster than the app reads it would otherwise
                 # keep this task running, and every other connection waiting.
                 await trio.lowlevel.checkpoint()
             data = await self._receive()
+        if rate:
+            self.body_waited += trio.current_time() - started
+            self.body_received += len(data)
         if waiting.cancelled_caught:
-            LOGGER.info("request body stalled for %gs; closing", self.options.read_timeout)
+            if too_slow:
+                raise RequestRejected(408, f"request body slower than {rate} bytes per second")
+            LOGGER.info("request body stalled for %gs; closing", options.read_timeout)
             return b""
         return data
 
@@ -614,8 +676,8 @@ class _Connection:
             if isinstance(event, h11mod.Data):
                 discarded += len(event.data)
             elif event is h11mod.NEED_DATA:
-                data = await self.receive_body_bytes()
                 try:
+                    data = await self.receive_body_bytes()
                     self.feed_body(data)
                 except RequestRejected:
                     return
@@ -910,8 +972,8 @@ class _Cycle:
                 # so until it sees a response go out, which it never does here).
                 self._continue_sent = True
                 await self._write(_CONTINUE)
-            data = await self.connection.receive_body_bytes()
             try:
+                data = await self.connection.receive_body_bytes()
                 self.connection.feed_body(data)
             except RequestRejected as exc:
                 return await self._reject(exc)

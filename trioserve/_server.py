@@ -30,7 +30,7 @@ from ._bind import (
     listener_url,
     parse_bind,
 )
-from ._config import Config
+from ._config import Config, timeout_seconds
 from ._daemon import give_unix_sockets, resolve_account
 from ._errors import AppLoadError, ConfigError, TrioserveError, single_error
 from ._hooks import (
@@ -279,7 +279,7 @@ async def _run(
                 loaded.asgi,
                 mode=config.lifespan,
                 state=state.lifespan_state,
-                startup_timeout=config.lifespan_startup_timeout,
+                startup_timeout=timeout_seconds(config.lifespan_startup_timeout),
                 shutdown_timeout=config.lifespan_shutdown_timeout,
             )
             await lifespan.startup(app_tasks)
@@ -414,7 +414,7 @@ def _acceptor(
         if proxy_protocol != "off" and (client[0] if client else None) in trusted:
             try:
                 info, leftover = await read_proxy_protocol(
-                    stream, proxy_protocol, config.header_timeout
+                    stream, proxy_protocol, timeout_seconds(config.header_timeout)
                 )
             except ProxyProtocolError as exc:
                 LOGGER.info("dropping connection from %s: %s", client, exc)
@@ -428,7 +428,9 @@ def _acceptor(
                 accepted.stream = PrefixedStream(stream, leftover)
                 accepted.sock = None
         if context is not None:
-            secure = await tls_handshake(accepted.stream, context, config.tls_handshake_timeout)
+            secure = await tls_handshake(
+                accepted.stream, context, timeout_seconds(config.tls_handshake_timeout)
+            )
             if secure is None:
                 return None
             accepted.stream = secure

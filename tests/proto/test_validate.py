@@ -13,6 +13,7 @@ from trioserve._proto.validate import (
     ChunkedChecker,
     Limits,
     RequestRejected,
+    TLSOnPlainPort,
     check_head,
     check_partial_head,
     head_end,
@@ -116,9 +117,9 @@ def test_body_limit_on_content_length_is_413():
 
 
 def test_zero_limits_mean_no_limit():
-    """With every limit at 0, long lines and many fields pass."""
-    limits = Limits(request_line=0, fields=0, field_size=0, body=0)
-    lines = [f"X-{i}: " + "v" * 9000 for i in range(150)]
+    """With every limit at 0, long lines and many fields pass (up to the 1 MiB backstop)."""
+    limits = Limits(request_line=0, fields=0, field_size=0, body=0, head=0)
+    lines = [f"X-{i}: " + "v" * 9000 for i in range(110)]
     check_head(head("Host: a", *lines), limits)
 
 
@@ -137,12 +138,13 @@ def test_partial_head_over_limits_is_refused_early():
     check_partial_head(b"GET / HTTP/1.1\r\nHost: a\r\n", LIMITS)
 
 
-def test_head_end_finds_crlf_and_bare_lf_endings():
-    """The end of a head is found after CRLFCRLF or LF LF, and -1 while incomplete."""
+def test_head_end_finds_crlf_crlf_only():
+    """The end of a head is found after CRLFCRLF, and -1 while incomplete: a bare LF ends
+    no line (the checks refuse it)."""
     assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY") == len(
         b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     )
-    assert head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY") == len(b"GET / HTTP/1.1\nHost: a\n\n")
+    assert head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY") == -1
     assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n") == -1
 
 
@@ -206,10 +208,16 @@ def test_chunked_body_over_limit_is_413():
     assert info.value.status == 413
 
 
-def test_head_end_takes_the_earliest_blank_line_of_either_form():
-    """A bare-LF head followed by bytes holding CRLFCRLF ends at its own blank line."""
-    data = b"GET / HTTP/1.1\nHost: a\n\nPOST / HTTP/1.1\r\nHost: a\r\n\r\n"
-    assert head_end(data) == len(b"GET / HTTP/1.1\nHost: a\n\n")
+def test_bare_lf_heads_are_refused_complete_or_not():
+    """A bare LF anywhere in a head is a 400, whether the head is complete or not: a
+    proxy in front that reads "X: a<LF>Content-Length: 5" as one field would see another
+    request than we do."""
+    smuggled = b"POST / HTTP/1.1\r\nHost: a\r\nX: a\nContent-Length: 5\r\n\r\n"
+    assert rejected(smuggled) == (400, "bare LF in the request head")
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(smuggled[:-4], LIMITS)
+    assert info.value.reason == "bare LF in the request head"
+    assert rejected(b"GET / HTTP/1.1\nHost: a\n\r\n")[0] == 400
 
 
 def test_connect_is_refused_with_501():
@@ -228,7 +236,7 @@ def test_malformed_trailers_are_refused(trailer):
 
 # -- the one-regex path for plain heads ---------------------------------------------------
 
-SMALL_LIMITS = Limits(request_line=20, fields=2, field_size=12)
+SMALL_LIMITS = Limits(request_line=20, fields=2, field_size=12, head=30)
 
 
 def agrees_with_full_checks(data: bytes, limits: Limits) -> int:
@@ -254,7 +262,8 @@ def test_plain_path_agrees_with_full_checks_on_the_corpus(path):
 HEAD_PIECES = st.sampled_from(
     [b"GET", b"CONNECT", b" ", b"/", b"?a", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"\r\n",
      b"\n", b"\r", b"\0", b"\t", b"Host:", b"HOST: x", b"Content-Length: 3",
-     b"transfer-encoding:", b"X-A:", b"b", b"x" * 9, b":", b"\x7f"]
+     b"transfer-encoding:", b"X-A:", b"b", b"x" * 9, b":", b"\x7f", b"\x01", b"\x0b",
+     b"\x80", b"\x16\x03"]
 )  # fmt: skip
 
 
@@ -293,3 +302,117 @@ def test_plain_heads_take_the_plain_path(data):
 def test_heads_needing_the_full_checks_leave_the_plain_path(data, limits):
     """Two Hosts, a body, a limit reached or an incomplete head: -1, the full path decides."""
     assert plain_head_end(data, limits) == -1
+
+
+# -- no lenient corners (issue 13) ---------------------------------------------------------
+
+LENIENT_HEADS = {
+    "bare-lf-line-end": b"POST / HTTP/1.1\r\nHost: a\r\nX: a\nContent-Length: 5\r\n\r\n",
+    "lone-cr-first": b"\rGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "lone-lf-first": b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "control-01": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+    "control-07": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x07b\r\n\r\n",
+    "control-7f": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
+    "control-1b-in-host": b"GET / HTTP/1.1\r\nHost: a\x1b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("data", LENIENT_HEADS.values(), ids=LENIENT_HEADS.keys())
+def test_lenient_heads_are_refused_by_every_check(data):
+    """Bare LF line ends, a lone CR or LF before the request line and control characters
+    in field values: the plain path does not take them, and the full checks refuse them
+    with 400, complete or not."""
+    assert plain_head_end(data, LIMITS) == -1
+    assert rejected(data)[0] == 400
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(data[:-2], LIMITS)
+    assert info.value.status == 400
+
+
+def test_obs_text_and_tabs_in_values_stay_valid():
+    """Field values may hold HTAB, SP and obs-text (bytes 0x80-0xFF), on both paths."""
+    data = b"GET / HTTP/1.1\r\nHost: a\r\nX: a\tb \xe9\xff\r\n\r\n"
+    assert agrees_with_full_checks(data, LIMITS) == len(data)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"5;a=\rb\r\n", "malformed chunk extension"),
+        (b"5;a=\x00b\r\n", "malformed chunk extension"),
+        (b"5;a=\x01\r\n", "malformed chunk extension"),
+        (b"5;\r\n", "malformed chunk extension"),
+        (b"5 ;a=b\r\n", "malformed chunk extension"),
+        (b"5;a=b \r\n", "malformed chunk extension"),
+        (b"5;a = b\r\n", "malformed chunk extension"),
+        (b"5;a=\xe9\r\n", "malformed chunk extension"),
+        (b"5 \r\n", "invalid chunk size"),
+        (b"5\t\r\n", "invalid chunk size"),
+        (b" 5\r\n", "invalid chunk size"),
+    ],
+)
+def test_loose_chunk_lines_are_refused(line, reason):
+    """A chunk-size line with a bare CR, NUL or control in its extensions, or whitespace
+    around the size or the extensions, is a 400 (h11 accepts most of them)."""
+    with pytest.raises(RequestRejected) as info:
+        ChunkedChecker().feed(line + b"hello\r\n0\r\n\r\n")
+    assert (info.value.status, info.value.reason) == (400, reason)
+
+
+@pytest.mark.parametrize(
+    "line", [b"5;a=b", b'5;a="x;\\"y\\""', b"5;a;b=c", b"0005", b'5;a="\xe9 \t"']
+)
+def test_chunk_extensions_of_rfc_9112_stay_valid(line):
+    """Extensions as RFC 9112 writes them (tokens, quoted strings with escapes) are
+    accepted."""
+    checker = ChunkedChecker()
+    body = line + b"\r\nhello\r\n0\r\n\r\n"
+    assert checker.feed(body) == len(body)
+    assert checker.done
+
+
+def test_tls_handshake_and_binary_are_refused_from_their_first_bytes():
+    """A TLS record start, or a byte no method begins with, is refused before more comes."""
+    for data in (b"\x16", b"\x16\x03\x01", b"\x00", b"\xff", b"G\x00"):
+        with pytest.raises(RequestRejected) as info:
+            check_partial_head(data, LIMITS)
+        assert info.value.status == 400
+    with pytest.raises(TLSOnPlainPort):
+        check_partial_head(b"\x16\x03\x01\x02\x00", LIMITS)
+    for start in (b"G", b"GET", b"GET ", b"GET /x", b"GET /x HTT", b"GET /x HTTP/1.", b"\r"):
+        check_partial_head(start, LIMITS)
+
+
+def test_head_limit_is_431_complete_or_not():
+    """A head over Limits.head is refused with 431, whole or while it arrives; at the
+    limit it passes, and the plain path leaves longer heads to the full checks."""
+    limits = Limits(head=100)
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 68 + b"\r\n\r\n"
+    assert len(head) == 100
+    check_head(head, limits)
+    longer = head.replace(b"X: ", b"X: v")
+    assert rejected(longer, limits) == (431, "request head larger than 100 bytes")
+    assert plain_head_end(longer, limits) == -1
+    with pytest.raises(RequestRejected) as info:
+        check_partial_head(longer[:-4] + b"v" * 10, limits)
+    assert info.value.status == 431
+
+
+@given(st.lists(HEAD_PIECES, max_size=14), st.lists(st.integers(1, 60), max_size=6))
+def test_partial_checks_in_pieces_agree_with_one_check(pieces, cuts):
+    """check_partial_head fed a head in pieces (told how much it checked before) refuses
+    exactly when checking every prefix whole would."""
+    data = b"".join(pieces)
+    points = sorted({min(cut, len(data)) for cut in cuts} | {len(data)})
+    checked = 0
+    for point in points:
+        prefix = data[:point]
+        try:
+            check_partial_head(prefix, SMALL_LIMITS)
+        except RequestRejected as whole:
+            with pytest.raises(RequestRejected) as info:
+                check_partial_head(prefix, SMALL_LIMITS, checked)
+            assert info.value.status == whole.status
+            return
+        check_partial_head(prefix, SMALL_LIMITS, checked)
+        checked = point

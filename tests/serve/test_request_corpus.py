@@ -101,9 +101,25 @@ VALID_GENERATED = [
         + b"0\r\n\r\n",
         [{"method": "POST", "path": "/upload", "body": _BIG_BODY.decode("latin-1")}],
     ),
+    # 31 fields of 1 KiB: within the default head limit of 32 KiB.
+    ValidCase(
+        "generated_head_31k",
+        b"GET /big-head HTTP/1.1\r\nHost: example.com\r\n"
+        + b"".join(b"X-%02d: %s\r\n" % (i, b"v" * 1017) for i in range(31))
+        + b"\r\n",
+        [{"path": "/big-head"}],
+    ),
 ]
 
 INVALID_GENERATED = [
+    # Fields each within their limits, adding up past the default head limit of 32 KiB:
+    # refused while the head arrives.
+    InvalidCase(
+        "generated_head_over_32k_unterminated",
+        b"GET / HTTP/1.1\r\nHost: example.com\r\n"
+        + b"".join(b"X-%02d: %s\r\n" % (i, b"v" * 8000) for i in range(5)),
+        431,
+    ),
     # Heads that never end: refused as soon as they break a limit, not at the blank line.
     InvalidCase("generated_request_line_64k_unterminated", b"GET /" + b"a" * 65536, 414),
     InvalidCase(
@@ -306,6 +322,13 @@ _SPLIT_INVALID = [
         "trailer_line_bare_lf",
         "body_over_limit_content_length",
         "body_over_limit_chunked",
+        "header_bare_lf_hides_content_length",
+        "lone_cr_before_request_line",
+        "control_07_in_header_value",
+        "chunk_extension_bare_cr",
+        "chunk_size_trailing_space",
+        "tls_client_hello",
+        "garbage_binary_unterminated",
     }
 ]
 

@@ -156,8 +156,56 @@ def test_construction_accepts_numbers_as_seconds() -> None:
 @pytest.mark.parametrize("value", [math.nan, -1, -0.5, math.inf, "inf", "nan"])
 def test_seconds_reject_nan_negative_and_infinity(value: object) -> None:
     """NaN, negative and infinite seconds are refused."""
-    message = config_error(Config, keep_alive=value)
-    assert message.startswith("keep_alive: expected a number of seconds >= 0, got ")
+    message = config_error(Config, header_timeout=value)
+    assert message.startswith("header_timeout: expected a number of seconds >= 0, got ")
+
+
+# The timeouts where 0 (no limit) would be dangerous, refused with the reason.
+_NO_ZERO = {
+    "keep_alive": "idle connections pile up",
+    "graceful_timeout": "a stop wait for ever",
+    "lifespan_shutdown_timeout": "a stop wait for ever",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NO_ZERO))
+def test_timeouts_where_no_limit_is_dangerous_refuse_0(name: str) -> None:
+    """keep_alive, graceful_timeout and lifespan_shutdown_timeout refuse 0 with one line
+    naming the setting (its flag on the command line) and why."""
+    zero: dict[str, Any] = {name: 0}
+    message = config_error(Config, **zero)
+    assert message.startswith(f"{name}: expected a number of seconds > 0, got 0; no limit ")
+    assert _NO_ZERO[name] in message
+    flag = "--" + name.replace("_", "-")
+    message = config_error(config_from_argv, ["mod:app", flag, "0"])
+    assert message.startswith(f"{flag}: expected a number of seconds > 0, got 0.0; no limit ")
+
+
+def test_every_timeout_says_what_0_means() -> None:
+    """Every setting given in seconds says in its help (and so in docs/settings.md) that 0
+    means no limit, or that it must be more than 0; the seconds settings that allow 0 are
+    exactly those outside _NO_ZERO."""
+    seconds = [info for info in settings() if "seconds" in info.setting.kind.expected]
+    assert len(seconds) >= 11
+    for info in seconds:
+        text = info.setting.help
+        if info.name in _NO_ZERO:
+            assert info.setting.kind.expected == "a number of seconds > 0"
+            assert "Must be more than 0" in text, info.name
+        else:
+            assert info.setting.kind.expected == "a number of seconds >= 0"
+            assert re.search(r"0 (means no limit|disables|sends none|keeps pinging)", text), (
+                info.name
+            )
+            zero: dict[str, Any] = {info.name: 0}
+            Config(**zero)
+
+
+def test_new_limits_default_on() -> None:
+    """The request head limit is 32 KiB (nginx's 4 x 8 KiB) and the body rate 500 B/s
+    (Apache's MinRate) unless set."""
+    config = Config()
+    assert (config.limit_request_head, config.body_min_rate) == (32768, 500)
 
 
 @pytest.mark.parametrize("value", [True, False])

@@ -1,11 +1,14 @@
 """Request checks that h11 does not make, applied to the raw bytes before h11 sees them.
 
 h11 is lenient where a server facing the internet must not be: it has no limit on the
-request line, the number of fields or a field's size; it accepts HTTP versions other
-than 1.0 and 1.1; it processes a request with both Content-Length and
-Transfer-Encoding; and a chunk-size line ending in a bare LF makes it wait forever.
-Each of those shapes is refused here with the status a client should see. Standard
-library only, like the rest of ``_proto``.
+request line, the number of fields, a field's size or the whole head; it accepts HTTP
+versions other than 1.0 and 1.1, lines ending in a bare LF, control characters in
+field values and whitespace or stray bytes in chunk-size lines; it processes a request
+with both Content-Length and Transfer-Encoding; and a chunk-size line ending in a bare
+LF makes it wait forever. Each of those shapes is refused here with the status a
+client should see, as early as the bytes show it: bytes that cannot start a request
+(a TLS handshake on a plain port, binary noise) are refused at once, not after the
+header timeout. Standard library only, like the rest of ``_proto``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ class RequestRejected(Exception):
         self.reason = reason
 
 
+class TLSOnPlainPort(RequestRejected):
+    """The first bytes are a TLS handshake: the client speaks https:// to a plain port."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "TLS on a plain HTTP port")
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Request limits; 0 means no limit."""
@@ -31,20 +41,21 @@ class Limits:
     fields: int = 100
     field_size: int = 8190
     body: int = 0
-    # Heads no longer than this break neither the request-line nor the field-size limit.
+    # The whole head, request line and blank line included.
+    head: int = 32768
+    # Heads no longer than this break none of the request-line, field-size and head limits.
     plain_size: int = field(init=False, repr=False, compare=False)
+    # The most a head may take: ``head``, or without it what the other limits allow.
+    head_size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        sizes = [size for size in (self.request_line, self.field_size) if size]
+        sizes = [size for size in (self.request_line, self.field_size, self.head) if size]
         object.__setattr__(self, "plain_size", min(sizes, default=1 << 62))
-
-    @property
-    def head_size(self) -> int:
-        """The most a head may take before it is refused without waiting for its end."""
         line = self.request_line or 65536
         fields = self.fields or 1000
         size = self.field_size or 65536
-        return min(line + 2 + fields * (size + 2) + 2, 1024 * 1024)
+        head = self.head or min(line + 2 + fields * (size + 2) + 2, 1024 * 1024)
+        object.__setattr__(self, "head_size", head)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,35 +71,49 @@ _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
-def head_end(buffer: bytes | bytearray) -> int:
+_EMPTY_LINES = re.compile(rb"(?:\r\n)*")
+
+
+def empty_lines_end(buffer: bytes | bytearray) -> int:
+    """Where the empty lines (CRLF) at the start of ``buffer`` end: a server ignores them
+    before a request line (RFC 9112 section 2.2). A lone CR or LF is no empty line."""
+    match = _EMPTY_LINES.match(buffer)
+    return match.end() if match is not None else 0
+
+
+def head_end(buffer: bytes | bytearray, checked: int = 0) -> int:
     """The index just past the blank line ending the head, or -1 if it is not complete.
 
-    Lines may end in CRLF or a bare LF (RFC 9112 lets recipients accept it), so the head
-    ends at the earliest LF followed by an empty line of either form ("\n\r\n" also
-    covers the usual CRLF CRLF).
+    Lines end in CRLF: a bare LF is refused (see :func:`check_head`), since a proxy in
+    front that reads it otherwise would see other fields than we do. ``checked``: the
+    first bytes of ``buffer`` hold no end (an earlier call said so).
     """
-    ends = [
-        found + length
-        for found, length in ((buffer.find(b"\n\n"), 2), (buffer.find(b"\n\r\n"), 3))
-        if found >= 0
-    ]
-    return min(ends) if ends else -1
+    found = buffer.find(b"\r\n\r\n", max(checked - 3, 0))
+    return found + 4 if found >= 0 else -1
 
 
 _TOKEN_CHARS = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
+# A field value's bytes (RFC 9110 section 5.5): VCHAR, obs-text, SP and HTAB.
+_VALUE_CHARS = rb"[\t\x20-\x7e\x80-\xff]"
 _OTHER_FIELD = (
-    rb"(?:(?!(?i:content-length|transfer-encoding|host):)" + _TOKEN_CHARS + rb"+:[^\x00\r\n]*\r\n)*"
+    rb"(?:(?!(?i:content-length|transfer-encoding|host):)"
+    + _TOKEN_CHARS
+    + rb"+:"
+    + _VALUE_CHARS
+    + rb"*\r\n)*"
 )
 # A request head in its plainest form: a request line with a token method other than
 # CONNECT, a target without controls or spaces and HTTP/1.0 or 1.1; CRLF line ends;
-# fields with token names, values without NUL or CR; at most one Host; and no
-# Content-Length or Transfer-Encoding, so no body.
+# fields with token names, values without control characters; at most one Host; and
+# no Content-Length or Transfer-Encoding, so no body.
 _PLAIN_HEAD = re.compile(
     rb"(?!CONNECT )"
     + _TOKEN_CHARS
     + rb"+ [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n"
     + _OTHER_FIELD
-    + rb"(?:(?i:host):[^\x00\r\n]*\r\n"
+    + rb"(?:(?i:host):"
+    + _VALUE_CHARS
+    + rb"*\r\n"
     + _OTHER_FIELD
     + rb")?\r\n"
 )
@@ -113,29 +138,82 @@ def plain_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
     return end
 
 
-def check_partial_head(buffer: bytes | bytearray, limits: Limits) -> None:
-    """Refuse an incomplete head that already breaks a limit, instead of waiting for more."""
+# The start of a request line, as much of it as has arrived: a token method, a target
+# without controls or spaces, and the beginning of "HTTP/d.d".
+_LINE_START = re.compile(
+    _TOKEN_CHARS
+    + rb"*(?: [\x21-\x7e\x80-\xff]*(?: (?:H(?:T(?:T(?:P(?:/(?:\d(?:\.\d?)?)?)?)?)?)?)?)?)?"
+)
+# Bytes no request head holds: controls other than HTAB, CR and LF (RFC 9110 section
+# 5.5 for field values; the request line allows none).
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def looks_like_tls(buffer: bytes | bytearray) -> bool:
+    """Whether ``buffer`` starts as a TLS record does: a handshake (22), version 3.x."""
+    return buffer[:1] == b"\x16" and buffer[1:2] in (b"", b"\x03")
+
+
+def check_partial_head(buffer: bytes | bytearray, limits: Limits, checked: int = 0) -> None:
+    """Refuse an incomplete head that already breaks a rule or a limit, instead of
+    waiting for more: bytes that cannot start a request are refused at once.
+
+    ``buffer`` starts where the request line does (stray CRLFs before it removed).
+    ``checked``: how much of ``buffer`` an earlier call found good; only what follows is
+    scanned again, so a head arriving in many pieces costs no more than one.
+    """
+    if looks_like_tls(buffer):
+        raise TLSOnPlainPort()
+    # Where the new bytes begin, or their CR if it ended the earlier ones.
+    start = checked - 1 if checked and buffer[checked - 1 : checked] == b"\r" else checked
     newline = buffer.find(b"\n")
-    line_length = len(buffer) if newline < 0 else newline
-    if limits.request_line and line_length > limits.request_line + 1:
-        raise RequestRejected(414, f"request line longer than {limits.request_line} bytes")
+    if newline < 0 or newline >= start:
+        # The request line was not complete at the last check: check it again.
+        line_length = len(buffer) if newline < 0 else newline
+        if limits.request_line and line_length > limits.request_line + 1:
+            raise RequestRejected(414, f"request line longer than {limits.request_line} bytes")
+        line_end = line_length - (buffer[line_length - 1 : line_length] == b"\r")
+        if _LINE_START.fullmatch(buffer, 0, line_end) is None:
+            raise RequestRejected(400, "malformed request line")
+    _check_line_ends(buffer, start, partial=True)
     if newline >= 0:
         fields = buffer.count(b"\n") - 1
         if limits.fields and fields > limits.fields:
             raise RequestRejected(431, f"more than {limits.fields} header fields")
         if limits.field_size:
-            last = buffer.rfind(b"\n")
-            for line in (buffer[newline + 1 : last], buffer[last + 1 :]):
-                longest = max((len(part) for part in line.split(b"\n")), default=0)
-                if longest > limits.field_size + 1:
+            # The field lines the new bytes reach into, the last one maybe incomplete.
+            begin = max(buffer.rfind(b"\n", 0, start) + 1, newline + 1)
+            while True:
+                end = buffer.find(b"\n", begin)
+                if (len(buffer) if end < 0 else end) - begin > limits.field_size + 1:
                     raise RequestRejected(
                         431, f"a header field is longer than {limits.field_size} bytes"
                     )
+                if end < 0:
+                    break
+                begin = end + 1
     if len(buffer) > limits.head_size:
-        raise RequestRejected(431, "request head too large")
+        raise RequestRejected(431, f"request head larger than {limits.head_size} bytes")
 
 
-_FIELD_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*\r?\n)*")
+def _check_line_ends(head: bytes | bytearray, start: int = 0, *, partial: bool = False) -> None:
+    """Refuse a head with a NUL or another control byte, or a CR or LF not in a CRLF (a
+    CR at the very end of a ``partial`` head may still get its LF); from ``start`` on."""
+    crlfs = head.count(b"\r\n", start)
+    if head.count(b"\n", start) != crlfs:
+        raise RequestRejected(400, "bare LF in the request head")
+    if head.count(b"\r", start) - crlfs > (partial and head[-1:] == b"\r"):
+        raise RequestRejected(400, "bare CR in the request head")
+    control = _CONTROL.search(head, start)
+    if control is not None:
+        if control.group() == b"\0":
+            raise RequestRejected(400, "NUL byte in the request head")
+        raise RequestRejected(
+            400, f"control character 0x{control.group()[0]:02x} in the request head"
+        )
+
+
+_FIELD_LINES = re.compile(rb"(?:" + _TOKEN_CHARS + rb"+:" + _VALUE_CHARS + rb"*\r\n)*")
 _FRAMING_FIELDS = re.compile(
     rb"^(content-length|transfer-encoding|host):([^\r\n]*)", re.IGNORECASE | re.MULTILINE
 )
@@ -156,14 +234,13 @@ def check_head(head: bytes | bytearray, limits: Limits) -> Framing:
         RequestRejected: with 400, 413, 414, 431 or 501.
     """
     head = bytes(head)
-    if b"\0" in head:
-        raise RequestRejected(400, "NUL byte in the request head")
-    if head.count(b"\r") != head.count(b"\r\n"):
-        raise RequestRejected(400, "bare CR in the request head")
-    line_end = head.index(b"\n")
+    if looks_like_tls(head):
+        raise TLSOnPlainPort()
+    if len(head) > limits.head_size:
+        raise RequestRejected(431, f"request head larger than {limits.head_size} bytes")
+    _check_line_ends(head)
+    line_end = head.index(b"\r\n")
     request_line = head[:line_end]
-    if request_line.endswith(b"\r"):
-        request_line = request_line[:-1]
     if limits.request_line and len(request_line) > limits.request_line:
         raise RequestRejected(414, f"request line longer than {limits.request_line} bytes")
     parts = request_line.split(b" ")
@@ -178,8 +255,7 @@ def check_head(head: bytes | bytearray, limits: Limits) -> Framing:
             raise RequestRejected(400, "malformed HTTP version")
         raise RequestRejected(400, f"unsupported HTTP version {version.decode('ascii')}")
     # The header fields, without the blank line that ends the head.
-    block = head[line_end + 1 :]
-    block = block[:-2] if block.endswith(b"\r\n") else block[:-1]
+    block = head[line_end + 2 : -2]
     if not _FIELD_LINES.fullmatch(block):
         raise _field_error(block)
     if limits.fields and block.count(b"\n") > limits.fields:
@@ -238,9 +314,11 @@ _MAX_TRAILERS = 65536
 
 class ChunkedChecker:
     """Follows the framing of a chunked body through the raw bytes, refusing what h11
-    would tolerate: non-hex or overlong chunk sizes, lines ending in a bare LF, a
-    missing CRLF after chunk data, oversized extensions and trailers, and a body over
-    the limit."""
+    would tolerate: non-hex or overlong chunk sizes, whitespace in chunk-size lines,
+    extensions that are not tokens or quoted strings (a CR, NUL or other control in
+    them), lines ending in a bare LF, a missing CRLF after chunk data, oversized
+    extensions and trailers, control characters in trailers, and a body over the
+    limit."""
 
     __slots__ = ("_body_limit", "_line", "_remaining", "_state", "_total", "_trailer_bytes")
 
@@ -312,11 +390,13 @@ class ChunkedChecker:
         return i
 
     def _start_chunk(self, line: bytes) -> None:
-        size_text, _, _extensions = line.partition(b";")
-        size_text = size_text.rstrip(b" \t")
-        if not size_text or len(size_text) > 16 or not _is_hex(size_text):
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None:
+            size_text, semicolon, _ = line.partition(b";")
+            if semicolon and _CHUNK_SIZE.fullmatch(size_text.rstrip(b" \t")):
+                raise RequestRejected(400, "malformed chunk extension")
             raise RequestRejected(400, "invalid chunk size")
-        size = int(size_text, 16)
+        size = int(match.group(1), 16)
         self._total += size
         if self._body_limit and self._total > self._body_limit:
             raise RequestRejected(413, f"request body larger than {self._body_limit} bytes")
@@ -327,16 +407,25 @@ class ChunkedChecker:
             self._state = "data"
 
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# RFC 9112 section 7.1: chunk-size *( ";" name [ "=" value ] ), the value a token or a
+# quoted string. Nothing else: no whitespace (h11 refuses it before ";" and takes it
+# after the size or the extensions), no CR, NUL or other controls in the extensions.
+_QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})(?:;"
+    + _TOKEN_CHARS
+    + rb"+(?:=(?:"
+    + _TOKEN_CHARS
+    + rb"+|"
+    + _QUOTED
+    + rb"))?)*"
+)
+_TRAILER = re.compile(_TOKEN_CHARS + rb"+:" + _VALUE_CHARS + rb"*")
+
+
 def _check_trailer(line: bytes) -> None:
     if line[:1] in (b" ", b"\t"):
         raise RequestRejected(400, "obsolete line folding in the trailers")
-    name, colon, value = line.partition(b":")
-    if not colon or not _TOKEN.fullmatch(name) or b"\0" in value or b"\r" in value:
+    if _TRAILER.fullmatch(line) is None:
         raise RequestRejected(400, "malformed trailer field")
-
-
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-
-
-def _is_hex(text: bytes) -> bool:
-    return all(c in _HEX for c in text)
