@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -313,12 +314,17 @@ async def test_app_letting_client_disconnected_propagate_is_not_an_error(nursery
     """An app that lets ClientDisconnected propagate ends the exchange quietly: no
     ERROR log, no 500 attempt, the connection closed."""
     ended = trio.Event()
+    stopped_by: list[type[BaseException]] = []
 
     async def app(scope, receive, send):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": []})
-            while True:
+            for _ in range(1000):
                 await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except BaseException as exc:
+            stopped_by.append(type(exc))
+            raise
         finally:
             ended.set()
 
@@ -330,6 +336,7 @@ async def test_app_letting_client_disconnected_propagate_is_not_an_error(nursery
     with trio.fail_after(1):
         await ended.wait()
         await trio.testing.wait_all_tasks_blocked()
+    assert stopped_by == [ClientDisconnected]
     assert not error_records(caplog)
 
 
@@ -341,15 +348,20 @@ async def test_framework_error_raised_from_client_disconnected_is_not_an_error(n
         pass
 
     ended = trio.Event()
+    stopped_by: list[type[BaseException]] = []
 
     async def app(scope, receive, send):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": []})
-            while True:
+            for _ in range(1000):
                 try:
                     await send({"type": "http.response.body", "body": b"x", "more_body": True})
                 except OSError:
                     raise FrameworkDisconnect() from None
+            await send({"type": "http.response.body", "body": b""})
+        except BaseException as exc:
+            stopped_by.append(type(exc))
+            raise
         finally:
             ended.set()
 
@@ -361,6 +373,7 @@ async def test_framework_error_raised_from_client_disconnected_is_not_an_error(n
     with trio.fail_after(1):
         await ended.wait()
         await trio.testing.wait_all_tasks_blocked()
+    assert stopped_by == [FrameworkDisconnect]
     assert not error_records(caplog)
 
 
@@ -419,14 +432,16 @@ async def test_app_that_stops_at_client_disconnected_is_not_an_error(nursery, ca
     """An app that catches ClientDisconnected and returns with its response unfinished
     is not reported as an app that "returned before finishing its response"."""
     done = trio.Event()
+    stopped: list[bool] = []
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         try:
-            while True:
+            for _ in range(1000):
                 await send({"type": "http.response.body", "body": b"x", "more_body": True})
         except ClientDisconnected:
-            done.set()
+            stopped.append(True)
+        done.set()
 
     client, server = trio.testing.memory_stream_pair()
     nursery.start_soon(serve_http_connection, server, app, make_state())
@@ -436,7 +451,41 @@ async def test_app_that_stops_at_client_disconnected_is_not_an_error(nursery, ca
     with trio.fail_after(1):
         await done.wait()
         await trio.testing.wait_all_tasks_blocked()
+    assert stopped == [True]
     assert not error_records(caplog)
+
+
+async def test_app_that_ignores_client_disconnected_still_lets_others_run(nursery):
+    """An app that catches ClientDisconnected and sends again in a loop still lets
+    other tasks run: each send() that raises is a checkpoint."""
+    turns = 0
+    counting = True
+
+    async def other_task() -> None:
+        nonlocal turns
+        while counting:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    done = trio.Event()
+
+    async def app(scope, receive, send):
+        await receive()  # the (empty) body
+        assert await receive() == {"type": "http.disconnect"}
+        nursery.start_soon(other_task)
+        for _ in range(50):
+            with contextlib.suppress(ClientDisconnected):
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+        done.set()
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_http_connection, server, app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    await client.aclose()
+    with trio.fail_after(1):
+        await done.wait()
+    counting = False
+    assert turns >= 45
 
 
 async def test_graceful_stop_closes_idle_connection_at_once(nursery, autojump_clock):
