@@ -45,11 +45,13 @@ async def stops_within_a_second(server: Server, line: str) -> None:
 
 async def still_serves_then_stops(server: Server) -> None:
     """A new client is served, and SIGTERM stops the server with exit 0."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
-        async with client.stream("GET", "/events") as response:
-            assert response.status_code == 200
-            async for _ in response.aiter_bytes():
-                break
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=5) as client,
+        client.stream("GET", "/events") as response,
+    ):
+        assert response.status_code == 200
+        async for _ in response.aiter_bytes():
+            break
     with trio.fail_after(5):
         assert await server.stop(signal.SIGTERM) == 0
 
@@ -59,15 +61,17 @@ async def test_starlette_streaming_response_stops_when_the_client_leaves() -> No
     """Starlette: an endless StreamingResponse read by httpx is closed within a second
     of httpx closing it mid-stream, with nothing logged at ERROR."""
     async with serving(f"{APP}:starlette_app", "-b", "127.0.0.1:0") as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
-            async with client.stream("GET", "/events") as response:
-                assert response.status_code == 200
-                assert response.headers["content-type"].startswith("text/event-stream")
-                events = 0
-                async for line in response.aiter_lines():
-                    events += line.startswith("data: ")
-                    if events == 3:
-                        break
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=5) as client,
+            client.stream("GET", "/events") as response,
+        ):
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = 0
+            async for line in response.aiter_lines():
+                events += line.startswith("data: ")
+                if events == 3:
+                    break
         await stops_within_a_second(server, "starlette stream closed after")
         await still_serves_then_stops(server)
     assert "starlette stream started" in server.lines
@@ -99,9 +103,7 @@ async def test_raw_asgi_stream_that_never_receives_stops_when_the_client_leaves(
 async def test_wsgi_stream_is_closed_when_the_client_leaves() -> None:
     """A WSGI app's endless response iterable is no longer iterated, and its close() is
     called, within a second of the client closing its socket."""
-    async with serving(
-        f"{ENDLESS}:wsgi_app", "-b", "127.0.0.1:0", "--interface", "wsgi"
-    ) as server:
+    async with serving(f"{ENDLESS}:wsgi_app", "-b", "127.0.0.1:0", "--interface", "wsgi") as server:
         await read_then_leave(server, b"tick")
         await stops_within_a_second(server, "wsgi stream closed after")
         await still_serves_then_stops(server)

@@ -105,7 +105,9 @@ async def test_stalled_body_is_cut_after_read_timeout(nursery, autojump_clock, c
     assert no_errors(caplog)
 
 
-async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, autojump_clock, caplog):
+async def test_client_that_stops_reading_is_cut_after_write_timeout(
+    nursery, autojump_clock, caplog
+):
     """A client that never reads a large response is cut after write_timeout: the
     app's send() raises ClientDisconnected, and the connection is closed."""
     raised: list[tuple[float, BaseException]] = []
