@@ -682,7 +682,8 @@ class _Connection:
             self.timer = connection_timer
         if write_timer.cancelled_caught:
             LOGGER.info(
-                "client took no bytes of the response for %gs (write_timeout); closing",
+                "a write to the client blocked for %gs (write_timeout): it stopped reading;"
+                " closing",
                 self.options.write_timeout,
             )
             return False
@@ -810,12 +811,14 @@ class _Cycle:
             await app(scope, self.receive, self.send)
         except Exception as exc:
             if self.disconnected and _caused_by_departure(exc):
-                # The app stopped because send() said the client had gone: routine.
+                # The app stopped because send() said the client had gone: routine. (The
+                # traceback, at debug level, when a framework turned it into another error.)
                 LOGGER.debug(
                     "client went away during %s %s; the app stopped with %s",
                     scope["method"],
                     scope["path"],
                     type(exc).__name__,
+                    exc_info=None if type(exc) is ClientDisconnected else exc,
                 )
                 self.broken = True
             elif self.rejected is None:
