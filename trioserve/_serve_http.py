@@ -17,12 +17,13 @@ import socket
 import time
 import types
 from collections.abc import Callable, MutableMapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import h11
 import trio
 
 from ._config import Config, timeout_seconds
+from ._errors import ClientDisconnected
 from ._proto.http import (
     ASGIProtocolError,
     Response,
@@ -63,6 +64,7 @@ LINGER_BYTES = 1024 * 1024
 BODY_RATE_GRACE = 10.0
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+_GONE = "the client has gone; the response cannot be sent"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _START = ResponsePhase.START
 _DONE = ResponsePhase.DONE
@@ -333,7 +335,8 @@ class _Connection:
         self.upgrade_bytes: bytes | None = None
         # Set when the request asked for a WebSocket: the stream replaying those bytes.
         self.upgrade: PrefixedStream | None = None
-        # Cancelled by the deadline watchdog (or a graceful stop) to end the connection.
+        # Cancelled by the deadline watchdog (or a graceful stop) to end the connection;
+        # during a write that has to wait, the scope of that write only (see write).
         self.timer = trio.CancelScope()
         # When the current wait must end (idle, head or write); infinity while the app
         # works. Plain numbers: the watchdog compares them, no cancel scope per wait.
@@ -689,10 +692,16 @@ class _Connection:
     async def write(self, data: bytes | memoryview) -> bool:
         """Send ``data``; False if the client is gone.
 
-        A client that does not take the bytes within the write timeout has stopped
-        reading: the timer then ends the whole connection, app included. The deadline
-        is lifted right after, since the app may go on working (background tasks run
-        after the response in some frameworks).
+        Gone means: the write failed (the client reset the connection), or the client
+        did not take the bytes within the write timeout (it stopped reading), or, on a
+        plain socket while a response streams, the client closed its end. The last
+        matters because a write after the client closed usually succeeds: the kernel
+        takes the bytes and only the client's reset to them makes the next write fail,
+        one write too late for an app streaming slowly.
+
+        The deadline bounds this write only (see ``timer``): the app learns of the
+        timeout from its ``send()`` and may still clean up, or go on working
+        (background tasks run after the response in some frameworks).
         """
         sock = self.sock
         if sock is not None:
@@ -701,6 +710,8 @@ class _Connection:
                 # stream's send_all is: an app streaming a response faster than the
                 # kernel sends it must still let the other connections run.
                 await trio.lowlevel.checkpoint()
+                if _peer_closed(sock):
+                    return False
             self.wrote = True
             # Usually the kernel takes the whole response at once: no wait, no deadline.
             try:
@@ -714,17 +725,30 @@ class _Connection:
             data = memoryview(data)[sent:]
         self.waiting = "write"
         self.deadline = trio.current_time() + self.options.write_timeout
+        # The watchdog cancels ``timer``: for this wait, a scope around the write alone.
+        # (Entered only here, where the write has to wait or goes through a stream.)
+        connection_timer = self.timer
+        self.timer = write_timer = trio.CancelScope()
         try:
-            if sock is None:
-                await self.stream.send_all(data)
-            else:
-                await self._send_rest(sock, data)
+            with write_timer:
+                if sock is None:
+                    await self.stream.send_all(data)
+                else:
+                    await self._send_rest(sock, data)
         except _BROKEN:
             return False
         except OSError:
             return False
         finally:
             self.deadline = _INF
+            self.timer = connection_timer
+        if write_timer.cancelled_caught:
+            LOGGER.info(
+                "a write to the client blocked for %gs (write_timeout): it stopped reading;"
+                " closing",
+                self.options.write_timeout,
+            )
+            return False
         return True
 
     async def _send_rest(self, sock: socket.socket, data: bytes | memoryview) -> None:
@@ -848,7 +872,18 @@ class _Cycle:
         try:
             await app(scope, self.receive, self.send)
         except Exception as exc:
-            if self.rejected is None:
+            if self.disconnected and _caused_by_departure(exc):
+                # The app stopped because send() said the client had gone: routine. (The
+                # traceback, at debug level, when a framework turned it into another error.)
+                LOGGER.debug(
+                    "client went away during %s %s; the app stopped with %s",
+                    scope["method"],
+                    scope["path"],
+                    type(exc).__name__,
+                    exc_info=None if type(exc) is ClientDisconnected else exc,
+                )
+                self.broken = True
+            elif self.rejected is None:
                 hint = self.connection.options.app_hint
                 text = hint(exc) if hint is not None else None
                 LOGGER.exception(
@@ -861,8 +896,9 @@ class _Cycle:
         else:
             if self.response.phase is _DONE or self.rejected is not None:
                 pass
-            elif not self.response.started and self.disconnected:
-                # The client left before an answer was due; nothing is wrong with the app.
+            elif self.disconnected:
+                # The client left before the answer was complete (an app may stop at a
+                # ClientDisconnected it caught); nothing is wrong with the app.
                 self.broken = True
             elif not self.response.started:
                 LOGGER.error(
@@ -1010,6 +1046,8 @@ class _Cycle:
         if self.rejected is not None:
             # The request was refused (413, bad framing) and answered already.
             return
+        if self.disconnected:
+            await _client_gone()
         response = self.response
         if response.phase is _START:
             # A stop that began while the app worked still marks this response the last.
@@ -1034,15 +1072,22 @@ class _Cycle:
                     self.request.method.decode("ascii", "replace"),
                     self.request.target.decode("ascii", "replace"),
                 )
-        if self.disconnected or not data:
+        if not data:
             return
         if not self.status:
             self.status = response.status
         self.body_bytes = response.body_bytes
         if not await self.connection.write(data):
-            # The client left or stopped reading (see _write).
+            # The client left or stopped reading (see _Connection.write).
             self.disconnected = True
             self.broken = True
+            self._finish()
+            LOGGER.debug(
+                "client went away during %s %s; the app's send() raises ClientDisconnected",
+                self.request.method.decode("ascii", "replace"),
+                self.request.target.decode("ascii", "replace"),
+            )
+            raise ClientDisconnected(_GONE)
 
     async def _write(self, data: bytes, *, force: bool = False) -> None:
         if self.disconnected and not force:
@@ -1054,8 +1099,45 @@ class _Cycle:
             self.broken = True
 
 
+async def _client_gone() -> NoReturn:
+    """What ``send()`` does once the client has gone: raise ClientDisconnected (ASGI
+    2.4 promises an OSError there). A checkpoint first: an app that ignores the error
+    and sends again in a loop must still let the other connections run."""
+    await trio.lowlevel.checkpoint()
+    raise ClientDisconnected(_GONE)
+
+
+def _caused_by_departure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ClientDisconnected from ``send()``, or was raised while
+    handling one (frameworks turn it into their own error: Starlette raises its
+    ClientDisconnect from it), or is a group of only such errors."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_caused_by_departure(inner) for inner in exc.exceptions)
+    link: BaseException | None = exc
+    for _ in range(8):  # (a chain may loop; a framework's is a link or two)
+        if link is None:
+            return False
+        if isinstance(link, ClientDisconnected):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
+_PEEK = socket.MSG_PEEK
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the client closed its end of ``sock`` (an end of input or a reset waits
+    to be read). Looks without taking anything; unread bytes hide an end of input
+    behind them, and then the next write tells instead."""
+    try:
+        return not sock.recv(1, _PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _h11_reason(exc: BaseException) -> str:

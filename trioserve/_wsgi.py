@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeAlias
 
 import trio
 
+from ._errors import ClientDisconnected
 from ._types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["Environ", "ExcInfo", "StartResponse", "WSGIApp", "wsgi_to_asgi"]
@@ -355,7 +356,13 @@ class _Request:
         self._remaining: int | None = None
 
     def run(self) -> None:
-        """Call the app and send its response; runs in the worker thread."""
+        """Call the app and send its response; runs in the worker thread.
+
+        Once the client has gone, sending raises ClientDisconnected: the iteration
+        stops there and the iterable's close() is called (PEP 3333), so a streaming
+        response stops being produced. That ends the request quietly, as does an app
+        whose own ``write()`` raised it and that let it propagate.
+        """
         try:
             result = self._app(self.environ, self.start_response)
             try:
@@ -367,6 +374,12 @@ class _Request:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
+        except ClientDisconnected:
+            LOGGER.debug(
+                "client went away during %s %s; the response stopped",
+                self.environ["REQUEST_METHOD"],
+                self.environ["PATH_INFO"],
+            )
         finally:
             self._errors.flush()
 

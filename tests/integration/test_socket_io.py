@@ -22,7 +22,7 @@ import trio
 import trio.testing
 
 from tests.helpers import H11Client, hello_app, tcp_connection
-from trioserve import Config
+from trioserve import ClientDisconnected, Config
 from trioserve._serve_http import serve_http_connection
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
@@ -104,18 +104,19 @@ async def test_large_response_reaches_a_slow_reader_whole(nursery):
 
 
 async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, autojump_clock):
-    """On a real socket too, a client that stops reading is cut after write_timeout,
-    the app with it, and the server's end of the connection is closed."""
-    app_cancelled = trio.Event()
+    """On a real socket too, a client that stops reading is cut after write_timeout:
+    the app's send() raises ClientDisconnected, and the server's end of the connection
+    is closed."""
+    raised: list[float] = []
     connection_done = trio.Event()
 
     async def endless(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": []})
             while True:
                 await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
-        except trio.Cancelled:
-            app_cancelled.set()
+        except ClientDisconnected:
+            raised.append(trio.current_time())
             raise
 
     client, server, sock = await tcp_connection()
@@ -131,9 +132,43 @@ async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, aut
     with trio.fail_after(60):
         await connection_done.wait()
     assert 7 <= trio.current_time() - begin < 8
-    assert app_cancelled.is_set()
+    assert len(raised) == 1
+    assert 7 <= raised[0] - begin < 8
     assert server.socket.fileno() == -1
     await client.aclose()
+
+
+async def test_streaming_app_that_never_receives_ends_soon_after_client_leaves(
+    nursery, autojump_clock
+):
+    """An app streaming an endless response, one chunk every 0.1 s, without ever calling
+    receive(), gets ClientDisconnected from send() within 0.2 s of the client closing
+    its socket, although the kernel would take a write or more after the close."""
+    ended: list[float] = []
+    done = trio.Event()
+
+    async def ticker(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+                await trio.sleep(0.1)
+        except ClientDisconnected:
+            ended.append(trio.current_time())
+            done.set()
+
+    client, *server = await tcp_connection()
+    serve(nursery, ticker, ServerState(Config()), server)
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    received = b""
+    with trio.fail_after(5):
+        while received.count(b"tick") < 3:
+            received += await client.receive_some()
+    await client.aclose()
+    left = trio.current_time()
+    with trio.fail_after(5):
+        await done.wait()
+    assert ended[0] - left <= 0.2
 
 
 class Turns:

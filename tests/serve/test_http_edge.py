@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -11,7 +12,7 @@ import trio
 import trio.testing
 
 from tests.helpers import H11Client, echo_body_app, header, hello_app, read_until_eof
-from trioserve import Config
+from trioserve import ClientDisconnected, Config
 from trioserve._serve_http import serve_http_connection
 from trioserve._state import ServerState
 
@@ -277,15 +278,25 @@ async def test_receive_returns_disconnect_once_response_is_done(nursery):
     assert results == [{"type": "http.disconnect"}]
 
 
-async def test_send_after_client_left_does_not_raise_into_app(nursery, caplog):
-    """Sends after the client vanished are dropped quietly; the app finishes normally."""
+def error_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_send_after_client_left_raises_client_disconnected(nursery, caplog):
+    """Once the client has gone, the app's send() raises ClientDisconnected, an
+    OSError (ASGI 2.4), and keeps raising it; nothing is logged at ERROR."""
+    raised: list[BaseException] = []
     finished = trio.Event()
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for _ in range(50):
-            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+            try:
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+            except OSError as exc:
+                raised.append(exc)
+                if len(raised) == 2:
+                    break
         finished.set()
 
     client, server = trio.testing.memory_stream_pair()
@@ -295,7 +306,186 @@ async def test_send_after_client_left_does_not_raise_into_app(nursery, caplog):
     await client.aclose()
     with trio.fail_after(1):
         await finished.wait()
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [type(exc) for exc in raised] == [ClientDisconnected, ClientDisconnected]
+    assert not error_records(caplog)
+
+
+async def test_app_letting_client_disconnected_propagate_is_not_an_error(nursery, caplog):
+    """An app that lets ClientDisconnected propagate ends the exchange quietly: no
+    ERROR log, no 500 attempt, the connection closed."""
+    ended = trio.Event()
+    stopped_by: list[type[BaseException]] = []
+
+    async def app(scope, receive, send):
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(1000):
+                await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except BaseException as exc:
+            stopped_by.append(type(exc))
+            raise
+        finally:
+            ended.set()
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_http_connection, server, app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    await client.receive_some(10)
+    await client.aclose()
+    with trio.fail_after(1):
+        await ended.wait()
+        await trio.testing.wait_all_tasks_blocked()
+    assert stopped_by == [ClientDisconnected]
+    assert not error_records(caplog)
+
+
+async def test_framework_error_raised_from_client_disconnected_is_not_an_error(nursery, caplog):
+    """A framework's own disconnect error raised while handling ClientDisconnected
+    (as Starlette's StreamingResponse does) is not logged at ERROR either."""
+
+    class FrameworkDisconnect(Exception):
+        pass
+
+    ended = trio.Event()
+    stopped_by: list[type[BaseException]] = []
+
+    async def app(scope, receive, send):
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(1000):
+                try:
+                    await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                except OSError:
+                    raise FrameworkDisconnect() from None
+            await send({"type": "http.response.body", "body": b""})
+        except BaseException as exc:
+            stopped_by.append(type(exc))
+            raise
+        finally:
+            ended.set()
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_http_connection, server, app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    await client.receive_some(10)
+    await client.aclose()
+    with trio.fail_after(1):
+        await ended.wait()
+        await trio.testing.wait_all_tasks_blocked()
+    assert stopped_by == [FrameworkDisconnect]
+    assert not error_records(caplog)
+
+
+async def test_unrelated_app_error_after_client_left_is_still_logged(nursery, caplog):
+    """An app error that did not come from the client leaving is logged at ERROR even
+    after the client has gone (but no 500 is attempted)."""
+
+    async def app(scope, receive, send):
+        await receive()  # the (empty) body
+        assert await receive() == {"type": "http.disconnect"}
+        raise ValueError("a bug in the app")
+
+    client, server = trio.testing.memory_stream_pair()
+    done = trio.Event()
+
+    async def serve_then_note() -> None:
+        await serve_http_connection(server, app, make_state())
+        done.set()
+
+    nursery.start_soon(serve_then_note)
+    await client.send_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    await client.aclose()
+    with trio.fail_after(1):
+        await done.wait()
+    assert [r.getMessage() for r in error_records(caplog)] == [
+        "exception in ASGI app while serving GET /"
+    ]
+
+
+async def test_send_after_receive_reported_disconnect_raises(nursery, caplog):
+    """An app told http.disconnect by receive() that then answers gets
+    ClientDisconnected from send(), for the response start too."""
+    raised: list[BaseException] = []
+    done = trio.Event()
+
+    async def app(scope, receive, send):
+        await receive()  # the (empty) body
+        assert await receive() == {"type": "http.disconnect"}
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        except ClientDisconnected as exc:
+            raised.append(exc)
+        done.set()
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_http_connection, server, app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    await client.aclose()
+    with trio.fail_after(1):
+        await done.wait()
+    assert len(raised) == 1
+    assert not error_records(caplog)
+
+
+async def test_app_that_stops_at_client_disconnected_is_not_an_error(nursery, caplog):
+    """An app that catches ClientDisconnected and returns with its response unfinished
+    is not reported as an app that "returned before finishing its response"."""
+    done = trio.Event()
+    stopped: list[bool] = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for _ in range(1000):
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        except ClientDisconnected:
+            stopped.append(True)
+        done.set()
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_http_connection, server, app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    await client.receive_some(10)
+    await client.aclose()
+    with trio.fail_after(1):
+        await done.wait()
+        await trio.testing.wait_all_tasks_blocked()
+    assert stopped == [True]
+    assert not error_records(caplog)
+
+
+async def test_app_that_ignores_client_disconnected_still_lets_others_run(nursery):
+    """An app that catches ClientDisconnected and sends again in a loop still lets
+    other tasks run: each send() that raises is a checkpoint."""
+    turns = 0
+    counting = True
+
+    async def other_task() -> None:
+        nonlocal turns
+        while counting:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    done = trio.Event()
+
+    async def app(scope, receive, send):
+        await receive()  # the (empty) body
+        assert await receive() == {"type": "http.disconnect"}
+        nursery.start_soon(other_task)
+        for _ in range(50):
+            with contextlib.suppress(ClientDisconnected):
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+        done.set()
+
+    client, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_http_connection, server, app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    await client.aclose()
+    with trio.fail_after(1):
+        await done.wait()
+    counting = False
+    assert turns >= 45
 
 
 async def test_graceful_stop_closes_idle_connection_at_once(nursery, autojump_clock):

@@ -19,7 +19,7 @@ from tests.helpers import (
     read_until_eof,
     tcp_connection,
 )
-from trioserve import Config
+from trioserve import ClientDisconnected, Config
 from trioserve._accesslog import AccessLog
 from trioserve._serve_http import HTTPOptions, serve_http_connection
 from trioserve._state import ServerState
@@ -32,6 +32,8 @@ def make_state(**settings: Any) -> ServerState:
 # Each test runs over a memory stream and over a real TCP socket on 127.0.0.1, whose
 # socket the edge reads and writes directly (as behind the accept loop).
 _transport = "memory"
+# The server's socket of the last connection start() made over TCP.
+_server_socket: Any = None
 
 
 @pytest.fixture(autouse=True, params=["memory", "socket"])
@@ -50,7 +52,9 @@ async def start(
         client, server = trio.testing.memory_stream_pair()
         nursery.start_soon(serve_http_connection, server, app, state)
         return client
+    global _server_socket
     stream, server_stream, sock = await tcp_connection()
+    _server_socket = sock
     nursery.start_soon(
         functools.partial(serve_http_connection, server_stream, app, state, sock=sock)
     )
@@ -101,19 +105,21 @@ async def test_stalled_body_is_cut_after_read_timeout(nursery, autojump_clock, c
     assert no_errors(caplog)
 
 
-async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, autojump_clock):
-    """A client that never reads a large response is cut after write_timeout, app included."""
-    app_cancelled = trio.Event()
+async def test_client_that_stops_reading_is_cut_after_write_timeout(
+    nursery, autojump_clock, caplog
+):
+    """A client that never reads a large response is cut after write_timeout: the
+    app's send() raises ClientDisconnected, and the connection is closed."""
+    raised: list[tuple[float, BaseException]] = []
     connection_done = trio.Event()
 
     async def big(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": []})
             for _ in range(100):
                 await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        except trio.Cancelled:
-            app_cancelled.set()
+        except ClientDisconnected as exc:
+            raised.append((trio.current_time(), exc))
             raise
 
     async def serve_then_note(stream: Any) -> None:
@@ -127,7 +133,44 @@ async def test_client_that_stops_reading_is_cut_after_write_timeout(nursery, aut
     with trio.fail_after(60):
         await connection_done.wait()
     assert trio.current_time() - begin == pytest.approx(7, abs=0.1)
-    assert app_cancelled.is_set()
+    assert [when - begin for when, _ in raised] == [pytest.approx(7, abs=0.1)]
+    assert no_errors(caplog)
+
+
+async def test_streaming_app_learns_at_its_next_send_that_the_client_closed(nursery, caplog):
+    """A streaming app that never calls receive() gets ClientDisconnected from its very
+    next send() after the client closed, not one send later (over a socket, that first
+    write after the close would succeed: the kernel takes it)."""
+    client_closed = trio.Event()
+    decided = trio.Event()
+    outcome: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await client_closed.wait()
+        try:
+            await send({"type": "http.response.body", "body": b"second", "more_body": True})
+        except ClientDisconnected:
+            outcome.append("raised")
+        else:
+            outcome.append("returned")
+        decided.set()
+
+    client = await start(nursery, app, make_state())
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    received = b""
+    while not received.endswith(b"first\r\n"):
+        received += await client.receive_some()
+    await client.aclose()
+    if _transport == "socket":
+        # The server's end has seen the close once it is readable (the end of input).
+        await trio.lowlevel.wait_readable(_server_socket)
+    client_closed.set()
+    with trio.fail_after(1):
+        await decided.wait()
+    assert outcome == ["raised"]
+    assert no_errors(caplog)
 
 
 async def test_error_response_is_readable_despite_extra_bytes(nursery):

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from trioserve import ClientDisconnected
 from trioserve._types import Message
 from trioserve._wsgi import Environ, StartResponse, WSGIApp, wsgi_to_asgi
 
@@ -512,6 +513,68 @@ async def test_close_is_called_when_iteration_raises():
         await wsgi_to_asgi(app, threads=1)(http_scope(), body_receive(), send)
     assert body.closed == 1
     assert [m["type"] for m in send.sent] == ["http.response.start", "http.response.body"]
+
+
+class LeavingClient(Recorder):
+    """A send() whose client leaves after ``chunks`` body chunks: from then on it
+    raises ClientDisconnected, as the HTTP edge's send() does."""
+
+    def __init__(self, chunks: int) -> None:
+        super().__init__()
+        self.left_after = chunks
+
+    async def __call__(self, message: Message) -> None:
+        await trio.lowlevel.checkpoint()
+        if sum(m["type"] == "http.response.body" for m in self.sent) >= self.left_after:
+            raise ClientDisconnected("the client has gone")
+        self.sent.append(dict(message))
+
+
+async def test_streaming_stops_and_close_is_called_once_the_client_has_gone(caplog):
+    """When sending raises ClientDisconnected, the response iterable is not iterated
+    further, its close() is called (PEP 3333), and the request ends without an error."""
+    produced = 0
+    closed = threading.Event()
+
+    def endless() -> Iterator[bytes]:
+        nonlocal produced
+        try:
+            while True:
+                produced += 1
+                yield b"event\n"
+        finally:
+            closed.set()
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return endless()
+
+    send = LeavingClient(chunks=3)
+    with trio.fail_after(5):
+        await wsgi_to_asgi(app, threads=1)(http_scope(), body_receive(), send)
+    assert closed.is_set()
+    assert produced == 4  # three sent, the fourth found the client gone
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_write_callable_raising_client_disconnected_ends_the_request_quietly(caplog):
+    """An app streaming through write() that lets ClientDisconnected propagate ends
+    the request without an error."""
+    writes = 0
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        nonlocal writes
+        write = start_response("200 OK", [])
+        for _ in range(1000):
+            write(b"x")
+            writes += 1
+        return []
+
+    send = LeavingClient(chunks=2)
+    with trio.fail_after(5):
+        await wsgi_to_asgi(app, threads=1)(http_scope(), body_receive(), send)
+    assert writes == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_close_is_called_when_start_response_was_never_called():
