@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import h11
 import trio
@@ -130,7 +131,9 @@ class KeepAliveLoad:
         )
 
 
-async def _under_load(server: Server, scenario: str, step: object) -> None:
+async def _under_load(
+    server: Server, scenario: str, step: Callable[[KeepAliveLoad], Awaitable[None]]
+) -> None:
     """Keep the load on for SECONDS while ``step(load)`` retires workers again and again;
     then no request may have failed."""
     load = KeepAliveLoad(server.port)
@@ -140,7 +143,7 @@ async def _under_load(server: Server, scenario: str, step: object) -> None:
         await load.answered_by_others(set(), 100)
         end = trio.current_time() + SECONDS
         while trio.current_time() < end or events < 2:
-            await step(load)  # type: ignore[operator]
+            await step(load)
             events += 1
         load.stopped = True
     print(load.report(scenario, events))
