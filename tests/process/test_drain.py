@@ -14,6 +14,7 @@ default; docs/signals.md gives the figures of a 10 s run).
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ import h11
 import trio
 
 from tests.process.test_cli import TIMEOUT, Server, serving
-from tests.process.test_master import PID_APP, wait_until, workers
+from tests.process.test_master import PID_APP, alive, wait_for_line_from, wait_until, workers
 
 CLIENTS = 50
 SECONDS = float(os.environ.get("TRIOSERVE_TEST_DRAIN_SECONDS", "3"))
@@ -123,9 +124,9 @@ class KeepAliveLoad:
     def _others(self, pids: set[int]) -> int:
         return sum(n for pid, n in self.answered.items() if pid not in pids)
 
-    def report(self, what: str, events: int) -> str:
+    def report(self, what: str) -> str:
         return (
-            f"{what}: {events} in {SECONDS:g}s, {self.total} requests on {CLIENTS} kept-alive"
+            f"{what}: {self.total} requests on {CLIENTS} kept-alive"
             f" connections, {self.closed_by_server} ended by Connection: close,"
             f" failed: {sum(self.failures.values())} {dict(self.failures)}"
         )
@@ -146,10 +147,11 @@ async def _under_load(
             await step(load)
             events += 1
         load.stopped = True
-    print(load.report(scenario, events))
-    assert not load.failures, load.report(scenario, events)
+    report = load.report(f"{scenario} x{events} in {SECONDS:g}s")
+    print(report)
+    assert not load.failures, report
     # (Retiring workers did answer kept-alive connections with Connection: close.)
-    assert load.closed_by_server > 0, load.report(scenario, events)
+    assert load.closed_by_server > 0, report
     assert await server.stop() == 0
 
 
@@ -201,3 +203,38 @@ async def test_ttou_fails_no_request_on_kept_alive_connections() -> None:
             await load.answered_by_others(old, 100)
 
         await _under_load(server, "TTOU", fewer_then_more)
+
+
+async def test_usr2_handover_fails_no_request_on_kept_alive_connections() -> None:
+    """A USR2 hand-over under keep-alive load (a new master, then TERM to the old one,
+    whose workers drain): every request is answered."""
+    async with serving(*PID_APP, "--workers", "2", *ARGS) as server:
+        old_master = server.process.pid
+        new_master = 0
+        load = KeepAliveLoad(server.port)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(load.run)
+                await load.answered_by_others(set(), 100)
+                old = workers(old_master)
+                server.process.send_signal(signal.SIGUSR2)
+                line = await server.wait_for_line("SIGUSR2: started a new master (pid ")
+                match = re.search(r"new master \(pid (\d+)\)", line)
+                assert match is not None, line
+                new_master = int(match[1])
+                await wait_for_line_from(server, new_master, "worker(s) ready")
+                server.process.send_signal(signal.SIGTERM)
+                # Not server.wait_exit(): the new master holds stderr open.
+                with trio.fail_after(TIMEOUT):
+                    assert await server.process.wait() == 0
+                await load.answered_by_others(old, 100)
+                load.stopped = True
+            report = load.report("USR2, then TERM to the old master")
+            print(report)
+            assert not load.failures, report
+            assert load.closed_by_server > 0, report
+        finally:
+            if new_master and alive(new_master):
+                os.kill(new_master, signal.SIGTERM)
+                with trio.CancelScope(shield=True):
+                    await wait_until(lambda: not alive(new_master), "the new master ends")
