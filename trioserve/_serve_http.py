@@ -441,9 +441,9 @@ class _Connection:
                     # meanwhile must read it rather than a reset.
                     await self._close_silent()
                 return
-            # A response that went out as kept alive, while a stop began: the client
-            # may be sending its next request, which is answered with Connection: close
-            # (the idle wait is bounded by the stop's drain deadline).
+            # Also during a stop: a response that went out kept alive (it started before
+            # the stop) leaves the client free to send its next request, which is then
+            # answered with Connection: close.
             # h11 only parses: responses never go through it, so each request gets a
             # fresh parser, fed what the client already sent after the last one.
             leftover, closed = conn.trailing_data
