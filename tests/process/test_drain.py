@@ -1,5 +1,5 @@
-"""Retiring workers under keep-alive load: no request fails across HUP, --max-requests
-and TTOU.
+"""Retiring workers under keep-alive load: no request fails across HUP, --max-requests,
+TTOU and a USR2 hand-over.
 
 Each client keeps one connection alive and sends GET / on it in a loop, and never
 retries: a reset, or a connection closed before the response, is a failed request. A
