@@ -44,7 +44,7 @@ from ._proto.validate import (
     head_end,
     plain_head_end,
 )
-from ._state import ServerState
+from ._state import ServerState, Stoppable
 from ._streams import DISCONNECT_ERRORS, PrefixedStream
 from ._types import ASGIApp, Message
 
@@ -276,10 +276,17 @@ async def watch_deadlines(state: ServerState) -> None:
     """End the connections whose current wait passed its deadline; runs until cancelled.
 
     Sleeps until the earliest deadline, but never longer than the shortest timeout: a
-    deadline set meanwhile is at least that far away, so none is missed or late.
+    deadline set meanwhile is at least that far away, so none is missed or late. (A
+    graceful stop's drain deadline, which bounds idle waits, is ``graceful_timeout``
+    away when it is set.)
     """
     config = state.config
-    timeouts = (config.keep_alive, config.header_timeout, config.write_timeout)
+    timeouts = (
+        config.keep_alive,
+        config.header_timeout,
+        config.write_timeout,
+        config.graceful_timeout,
+    )
     longest_sleep = max(min(timeout_seconds(seconds) for seconds in timeouts), 0.01)
     while True:
         now = trio.current_time()
@@ -287,11 +294,16 @@ async def watch_deadlines(state: ServerState) -> None:
         for connection in state.connections:
             deadline = connection.deadline
             if deadline <= now:
-                connection.deadline = _INF
-                connection.timer.cancel()
+                expire(connection)
             elif deadline < wake:
                 wake = deadline
         await trio.sleep_until(wake)
+
+
+def expire(connection: Stoppable) -> None:
+    """End the current wait of ``connection``, whose deadline passed."""
+    connection.deadline = _INF
+    connection.timer.cancel()
 
 
 class _Connection:
@@ -335,17 +347,16 @@ class _Connection:
         self.upgrade_bytes: bytes | None = None
         # Set when the request asked for a WebSocket: the stream replaying those bytes.
         self.upgrade: PrefixedStream | None = None
-        # Cancelled by the deadline watchdog (or a graceful stop) to end the connection;
-        # during a write that has to wait, the scope of that write only (see write).
+        # Cancelled by the deadline watchdog to end the current wait: replaced by a fresh
+        # one when a request turns out to have arrived as its idle wait ended, and,
+        # during a write that has to wait, by the scope of that write only (see write).
         self.timer = trio.CancelScope()
         # When the current wait must end (idle, head or write); infinity while the app
         # works. Plain numbers: the watchdog compares them, no cancel scope per wait.
         self.deadline = _INF
         # True while waiting for a request with nothing of it received: a graceful stop
-        # may then close the connection at once.
+        # then bounds the wait by its drain deadline.
         self.idle = False
-        # Whether a request arrived on this connection yet (a fresh one is never idle).
-        self.served = False
         # What the timer bounds right now: "idle", "head" or "write".
         self.waiting = ""
         # The socket under a plain trio.SocketStream, read and written directly: a read
@@ -372,8 +383,18 @@ class _Connection:
         state = self.state
         state.connections.add(self)
         try:
-            with self.timer:
-                await self._serve(app)
+            while True:
+                with self.timer:
+                    await self._serve(app)
+                if not (self.timer.cancelled_caught and self.idle):
+                    break
+                # The idle wait reached its deadline (keep-alive, or a graceful stop's).
+                self.idle = False
+                if not self._request_arrived():
+                    await self._close_silent()
+                    return
+                # The next request came as the wait ended: it is served, not cut.
+                self.timer = trio.CancelScope()
         finally:
             state.connections.discard(self)
         if self.timer.cancelled_caught and self.waiting == "head":
@@ -431,11 +452,17 @@ class _Connection:
                 their_state = conn.their_state
             if (
                 cycle.broken
-                or state.stopping
                 or not cycle.response.keep_alive
                 or their_state not in self._request_read
             ):
+                if state.stopping and not cycle.broken:
+                    # The answer said Connection: close: a client that sent more
+                    # meanwhile must read it rather than a reset.
+                    await self._close_silent()
                 return
+            # Also during a stop: a response that went out kept alive (it started before
+            # the stop) leaves the client free to send its next request, which is then
+            # answered with Connection: close.
             # h11 only parses: responses never go through it, so each request gets a
             # fresh parser, fed what the client already sent after the last one.
             leftover, closed = conn.trailing_data
@@ -524,25 +551,76 @@ class _Connection:
         # Take h11's end of message now, so that neither receive() nor the end of the
         # exchange needs another round through h11.
         self.body_done = type(conn.next_event()) is h11mod.EndOfMessage
-        self.served = True
         return event
 
     async def _receive_idle(self) -> bytes:
         """Wait for the next request with nothing of it received yet: b"" to close.
 
-        The connection is idle meanwhile, and a graceful stop closes it at once. Not a
-        fresh connection, though: its client is about to send the request it connected
-        for (it may already be in the socket buffer), so it is served, with keep_alive
-        as its bound.
+        The wait ends at the keep-alive deadline, or at a graceful stop's drain deadline
+        if that comes first (see ``ServerState.request_stop``); a stop does not cut it
+        short, since the client may be sending its next request at this very moment.
+        When the deadline passes, the timer is cancelled and ``serve`` closes the
+        connection, unless a request arrived meanwhile.
         """
-        if self.state.stopping and self.served:
-            return b""
         self.waiting = "idle"
-        self.idle = self.served
-        self.deadline = trio.current_time() + self.options.keep_alive
+        self.idle = True
+        self.deadline = min(
+            trio.current_time() + self.options.keep_alive, self.state.drain_deadline
+        )
         data = await self._receive()
+        if data and self.timer.cancel_called:
+            # The deadline passed as the request arrived (on a plain socket, the read
+            # is not a checkpoint): keep it for ``serve``, which serves it under a new
+            # timer, rather than let the cancellation cut its exchange.
+            self.conn.receive_data(data)
+            await trio.lowlevel.checkpoint()  # (raises Cancelled, still idle)
         self.idle = False
         return data
+
+    def _request_arrived(self) -> bool:
+        """Whether bytes of a next request are here, as the idle wait ended: read what
+        the socket holds (without waiting) and give it to h11."""
+        conn = self.conn
+        if conn.trailing_data[0]:
+            return True
+        if self.sock is None:
+            # (A stream cannot be read without waiting; _close_silent's lingering read
+            # keeps a request that races the close from turning into a reset.)
+            return False
+        try:
+            data = self.sock.recv(RECEIVE_SIZE)
+        except OSError:  # (BlockingIOError: nothing there)
+            return False
+        if not data:
+            return False
+        conn.receive_data(data)
+        return True
+
+    async def _close_silent(self) -> None:
+        """End a connection whose client has nothing more to say (it stayed silent until
+        the idle deadline, or it was told Connection: close).
+
+        Where the stream can half-close, this is a lingering close: a request the
+        client sent as we closed is read and dropped, and the client sees the end of
+        the connection instead of a reset (which would also destroy an answer still
+        on its way). Over TLS the stream is closed at once, as before.
+        """
+        sock = self.sock
+        if sock is not None:
+            # In the same step as the check that no request came (no checkpoint between):
+            # a request that arrives later is one the client sent before our end of
+            # the connection reached it.
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                return
+            await self._read_and_drop()
+            return
+        stream = self.stream
+        if isinstance(stream, PrefixedStream):
+            stream = stream.transport_stream
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await self._linger()
 
     async def _read_head(self, pending: bytes | bytearray, h11_has: int) -> Any:
         """_next_request for heads that are incomplete or not plain: every check, and
@@ -592,7 +670,6 @@ class _Connection:
                 elif not framing.content_length:
                     # No body: take h11's end of message now (see _next_request).
                     self.body_done = isinstance(conn.next_event(), h11mod.EndOfMessage)
-                self.served = True
                 return event
             if pending:
                 check_partial_head(pending, limits, checked)
@@ -789,6 +866,10 @@ class _Connection:
         if isinstance(stream, trio.abc.HalfCloseableStream):
             with contextlib.suppress(*_BROKEN, TypeError), trio.move_on_after(LINGER_SECONDS):
                 await stream.send_eof()
+        await self._read_and_drop()
+
+    async def _read_and_drop(self) -> None:
+        """The lingering read of a closing connection, bounded in time and bytes."""
         received = 0
         with trio.move_on_after(LINGER_SECONDS):
             while received < LINGER_BYTES:

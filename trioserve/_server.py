@@ -316,7 +316,7 @@ async def _run(
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
             state.request_stop()
-            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+            connections.cancel_scope.deadline = state.drain_deadline
         if connections.cancel_scope.cancelled_caught:
             LOGGER.warning("graceful timeout reached: remaining connections were cancelled")
         if lifespan is not None:

@@ -14,7 +14,8 @@ from ._config import Config
 
 
 class Stoppable(Protocol):
-    """A connection a graceful stop may close: it says whether it is idle right now."""
+    """A connection a graceful stop drains: it says whether it is idle right now, and
+    when its current wait ends."""
 
     idle: bool
     timer: trio.CancelScope
@@ -28,10 +29,14 @@ class ServerState:
     Attributes:
         config: The settings the server runs with.
         lifespan_state: The ASGI lifespan ``state`` dict; each request gets a shallow copy.
-        stopping: True once a graceful stop began: no new requests on kept-alive
-            connections, and responses carry ``Connection: close``.
+        stopping: True once a graceful stop began: responses carry ``Connection:
+            close``, and each connection ends after the request it is serving or waiting
+            for.
+        drain_deadline: When the graceful stop ends (``graceful_timeout`` after it
+            began); an idle connection waits for its next request until its keep-alive
+            deadline, but never past this.
         active_requests: Requests being served right now (for limit_concurrency).
-        connections: The open connections that a graceful stop closes when idle.
+        connections: The open connections, which a graceful stop drains.
         http_options: The HTTP edge's options, worked out from config on first use.
         watchdog: True while the server runs one deadline watchdog for all connections.
         requests_served: Requests served so far (HTTP requests and websockets).
@@ -42,6 +47,7 @@ class ServerState:
     config: Config
     lifespan_state: dict[str, Any] | None = None
     stopping: bool = False
+    drain_deadline: float = float("inf")
     stop_requested: trio.Event = attrs.field(factory=trio.Event)
     active_requests: int = 0
     connections: set[Stoppable] = attrs.field(factory=set)
@@ -58,9 +64,19 @@ class ServerState:
         self.limit_reached.set()
 
     def request_stop(self) -> None:
-        """Begin a graceful stop: wake the server and close connections that are idle."""
-        self.stopping = True
+        """Begin a graceful stop: wake the server, and bound the wait of the idle
+        connections by the drain deadline.
+
+        Idle connections are not closed here: a kept-alive client may be sending its
+        next request right now, and closing under it would fail that request. Each one
+        gets until its keep-alive deadline to send one more request, which is answered
+        with ``Connection: close``.
+        """
+        if not self.stopping:
+            self.stopping = True
+            self.drain_deadline = trio.current_time() + self.config.graceful_timeout
         self.stop_requested.set()
+        drain_deadline = self.drain_deadline
         for connection in self.connections:
-            if connection.idle:
-                connection.timer.cancel()
+            if connection.idle and connection.deadline > drain_deadline:
+                connection.deadline = drain_deadline

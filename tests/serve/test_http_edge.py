@@ -488,18 +488,6 @@ async def test_app_that_ignores_client_disconnected_still_lets_others_run(nurser
     assert turns >= 45
 
 
-async def test_graceful_stop_closes_idle_connection_at_once(nursery, autojump_clock):
-    """When a graceful stop begins, an idle keep-alive connection is closed immediately."""
-    state = make_state(keep_alive=60)
-    client = await start_connection(nursery, hello_app, state)
-    await client.request()
-    await trio.testing.wait_all_tasks_blocked()
-    start = trio.current_time()
-    state.request_stop()
-    assert await client.stream.receive_some() == b""
-    assert trio.current_time() == start
-
-
 async def test_graceful_stop_serves_the_first_request_of_a_fresh_connection(
     nursery, autojump_clock
 ):
