@@ -336,7 +336,9 @@ def _hook_kind(name: str) -> Kind:
             raise _BadValue(given, f"it must accept {signature_text(name)}: not callable")
         problem = signature_problem(name, value)
         if problem is not None:
-            raise _BadValue(given, message=problem)
+            raise _BadValue(
+                given, message=f"{given!r}: {problem}" if given is not value else problem
+            )
         return value
 
     return Kind(

@@ -331,7 +331,9 @@ GUNICORN_NAMES: tuple[GunicornName, ...] = (
         flags=("--casefold-http-method",),
         takes_value=False,
     ),
-    GunicornName("http_parser", "ignore", "trioserve's parser is h11 (see --http)"),
+    GunicornName(
+        "http_parser", "ignore", "trioserve's parser is h11 (see --http)", flags=("--http-parser",)
+    ),
     GunicornName("http_protocols", "ignore", _H2, flags=("--http-protocols",)),
     GunicornName("http2_cleartext", "ignore", _H2, flags=("--http2-cleartext",)),
     GunicornName(
@@ -387,6 +389,35 @@ GUNICORN_NAMES: tuple[GunicornName, ...] = (
     GunicornName("print_config", "ignore", "use --print-config on the command line"),
 )
 """gunicorn's settings that trioserve does not spell as gunicorn does, by gunicorn's name."""
+
+SAME_NAMES: tuple[str, ...] = (
+    "bind",
+    "backlog",
+    "workers",
+    "threads",
+    "max_requests",
+    "max_requests_jitter",
+    "timeout",
+    "graceful_timeout",
+    "limit_request_line",
+    "limit_request_fields",
+    "limit_request_field_size",
+    "reload",
+    "reuse_port",
+    "chdir",
+    "daemon",
+    "user",
+    "group",
+    "forwarded_allow_ips",
+    "access_log_format",
+    "statsd_host",
+    "statsd_prefix",
+    "keyfile",
+    "certfile",
+    "ca_certs",
+    "root_path",
+)
+"""gunicorn's settings (besides the hooks) that trioserve spells the same, flags included."""
 
 BY_NAME: Mapping[str, GunicornName] = {row.name: row for row in GUNICORN_NAMES}
 """The rows of :data:`GUNICORN_NAMES` by gunicorn's setting name."""
