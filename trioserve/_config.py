@@ -1414,7 +1414,9 @@ def _did_you_mean(key: str, value: object) -> str | None:
     if _is_constant(key):
         return None
     candidates = HOOK_NAMES if callable(value) else (*setting_names(), *GUNICORN_BY_NAME)
-    close = difflib.get_close_matches(key.lower(), candidates, n=1)
+    # Closer than unknown_key_message asks: these names are mostly the file's own code
+    # (def workers_for(cpus) is no misspelt worker_abort), a misspelling is a letter off.
+    close = difflib.get_close_matches(key.lower(), candidates, n=1, cutoff=0.8)
     return close[0] if close else None
 
 
