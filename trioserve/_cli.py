@@ -20,6 +20,7 @@ from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, rend
 from ._ctl import main as ctl_main
 from ._daemon import PidFile, Readiness, absolute_paths, daemonize
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
+from ._gunicorn import BY_NAME as GUNICORN_BY_NAME
 from ._gunicorn import GUNICORN_NAMES, GunicornValueError, cli_dest
 from ._importer import load_app, peek_target
 from ._logging import configure_logging
@@ -141,6 +142,11 @@ def cli_layer(namespace: argparse.Namespace) -> Layer:
         values[name] = value
     where = {name: info.flag for name, info in infos.items()}
     problems: list[str] = []
+    for name, value in values.items():
+        row = GUNICORN_BY_NAME.get(name)
+        if row is not None and row.convert is not None:
+            # Our flag, given gunicorn's form of its value: --cert-reqs 2.
+            values[name] = row.convert(value)
     ignored: list[str] = []
     for row in GUNICORN_NAMES:
         if not hasattr(namespace, cli_dest(row)):
