@@ -356,12 +356,20 @@ def test_server_log_and_worker_log_write_through_trioserve_log(tmp_path: Path) -
     server = ServerInfo(config)
     worker = WorkerInfo(0, config)
     assert server.log is LOGGER and worker.log is LOGGER
+    loggers = [logging.getLogger(name) for name in ("trioserve", "trioserve.access")]
+    saved = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
     try:
         configure_logging(config)
         server.log.info("hello from %s", "a hook")
         worker.log.warning("and from a worker")
     finally:
-        configure_logging(Config())
+        for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            for handler in logger.handlers:
+                if handler not in handlers:
+                    handler.close()
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
     lines = error_log.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2
     assert lines[0].endswith(f"] [{os.getpid()}] [INFO] trioserve: hello from a hook")
