@@ -1248,7 +1248,8 @@ class Config:
             _str_kind(optional=True),
             _CONFIG,
             "A config file: Python (module-level names are settings, as in gunicorn) or "
-            "TOML. Without it, a [tool.trioserve] table in ./pyproject.toml is read.",
+            "TOML. Without it, ./trioserve.conf.py is read if it exists (as gunicorn reads "
+            "./gunicorn.conf.py), or else a [tool.trioserve] table in ./pyproject.toml.",
             flags=("-c", "--config"),
             scope="server",
             metavar="FILE",
@@ -1495,6 +1496,9 @@ def _file_layer(path: Path, raw: Mapping[str, Any], label: str, *, python: bool 
     )
 
 
+DEFAULT_CONFIG_FILE = "trioserve.conf.py"
+"""The config file read from the working directory when none is given."""
+
 CONFIG_MODULE = "__trioserve_config__"
 """The module name a Python config file runs under, registered in ``sys.modules`` so
 that functions it defines (hooks) can be sent to worker processes by reference."""
@@ -1628,7 +1632,8 @@ def load_config(
 
     ``cli`` is a :class:`Layer` from the command-line parser, or a mapping of text values.
     The config file is the ``config`` setting as given by the code, environment or command
-    line; without one, ``[tool.trioserve]`` in ``cwd/pyproject.toml`` is used if present.
+    line; without one, ``cwd/trioserve.conf.py`` if it exists (the ``config`` setting then
+    names it), or else ``[tool.trioserve]`` in ``cwd/pyproject.toml`` if present.
     """
     code = code_layer(params or {})
     environ = os.environ if environ is None else environ
@@ -1653,7 +1658,25 @@ def load_config(
     # reports every problem, in the file and elsewhere.
     config_path = _config_path([*defaults, code, env, cli])
     base = Path(cwd) if cwd is not None else Path.cwd()
+    if config_path is None and (base / DEFAULT_CONFIG_FILE).is_file():
+        # As gunicorn reads ./gunicorn.conf.py. Named as if given with -c, so that workers
+        # run the same file (hooks defined in it are sent to them by reference).
+        config_path = DEFAULT_CONFIG_FILE
+        defaults.append(
+            Layer(
+                "default",
+                {"config": DEFAULT_CONFIG_FILE},
+                text=True,
+                where=lambda name: f"./{DEFAULT_CONFIG_FILE}",
+            )
+        )
     file = file_layer(base / config_path) if config_path is not None else pyproject_layer(base)
+    if config_path is None and (base / "gunicorn.conf.py").is_file():
+        hint = (
+            "./gunicorn.conf.py is not read: pass -c gunicorn.conf.py, or rename it "
+            f"{DEFAULT_CONFIG_FILE}"
+        )
+        defaults.append(Layer("default", {}, text=True, where=str, warnings=(hint,)))
     return resolve([*defaults, code, *([file] if file else []), env, cli])
 
 

@@ -38,7 +38,8 @@ source overrides an earlier one:
 1. the default listed below;
 2. parameters passed in code (`Config(...)`, `Config.load(params=...)`);
 3. the config file: the one given with `-c FILE` (Python, where module-level
-   names are settings, or TOML), or else the `[tool.trioserve]` table of
+   names are settings, or TOML), or else `./trioserve.conf.py` if it exists (as
+   gunicorn reads `./gunicorn.conf.py`), or else the `[tool.trioserve]` table of
    `./pyproject.toml`;
 4. the environment, as `TRIOSERVE_<NAME>`;
 5. the command line.

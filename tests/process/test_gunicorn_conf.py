@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
+import trio
 
-from tests.process.test_cli import assert_clean_log, run_cli, serving
+from tests.process.test_cli import (
+    READY,
+    TRIOSERVE,
+    Server,
+    assert_clean_log,
+    environment,
+    run_cli,
+    serving,
+)
 from trioserve._docs import HOOKS_EXAMPLE
 
 # What a gunicorn user has: gunicorn's names, its hook signatures (one of them async),
@@ -159,4 +169,49 @@ async def test_hooks_md_example_logs_its_lines(tmp_path: Path) -> None:
     assert master["message"] == f"master {master['pid']} starting"
     worker = logged(server.lines, "[worker 0] worker 0 serving")
     logged(server.lines, f"[worker 0] worker 0 started (pid {worker['pid']})")
+    assert_clean_log(server.lines)
+
+
+async def test_trioserve_conf_py_is_read_from_the_working_directory(tmp_path: Path) -> None:
+    """trioserve run where a trioserve.conf.py is reads it, as gunicorn reads
+    ./gunicorn.conf.py; its hooks reach the worker processes too."""
+    (tmp_path / "app.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    await send({'type': 'http.response.start', 'status': 204, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b''})\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "trioserve.conf.py").write_text(
+        "bind = '127.0.0.1:0'\n"
+        "workers = 1\n"
+        "def post_fork(server, worker):\n"
+        "    server.log.info('post_fork from trioserve.conf.py')\n",
+        encoding="utf-8",
+    )
+    process = await trio.lowlevel.open_process(
+        [str(TRIOSERVE), "app:app"],
+        cwd=tmp_path,
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    server = Server(process)
+    try:
+        line = await server.wait_for_line("listening on ")
+        match = READY.search(line)
+        assert match is not None, line
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(match["url"] + "/")
+        assert response.status_code == 204
+        assert await server.stop(signal.SIGTERM) == 0
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            with trio.move_on_after(5):
+                await process.wait()
+            if process.stderr is not None:
+                await process.stderr.aclose()
+    logged(server.lines, "[worker 0] post_fork from trioserve.conf.py")
     assert_clean_log(server.lines)

@@ -374,3 +374,36 @@ def test_server_log_and_worker_log_write_through_trioserve_log(tmp_path: Path) -
     assert len(lines) == 2
     assert lines[0].endswith(f"] [{os.getpid()}] [INFO] trioserve: hello from a hook")
     assert lines[1].endswith(f"] [{os.getpid()}] [WARNING] trioserve: and from a worker")
+
+
+# -- ./trioserve.conf.py, as gunicorn reads ./gunicorn.conf.py ---------------------------------
+
+
+def test_trioserve_conf_py_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    """Without -c, ./trioserve.conf.py is the config file, named by the config setting,
+    and [tool.trioserve] of pyproject.toml is not read."""
+    (tmp_path / "trioserve.conf.py").write_text("workers = 3\n", encoding="utf-8")
+    (tmp_path / "pyproject.toml").write_text("[tool.trioserve]\nthreads = 2\n", encoding="utf-8")
+    loaded = load_config(environ={}, cwd=tmp_path)
+    assert (loaded.config.workers, loaded.config.threads) == (3, 10)
+    assert loaded.config.config == "trioserve.conf.py"
+    assert loaded.sources["workers"] == f"config file {tmp_path / 'trioserve.conf.py'}"
+    assert loaded.sources["config"] == "default ./trioserve.conf.py"
+
+
+def test_a_config_file_given_wins_over_trioserve_conf_py(tmp_path: Path) -> None:
+    """-c FILE is read instead of ./trioserve.conf.py."""
+    (tmp_path / "trioserve.conf.py").write_text("workers = 3\n", encoding="utf-8")
+    (tmp_path / "other.py").write_text("workers = 5\n", encoding="utf-8")
+    loaded = load_config(environ={}, cli={"config": "other.py"}, cwd=tmp_path)
+    assert (loaded.config.workers, loaded.config.config) == (5, "other.py")
+
+
+def test_gunicorn_conf_py_alone_is_not_read_but_pointed_to(tmp_path: Path) -> None:
+    """A ./gunicorn.conf.py is not run without -c: a warning says how to use it."""
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 3\n", encoding="utf-8")
+    loaded = load_config(environ={}, cwd=tmp_path)
+    assert (loaded.config.workers, loaded.config.config) == (1, None)
+    assert loaded.warnings == (
+        "./gunicorn.conf.py is not read: pass -c gunicorn.conf.py, or rename it trioserve.conf.py",
+    )
