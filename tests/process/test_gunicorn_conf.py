@@ -177,19 +177,20 @@ async def test_trioserve_conf_py_is_read_from_the_working_directory(tmp_path: Pa
     ./gunicorn.conf.py; its hooks reach the worker processes too."""
     (tmp_path / "app.py").write_text(
         "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
         "    await send({'type': 'http.response.start', 'status': 204, 'headers': []})\n"
         "    await send({'type': 'http.response.body', 'body': b''})\n",
         encoding="utf-8",
     )
     (tmp_path / "trioserve.conf.py").write_text(
-        "bind = '127.0.0.1:0'\n"
         "workers = 1\n"
         "def post_fork(server, worker):\n"
         "    server.log.info('post_fork from trioserve.conf.py')\n",
         encoding="utf-8",
     )
     process = await trio.lowlevel.open_process(
-        [str(TRIOSERVE), "app:app"],
+        [str(TRIOSERVE), "-b", "127.0.0.1:0", "app:app"],
         cwd=tmp_path,
         env=environment(),
         stdin=subprocess.DEVNULL,
