@@ -21,7 +21,8 @@ from ._ctl import main as ctl_main
 from ._daemon import PidFile, Readiness, absolute_paths, daemonize
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
 from ._gunicorn import BY_NAME as GUNICORN_BY_NAME
-from ._gunicorn import GUNICORN_NAMES, GunicornValueError, cli_dest
+from ._gunicorn import GUNICORN_NAMES, cli_dest
+from ._gunicorn import read as read_gunicorn
 from ._importer import load_app, peek_target
 from ._logging import configure_logging
 from ._master import AppPlan
@@ -141,38 +142,12 @@ def cli_layer(namespace: argparse.Namespace) -> Layer:
             value = str(value).lower()
         values[name] = value
     where = {name: info.flag for name, info in infos.items()}
-    problems: list[str] = []
     for name, value in values.items():
         row = GUNICORN_BY_NAME.get(name)
         if row is not None and row.convert is not None:
             # Our flag, given gunicorn's form of its value: --cert-reqs 2.
             values[name] = row.convert(value)
-    ignored: list[str] = []
-    for row in GUNICORN_NAMES:
-        if not hasattr(namespace, cli_dest(row)):
-            continue
-        given = getattr(namespace, cli_dest(row))
-        value = given[-1] if isinstance(given, list) else str(given).lower()
-        flags = "/".join(row.flags)
-        if row.action == "error":
-            problems.append(f"{flags}: {row.note}")
-        elif row.action == "ignore":
-            refusal = row.refuse(value) if row.refuse is not None else None
-            if refusal is not None:
-                problems.append(f"{flags}: {refusal}")
-            elif row.refuse is None:
-                ignored.append(f"{flags} ({row.note})")
-        else:
-            assert row.setting is not None
-            if row.setting in values:
-                problems.append(f"{flags}: {where[row.setting]} is given too; keep one")
-                continue
-            try:
-                values[row.setting] = row.convert(value) if row.convert else value
-            except GunicornValueError as exc:
-                problems.append(f"{flags}: {exc}")
-                continue
-            where[row.setting] = flags
+    problems, ignored = _read_gunicorn_flags(namespace, values, where)
     warnings: tuple[str, ...] = ()
     if ignored:
         warnings = ("gunicorn flags trioserve has no use for are ignored: " + "; ".join(ignored),)
@@ -184,6 +159,32 @@ def cli_layer(namespace: argparse.Namespace) -> Layer:
         warnings=warnings,
         problems=tuple(problems),
     )
+
+
+def _read_gunicorn_flags(
+    namespace: argparse.Namespace, values: dict[str, Any], where: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """Add gunicorn's flags to ``values`` (and their spelling to ``where``); returns the
+    problems and the ignored flags."""
+    problems: list[str] = []
+    ignored: list[str] = []
+    for row in GUNICORN_NAMES:
+        if not hasattr(namespace, cli_dest(row)):
+            continue
+        given = getattr(namespace, cli_dest(row))
+        flags = "/".join(row.flags)
+        reading = read_gunicorn(row, given[-1] if isinstance(given, list) else str(given).lower())
+        if reading.problem is not None:
+            problems.append(f"{flags}: {reading.problem}")
+        elif reading.ignored:
+            ignored.append(f"{flags} ({row.note})")
+        elif reading.setting is not None:
+            if reading.setting in values:
+                problems.append(f"{flags}: {where[reading.setting]} is given too; keep one")
+                continue
+            values[reading.setting] = reading.value
+            where[reading.setting] = flags
+    return problems, ignored
 
 
 def _print_error(exc: BaseException, *, debug: bool = False) -> None:

@@ -31,7 +31,7 @@ import attrs
 from ._bind import parse_bind
 from ._errors import ConfigError
 from ._gunicorn import BY_NAME as GUNICORN_BY_NAME
-from ._gunicorn import GunicornValueError
+from ._gunicorn import read as read_gunicorn
 from ._hooks import HOOK_NAMES, hook_info, signature_problem, signature_text
 from ._statsd import parse_statsd_host
 
@@ -1445,25 +1445,15 @@ def _file_layer(path: Path, raw: Mapping[str, Any], label: str, *, python: bool 
     for key, value in raw.items():
         name = key.replace("-", "_")
         row = GUNICORN_BY_NAME.get(name)
-        if row is not None and row.action == "error":
-            problems.append(f"{path}: {key}: {row.note}")
-            continue
-        if row is not None and row.action == "ignore":
-            refusal = row.refuse(value) if row.refuse is not None else None
-            if refusal is not None:
-                problems.append(f"{path}: {key}: {refusal}")
-            elif row.refuse is None:
-                ignored.append(f"{key} ({row.note})")
-            continue
         if row is not None:
-            assert row.setting is not None
-            name = row.setting
-            if row.convert is not None:
-                try:
-                    value = row.convert(value)
-                except GunicornValueError as exc:
-                    problems.append(f"{key} (in {path}): {exc}")
-                    continue
+            reading = read_gunicorn(row, value)
+            if reading.problem is not None:
+                problems.append(f"{key} (in {path}): {reading.problem}")
+            elif reading.ignored:
+                ignored.append(f"{key} ({row.note})")
+            if reading.setting is None:
+                continue
+            name, value = reading.setting, reading.value
         info = known.get(name)
         if info is None:
             if python:

@@ -426,6 +426,37 @@ BY_FLAG: Mapping[str, GunicornName] = {flag: row for row in GUNICORN_NAMES for f
 """The rows of :data:`GUNICORN_NAMES` by each of gunicorn's flags trioserve lacks."""
 
 
+@attrs.frozen
+class Reading:
+    """What one of gunicorn's names, with the value given to it, comes to.
+
+    Exactly one of: ``setting`` and ``value`` (an alias, value converted); ``problem``
+    (what to do instead); ``ignored`` (warn, naming ``GunicornName.note``); none of them
+    for an ignored name whose value is a no-op anyway (``protocol = 'http'``).
+    """
+
+    setting: str | None = None
+    value: Any = None
+    problem: str | None = None
+    ignored: bool = False
+
+
+def read(row: GunicornName, value: Any) -> Reading:
+    """Read ``value`` given to gunicorn's setting ``row``, the same for files and flags."""
+    if row.action == "error":
+        return Reading(problem=row.note)
+    if row.action == "ignore":
+        refusal = row.refuse(value) if row.refuse is not None else None
+        if refusal is not None:
+            return Reading(problem=refusal)
+        return Reading(ignored=row.refuse is None)
+    try:
+        converted = row.convert(value) if row.convert is not None else value
+    except GunicornValueError as exc:
+        return Reading(problem=str(exc))
+    return Reading(setting=row.setting, value=converted)
+
+
 def cli_dest(row: GunicornName) -> str:
     """The argparse destination of a gunicorn flag: not a setting name, so never mixed up."""
     return f"gunicorn:{row.name}"

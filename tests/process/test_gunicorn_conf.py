@@ -144,9 +144,9 @@ async def test_check_config_reports_every_problem_of_the_file_at_once(tmp_path: 
     status, _, err = await run_cli("--check-config", "-c", str(conf), "examples.hello:app")
     assert status == 2
     assert err.splitlines() == [
-        f"trioserve: error: {conf}: worker_class: trioserve has one worker kind (trio); "
+        f"trioserve: error: worker_class (in {conf}): trioserve has one worker kind (trio); "
         "remove worker_class",
-        f"trioserve: error: {conf}: raw_env: trioserve does not set environment variables: "
+        f"trioserve: error: raw_env (in {conf}): trioserve does not set environment variables: "
         "set them before starting it; remove raw_env",
         f"trioserve: error: workers (in {conf}): expected an integer >= 0, got 'four'",
         f"trioserve: error: on_starting (in {conf}): on_starting(server, worker) cannot be "

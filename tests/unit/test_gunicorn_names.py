@@ -151,7 +151,7 @@ def test_worker_class_is_an_error_saying_what_to_do(tmp_path: Path) -> None:
     """worker_class is refused in one line: trioserve has one worker kind."""
     conf = tmp_path / "conf.py"
     assert problems_of(tmp_path, "conf.py", "worker_class = 'uvicorn.workers.UvicornWorker'\n") == [
-        f"{conf}: worker_class: trioserve has one worker kind (trio); remove worker_class"
+        f"worker_class (in {conf}): trioserve has one worker kind (trio); remove worker_class"
     ]
 
 
@@ -177,9 +177,9 @@ def test_an_ignored_setting_with_a_value_that_matters_is_an_error(tmp_path: Path
     assert problems_of(
         tmp_path, "conf.py", "logconfig_dict = {'version': 1}\nprotocol = 'uwsgi'\n"
     ) == [
-        f"{conf}: logconfig_dict: put the dictConfig dict in a JSON or TOML file and set "
+        f"logconfig_dict (in {conf}): put the dictConfig dict in a JSON or TOML file and set "
         "log_config to it",
-        f"{conf}: protocol: trioserve speaks HTTP only, got 'uwsgi'; remove protocol",
+        f"protocol (in {conf}): trioserve speaks HTTP only, got 'uwsgi'; remove protocol",
     ]
 
 
@@ -204,7 +204,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         "worker_class = 'sync'\nworkers = 'four'\ntimeout = -1\n"
         "def post_fork(server):\n    pass\n\nhelper = 1\n",
     ) == [
-        f"{conf}: worker_class: trioserve has one worker kind (trio); remove worker_class",
+        f"worker_class (in {conf}): trioserve has one worker kind (trio); remove worker_class",
         f"workers (in {conf}): expected an integer >= 0, got 'four'",
         f"timeout (in {conf}): expected a number of seconds >= 0, got -1",
         f"post_fork (in {conf}): post_fork(server) cannot be called as "
@@ -310,8 +310,8 @@ def test_main_prints_each_problem_on_its_own_line(
     (tmp_path / "conf.py").write_text("workers = -1\nworker_class = 'gevent'\n", encoding="utf-8")
     assert main(["-c", "conf.py", "--threads", "0", "app:app"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"trioserve: error: {tmp_path / 'conf.py'}: worker_class: trioserve has one worker "
-        "kind (trio); remove worker_class",
+        f"trioserve: error: worker_class (in {tmp_path / 'conf.py'}): trioserve has one "
+        "worker kind (trio); remove worker_class",
         f"trioserve: error: workers (in {tmp_path / 'conf.py'}): expected an integer >= 0, got -1",
         "trioserve: error: --threads: expected an integer >= 1, got 0",
     ]
