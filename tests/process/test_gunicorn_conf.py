@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from tests.process.test_cli import (
     READY,
+    ROOT,
     TRIOSERVE,
     Server,
     assert_clean_log,
@@ -36,6 +39,7 @@ def workers_for(cpus):
 
 
 bind = "127.0.0.1:0"
+pythonpath = BASE_DIR
 workers = workers_for(multiprocessing.cpu_count())
 worker_connections = 100
 timeout = 30
@@ -57,7 +61,7 @@ def on_starting(server):
 
 
 async def post_fork(server, worker):
-    server.log.info("hook post_fork: worker %d", worker.id)
+    server.log.info("hook post_fork: worker %d", worker.pid)
 
 
 def when_ready(server):
@@ -65,11 +69,17 @@ def when_ready(server):
 
 
 def worker_exit(server, worker):
-    worker.log.info("hook worker_exit: worker %d", worker.id)
+    worker.log.info("hook worker_exit: worker %d", worker.pid)
 
 
 def on_exit(server):
     server.log.info("hook on_exit")
+"""
+
+WSGI_APP = """\
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello from wsgi"]
 """
 
 LOG_LINE = re.compile(
@@ -87,25 +97,37 @@ def logged(lines: list[str], message: str) -> re.Match[str]:
     raise AssertionError(f"no log line {message!r} in {lines}")
 
 
+def write_gunicorn_project(directory: Path) -> Path:
+    """GUNICORN_CONF and the WSGI app it serves (app:app) in ``directory``."""
+    (directory / "app.py").write_text(WSGI_APP, encoding="utf-8")
+    conf = directory / "gunicorn.conf.py"
+    conf.write_text(GUNICORN_CONF, encoding="utf-8")
+    return conf
+
+
 async def test_gunicorn_conf_starts_on_the_first_try(tmp_path: Path) -> None:
     """A gunicorn.conf.py with gunicorn's names, sync and async gunicorn-signature hooks, a
     helper and constants starts, serves, stops, and its server.log lines are in the log."""
-    conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text(GUNICORN_CONF, encoding="utf-8")
-    async with serving("-c", str(conf), "examples.hello:app") as server:
+    conf = write_gunicorn_project(tmp_path)
+    async with serving("-c", str(conf), "app:app") as server:
         await server.wait_for_line("hook when_ready: 1 worker(s)")
         async with httpx.AsyncClient(timeout=5) as client:
             response = await client.get(server.url + "/")
-        assert response.status_code == 200
+        assert (response.status_code, response.text) == (200, "hello from wsgi")
         assert (tmp_path / "app.pid").is_file()  # pidfile
         assert await server.stop(signal.SIGTERM) == 0
     lines = server.lines
     master = logged(lines, "hook on_starting: master " + logged(lines, "hook on_exit")["pid"])
     assert master["level"] == "INFO"
     assert logged(lines, "hook when_ready: 1 worker(s)")["pid"] == master["pid"]
-    worker = logged(lines, "[worker 0] hook post_fork: worker 0")
-    assert worker["pid"] != master["pid"]
-    assert logged(lines, "[worker 0] hook worker_exit: worker 0")["pid"] == worker["pid"]
+    worker_pid = next(
+        match["pid"]
+        for match in map(LOG_LINE.match, lines)
+        if match is not None and match["message"].startswith("[worker 0] hook post_fork")
+    )
+    assert worker_pid != master["pid"]
+    logged(lines, f"[worker 0] hook post_fork: worker {worker_pid}")
+    assert logged(lines, f"[worker 0] hook worker_exit: worker {worker_pid}")["pid"] == worker_pid
     warning = logged(
         lines, f"{conf}: names that are not settings are ignored: BASE_DIR, LOG_DIR, workers_for"
     )
@@ -216,3 +238,49 @@ async def test_trioserve_conf_py_is_read_from_the_working_directory(tmp_path: Pa
                 await process.stderr.aclose()
     logged(server.lines, "[worker 0] post_fork from trioserve.conf.py")
     assert_clean_log(server.lines)
+
+
+async def test_gunicorn_itself_runs_the_same_file_alike(tmp_path: Path) -> None:
+    """The file of test_gunicorn_conf_starts_on_the_first_try is a real gunicorn file:
+    gunicorn serves it too, logs the same server.log lines (except the async post_fork,
+    which gunicorn never awaits) and writes the same access log line."""
+    pytest.importorskip("gunicorn")
+    conf = write_gunicorn_project(tmp_path)
+    command = [sys.executable, "-m", "gunicorn", "--no-control-socket", "-c", str(conf)]
+    process = await trio.lowlevel.open_process(
+        [*command, "app:app"],
+        cwd=ROOT,
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    server = Server(process)
+    try:
+        line = await server.wait_for_line("Listening at: ")
+        url = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert url is not None, line
+        await server.wait_for_line("hook when_ready: 1 worker(s)")
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(url[0] + "/")
+        assert (response.status_code, response.text) == (200, "hello from wsgi")
+        process.send_signal(signal.SIGTERM)
+        assert await server.wait_exit() == 0
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            with trio.move_on_after(5):
+                await process.wait()
+            if process.stderr is not None:
+                await process.stderr.aclose()
+    messages = [message.split("] ", 3)[-1] for message in server.lines if "] hook " in message]
+    assert [message.rstrip("0123456789") for message in messages] == [
+        "hook on_starting: master ",
+        "hook when_ready: 1 worker(s)",
+        "hook worker_exit: worker ",
+        "hook on_exit",
+    ]
+    assert any("coroutine 'post_fork' was never awaited" in line for line in server.lines)
+    access = (tmp_path / "access.log").read_text(encoding="utf-8")
+    assert access == '127.0.0.1 "GET / HTTP/1.1" 200\n'
