@@ -174,7 +174,8 @@ GUNICORN_NAMES: tuple[GunicornName, ...] = (
     GunicornName(
         "raw_env",
         "error",
-        "trioserve does not set environment variables: set them before starting it; remove raw_env",
+        "trioserve does not set environment variables: set them before starting it "
+        "(or with os.environ in the config file); remove raw_env",
         flags=("-e", "--env"),
     ),
     GunicornName(

@@ -169,7 +169,7 @@ async def test_check_config_reports_every_problem_of_the_file_at_once(tmp_path: 
         f"trioserve: error: worker_class (in {conf}): trioserve has one worker kind (trio); "
         "remove worker_class",
         f"trioserve: error: raw_env (in {conf}): trioserve does not set environment variables: "
-        "set them before starting it; remove raw_env",
+        "set them before starting it (or with os.environ in the config file); remove raw_env",
         f"trioserve: error: workers (in {conf}): expected an integer >= 0, got 'four'",
         f"trioserve: error: on_starting (in {conf}): on_starting(server, worker) cannot be "
         "called as on_starting(server) nor as on_starting(server, *, exc=None): missing a "
