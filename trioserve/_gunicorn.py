@@ -370,7 +370,7 @@ GUNICORN_NAMES: tuple[GunicornName, ...] = (
     GunicornName(
         "suppress_ragged_eofs",
         "ignore",
-        "trio ends a TLS stream cleanly either way",
+        "a TLS peer's missing close_notify is taken as the end of the stream (https_compatible)",
         flags=("--suppress-ragged-eofs",),
         takes_value=False,
     ),
