@@ -15,10 +15,14 @@ import trio
 
 from ._accesslog import access_log_for
 from ._apps import MultiApp, add_prefixed_arguments, as_composite, prefixes_of, resolve_plans
+from ._config import LOGGER as CONFIG_LOGGER
 from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, render_config, settings
 from ._ctl import main as ctl_main
 from ._daemon import PidFile, Readiness, absolute_paths, daemonize
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
+from ._gunicorn import BY_NAME as GUNICORN_BY_NAME
+from ._gunicorn import GUNICORN_NAMES, cli_dest
+from ._gunicorn import read as read_gunicorn
 from ._importer import load_app, peek_target
 from ._logging import configure_logging
 from ._master import AppPlan
@@ -87,6 +91,7 @@ def build_parser(*, add_help: bool = True) -> argparse.ArgumentParser:
             )
         else:
             group.add_argument(*setting.flags, dest=info.name, metavar=metavar, help=help_text)
+    _add_gunicorn_flags(parser)
     actions = parser.add_argument_group("Actions")
     actions.add_argument(
         "--print-config",
@@ -104,8 +109,29 @@ def build_parser(*, add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_gunicorn_flags(parser: argparse.ArgumentParser) -> None:
+    # gunicorn's flags that trioserve does not spell the same: taken (with their value, so
+    # that "-k X APP" never takes X for the app), then read by cli_layer. Not in --help:
+    # docs/settings.md lists them.
+    for row in GUNICORN_NAMES:
+        if not row.flags:
+            continue
+        if row.takes_value:
+            parser.add_argument(
+                *row.flags, dest=cli_dest(row), action="append", help=argparse.SUPPRESS
+            )
+        else:
+            parser.add_argument(
+                *row.flags, dest=cli_dest(row), action="store_true", help=argparse.SUPPRESS
+            )
+
+
 def cli_layer(namespace: argparse.Namespace) -> Layer:
-    """The settings given on the command line, as a layer of text values."""
+    """The settings given on the command line, as a layer of text values.
+
+    gunicorn's flags are read as their trioserve setting, or refused or ignored as
+    :data:`~trioserve._gunicorn.GUNICORN_NAMES` says.
+    """
     infos = {info.name: info for info in settings()}
     values: dict[str, Any] = {}
     for name in infos:
@@ -115,13 +141,58 @@ def cli_layer(namespace: argparse.Namespace) -> Layer:
         if isinstance(value, bool):
             value = str(value).lower()
         values[name] = value
-    return Layer("command line", values, text=True, where=lambda name: infos[name].flag)
+    where = {name: info.flag for name, info in infos.items()}
+    for name, value in values.items():
+        row = GUNICORN_BY_NAME.get(name)
+        if row is not None and row.convert is not None:
+            # Our flag, given gunicorn's form of its value: --cert-reqs 2.
+            values[name] = row.convert(value)
+    problems, ignored = _read_gunicorn_flags(namespace, values, where)
+    warnings: tuple[str, ...] = ()
+    if ignored:
+        warnings = ("gunicorn flags trioserve has no use for are ignored: " + "; ".join(ignored),)
+    return Layer(
+        "command line",
+        values,
+        text=True,
+        where=lambda name: where[name],
+        warnings=warnings,
+        problems=tuple(problems),
+    )
 
 
-def _print_error(exc: BaseException, *, debug: bool) -> None:
+def _read_gunicorn_flags(
+    namespace: argparse.Namespace, values: dict[str, Any], where: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """Add gunicorn's flags to ``values`` (and their spelling to ``where``); returns the
+    problems and the ignored flags."""
+    problems: list[str] = []
+    ignored: list[str] = []
+    for row in GUNICORN_NAMES:
+        if not hasattr(namespace, cli_dest(row)):
+            continue
+        given = getattr(namespace, cli_dest(row))
+        flags = "/".join(row.flags)
+        reading = read_gunicorn(row, given[-1] if isinstance(given, list) else str(given).lower())
+        if reading.problem is not None:
+            problems.append(f"{flags}: {reading.problem}")
+        elif reading.ignored:
+            ignored.append(f"{flags} ({row.note})")
+        elif reading.setting is not None:
+            if reading.setting in values:
+                problems.append(f"{flags}: {where[reading.setting]} is given too; keep one")
+                continue
+            values[reading.setting] = reading.value
+            where[reading.setting] = flags
+    return problems, ignored
+
+
+def _print_error(exc: BaseException, *, debug: bool = False) -> None:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    print(f"trioserve: error: {exc}", file=sys.stderr)
+    # A ConfigError lists every problem found, one per line: each gets its own prefix.
+    for line in str(exc).splitlines() or [""]:
+        print(f"trioserve: error: {line}", file=sys.stderr)
 
 
 def _check(loaded: LoadedConfig) -> int:
@@ -167,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace, unknown = build_parser(add_help=False).parse_known_args(args)
         loaded = load_config(cli=cli_layer(namespace))
     except ConfigError as exc:
-        print(f"trioserve: error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return EXIT_USAGE
     config = loaded.config
     debug = config.log_level == "debug"
@@ -202,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"trioserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in loaded.warnings:
+        CONFIG_LOGGER.warning("%s", warning)
     if namespace.check_config:
         return _check(loaded)
 

@@ -17,6 +17,7 @@ import ast
 import difflib
 import importlib
 import ipaddress
+import logging
 import math
 import os
 import sys
@@ -30,8 +31,12 @@ import attrs
 
 from ._bind import parse_bind
 from ._errors import ConfigError
-from ._hooks import arity_problem, hook_info, signature_text
+from ._gunicorn import BY_NAME as GUNICORN_BY_NAME
+from ._gunicorn import read as read_gunicorn
+from ._hooks import HOOK_NAMES, hook_info, signature_problem, signature_text
 from ._statsd import parse_statsd_host
+
+LOGGER = logging.getLogger("trioserve.config")
 
 SETTING = "trioserve.setting"
 """The attrs metadata key under which each Config field keeps its :class:`Setting`."""
@@ -40,12 +45,17 @@ ENV_PREFIX = "TRIOSERVE_"
 
 
 class _BadValue(ValueError):
-    """Raised by a kind's parser: ``got`` is the offending piece, ``detail`` why."""
+    """Raised by a kind's parser: ``got`` is the offending piece, ``detail`` why.
 
-    def __init__(self, got: object, detail: str = "") -> None:
+    ``message``, when given, replaces the usual "expected ..., got ..." wording: for a
+    value of the right type whose problem is something else (a hook's signature).
+    """
+
+    def __init__(self, got: object, detail: str = "", *, message: str = "") -> None:
         super().__init__(detail)
         self.got = got
         self.detail = detail
+        self.message = message
 
 
 @attrs.frozen
@@ -337,10 +347,14 @@ def _hook_kind(name: str) -> Kind:
         given = value
         if isinstance(value, str):
             value = _import_hook(value.strip())
-        problem = arity_problem(name, value)
+        if not callable(value):
+            # A 'module:attribute' string is named as written, not as the object's repr.
+            raise _BadValue(given, f"it must accept {signature_text(name)}: not callable")
+        problem = signature_problem(name, value)
         if problem is not None:
-            # A 'module:attribute' string is named as written, not as the function's repr.
-            raise _BadValue(given, f"it must accept {signature_text(name)}: {problem}")
+            raise _BadValue(
+                given, message=f"{given!r}: {problem}" if given is not value else problem
+            )
         return value
 
     return Kind(
@@ -1283,7 +1297,8 @@ class Config:
             _str_kind(optional=True),
             _CONFIG,
             "A config file: Python (module-level names are settings, as in gunicorn) or "
-            "TOML. Without it, a [tool.trioserve] table in ./pyproject.toml is read.",
+            "TOML. Without it, ./trioserve.conf.py is read if it exists (as gunicorn reads "
+            "./gunicorn.conf.py), or else a [tool.trioserve] table in ./pyproject.toml.",
             flags=("-c", "--config"),
             scope="server",
             metavar="FILE",
@@ -1303,10 +1318,17 @@ class Config:
         """Resolve a Config from every source, lowest first: defaults, ``params`` (code),
         the config file, the environment (``os.environ`` unless given), ``cli``.
 
+        What a config file holds and trioserve ignores (a Python file's helpers, gunicorn
+        settings with no use here) is logged as a warning on ``trioserve.config``.
+
         Raises:
-            ConfigError: a value is invalid, a key is unknown, or a file cannot be read.
+            ConfigError: a value is invalid, a key is unknown, or a file cannot be read;
+                every problem found, one per line.
         """
-        return load_config(params=params, environ=environ, cli=cli, cwd=cwd).config
+        loaded = load_config(params=params, environ=environ, cli=cli, cwd=cwd)
+        for warning in loaded.warnings:
+            LOGGER.warning("%s", warning)
+        return loaded.config
 
 
 # -- introspection -------------------------------------------------------------------------
@@ -1354,6 +1376,8 @@ def _checked(kind: Kind, value: Any, where: str, *, text: bool) -> Any:
             return tuple(item for part in value for item in kind.from_text(part))
         return kind.from_text(value) if text else kind.from_value(value)
     except _BadValue as exc:
+        if exc.message:
+            raise ConfigError(f"{where}: {exc.message}") from None
         detail = f"; {exc.detail}" if exc.detail else ""
         raise ConfigError(f"{where}: expected {kind.expected}, got {exc.got!r}{detail}") from None
 
@@ -1382,14 +1406,25 @@ class Layer:
     values: Mapping[str, Any]
     text: bool
     where: Callable[[str], str]
+    warnings: tuple[str, ...] = ()
+    """What the source holds that is ignored: names of a Python config file that are not
+    settings, gunicorn settings trioserve has no use for. One line each."""
+    problems: tuple[str, ...] = ()
+    """What the source holds that cannot be used, found while reading it (an unknown key of
+    a TOML file, gunicorn's worker_class); reported by :func:`resolve` with the bad values."""
 
 
 @attrs.frozen
 class LoadedConfig:
-    """A resolved Config and, for every setting, the label of the source that set it."""
+    """A resolved Config and, for every setting, the label of the source that set it.
+
+    ``warnings`` lists what the sources hold that was ignored, one line each; the command
+    line logs them once logging is set up, :meth:`Config.load` logs them at once.
+    """
 
     config: Config
     sources: Mapping[str, str]
+    warnings: tuple[str, ...] = ()
 
 
 def env_layer(environ: Mapping[str, str]) -> Layer:
@@ -1420,19 +1455,88 @@ def _names_bound_by_imports(source: str) -> set[str]:
     return names
 
 
-def _file_layer(path: Path, raw: Mapping[str, Any], label: str) -> Layer:
+def _is_constant(name: str) -> bool:
+    return name.upper() == name  # BASE_DIR, MAX_BODY: a constant, not a misspelt setting
+
+
+def _did_you_mean(key: str, value: object) -> str | None:
+    """The setting (or, for a function, the hook) ``key`` is closest to, if one is close."""
+    if _is_constant(key):
+        return None
+    candidates = HOOK_NAMES if callable(value) else (*setting_names(), *GUNICORN_BY_NAME)
+    # Closer than unknown_key_message asks: these names are mostly the file's own code
+    # (def workers_for(cpus) is no misspelt worker_abort), a misspelling is a letter off.
+    close = difflib.get_close_matches(key.lower(), candidates, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def _not_settings_warning(path: Path, raw: Mapping[str, Any], names: Sequence[str]) -> str:
+    parts = []
+    for key in names:
+        hint = _did_you_mean(key, raw[key])
+        parts.append(f"{key} (did you mean {hint!r}?)" if hint else key)
+    return f"{path}: names that are not settings are ignored: {', '.join(parts)}"
+
+
+def _file_layer(path: Path, raw: Mapping[str, Any], label: str, *, python: bool = False) -> Layer:
+    """The settings of a config file, with everything wrong in it at once.
+
+    gunicorn's names are read through :data:`~trioserve._gunicorn.GUNICORN_NAMES`. A name
+    that is no setting is a problem in a TOML file; in a ``python`` file it is the file's
+    own code (a helper function, a constant), ignored with one warning naming them all.
+    """
     known = {info.name: info for info in settings()}
-    values = {}
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # setting -> the key the file spells it with
+    problems: list[str] = []
+    ignored: list[str] = []
+    not_settings: list[str] = []
     for key, value in raw.items():
         name = key.replace("-", "_")
+        row = GUNICORN_BY_NAME.get(name)
+        if row is not None:
+            reading = read_gunicorn(row, value)
+            if reading.problem is not None:
+                problems.append(f"{key} (in {path}): {reading.problem}")
+            elif reading.ignored:
+                ignored.append(f"{key} ({row.note})")
+            if reading.setting is None:
+                continue
+            name, value = reading.setting, reading.value
         info = known.get(name)
         if info is None:
-            raise ConfigError(unknown_key_message(key, str(path)))
+            if python:
+                not_settings.append(key)
+            else:
+                problems.append(unknown_key_message(key, str(path)))
+            continue
         if not info.setting.in_file:
-            raise ConfigError(f"{path}: {key!r} cannot be set in a config file")
+            problems.append(f"{path}: {key!r} cannot be set in a config file")
+            continue
+        if name in spelled:
+            problems.append(f"{path}: {spelled[name]!r} and {key!r} both set {name}; keep one")
+            continue
         values[name] = value
-    return Layer(label, values, text=False, where=lambda name: f"{name} (in {path})")
+        spelled[name] = key
+    warnings = []
+    if ignored:
+        warnings.append(
+            f"{path}: gunicorn settings trioserve has no use for are ignored: " + "; ".join(ignored)
+        )
+    if not_settings:
+        warnings.append(_not_settings_warning(path, raw, not_settings))
+    return Layer(
+        label,
+        values,
+        text=False,
+        where=lambda name: f"{spelled.get(name, name)} (in {path})",
+        warnings=tuple(warnings),
+        problems=tuple(problems),
+    )
 
+
+DEFAULT_CONFIG_FILE = "trioserve.conf.py"
+"""The config file read from the working directory when none is given."""
 
 CONFIG_MODULE = "__trioserve_config__"
 """The module name a Python config file runs under, registered in ``sys.modules`` so
@@ -1458,8 +1562,9 @@ def load_python_config(file: Path, source: str | None = None) -> types.ModuleTyp
 def file_layer(path: str | os.PathLike[str]) -> Layer:
     """Settings from a config file: TOML when it ends in ``.toml``, otherwise Python.
 
-    In a Python file every module-level name is a setting, except names starting with an
-    underscore, modules, and names bound by import statements.
+    In a Python file the module-level names are settings, except names starting with an
+    underscore, modules, and names bound by import statements; a name that is no setting
+    (a helper, a constant) is left alone with a warning, as gunicorn leaves it.
     """
     file = Path(path)
     try:
@@ -1496,7 +1601,7 @@ def file_layer(path: str | os.PathLike[str]) -> Layer:
         and key not in imported
         and not isinstance(value, types.ModuleType)
     }
-    return _file_layer(file, raw, f"config file {path}")
+    return _file_layer(file, raw, f"config file {path}", python=True)
 
 
 def pyproject_layer(cwd: Path) -> Layer | None:
@@ -1517,16 +1622,42 @@ def pyproject_layer(cwd: Path) -> Layer | None:
 
 
 def resolve(layers: Iterable[Layer]) -> LoadedConfig:
-    """Apply layers in order (later wins) over the defaults."""
+    """Apply layers in order (later wins) over the defaults.
+
+    Raises:
+        ConfigError: naming every problem of every layer, one per line.
+    """
     kinds = {info.name: info.setting.kind for info in settings()}
     values: dict[str, Any] = {}
     sources = {name: "default" for name in kinds}
+    problems: list[str] = []
+    warnings: list[str] = []
     for layer in layers:
+        problems += layer.problems
+        warnings += layer.warnings
         for name, raw in layer.values.items():
-            values[name] = _checked(kinds[name], raw, layer.where(name), text=layer.text)
+            try:
+                values[name] = _checked(kinds[name], raw, layer.where(name), text=layer.text)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
             # Text sources name the exact variable or flag: "environment TRIOSERVE_BIND".
             sources[name] = f"{layer.label} {layer.where(name)}" if layer.text else layer.label
-    return LoadedConfig(Config(**values), sources)
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    return LoadedConfig(Config(**values), sources, tuple(dict.fromkeys(warnings)))
+
+
+def _config_path(layers: Sequence[Layer]) -> str | None:
+    """The ``config`` setting as the layers give it (the last one wins), checked."""
+    kind = next(info.setting.kind for info in settings() if info.name == "config")
+    for layer in reversed(layers):
+        if "config" in layer.values:
+            path: str | None = _checked(
+                kind, layer.values["config"], layer.where("config"), text=layer.text
+            )
+            return path
+    return None
 
 
 def load_config(
@@ -1540,7 +1671,8 @@ def load_config(
 
     ``cli`` is a :class:`Layer` from the command-line parser, or a mapping of text values.
     The config file is the ``config`` setting as given by the code, environment or command
-    line; without one, ``[tool.trioserve]`` in ``cwd/pyproject.toml`` is used if present.
+    line; without one, ``cwd/trioserve.conf.py`` if it exists (the ``config`` setting then
+    names it), or else ``[tool.trioserve]`` in ``cwd/pyproject.toml`` if present.
     """
     code = code_layer(params or {})
     environ = os.environ if environ is None else environ
@@ -1561,10 +1693,29 @@ def load_config(
     if not isinstance(cli, Layer):
         flags = {info.name: info.flag for info in settings()}
         cli = Layer("command line", dict(cli), text=True, where=lambda name: flags[name])
-    before_file = resolve([*defaults, code, env, cli])
-    config_path = before_file.config.config
+    # The file is found first; then every source is checked at once, so that one run
+    # reports every problem, in the file and elsewhere.
+    config_path = _config_path([*defaults, code, env, cli])
     base = Path(cwd) if cwd is not None else Path.cwd()
+    if config_path is None and (base / DEFAULT_CONFIG_FILE).is_file():
+        # As gunicorn reads ./gunicorn.conf.py. Named as if given with -c, so that workers
+        # run the same file (hooks defined in it are sent to them by reference).
+        config_path = DEFAULT_CONFIG_FILE
+        defaults.append(
+            Layer(
+                "default",
+                {"config": DEFAULT_CONFIG_FILE},
+                text=True,
+                where=lambda name: f"./{DEFAULT_CONFIG_FILE}",
+            )
+        )
     file = file_layer(base / config_path) if config_path is not None else pyproject_layer(base)
+    if config_path is None and (base / "gunicorn.conf.py").is_file():
+        hint = (
+            "./gunicorn.conf.py is not read: pass -c gunicorn.conf.py, or rename it "
+            f"{DEFAULT_CONFIG_FILE}"
+        )
+        defaults.append(Layer("default", {}, text=True, where=str, warnings=(hint,)))
     return resolve([*defaults, code, *([file] if file else []), env, cli])
 
 

@@ -17,6 +17,7 @@ import attrs
 
 from ._cli import build_parser
 from ._config import SettingInfo, settings
+from ._gunicorn import GUNICORN_NAMES, SAME_NAMES, GunicornName
 from ._hooks import HOOKS, ConnectionInfo, Hook, ResponseInfo, ServerInfo, WorkerInfo
 
 _DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -37,7 +38,8 @@ source overrides an earlier one:
 1. the default listed below;
 2. parameters passed in code (`Config(...)`, `Config.load(params=...)`);
 3. the config file: the one given with `-c FILE` (Python, where module-level
-   names are settings, or TOML), or else the `[tool.trioserve]` table of
+   names are settings, or TOML), or else `./trioserve.conf.py` if it exists (as
+   gunicorn reads `./gunicorn.conf.py`), or else the `[tool.trioserve]` table of
    `./pyproject.toml`;
 4. the environment, as `TRIOSERVE_<NAME>`;
 5. the command line.
@@ -116,8 +118,58 @@ def _render_setting(info: SettingInfo, flags: Sequence[str]) -> list[str]:
     ]
 
 
+_GUNICORN_INTRO = """\
+## Coming from gunicorn
+
+A gunicorn config file (`gunicorn.conf.py`) is a trioserve `-c` file as it is, and
+gunicorn's command-line flags are read too:
+
+- gunicorn's settings spelt as trioserve's, flags included: {same};
+- gunicorn's server hooks, under their names and with gunicorn's signatures (see
+  [the hooks](hooks.md)), except `ssl_context` (below);
+- the names of the table below: an alias is read as trioserve's setting; a setting
+  trioserve has no use for is ignored, with one warning naming each; a setting whose
+  absence would change what the server does is an error saying what to do. Every
+  problem of a file is reported at once.
+
+Other module-level names of a Python config file (helper functions, constants such as
+`BASE_DIR`) are the file's own code: they are left alone, with one warning naming them
+(and a "did you mean" where a setting's name is close), as gunicorn leaves them. A TOML
+file has no code: a name in it that is no setting is an error.
+
+| gunicorn setting | gunicorn flags | in trioserve |
+| --- | --- | --- |
+"""
+
+
+def _gunicorn_row(row: GunicornName) -> str:
+    flags = ", ".join(_code(flag) for flag in row.flags)
+    if row.action == "alias":
+        assert row.setting is not None
+        what = f"[`{row.setting}`](#{row.setting})"
+        if row.note:
+            what += f": {row.note}"
+    elif row.action == "error":
+        what = f"error: {row.note}"
+    elif row.refuse is not None:
+        what = f"ignored {row.note}; an error otherwise"
+    else:
+        what = f"ignored, with a warning: {row.note}"
+    return f"| `{row.name}` | {flags} | {what} |"
+
+
+def _render_gunicorn_names() -> list[str]:
+    same = ", ".join(_code(name) for name in SAME_NAMES)
+    lines = [_GUNICORN_INTRO.format(same=same).rstrip("\n")]
+    order = {"alias": 0, "error": 1, "ignore": 2}
+    for row in sorted(GUNICORN_NAMES, key=lambda row: (order[row.action], row.name)):
+        lines.append(_gunicorn_row(row))
+    return [*lines, ""]
+
+
 def render_settings_reference() -> str:
-    """The Markdown text of docs/settings.md, one section per registry section."""
+    """The Markdown text of docs/settings.md, one section per registry section, then
+    gunicorn's names."""
     usage = _usage_by_setting()
     sections: dict[str, list[SettingInfo]] = {}
     for info in settings():
@@ -127,6 +179,7 @@ def render_settings_reference() -> str:
         lines += [f"## {section}", ""]
         for info in infos:
             lines += _render_setting(info, usage.get(info.name, []))
+    lines += _render_gunicorn_names()
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -134,35 +187,32 @@ def render_settings_reference() -> str:
 
 HOOKS_EXAMPLE = """\
 # hooks.py: trioserve -c hooks.py myapp:app
-import logging
-
 bind = ["0.0.0.0:8000"]
 workers = 4
 
-# Module-level names are settings: helpers start with an underscore.
-_log = logging.getLogger("myapp.hooks")
+
+# gunicorn's signatures work as they are: exc is passed only to hooks that take it.
+def on_starting(server):
+    server.log.info("master %d starting", server.pid)
 
 
-def on_starting(server, *, exc=None):
-    _log.info("master %d starting", server.pid)
+def post_fork(server, worker):
+    server.log.info("worker %d started (pid %d)", worker.id, worker.pid)
 
 
-def post_fork(server, worker, *, exc=None):
-    _log.info("worker %d started (pid %d)", worker.id, worker.pid)
-
-
-async def post_worker_init(worker, *, exc=None):
-    pass  # async hooks are awaited, here in the worker's trio loop
+async def post_worker_init(worker):
+    # Async hooks are awaited, here in the worker's trio loop.
+    worker.log.info("worker %d serving", worker.id)
 
 
 def post_request(worker, req, resp, *, exc=None):
     if exc is not None:
-        _log.warning("%s %s failed: %r", req.get("method", "-"), req["path"], exc)
+        worker.log.warning("%s %s failed: %r", req.get("method", "-"), req["path"], exc)
 
 
 def child_exit(server, worker, *, exc=None):
     if exc is not None:
-        _log.error("worker %d: %s", worker.id, exc)
+        server.log.error("worker %d: %s", worker.id, exc)
 """
 """The example config file of docs/hooks.md; a test loads it as a ``-c`` file."""
 
@@ -177,11 +227,15 @@ gets no WSGI environ); `connection_made` and `connection_lost` are trioserve's o
 - A hook is a plain function or an `async def`: a plain one is called, an async one is
   awaited (in the trio loop of the process it runs in; a blocking plain function blocks
   that loop).
-- Every hook is called with the positional arguments listed below, and always with the
-  keyword argument `exc`: None, or the exception that caused the event (a request that
-  failed, a worker that died). Declare it as `*, exc=None`. The signature is checked when
-  the configuration is loaded: a hook that cannot be called so is a configuration error
-  naming the hook and the signature it must have.
+- Every hook is called with the positional arguments listed below, and with the
+  keyword argument `exc` when it takes it: None, or the exception that caused the event
+  (a request that failed, a worker that died). Declare it as `*, exc=None`, or leave it out
+  as gunicorn's hooks do (`def post_fork(server, worker)`). The signature is checked when
+  the configuration is loaded: a hook that cannot be called either way is a
+  configuration error showing the signature it has and the two it may have.
+- `server.log` and `worker.log` are the `trioserve.hooks` logger: what a hook logs there
+  goes to trioserve's error log with the time, pid and level of every other line (as
+  `server.log` does in gunicorn).
 - What a hook raises is never swallowed. It comes out as a `trioserve.HookError` naming
   the hook, with the original exception as its `__cause__`, and each hook says below
   what happens next: some abort startup or a worker's boot, others are logged with their
@@ -195,7 +249,9 @@ Each hook is a setting of the same name (section "Server hooks" of the
 [settings reference](settings.md)). Hooks are not set on the command line; set them
 
 - in code: `Config(on_starting=my_function, ...)`;
-- in a Python config file (`-c FILE`), as module-level functions named after the hook;
+- in a Python config file (`-c FILE`), as module-level functions named after the hook
+  (the file's other functions and constants are left alone, with one warning naming
+  them);
 - anywhere else a setting is read (a TOML config file, `[tool.trioserve]` in
   pyproject.toml, `TRIOSERVE_<NAME>` in the environment, or in code), as a string
   `'module:attribute'` naming the function, which is imported when the configuration

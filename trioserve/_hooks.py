@@ -1,8 +1,9 @@
 """Server hooks: the one table of them, and ``run_hook``, the one way they are called.
 
 Every hook is a setting (``Config.on_starting`` ...) holding a plain function or an
-``async def``. :func:`run_hook` awaits async hooks, calls sync ones, always passes the
-keyword ``exc`` (None, or the exception that caused the event), and never swallows
+``async def``. :func:`run_hook` awaits async hooks, calls sync ones, passes the keyword
+``exc`` (None, or the exception that caused the event) to every hook that takes it (a
+hook written for gunicorn, ``def on_starting(server)``, does not), and never swallows
 what a hook raises: the exception comes out as a :class:`HookError` naming the hook,
 and the caller's structure decides what fails (startup, the worker, or one request).
 docs/hooks.md is generated from :data:`HOOKS` (``python -m trioserve._docs --write``).
@@ -11,11 +12,12 @@ docs/hooks.md is generated from :data:`HOOKS` (``python -m trioserve._docs --wri
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -65,6 +67,8 @@ class Hook:
         exc: What ``exc`` holds when it is not None.
         in_process: Whether the in-process server (``workers=0``) calls it: every "both"
             hook, and the master hooks that have a meaning without workers.
+        gunicorn: How gunicorn's hook of the same name differs, said when a hook's
+            signature does not fit.
     """
 
     name: str
@@ -76,6 +80,7 @@ class Hook:
     in_process: bool = attrs.field(
         kw_only=True, default=attrs.Factory(lambda self: self.where == "both", takes_self=True)
     )
+    gunicorn: str = attrs.field(kw_only=True, default="")
 
 
 _STARTUP = "Startup is aborted: the server exits 1 with the hook's name and error."
@@ -167,6 +172,7 @@ HOOKS: tuple[Hook, ...] = (
         "headers; status None when nothing was sent).",
         "The error is logged; the response already went out.",
         exc="the exception the app (or pre_request) raised for this request",
+        gunicorn="gunicorn's environ argument is not passed here (req is the ASGI scope)",
     ),
     Hook(
         "child_exit",
@@ -236,20 +242,57 @@ def hook_info(name: str) -> Hook:
     return _BY_NAME[name]
 
 
-def arity_problem(name: str, value: Any) -> str | None:
-    """Why ``value`` cannot be hook ``name``, or None when its signature fits."""
-    if not callable(value):
-        return "not callable"
-    hook = _BY_NAME[name]
+def _signature(value: Any) -> inspect.Signature | None:
     try:
-        signature = inspect.signature(value)
+        return inspect.signature(value)
     except (TypeError, ValueError):
         return None  # a builtin without a signature: it gets the benefit of the doubt
+
+
+def _bind_problem(signature: inspect.Signature, hook: Hook, *, exc: bool) -> str | None:
     try:
-        signature.bind(*hook.args, exc=None)
-    except TypeError as exc:
-        return str(exc)
+        if exc:
+            signature.bind(*hook.args, exc=None)
+        else:
+            signature.bind(*hook.args)
+    except TypeError as error:
+        return str(error)
     return None
+
+
+def arity_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be hook ``name``, or None when its signature fits: when it
+    can be called with the hook's arguments, with or without the keyword ``exc``."""
+    if not callable(value):
+        return "not callable"
+    signature = _signature(value)
+    if signature is None:
+        return None
+    hook = _BY_NAME[name]
+    if _bind_problem(signature, hook, exc=True) is None:
+        return None
+    return _bind_problem(signature, hook, exc=False)
+
+
+def signature_problem(name: str, value: Callable[..., Any]) -> str | None:
+    """What is wrong with the signature of ``value`` as hook ``name``, in a sentence that
+    shows the signature it has and the two it may have; None when it fits."""
+    problem = arity_problem(name, value)
+    if problem is None:
+        return None
+    hook = _BY_NAME[name]
+    signature = _signature(value)
+    assert signature is not None  # arity_problem found a problem in it
+    bare = signature.replace(
+        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+        return_annotation=signature.empty,
+    )
+    called = getattr(value, "__name__", type(value).__name__)
+    message = (
+        f"{called}{bare} cannot be called as {name}({', '.join(hook.args)}) "
+        f"nor as {signature_text(name)}: {problem}"
+    )
+    return f"{message}; {hook.gunicorn}" if hook.gunicorn else message
 
 
 def signature_text(name: str) -> str:
@@ -258,8 +301,24 @@ def signature_text(name: str) -> str:
     return f"{name}({', '.join(hook.args)}, *, exc=None)"
 
 
+@functools.lru_cache(maxsize=256)
+def _takes_exc_cached(name: str, hook: Callable[..., Any]) -> bool:
+    signature = _signature(hook)
+    return signature is None or _bind_problem(signature, _BY_NAME[name], exc=True) is None
+
+
+def takes_exc(name: str, hook: Callable[..., Any]) -> bool:
+    """Whether hook ``name`` is called with the keyword ``exc``: False for a hook with
+    gunicorn's signature, which has no ``exc``. Worked out once per function."""
+    try:
+        return _takes_exc_cached(name, hook)
+    except TypeError:  # an unhashable callable object: no cache for it
+        return _takes_exc_cached.__wrapped__(name, hook)
+
+
 async def run_hook(config: Config, name: str, *args: Any, exc: BaseException | None = None) -> None:
-    """Call hook ``name`` of ``config`` (if set) with ``args`` and ``exc``; await it if async.
+    """Call hook ``name`` of ``config`` (if set) with ``args`` and ``exc`` (when it takes
+    ``exc``); await it if async.
 
     Raises:
         HookError: the hook raised; the original exception is the ``__cause__``.
@@ -268,7 +327,7 @@ async def run_hook(config: Config, name: str, *args: Any, exc: BaseException | N
     if hook is None:
         return
     try:
-        result = hook(*args, exc=exc)
+        result = hook(*args, exc=exc) if takes_exc(name, hook) else hook(*args)
         if inspect.isawaitable(result):
             await result
     except Exception as error:
@@ -336,6 +395,11 @@ class WorkerInfo:
     started_at: float = attrs.field(factory=time.time)
     exit_code: int | None = None
 
+    @property
+    def log(self) -> logging.Logger:
+        """The ``trioserve.hooks`` logger, as ``server.log`` (gunicorn's ``worker.log``)."""
+        return LOGGER
+
 
 @attrs.define(eq=False)
 class ServerInfo:
@@ -357,6 +421,12 @@ class ServerInfo:
     def num_workers(self) -> int:
         """The number of workers the application is meant to have right now."""
         return int(self.config.workers)
+
+    @property
+    def log(self) -> logging.Logger:
+        """The ``trioserve.hooks`` logger: what a hook logs through it goes to trioserve's
+        error log, with its time, pid and level (gunicorn's ``server.log``)."""
+        return LOGGER
 
 
 @attrs.define(eq=False)

@@ -18,7 +18,12 @@ async def post_request(
 
 
 def no_exc_keyword(server: Any) -> None:
-    """The signature gunicorn hooks have: refused, the exc keyword is missing."""
+    """The signature gunicorn hooks have: called without the exc keyword."""
+    CALLS.append(("no_exc_keyword", (server,), None))
+
+
+def two_arguments(server: Any, worker: Any) -> None:
+    """A signature that fits on_starting neither with nor without exc."""
 
 
 class Namespace:

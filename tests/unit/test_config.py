@@ -276,11 +276,23 @@ def test_python_config_file_ignores_private_imported_and_module_names(tmp_path: 
     assert loaded.config.workers == 2
 
 
-def test_python_config_file_helper_function_is_an_error(tmp_path: Path) -> None:
-    """A public helper function in a Python config file is reported as an unknown setting."""
-    conf = write(tmp_path / "conf.py", "def helper():\n    return 2\n\nworkers = helper()\n")
-    message = config_error(load, tmp_path, cli={"config": str(conf)})
-    assert message.startswith(f"{conf}: unknown setting 'helper'")
+def test_python_config_file_helpers_and_constants_are_warned_about(tmp_path: Path) -> None:
+    """A Python config file's own helper function and constants are left alone: one
+    warning names them all, and the file's settings apply."""
+    conf = write(
+        tmp_path / "conf.py",
+        "import os\n"
+        "BASE_DIR = os.path.dirname(__file__)\n"
+        "PORT = 8000\n"
+        "def helper():\n    return 2\n\n"
+        "workers = helper()\n"
+        "bind = f'127.0.0.1:{PORT}'\n",
+    )
+    loaded = load(tmp_path, cli={"config": str(conf)})
+    assert (loaded.config.workers, loaded.config.bind) == (2, ("127.0.0.1:8000",))
+    assert loaded.warnings == (
+        f"{conf}: names that are not settings are ignored: BASE_DIR, PORT, helper",
+    )
 
 
 def test_toml_config_file(tmp_path: Path) -> None:
@@ -457,10 +469,18 @@ def test_relative_config_path_defaults_to_the_process_cwd(tmp_path: Path) -> Non
 
 
 def test_unknown_key_in_python_file_suggests_a_name(tmp_path: Path) -> None:
-    """A misspelt setting in a Python file names the file and the closest setting."""
-    conf = write(tmp_path / "conf.py", "worker = 2\n")
-    message = config_error(load, tmp_path, cli={"config": str(conf)})
-    assert message == f"{conf}: unknown setting 'worker'; did you mean 'workers'?"
+    """A misspelt setting in a Python file is warned about with the closest setting (or
+    hook, for a function), in one warning; no suggestion for a constant."""
+    conf = write(
+        tmp_path / "conf.py",
+        "worker = 2\nWORKER = 3\ndef when_redy(server):\n    pass\n\nfrobnicate = 1\n",
+    )
+    loaded = load(tmp_path, cli={"config": str(conf)})
+    assert loaded.config.workers == 1
+    assert loaded.warnings == (
+        f"{conf}: names that are not settings are ignored: worker (did you mean 'workers'?), "
+        "WORKER, when_redy (did you mean 'when_ready'?), frobnicate",
+    )
 
 
 def test_unknown_key_in_toml_file_suggests_a_name(tmp_path: Path) -> None:

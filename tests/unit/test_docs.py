@@ -18,6 +18,7 @@ from trioserve._docs import (
     render_hooks_reference,
     render_settings_reference,
 )
+from trioserve._gunicorn import GUNICORN_NAMES
 from trioserve._hooks import HOOKS, ConnectionInfo, ResponseInfo, ServerInfo, WorkerInfo
 
 
@@ -41,11 +42,28 @@ def test_every_setting_has_a_section() -> None:
 
 
 def test_sections_follow_registry_order() -> None:
-    """Section headings appear once each, in the order the registry first uses them."""
+    """Section headings appear once each, in the order the registry first uses them, then
+    gunicorn's names."""
     text = render_settings_reference()
     sections = list(dict.fromkeys(info.setting.section for info in settings()))
     headings = [line[3:] for line in text.splitlines() if line.startswith("## ")]
-    assert headings == sections
+    assert headings == [*sections, "Coming from gunicorn"]
+
+
+def test_gunicorn_names_are_listed() -> None:
+    """Every row of the gunicorn table is in docs/settings.md, with its flags and what
+    trioserve does with it."""
+    text = render_settings_reference()
+    for row in GUNICORN_NAMES:
+        line = next(line for line in text.splitlines() if line.startswith(f"| `{row.name}` |"))
+        for flag in row.flags:
+            assert f"`{flag}`" in line, (row.name, flag)
+        if row.setting is not None:
+            assert f"[`{row.setting}`](#{row.setting})" in line
+    assert (
+        "| `worker_class` | `-k`, `--worker-class` | error: trioserve has one worker kind "
+        "(trio); remove worker_class |"
+    ) in text
 
 
 def test_defaults_and_scopes_are_shown() -> None:
