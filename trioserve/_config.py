@@ -1108,10 +1108,12 @@ class Config:
     keep_alive: float = _setting(
         5.0,
         Setting(
-            _seconds_kind(zero="no limit would let idle connections pile up for ever"),
+            _seconds_kind(),
             _TIMEOUTS,
             "Seconds an idle keep-alive connection is kept open waiting for the next request. "
-            "Must be more than 0: no limit would let idle connections pile up.",
+            "0 disables keep-alive: every response carries Connection: close (as gunicorn's "
+            "keepalive = 0 and nginx's keepalive_timeout 0; no limit would let idle "
+            "connections pile up).",
             flags=("--keep-alive",),
             metavar="SECONDS",
         ),

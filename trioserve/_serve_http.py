@@ -123,7 +123,12 @@ class HTTPOptions:
             head=config.limit_request_head,
         )
         # Timeouts as durations: a setting of 0 (no limit) is infinity here.
-        self.keep_alive = timeout_seconds(config.keep_alive)
+        # keep_alive 0 turns keep-alive off; a fresh connection's wait for its first
+        # request is then bounded by the header timeout instead.
+        self.allow_keep_alive = config.keep_alive > 0
+        self.keep_alive = (
+            config.keep_alive if self.allow_keep_alive else timeout_seconds(config.header_timeout)
+        )
         self.header_timeout = timeout_seconds(config.header_timeout)
         self.read_timeout = timeout_seconds(config.read_timeout)
         self.write_timeout = timeout_seconds(config.write_timeout)
@@ -907,7 +912,7 @@ class _Cycle:
             head=request.method == b"HEAD",
             server_header=options.server_header,
             default_headers=options.default_headers,
-            keep_alive=client_keep_alive(request, headers),
+            keep_alive=options.allow_keep_alive and client_keep_alive(request, headers),
             http_10=request.http_version != b"1.1",
         )
         # The request had no body and h11's end of message was taken with the head: the

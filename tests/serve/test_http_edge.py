@@ -57,6 +57,28 @@ async def test_connection_without_any_request_is_closed_after_keep_alive(nursery
         assert await client.stream.receive_some() == b""
 
 
+async def test_keep_alive_0_closes_after_each_response(nursery, autojump_clock):
+    """keep_alive=0 turns keep-alive off: the response says Connection: close and the
+    connection ends right after it, as gunicorn's keepalive = 0 does."""
+    client = await start_connection(nursery, hello_app, make_state(keep_alive=0))
+    response, body = await client.request()
+    assert (response.status_code, body) == (200, b"Hello, world!")
+    assert header(response, b"connection") == b"close"
+    with trio.fail_after(0.01):
+        assert await read_until_eof(client.stream) == b""
+
+
+async def test_keep_alive_0_waits_header_timeout_for_a_first_request(nursery, autojump_clock):
+    """With keep-alive off, a fresh connection still waits for its first request, up to
+    the header timeout (not 0 seconds)."""
+    client = await start_connection(
+        nursery, hello_app, make_state(keep_alive=0, header_timeout=7)
+    )
+    start = trio.current_time()
+    assert await client.stream.receive_some() == b""
+    assert trio.current_time() - start == pytest.approx(7, abs=0.01)
+
+
 async def test_request_body_is_streamed_to_receive(nursery):
     """A Content-Length body reaches the app in chunks as it arrives, then more_body=False."""
     client = await start_connection(nursery, echo_body_app)

@@ -162,7 +162,6 @@ def test_seconds_reject_nan_negative_and_infinity(value: object) -> None:
 
 # The timeouts where 0 (no limit) would be dangerous, refused with the reason.
 _NO_ZERO = {
-    "keep_alive": "idle connections pile up",
     "graceful_timeout": "a stop wait for ever",
     "lifespan_shutdown_timeout": "a stop wait for ever",
 }
@@ -170,7 +169,7 @@ _NO_ZERO = {
 
 @pytest.mark.parametrize("name", sorted(_NO_ZERO))
 def test_timeouts_where_no_limit_is_dangerous_refuse_0(name: str) -> None:
-    """keep_alive, graceful_timeout and lifespan_shutdown_timeout refuse 0 with one line
+    """graceful_timeout and lifespan_shutdown_timeout refuse 0 with one line
     naming the setting (its flag on the command line) and why."""
     zero: dict[str, Any] = {name: 0}
     message = config_error(Config, **zero)
