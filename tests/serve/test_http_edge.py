@@ -71,9 +71,7 @@ async def test_keep_alive_0_closes_after_each_response(nursery, autojump_clock):
 async def test_keep_alive_0_waits_header_timeout_for_a_first_request(nursery, autojump_clock):
     """With keep-alive off, a fresh connection still waits for its first request, up to
     the header timeout (not 0 seconds)."""
-    client = await start_connection(
-        nursery, hello_app, make_state(keep_alive=0, header_timeout=7)
-    )
+    client = await start_connection(nursery, hello_app, make_state(keep_alive=0, header_timeout=7))
     start = trio.current_time()
     assert await client.stream.receive_some() == b""
     assert trio.current_time() - start == pytest.approx(7, abs=0.01)
