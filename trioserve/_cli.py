@@ -19,7 +19,8 @@ from ._config import Config, Layer, LoadedConfig, SettingInfo, load_config, rend
 from ._ctl import main as ctl_main
 from ._daemon import PidFile, Readiness, absolute_paths, daemonize
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
-from ._importer import load_app, peek_target
+from ._importer import peek_target
+from ._loader import load_config_app
 from ._logging import configure_logging
 from ._master import AppPlan
 from ._server import run_cli
@@ -136,14 +137,7 @@ def _check(loaded: LoadedConfig) -> int:
         # Everything that can be checked without binding: TLS files, log format, the app.
         ssl_context(config)
         access_log_for(config)
-        app = trio.run(
-            lambda: load_app(
-                config.app,
-                factory=config.factory,
-                interface=config.interface,
-                app_dir=config.app_dir,
-            )
-        )
+        app = trio.run(load_config_app, config)
     except TrioserveError as exc:
         _print_error(exc, debug=config.log_level == "debug")
         return EXIT_FAILURE

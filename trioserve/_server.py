@@ -21,7 +21,7 @@ import trio
 from ._accept import Connection, accept_connections
 from ._accesslog import AccessLog, access_log_for
 from ._apps import as_composite, resolve_plans
-from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
+from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import (
     cleanup_listener,
     create_listeners,
@@ -44,8 +44,9 @@ from ._hooks import (
     run_hook,
     run_hook_logged,
 )
-from ._importer import LoadedApp, load_app, peek_target
+from ._importer import LoadedApp, peek_target
 from ._lifespan import Lifespan
+from ._loader import load_config_app
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import HTTPOptions, serve_http_requests, upgrade_to_websocket, watch_deadlines
@@ -195,20 +196,6 @@ async def _serve_inner(
             control.ready()
 
         await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
-
-
-async def load_config_app(config: Config) -> LoadedApp:
-    """Import the app that ``config`` names, wrapped for ``app_loop`` when asked."""
-    loaded = await load_app(
-        config.app,
-        factory=config.factory,
-        interface=config.interface,
-        app_dir=config.app_dir,
-        threads=config.threads,
-    )
-    if config.app_loop == "asyncio" and loaded.asgi is not None:
-        loaded = attrs.evolve(loaded, asgi=asyncio_app(loaded.asgi))
-    return loaded
 
 
 async def serve_listeners(

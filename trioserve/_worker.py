@@ -46,8 +46,9 @@ from ._errors import (
 )
 from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
+from ._loader import load_config_app
 from ._logging import configure_logging
-from ._server import _Control, _Extras, load_config_app, serve_listeners
+from ._server import _Control, _Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._tls import ssl_context
 from ._types import Address
