@@ -22,8 +22,8 @@ from ._apps import MultiApp as MultiApp
 from ._apps import NewApp as NewApp
 from ._config import Config as Config
 from ._errors import AppLoadError as AppLoadError
-from ._errors import ClientDisconnected as ClientDisconnected
 from ._errors import BindError as BindError
+from ._errors import ClientDisconnected as ClientDisconnected
 from ._errors import ConfigError as ConfigError
 from ._errors import LifespanError as LifespanError
 from ._errors import TrioserveError as TrioserveError
@@ -40,8 +40,8 @@ from ._version import __version__ as __version__
 __all__ = [
     "AppLoadError",
     "Application",
-    "ClientDisconnected",
     "BindError",
+    "ClientDisconnected",
     "Config",
     "ConfigError",
     "ConnectionInfo",
