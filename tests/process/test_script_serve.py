@@ -88,7 +88,7 @@ trio.run(trioserve.serve, trioserve.Config(app=app, bind=["127.0.0.1:0"], worker
 
 
 async def test_python_c_app_with_workers_is_refused_in_one_line() -> None:
-    """An app from python -c cannot reach a worker: refused before one starts, suggesting workers=0."""
+    """An app from python -c cannot reach a worker: refused before one starts, in one line."""
     status, _, err = await run_cli("-c", PYTHON_C, command=[sys.executable])
     assert status == 1
     last = err.strip().splitlines()[-1]

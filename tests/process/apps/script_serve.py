@@ -19,6 +19,8 @@ import trio
 
 import trioserve
 
+ROOT = str(Path(__file__).resolve().parents[3])
+
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
@@ -35,8 +37,7 @@ async def main(workers: int, by_name: bool) -> None:
     served: object = app
     if by_name:
         served = "examples.hello:app"
-    root = str(Path(__file__).resolve().parents[3])
-    config = trioserve.Config(app=served, app_dir=root, bind=["127.0.0.1:0"], workers=workers)
+    config = trioserve.Config(app=served, app_dir=ROOT, bind=["127.0.0.1:0"], workers=workers)
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(trioserve.serve, config)
         host, port = addresses[0][:2]
