@@ -20,7 +20,7 @@ from ._ctl import main as ctl_main
 from ._daemon import PidFile, Readiness, absolute_paths, daemonize
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveError
 from ._importer import peek_target
-from ._loader import load_config_app
+from ._loader import load_config_app, require_app
 from ._logging import configure_logging
 from ._master import AppPlan
 from ._server import run_cli
@@ -127,12 +127,6 @@ def _print_error(exc: BaseException, *, debug: bool) -> None:
 
 def _check(loaded: LoadedConfig) -> int:
     config = loaded.config
-    if config.app is None:
-        print(
-            "trioserve: error: no application given: pass APP as 'module:attribute'",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
     try:
         # Everything that can be checked without binding: TLS files, log format, the app.
         ssl_context(config)
@@ -198,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if namespace.check_config:
         return _check(loaded)
+    try:
+        require_app(config)  # at once: before daemonizing, binding or booting a worker
+    except ConfigError as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     cwd = os.getcwd()
 

@@ -192,15 +192,25 @@ def _describe_object(obj: object) -> str:
 
 
 def _public_callables(namespace: object) -> str:
-    candidates = {
-        name: value
-        for name, value in vars(namespace).items()
-        if not name.startswith("_") and callable(value)
-    }
-    # Name first what the module defines itself (an app), not what it imported (typing.Any).
+    """The "it has: ..." hint: the app objects first (what can be served), then the
+    functions and classes the module defines itself, not those it imported."""
     own_name = getattr(namespace, "__name__", None)
-    own = [n for n, v in candidates.items() if getattr(v, "__module__", own_name) == own_name]
-    names = sorted(own) or sorted(candidates)
+    apps: list[str] = []
+    own: list[str] = []
+    imported: list[str] = []
+    for name, value in vars(namespace).items():
+        if name.startswith("_") or not callable(value):
+            continue
+        is_definition = inspect.isclass(value) or inspect.isroutine(value)
+        if not is_definition and _detect(value, _shape(value)) is not None:
+            # An instance such as Starlette() or Flask(__name__): its __module__ is its
+            # class's, so it would pass for an import, yet it is what gets served.
+            apps.append(name)
+        elif getattr(value, "__module__", own_name) == own_name:
+            own.append(name)
+        else:
+            imported.append(name)
+    names = sorted(apps) + sorted(own) or sorted(imported)
     if not names:
         return "it has no public callables"
     listed = ", ".join(names[:_MAX_LISTED])

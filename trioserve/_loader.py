@@ -15,9 +15,22 @@ import attrs
 
 from ._asyncio_loop import asyncio_app
 from ._config import Config
+from ._errors import ConfigError
 from ._importer import LoadedApp, load_app
 
-__all__ = ["load_config_app"]
+__all__ = ["load_config_app", "require_app"]
+
+
+def require_app(config: Config) -> None:
+    """Fail at once, before any process starts, when ``config`` names no app.
+
+    Raises:
+        ConfigError: ``config.app`` is None.
+    """
+    if config.app is None:
+        raise ConfigError(
+            "no application given: pass APP as 'module:attribute' or set 'app' in the config"
+        )
 
 
 async def load_config_app(config: Config) -> LoadedApp:
@@ -28,8 +41,10 @@ async def load_config_app(config: Config) -> LoadedApp:
 
     Raises:
         AppLoadError: the target cannot be imported, built or recognised.
-        ConfigError: ``--app-loop asyncio`` without trio-asyncio installed.
+        ConfigError: no app is given, or ``--app-loop asyncio`` without trio-asyncio
+            installed.
     """
+    require_app(config)
     loaded = await load_app(
         config.app,
         factory=config.factory,

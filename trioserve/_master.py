@@ -520,7 +520,10 @@ class Master:
         """Stop everything because of ``exc``; the master then exits with its code."""
         if self.fatal is None:
             self.fatal = exc
-            LOGGER.error("%s", exc)
+            # Raised to whoever started the master: the command line prints it on stderr
+            # (serve()'s caller gets it). Logged only where stderr does not go anyway.
+            if self.pools and self.pools[0].config.error_log != "-":
+                LOGGER.error("%s", exc)
         self.begin_stop(fast=True)
 
     def begin_stop(self, *, fast: bool) -> None:

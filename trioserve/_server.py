@@ -46,7 +46,7 @@ from ._hooks import (
 )
 from ._importer import LoadedApp, peek_target
 from ._lifespan import Lifespan
-from ._loader import load_config_app
+from ._loader import load_config_app, require_app
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import HTTPOptions, serve_http_requests, upgrade_to_websocket, watch_deadlines
@@ -135,10 +135,7 @@ async def _serve(
 async def _serve_inner(
     config: Config, control: _Control, task_status: trio.TaskStatus[list[Address]]
 ) -> None:
-    if config.app is None:
-        raise ConfigError(
-            "no application given: pass APP as 'module:attribute' or set 'app' in the config"
-        )
+    require_app(config)
     if config.reload and config.workers == 0:
         raise ConfigError(
             "--reload: the master restarts worker processes when files change; "
@@ -562,6 +559,8 @@ def run_cli(
     tell that the server is ready (a daemon's parent), and the locked pid file."""
     control = _Control(on_ready=on_ready, pidfile=pidfile)
     from ._master import serve_master
+
+    require_app(config)
 
     if config.reload and config.workers == 0:
         raise ConfigError(
