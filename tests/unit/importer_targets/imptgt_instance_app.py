@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imptgt_good_apps import ConfiguredApp
+from imptgt_good_apps import ConfiguredApp  # type: ignore[import-not-found]
 
 
 def add_routes(app: ConfiguredApp) -> None:
