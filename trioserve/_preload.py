@@ -59,7 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = socket.socket(fileno=int(args[0]))
-    boot, config = read_boot(channel)
+    try:
+        boot, config = read_boot(channel)
+    except Exception as exc:
+        message = f"could not read its boot message: {exc}"
+        channel.send(json.dumps({"boot_error": EXIT_BOOT, "message": message}).encode())
+        return EXIT_BOOT
     boot.drop_privileges()  # before the app is imported; forked workers inherit it
     set_title("preloader", config.name)
     try:

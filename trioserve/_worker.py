@@ -16,7 +16,6 @@ dumps every thread's stack to the error log and runs ``worker_abort``.
 from __future__ import annotations
 
 import faulthandler
-import importlib.util
 import inspect
 import io
 import json
@@ -49,7 +48,7 @@ from ._errors import (
 )
 from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
-from ._loader import load_config_app
+from ._loader import import_main_script, load_config_app
 from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
 from ._server import _Control, _Extras, serve_listeners
 from ._statsd import install as install_statsd
@@ -188,32 +187,20 @@ def ship_config(config: Config) -> tuple[bytes, str | None]:
     return buffer.getvalue(), os.path.abspath(path)
 
 
-def _import_main(path: str) -> None:
-    """Import the parent's main script as ``__mp_main__`` and make it ``__main__`` here."""
-    spec = importlib.util.spec_from_file_location("__mp_main__", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import the main script {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    # Its own directory first, as when it was run: its sibling modules import.
-    directory = os.path.dirname(path)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    sys.modules["__mp_main__"] = module
-    spec.loader.exec_module(module)
-    sys.modules["__main__"] = module
-
-
 def read_boot(sock: socket.socket) -> tuple[WorkerBoot, Config]:
     """Read the boot message (blocking: no trio loop runs yet)."""
     (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
     boot = WorkerBoot.from_json(_read_exactly(sock, size))
+    # All of it read before any code runs: a failure below can then be reported on the
+    # channel, with no unread bytes left for the master to block on.
+    (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+    pickled = _read_exactly(sock, size)
     if boot.config_file is not None:
         load_python_config(Path(boot.config_file))
     if boot.main_path is not None:
-        _import_main(boot.main_path)
-    (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+        import_main_script(boot.main_path)
     try:
-        config = pickle.loads(_read_exactly(sock, size))
+        config = pickle.loads(pickled)
     except AttributeError as exc:
         if boot.main_path is None:
             raise
@@ -224,6 +211,19 @@ def read_boot(sock: socket.socket) -> tuple[WorkerBoot, Config]:
     if not isinstance(config, Config):
         raise TypeError("the boot message did not carry a Config")
     return boot, config
+
+
+def report_boot_failure(channel: socket.socket, message: str) -> None:
+    """Tell the master why this process could not boot (blocking: before any trio loop).
+
+    The master's error then names the reason in one line; when the channel is gone
+    already, stderr is the only place left to say it.
+    """
+    line = json.dumps({"t": "boot_error", "code": EXIT_BOOT, "message": message}).encode()
+    try:
+        channel.sendall(line + b"\n")
+    except OSError:
+        print(f"trioserve: error: worker {message}", file=sys.stderr)
 
 
 def set_title(role: str, name: str | None) -> None:
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         boot, config = read_boot(channel)
     except Exception as exc:
-        print(f"trioserve: error: worker could not read its boot message: {exc}", file=sys.stderr)
+        report_boot_failure(channel, f"could not read its boot message: {exc}")
         return EXIT_BOOT
     return run_worker(channel, boot, config, None)
 

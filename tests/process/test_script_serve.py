@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import trio
@@ -98,3 +99,24 @@ async def test_python_c_app_with_workers_is_refused_in_one_line() -> None:
         "process cannot import; define it in a file, or use workers=0 to serve in this process"
     )
     assert "booting worker" not in err
+
+
+UNGUARDED = """
+import trio, trioserve
+async def app(scope, receive, send):
+    pass
+trio.run(trioserve.serve, trioserve.Config(app=app, bind=["127.0.0.1:0"], workers=1))
+"""
+
+
+async def test_unguarded_script_is_refused_in_the_worker_not_restarted(tmp_path: Path) -> None:
+    """A script calling serve() unguarded fails once, naming the fix, instead of nesting servers."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    status, _, err = await run_cli(str(script), command=[sys.executable])
+    assert status == 1
+    assert err.strip().splitlines()[-1] == (
+        "trioserve._hooks.WorkerBootError: worker 0 failed to boot: could not read its boot "
+        f"message: a worker process imported {script} and it started the server again: "
+        "put the call to serve() or run() under 'if __name__ == \"__main__\":'"
+    )
