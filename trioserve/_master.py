@@ -870,6 +870,7 @@ async def serve_master(
     reload_plans: Callable[[], list[AppPlan]] | None = None,
     argv: Sequence[str] | None = None,
     signals: bool = False,
+    settings_logging: bool = False,
 ) -> None:
     """Run the master for ``plans`` (default: ``config`` alone) until stopped.
 
@@ -877,6 +878,9 @@ async def serve_master(
     Cancellation stops the workers gracefully. With ``signals`` the master handles the
     operator signals itself (the command line); ``reload_plans`` re-reads the
     configuration for SIGHUP, ``argv`` is the command line SIGUSR2 re-executes.
+    ``settings_logging`` says this process configured logging from the settings (the
+    command line), and the workers do the same; otherwise they copy how the program's
+    logging shows the ``trioserve`` logger.
     """
     plans = plans or [AppPlan(None, config)]
     for plan in plans:
@@ -905,7 +909,7 @@ async def serve_master(
                 master = Master(plans, reload_plans, argv, nursery)
                 master.pidfile = getattr(control, "pidfile", None)
                 master.notifier = Notifier.from_environ() if signals else None
-                master.embedded_log = None if signals else embedded_log()
+                master.embedded_log = None if settings_logging else embedded_log()
                 master.statsd = install_statsd(config)
                 try:
                     await _run_master(master, config, control, task_status, signals)

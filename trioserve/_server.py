@@ -578,6 +578,9 @@ def run_cli(
                     reload_plans=reload_plans,
                     argv=argv,
                     signals=True,
+                    # Only the command line (which alone passes argv) configured logging
+                    # from the settings; run() from a program leaves it to the program.
+                    settings_logging=argv is not None,
                 )
             )
         else:

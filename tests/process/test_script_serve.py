@@ -7,6 +7,7 @@ work (``python -c``) serve() refuses before any worker starts, in one line.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -79,6 +80,14 @@ async def test_logging_follows_the_program_with_workers_as_without() -> None:
     assert any("[worker 0] stopping: no new connections" in line for line in server.lines)
 
 
+async def test_run_from_a_program_logs_as_the_program_does(tmp_path: Path) -> None:
+    """trioserve.run() from a program with workers: no logging setup there, no lines printed."""
+    socket_path = str(tmp_path / "s.sock")
+    async with running_script("2", "--run", socket_path) as server:
+        assert await server.stop(signal.SIGTERM) == 0
+    assert [line for line in server.lines if not line.startswith("script: ")] == [], server.lines
+
+
 PYTHON_C = """
 import logging, trio, trioserve
 logging.basicConfig(level=logging.INFO)
@@ -119,4 +128,32 @@ async def test_unguarded_script_is_refused_in_the_worker_not_restarted(tmp_path:
         "trioserve._hooks.WorkerBootError: worker 0 failed to boot: could not read its boot "
         f"message: a worker process imported {script} and it started the server again: "
         "put the call to serve() or run() under 'if __name__ == \"__main__\":'"
+    )
+
+
+INSIDE_THE_GUARD = """
+import trio, trioserve
+if __name__ == "__main__":
+    async def app(scope, receive, send):
+        pass
+    trio.run(trioserve.serve, trioserve.Config(app=app, bind=["127.0.0.1:0"], workers=1))
+"""
+
+
+async def test_app_defined_under_the_main_guard_is_named_in_the_boot_error(
+    tmp_path: Path,
+) -> None:
+    """An app defined under the main guard cannot reach a worker: the error says where it goes."""
+    script = tmp_path / "inside.py"
+    script.write_text(INSIDE_THE_GUARD)
+    status, _, err = await run_cli(str(script), command=[sys.executable])
+    assert status == 1
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"Can't get attribute 'app' on <module '__mp_main__' from '{script}'>: define it at the"
+            f" top level of {script}, outside 'if __name__ == \"__main__\":', so that worker"
+            " processes can import it"
+        )
     )

@@ -1,7 +1,8 @@
 """A program that serves an app defined in itself, run as ``python script_serve.py W``.
 
 W is the worker count; ``--log`` sets up logging.basicConfig(level=INFO) first;
-``--by-name`` serves ``examples.hello:app`` of the project instead of its own app. It
+``--by-name`` serves ``examples.hello:app`` of the project instead of its own app;
+``--run PATH`` serves that with trioserve.run() on a unix socket, until SIGTERM. It
 prints "script: serving on URL" to stderr once serve() started, and stops gracefully
 when its stdin closes. Apps in the main script work with worker processes the way
 multiprocessing's spawn makes them work: the workers import this file as __mp_main__.
@@ -48,7 +49,27 @@ async def main(workers: int, by_name: bool) -> None:
         nursery.cancel_scope.cancel()
 
 
+def say_ready(server: trioserve.ServerInfo, *, exc: BaseException | None = None) -> None:
+    print(f"script: serving on {server.config.bind[0]}", file=sys.stderr, flush=True)
+
+
+def run(workers: int, path: str) -> None:
+    """trioserve.run() on a unix socket at ``path``: it blocks, and SIGTERM stops it."""
+    trioserve.run(
+        trioserve.Config(
+            app="examples.hello:app",
+            app_dir=ROOT,
+            bind=[f"unix:{path}"],
+            workers=workers,
+            when_ready=say_ready,
+        )
+    )
+
+
 if __name__ == "__main__":
     if "--log" in sys.argv:
         logging.basicConfig(level=logging.INFO)
-    trio.run(main, int(sys.argv[1]), "--by-name" in sys.argv)
+    if "--run" in sys.argv:
+        run(int(sys.argv[1]), sys.argv[sys.argv.index("--run") + 1])
+    else:
+        trio.run(main, int(sys.argv[1]), "--by-name" in sys.argv)
