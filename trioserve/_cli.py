@@ -23,7 +23,8 @@ from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, TrioserveEr
 from ._gunicorn import BY_NAME as GUNICORN_BY_NAME
 from ._gunicorn import GUNICORN_NAMES, cli_dest
 from ._gunicorn import read as read_gunicorn
-from ._importer import load_app, peek_target
+from ._importer import peek_target
+from ._loader import load_config_app, require_app
 from ._logging import configure_logging
 from ._master import AppPlan
 from ._server import run_cli
@@ -197,24 +198,11 @@ def _print_error(exc: BaseException, *, debug: bool = False) -> None:
 
 def _check(loaded: LoadedConfig) -> int:
     config = loaded.config
-    if config.app is None:
-        print(
-            "trioserve: error: no application given: pass APP as 'module:attribute'",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
     try:
         # Everything that can be checked without binding: TLS files, log format, the app.
         ssl_context(config)
         access_log_for(config)
-        app = trio.run(
-            lambda: load_app(
-                config.app,
-                factory=config.factory,
-                interface=config.interface,
-                app_dir=config.app_dir,
-            )
-        )
+        app = trio.run(load_config_app, config)
     except TrioserveError as exc:
         _print_error(exc, debug=config.log_level == "debug")
         return EXIT_FAILURE
@@ -277,6 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         CONFIG_LOGGER.warning("%s", warning)
     if namespace.check_config:
         return _check(loaded)
+    try:
+        require_app(config)  # at once: before daemonizing, binding or booting a worker
+    except ConfigError as exc:
+        print(f"trioserve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     cwd = os.getcwd()
 

@@ -192,15 +192,25 @@ def _describe_object(obj: object) -> str:
 
 
 def _public_callables(namespace: object) -> str:
-    candidates = {
-        name: value
-        for name, value in vars(namespace).items()
-        if not name.startswith("_") and callable(value)
-    }
-    # Name first what the module defines itself (an app), not what it imported (typing.Any).
+    """The "it has: ..." hint: the app objects first (what can be served), then the
+    functions and classes the module defines itself, not those it imported."""
     own_name = getattr(namespace, "__name__", None)
-    own = [n for n, v in candidates.items() if getattr(v, "__module__", own_name) == own_name]
-    names = sorted(own) or sorted(candidates)
+    apps: list[str] = []
+    own: list[str] = []
+    imported: list[str] = []
+    for name, value in vars(namespace).items():
+        if name.startswith("_") or not callable(value):
+            continue
+        is_definition = inspect.isclass(value) or inspect.isroutine(value)
+        if not is_definition and _detect(value, _shape(value)) is not None:
+            # An instance such as Starlette() or Flask(__name__): its __module__ is its
+            # class's, so it would pass for an import, yet it is what gets served.
+            apps.append(name)
+        elif getattr(value, "__module__", own_name) == own_name:
+            own.append(name)
+        else:
+            imported.append(name)
+    names = sorted(apps) + sorted(own) or sorted(imported)
     if not names:
         return "it has no public callables"
     listed = ", ".join(names[:_MAX_LISTED])
@@ -415,7 +425,14 @@ async def _call_factory(target: str, factory: object, call: FactoryCall) -> obje
 
 
 def _finish(
-    target: str, obj: object, interface: str, *, from_factory: bool, built: bool, threads: int
+    target: str,
+    obj: object,
+    interface: str,
+    *,
+    from_factory: bool,
+    built: bool,
+    threads: int,
+    multiprocess: bool,
 ) -> LoadedApp:
     if interface == "auto":
         shape = _shape(obj)
@@ -443,7 +460,7 @@ def _finish(
     if kind == "asgi2":
         asgi = _wrap_asgi2(obj)
     elif kind == "wsgi":
-        asgi = wsgi_to_asgi(cast(WSGIApp, obj), threads=threads)
+        asgi = wsgi_to_asgi(cast(WSGIApp, obj), threads=threads, multiprocess=multiprocess)
     else:
         asgi = cast(ASGIApp, obj)
     return LoadedApp(
@@ -458,6 +475,7 @@ async def load_app(
     interface: str = "auto",
     app_dir: str | None = ".",
     threads: int = 10,
+    multiprocess: bool = False,
 ) -> LoadedApp:
     """Import, build and recognise the application to serve.
 
@@ -476,6 +494,8 @@ async def load_app(
             importing; None leaves ``sys.path`` alone.
         threads: For a WSGI app, how many requests may run it at once, each in a
             worker thread.
+        multiprocess: For a WSGI app, ``wsgi.multiprocess``: whether other worker
+            processes serve it too.
 
     Returns:
         The loaded app, with an ASGI 3 callable (WSGI apps wrapped to run in
@@ -514,20 +534,44 @@ async def load_app(
             raise AppLoadError(f"{target!r} calls {_kind_of(obj)}, which is not callable")
         built = await _call_factory(target, obj, call)
         LOGGER.info("called factory %s to build the app", target)
-        return _finish(target, built, interface, from_factory=True, built=True, threads=threads)
+        return _finish(
+            target,
+            built,
+            interface,
+            from_factory=True,
+            built=True,
+            threads=threads,
+            multiprocess=multiprocess,
+        )
 
     shape = _shape(obj)
     # No interface takes zero arguments, so a callable that takes none is a factory.
     is_factory = callable(obj) and shape.looks_like_factory
     if factory is None and not is_factory:
-        return _finish(target, obj, interface, from_factory=False, built=False, threads=threads)
+        return _finish(
+            target,
+            obj,
+            interface,
+            from_factory=False,
+            built=False,
+            threads=threads,
+            multiprocess=multiprocess,
+        )
     if factory is False:
         if is_factory and interface == "auto":
             raise AppLoadError(
                 f"{target!r} is {_kind_of(obj)} that takes no arguments, so it looks like"
                 " an app factory rather than an app; drop --no-factory to call it"
             )
-        return _finish(target, obj, interface, from_factory=False, built=False, threads=threads)
+        return _finish(
+            target,
+            obj,
+            interface,
+            from_factory=False,
+            built=False,
+            threads=threads,
+            multiprocess=multiprocess,
+        )
     if factory is True:
         if not callable(obj):
             raise AppLoadError(
@@ -543,7 +587,15 @@ async def load_app(
     built = await _call_factory(target, obj, ((), {}))
     described = target if target.startswith("<") else f"{target}()"
     LOGGER.info("called factory %s to build the app", described)
-    return _finish(target, built, interface, from_factory=True, built=True, threads=threads)
+    return _finish(
+        target,
+        built,
+        interface,
+        from_factory=True,
+        built=True,
+        threads=threads,
+        multiprocess=multiprocess,
+    )
 
 
 def peek_target(app: object, app_dir: str | None = ".") -> object:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -70,7 +69,7 @@ from ._systemd import (
     watchdog_interval,
 )
 from ._types import Address
-from ._worker import DUMP_SIGNAL, WorkerBoot, frame, set_title
+from ._worker import DUMP_SIGNAL, WorkerBoot, embedded_log, frame, set_title, ship_config
 
 LOGGER = logging.getLogger("trioserve.master")
 
@@ -258,6 +257,9 @@ class Master:
     account: Account | None = None
     # systemd's notification socket (NOTIFY_SOCKET), and the statsd client.
     notifier: Notifier | None = None
+    # serve() from a program: how its logging shows trioserve's lines, for the workers
+    # to copy; None for the command line's master (workers follow the settings).
+    embedded_log: tuple[int, bool] | None = None
     statsd: Statsd | None = None
     last_supervision: float = 0.0
     reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
@@ -282,6 +284,7 @@ class Master:
             raise WorkerBootError(f"{pool.label(slot)} was not started: {exc}") from exc
         ours, theirs = socket.socketpair()
         try:
+            pickled, main_path = ship_config(config)
             boot = WorkerBoot(
                 slot=slot,
                 app=pool.plan.prefix,
@@ -291,6 +294,8 @@ class Master:
                 reuse_port=tuple(pool.reuse_port),
                 heartbeat=_heartbeat_interval(config),
                 account=attrs.astuple(self.account) if self.account else None,
+                main_path=main_path,
+                embedded_log=self.embedded_log,
             )
             process: _Child
             if config.preload:
@@ -298,7 +303,7 @@ class Master:
                 process = await preloader.fork(slot, theirs)
                 payload = b""  # a forked worker has its settings already
             else:
-                payload = frame(boot.to_json()) + frame(_pickled(config))
+                payload = frame(boot.to_json()) + frame(pickled)
                 process = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "trioserve._worker", str(theirs.fileno())],
                     pass_fds=[theirs.fileno(), *pool.fds],
@@ -331,7 +336,7 @@ class Master:
         finally:
             theirs.close()
         preloader = _Preloader(config, process, trio.socket.from_stdlib_socket(ours))
-        for piece in (boot.to_json(), _pickled(config)):
+        for piece in (boot.to_json(), ship_config(config)[0]):
             await preloader.sock.send(frame(piece)[:4])
             await preloader.sock.send(piece)
         self.nursery.start_soon(preloader.read)
@@ -515,7 +520,10 @@ class Master:
         """Stop everything because of ``exc``; the master then exits with its code."""
         if self.fatal is None:
             self.fatal = exc
-            LOGGER.error("%s", exc)
+            # Raised to whoever started the master: the command line prints it on stderr
+            # (serve()'s caller gets it). Logged only where stderr does not go anyway.
+            if self.pools and self.pools[0].config.error_log != "-":
+                LOGGER.error("%s", exc)
         self.begin_stop(fast=True)
 
     def begin_stop(self, *, fast: bool) -> None:
@@ -815,17 +823,6 @@ def _config_file(config: Config) -> str | None:
     return str(path)
 
 
-def _pickled(config: Config) -> bytes:
-    try:
-        return pickle.dumps(config)
-    except (pickle.PicklingError, AttributeError, TypeError) as exc:
-        raise ConfigError(
-            "cannot send the settings to worker processes: every app and hook must be "
-            "importable by name ('module:attribute'), not a lambda or a local function "
-            f"({exc}); use workers=0 to serve in this process"
-        ) from None
-
-
 async def _bind(
     pool: _Pool, inherited: dict[str, list[int]], activated: list[int]
 ) -> list[trio.SocketListener]:
@@ -873,6 +870,7 @@ async def serve_master(
     reload_plans: Callable[[], list[AppPlan]] | None = None,
     argv: Sequence[str] | None = None,
     signals: bool = False,
+    settings_logging: bool = False,
 ) -> None:
     """Run the master for ``plans`` (default: ``config`` alone) until stopped.
 
@@ -880,8 +878,14 @@ async def serve_master(
     Cancellation stops the workers gracefully. With ``signals`` the master handles the
     operator signals itself (the command line); ``reload_plans`` re-reads the
     configuration for SIGHUP, ``argv`` is the command line SIGUSR2 re-executes.
+    ``settings_logging`` says this process configured logging from the settings (the
+    command line), and the workers do the same; otherwise they copy how the program's
+    logging shows the ``trioserve`` logger.
     """
     plans = plans or [AppPlan(None, config)]
+    for plan in plans:
+        # Refused before anything starts: settings no worker process could receive.
+        ship_config(plan.config)
     budget = max(_FAST_STOP, *(_stop_budget(plan.config) for plan in plans)) + _STOP_MARGIN
     master: Master | None = None
     async with trio.open_nursery() as outer:
@@ -905,6 +909,7 @@ async def serve_master(
                 master = Master(plans, reload_plans, argv, nursery)
                 master.pidfile = getattr(control, "pidfile", None)
                 master.notifier = Notifier.from_environ() if signals else None
+                master.embedded_log = None if settings_logging else embedded_log()
                 master.statsd = install_statsd(config)
                 try:
                     await _run_master(master, config, control, task_status, signals)

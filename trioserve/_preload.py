@@ -25,14 +25,15 @@ from typing import Any
 import attrs
 
 from ._errors import EXIT_BOOT, TrioserveError
-from ._importer import LoadedApp, load_app
+from ._importer import LoadedApp
+from ._loader import load_config_app
 from ._worker import WorkerBoot, read_boot, run_worker, set_title
 
 _POLL = 0.2
 
 
 def _run_without_trio(coro: Coroutine[Any, Any, LoadedApp]) -> LoadedApp:
-    """Drive ``load_app`` to completion. It only awaits an async factory; one that waits
+    """Drive ``load_config_app`` to completion. It only awaits an async factory; one that waits
     on trio itself cannot be preloaded (there is no trio loop here, by design)."""
     try:
         coro.send(None)
@@ -58,19 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = socket.socket(fileno=int(args[0]))
-    boot, config = read_boot(channel)
+    try:
+        boot, config = read_boot(channel)
+    except Exception as exc:
+        message = f"could not read its boot message: {exc}"
+        channel.send(json.dumps({"boot_error": EXIT_BOOT, "message": message}).encode())
+        return EXIT_BOOT
     boot.drop_privileges()  # before the app is imported; forked workers inherit it
     set_title("preloader", config.name)
     try:
-        loaded = _run_without_trio(
-            load_app(
-                config.app,
-                factory=config.factory,
-                interface=config.interface,
-                app_dir=config.app_dir,
-                threads=config.threads,
-            )
-        )
+        loaded = _run_without_trio(load_config_app(config))
     except TrioserveError as exc:
         channel.send(json.dumps({"boot_error": exc.exit_code, "message": str(exc)}).encode())
         return exc.exit_code

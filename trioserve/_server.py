@@ -21,7 +21,7 @@ import trio
 from ._accept import Connection, accept_connections
 from ._accesslog import AccessLog, access_log_for
 from ._apps import as_composite, resolve_plans
-from ._asyncio_loop import app_loop, asyncio_app, asyncio_hint
+from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import (
     cleanup_listener,
     create_listeners,
@@ -44,8 +44,9 @@ from ._hooks import (
     run_hook,
     run_hook_logged,
 )
-from ._importer import LoadedApp, load_app, peek_target
+from ._importer import LoadedApp, peek_target
 from ._lifespan import Lifespan
+from ._loader import load_config_app, require_app
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import HTTPOptions, serve_http_requests, upgrade_to_websocket, watch_deadlines
@@ -134,10 +135,7 @@ async def _serve(
 async def _serve_inner(
     config: Config, control: _Control, task_status: trio.TaskStatus[list[Address]]
 ) -> None:
-    if config.app is None:
-        raise ConfigError(
-            "no application given: pass APP as 'module:attribute' or set 'app' in the config"
-        )
+    require_app(config)
     if config.reload and config.workers == 0:
         raise ConfigError(
             "--reload: the master restarts worker processes when files change; "
@@ -195,20 +193,6 @@ async def _serve_inner(
             control.ready()
 
         await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
-
-
-async def load_config_app(config: Config) -> LoadedApp:
-    """Import the app that ``config`` names, wrapped for ``app_loop`` when asked."""
-    loaded = await load_app(
-        config.app,
-        factory=config.factory,
-        interface=config.interface,
-        app_dir=config.app_dir,
-        threads=config.threads,
-    )
-    if config.app_loop == "asyncio" and loaded.asgi is not None:
-        loaded = attrs.evolve(loaded, asgi=asyncio_app(loaded.asgi))
-    return loaded
 
 
 async def serve_listeners(
@@ -578,6 +562,8 @@ def run_cli(
     control = _Control(on_ready=on_ready, pidfile=pidfile)
     from ._master import serve_master
 
+    require_app(config)
+
     if config.reload and config.workers == 0:
         raise ConfigError(
             "--reload: the master restarts worker processes when files change; "
@@ -594,6 +580,9 @@ def run_cli(
                     reload_plans=reload_plans,
                     argv=argv,
                     signals=True,
+                    # Only the command line (which alone passes argv) configured logging
+                    # from the settings; run() from a program leaves it to the program.
+                    settings_logging=argv is not None,
                 )
             )
         else:

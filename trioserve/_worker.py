@@ -16,6 +16,8 @@ dumps every thread's stack to the error log and runs ``worker_abort``.
 from __future__ import annotations
 
 import faulthandler
+import inspect
+import io
 import json
 import logging
 import os
@@ -46,9 +48,10 @@ from ._errors import (
 )
 from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
-from ._logging import configure_logging
+from ._loader import import_main_script, load_config_app
+from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
 from ._lograte import flush_all
-from ._server import _Control, _Extras, load_config_app, serve_listeners
+from ._server import _Control, _Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._tls import ssl_context
 from ._types import Address
@@ -87,6 +90,14 @@ class WorkerBoot:
     heartbeat: float
     # (uid, gid, user name) to drop to (--user/--group), or None.
     account: tuple[int, int, str | None] | None = None
+    # The parent's main script, imported as __mp_main__ before the Config is unpickled,
+    # when an app or hook pickled in the Config lives there (python script.py that
+    # calls serve()); None when nothing does.
+    main_path: str | None = None
+    # serve() from a program: (level, shown) of the "trioserve" logger there, which the
+    # worker copies, so the program's logging decides as it does with workers=0.
+    # None from the command line: the worker configures logging from the settings.
+    embedded_log: tuple[int, bool] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self)).encode()
@@ -96,8 +107,9 @@ class WorkerBoot:
         raw = json.loads(data)
         raw["fds"] = tuple(raw["fds"])
         raw["reuse_port"] = tuple((family, tuple(addr)) for family, addr in raw["reuse_port"])
-        if raw.get("account") is not None:
-            raw["account"] = tuple(raw["account"])
+        for name in ("account", "embedded_log"):
+            if raw.get(name) is not None:
+                raw[name] = tuple(raw[name])
         return cls(**raw)
 
     def drop_privileges(self) -> None:
@@ -122,17 +134,97 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
+class _MainWatcher(pickle.Pickler):
+    """A pickler that notes the first class or function it meets from ``__main__``."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.from_main: str | None = None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            self.from_main is None
+            and (inspect.isclass(obj) or inspect.isroutine(obj))
+            and getattr(obj, "__module__", None) == "__main__"
+        ):
+            self.from_main = f"__main__.{getattr(obj, '__qualname__', '?')}"
+        return NotImplemented  # pickled as usual: by reference
+
+
+def ship_config(config: Config) -> tuple[bytes, str | None]:
+    """``config`` pickled for the boot message, and the main script a worker must import
+    before unpickling it (None when no app or hook comes from ``__main__``).
+
+    A fresh worker interpreter finds a function by its module and name. One defined in
+    the script the program was started as (``python script.py``) is ``__main__.app``
+    there; the worker imports that script by path as ``__mp_main__``, as
+    multiprocessing's spawn does, so its ``if __name__ == "__main__":`` block stays
+    unrun.
+
+    Raises:
+        ConfigError: something cannot be sent: a lambda, a local function, or an
+            object defined in ``python -c`` or an interactive session (no file to
+            import it from).
+    """
+    buffer = io.BytesIO()
+    pickler = _MainWatcher(buffer)
+    try:
+        pickler.dump(config)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ConfigError(
+            "cannot send the settings to worker processes: every app and hook must be "
+            "importable by name ('module:attribute'), not a lambda or a local function "
+            f"({exc}); use workers=0 to serve in this process"
+        ) from None
+    if pickler.from_main is None:
+        return buffer.getvalue(), None
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise ConfigError(
+            f"cannot send the settings to worker processes: {pickler.from_main} is defined "
+            "in 'python -c' or an interactive session, which a worker process cannot import; "
+            "define it in a file, or use workers=0 to serve in this process"
+        )
+    return buffer.getvalue(), os.path.abspath(path)
+
+
 def read_boot(sock: socket.socket) -> tuple[WorkerBoot, Config]:
     """Read the boot message (blocking: no trio loop runs yet)."""
     (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
     boot = WorkerBoot.from_json(_read_exactly(sock, size))
+    # All of it read before any code runs: a failure below can then be reported on the
+    # channel, with no unread bytes left for the master to block on.
+    (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
+    pickled = _read_exactly(sock, size)
     if boot.config_file is not None:
         load_python_config(Path(boot.config_file))
-    (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
-    config = pickle.loads(_read_exactly(sock, size))
+    if boot.main_path is not None:
+        import_main_script(boot.main_path)
+    try:
+        config = pickle.loads(pickled)
+    except AttributeError as exc:
+        if boot.main_path is None:
+            raise
+        raise AttributeError(
+            f"{exc}: define it at the top level of {boot.main_path}, outside "
+            "'if __name__ == \"__main__\":', so that worker processes can import it"
+        ) from None
     if not isinstance(config, Config):
         raise TypeError("the boot message did not carry a Config")
     return boot, config
+
+
+def report_boot_failure(channel: socket.socket, message: str) -> None:
+    """Tell the master why this process could not boot (blocking: before any trio loop).
+
+    The master's error then names the reason in one line; when the channel is gone
+    already, stderr is the only place left to say it.
+    """
+    line = json.dumps({"t": "boot_error", "code": EXIT_BOOT, "message": message}).encode()
+    try:
+        channel.sendall(line + b"\n")
+    except OSError:
+        print(f"trioserve: error: worker {message}", file=sys.stderr)
 
 
 def set_title(role: str, name: str | None) -> None:
@@ -190,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         boot, config = read_boot(channel)
     except Exception as exc:
-        print(f"trioserve: error: worker could not read its boot message: {exc}", file=sys.stderr)
+        report_boot_failure(channel, f"could not read its boot message: {exc}")
         return EXIT_BOOT
     return run_worker(channel, boot, config, None)
 
@@ -204,7 +296,7 @@ def run_worker(
         signal.signal(signum, signal.SIG_IGN)
     set_title((f"{boot.app} " if boot.app else "") + f"worker {boot.slot}", config.name)
     worker = WorkerInfo(boot.slot, config, pid=os.getpid(), app=boot.app)
-    configure_logging(config, role=_role(worker))
+    _configure_logging(boot, config, worker)
     _watch_stack_dumps(config)
     boot.drop_privileges()  # after opening the log files; before any app code runs
     signal.signal(signal.SIGABRT, _abort_handler(config, worker))
@@ -219,6 +311,36 @@ def run_worker(
 
 def _role(worker: WorkerInfo) -> str:
     return (f"{worker.app} " if worker.app else "") + f"worker {worker.id}"
+
+
+def _configure_logging(boot: WorkerBoot, config: Config, worker: WorkerInfo) -> None:
+    """The command line's workers log as the settings say; serve()'s as the program does.
+
+    Under serve() the master logs through the embedding program's logging, and so does
+    a server with workers=0: a worker shows what that logging would show (same level;
+    nothing but Python's last-resort warnings when the program set up no handler), in
+    trioserve's format, tagged with its role.
+    """
+    if boot.embedded_log is None:
+        configure_logging(config, role=_role(worker))
+        return
+    level, shown = boot.embedded_log
+    logger = logging.getLogger("trioserve")
+    logger.setLevel(level)
+    for old in logger.handlers[:]:
+        logger.removeHandler(old)
+    if shown:
+        handler = logging.StreamHandler(sys.stderr)
+        text_format = LOG_FORMAT.replace("trioserve: ", f"trioserve: [{_role(worker)}] ")
+        handler.setFormatter(logging.Formatter(text_format, DATE_FORMAT))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def embedded_log() -> tuple[int, bool]:
+    """What the "trioserve" logger of this (embedding) program shows: (level, any handler)."""
+    logger = logging.getLogger("trioserve")
+    return logger.getEffectiveLevel(), logger.hasHandlers()
 
 
 class _Link:
@@ -263,7 +385,7 @@ async def _worker_main(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat, link, control, worker, boot.heartbeat)
         nursery.start_soon(_watch_master, link, control, nursery.cancel_scope)
-        nursery.start_soon(_signals, control, config, worker, nursery.cancel_scope)
+        nursery.start_soon(_signals, control, boot, config, worker, nursery.cancel_scope)
 
         async def on_ready(addresses: list[Address], urls: list[str]) -> None:
             nonlocal ready
@@ -341,7 +463,11 @@ def _stop(control: _Control, scope: trio.CancelScope, *, fast: bool) -> None:
 
 
 async def _signals(
-    control: _Control, config: Config, worker: WorkerInfo, scope: trio.CancelScope
+    control: _Control,
+    boot: WorkerBoot,
+    config: Config,
+    worker: WorkerInfo,
+    scope: trio.CancelScope,
 ) -> None:
     with trio.open_signal_receiver(
         signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1
@@ -349,7 +475,7 @@ async def _signals(
         async for signum in signals:
             if signum == signal.SIGUSR1:
                 try:
-                    configure_logging(config, role=_role(worker))
+                    _configure_logging(boot, config, worker)
                     _watch_stack_dumps(config)
                 except (ConfigError, OSError) as exc:
                     LOGGER.error("SIGUSR1: cannot reopen the log files: %s", exc)

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeAlias
 import trio
 
 from ._errors import ClientDisconnected
-from ._types import ASGIApp, Receive, Scope, Send
+from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Environ", "ExcInfo", "StartResponse", "WSGIApp", "wsgi_to_asgi"]
 
@@ -44,7 +44,7 @@ WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
 _UNPREFIXED = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 
 
-def wsgi_to_asgi(app: WSGIApp, *, threads: int) -> ASGIApp:
+def wsgi_to_asgi(app: WSGIApp, *, threads: int, multiprocess: bool = False) -> ASGIApp:
     """Wrap a WSGI app into an ASGI 3 app that runs each request in a worker thread.
 
     At most ``threads`` requests run the app at once; more wait, in trio, for a
@@ -65,6 +65,7 @@ def wsgi_to_asgi(app: WSGIApp, *, threads: int) -> ASGIApp:
         app: A PEP 3333 application: ``app(environ, start_response)`` returning an
             iterable of bytes.
         threads: How many requests may run the app at the same time (at least 1).
+        multiprocess: ``wsgi.multiprocess``: other processes serve the app too.
 
     Returns:
         An ASGI 3 callable.
@@ -80,6 +81,7 @@ def wsgi_to_asgi(app: WSGIApp, *, threads: int) -> ASGIApp:
         kind = scope["type"]
         if kind == "http":
             request = _Request(app, scope, receive, send)
+            request.environ["wsgi.multiprocess"] = multiprocess
             await trio.to_thread.run_sync(request.run, limiter=limiter, abandon_on_cancel=False)
         elif kind == "lifespan":
             await _lifespan(receive, send)
@@ -126,11 +128,19 @@ def _split_host(host: str, default_port: str) -> tuple[str, str]:
     return name, default_port
 
 
-def build_environ(scope: Scope, stdin: object, errors: object) -> Environ:
+def build_environ(
+    scope: Scope, stdin: object, errors: object, *, multiprocess: bool = False
+) -> Environ:
     """The PEP 3333 environ for an ASGI ``http`` scope.
 
     ``PATH_INFO`` is ``scope["path"]`` as it is: trioserve's path does not include
-    ``root_path``, which becomes ``SCRIPT_NAME``.
+    ``root_path``, which becomes ``SCRIPT_NAME``. ``multiprocess`` is
+    ``wsgi.multiprocess``: True when other worker processes serve the same app.
+
+    ``wsgi.input_terminated`` is True (as in gunicorn): ``wsgi.input`` ends where the
+    body ends, also for a chunked body without Content-Length. Werkzeug (Flask) reads
+    such a body only when this key says so; without it a chunked upload reached the app
+    as 0 bytes.
     """
     scheme = scope.get("scheme", "http")
     environ: Environ = {
@@ -142,9 +152,10 @@ def build_environ(scope: Scope, stdin: object, errors: object) -> Environ:
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scheme,
         "wsgi.input": stdin,
+        "wsgi.input_terminated": True,
         "wsgi.errors": errors,
         "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
+        "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
     }
 
@@ -185,16 +196,29 @@ def build_environ(scope: Scope, stdin: object, errors: object) -> Environ:
 class _Input:
     """``wsgi.input``: the request body, received from trio only as the app reads it.
 
-    Used from the app's worker thread only.
+    Created in trio; read from the app's worker thread, or from a thread the app
+    started itself (Django runs an async view under WSGI in a thread of its own, and
+    reads the body there). From trio's worker thread a read is part of the request's
+    task, so cancelling the request interrupts it; from another thread it runs as a
+    system task of the same trio loop, found by the token taken here.
     """
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
+        self._token = trio.lowlevel.current_trio_token()
         self._buffer = bytearray()
         self._eof = False
 
+    def _receive_from_thread(self) -> Message:
+        try:
+            trio.from_thread.check_cancelled()
+        except RuntimeError:
+            # Not a thread trio started (it would know its task): one the app started.
+            return trio.from_thread.run(self._receive, trio_token=self._token)
+        return trio.from_thread.run(self._receive)
+
     def _fill(self) -> None:
-        message = trio.from_thread.run(self._receive)
+        message = self._receive_from_thread()
         if message["type"] == "http.request":
             self._buffer += message.get("body", b"")
             if not message.get("more_body", False):

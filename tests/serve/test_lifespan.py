@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trioserve import LifespanError
 from trioserve._lifespan import Lifespan
@@ -114,3 +115,63 @@ async def test_shutdown_timeout_is_bounded(nursery, autojump_clock, caplog):
     assert trio.current_time() - start == pytest.approx(3)
     assert any("did not complete within 3 seconds" in r.getMessage() for r in caplog.records)
     nursery.cancel_scope.cancel()
+
+
+def failing_then_raising_app(message: str) -> Any:
+    """What Starlette and FastAPI do when the lifespan raises: report, then re-raise."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        try:
+            raise ConnectionRefusedError("database down")
+        except ConnectionRefusedError:
+            await send({"type": "lifespan.startup.failed", "message": message})
+            raise
+
+    return app
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+async def test_startup_failed_then_raise_fails_startup(nursery, mode, caplog):
+    """An app that sends lifespan.startup.failed and then raises supports lifespan: it fails."""
+    caplog.set_level(logging.INFO, "trioserve")
+    lifespan = lifespan_for(failing_then_raising_app("database down"), mode)
+    with pytest.raises(LifespanError, match=r"^lifespan startup failed: database down$"):
+        await lifespan.startup(nursery)
+    assert lifespan.supported
+    assert not any("does not support" in r.getMessage() for r in caplog.records)
+
+
+async def test_startup_failed_traceback_message_is_logged_and_summed_up(nursery, caplog):
+    """A multi-line message (a traceback) is logged whole; the error names its last line."""
+    traceback_text = (
+        "Traceback (most recent call last):\n"
+        '  File "app.py", line 3, in lifespan\n'
+        "ConnectionRefusedError: database down\n"
+    )
+    lifespan = lifespan_for(failing_then_raising_app(traceback_text))
+    with pytest.raises(
+        LifespanError, match=r"^lifespan startup failed: ConnectionRefusedError: database down$"
+    ):
+        await lifespan.startup(nursery)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == ["lifespan startup failed; the app reported:\n" + traceback_text.strip()]
+
+
+async def test_startup_complete_then_raise_is_served_with_an_error_log(nursery, caplog):
+    """An app that completes startup and then raises supports lifespan: logged at ERROR, served."""
+
+    async def complete_then_raise(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        raise RuntimeError("background task died")
+
+    caplog.set_level(logging.INFO, "trioserve")
+    lifespan = lifespan_for(complete_then_raise)
+    await lifespan.startup(nursery)
+    assert lifespan.supported
+    await trio.testing.wait_all_tasks_blocked()
+    assert not any("does not support" in r.getMessage() for r in caplog.records)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["lifespan task of the app raised after startup"]
+    await lifespan.shutdown()  # the task has ended: nothing to send it

@@ -124,7 +124,7 @@ def environ_of(scope: dict[str, Any]) -> Any:
 
 
 async def test_environ_has_the_pep_3333_keys_and_nothing_else():
-    """The environ holds the CGI variables and wsgi.* keys of PEP 3333, no extensions."""
+    """The environ has the CGI variables and wsgi.* keys of PEP 3333, and wsgi.input_terminated."""
     environ = await environ_of(http_scope("/items", method="POST", query=b"a=1&b=caf%C3%A9"))
     assert set(environ) == {
         "REQUEST_METHOD",
@@ -139,6 +139,7 @@ async def test_environ_has_the_pep_3333_keys_and_nothing_else():
         "wsgi.version",
         "wsgi.url_scheme",
         "wsgi.input",
+        "wsgi.input_terminated",
         "wsgi.errors",
         "wsgi.multithread",
         "wsgi.multiprocess",
@@ -156,6 +157,8 @@ async def test_environ_has_the_pep_3333_keys_and_nothing_else():
     assert environ["wsgi.multithread"] is True
     assert environ["wsgi.multiprocess"] is False
     assert environ["wsgi.run_once"] is False
+    # gunicorn's extension, which Werkzeug needs to read a chunked body (issue 12).
+    assert environ["wsgi.input_terminated"] is True
     assert all(type(value) is str for key, value in environ.items() if key.isupper())
 
 
@@ -301,6 +304,37 @@ async def test_input_is_streamed_as_the_app_reads():
             assert received == 1
             second_ready.set()
     assert send.chunks == [b"hello ", b"world"]
+
+
+async def test_multiprocess_is_what_the_adapter_was_told():
+    """wsgi.multiprocess is True when the adapter is told other processes serve the app."""
+    seen: list[Environ] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        seen.append(environ)
+        start_response("204 No Content", [])
+        return []
+
+    adapter = wsgi_to_asgi(app, threads=1, multiprocess=True)
+    with trio.fail_after(5):
+        await adapter(http_scope(), body_receive(), Recorder())
+    assert seen[0]["wsgi.multiprocess"] is True
+
+
+async def test_input_can_be_read_from_a_thread_the_app_started():
+    """A thread the app starts itself (Django's async views under WSGI) reads the whole body."""
+    bodies: list[bytes] = []
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        reader = threading.Thread(target=lambda: bodies.append(environ["wsgi.input"].read()))
+        reader.start()
+        reader.join(5)
+        start_response("200 OK", [])
+        return bodies
+
+    send = await call(app, http_scope(method="POST"), [b"read ", b"from ", b"my thread"])
+    assert send.status == 200
+    assert send.chunks == [b"read from my thread"]
 
 
 async def test_read_with_a_size_spans_chunks_and_stops_at_the_end():

@@ -763,3 +763,9 @@ async def test_annotated_websocket_request_handler_is_native_websocket():
     assert (await load_app(plain, app_dir=None)).interface == "stream"
     forced = await load_app(plain, interface="websocket", app_dir=None)
     assert (forced.interface, forced.handler) == ("websocket", plain)
+
+
+async def test_missing_attribute_hint_lists_app_instances_first():
+    """The hint names an app instance (Starlette(), Flask()) first, though its class is imported."""
+    error = await load_error("imptgt_instance_app:nosuchapp")
+    assert str(error).endswith("; it has: web, add_routes")

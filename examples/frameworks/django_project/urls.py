@@ -9,4 +9,5 @@ from . import views
 urlpatterns = [
     path("", views.index),
     path("async", views.async_view),
+    path("async-echo", views.async_echo),
 ]
