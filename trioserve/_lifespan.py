@@ -164,7 +164,8 @@ class Lifespan:
         text = str(answer.get("message", "") or "").strip()
         if "\n" in text:
             # The error says the last line; the app's whole report (a traceback) is here.
-            LOGGER.error("lifespan startup failed; the app reported:\n%s", text)
+            # (In the message, not an argument: the log keeps a message's own lines.)
+            LOGGER.error("lifespan startup failed; the app reported:\n" + text)
 
     async def shutdown(self) -> None:
         """Send ``lifespan.shutdown`` and wait up to ``shutdown_timeout`` for the answer."""

@@ -10,6 +10,7 @@ import logging.config
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,15 +54,44 @@ def _open_handler(target: str, *, default: Any, flag: str, name: str) -> logging
 
 
 class TextFormatter(logging.Formatter):
-    """The text format, with each control character of a message (a client's path in "exception
-    in ASGI app while serving GET /..." may hold any) written as ``\\xHH``: one line per
-    record, and nothing a terminal would act on. A traceback keeps its lines."""
+    """The text format, safe from forged lines and terminal escapes.
+
+    What a client sent reaches messages through their arguments (the path in "exception in
+    ASGI app while serving GET %s"): every control character of a string argument is
+    written as ``\\xHH``, newlines included, so it stays on its record's line. The
+    message's own newlines (a multi-line report the server or the app wrote) are kept,
+    each continuation line indented so that it cannot pass for a record of its own; its
+    other control characters are written as ``\\xHH`` too. A traceback keeps its lines.
+    """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         message = record.message
         if _CONTROL.search(message) is not None:
-            record.message = message.translate(_CONTROL_ESCAPES)
+            record.message = _safe_message(record)
         return super().formatMessage(record)
+
+
+def _escape(value: object) -> object:
+    if value is None or isinstance(value, int | float):
+        return value  # (for %d and %g)
+    return str(value).translate(_CONTROL_ESCAPES)
+
+
+def _safe_message(record: logging.LogRecord) -> str:
+    """``record``'s message with its arguments' control characters escaped, and its own
+    newlines kept as indented continuation lines."""
+    args = record.args
+    message = record.message
+    if args:
+        try:
+            if isinstance(args, Mapping):
+                message = str(record.msg) % {key: _escape(v) for key, v in args.items()}
+            else:
+                message = str(record.msg) % tuple(_escape(v) for v in args)
+        except (TypeError, ValueError, KeyError):
+            return message.translate(_CONTROL_ESCAPES)
+    lines = [line.translate(_CONTROL_ESCAPES) for line in message.split("\n")]
+    return "\n    ".join(lines)
 
 
 class JsonFormatter(logging.Formatter):

@@ -112,6 +112,25 @@ def test_control_characters_in_messages_are_escaped(tmp_path: Path) -> None:
     assert traceback[-1] == "ValueError: boom"
 
 
+def test_a_message_keeps_its_own_lines_indented(tmp_path: Path) -> None:
+    """A multi-line message (a report the app wrote) keeps its lines, each continuation
+    indented so that none passes for a record; arguments' newlines are still escaped."""
+    path = tmp_path / "error.log"
+    configure(error_log=str(path))
+    logging.getLogger("trioserve.lifespan").error(
+        "the app reported:\nTraceback (most recent call last):\nValueError: x\x1b[2J"
+    )
+    logging.getLogger("trioserve.http").info("report:\n%s", "a\n[x] [ERROR] forged")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].endswith("the app reported:")
+    assert lines[1:3] == [
+        "    Traceback (most recent call last):",
+        r"    ValueError: x\x1B[2J",
+    ]
+    assert lines[3].endswith("report:")
+    assert lines[4] == r"    a\x0A[x] [ERROR] forged"
+
+
 def test_edge_loggers_are_rate_limited(tmp_path: Path) -> None:
     """Each edge logger gets the rate limit: ten lines of a kind, then one that counts the rest."""
     path = tmp_path / "error.log"
