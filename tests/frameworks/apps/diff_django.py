@@ -33,10 +33,10 @@ if not settings.configured:
     )
     django.setup()
 
-from django.core.asgi import get_asgi_application  # type: ignore[import-untyped]  # noqa: E402
-from django.core.handlers.asgi import ASGIRequest  # type: ignore[import-untyped]  # noqa: E402
-from django.core.wsgi import get_wsgi_application  # type: ignore[import-untyped]  # noqa: E402
-from django.http import (  # type: ignore[import-untyped]  # noqa: E402
+from django.core.asgi import get_asgi_application  # type: ignore[import-untyped]
+from django.core.handlers.asgi import ASGIRequest  # type: ignore[import-untyped]
+from django.core.wsgi import get_wsgi_application  # type: ignore[import-untyped]
+from django.http import (  # type: ignore[import-untyped]
     FileResponse,
     HttpRequest,
     HttpResponse,
@@ -44,8 +44,8 @@ from django.http import (  # type: ignore[import-untyped]  # noqa: E402
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.urls import path, re_path  # type: ignore[import-untyped]  # noqa: E402
-from django.views.static import serve  # type: ignore[import-untyped]  # noqa: E402
+from django.urls import path, re_path  # type: ignore[import-untyped]
+from django.views.static import serve  # type: ignore[import-untyped]
 
 
 def index(request: HttpRequest) -> JsonResponse:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 from flask import Flask, Response, redirect, request, send_file
+from werkzeug.wrappers import Response as BaseResponse
 
 from . import HELLO, STATIC, mark, say
 
@@ -17,7 +18,6 @@ ENVIRON_KEYS = (
     "SCRIPT_NAME",
     "PATH_INFO",
     "QUERY_STRING",
-    "RAW_URI",
     "SERVER_PROTOCOL",
     "REMOTE_ADDR",
     "CONTENT_LENGTH",
@@ -42,6 +42,13 @@ def scope(rest: str) -> dict[str, object]:
     seen["path"] = request.path
     seen["query"] = sorted(request.args.items(multi=True))
     return seen
+
+
+@app.get("/raw-uri/<path:rest>")
+def raw_uri(rest: str) -> dict[str, object]:
+    """The request target as sent: gunicorn's RAW_URI, uWSGI's REQUEST_URI (neither is in
+    PEP 3333; apps use them to tell an encoded slash from a real one)."""
+    return {key: request.environ.get(key) for key in ("RAW_URI", "REQUEST_URI")}
 
 
 @app.route("/echo", methods=["POST", "PUT"])
@@ -101,7 +108,7 @@ def cookies() -> Response:
 
 
 @app.get("/redirect")
-def redirect_view() -> Response:
+def redirect_view() -> BaseResponse:
     return redirect("/scope/target?a=1&b=x%2Fy&c=d+e")
 
 

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 import trio
 from quart import Response, redirect, request, send_file, websocket
 from quart_trio import QuartTrio
+from werkzeug.wrappers import Response as BaseResponse
 
 from . import HELLO, STARTUP_ERROR, STATIC, mark, say
 
 
 def build(*, failing: bool) -> QuartTrio:
-    app = QuartTrio(__name__, static_folder=STATIC, static_url_path="/static")
+    app = QuartTrio(__name__, static_folder=str(STATIC), static_url_path="/static")
 
     @app.before_serving
     async def startup() -> None:
@@ -31,6 +32,7 @@ def build(*, failing: bool) -> QuartTrio:
     @app.route("/scope/<path:rest>", methods=["GET", "POST"])
     async def scope(rest: str) -> dict[str, object]:
         scope = request.scope
+        client = scope.get("client")
         return {
             "path": scope["path"],
             "raw_path": scope["raw_path"].decode("latin-1"),
@@ -39,8 +41,8 @@ def build(*, failing: bool) -> QuartTrio:
             "query": sorted(request.args.items(multi=True)),
             "scheme": scope["scheme"],
             "http_version": scope["http_version"],
-            "client_host": scope["client"][0] if scope.get("client") else None,
-            "method": scope["method"],
+            "client_host": client[0] if client else None,
+            "method": request.method,
         }
 
     @app.route("/echo", methods=["POST", "PUT"])
@@ -94,7 +96,7 @@ def build(*, failing: bool) -> QuartTrio:
         return response
 
     @app.get("/redirect")
-    async def redirect_view() -> Response:
+    async def redirect_view() -> BaseResponse:
         return redirect("/scope/target?a=1&b=x%2Fy&c=d+e")
 
     @app.get("/slash/")

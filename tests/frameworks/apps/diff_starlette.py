@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
@@ -53,7 +54,7 @@ async def stream(request: Request) -> StreamingResponse:
     async def chunks() -> AsyncIterator[bytes]:
         for number in range(5):
             yield f"chunk {number}\n".encode()
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     return StreamingResponse(chunks(), media_type="text/plain")
 
@@ -78,7 +79,7 @@ async def endless(request: Request) -> StreamingResponse:
 async def fail_mid_stream(request: Request) -> StreamingResponse:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"first\n"
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         raise RuntimeError("failing in the middle of a stream (differential check)")
 
     return StreamingResponse(chunks(), media_type="text/plain")
