@@ -26,6 +26,7 @@ module-scoped fixture), so the file runs in well under a minute.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gzip
 import importlib.util
@@ -185,7 +186,7 @@ def hypercorn(target: str, *flags: str) -> Process:
 class Pair:
     """How to serve one framework app with trioserve and with its peer."""
 
-    module: str  # the framework the app needs
+    needs: tuple[str, ...]  # the framework and the peer server, as modules
     ours: Callable[[], Process]
     peer: Callable[[], Process]
 
@@ -195,46 +196,48 @@ DJANGO_ASGI = f"{APPS}.diff_django:asgi_app"
 
 PAIRS = {
     "starlette": Pair(
-        "starlette",
+        ("starlette", "uvicorn"),
         lambda: trioserve(f"{APPS}.diff_starlette:app"),
         lambda: uvicorn(f"{APPS}.diff_starlette:app"),
     ),
-    # The app mounted under a URL prefix by a proxy that does not strip it.
+    # The app mounted under /prefix (--root-path on both sides).
     "starlette-root-path": Pair(
-        "starlette",
+        ("starlette", "uvicorn"),
         lambda: trioserve(f"{APPS}.diff_starlette:app", "--root-path", "/prefix"),
         lambda: uvicorn(f"{APPS}.diff_starlette:app", "--root-path", "/prefix"),
     ),
     "fastapi": Pair(
-        "fastapi",
+        ("fastapi", "uvicorn"),
         lambda: trioserve(f"{APPS}.diff_fastapi:app"),
         lambda: uvicorn(f"{APPS}.diff_fastapi:app"),
     ),
     "flask": Pair(
-        "flask",
+        ("flask", "gunicorn"),
         lambda: trioserve(f"{APPS}.diff_flask:app"),
         lambda: gunicorn(f"{APPS}.diff_flask:app"),
     ),
     # gunicorn takes the prefix from $SCRIPT_NAME (it has no flag for it).
     "flask-root-path": Pair(
-        "flask",
+        ("flask", "gunicorn"),
         lambda: trioserve(f"{APPS}.diff_flask:app", "--root-path", "/prefix"),
         lambda: gunicorn(f"{APPS}.diff_flask:app", SCRIPT_NAME="/prefix"),
     ),
-    "django-wsgi": Pair("django", lambda: trioserve(DJANGO_WSGI), lambda: gunicorn(DJANGO_WSGI)),
+    "django-wsgi": Pair(
+        ("django", "gunicorn"), lambda: trioserve(DJANGO_WSGI), lambda: gunicorn(DJANGO_WSGI)
+    ),
     "django-asgi": Pair(
-        "django",
+        ("django", "uvicorn"),
         lambda: trioserve(DJANGO_ASGI, "--app-loop", "asyncio"),
         lambda: uvicorn(DJANGO_ASGI),
     ),
     # Issue 12, bug 5: the preloaded app skipped the asyncio wrapper (500 for everything).
     "django-asgi-preload": Pair(
-        "django",
+        ("django", "uvicorn"),
         lambda: trioserve(DJANGO_ASGI, "--app-loop", "asyncio", "--preload"),
         lambda: uvicorn(DJANGO_ASGI),
     ),
     "quart-trio": Pair(
-        "quart_trio",
+        ("quart_trio", "hypercorn"),
         lambda: trioserve(f"{APPS}.diff_quart_trio:app"),
         lambda: hypercorn(f"{APPS}.diff_quart_trio:app"),
     ),
@@ -709,7 +712,24 @@ CASES["websocket-echo"] = lambda side: websocket(side, "/ws")
 CASES["websocket-subprotocol"] = lambda side: websocket(
     side, "/ws-subprotocol", subprotocols=["chat.v1", "chat.v2"], echo=False
 )
-CASES["websocket-reject"] = lambda side: websocket(side, "/ws-reject", echo=False)
+REJECTS = 8
+
+
+@case("websocket-reject")
+def websocket_reject(side: Process) -> Seen:
+    """The app closes before accepting: a 403, each of REJECTS times (a race once lost
+    the answer in some of them)."""
+    from websockets.exceptions import InvalidMessage
+
+    answers: list[Seen | str] = []
+    for _ in range(REJECTS):
+        try:
+            answers.append(websocket(side, "/ws-reject", echo=False))
+        except InvalidMessage as exc:
+            answers.append(f"no HTTP answer: {exc}")
+    first = next((answer for answer in answers if isinstance(answer, Seen)), Seen())
+    failures = tuple(answer for answer in answers if not isinstance(answer, Seen))
+    return attrs.evolve(first, facts=(("handshakes without an answer", len(failures)),))
 
 
 @case("sigterm")
@@ -757,6 +777,8 @@ class Known:
 
     field: str  # a Seen field or a fact's name
     reason: str
+    # A race: some runs do not show it, so its absence does not make the entry stale.
+    sometimes: bool = False
 
 
 LIMIT = (
@@ -815,6 +837,23 @@ BACKGROUND_BUG = (
     "by 1 s; uvicorn answers it at once. curl -s -o /dev/null -w '%{time_total}\\n' "
     "URL/background -o /dev/null URL/ prints ~0.01 then ~1.1"
 )
+WS_REJECT_BUG = (
+    "trioserve bug (found by this check): when Quart-Trio refuses a WebSocket (close "
+    "before accept), the client often gets no HTTP answer at all (hypercorn: 403 every "
+    "time); the 403 is written inside the app's send(), after the phase is already "
+    "CLOSED, so the app's receive() reports the disconnect, Quart-Trio cancels its "
+    "nursery and with it the unfinished write. Repro: websockets' connect() to "
+    "/ws-reject of tests/frameworks/apps/diff_quart_trio.py, a few times"
+)
+QUART_STREAM_BUG = (
+    "trioserve bug (found by this check): about half of Quart-Trio's chunked responses "
+    "lose their last chunk and hang until the keep-alive timeout (5 s) closes them "
+    "(hypercorn: none). Quart-Trio cancels its request nursery when receive() returns "
+    "http.disconnect; trioserve returns it while the app's last send() is still writing, "
+    "which cancels that write. ASGI: http.disconnect comes after the response has been "
+    "sent. Repro: for i in $(seq 30); do curl -s -o /dev/null -w '%{time_total} ' "
+    "URL/stream; done"
+)
 ROOT_PATH_BUG = (
     "trioserve bug (found by this check): with --root-path the ASGI path must include "
     "root_path (Starlette >= 0.35, asgiref's WSGI adapter and uvicorn >= 0.26 read the spec "
@@ -863,6 +902,13 @@ KNOWN: dict[tuple[str, str], tuple[Known, ...]] = {
         (f, "background"): known(BACKGROUND_BUG, "task done before the second answer")
         for f in ["starlette", "fastapi"]
     },
+    ("quart-trio", "stream"): (
+        Known("complete", QUART_STREAM_BUG, sometimes=True),
+        Known("reused", QUART_STREAM_BUG, sometimes=True),
+    ),
+    ("quart-trio", "websocket-reject"): (
+        Known("handshakes without an answer", WS_REJECT_BUG, sometimes=True),
+    ),
     ("starlette-root-path", "scope-prefixed"): known(ROOT_PATH_BUG, *ANSWER),
     ("starlette-root-path", "redirect-prefixed"): known(ROOT_PATH_BUG, *ANSWER),
     ("starlette-root-path", "trailing-slash-prefixed"): known(ROOT_PATH_BUG, *ANSWER),
@@ -874,8 +920,9 @@ def assert_same(framework: str, name: str, ours: Seen, theirs: Seen, peer: Proce
     """Every difference between the two observations is in KNOWN, and every KNOWN entry for
     this case still differs."""
     differences = ours.differences(theirs)
-    listed = {entry.field for entry in KNOWN.get((framework, name), ())}
-    stale = sorted(listed - differences.keys())
+    entries = KNOWN.get((framework, name), ())
+    listed = {entry.field for entry in entries}
+    stale = sorted({entry.field for entry in entries if not entry.sometimes} - differences.keys())
     assert not stale, f"KNOWN lists differences that are gone: {stale}"
     unexplained = {field: pair for field, pair in differences.items() if field not in listed}
     assert not unexplained, "\n".join(
@@ -884,10 +931,17 @@ def assert_same(framework: str, name: str, ours: Seen, theirs: Seen, peer: Proce
     )
 
 
+def both(run: Callable[[Process], Seen], ours: Process, peer: Process) -> tuple[Seen, Seen]:
+    """``run`` on both sides at once (the waits of a case overlap): (ours, the peer's)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        mine, theirs = pool.submit(run, ours), pool.submit(run, peer)
+        return mine.result(timeout=4 * TIMEOUT), theirs.result(timeout=4 * TIMEOUT)
+
+
 def params() -> Iterator[object]:
     for framework, names in PLAN.items():
-        module = PAIRS[framework].module
-        mark = pytest.mark.skipif(not installed(module), reason=f"{module} not installed")
+        missing = [module for module in PAIRS[framework].needs if not installed(module)]
+        mark = pytest.mark.skipif(bool(missing), reason=f"not installed: {missing}")
         for name in names:
             yield pytest.param(framework, name, id=f"{framework}-{name}", marks=mark)
 
@@ -896,7 +950,7 @@ def params() -> Iterator[object]:
 def test_trioserve_and_the_peer_look_the_same(servers: Servers, framework: str, name: str) -> None:
     """A client and the app observe the same thing from trioserve as from the peer."""
     sides = servers.get(framework)
-    ours, theirs = CASES[name](sides.ours), CASES[name](sides.peer)
+    ours, theirs = both(CASES[name], sides.ours, sides.peer)
     assert_same(framework, name, ours, theirs, sides.peer)
 
 
@@ -918,24 +972,18 @@ def startup(process: Process) -> Seen:
     return Seen(facts=(("served", status is None), ("exit", status), ("says why", says_why)))
 
 
-@pytest.mark.parametrize(
-    ("framework", "flags"),
-    [
-        pytest.param(framework, flags, id=f"{framework}{'-w0' if flags else ''}")
-        for framework in FAILING
-        for flags in [(), ("-w", "0")]
-    ],
-)
-def test_a_failed_lifespan_startup_is_not_served(framework: str, flags: tuple[str, ...]) -> None:
-    """An app whose lifespan startup fails (it raises in its lifespan, after the framework
-    sent lifespan.startup.failed) is not served: both servers exit non-zero, saying why."""
-    if not installed(PAIRS[framework].module):
-        pytest.skip(f"{PAIRS[framework].module} not installed")
+@pytest.mark.parametrize("framework", list(FAILING))
+def test_a_failed_lifespan_startup_is_not_served(framework: str) -> None:
+    """An app whose lifespan startup fails is not served (with workers, -w 0 and the peer)."""
+    if missing := [module for module in PAIRS[framework].needs if not installed(module)]:
+        pytest.skip(f"not installed: {missing}")
     target, peer_cli = FAILING[framework]
-    ours, peer = trioserve(target, *flags), peer_cli(target)
+    processes = [trioserve(target), trioserve(target, "-w", "0"), peer_cli(target)]
     try:
-        mine, theirs = startup(ours), startup(peer)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            workers, in_process, theirs = pool.map(startup, processes, timeout=4 * TIMEOUT)
     finally:
-        ours.kill()
-        peer.kill()
-    assert_same(framework, "failed-lifespan", mine, theirs, peer)
+        for process in processes:
+            process.kill()
+    for mine in (workers, in_process):
+        assert_same(framework, "failed-lifespan", mine, theirs, processes[-1])
