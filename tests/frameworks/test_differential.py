@@ -32,6 +32,7 @@ import gzip
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -152,6 +153,7 @@ class Process:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=TIMEOUT)
         self._reader.join(timeout=TIMEOUT)
+        shutil.rmtree(self.marks, ignore_errors=True)
 
 
 TRIOSERVE_READY = READY
@@ -613,6 +615,21 @@ def disconnect_mid_stream(side: Process) -> Seen:
     return Seen(status, facts=(("app started", started), ("app saw the client leave", closed)))
 
 
+@case("upload-aborted")
+def upload_aborted(side: Process) -> Seen:
+    """The client sends 1 KB of a 70 KB body and leaves: the app's body read ends with the
+    framework's ClientDisconnect (http.disconnect) within NOTICE seconds."""
+    start = len(side.lines)
+    client = Client(side.port)
+    try:
+        client.send_head("POST", "/upload", [("Content-Length", str(len(UPLOAD)))])
+        client.sock.sendall(UPLOAD[:1024])
+    finally:
+        client.close()
+    line = side.wait_line("app: upload", start, timeout=NOTICE)
+    return Seen(facts=(("app saw", line.split("app: ", 1)[1] if line else None),))
+
+
 @case("background")
 def background(side: Process) -> Seen:
     """A response with a background task: the client gets it at once, and a second request
@@ -754,9 +771,9 @@ DJANGO_HTTP = [name for name in ASGI_HTTP if name != "background"]
 ROOT_PATH = ["scope-prefixed", "scope-unprefixed", "redirect-prefixed", "trailing-slash-prefixed"]
 WEBSOCKET = ["websocket-echo", "websocket-subprotocol", "websocket-reject"]
 PLAN = {
-    "starlette": [*ASGI_HTTP, *WEBSOCKET, "sigterm"],
+    "starlette": [*ASGI_HTTP, "upload-aborted", *WEBSOCKET, "sigterm"],
     "starlette-root-path": [*ROOT_PATH, "sigterm"],
-    "fastapi": [*ASGI_HTTP, *WEBSOCKET, "sigterm"],
+    "fastapi": [*ASGI_HTTP, "upload-aborted", *WEBSOCKET, "sigterm"],
     "flask": [*ASGI_HTTP, "raw-uri", "sigterm"],
     "flask-root-path": [*ROOT_PATH, "sigterm"],
     # Django has no background tasks and no WebSocket of its own.

@@ -51,6 +51,7 @@ def build(lifespan_: object) -> FastAPI:
     for path, view, methods in [
         ("/scope/{rest:path}", views.scope_view, ["GET", "POST"]),
         ("/echo", views.echo, ["POST", "PUT"]),
+        ("/upload", views.upload, ["POST"]),
         ("/stream", views.stream, ["GET"]),
         ("/endless", views.endless, ["GET"]),
         ("/fail-mid-stream", views.fail_mid_stream, ["GET"]),

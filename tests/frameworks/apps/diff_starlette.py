@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     FileResponse,
     JSONResponse,
@@ -48,6 +48,17 @@ async def scope_view(request: Request) -> JSONResponse:
 async def echo(request: Request) -> Response:
     body = await request.body()
     return Response(body, media_type=request.headers.get("content-type", "text/plain"))
+
+
+async def upload(request: Request) -> Response:
+    """Reads the whole body, saying whether the client left before sending all of it."""
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        say("upload: the client left")
+        raise
+    say(f"upload: {len(body)} bytes")
+    return PlainTextResponse(f"{len(body)} bytes\n")
 
 
 async def stream(request: Request) -> StreamingResponse:
@@ -169,6 +180,7 @@ ROUTES = [
     Route("/", lambda request: JSONResponse({"framework": "starlette"})),
     Route("/scope/{rest:path}", scope_view, methods=["GET", "POST"]),
     Route("/echo", echo, methods=["POST", "PUT"]),
+    Route("/upload", upload, methods=["POST"]),
     Route("/stream", stream),
     Route("/endless", endless),
     Route("/fail-mid-stream", fail_mid_stream),
