@@ -20,8 +20,9 @@ the app saw the client leave, exit codes. A difference is either a bug (the test
 or an entry of ``KNOWN`` below, with the reason trioserve differs on purpose; an entry
 that no longer differs fails too, so the table stays true.
 
-One server process per framework and side serves all of that framework's cases (a
-module-scoped fixture), so the file runs in well under a minute.
+One server process per framework and side serves all of that framework's cases, and
+each case runs on both sides at once, so that waits (a background task, an app noticing
+that a client left) overlap.
 """
 
 from __future__ import annotations
@@ -371,6 +372,13 @@ class Client:
             data = f"{method} ".encode() + raw_target + b" HTTP/1.1\r\n" + rest
         self.sock.sendall(data)
 
+    def send_raw(self, data: bytes, method: str = "GET") -> None:
+        """Send ``data`` as it is (a request h11 would refuse to write); h11 is told of a
+        bodiless ``method`` request, so that it reads the answer."""
+        self.conn.send(h11.Request(method=method, target="/", headers=[("Host", HOST)]))
+        self.conn.send(h11.EndOfMessage())
+        self.sock.sendall(data)
+
     def send_body(self, *chunks: bytes) -> None:
         out = b"".join(self.conn.send(h11.Data(data=chunk)) or b"" for chunk in chunks)
         self.sock.sendall(out + (self.conn.send(h11.EndOfMessage()) or b""))
@@ -517,6 +525,44 @@ CASES.update(
             "/scope/fwd", ("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Proto", "https")
         ),
         "http10": lambda side: http10(side.port),
+    }
+)
+
+
+def raw(data: bytes) -> Case:
+    """A request sent byte for byte; the answer parsed."""
+
+    def run(side: Process) -> Seen:
+        client = Client(side.port)
+        try:
+            client.send_raw(data)
+            return client.response()
+        finally:
+            client.close()
+
+    return run
+
+
+CLOSE = b"Connection: close\r\n\r\n"
+CASES.update(
+    {
+        # RFC 9112 3.2.2: a server must accept the absolute form; the path is its path.
+        "absolute-form": raw(
+            b"GET http://example.test/scope/abs?q=1 HTTP/1.1\r\nHost: example.test\r\n" + CLOSE
+        ),
+        "long-url": raw(b"GET /scope/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n" + CLOSE),
+        "many-headers": raw(
+            b"GET / HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: v\r\n" % n for n in range(120))
+            + CLOSE
+        ),
+        # Request smuggling's classic: both framings at once.
+        "te-and-cl": raw(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n" + CLOSE + b"5\r\nhello\r\n0\r\n\r\n"
+        ),
+        # RFC 9112 3.2: an HTTP/1.1 request without Host is a 400.
+        "no-host": raw(b"GET / HTTP/1.1\r\n" + CLOSE),
     }
 )
 
@@ -765,6 +811,7 @@ ASGI_HTTP = [
     "file", "file-head", "file-range", "file-multi-range", "file-bad-range", "file-gzip",
     "echo-length", "echo-chunked", "echo-expect-100",
     "scope-percent", "scope-raw-utf8", "scope-dot-segments", "scope-forwarded", "http10",
+    "absolute-form", "long-url", "many-headers", "te-and-cl", "no-host",
     "disconnect-mid-stream", "background", "not-modified", "not-modified-file",
 ]  # fmt: skip
 DJANGO_HTTP = [name for name in ASGI_HTTP if name != "background"]
@@ -799,8 +846,24 @@ class Known:
 
 
 LIMIT = (
-    "on purpose: trioserve refuses a header field over 8190 bytes with 431, gunicorn's "
-    "default (--limit-request-field-size); uvicorn and hypercorn have no per-field limit"
+    "on purpose: trioserve has gunicorn's default limits: a request line over 4094 bytes "
+    "is a 414, a header field over 8190 bytes or more than 100 fields a 431 "
+    "(--limit-request-line, --limit-request-field-size, --limit-request-fields); uvicorn "
+    "and hypercorn only bound the whole head"
+)
+SMUGGLING = (
+    "on purpose: a request with both Content-Length and Transfer-Encoding is refused with "
+    "400 (RFC 9112 6.3 allows it; it is how request smuggling starts), as gunicorn does; "
+    "uvicorn and hypercorn (h11) serve it by the Transfer-Encoding"
+)
+ABSOLUTE_FORM = (
+    "peer bug: uvicorn and hypercorn put an absolute-form target (GET http://host/x) in "
+    "scope path as it is, so the app routes 'http://host/x' (uvicorn: 404); RFC 9112 3.2.2 "
+    "says a server must accept it, and trioserve and gunicorn take its path"
+)
+NO_HOST = (
+    "peer bug: gunicorn serves an HTTP/1.1 request without Host; RFC 9112 3.2 says 400, "
+    "which trioserve, uvicorn and hypercorn answer"
 )
 ERROR_PAGE = (
     "on purpose: a request the server refuses gets the server's own error page; the "
@@ -894,6 +957,21 @@ KNOWN: dict[tuple[str, str], tuple[Known, ...]] = {
     **{(f, "big-request-header"): known(LIMIT, *ANSWER, "reused") for f in UVICORN_SIDE},
     ("quart-trio", "big-request-header"): known(LIMIT, *ANSWER, "reused"),
     **{(f, "big-request-header"): known(ERROR_PAGE, *PAGE) for f in GUNICORN_SIDE},
+    **{
+        (f, name): known(LIMIT, *ANSWER)
+        for f in [*UVICORN_SIDE, "quart-trio"]
+        for name in ["long-url", "many-headers"]
+    },
+    **{(f, "te-and-cl"): known(SMUGGLING, *ANSWER) for f in [*UVICORN_SIDE, "quart-trio"]},
+    **{
+        (f, name): known(ERROR_PAGE, *PAGE)
+        for f in GUNICORN_SIDE
+        for name in ["long-url", "many-headers", "te-and-cl"]
+    },
+    **{(f, "no-host"): known(ERROR_PAGE, *PAGE) for f in [*UVICORN_SIDE, "quart-trio"]},
+    **{(f, "no-host"): known(NO_HOST, *ANSWER) for f in GUNICORN_SIDE},
+    **{(f, "absolute-form"): known(ABSOLUTE_FORM, *ANSWER) for f in UVICORN_SIDE},
+    ("quart-trio", "absolute-form"): known(ABSOLUTE_FORM, *PAGE),
     **{
         (f, "scope-raw-utf8"): known(ERROR_PAGE, *PAGE) for f in PLAN if "scope-raw-utf8" in PLAN[f]
     },
