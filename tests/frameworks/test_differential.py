@@ -596,8 +596,8 @@ def chunked_upload(port: int) -> Seen:
 
 
 def expect_continue(port: int) -> Seen:
-    """Expect: 100-continue: the body is sent once the server says 100 (or after 2 s
-    without an answer, as curl does after 1 s); records which happened."""
+    """Expect: 100-continue: the body is sent once the server says 100 (or after 5 s
+    without an answer; curl waits 1 s); records which happened."""
     client = Client(port)
     try:
         headers = [
@@ -607,7 +607,7 @@ def expect_continue(port: int) -> Seen:
         ]
         client.send_head("POST", "/echo", headers)
         try:
-            first: object = client.next_event(timeout=2)
+            first: object = client.next_event(timeout=5)
         except TimeoutError:
             first = None
         client.send_body(UPLOAD)
