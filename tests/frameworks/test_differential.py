@@ -47,6 +47,8 @@ from pathlib import Path
 import attrs
 import h11
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
+from websockets.sync.client import connect
 
 from tests.frameworks.apps import STARTUP_ERROR
 from tests.process.test_cli import READY, ROOT, TRIOSERVE, environment
@@ -733,9 +735,6 @@ def websocket(
     """Open a WebSocket; with ``echo`` send a text and a bytes message, read the answers
     and close with 1000, else read until the server closes. Records the frames, the close
     code and reason received, what the app saw and, if refused, the handshake response."""
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-    from websockets.sync.client import connect
-
     start = len(side.lines)
     received: list[object] = []
     facts: list[tuple[str, object]] = []
@@ -783,8 +782,6 @@ REJECTS = 8
 def websocket_reject(side: Process) -> Seen:
     """The app closes before accepting: a 403, each of REJECTS times (a race once lost
     the answer in some of them)."""
-    from websockets.exceptions import InvalidMessage
-
     answers: list[Seen | str] = []
     for _ in range(REJECTS):
         try:
