@@ -928,6 +928,8 @@ class _Cycle:
     status = 0
     body_bytes = 0
     _disconnect_waiter: trio.CancelScope | None = None
+    # True once the response is written out whole, or never will be (see _finish).
+    finished = False
     # Created only when receive() has to wait for the response to finish.
     _response_done: trio.Event | None = None
     # Whether "100 Continue" went out for a request with Expect: 100-continue.
@@ -1048,13 +1050,16 @@ class _Cycle:
         return _DISCONNECT
 
     def _finish(self) -> None:
+        """The exchange is over for receive(): the response is written out whole, or it
+        never will be. Wakes a receive() waiting for that, with http.disconnect."""
+        self.finished = True
         if self._response_done is not None:
             self._response_done.set()
         if self._disconnect_waiter is not None:
             self._disconnect_waiter.cancel()
 
     async def receive(self) -> Message:
-        if self.disconnected or self.response.done:
+        if self.disconnected or self.finished:
             return _DISCONNECT
         if not self.body_done:
             return await self._receive_body()
@@ -1113,10 +1118,10 @@ class _Cycle:
         conn = self.connection.conn
         with trio.CancelScope() as waiter:
             self._disconnect_waiter = waiter
-            while not self.response.done:
+            while not self.finished:
                 if len(conn.trailing_data[0]) >= MAX_PIPELINE_BUFFER:
                     self._response_done = trio.Event()
-                    if not self.response.done:
+                    if not self.finished:
                         await self._response_done.wait()
                     break
                 data = await self.connection._receive()
@@ -1148,8 +1153,10 @@ class _Cycle:
                 self._finish()
             LOGGER.error("ASGI app sent a bad message: %s", exc)
             raise RuntimeError(f"ASGI protocol error: {exc}") from None
-        if response.phase is _DONE:
-            self._finish()
+        # The last message: the exchange is finished once its bytes are written out (not
+        # before: an app that stops its sender on http.disconnect would cut the write).
+        last = response.phase is _DONE
+        if last:
             if response.missing:
                 LOGGER.error(
                     "ASGI app sent %d bytes less than its Content-Length to %s %s;"
@@ -1159,6 +1166,8 @@ class _Cycle:
                     self.request.target.decode("ascii", "replace"),
                 )
         if not data:
+            if last:
+                self._finish()
             return
         if not self.status:
             self.status = response.status
@@ -1174,6 +1183,8 @@ class _Cycle:
                 self.request.target.decode("ascii", "replace"),
             )
             raise ClientDisconnected(_GONE)
+        if last:
+            self._finish()
 
     async def _write(self, data: bytes, *, force: bool = False) -> None:
         if self.disconnected and not force:

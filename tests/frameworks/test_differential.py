@@ -923,15 +923,6 @@ WS_REJECT_BUG = (
     "nursery and with it the unfinished write. Repro: websockets' connect() to "
     "/ws-reject of tests/frameworks/apps/diff_quart_trio.py, a few times"
 )
-QUART_STREAM_BUG = (
-    "trioserve bug (found by this check): about half of Quart-Trio's chunked responses "
-    "lose their last chunk and hang until the keep-alive timeout (5 s) closes them "
-    "(hypercorn: none). Quart-Trio cancels its request nursery when receive() returns "
-    "http.disconnect; trioserve returns it while the app's last send() is still writing, "
-    "which cancels that write. ASGI: http.disconnect comes after the response has been "
-    "sent. Repro: for i in $(seq 30); do curl -s -o /dev/null -w '%{time_total} ' "
-    "URL/stream; done"
-)
 ROOT_PATH_BUG = (
     "trioserve bug (found by this check): with --root-path the ASGI path must include "
     "root_path (Starlette >= 0.35, asgiref's WSGI adapter and uvicorn >= 0.26 read the spec "
@@ -995,10 +986,6 @@ KNOWN: dict[tuple[str, str], tuple[Known, ...]] = {
         (f, "background"): known(BACKGROUND_BUG, "task done before the second answer")
         for f in ["starlette", "fastapi"]
     },
-    ("quart-trio", "stream"): (
-        Known("complete", QUART_STREAM_BUG, sometimes=True),
-        Known("reused", QUART_STREAM_BUG, sometimes=True),
-    ),
     ("quart-trio", "websocket-reject"): (
         Known("handshakes without an answer", WS_REJECT_BUG, sometimes=True),
     ),

@@ -185,6 +185,43 @@ class Turns:
             await trio.lowlevel.checkpoint()
 
 
+async def test_disconnect_waits_until_the_last_body_is_written(nursery):
+    """http.disconnect comes only once the final body is written out: an app that cancels
+    its sender on http.disconnect (Quart-Trio does) must not cut its own last write, which
+    here is too large for the kernel to take at once."""
+    last = b"last part " * 400_000
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        async with trio.open_nursery() as inner:
+
+            async def listen() -> None:
+                if (await receive())["type"] == "http.disconnect":
+                    inner.cancel_scope.cancel()
+
+            inner.start_soon(listen)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first ", "more_body": True})
+            await send({"type": "http.response.body", "body": last})
+
+    client, *server = await tcp_connection()
+    serve(nursery, app, ServerState(Config()), server)
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    conn = h11.Connection(h11.CLIENT)
+    body = bytearray()
+    with trio.fail_after(10):
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await client.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+    assert body == b"first " + last
+    await client.aclose()
+
+
 async def test_streamed_response_lets_other_tasks_run(nursery):
     """An app sending 50 small body messages in a row, each taken by the kernel at
     once, still lets other tasks run between its sends."""
