@@ -738,6 +738,7 @@ class _ASGISession:
         "path",
         "peer_gone",
         "phase",
+        "refused",
         "reported",
         "request",
         "scheme",
@@ -781,6 +782,8 @@ class _ASGISession:
         self.reported: BaseException | None = None
         # The ClientDisconnected that send() raised into the app, if it did.
         self.gone: ClientDisconnected | None = None
+        # Set once the app's refusal (403 or its denial response) is written, or failed.
+        self.refused: trio.Event | None = None
 
     def start(self, conn: _ServerConnection) -> Awaitable[object]:
         self.conn = conn
@@ -841,6 +844,10 @@ class _ASGISession:
             self.connect_sent = True
             return {"type": "websocket.connect"}
         if self.phase is _Phase.DENYING or self.phase is _Phase.CLOSED:
+            if self.refused is not None:
+                # Not before the refusal is out: an app that stops its sender on
+                # websocket.disconnect (Quart-Trio does) would cut it.
+                await self.refused.wait()
             return self._disconnect()
         try:
             # What get_message() does, one coroutine frame less while the app waits.
@@ -896,8 +903,7 @@ class _ASGISession:
                 return
             if kind == "websocket.close":
                 # ASGI: closing before the handshake is answered is a 403.
-                self.phase = _Phase.CLOSED
-                await self._reject(403, [(b"connection", b"close")], b"")
+                await self._refuse(403, [(b"connection", b"close")], b"")
                 return
             if kind == "websocket.http.response.start":
                 status = message.get("status")
@@ -920,11 +926,9 @@ class _ASGISession:
                 status, headers, sofar = self.denial
                 sofar += body
                 if not message.get("more_body", False):
-                    self.phase = _Phase.CLOSED
                     try:
-                        await self._reject(status, headers, bytes(sofar))
+                        await self._refuse(status, headers, bytes(sofar))
                     except _LOCAL_ERRORS as exc:
-                        self.phase = _Phase.DENYING
                         raise _BadMessage(f"invalid denial response: {exc}") from None
                 return
         elif kind == "websocket.close":
@@ -945,6 +949,18 @@ class _ASGISession:
             if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
                 raise _BadMessage(f"invalid header {name!r}: {value!r}")
         return subprotocol, headers
+
+    async def _refuse(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Answer the handshake with the app's refusal; the websocket is closed once it
+        is written. Meanwhile (DENYING) receive() waits for the write, then reports the
+        disconnect; a refusal that could not be made stays DENYING."""
+        self.phase = _Phase.DENYING
+        self.refused = refused = trio.Event()
+        try:
+            await self._reject(status, headers, body)
+            self.phase = _Phase.CLOSED
+        finally:
+            refused.set()
 
     async def _reject(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):

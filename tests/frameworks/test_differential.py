@@ -915,14 +915,6 @@ BACKGROUND_BUG = (
     "by 1 s; uvicorn answers it at once. curl -s -o /dev/null -w '%{time_total}\\n' "
     "URL/background -o /dev/null URL/ prints ~0.01 then ~1.1"
 )
-WS_REJECT_BUG = (
-    "trioserve bug (found by this check): when Quart-Trio refuses a WebSocket (close "
-    "before accept), the client often gets no HTTP answer at all (hypercorn: 403 every "
-    "time); the 403 is written inside the app's send(), after the phase is already "
-    "CLOSED, so the app's receive() reports the disconnect, Quart-Trio cancels its "
-    "nursery and with it the unfinished write. Repro: websockets' connect() to "
-    "/ws-reject of tests/frameworks/apps/diff_quart_trio.py, a few times"
-)
 ROOT_PATH_BUG = (
     "trioserve bug (found by this check): with --root-path the ASGI path must include "
     "root_path (Starlette >= 0.35, asgiref's WSGI adapter and uvicorn >= 0.26 read the spec "
@@ -986,9 +978,6 @@ KNOWN: dict[tuple[str, str], tuple[Known, ...]] = {
         (f, "background"): known(BACKGROUND_BUG, "task done before the second answer")
         for f in ["starlette", "fastapi"]
     },
-    ("quart-trio", "websocket-reject"): (
-        Known("handshakes without an answer", WS_REJECT_BUG, sometimes=True),
-    ),
     ("starlette-root-path", "scope-prefixed"): known(ROOT_PATH_BUG, *ANSWER),
     ("starlette-root-path", "redirect-prefixed"): known(ROOT_PATH_BUG, *ANSWER),
     ("starlette-root-path", "trailing-slash-prefixed"): known(ROOT_PATH_BUG, *ANSWER),

@@ -1153,6 +1153,51 @@ async def test_bad_handshake_is_refused_with_a_reason_phrase(
     assert any("bad websocket handshake" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("refusal", ["close", "denial"])
+async def test_refusal_is_written_before_receive_reports_the_disconnect(nursery, refusal):
+    """A receive() while the refusal (403, or the app's denial response) is being written
+    waits for the write: an app that stops its sender on websocket.disconnect, as
+    Quart-Trio does, must not cut its own refusal (the client got no answer at all)."""
+    messages = {
+        "close": [{"type": "websocket.close"}],
+        "denial": [
+            {"type": "websocket.http.response.start", "status": 401, "headers": []},
+            {"type": "websocket.http.response.body", "body": b"no"},
+        ],
+    }[refusal]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        sending = trio.Event()
+        async with trio.open_nursery() as inner:
+
+            async def refuse() -> None:
+                for message in messages[:-1]:
+                    await send(message)
+                sending.set()
+                await send(messages[-1])
+
+            async def listen() -> None:
+                await sending.wait()
+                if (await receive())["type"] == "websocket.disconnect":
+                    inner.cancel_scope.cancel()
+
+            inner.start_soon(refuse)
+            inner.start_soon(listen)
+
+    stream, served = start_asgi(nursery, app)
+    await stream.send_all(
+        handshake_head(
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        )
+    )
+    with trio.fail_after(1):
+        response = await read_to_eof(stream)
+        await served.done.wait()
+    status = {"close": b"403 Forbidden", "denial": b"401 Unauthorized"}[refusal]
+    assert response.startswith(b"HTTP/1.1 " + status + b"\r\n")
+
+
 async def test_app_refusal_has_a_reason_phrase(nursery):
     """websocket.close before accepting is answered "403 Forbidden", phrase included."""
 
