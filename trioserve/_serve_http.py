@@ -1156,15 +1156,14 @@ class _Cycle:
         # The last message: the exchange is finished once its bytes are written out (not
         # before: an app that stops its sender on http.disconnect would cut the write).
         last = response.phase is _DONE
-        if last:
-            if response.missing:
-                LOGGER.error(
-                    "ASGI app sent %d bytes less than its Content-Length to %s %s;"
-                    " closing the connection",
-                    response.missing,
-                    self.request.method.decode("ascii", "replace"),
-                    self.request.target.decode("ascii", "replace"),
-                )
+        if last and response.missing:
+            LOGGER.error(
+                "ASGI app sent %d bytes less than its Content-Length to %s %s;"
+                " closing the connection",
+                response.missing,
+                self.request.method.decode("ascii", "replace"),
+                self.request.target.decode("ascii", "replace"),
+            )
         if not data:
             if last:
                 self._finish()
