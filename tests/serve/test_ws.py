@@ -1158,13 +1158,14 @@ async def test_refusal_is_written_before_receive_reports_the_disconnect(nursery,
     """A receive() while the refusal (403, or the app's denial response) is being written
     waits for the write: an app that stops its sender on websocket.disconnect, as
     Quart-Trio does, must not cut its own refusal (the client got no answer at all)."""
-    messages: list[dict[str, Any]] = {
+    by_refusal: dict[str, list[dict[str, Any]]] = {
         "close": [{"type": "websocket.close"}],
         "denial": [
             {"type": "websocket.http.response.start", "status": 401, "headers": []},
             {"type": "websocket.http.response.body", "body": b"no"},
         ],
-    }[refusal]
+    }
+    messages = by_refusal[refusal]
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
