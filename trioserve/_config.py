@@ -547,7 +547,9 @@ class Config:
         Setting(
             _str_kind(),
             _APP,
-            "The ASGI root_path: the URL prefix the app is mounted under behind a proxy.",
+            "The ASGI root_path: the URL prefix the app is mounted under behind a proxy that "
+            "strips it. The scope's path begins with it, as ASGI says and uvicorn does (a "
+            "WSGI app gets it as SCRIPT_NAME, the rest as PATH_INFO).",
             flags=("--root-path",),
             metavar="PATH",
         ),

@@ -69,7 +69,7 @@ from wsproto.frame_protocol import FrameDecoder
 
 from ._config import Config
 from ._errors import ClientDisconnected
-from ._proto.http import ASGI_VERSION, decode_path, split_target
+from ._proto.http import ASGI_VERSION, decode_path, rooted, split_target
 from ._proto.websocket import closing_refusal, handshake_refusal
 from ._state import ServerState
 from ._streams import PrefixedStream
@@ -673,12 +673,15 @@ def websocket_scope(
 ) -> dict[str, Any]:
     """The ASGI ``websocket`` scope for a handshake request."""
     raw_path, query = split_target(request.path.encode("ascii"))
+    path = decode_path(raw_path)
+    if root_path:
+        path, raw_path = rooted(root_path, path, raw_path)
     scope: dict[str, Any] = {
         "type": "websocket",
         "asgi": ASGI_VERSION,
         "http_version": "1.1",
         "scheme": scheme,
-        "path": decode_path(raw_path),
+        "path": path,
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,

@@ -133,8 +133,9 @@ def build_environ(
 ) -> Environ:
     """The PEP 3333 environ for an ASGI ``http`` scope.
 
-    ``PATH_INFO`` is ``scope["path"]`` as it is: trioserve's path does not include
-    ``root_path``, which becomes ``SCRIPT_NAME``. ``multiprocess`` is
+    ``SCRIPT_NAME`` is ``root_path`` and ``PATH_INFO`` the rest of ``scope["path"]`` (which
+    begins with ``root_path``, as ASGI says). ``RAW_URI`` is the request target as the
+    client sent it, as in gunicorn (an app can tell ``%2F`` from ``/`` by it). ``multiprocess`` is
     ``wsgi.multiprocess``: True when other worker processes serve the same app.
 
     ``wsgi.input_terminated`` is True (as in gunicorn): ``wsgi.input`` ends where the
@@ -143,11 +144,20 @@ def build_environ(
     as 0 bytes.
     """
     scheme = scope.get("scheme", "http")
+    root_path: str = scope.get("root_path", "")
+    path: str = scope["path"]
+    raw_path = bytes(scope.get("raw_path") or path.encode("utf-8"))
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :]
+        raw_path = raw_path.removeprefix(root_path.encode("utf-8"))
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    raw_uri = raw_path.decode("latin-1") + ("?" + query if query else "")
     environ: Environ = {
         "REQUEST_METHOD": scope["method"],
-        "SCRIPT_NAME": _native(scope.get("root_path", "")),
-        "PATH_INFO": _native(scope["path"]),
-        "QUERY_STRING": bytes(scope.get("query_string", b"")).decode("latin-1"),
+        "SCRIPT_NAME": _native(root_path),
+        "PATH_INFO": _native(path),
+        "QUERY_STRING": query,
+        "RAW_URI": raw_uri,
         "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scheme,

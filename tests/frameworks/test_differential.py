@@ -900,10 +900,6 @@ EMPTY_BODY = (
     "acceptable: a body complete in the app's first message (here empty) gets "
     "Content-Length from trioserve; uvicorn and gunicorn send it chunked"
 )
-RAW_URI = (
-    "gap: gunicorn's RAW_URI (the request target as sent, outside PEP 3333) is not in "
-    "trioserve's environ; an app that tells %2F from / by it cannot"
-)
 SCRIPT_NAME = (
     "on purpose: trioserve's --root-path, like uvicorn's, is a prefix the proxy stripped; "
     "gunicorn's $SCRIPT_NAME is a prefix the proxy keeps in the path (and a path outside "
@@ -914,13 +910,6 @@ BACKGROUND_BUG = (
     "waits until the app returns, so a 1 s BackgroundTask delays the client's next request "
     "by 1 s; uvicorn answers it at once. curl -s -o /dev/null -w '%{time_total}\\n' "
     "URL/background -o /dev/null URL/ prints ~0.01 then ~1.1"
-)
-ROOT_PATH_BUG = (
-    "trioserve bug (found by this check): with --root-path the ASGI path must include "
-    "root_path (Starlette >= 0.35, asgiref's WSGI adapter and uvicorn >= 0.26 read the spec "
-    "so); trioserve passes the request path as it is, so behind a proxy that strips the "
-    "prefix Starlette's request.url and redirects lose it, and GET /prefix/x serves what "
-    "uvicorn answers 404"
 )
 
 
@@ -964,7 +953,6 @@ KNOWN: dict[tuple[str, str], tuple[Known, ...]] = {
     **{(f, "websocket-reject"): known(EMPTY_403, "headers") for f in ["starlette", "fastapi"]},
     **{(f, "head-stream"): known(HEAD_CHUNKED, "headers") for f in GUNICORN_SIDE},
     **{(f, "trailing-slash"): known(EMPTY_BODY, "headers") for f in ["django-wsgi", "django-asgi"]},
-    ("flask", "raw-uri"): known(RAW_URI, *PAGE),
     **{
         ("flask-root-path", name): known(SCRIPT_NAME, *ANSWER)
         for name in [
@@ -978,10 +966,6 @@ KNOWN: dict[tuple[str, str], tuple[Known, ...]] = {
         (f, "background"): known(BACKGROUND_BUG, "task done before the second answer")
         for f in ["starlette", "fastapi"]
     },
-    ("starlette-root-path", "scope-prefixed"): known(ROOT_PATH_BUG, *ANSWER),
-    ("starlette-root-path", "redirect-prefixed"): known(ROOT_PATH_BUG, *ANSWER),
-    ("starlette-root-path", "trailing-slash-prefixed"): known(ROOT_PATH_BUG, *ANSWER),
-    ("starlette-root-path", "scope-unprefixed"): known(ROOT_PATH_BUG, *PAGE),
 }
 
 

@@ -291,10 +291,14 @@ async def test_receive_returns_disconnect_once_response_is_done(nursery):
             inner.start_soon(listen)
             await trio.testing.wait_all_tasks_blocked()
             await hello_app(scope, receive, send)
+        app_done.set()
 
+    app_done = trio.Event()
     client = await start_connection(nursery, app)
     response, _ = await client.request()
     assert response.status_code == 200
+    with trio.fail_after(1):
+        await app_done.wait()
     assert results == [{"type": "http.disconnect"}]
 
 
@@ -575,8 +579,8 @@ async def test_scope_has_lifespan_state_copy_and_root_path(nursery):
     await client.request(target=b"/caf%C3%A9?x=1")
     scope = scopes[0]
     assert scope["root_path"] == "/api"
-    assert scope["path"] == "/café"
-    assert scope["raw_path"] == b"/caf%C3%A9"
+    assert scope["path"] == "/api/café"
+    assert scope["raw_path"] == b"/api/caf%C3%A9"
     assert scope["query_string"] == b"x=1"
     assert scope["state"] == {"db": "conn", "per_request": True}
     assert state.lifespan_state == {"db": "conn"}

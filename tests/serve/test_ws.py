@@ -225,8 +225,8 @@ async def test_scope_follows_the_asgi_spec(nursery):
     assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
     assert scope["http_version"] == "1.1"
     assert scope["scheme"] == "ws"
-    assert scope["path"] == "/café/x/y"
-    assert scope["raw_path"] == b"/caf%C3%A9/x%2Fy"
+    assert scope["path"] == "/mount/café/x/y"
+    assert scope["raw_path"] == b"/mount/caf%C3%A9/x%2Fy"
     assert scope["query_string"] == b"q=1&r=%20"
     assert scope["root_path"] == "/mount"
     assert scope["client"] == CLIENT

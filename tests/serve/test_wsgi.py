@@ -131,6 +131,7 @@ async def test_environ_has_the_pep_3333_keys_and_nothing_else():
         "SCRIPT_NAME",
         "PATH_INFO",
         "QUERY_STRING",
+        "RAW_URI",
         "SERVER_NAME",
         "SERVER_PORT",
         "SERVER_PROTOCOL",
@@ -149,6 +150,7 @@ async def test_environ_has_the_pep_3333_keys_and_nothing_else():
     assert environ["SCRIPT_NAME"] == ""
     assert environ["PATH_INFO"] == "/items"
     assert environ["QUERY_STRING"] == "a=1&b=caf%C3%A9"
+    assert environ["RAW_URI"] == "/items?a=1&b=caf%C3%A9"
     assert (environ["SERVER_NAME"], environ["SERVER_PORT"]) == ("testserver", "8000")
     assert environ["SERVER_PROTOCOL"] == "HTTP/1.1"
     assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("10.1.2.3", "50000")
@@ -184,10 +186,19 @@ async def test_path_info_is_utf8_bytes_as_latin1(path: str, path_info: str):
     [("", ""), ("/mount", "/mount"), ("/caf\u00e9", "/caf\xc3\xa9")],
 )
 async def test_root_path_is_script_name(root_path: str, script_name: str):
-    """The scope's root_path becomes SCRIPT_NAME; PATH_INFO is the path as given."""
-    environ = await environ_of(http_scope("/page", root_path=root_path))
+    """The scope's root_path becomes SCRIPT_NAME and PATH_INFO the rest of the path,
+    which begins with root_path (ASGI); RAW_URI is the target the client sent."""
+    environ = await environ_of(http_scope(root_path + "/p%2Fage", root_path=root_path))
     assert environ["SCRIPT_NAME"] == script_name
-    assert environ["PATH_INFO"] == "/page"
+    assert environ["PATH_INFO"] == "/p%2Fage"
+    assert environ["RAW_URI"] == "/p%2Fage"
+
+
+async def test_path_outside_root_path_is_path_info_whole():
+    """A scope path that does not begin with root_path (an app called directly) is
+    PATH_INFO as it is."""
+    environ = await environ_of(http_scope("/elsewhere", root_path="/mount"))
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/mount", "/elsewhere")
 
 
 async def test_query_string_is_latin1():

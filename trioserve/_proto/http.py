@@ -68,13 +68,17 @@ def http_scope(
 
     ``state`` is the lifespan state; each request gets a shallow copy of it.
     ``headers`` are the request's (name, value) pairs if already made by
-    :func:`header_pairs`.
+    :func:`header_pairs`. ``path`` and ``raw_path`` begin with ``root_path`` (see
+    :func:`rooted`).
     """
     target = request.target
     if target[:1] == b"/" and b"?" not in target:
         raw_path, query = target, b""
     else:
         raw_path, query = split_target(target)
+    path = decode_path(raw_path)
+    if root_path:
+        path, raw_path = rooted(root_path, path, raw_path)
     method = request.method
     scope: dict[str, Any] = {
         "type": "http",
@@ -82,7 +86,7 @@ def http_scope(
         "http_version": "1.1" if request.http_version == b"1.1" else "1.0",
         "method": _METHODS.get(method) or method.decode("ascii"),
         "scheme": scheme,
-        "path": decode_path(raw_path),
+        "path": path,
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,
@@ -94,6 +98,16 @@ def http_scope(
     if state is not None:
         scope["state"] = dict(state)
     return scope
+
+
+def rooted(root_path: str, path: str, raw_path: bytes) -> tuple[str, bytes]:
+    """``path`` and ``raw_path`` with ``root_path`` (the prefix a proxy stripped) in front.
+
+    The ASGI spec has ``path`` include ``root_path``, as ``SCRIPT_NAME`` + ``PATH_INFO`` in
+    WSGI; Starlette (>= 0.35) and asgiref route on the part after ``root_path``, and build
+    URLs and redirects from the whole, as served by uvicorn (>= 0.26).
+    """
+    return root_path + path, root_path.encode("utf-8") + raw_path
 
 
 _METHODS = {
