@@ -56,10 +56,14 @@ def wsgi_to_asgi(app: WSGIApp, *, threads: int, multiprocess: bool = False) -> A
     ``lifespan`` connections complete startup and shutdown at once, so the app can
     be served with lifespan on; any other connection type but ``http`` is an error.
 
-    Cancellation: a thread is never abandoned. If the ASGI call is cancelled while
-    the app runs, it still waits for the app to return; meanwhile the app's calls
+    Cancellation abandons the thread: the ASGI call returns at once, so a stop's
+    deadline holds even for an app blocked in a thread (a cancellation only reaches a
+    running app when a stop's deadline passes). The thread runs on by itself; its calls
     back into trio (reading ``wsgi.input``, sending the response) raise
-    ``trio.Cancelled``, which ends the request early unless the app catches it.
+    ``trio.Cancelled``, which ends the request unless the app catches it, and its place
+    in the limiter is held until it returns. Threads are daemons: a worker process
+    exits without waiting for them, as gunicorn's arbiter kills a worker whose
+    requests outlive the graceful timeout.
 
     Args:
         app: A PEP 3333 application: ``app(environ, start_response)`` returning an
@@ -82,7 +86,7 @@ def wsgi_to_asgi(app: WSGIApp, *, threads: int, multiprocess: bool = False) -> A
         if kind == "http":
             request = _Request(app, scope, receive, send)
             request.environ["wsgi.multiprocess"] = multiprocess
-            await trio.to_thread.run_sync(request.run, limiter=limiter, abandon_on_cancel=False)
+            await trio.to_thread.run_sync(request.run, limiter=limiter, abandon_on_cancel=True)
         elif kind == "lifespan":
             await _lifespan(receive, send)
         else:
@@ -198,6 +202,14 @@ def build_environ(
         if client[1] is not None:
             environ["REMOTE_PORT"] = str(client[1])
     return environ
+
+
+def _send_from_thread(send: Send, message: Message) -> None:
+    """``send(message)`` from the request's thread, unless the request was cancelled:
+    a thread abandoned at a stop's deadline then gets trio.Cancelled instead (trio would
+    otherwise still run the send, as a system task, for a request that has ended)."""
+    trio.from_thread.check_cancelled()
+    trio.from_thread.run(send, message)
 
 
 # --- wsgi.input and wsgi.errors -----------------------------------------------------
@@ -457,7 +469,7 @@ class _Request:
         if chunk:
             self._start()
             message = {"type": "http.response.body", "body": bytes(chunk), "more_body": True}
-            trio.from_thread.run(self._send, message)
+            _send_from_thread(self._send, message)
         return self._remaining != 0
 
     def _start(self) -> None:
@@ -467,11 +479,11 @@ class _Request:
             raise RuntimeError("WSGI app sent body bytes before calling start_response()")
         self._headers_sent = True
         message = {"type": "http.response.start", "status": self._status, "headers": self._headers}
-        trio.from_thread.run(self._send, message)
+        _send_from_thread(self._send, message)
 
     def _end(self) -> None:
         if self._status is None:
             raise RuntimeError("WSGI app returned without calling start_response()")
         self._start()
         message = {"type": "http.response.body", "body": b"", "more_body": False}
-        trio.from_thread.run(self._send, message)
+        _send_from_thread(self._send, message)

@@ -815,8 +815,10 @@ async def test_thread_count_is_bounded():
     }
 
 
-async def test_cancelled_request_waits_for_its_thread():
-    """Cancelling the ASGI call does not abandon the thread: it returns once the app does."""
+async def test_cancelled_request_abandons_its_thread():
+    """Cancelling the ASGI call (a stop's deadline) returns at once, abandoning the thread
+    (an app blocked there must not hold the stop); the thread, run on, sends nothing, and
+    keeps its place in the limiter until it returns."""
     entered = trio.Event()
     proceed = threading.Event()
     finished: list[str] = []
@@ -832,6 +834,7 @@ async def test_cancelled_request_waits_for_its_thread():
 
     adapter = wsgi_to_asgi(app, threads=1)
     request_scope = trio.CancelScope()
+    second = Recorder()
 
     async def request() -> None:
         with request_scope:
@@ -843,13 +846,17 @@ async def test_cancelled_request_waits_for_its_thread():
             nursery.start_soon(request)
             await entered.wait()
             request_scope.cancel()
-            await trio.testing.wait_all_tasks_blocked()
-            assert not returned.is_set()
-            proceed.set()
             await returned.wait()
-    assert finished == ["/slow"]
-    # Sending from the cancelled task raised trio.Cancelled in the thread.
+            assert finished == []
+            # The one thread is still the abandoned request's: the next request waits.
+            nursery.start_soon(adapter, http_scope("/next"), body_receive(), second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert finished == []
+            proceed.set()
+    assert finished == ["/slow", "/next"]
+    # Sending from the abandoned thread raised trio.Cancelled there: nothing went out.
     assert send.sent == []
+    assert second.chunks == [b"too late"]
     assert request_scope.cancelled_caught
 
 
