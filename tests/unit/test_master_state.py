@@ -246,3 +246,20 @@ async def test_term_twice_turns_the_graceful_stop_into_a_fast_one(
         handlers[signal.SIGTERM]("SIGTERM")
         assert proc.state is S.STOPPING
         assert proc.process.signals == [signal.SIGQUIT]  # type: ignore[attr-defined]
+
+
+async def test_a_bad_message_ends_the_reading_not_the_master(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bytes that are no message end that worker's channel with a logged error, instead
+    of an exception that would take the master down."""
+    async with trio.open_nursery() as nursery:
+        pool = _pool()
+        master = await _master_with(pool, nursery)
+        ours, theirs = trio.testing.memory_stream_pair()
+        proc = _proc()
+        proc.link = ours  # type: ignore[assignment]
+        await theirs.send_all(b'{"t": "launch"}\n')
+        with trio.fail_after(5):
+            await master._read(pool, proc)
+    assert "worker 0 (pid 4242) broke its channel: unexpected message 'launch'" in caplog.text
