@@ -191,7 +191,7 @@ class Decoder:
         self._accepts = tuple(accepts)
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray) -> list[Message]:
         """The messages ``data`` completes, in order.
 
         Raises:
