@@ -2,16 +2,18 @@
 
 The master binds the sockets once, then runs one :class:`_Pool` per application
 (one, or several for a MultiApp). A pool keeps ``workers`` processes, each in a
-stable slot; every process has a watcher task that reads its channel (ready,
-heartbeats, retire, boot errors) and reaps it. A worker that exits is replaced with
-exponential backoff; a worker that fails while booting halts the master with the
-worker's error; a worker silent for longer than ``timeout`` gets SIGABRT (its stack is
-dumped to the error log), then SIGKILL, and is replaced.
+stable slot; every process has a watcher task that reads its channel (the messages
+of :mod:`trioserve._proto.channel`: ready, heartbeats, retire, boot errors) and reaps
+it, and a :class:`WorkerState` that only :meth:`_Proc.become` changes. A worker that
+exits is replaced with exponential backoff; a worker that fails while booting halts
+the master with the worker's error; a worker silent for longer than ``timeout`` gets
+SIGABRT (its stack is dumped to the error log), then SIGKILL, and is replaced.
 
-Signals (``run()`` only; ``serve()`` leaves signals to the calling program): TERM
-graceful stop, INT and QUIT fast stop, HUP reload and rolling restart, TTIN/TTOU one
-worker more/less, USR1 reopen logs, USR2 start a new master on the same sockets,
-WINCH stop the workers but keep the master (only without a controlling terminal).
+Signals (``run()`` only; ``serve()`` leaves signals to the calling program), from the
+table of :meth:`Master.signal_handlers`: TERM graceful stop, INT and QUIT fast stop,
+HUP reload and rolling restart, TTIN/TTOU one worker more/less, USR1 reopen logs,
+USR2 start a new master on the same sockets, WINCH stop the workers but keep the
+master (only without a controlling terminal).
 """
 
 from __future__ import annotations
