@@ -2,22 +2,24 @@
 
 The master binds the sockets once, then runs one :class:`_Pool` per application
 (one, or several for a MultiApp). A pool keeps ``workers`` processes, each in a
-stable slot; every process has a watcher task that reads its channel (ready,
-heartbeats, retire, boot errors) and reaps it. A worker that exits is replaced with
-exponential backoff; a worker that fails while booting halts the master with the
-worker's error; a worker silent for longer than ``timeout`` gets SIGABRT (its stack is
-dumped to the error log), then SIGKILL, and is replaced.
+stable slot; every process has a watcher task that reads its channel (the messages
+of :mod:`trioserve._proto.channel`: ready, heartbeats, retire, boot errors) and reaps
+it, and a :class:`WorkerState` that only :meth:`_Proc.become` changes. A worker that
+exits is replaced with exponential backoff; a worker that fails while booting halts
+the master with the worker's error; a worker silent for longer than ``timeout`` gets
+SIGABRT (its stack is dumped to the error log), then SIGKILL, and is replaced.
 
-Signals (``run()`` only; ``serve()`` leaves signals to the calling program): TERM
-graceful stop, INT and QUIT fast stop, HUP reload and rolling restart, TTIN/TTOU one
-worker more/less, USR1 reopen logs, USR2 start a new master on the same sockets,
-WINCH stop the workers but keep the master (only without a controlling terminal).
+Signals (``run()`` only; ``serve()`` leaves signals to the calling program), from the
+table of :meth:`Master.signal_handlers`: TERM graceful stop, INT and QUIT fast stop,
+HUP reload and rolling restart, TTIN/TTOU one worker more/less, USR1 reopen logs,
+USR2 start a new master on the same sockets, WINCH stop the workers but keep the
+master (only without a controlling terminal).
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -59,6 +61,21 @@ from ._hooks import (
     run_hook_logged,
 )
 from ._logging import configure_logging
+from ._preload import Preloader
+from ._proto.channel import (
+    TO_MASTER,
+    BootFailed,
+    ChannelError,
+    Decoder,
+    Heartbeat,
+    Message,
+    Ready,
+    Retire,
+    Stop,
+    WorkerBoot,
+    boot_pieces,
+    encode,
+)
 from ._statsd import Statsd
 from ._statsd import install as install_statsd
 from ._systemd import (
@@ -69,7 +86,7 @@ from ._systemd import (
     watchdog_interval,
 )
 from ._types import Address
-from ._worker import DUMP_SIGNAL, WorkerBoot, embedded_log, frame, set_title, ship_config
+from ._worker import DUMP_SIGNAL, embedded_log, set_title, ship_config
 
 LOGGER = logging.getLogger("trioserve.master")
 
@@ -109,109 +126,75 @@ class _Child(Protocol):
     async def wait(self) -> int: ...
 
 
-@attrs.define(eq=False)
-class _Forked:
-    """A worker forked by the preloader, which reaps it and reports its status."""
+class WorkerState(enum.Enum):
+    """Where a worker process is in its life, as the master sees it.
 
-    pid: int
-    returncode: int | None = None
-    done: trio.Event = attrs.field(factory=trio.Event)
+    Whether its exit is a failure is another question: it is, unless the master is
+    stopping or paused, when the process still holds its slot (``_Pool.slots``) as it
+    exits. A replacement booting beside the old worker, a retired one draining, one
+    dropped by SIGTTOU: none holds the slot any more (or yet).
+    """
 
-    def send_signal(self, signum: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, signum)
+    BOOTING = "booting"  # spawned, has not said Ready
+    SERVING = "serving"  # said Ready
+    RETIRING = "retiring"  # served max_requests; serves on until its replacement is ready
+    STOPPING = "stopping"  # asked to stop (the channel's Stop, or SIGQUIT)
+    ABORTING = "aborting"  # silent for longer than --timeout: aborted, then killed
+    EXITED = "exited"  # reaped
 
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    async def wait(self) -> int:
-        await self.done.wait()
-        assert self.returncode is not None
-        return self.returncode
-
-    def exited(self, status: int) -> None:
-        self.returncode = status
-        self.done.set()
+    def can_become(self, new: WorkerState) -> bool:
+        return new in _NEXT[self]
 
 
-@attrs.define(eq=False)
-class _Preloader:
-    """The preloader process of one configuration, and the workers it forked."""
-
-    config: Config
-    process: trio.Process
-    sock: trio.socket.SocketType
-    loaded: trio.Event = attrs.field(factory=trio.Event)
-    error: tuple[int, str] | None = None
-    children: dict[int, _Forked] = attrs.field(factory=dict)
-    replies: list[int] = attrs.field(factory=list)
-    reply: trio.Event = attrs.field(factory=trio.Event)
-    lock: trio.Lock = attrs.field(factory=trio.Lock)
-    retired: bool = False
-
-    async def read(self) -> None:
-        try:
-            while data := await self.sock.recv(65536):
-                message = json.loads(data)
-                if "pid" in message:
-                    self.replies.append(int(message["pid"]))
-                    self.reply.set()
-                elif "exit" in message:
-                    child = self.children.pop(int(message["exit"]), None)
-                    if child is not None:
-                        child.exited(int(message["status"]))
-                    self.close_if_done()
-                elif "boot_error" in message:
-                    self.error = (int(message["boot_error"]), str(message["message"]))
-                elif "loaded" in message:
-                    self.loaded.set()
-        except (OSError, trio.ClosedResourceError):
-            pass  # closed by us (retired, or the master stops), or the preloader died
-        finally:
-            self.loaded.set()
-            self.reply.set()
-            # Gone: its children were reparented away, their status cannot be known.
-            for child in self.children.values():
-                child.exited(-signal.SIGKILL)
-            self.children.clear()
-            self.sock.close()
-
-    def close_if_done(self) -> None:
-        if self.retired and not self.children:
-            self.sock.close()
-
-    async def fork(self, slot: int, channel: socket.socket) -> _Forked:
-        async with self.lock:
-            self.reply = trio.Event()
-            await self.sock.sendmsg(
-                [json.dumps({"slot": slot}).encode()],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))],
-            )
-            await self.reply.wait()
-            if not self.replies:
-                raise WorkerBootError("the preloader exited")
-            child = _Forked(self.replies.pop(0))
-            self.children[child.pid] = child
-            return child
+_NEXT: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.BOOTING: frozenset(
+        {WorkerState.SERVING, WorkerState.STOPPING, WorkerState.ABORTING, WorkerState.EXITED}
+    ),
+    WorkerState.SERVING: frozenset(
+        {WorkerState.RETIRING, WorkerState.STOPPING, WorkerState.ABORTING, WorkerState.EXITED}
+    ),
+    # Back to SERVING when its replacement failed to boot.
+    WorkerState.RETIRING: frozenset(
+        {WorkerState.SERVING, WorkerState.STOPPING, WorkerState.ABORTING, WorkerState.EXITED}
+    ),
+    WorkerState.STOPPING: frozenset({WorkerState.ABORTING, WorkerState.EXITED}),
+    WorkerState.ABORTING: frozenset({WorkerState.EXITED}),
+    WorkerState.EXITED: frozenset(),
+}
 
 
 @attrs.define(eq=False)
 class _Proc:
-    """One worker process and what its channel said."""
+    """One worker process, its state, and what its channel said."""
 
     info: WorkerInfo
     process: _Child
     link: trio.SocketStream
     last_beat: float
+    state: WorkerState = WorkerState.BOOTING
+    # Set by its Ready (in whatever state it came) and once it is reaped: to wait on.
     ready: trio.Event = attrs.field(factory=trio.Event)
     exited: trio.Event = attrs.field(factory=trio.Event)
     boot_error: tuple[int, str] | None = None
     urls: list[str] = attrs.field(factory=list)
-    retiring: bool = False
-    replaced: bool = False
     # One writer at a time on the channel (the boot message, then a stop request).
     sending: trio.Lock = attrs.field(factory=trio.Lock)
-    timed_out: bool = False
+
+    def become(self, state: WorkerState) -> None:
+        """Move to ``state``; a transition the table does not allow is a bug."""
+        if not self.state.can_become(state):
+            raise RuntimeError(
+                f"worker {self.info.id} (pid {self.info.pid}): "
+                f"{self.state.name} cannot become {state.name}"
+            )
+        self.state = state
+        if state is WorkerState.EXITED:
+            self.exited.set()
+
+    def stopping(self) -> None:
+        """STOPPING, unless it is past that already (stopping, aborting or exited)."""
+        if self.state.can_become(WorkerState.STOPPING):
+            self.become(WorkerState.STOPPING)
 
 
 @attrs.define(eq=False)
@@ -227,7 +210,7 @@ class _Pool:
     # The listening fds per bind text (passed on by SIGUSR2), and reuse-port sockets.
     bind_fds: dict[str, list[int]] = attrs.field(factory=dict)
     reserved: list[trio.socket.SocketType] = attrs.field(factory=list)
-    preloader: _Preloader | None = None
+    preloader: Preloader | None = None
     # Every worker process alive, the slots' ones and replacements still booting.
     live: set[_Proc] = attrs.field(factory=set)
     preload_lock: trio.Lock = attrs.field(factory=trio.Lock)
@@ -235,6 +218,21 @@ class _Pool:
     @property
     def config(self) -> Config:
         return self.plan.config
+
+    def assign(self, slot: int, proc: _Proc) -> None:
+        """``proc`` holds ``slot`` from now on."""
+        self.slots[slot] = proc
+        self._publish()
+
+    def vacate(self, *slots: int) -> list[_Proc]:
+        """Free ``slots`` (every slot when none is named); the processes that held them."""
+        freed = [self.slots.pop(slot) for slot in (slots or list(self.slots)) if slot in self.slots]
+        self._publish()
+        return freed
+
+    def _publish(self) -> None:
+        # The hooks' view (ServerInfo.workers) follows the slots.
+        self.server.workers = [proc.info for proc in self.slots.values()]
 
     def label(self, slot: int) -> str:
         prefix = f"{self.plan.prefix} " if self.plan.prefix else ""
@@ -271,7 +269,7 @@ class Master:
     done: trio.Event = attrs.field(factory=trio.Event)
     paused: bool = False
     children: list[trio.Process] = attrs.field(factory=list)
-    preloaders: list[_Preloader] = attrs.field(factory=list)
+    preloaders: list[Preloader] = attrs.field(factory=list)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -303,7 +301,7 @@ class Master:
                 process = await preloader.fork(slot, theirs)
                 payload = b""  # a forked worker has its settings already
             else:
-                payload = frame(boot.to_json()) + frame(pickled)
+                payload = b"".join(boot_pieces(boot.to_json(), pickled))
                 process = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "trioserve._worker", str(theirs.fileno())],
                     pass_fds=[theirs.fileno(), *pool.fds],
@@ -318,40 +316,22 @@ class Master:
         self.nursery.start_soon(self._watch, pool, proc, payload)
         return proc
 
-    async def _preloader_for(self, pool: _Pool, config: Config, boot: WorkerBoot) -> _Preloader:
+    async def _preloader_for(self, pool: _Pool, config: Config, boot: WorkerBoot) -> Preloader:
         """The preloader of ``config``: started (and the app imported) on first use."""
         async with pool.preload_lock:
-            return await self._preloader_locked(pool, config, boot)
-
-    async def _preloader_locked(self, pool: _Pool, config: Config, boot: WorkerBoot) -> _Preloader:
-        current = pool.preloader
-        if current is not None and current.config is config and not current.sock.fileno() < 0:
-            return current
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "trioserve._preload", str(theirs.fileno())],
-                pass_fds=[theirs.fileno(), *pool.fds],
+            current = pool.preloader
+            if current is not None and current.config is config and not current.closed:
+                return current
+            preloader = await Preloader.start(
+                config, boot, ship_config(config)[0], pool.fds, self.nursery
             )
-        finally:
-            theirs.close()
-        preloader = _Preloader(config, process, trio.socket.from_stdlib_socket(ours))
-        for piece in (boot.to_json(), ship_config(config)[0]):
-            await preloader.sock.send(frame(piece)[:4])
-            await preloader.sock.send(piece)
-        self.nursery.start_soon(preloader.read)
-        self.preloaders.append(preloader)
-        self.nursery.start_soon(_reap, process)
-        LOGGER.info("preloading the app in pid %d", process.pid)
-        await preloader.loaded.wait()
-        if preloader.error is not None:
-            code, message = preloader.error
-            raise WorkerBootError(f"preloading the app failed: {message}", code)
-        if current is not None:
-            current.retired = True
-            current.close_if_done()
-        pool.preloader = preloader
-        return preloader
+            self.preloaders.append(preloader)
+            LOGGER.info("preloading the app in pid %d", preloader.process.pid)
+            await preloader.wait_loaded()
+            if current is not None:
+                current.retire()
+            pool.preloader = preloader
+            return preloader
 
     async def _watch(self, pool: _Pool, proc: _Proc, payload: bytes) -> None:
         """Feed the worker its boot message, read its channel, reap it, decide what next."""
@@ -374,41 +354,48 @@ class Master:
                     await proc.process.wait()
         proc.info.exit_code = proc.process.returncode
         pool.live.discard(proc)
-        proc.exited.set()
+        proc.become(WorkerState.EXITED)
         await self._exited(pool, proc)
 
     async def _read(self, pool: _Pool, proc: _Proc) -> None:
-        buffer = b""
-        while True:
-            data = await proc.link.receive_some(65536)
-            if not data:
-                return
-            buffer += data
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                await self._message(pool, proc, json.loads(line))
+        decoder = Decoder(TO_MASTER)
+        try:
+            while data := await proc.link.receive_some(65536):
+                for message in decoder.feed(data):
+                    self._message(pool, proc, message)
+        except ChannelError as exc:
+            # Closing the channel stops the worker; its exit is then judged as any.
+            LOGGER.error(
+                "%s (pid %d) broke its channel: %s", pool.label(proc.info.id), proc.info.pid, exc
+            )
 
-    async def _message(self, pool: _Pool, proc: _Proc, message: dict[str, Any]) -> None:
+    def _message(self, pool: _Pool, proc: _Proc, message: Message) -> None:
         proc.last_beat = trio.current_time()
-        kind = message.get("t")
-        if kind == "hb":
-            proc.info.requests = int(message.get("requests", 0))
-        elif kind == "ready":
-            proc.urls = list(message.get("urls", []))
+        if isinstance(message, Heartbeat):
+            proc.info.requests = message.requests
+        elif isinstance(message, Ready):
+            proc.urls = list(message.urls)
+            if proc.state is WorkerState.BOOTING:
+                proc.become(WorkerState.SERVING)
             proc.ready.set()
             LOGGER.info("%s (pid %d) ready", pool.label(proc.info.id), proc.info.pid)
             self.report()
-        elif kind == "boot_error":
-            proc.boot_error = (int(message["code"]), str(message["message"]))
-        elif kind == "retire" and not proc.retiring and not self.stopping:
-            proc.retiring = True
+        elif isinstance(message, BootFailed):
+            proc.boot_error = (message.code, message.message)
+        elif (
+            isinstance(message, Retire)
+            and proc.state is WorkerState.SERVING
+            and pool.slots.get(proc.info.id) is proc
+            and not self.stopping
+        ):
+            proc.become(WorkerState.RETIRING)
             self.nursery.start_soon(self._replace, pool, proc.info.id, pool.config, proc)
 
     async def _exited(self, pool: _Pool, proc: _Proc) -> None:
         slot = proc.info.id
         code = proc.process.returncode
         current = pool.slots.get(slot) is proc
-        expected = self.stopping or proc.replaced or not current or self.paused
+        expected = self.stopping or self.paused or not current
         exc: BaseException | None = None
         if not expected:
             how = _describe_exit(code)
@@ -421,8 +408,7 @@ class Master:
             else:
                 exc = WorkerExited(f"{pool.label(slot)} (pid {proc.info.pid}) {how}")
         if current:
-            del pool.slots[slot]
-            pool.server.workers = [p.info for p in pool.slots.values()]
+            pool.vacate(slot)
         await run_hook_logged(pool.config, "child_exit", pool.server, proc.info, exc=exc)
         if isinstance(exc, WorkerBootError):
             self.halt(exc)
@@ -441,11 +427,9 @@ class Master:
         if self.stopping or self.paused or slot in pool.slots or slot >= pool.config.workers:
             return
         try:
-            pool.slots[slot] = await self.spawn(pool, slot, pool.config)
+            pool.assign(slot, await self.spawn(pool, slot, pool.config))
         except TrioserveError as exc:
             self.halt(exc)
-            return
-        pool.server.workers = [p.info for p in pool.slots.values()]
 
     async def _replace(self, pool: _Pool, slot: int, config: Config, old: _Proc | None) -> bool:
         """Start a new worker for ``slot``; once it is ready, retire ``old``. False if it
@@ -454,28 +438,20 @@ class Master:
             new = await self.spawn(pool, slot, config)
         except TrioserveError as exc:
             LOGGER.error("%s could not be replaced: %s", pool.label(slot), exc)
-            if old is not None:
-                old.retiring = False
+            _keep_serving(old)
             return False
         # Until it is ready the old one stays the slot's worker.
-        new.replaced = True
         ok = await self._wait_ready(pool, new)
         if not ok:
             error = new.boot_error[1] if new.boot_error else _describe_exit(new.info.exit_code)
             LOGGER.error("%s could not replace the old one: %s", pool.label(slot), error)
             _signal(new.process, signal.SIGKILL)
-            if old is not None:
-                old.retiring = False
+            _keep_serving(old)
             return False
-        new.replaced = False
-        if old is not None:
-            old.replaced = True
         current = pool.slots.get(slot)
-        pool.slots[slot] = new
-        pool.server.workers = [p.info for p in pool.slots.values()]
+        pool.assign(slot, new)
         for retired in {old, current} - {None, new}:
             assert retired is not None
-            retired.replaced = True
             self.ask_to_stop(retired)
         return True
 
@@ -497,6 +473,72 @@ class Master:
     def _stop_budget(self, config: Config) -> float:
         return _stop_budget(config)
 
+    # -- operator signals (the command line's master) ---------------------------------
+
+    def signal_handlers(self) -> dict[int, Callable[[str], None]]:
+        """What each signal does; a handler gets the signal's name, for its log line."""
+        return {
+            signal.SIGTERM: self._on_term,
+            signal.SIGINT: self._on_quit,
+            signal.SIGQUIT: self._on_quit,
+            signal.SIGHUP: self._on_hup,
+            signal.SIGTTIN: self._on_ttin,
+            signal.SIGTTOU: self._on_ttou,
+            signal.SIGUSR1: self._on_usr1,
+            signal.SIGUSR2: self._on_usr2,
+            signal.SIGWINCH: self._on_winch,
+        }
+
+    def _on_term(self, name: str) -> None:
+        if self.stopping:
+            LOGGER.info("%s received again: stopping now", name)
+            self.begin_stop(fast=True)
+        else:
+            LOGGER.info("%s received: stopping gracefully (send it again to stop now)", name)
+            self.begin_stop(fast=False)
+
+    def _on_quit(self, name: str) -> None:
+        LOGGER.info("%s received: stopping now", name)
+        self.begin_stop(fast=True)
+
+    def _on_hup(self, name: str) -> None:
+        _later(self, _hup, self)
+
+    def _on_ttin(self, name: str) -> None:
+        self._change_workers(name, 1)
+
+    def _on_ttou(self, name: str) -> None:
+        self._change_workers(name, -1)
+
+    def _change_workers(self, name: str, delta: int) -> None:
+        if self.paused:
+            LOGGER.info("%s ignored: workers are stopped (SIGWINCH)", name)
+        else:
+            _later(self, self.change_workers, delta)
+
+    def _on_usr1(self, name: str) -> None:
+        try:
+            configure_logging(self.pools[0].config)
+            # New files the master just created: the workers reopen them next.
+            give_log_files(self.pools[0].config, self.account)
+        except ConfigError as exc:
+            # The old handlers stay: logging goes on where it went.
+            LOGGER.error("SIGUSR1: cannot reopen the log files: %s", exc)
+        else:
+            LOGGER.info("SIGUSR1 received: log files reopened")
+        for proc in self._procs():
+            _signal(proc.process, signal.SIGUSR1)
+
+    def _on_usr2(self, name: str) -> None:
+        _later(self, self.reexec)
+
+    def _on_winch(self, name: str) -> None:
+        if _has_terminal():
+            LOGGER.debug("SIGWINCH ignored: the master has a terminal (not daemonized)")
+        elif not self.paused:
+            LOGGER.info("SIGWINCH received: stopping the workers, keeping the master")
+            _later(self, self.pause)
+
     # -- the whole server ------------------------------------------------------------
 
     def ask_to_stop(self, proc: _Proc) -> None:
@@ -506,13 +548,16 @@ class Master:
         -TERM -PGID``), the workers get it directly; a second SIGTERM from the master
         would then turn their graceful stop into a fast one. A message does not.
         """
+        if proc.state is WorkerState.EXITED:
+            return
+        proc.stopping()
         self.nursery.start_soon(self._send_stop, proc)
 
     async def _send_stop(self, proc: _Proc) -> None:
         try:
             with trio.fail_after(5):
                 async with proc.sending:
-                    await proc.link.send_all(b'{"t": "stop"}\n')
+                    await proc.link.send_all(encode(Stop()))
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             _signal(proc.process, signal.SIGTERM)  # no channel: the signal still works
 
@@ -534,7 +579,7 @@ class Master:
             self.nursery.start_soon(self._stop_workers, fast)
         elif fast:
             for proc in self._procs():
-                _signal(proc.process, signal.SIGQUIT)
+                _fast_stop(proc)
             if self.stop_wait is not None:
                 self.stop_wait.deadline = min(
                     self.stop_wait.deadline, trio.current_time() + _FAST_STOP
@@ -555,7 +600,7 @@ class Master:
     async def _stop_procs(self, procs: list[_Proc], *, fast: bool) -> None:
         for proc in procs:
             if fast:
-                _signal(proc.process, signal.SIGQUIT)
+                _fast_stop(proc)
             else:
                 self.ask_to_stop(proc)
         budget = _FAST_STOP
@@ -598,8 +643,8 @@ class Master:
                     # Importing the app blocks a booting worker's loop: that may take
                     # longer than a tight --timeout without anything being wrong.
                     limit = timeout if proc.ready.is_set() else max(timeout, _BOOT_SILENCE)
-                    if not proc.timed_out and now - proc.last_beat > limit:
-                        proc.timed_out = True
+                    if proc.state.can_become(WorkerState.ABORTING) and now - proc.last_beat > limit:
+                        proc.become(WorkerState.ABORTING)
                         self.nursery.start_soon(self._abort, pool, proc)
 
     async def _abort(self, pool: _Pool, proc: _Proc) -> None:
@@ -635,8 +680,7 @@ class Master:
         except TrioserveError as exc:
             self.halt(exc)
             return
-        pool.slots[slot] = proc
-        pool.server.workers = [p.info for p in pool.slots.values()]
+        pool.assign(slot, proc)
         await self._wait_ready(pool, proc)
 
     async def change_workers(self, delta: int) -> None:
@@ -652,11 +696,7 @@ class Master:
             if new > old:
                 await self._start_slot(pool, old)
             else:
-                proc = pool.slots.get(new)
-                if proc is not None:
-                    proc.replaced = True
-                    del pool.slots[new]
-                    pool.server.workers = [p.info for p in pool.slots.values()]
+                for proc in pool.vacate(new):
                     self.ask_to_stop(proc)
             await run_hook_logged(pool.config, "nworkers_changed", pool.server, new, old)
         self.report()
@@ -704,11 +744,9 @@ class Master:
             async with trio.open_nursery() as restarting:
                 for slot in range(config.workers):
                     restarting.start_soon(one, slot)
-            for slot in [s for s in pool.slots if s >= config.workers]:
-                proc = pool.slots.pop(slot)
-                proc.replaced = True
+            extra = [slot for slot in pool.slots if slot >= config.workers]
+            for proc in pool.vacate(*extra) if extra else []:
                 self.ask_to_stop(proc)
-            pool.server.workers = [p.info for p in pool.slots.values()]
             if config.workers != old_workers:
                 await run_hook_logged(
                     config, "nworkers_changed", pool.server, config.workers, old_workers
@@ -721,10 +759,7 @@ class Master:
         self.paused = True
         procs = self._procs()
         for pool in self.pools:
-            for proc in pool.slots.values():
-                proc.replaced = True
-            pool.slots.clear()
-            pool.server.workers = []
+            pool.vacate()
         await self._stop_procs(procs, fast=False)
         LOGGER.info("all workers stopped (SIGWINCH); the master keeps the sockets")
 
@@ -784,12 +819,19 @@ class Master:
             pidfile.rename(own_path)
 
 
-async def _reap(process: trio.Process) -> None:
-    await process.wait()
-
-
 def _stop_budget(config: Config) -> float:
     return config.graceful_timeout + config.lifespan_shutdown_timeout + _STOP_MARGIN
+
+
+def _keep_serving(old: _Proc | None) -> None:
+    """Its replacement failed: a retiring worker serves on (and may retire again)."""
+    if old is not None and old.state is WorkerState.RETIRING:
+        old.become(WorkerState.SERVING)
+
+
+def _fast_stop(proc: _Proc) -> None:
+    proc.stopping()
+    _signal(proc.process, signal.SIGQUIT)
 
 
 def _signal(process: _Child, signum: int) -> None:
@@ -1051,63 +1093,20 @@ def _has_terminal() -> bool:
     return True
 
 
+# Acted on while the master stops too; every other signal is then ignored.
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+
+
 async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) -> None:
-    wanted = [
-        signal.SIGTERM,
-        signal.SIGINT,
-        signal.SIGQUIT,
-        signal.SIGHUP,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGWINCH,
-    ]
-    with trio.open_signal_receiver(*wanted) as signals:
+    handlers = master.signal_handlers()
+    with trio.open_signal_receiver(*handlers) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
-            if signum == signal.SIGTERM:
-                if master.stopping:
-                    LOGGER.info("%s received again: stopping now", name)
-                    master.begin_stop(fast=True)
-                else:
-                    LOGGER.info(
-                        "%s received: stopping gracefully (send it again to stop now)", name
-                    )
-                    master.begin_stop(fast=False)
-            elif signum in (signal.SIGINT, signal.SIGQUIT):
-                LOGGER.info("%s received: stopping now", name)
-                master.begin_stop(fast=True)
-            elif master.stopping:
+            if master.stopping and signum not in _STOP_SIGNALS:
                 LOGGER.info("%s ignored: stopping", name)
-            elif signum == signal.SIGHUP:
-                _later(master, _hup, master)
-            elif signum in (signal.SIGTTIN, signal.SIGTTOU):
-                if master.paused:
-                    LOGGER.info("%s ignored: workers are stopped (SIGWINCH)", name)
-                else:
-                    _later(master, master.change_workers, 1 if signum == signal.SIGTTIN else -1)
-            elif signum == signal.SIGUSR1:
-                try:
-                    configure_logging(master.pools[0].config)
-                    # New files the master just created: the workers reopen them next.
-                    give_log_files(master.pools[0].config, master.account)
-                except ConfigError as exc:
-                    # The old handlers stay: logging goes on where it went.
-                    LOGGER.error("SIGUSR1: cannot reopen the log files: %s", exc)
-                else:
-                    LOGGER.info("SIGUSR1 received: log files reopened")
-                for proc in master._procs():
-                    _signal(proc.process, signal.SIGUSR1)
-            elif signum == signal.SIGUSR2:
-                _later(master, master.reexec)
-            elif signum == signal.SIGWINCH:
-                if _has_terminal():
-                    LOGGER.debug("SIGWINCH ignored: the master has a terminal (not daemonized)")
-                elif not master.paused:
-                    LOGGER.info("SIGWINCH received: stopping the workers, keeping the master")
-                    _later(master, master.pause)
+            else:
+                handlers[signum](name)
 
 
 def _later(master: Master, operation: Callable[..., Awaitable[None]], *args: Any) -> None:

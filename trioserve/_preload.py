@@ -5,15 +5,18 @@ inherited. FD is a SOCK_SEQPACKET socket pair end: the master first sends the bo
 header and the pickled Config (as to a worker), then one message per worker to start,
 carrying that worker's channel as an SCM_RIGHTS file descriptor. The preloader forks;
 the child becomes the worker (:func:`trioserve._worker.run_worker`, app already
-imported, memory shared copy-on-write); the preloader answers ``{"pid": N}`` and later
-``{"exit": N, "status": S}`` when it reaps the child. Its channel closing means the
-master is gone or done with it: it stops taking requests and exits once its children
-have exited.
+imported, memory shared copy-on-write); the preloader answers ``Forked`` and later
+``Reaped`` when it reaps the child (the messages of :mod:`trioserve._proto.channel`,
+one per packet). Its channel closing means the master is gone or done with it: it
+stops taking requests and exits once its children have exited.
+
+The master's half is :class:`Preloader` (with :class:`Forked`, a worker it forked),
+a trio client of that process; the rest of this module runs without trio.
 """
 
 from __future__ import annotations
 
-import json
+import array
 import os
 import select
 import signal
@@ -23,11 +26,29 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import attrs
+import trio
 
+from ._config import Config
 from ._errors import EXIT_BOOT, TrioserveError
+from ._hooks import WorkerBootError
 from ._importer import LoadedApp
 from ._loader import load_config_app
-from ._worker import WorkerBoot, read_boot, run_worker, set_title
+from ._proto.channel import (
+    FROM_PRELOADER,
+    TO_PRELOADER,
+    BootFailed,
+    ChannelError,
+    Decoder,
+    Fork,
+    Loaded,
+    Message,
+    Reaped,
+    WorkerBoot,
+    boot_pieces,
+    encode,
+)
+from ._proto.channel import Forked as ForkedMessage
+from ._worker import drop_privileges, read_boot, run_worker, set_title
 
 _POLL = 0.2
 
@@ -63,24 +84,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         boot, config = read_boot(channel)
     except Exception as exc:
         message = f"could not read its boot message: {exc}"
-        channel.send(json.dumps({"boot_error": EXIT_BOOT, "message": message}).encode())
+        channel.send(encode(BootFailed(EXIT_BOOT, message)))
         return EXIT_BOOT
-    boot.drop_privileges()  # before the app is imported; forked workers inherit it
+    drop_privileges(boot)  # before the app is imported; forked workers inherit it
     set_title("preloader", config.name)
     try:
         loaded = _run_without_trio(load_config_app(config))
     except TrioserveError as exc:
-        channel.send(json.dumps({"boot_error": exc.exit_code, "message": str(exc)}).encode())
+        channel.send(encode(BootFailed(exc.exit_code, str(exc))))
         return exc.exit_code
     except Exception as exc:
-        channel.send(json.dumps({"boot_error": EXIT_BOOT, "message": repr(exc)}).encode())
+        channel.send(encode(BootFailed(EXIT_BOOT, repr(exc))))
         return EXIT_BOOT
-    channel.send(json.dumps({"loaded": loaded.target}).encode())
+    channel.send(encode(Loaded(loaded.target)))
     return _serve_forks(channel, boot, config, loaded)
 
 
 def _serve_forks(channel: socket.socket, boot: WorkerBoot, config: Any, loaded: LoadedApp) -> int:
     children: set[int] = set()
+    decoder = Decoder(TO_PRELOADER)
     open_channel = True
     while open_channel or children:
         if open_channel:
@@ -98,8 +120,9 @@ def _serve_forks(channel: socket.socket, boot: WorkerBoot, config: Any, loaded: 
                 for fd in fds:
                     os.close(fd)
             else:
-                request = json.loads(data)
-                worker_boot = attrs.evolve(boot, slot=int(request["slot"]))
+                (request,) = decoder.feed(data)  # one message per packet
+                assert isinstance(request, Fork)
+                worker_boot = attrs.evolve(boot, slot=request.slot)
                 pid = os.fork()
                 if pid == 0:
                     code = 1
@@ -111,7 +134,7 @@ def _serve_forks(channel: socket.socket, boot: WorkerBoot, config: Any, loaded: 
                 children.add(pid)
                 for fd in fds:
                     os.close(fd)
-                channel.send(json.dumps({"pid": pid}).encode())
+                channel.send(encode(ForkedMessage(pid)))
         while children:
             try:
                 pid, raw = os.waitpid(-1, os.WNOHANG)
@@ -123,10 +146,154 @@ def _serve_forks(channel: socket.socket, boot: WorkerBoot, config: Any, loaded: 
             children.discard(pid)
             if open_channel:
                 try:
-                    channel.send(json.dumps({"exit": pid, "status": _status(raw)}).encode())
+                    channel.send(encode(Reaped(pid, _status(raw))))
                 except OSError:
                     open_channel = False
     return 0
+
+
+# -- the master's half ---------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Forked:
+    """A worker forked by the preloader, which reaps it and reports its status."""
+
+    pid: int
+    returncode: int | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        await self.done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def exited(self, status: int) -> None:
+        self.returncode = status
+        self.done.set()
+
+
+@attrs.define(eq=False)
+class Preloader:
+    """The master's client of one preloader process, and the workers it forked."""
+
+    config: Config
+    process: trio.Process
+    sock: trio.socket.SocketType
+    loaded: trio.Event = attrs.field(factory=trio.Event)
+    error: tuple[int, str] | None = None
+    children: dict[int, Forked] = attrs.field(factory=dict)
+    replies: list[int] = attrs.field(factory=list)
+    reply: trio.Event = attrs.field(factory=trio.Event)
+    lock: trio.Lock = attrs.field(factory=trio.Lock)
+    retired: bool = False
+
+    @classmethod
+    async def start(
+        cls,
+        config: Config,
+        boot: WorkerBoot,
+        pickled: bytes,
+        fds: Sequence[int],
+        nursery: trio.Nursery,
+    ) -> Preloader:
+        """Start the preloader of ``config`` and send it the boot message; it then
+        imports the app (:meth:`wait_loaded`). Its channel is read, and the process
+        reaped, in ``nursery``."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "trioserve._preload", str(theirs.fileno())],
+                pass_fds=[theirs.fileno(), *fds],
+            )
+        finally:
+            theirs.close()
+        preloader = cls(config, process, trio.socket.from_stdlib_socket(ours))
+        for piece in boot_pieces(boot.to_json(), pickled):
+            await preloader.sock.send(piece)  # one packet each: see BootReader
+        nursery.start_soon(preloader.read)
+        nursery.start_soon(process.wait)
+        return preloader
+
+    async def wait_loaded(self) -> None:
+        """Wait until the app is imported.
+
+        Raises:
+            WorkerBootError: the preloader could not import it (or exited).
+        """
+        await self.loaded.wait()
+        if self.error is not None:
+            code, message = self.error
+            raise WorkerBootError(f"preloading the app failed: {message}", code)
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
+    async def read(self) -> None:
+        """Read the preloader's messages until its channel closes."""
+        decoder = Decoder(FROM_PRELOADER)
+        try:
+            while data := await self.sock.recv(65536):
+                for message in decoder.feed(data):
+                    self._received(message)
+        except (OSError, trio.ClosedResourceError):
+            pass  # closed by us (retired, or the master stops), or the preloader died
+        except ChannelError as exc:
+            self.error = self.error or (EXIT_BOOT, f"the preloader's channel is broken: {exc}")
+        finally:
+            self.loaded.set()
+            self.reply.set()
+            # Gone: its children were reparented away, their status cannot be known.
+            for child in self.children.values():
+                child.exited(-signal.SIGKILL)
+            self.children.clear()
+            self.sock.close()
+
+    def _received(self, message: Message) -> None:
+        if isinstance(message, ForkedMessage):
+            self.replies.append(message.pid)
+            self.reply.set()
+        elif isinstance(message, Reaped):
+            child = self.children.pop(message.pid, None)
+            if child is not None:
+                child.exited(message.status)
+            self.close_if_done()
+        elif isinstance(message, BootFailed):
+            self.error = (message.code, message.message)
+        elif isinstance(message, Loaded):
+            self.loaded.set()
+
+    def retire(self) -> None:
+        """A newer preloader replaces this one: it ends once its children have exited."""
+        self.retired = True
+        self.close_if_done()
+
+    def close_if_done(self) -> None:
+        if self.retired and not self.children:
+            self.sock.close()
+
+    async def fork(self, slot: int, channel: socket.socket) -> Forked:
+        """A new worker for ``slot`` whose end of its channel is ``channel``."""
+        async with self.lock:
+            self.reply = trio.Event()
+            await self.sock.sendmsg(
+                [encode(Fork(slot))],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))],
+            )
+            await self.reply.wait()
+            if not self.replies:
+                raise WorkerBootError("the preloader exited")
+            child = Forked(self.replies.pop(0))
+            self.children[child.pid] = child
+            return child
 
 
 if __name__ == "__main__":

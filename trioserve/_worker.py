@@ -2,11 +2,12 @@
 
 Started by the master as ``python -m trioserve._worker FD`` (or forked by the
 preloader, with the app already imported). FD is this worker's end of a socket pair
-with the master. Over it the master sends the boot message (a JSON header, then the
-pickled Config) and the worker sends JSON lines back: ``ready`` once it accepts
-connections, ``hb`` heartbeats from its trio loop, ``retire`` when it served
-``max_requests``, and ``boot_error`` when it cannot start. End of file on it means
-the master is gone: the worker then stops by itself, so no worker outlives it.
+with the master, which speaks :mod:`trioserve._proto.channel`: the master sends the
+boot message (a header, then the pickled Config) and later perhaps ``Stop``; the worker
+sends ``Ready`` once it accepts connections, ``Heartbeat`` from its trio loop,
+``Retire`` when it served ``max_requests``, and ``BootFailed`` when it cannot start.
+End of file on it means the master is gone: the worker then stops by itself, so no
+worker outlives it.
 
 Signals: TERM stops gracefully, INT and QUIT stop at once (``worker_int`` hook),
 USR1 reopens the log files, ABRT (sent by the master to a worker whose loop is stuck)
@@ -18,20 +19,17 @@ from __future__ import annotations
 import faulthandler
 import inspect
 import io
-import json
 import logging
 import os
 import pickle
 import signal
 import socket
-import struct
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import attrs
 import trio
 
 from ._accesslog import access_log_for
@@ -51,6 +49,20 @@ from ._importer import LoadedApp
 from ._loader import import_main_script, load_config_app
 from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
 from ._lograte import flush_all
+from ._proto.channel import (
+    TO_WORKER,
+    BootFailed,
+    BootReader,
+    ChannelError,
+    Decoder,
+    Heartbeat,
+    Message,
+    Ready,
+    Retire,
+    Stop,
+    WorkerBoot,
+    encode,
+)
 from ._server import _Control, _Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._tls import ssl_context
@@ -58,7 +70,6 @@ from ._types import Address
 
 LOGGER = logging.getLogger("trioserve.worker")
 
-_LENGTH = struct.Struct("!I")
 # Signals the master handles for the whole server; a worker must not die of them.
 _IGNORED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH)
 # The master sends this first to a stuck worker: every thread's stack to the error log.
@@ -66,72 +77,20 @@ DUMP_SIGNAL = signal.SIGUSR2
 _ABORT_GRACE = 5.0
 
 
-@attrs.frozen
-class WorkerBoot:
-    """What the master tells a new worker besides its Config (sent as JSON).
-
-    Attributes:
-        slot: The worker's stable index.
-        app: The application's prefix in a MultiApp, or None.
-        master_pid: The master's process id.
-        config_file: A Python config file to run before unpickling the Config (its
-            hooks are pickled by reference), or None.
-        fds: Inherited listening sockets.
-        reuse_port: (family, sockaddr) pairs to listen on with SO_REUSEPORT.
-        heartbeat: Seconds between heartbeats.
-    """
-
-    slot: int
-    app: str | None
-    master_pid: int
-    config_file: str | None
-    fds: tuple[int, ...]
-    reuse_port: tuple[tuple[int, tuple[Any, ...]], ...]
-    heartbeat: float
-    # (uid, gid, user name) to drop to (--user/--group), or None.
-    account: tuple[int, int, str | None] | None = None
-    # The parent's main script, imported as __mp_main__ before the Config is unpickled,
-    # when an app or hook pickled in the Config lives there (python script.py that
-    # calls serve()); None when nothing does.
-    main_path: str | None = None
-    # serve() from a program: (level, shown) of the "trioserve" logger there, which the
-    # worker copies, so the program's logging decides as it does with workers=0.
-    # None from the command line: the worker configures logging from the settings.
-    embedded_log: tuple[int, bool] | None = None
-
-    def to_json(self) -> bytes:
-        return json.dumps(attrs.asdict(self)).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> WorkerBoot:
-        raw = json.loads(data)
-        raw["fds"] = tuple(raw["fds"])
-        raw["reuse_port"] = tuple((family, tuple(addr)) for family, addr in raw["reuse_port"])
-        for name in ("account", "embedded_log"):
-            if raw.get(name) is not None:
-                raw[name] = tuple(raw[name])
-        return cls(**raw)
-
-    def drop_privileges(self) -> None:
-        """Become the --user/--group account, before any app code runs."""
-        if self.account is not None:
-            Account(*self.account).drop()
+def drop_privileges(boot: WorkerBoot) -> None:
+    """Become the --user/--group account of ``boot``, before any app code runs."""
+    if boot.account is not None:
+        Account(*boot.account).drop()
 
 
-def frame(data: bytes) -> bytes:
-    """``data`` with its length in front, as the boot message is sent."""
-    return _LENGTH.pack(len(data)) + data
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = sock.recv(size)
+def _read_boot_message(sock: socket.socket) -> BootReader:
+    reader = BootReader()
+    while not reader.done:
+        chunk = sock.recv(reader.wanted)
         if not chunk:
             raise EOFError("the master closed the channel before the boot message ended")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+        reader.feed(chunk)
+    return reader
 
 
 class _MainWatcher(pickle.Pickler):
@@ -190,12 +149,10 @@ def ship_config(config: Config) -> tuple[bytes, str | None]:
 
 def read_boot(sock: socket.socket) -> tuple[WorkerBoot, Config]:
     """Read the boot message (blocking: no trio loop runs yet)."""
-    (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
-    boot = WorkerBoot.from_json(_read_exactly(sock, size))
     # All of it read before any code runs: a failure below can then be reported on the
     # channel, with no unread bytes left for the master to block on.
-    (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
-    pickled = _read_exactly(sock, size)
+    reader = _read_boot_message(sock)
+    boot, pickled = reader.header, reader.pickled
     if boot.config_file is not None:
         load_python_config(Path(boot.config_file))
     if boot.main_path is not None:
@@ -220,9 +177,8 @@ def report_boot_failure(channel: socket.socket, message: str) -> None:
     The master's error then names the reason in one line; when the channel is gone
     already, stderr is the only place left to say it.
     """
-    line = json.dumps({"t": "boot_error", "code": EXIT_BOOT, "message": message}).encode()
     try:
-        channel.sendall(line + b"\n")
+        channel.sendall(encode(BootFailed(EXIT_BOOT, message)))
     except OSError:
         print(f"trioserve: error: worker {message}", file=sys.stderr)
 
@@ -298,7 +254,7 @@ def run_worker(
     worker = WorkerInfo(boot.slot, config, pid=os.getpid(), app=boot.app)
     _configure_logging(boot, config, worker)
     _watch_stack_dumps(config)
-    boot.drop_privileges()  # after opening the log files; before any app code runs
+    drop_privileges(boot)  # after opening the log files; before any app code runs
     signal.signal(signal.SIGABRT, _abort_handler(config, worker))
     try:
         return trio.run(_worker_main, channel, boot, config, loaded, worker)
@@ -344,17 +300,17 @@ def embedded_log() -> tuple[int, bool]:
 
 
 class _Link:
-    """The worker's end of the channel: JSON lines out, end of file in."""
+    """The worker's end of the channel: messages out, a stop request or end of file in."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.lock = trio.Lock()
         self.broken = False
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         if self.broken:
             return
-        data = json.dumps(message).encode() + b"\n"
+        data = encode(message)
         async with self.lock:
             try:
                 with trio.fail_after(10):
@@ -390,7 +346,7 @@ async def _worker_main(
         async def on_ready(addresses: list[Address], urls: list[str]) -> None:
             nonlocal ready
             ready = True
-            await link.send({"t": "ready", "urls": urls})
+            await link.send(Ready(urls))
 
         try:
             await run_hook(config, "post_fork", server, worker)
@@ -413,7 +369,7 @@ async def _worker_main(
             else:
                 status = _boot_code(error)
                 message = str(error) if isinstance(error, TrioserveError) else repr(error)
-                await link.send({"t": "boot_error", "code": status, "message": message})
+                await link.send(BootFailed(status, message))
                 LOGGER.debug("worker %d failed to boot", boot.slot, exc_info=error)
         nursery.cancel_scope.cancel()
     return status
@@ -425,29 +381,29 @@ async def _heartbeat(link: _Link, control: _Control, worker: WorkerInfo, interva
         state = control.state
         requests = state.requests_served if state is not None else 0
         worker.requests = requests
-        await link.send({"t": "hb", "requests": requests})
+        await link.send(Heartbeat(requests))
         if state is not None and not retiring and state.limit_reached.is_set():
             retiring = True
             LOGGER.info(
                 "worker %d served %d requests (max_requests): retiring", worker.id, requests
             )
-            await link.send({"t": "retire"})
+            await link.send(Retire())
         await trio.sleep(interval)
 
 
 async def _watch_master(link: _Link, control: _Control, scope: trio.CancelScope) -> None:
-    buffer = b""
+    decoder = Decoder(TO_WORKER)
     try:
         while data := await link.stream.receive_some(4096):
-            buffer += data
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if json.loads(line).get("t") == "stop":
+            for message in decoder.feed(data):
+                if isinstance(message, Stop):
                     # The master's graceful stop (idempotent: a SIGTERM to the whole
                     # process group may have started it already).
                     _stop(control, scope, fast=False)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    except ChannelError as exc:
+        LOGGER.error("the master's channel is broken: %s", exc)
     link.broken = True
     LOGGER.warning("the master is gone: stopping")
     _stop(control, scope, fast=False)

@@ -1,1 +1,5 @@
-"""Sans-IO protocol logic: standard library and h11 only, never trio."""
+"""Sans-IO protocol logic: standard library, h11 and attrs only, never trio.
+
+``http``, ``websocket``, ``proxy_protocol`` and ``validate`` for clients' bytes;
+``channel`` for the master's own: its messages to and from workers and the preloader.
+"""
