@@ -44,6 +44,7 @@ from ._proto.validate import (
     head_end,
     plain_head_end,
 )
+from ._proto.websocket import asks_websocket
 from ._state import ServerState, Stoppable
 from ._streams import DISCONNECT_ERRORS, PrefixedStream
 from ._types import ASGIApp, Message
@@ -428,7 +429,7 @@ class _Connection:
             if (
                 self.upgrade_bytes is not None
                 and options.websocket is not None
-                and _asks_websocket(request)
+                and asks_websocket(request.method, request.http_version, request.headers)
             ):
                 # Served by serve_http_connection once this object is gone: an idle
                 # websocket should not keep the HTTP connection's state alive.
@@ -1230,16 +1231,3 @@ def _h11_reason(exc: BaseException) -> str:
     # h11's messages show the offending bytes as a Python repr; keep only the words.
     text = str(exc).split(":", 1)[0].strip()
     return text or "malformed request"
-
-
-def _asks_websocket(request: Any) -> bool:
-    """A GET over HTTP/1.1 with Upgrade: websocket and Connection: upgrade."""
-    if request.method != b"GET" or request.http_version != b"1.1":
-        return False
-    upgrade = connection = False
-    for name, value in request.headers:
-        if name == b"upgrade":
-            upgrade = upgrade or b"websocket" in value.lower()
-        elif name == b"connection":
-            connection = connection or b"upgrade" in value.lower()
-    return upgrade and connection

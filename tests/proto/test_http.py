@@ -922,15 +922,21 @@ def test_one_piece_answer_matches_the_general_path(
 def test_proto_http_does_not_import_trio() -> None:
     """The sans-IO module loads with only the stdlib and h11: trio is never imported."""
     # Importing trioserve._proto.http would run trioserve/__init__.py, which imports
-    # trio; load the file on its own, under a name outside the package.
+    # trio; load the subpackage on its own, under an empty parent package.
     code = f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("isolated_proto_http", {http.__file__!r})
-module = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = module
-spec.loader.exec_module(module)
+import importlib, os, sys, types
+# The package without its __init__ (which imports trio), so that _proto's modules
+# import each other as they do in the package.
+package = types.ModuleType("trioserve")
+package.__path__ = [os.path.dirname(os.path.dirname({http.__file__!r}))]
+sys.modules["trioserve"] = package
+module = importlib.import_module("trioserve._proto.http")
 assert module.Response is not None
-loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("trio", "trioserve"))
+loaded = sorted(
+    name for name in sys.modules
+    if name.split(".")[0] == "trio"
+    or (name.startswith("trioserve.") and not name.startswith("trioserve._proto"))
+)
 assert not loaded, loaded
 """
     result = subprocess.run(

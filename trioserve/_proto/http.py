@@ -12,13 +12,14 @@ from __future__ import annotations
 import email.utils
 import enum
 import http
-import re
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import h11
+
+from .validate import FORBIDDEN_IN_VALUE, TOKEN
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 SERVER_NAME = b"trioserve"
@@ -170,10 +171,10 @@ _STATUS_LINES: dict[int, bytes] = {
 _SERVER_LINE = b"server: " + SERVER_NAME + b"\r\n"
 _CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-# RFC 9110 section 5.1: a field name is a token.
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-# CR or LF in a value would let the app split the response; NUL no client accepts.
-_FORBIDDEN = re.compile(rb"[\r\n\x00]")
+# RFC 9110 section 5.1: a field name is a token. CR or LF in a value would let the app
+# split the response; NUL no client accepts.
+_TOKEN = TOKEN
+_FORBIDDEN = FORBIDDEN_IN_VALUE
 # h11's limit; 20 digits is already far beyond any real body.
 _MAX_LENGTH_DIGITS = 20
 # Header names already found to be tokens, mapped to their lowercase form: apps send
