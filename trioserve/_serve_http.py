@@ -30,6 +30,7 @@ from ._proto.http import (
     ResponsePhase,
     client_keep_alive,
     error_response,
+    error_status_text,
     header_pairs,
     http_scope,
 )
@@ -887,19 +888,6 @@ class _Connection:
                 received += len(data)
 
 
-def error_status_text(status: int) -> str:
-    return {
-        400: "Bad Request",
-        408: "Request Timeout",
-        501: "Not Implemented",
-        413: "Content Too Large",
-        414: "URI Too Long",
-        431: "Request Header Fields Too Large",
-        500: "Internal Server Error",
-        503: "Service Unavailable",
-    }.get(status, "Error")
-
-
 class _Cycle:
     """One request/response exchange: the ``receive`` and ``send`` given to the app."""
 
@@ -926,8 +914,6 @@ class _Cycle:
     broken = False
     # Set when the body broke a limit or framing rule after the app started.
     rejected: RequestRejected | None = None
-    status = 0
-    body_bytes = 0
     _disconnect_waiter: trio.CancelScope | None = None
     # Created only when receive() has to wait for the response to finish.
     _response_done: trio.Event | None = None
@@ -1001,15 +987,18 @@ class _Cycle:
                     scope["path"],
                 )
                 self.broken = True
-        if access_log is not None and self.status:
-            access_log.log(
-                scope,
-                self.status,
-                self.response.headers,
-                self.body_bytes,
-                started,
-                time.time() - started,
-            )
+        if access_log is not None:
+            response = self.response
+            status = response.sent_status
+            if status:
+                access_log.log(
+                    scope,
+                    status,
+                    response.headers,
+                    response.body_bytes,
+                    started,
+                    time.time() - started,
+                )
 
     async def _fail(self) -> None:
         """500 if nothing was sent yet; otherwise the only honest thing is to close."""
@@ -1017,15 +1006,7 @@ class _Cycle:
         self._finish()
         if self.response.started or self.disconnected:
             return
-        self.response.phase = ResponsePhase.DONE
-        self.status = 500
-        await self._write(
-            error_response(
-                500,
-                "Internal Server Error",
-                server_header=self.connection.options.server_header,
-            )
-        )
+        await self._write(self.response.fail(500, "Internal Server Error"))
 
     async def _reject(self, exc: RequestRejected) -> Message:
         """The body broke a rule while the app reads it: answer with the error if nothing
@@ -1035,16 +1016,8 @@ class _Cycle:
         self.broken = True
         self.disconnected = True
         if not self.response.started:
-            self.response.phase = ResponsePhase.DONE
-            self.status = exc.status
-            await self._write(
-                error_response(
-                    exc.status,
-                    f"{error_status_text(exc.status)}: {exc.reason}",
-                    server_header=self.connection.options.server_header,
-                ),
-                force=True,
-            )
+            message = f"{error_status_text(exc.status)}: {exc.reason}"
+            await self._write(self.response.fail(exc.status, message), force=True)
         self._finish()
         return _DISCONNECT
 
@@ -1161,9 +1134,6 @@ class _Cycle:
                 )
         if not data:
             return
-        if not self.status:
-            self.status = response.status
-        self.body_bytes = response.body_bytes
         if not await self.connection.write(data):
             # The client left or stopped reading (see _Connection.write).
             self.disconnected = True

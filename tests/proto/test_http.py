@@ -943,3 +943,26 @@ assert not loaded, loaded
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_sent_status_is_the_status_of_the_head_that_went_out() -> None:
+    """sent_status stays 0 while the head is held back, then is the app's status."""
+    response = Response()
+    response.on_send({**START, "status": 201})
+    assert response.status == 201 and response.sent_status == 0
+    response.on_send(body(b"hi", more=True))
+    assert response.sent_status == 201
+
+
+def test_fail_replaces_an_unstarted_response_with_a_closing_error() -> None:
+    """fail() answers the error in place of the response: its status counts as sent,
+    no body bytes of the app's, and the connection closes."""
+    response = Response(server_header=False)
+    wire = response.fail(413, f"{http.error_status_text(413)}: too big")
+    head, content = parse(wire, eof=True)
+    assert head.status_code == 413
+    assert content == b"Content Too Large: too big\n"
+    assert header_values(head, b"server") == []
+    assert (response.sent_status, response.body_bytes) == (413, 0)
+    assert response.done and not response.keep_alive
+    assert http.error_status_text(999) == "Error"

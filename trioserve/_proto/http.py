@@ -336,6 +336,12 @@ class Response:
         return self.phase is not ResponsePhase.START and not self._pending_head
 
     @property
+    def sent_status(self) -> int:
+        """The status of the head that went out (for the access log): 0 while none did,
+        the error's once :meth:`fail` replaced the response."""
+        return self.status if self.head_sent else 0
+
+    @property
     def keep_alive(self) -> bool:
         """True when the response is complete and the connection may carry another."""
         return self.phase is ResponsePhase.DONE and not self.must_close
@@ -401,6 +407,15 @@ class Response:
             self._add_body(parts, body, more)
             return parts[0] if len(parts) == 1 else b"".join(parts)
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
+
+    def fail(self, status: int, message: str) -> bytes:
+        """The error response that replaces this one, which must not have started: a
+        plain-text body (see :func:`error_response`), and the connection closes."""
+        assert self.phase is ResponsePhase.START, "the response has started"
+        self.phase = ResponsePhase.DONE
+        self.status = status
+        self.must_close = True
+        return error_response(status, message, server_header=self.server_header)
 
     def _take_headers(self, raw: Iterable[Any]) -> None:
         """Check the app's headers and keep what the head needs of them."""
@@ -617,6 +632,24 @@ class Response:
             self.body_bytes += size
         if not more:
             self.phase = ResponsePhase.DONE
+
+
+def error_status_text(status: int) -> str:
+    """The reason phrase of an error the server answers for itself (the RFC 9110 ones,
+    which http.HTTPStatus may spell in an older form)."""
+    return _ERROR_TEXTS.get(status, "Error")
+
+
+_ERROR_TEXTS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    501: "Not Implemented",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def error_response(status: int, message: str, *, server_header: bool = True) -> bytes:
