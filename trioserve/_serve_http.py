@@ -4,9 +4,11 @@
 ``trio.testing.memory_stream_pair()``. One task per connection: the request body is
 read inside ``receive()`` as the app asks for it, nothing is buffered whole.
 
-Raw bytes pass the checks of ``_proto.validate`` before h11 acts on them: the request
-head once it is complete (or as soon as it is too large), and a chunked body's framing
-as it arrives.
+The protocol's rules live in ``_proto``: :class:`~trioserve._proto.http1.ServerConnection`
+(which the connection here extends) checks and parses request heads and bodies and
+decides keep-alive, :class:`~trioserve._proto.http.Response` checks the app's messages
+and serializes them. This module reads and writes, sets the deadlines and checkpoints,
+and runs the app.
 """
 
 from __future__ import annotations

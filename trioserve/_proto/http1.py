@@ -149,16 +149,10 @@ class ServerConnection:
         parser = self.parser
         if not h11_has:
             parser.receive_data(pending)
-        h11mod = self.h11
-        try:
-            event = parser.next_event()
-        except h11mod.RemoteProtocolError as exc:
-            raise RequestRejected(400, h11_reason(exc)) from None
-        if type(event) is not h11mod.Request:
-            raise RequestRejected(400, "malformed request")
+        event = self._request_event(parser)
         # Take h11's end of message now, so that neither the app's first receive() nor
         # the end of the exchange needs another round through h11.
-        self.body_done = type(parser.next_event()) is h11mod.EndOfMessage
+        self.body_done = type(parser.next_event()) is self.h11.EndOfMessage
         return event
 
     @property
@@ -216,13 +210,7 @@ class ServerConnection:
             parser.receive_data(bytes(pending))
         elif len(pending) > h11_has:
             parser.receive_data(bytes(pending[h11_has:]) if h11_has else bytes(pending))
-        h11mod = self.h11
-        try:
-            event = parser.next_event()
-        except h11mod.RemoteProtocolError as exc:
-            raise RequestRejected(400, h11_reason(exc)) from None
-        if not isinstance(event, h11mod.Request):
-            raise RequestRejected(400, "malformed request")
+        event = self._request_event(parser)
         self.body_done = False
         self.body_received = len(pending) - end
         self.body_waited = 0.0
@@ -233,7 +221,19 @@ class ServerConnection:
                 self.chunks = None
         elif not framing.content_length:
             # No body: take h11's end of message now (see request_head).
-            self.body_done = isinstance(parser.next_event(), h11mod.EndOfMessage)
+            self.body_done = type(parser.next_event()) is self.h11.EndOfMessage
+        return event
+
+    def _request_event(self, parser: Any) -> Any:
+        """The request h11 parses from a head our checks passed; a 400 if it finds
+        more wrong with it."""
+        h11mod = self.h11
+        try:
+            event = parser.next_event()
+        except h11mod.RemoteProtocolError as exc:
+            raise RequestRejected(400, h11_reason(exc)) from None
+        if type(event) is not h11mod.Request:
+            raise RequestRejected(400, "malformed request")
         return event
 
     def response_for(self, request: Any, headers: list[tuple[bytes, bytes]]) -> Response:
