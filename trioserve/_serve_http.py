@@ -27,8 +27,10 @@ import trio
 from ._config import Config, timeout_seconds
 from ._errors import ClientDisconnected
 from ._proto.http import (
+    AppEnd,
     ASGIProtocolError,
     ResponsePhase,
+    app_returned,
     error_response,
     error_status_text,
     header_pairs,
@@ -774,6 +776,17 @@ class _Cycle:
     # Set when the body broke a limit or framing rule after the app started.
     rejected: RequestRejected | None = None
     _disconnect_waiter: trio.CancelScope | None = None
+
+    @property
+    def status(self) -> int:
+        """The status that went out, 0 if none (the response keeps it)."""
+        return self.response.sent_status
+
+    @property
+    def body_bytes(self) -> int:
+        """The body bytes that went out, framing not counted."""
+        return self.response.body_bytes
+
     # Created only when receive() has to wait for the response to finish.
     _response_done: trio.Event | None = None
     # Whether "100 Continue" went out for a request with Expect: 100-continue.
@@ -826,38 +839,25 @@ class _Cycle:
                 )
                 await self._fail()
         else:
-            if self.response.phase is _DONE or self.rejected is not None:
-                pass
-            elif self.disconnected:
-                # The client left before the answer was complete (an app may stop at a
-                # ClientDisconnected it caught); nothing is wrong with the app.
-                self.broken = True
-            elif not self.response.started:
-                LOGGER.error(
-                    "ASGI app returned without sending a response to %s %s",
-                    scope["method"],
-                    scope["path"],
-                )
-                await self._fail()
-            elif not self.response.done:
-                LOGGER.error(
-                    "ASGI app returned before finishing its response to %s %s",
-                    scope["method"],
-                    scope["path"],
-                )
-                self.broken = True
-        if access_log is not None:
-            response = self.response
-            status = response.sent_status
-            if status:
-                access_log.log(
-                    scope,
-                    status,
-                    response.headers,
-                    response.body_bytes,
-                    started,
-                    time.time() - started,
-                )
+            if self.response.phase is not _DONE and self.rejected is None:
+                end = app_returned(self.response, disconnected=self.disconnected)
+                if end is not AppEnd.CLIENT_LEFT:
+                    LOGGER.error(
+                        "ASGI app returned %s to %s %s", end.value, scope["method"], scope["path"]
+                    )
+                if end is AppEnd.NO_RESPONSE:
+                    await self._fail()
+                else:
+                    self.broken = True
+        if access_log is not None and self.status:
+            access_log.log(
+                scope,
+                self.status,
+                self.response.headers,
+                self.body_bytes,
+                started,
+                time.time() - started,
+            )
 
     async def _fail(self) -> None:
         """500 if nothing was sent yet; otherwise the only honest thing is to close."""

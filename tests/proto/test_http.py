@@ -966,3 +966,17 @@ def test_fail_replaces_an_unstarted_response_with_a_closing_error() -> None:
     assert (response.sent_status, response.body_bytes) == (413, 0)
     assert response.done and not response.keep_alive
     assert http.error_status_text(999) == "Error"
+
+
+def test_app_returned_says_what_the_return_left() -> None:
+    """A return with the response complete is fine; before any response it asks for a
+    500; mid-response it is unfinished, unless the client had left."""
+    assert http.app_returned(Response(), disconnected=False) is http.AppEnd.NO_RESPONSE
+    assert http.app_returned(Response(), disconnected=True) is http.AppEnd.CLIENT_LEFT
+    response = Response()
+    response.on_send(START)
+    assert http.app_returned(response, disconnected=False) is http.AppEnd.UNFINISHED
+    response.on_send(body(b"x", more=True))
+    assert http.app_returned(response, disconnected=False) is http.AppEnd.UNFINISHED
+    response.on_send(body())
+    assert http.app_returned(response, disconnected=True) is http.AppEnd.COMPLETE

@@ -634,6 +634,30 @@ class Response:
             self.phase = ResponsePhase.DONE
 
 
+class AppEnd(enum.Enum):
+    """What an app's return leaves of its response (see :func:`app_returned`)."""
+
+    COMPLETE = "with its response complete"
+    CLIENT_LEFT = "after the client left"
+    NO_RESPONSE = "without sending a response"
+    UNFINISHED = "before finishing its response"
+
+
+def app_returned(response: Response, *, disconnected: bool) -> AppEnd:
+    """What an app's return means for its response, whatever the protocol:
+    NO_RESPONSE asks for a 500 (see :meth:`Response.fail`); UNFINISHED (an error of
+    the app's) and CLIENT_LEFT (nothing wrong with the app: it may stop at a
+    ClientDisconnected it caught) for the end of the connection, since the response
+    cannot be completed."""
+    if response.phase is ResponsePhase.DONE:
+        return AppEnd.COMPLETE
+    if disconnected:
+        return AppEnd.CLIENT_LEFT
+    if response.phase is ResponsePhase.START:
+        return AppEnd.NO_RESPONSE
+    return AppEnd.UNFINISHED
+
+
 def error_status_text(status: int) -> str:
     """The reason phrase of an error the server answers for itself (the RFC 9110 ones,
     which http.HTTPStatus may spell in an older form)."""
