@@ -33,7 +33,6 @@ from ._proto.http import (
     app_returned,
     error_response,
     error_status_text,
-    header_pairs,
     http_scope,
 )
 from ._proto.http1 import CONTINUE, BodyEnd, Next, ServerConnection
@@ -763,8 +762,8 @@ class _Cycle:
     def __init__(self, connection: _Connection, request: Any) -> None:
         self.connection = connection
         self.request = request
-        self.headers = headers = header_pairs(request.headers)
-        self.response = connection.response_for(request, headers)
+        self.headers = connection.request_headers
+        self.response = connection.response
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
         self.body_done = self._empty_body_due = connection.body_done

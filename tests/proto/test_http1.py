@@ -31,9 +31,10 @@ def server(**options: object) -> ServerConnection:
     return ServerConnection(h11, Limits(), **options)  # type: ignore[arg-type]
 
 
-def respond(connection: ServerConnection, request: h11.Request) -> bool:
-    """Answer ``request`` with a small 200; whether the response keeps the connection."""
-    response = connection.response_for(request, list(request.headers))
+def respond(connection: ServerConnection) -> bool:
+    """Answer the current request with a small 200; whether the response keeps the
+    connection."""
+    response = connection.response
     response.on_send(OK)
     response.on_send(BODY)
     return response.keep_alive
@@ -46,7 +47,7 @@ def test_plain_request_then_the_next_pipelined_one() -> None:
     request = connection.request_head(GET + GET.replace(b"/a", b"/b"), 0)
     assert request.target == b"/a" and connection.body_done
     assert connection.upgrade_bytes is None
-    assert connection.next_exchange(respond(connection, request), True) is Next.REQUEST
+    assert connection.next_exchange(respond(connection), True) is Next.REQUEST
     assert connection.request_bytes_held
     pending = connection.parser.trailing_data[0]
     assert connection.request_head(pending, len(pending)).target == b"/b"
@@ -127,8 +128,8 @@ def test_expect_100_continue() -> None:
 def test_unread_body_is_dropped_before_the_next_request() -> None:
     """A body the app left unread is dropped, then the connection carries on."""
     connection = server()
-    request = connection.request_head(POST, 0)
-    keep = respond(connection, request)
+    connection.request_head(POST, 0)
+    keep = respond(connection)
     assert connection.next_exchange(keep, True) is Next.DISCARD_BODY
     assert connection.drop_body()
     connection.feed_body(b"hello" + GET)
@@ -141,8 +142,8 @@ def test_too_large_unread_body_closes() -> None:
     """Past MAX_DISCARD bytes of unread body, closing is cheaper."""
     connection = server()
     size = MAX_DISCARD + 10
-    request = connection.request_head(POST.replace(b": 5", b": %d" % size), 0)
-    keep = respond(connection, request)
+    connection.request_head(POST.replace(b": 5", b": %d" % size), 0)
+    keep = respond(connection)
     assert connection.next_exchange(keep, True) is Next.DISCARD_BODY
     connection.feed_body(b"x" * size)
     assert not connection.drop_body()
@@ -168,8 +169,8 @@ def test_keep_alive_after_a_response(
 ) -> None:
     """The client's Connection header, its HTTP version and the settings decide."""
     connection = server(**options)
-    request = connection.request_head(head, 0)
-    assert connection.next_exchange(respond(connection, request), True) is expected
+    connection.request_head(head, 0)
+    assert connection.next_exchange(respond(connection), True) is expected
 
 
 def test_broken_exchange_closes() -> None:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from .http import Response, client_keep_alive
+from .http import Response, client_keep_alive, header_pairs
 from .validate import (
     ChunkedChecker,
     Limits,
@@ -78,6 +78,11 @@ class ServerConnection:
     # defaults: set only for requests with a body.
     body_received = 0
     body_waited = 0.0
+    # The current request's (lowercase name, value) header pairs, and its response,
+    # which knows whether the client and the settings let the connection live on after
+    # it (see next_exchange). Set when a request is parsed.
+    request_headers: list[tuple[bytes, bytes]]
+    response: Response
     # Body bytes read and dropped after the app's response (see next_exchange).
     _discarded = 0
     # A head that arrives in pieces (see request_head): the bytes so far, how many of
@@ -225,8 +230,9 @@ class ServerConnection:
         return event
 
     def _request_event(self, parser: Any) -> Any:
-        """The request h11 parses from a head our checks passed; a 400 if it finds
-        more wrong with it."""
+        """The request h11 parses from a head our checks passed (a 400 if it finds more
+        wrong with it), with its header pairs and its response made (see
+        :attr:`response`)."""
         h11mod = self.h11
         try:
             event = parser.next_event()
@@ -234,18 +240,15 @@ class ServerConnection:
             raise RequestRejected(400, h11_reason(exc)) from None
         if type(event) is not h11mod.Request:
             raise RequestRejected(400, "malformed request")
-        return event
-
-    def response_for(self, request: Any, headers: list[tuple[bytes, bytes]]) -> Response:
-        """The response to ``request`` (whose header pairs are ``headers``), which
-        knows whether the client and the settings let the connection live on."""
-        return Response(
-            head=request.method == b"HEAD",
+        self.request_headers = headers = header_pairs(event.headers)
+        self.response = Response(
+            head=event.method == b"HEAD",
             server_header=self.server_header,
             default_headers=self.default_headers,
-            keep_alive=self.allow_keep_alive and client_keep_alive(request, headers),
-            http_10=request.http_version != b"1.1",
+            keep_alive=self.allow_keep_alive and client_keep_alive(event, headers),
+            http_10=event.http_version != b"1.1",
         )
+        return event
 
     # -- bytes between requests --------------------------------------------------------
 
