@@ -43,6 +43,10 @@ wsproto's server handshake is extended in :class:`_Handshake` through two privat
 methods (``_process_connection_request``, ``_reject``): the rules of
 :mod:`trioserve._proto.websocket` refuse what wsproto lets through (an empty
 Sec-WebSocket-Key), and refusals get their reason phrase and ``connection: close``.
+
+The ASGI side's rules (the scope, which app message is valid when, what the app's end
+means) are :class:`~trioserve._proto.websocket.ASGIWebSocket`'s, which the session here
+extends: it only does what the returned actions say.
 """
 
 from __future__ import annotations
