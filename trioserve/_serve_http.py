@@ -4,9 +4,11 @@
 ``trio.testing.memory_stream_pair()``. One task per connection: the request body is
 read inside ``receive()`` as the app asks for it, nothing is buffered whole.
 
-Raw bytes pass the checks of ``_proto.validate`` before h11 acts on them: the request
-head once it is complete (or as soon as it is too large), and a chunked body's framing
-as it arrives.
+The protocol's rules live in ``_proto``: :class:`~trioserve._proto.http1.ServerConnection`
+(which the connection here extends) checks and parses request heads and bodies and
+decides keep-alive, :class:`~trioserve._proto.http.Response` checks the app's messages
+and serializes them. This module reads and writes, sets the deadlines and checkpoints,
+and runs the app.
 """
 
 from __future__ import annotations
@@ -25,25 +27,21 @@ import trio
 from ._config import Config, timeout_seconds
 from ._errors import ClientDisconnected
 from ._proto.http import (
+    AppEnd,
     ASGIProtocolError,
-    Response,
     ResponsePhase,
-    client_keep_alive,
+    app_returned,
     error_response,
-    header_pairs,
+    error_status_text,
     http_scope,
 )
+from ._proto.http1 import CONTINUE, BodyEnd, Next, ServerConnection
 from ._proto.validate import (
-    ChunkedChecker,
     Limits,
     RequestRejected,
     TLSOnPlainPort,
-    check_head,
-    check_partial_head,
-    empty_lines_end,
-    head_end,
-    plain_head_end,
 )
+from ._proto.websocket import asks_websocket
 from ._state import ServerState, Stoppable
 from ._streams import DISCONNECT_ERRORS, PrefixedStream
 from ._types import ASGIApp, Message
@@ -51,10 +49,6 @@ from ._types import ASGIApp, Message
 LOGGER = logging.getLogger("trioserve.http")
 
 RECEIVE_SIZE = 64 * 1024
-# Pipelined bytes buffered while the app runs; past this we stop reading until it is done.
-MAX_PIPELINE_BUFFER = 64 * 1024
-# Unread request body we are willing to read and drop to keep a connection alive.
-MAX_DISCARD = 256 * 1024
 # Lingering close after an error response: how long and how much we read and drop so
 # that the client gets to read our answer instead of a reset (RFC 9112 section 9.6).
 LINGER_SECONDS = 2.0
@@ -65,8 +59,9 @@ BODY_RATE_GRACE = 10.0
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _GONE = "the client has gone; the response cannot be sent"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _START = ResponsePhase.START
+_NEXT_REQUEST = Next.REQUEST
+_DISCARD_BODY = Next.DISCARD_BODY
 _DONE = ResponsePhase.DONE
 _BROKEN = DISCONNECT_ERRORS
 
@@ -140,8 +135,6 @@ class HTTPOptions:
             for name, _, value in (item.partition(":") for item in config.header)
         )
         self.limit_concurrency = config.limit_concurrency
-        # h11's own bound on a head, beyond ours (which refuse earlier, with a status).
-        self.max_event_size = self.limits.head_size + 1024
         self.access_log = access_log
         # Rewrites a request scope from trusted proxy headers.
         self.proxy = proxy
@@ -311,8 +304,9 @@ def expire(connection: Stoppable) -> None:
     connection.timer.cancel()
 
 
-class _Connection:
-    """One client connection: the request loop, its reads and writes, and its timer.
+class _Connection(ServerConnection):
+    """One client connection: the request loop, its reads and writes, and its timer;
+    the protocol's rules are those of :class:`ServerConnection`, which it extends.
 
     Waits outside the app (idle between requests, a request head arriving, writes) are
     bounded by ``deadline``, a plain number set before each wait; the server's
@@ -334,22 +328,17 @@ class _Connection:
         self.stream = stream
         self.state = state
         self.options = options = options_for(state)
-        self.h11 = h11mod = options.h11
-        self.conn = self._new_h11()
-        # h11's states of a client whose request was read whole: DONE, or MUST_CLOSE
-        # (it asked to close, or HTTP/1.0), or MIGHT_SWITCH_PROTOCOL (an Upgrade or
-        # CONNECT that h11 would settle only when it sends the response).
-        self._request_read = (h11mod.DONE, h11mod.MUST_CLOSE, h11mod.MIGHT_SWITCH_PROTOCOL)
+        super().__init__(
+            options.h11,
+            options.limits,
+            allow_keep_alive=options.allow_keep_alive,
+            server_header=options.server_header,
+            default_headers=options.default_headers,
+        )
         self.client = client
         self.server = server
         self.scheme = scheme
         self.extensions = extensions
-        # Set while a chunked request body is arriving: checks its framing.
-        self.chunks: ChunkedChecker | None = None
-        # True when the current request had no body and h11 already said so.
-        self.body_done = False
-        # The raw bytes read for a request that may ask for an upgrade (head and beyond).
-        self.upgrade_bytes: bytes | None = None
         # Set when the request asked for a WebSocket: the stream replaying those bytes.
         self.upgrade: PrefixedStream | None = None
         # Cancelled by the deadline watchdog to end the current wait: replaced by a fresh
@@ -374,16 +363,6 @@ class _Connection:
         # Whether the current exchange wrote to ``sock`` yet (see write).
         self.wrote = False
 
-    # The current request body: bytes received and seconds spent waiting for them (for
-    # body_min_rate). Class defaults: set only for requests with a body.
-    body_received = 0
-    body_waited = 0.0
-
-    def _new_h11(self) -> Any:
-        return self.h11.Connection(
-            self.h11.SERVER, max_incomplete_event_size=self.options.max_event_size
-        )
-
     async def serve(self, app: ASGIApp) -> None:
         state = self.state
         state.connections.add(self)
@@ -407,7 +386,6 @@ class _Connection:
             await self._send_error(408, "request head not received in time")
 
     async def _serve(self, app: ASGIApp) -> None:
-        h11mod = self.h11
         state = self.state
         options = self.options
         while True:
@@ -415,20 +393,33 @@ class _Connection:
                 await trio.lowlevel.checkpoint()
             self.yielded = self.wrote = False
             try:
-                request = await self._next_request()
+                # What the client sent after the previous request is in the parser
+                # already; usually one read brings a whole head, and ``pending`` stays
+                # the bytes that read returned: no copies.
+                pending: bytes = self.parser.trailing_data[0]
+                h11_has = len(pending)
+                if not h11_has:
+                    pending = await self._receive_idle()
+                    if not pending:
+                        return
+                request = self.request_head(pending, h11_has)
+                if request is None:
+                    request = await self._read_head()
+                    if request is None:
+                        return
+                self.deadline = _INF
             except RequestRejected as exc:
+                self.deadline = _INF
                 if type(exc) is TLSOnPlainPort:
                     self._log_tls()
                 else:
                     LOGGER.info("bad request: %s", exc.reason)
                 await self._send_error(exc.status, exc.reason)
                 return
-            if request is None:
-                return
             if (
                 self.upgrade_bytes is not None
                 and options.websocket is not None
-                and _asks_websocket(request)
+                and asks_websocket(request.method, request.http_version, request.headers)
             ):
                 # Served by serve_http_connection once this object is gone: an idle
                 # websocket should not keep the HTTP connection's state alive.
@@ -450,17 +441,14 @@ class _Connection:
             if cycle.rejected is not None:
                 await self._linger()
                 return
-            conn = self.conn
-            their_state = conn.their_state
-            if their_state is h11mod.SEND_BODY and not cycle.broken:
+            broken = cycle.broken
+            keep_alive = not broken and cycle.response.keep_alive
+            after = self.next_exchange(keep_alive, not broken)
+            if after is _DISCARD_BODY:
                 await self._discard_body()
-                their_state = conn.their_state
-            if (
-                cycle.broken
-                or not cycle.response.keep_alive
-                or their_state not in self._request_read
-            ):
-                if state.stopping and not cycle.broken:
+                after = self.next_exchange(keep_alive, False)
+            if after is not _NEXT_REQUEST:
+                if state.stopping and not broken:
                     # The answer said Connection: close: a client that sent more
                     # meanwhile must read it rather than a reset.
                     await self._close_silent()
@@ -468,14 +456,6 @@ class _Connection:
             # Also during a stop: a response that went out kept alive (it started before
             # the stop) leaves the client free to send its next request, which is then
             # answered with Connection: close.
-            # h11 only parses: responses never go through it, so each request gets a
-            # fresh parser, fed what the client already sent after the last one.
-            leftover, closed = conn.trailing_data
-            self.conn = conn = self._new_h11()
-            if leftover:  # (b"" would mean end of input to h11)
-                conn.receive_data(leftover)
-            if closed:
-                conn.receive_data(b"")
 
     def _log_tls(self) -> None:
         """Log a TLS handshake on this plain port: once, since a client configured for
@@ -518,46 +498,6 @@ class _Connection:
             except _BROKEN:
                 return b""
 
-    async def _next_request(self) -> Any:
-        """Read until a request head is complete and checked; None to close quietly.
-
-        Raises:
-            RequestRejected: the head breaks a limit or is malformed.
-        """
-        conn = self.conn
-        # h11 holds what followed the previous request; it is given the rest of the head
-        # only once the head is complete and checked. Usually one read brings the whole
-        # head, and ``pending`` stays the bytes that read returned: no copies.
-        pending: bytes = conn.trailing_data[0]
-        h11_has = len(pending)
-        if not h11_has:
-            pending = await self._receive_idle()
-            if not pending:
-                return None
-        end = plain_head_end(pending, self.options.limits)
-        if end < 0:
-            return await self._read_head(pending, h11_has)
-        # Most requests: a complete head that one regex found plain, and no body.
-        self.deadline = _INF
-        # (A cheap substring test: "Upgrade:" in any case.)
-        self.upgrade_bytes = pending if pending.find(b"pgrade:", 0, end) >= 0 else None
-        if h11_has:
-            if len(pending) > h11_has:
-                conn.receive_data(pending[h11_has:])
-        else:
-            conn.receive_data(pending)
-        h11mod = self.h11
-        try:
-            event = conn.next_event()
-        except h11mod.RemoteProtocolError as exc:
-            raise RequestRejected(400, _h11_reason(exc)) from None
-        if type(event) is not h11mod.Request:
-            raise RequestRejected(400, "malformed request")
-        # Take h11's end of message now, so that neither receive() nor the end of the
-        # exchange needs another round through h11.
-        self.body_done = type(conn.next_event()) is h11mod.EndOfMessage
-        return event
-
     async def _receive_idle(self) -> bytes:
         """Wait for the next request with nothing of it received yet: b"" to close.
 
@@ -577,7 +517,7 @@ class _Connection:
             # The deadline passed as the request arrived (on a plain socket, the read
             # is not a checkpoint): keep it for ``serve``, which serves it under a new
             # timer, rather than let the cancellation cut its exchange.
-            self.conn.receive_data(data)
+            self.receive_data(data)
             await trio.lowlevel.checkpoint()  # (raises Cancelled, still idle)
         self.idle = False
         return data
@@ -585,8 +525,7 @@ class _Connection:
     def _request_arrived(self) -> bool:
         """Whether bytes of a next request are here, as the idle wait ended: read what
         the socket holds (without waiting) and give it to h11."""
-        conn = self.conn
-        if conn.trailing_data[0]:
+        if self.request_bytes_held:
             return True
         if self.sock is None:
             # (A stream cannot be read without waiting; _close_silent's lingering read
@@ -598,7 +537,7 @@ class _Connection:
             return False
         if not data:
             return False
-        conn.receive_data(data)
+        self.receive_data(data)
         return True
 
     async def _close_silent(self) -> None:
@@ -627,58 +566,16 @@ class _Connection:
         if isinstance(stream, trio.abc.HalfCloseableStream):
             await self._linger()
 
-    async def _read_head(self, pending: bytes | bytearray, h11_has: int) -> Any:
-        """_next_request for heads that are incomplete or not plain: every check, and
-        more reads with ``header_timeout`` as their bound."""
-        conn = self.conn
-        h11mod = self.h11
-        limits = self.options.limits
-        stripped = False
+    async def _read_head(self) -> Any:
+        """Read the rest of a head that :meth:`request_head` found incomplete, with
+        ``header_timeout`` as the bound once part of it is here; None to close quietly.
+
+        Raises:
+            RequestRejected: the head breaks a limit or is malformed.
+        """
         head_deadline = _INF
-        # How much of ``pending`` passed check_partial_head (and holds no head end).
-        checked = 0
         while True:
-            if pending[:2] == b"\r\n":
-                # Empty lines (CRLF) before a request are allowed (RFC 9112 section 2.2),
-                # but h11 refuses them: they are dropped here, and h11 starts afresh
-                # without them. A lone CR or LF is not an empty line: check_partial_head
-                # refuses it.
-                pending = pending[empty_lines_end(pending) :]
-                stripped = True
-                checked = 0
-            end = head_end(pending, checked) if pending else -1
-            if end >= 0:
-                self.deadline = _INF
-                framing = check_head(pending[:end], limits)
-                # (A cheap substring test: "Upgrade:" in any case.)
-                upgrade = pending.find(b"pgrade:", 0, end) >= 0
-                self.upgrade_bytes = bytes(pending) if upgrade else None
-                if stripped:
-                    self.conn = conn = self._new_h11()
-                    conn.receive_data(bytes(pending))
-                elif len(pending) > h11_has:
-                    conn.receive_data(bytes(pending[h11_has:]) if h11_has else bytes(pending))
-                try:
-                    event = conn.next_event()
-                except h11mod.RemoteProtocolError as exc:
-                    raise RequestRejected(400, _h11_reason(exc)) from None
-                if not isinstance(event, h11mod.Request):
-                    raise RequestRejected(400, "malformed request")
-                self.body_done = False
-                self.body_received = len(pending) - end
-                self.body_waited = 0.0
-                if framing.chunked:
-                    self.chunks = ChunkedChecker(limits.body)
-                    self.chunks.feed(pending[end:])
-                    if self.chunks.done:
-                        self.chunks = None
-                elif not framing.content_length:
-                    # No body: take h11's end of message now (see _next_request).
-                    self.body_done = isinstance(conn.next_event(), h11mod.EndOfMessage)
-                return event
-            if pending:
-                check_partial_head(pending, limits, checked)
-                checked = len(pending)
+            if self.head_started:
                 if head_deadline == _INF:
                     head_deadline = trio.current_time() + self.options.header_timeout
                 self.waiting = "head"
@@ -689,24 +586,9 @@ class _Connection:
                 data = await self._receive_idle()
             if not data:
                 return None
-            if not pending:
-                pending = data
-            else:
-                if isinstance(pending, bytes):
-                    pending = bytearray(pending)
-                pending += data
-
-    def feed_body(self, data: bytes) -> None:
-        """Pass raw bytes that arrived while a request body is read to the checks and h11.
-
-        Raises:
-            RequestRejected: the chunked framing is bad or the body is over the limit.
-        """
-        if self.chunks is not None:
-            self.chunks.feed(data)
-            if self.chunks.done:
-                self.chunks = None
-        self.conn.receive_data(data)
+            request = self.more_head(data)
+            if request is not None:
+                return request
 
     async def receive_body_bytes(self) -> bytes:
         """The next raw bytes of a request body, or b"" when the client is gone or stalled.
@@ -739,7 +621,6 @@ class _Connection:
             data = await self._receive()
         if rate:
             self.body_waited += trio.current_time() - started
-            self.body_received += len(data)
         if waiting.cancelled_caught:
             if too_slow:
                 raise RequestRejected(408, f"request body slower than {rate} bytes per second")
@@ -749,26 +630,15 @@ class _Connection:
 
     async def _discard_body(self) -> None:
         """Read and drop what the app left unread of the request body, so the connection
-        can be reused; past MAX_DISCARD bytes it is cheaper to close."""
-        h11mod = self.h11
+        can be reused (see :meth:`drop_body`)."""
         self.deadline = _INF
-        discarded = 0
-        while discarded <= MAX_DISCARD:
+        while self.drop_body():
             try:
-                event = self.conn.next_event()
-            except h11mod.RemoteProtocolError:
+                data = await self.receive_body_bytes()
+                self.feed_body(data)
+            except RequestRejected:
                 return
-            if isinstance(event, h11mod.Data):
-                discarded += len(event.data)
-            elif event is h11mod.NEED_DATA:
-                try:
-                    data = await self.receive_body_bytes()
-                    self.feed_body(data)
-                except RequestRejected:
-                    return
-                if not data:
-                    return
-            else:
+            if not data:
                 return
 
     async def write(self, data: bytes | memoryview) -> bool:
@@ -886,35 +756,14 @@ class _Connection:
                 received += len(data)
 
 
-def error_status_text(status: int) -> str:
-    return {
-        400: "Bad Request",
-        408: "Request Timeout",
-        501: "Not Implemented",
-        413: "Content Too Large",
-        414: "URI Too Long",
-        431: "Request Header Fields Too Large",
-        500: "Internal Server Error",
-        503: "Service Unavailable",
-    }.get(status, "Error")
-
-
 class _Cycle:
     """One request/response exchange: the ``receive`` and ``send`` given to the app."""
 
     def __init__(self, connection: _Connection, request: Any) -> None:
         self.connection = connection
-        self.h11 = connection.h11
         self.request = request
-        self.headers = headers = header_pairs(request.headers)
-        options = connection.options
-        self.response = Response(
-            head=request.method == b"HEAD",
-            server_header=options.server_header,
-            default_headers=options.default_headers,
-            keep_alive=options.allow_keep_alive and client_keep_alive(request, headers),
-            http_10=request.http_version != b"1.1",
-        )
+        self.headers = connection.request_headers
+        self.response = connection.response
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
         self.body_done = self._empty_body_due = connection.body_done
@@ -925,11 +774,20 @@ class _Cycle:
     broken = False
     # Set when the body broke a limit or framing rule after the app started.
     rejected: RequestRejected | None = None
-    status = 0
-    body_bytes = 0
     _disconnect_waiter: trio.CancelScope | None = None
     # True once the response is written out whole, or never will be (see _finish).
     finished = False
+
+    @property
+    def status(self) -> int:
+        """The status that went out, 0 if none (the response keeps it)."""
+        return self.response.sent_status
+
+    @property
+    def body_bytes(self) -> int:
+        """The body bytes that went out, framing not counted."""
+        return self.response.body_bytes
+
     # Created only when receive() has to wait for the response to finish.
     _response_done: trio.Event | None = None
     # Whether "100 Continue" went out for a request with Expect: 100-continue.
@@ -982,26 +840,16 @@ class _Cycle:
                 )
                 await self._fail()
         else:
-            if self.response.phase is _DONE or self.rejected is not None:
-                pass
-            elif self.disconnected:
-                # The client left before the answer was complete (an app may stop at a
-                # ClientDisconnected it caught); nothing is wrong with the app.
-                self.broken = True
-            elif not self.response.started:
-                LOGGER.error(
-                    "ASGI app returned without sending a response to %s %s",
-                    scope["method"],
-                    scope["path"],
-                )
-                await self._fail()
-            elif not self.response.done:
-                LOGGER.error(
-                    "ASGI app returned before finishing its response to %s %s",
-                    scope["method"],
-                    scope["path"],
-                )
-                self.broken = True
+            if self.response.phase is not _DONE and self.rejected is None:
+                end = app_returned(self.response, disconnected=self.disconnected)
+                if end is not AppEnd.CLIENT_LEFT:
+                    LOGGER.error(
+                        "ASGI app returned %s to %s %s", end.value, scope["method"], scope["path"]
+                    )
+                if end is AppEnd.NO_RESPONSE:
+                    await self._fail()
+                else:
+                    self.broken = True
         if access_log is not None and self.status:
             access_log.log(
                 scope,
@@ -1018,15 +866,7 @@ class _Cycle:
         self._finish()
         if self.response.started or self.disconnected:
             return
-        self.response.phase = ResponsePhase.DONE
-        self.status = 500
-        await self._write(
-            error_response(
-                500,
-                "Internal Server Error",
-                server_header=self.connection.options.server_header,
-            )
-        )
+        await self._write(self.response.fail(500, "Internal Server Error"))
 
     async def _reject(self, exc: RequestRejected) -> Message:
         """The body broke a rule while the app reads it: answer with the error if nothing
@@ -1036,16 +876,8 @@ class _Cycle:
         self.broken = True
         self.disconnected = True
         if not self.response.started:
-            self.response.phase = ResponsePhase.DONE
-            self.status = exc.status
-            await self._write(
-                error_response(
-                    exc.status,
-                    f"{error_status_text(exc.status)}: {exc.reason}",
-                    server_header=self.connection.options.server_header,
-                ),
-                force=True,
-            )
+            message = f"{error_status_text(exc.status)}: {exc.reason}"
+            await self._write(self.response.fail(exc.status, message), force=True)
         self._finish()
         return _DISCONNECT
 
@@ -1069,44 +901,37 @@ class _Cycle:
         return await self._wait_for_disconnect()
 
     async def _receive_body(self) -> Message:
-        h11mod = self.h11
-        conn = self.connection.conn
+        connection = self.connection
         while True:
             try:
-                event = conn.next_event()
-            except h11mod.RemoteProtocolError as exc:
-                if conn.trailing_data[1]:
-                    # The client went away mid-body.
+                message = connection.body_message()
+            except RequestRejected as exc:
+                return await self._reject(exc)
+            if message is None:
+                if (
+                    connection.expects_continue
+                    and not self._continue_sent
+                    and not self.response.head_sent
+                ):
+                    self._continue_sent = True
+                    await self._write(CONTINUE)
+                try:
+                    data = await connection.receive_body_bytes()
+                    connection.feed_body(data)
+                except RequestRejected as exc:
+                    return await self._reject(exc)
+                if not data:
                     self.disconnected = True
                     self.broken = True
                     return _DISCONNECT
-                # h11 found the body malformed where our checks did not.
-                return await self._reject(RequestRejected(400, _h11_reason(exc)))
-            if isinstance(event, h11mod.Data):
-                return {"type": "http.request", "body": bytes(event.data), "more_body": True}
-            if isinstance(event, h11mod.EndOfMessage):
-                self.body_done = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            if event is not h11mod.NEED_DATA:
+            elif type(message) is dict:
+                if not message["more_body"]:
+                    self.body_done = True
+                return message
+            else:
                 self.disconnected = True
-                return _DISCONNECT
-            if (
-                conn.they_are_waiting_for_100_continue
-                and not self._continue_sent
-                and not self.response.head_sent
-            ):
-                # The client waits for this before it sends the body (h11 keeps saying
-                # so until it sees a response go out, which it never does here).
-                self._continue_sent = True
-                await self._write(_CONTINUE)
-            try:
-                data = await self.connection.receive_body_bytes()
-                self.connection.feed_body(data)
-            except RequestRejected as exc:
-                return await self._reject(exc)
-            if not data:
-                self.disconnected = True
-                self.broken = True
+                if message is BodyEnd.LEFT:
+                    self.broken = True
                 return _DISCONNECT
 
     async def _wait_for_disconnect(self) -> Message:
@@ -1115,21 +940,21 @@ class _Cycle:
         Bytes that arrive meanwhile are the next pipelined request; they are kept for
         the next cycle, and reading pauses once enough are buffered.
         """
-        conn = self.connection.conn
+        connection = self.connection
         with trio.CancelScope() as waiter:
             self._disconnect_waiter = waiter
             while not self.finished:
-                if len(conn.trailing_data[0]) >= MAX_PIPELINE_BUFFER:
+                if connection.pipeline_full:
                     self._response_done = trio.Event()
                     if not self.finished:
                         await self._response_done.wait()
                     break
-                data = await self.connection._receive()
+                data = await connection._receive()
                 if not data:
                     self.disconnected = True
                     self.broken = True
                     break
-                conn.receive_data(data)
+                connection.receive_data(data)
         self._disconnect_waiter = None
         return _DISCONNECT
 
@@ -1168,9 +993,6 @@ class _Cycle:
             if last:
                 self._finish()
             return
-        if not self.status:
-            self.status = response.status
-        self.body_bytes = response.body_bytes
         if not await self.connection.write(data):
             # The client left or stopped reading (see _Connection.write).
             self.disconnected = True
@@ -1234,22 +1056,3 @@ def _peer_closed(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
-
-
-def _h11_reason(exc: BaseException) -> str:
-    # h11's messages show the offending bytes as a Python repr; keep only the words.
-    text = str(exc).split(":", 1)[0].strip()
-    return text or "malformed request"
-
-
-def _asks_websocket(request: Any) -> bool:
-    """A GET over HTTP/1.1 with Upgrade: websocket and Connection: upgrade."""
-    if request.method != b"GET" or request.http_version != b"1.1":
-        return False
-    upgrade = connection = False
-    for name, value in request.headers:
-        if name == b"upgrade":
-            upgrade = upgrade or b"websocket" in value.lower()
-        elif name == b"connection":
-            connection = connection or b"upgrade" in value.lower()
-    return upgrade and connection

@@ -43,17 +43,19 @@ wsproto's server handshake is extended in :class:`_Handshake` through two privat
 methods (``_process_connection_request``, ``_reject``): the rules of
 :mod:`trioserve._proto.websocket` refuse what wsproto lets through (an empty
 Sec-WebSocket-Key), and refusals get their reason phrase and ``connection: close``.
+
+The ASGI side's rules (the scope, which app message is valid when, what the app's end
+means) are :class:`~trioserve._proto.websocket.ASGIWebSocket`'s, which the session here
+extends: it only does what the returned actions say.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import math
-import re
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
 
 import h11
@@ -69,8 +71,16 @@ from wsproto.frame_protocol import FrameDecoder
 
 from ._config import Config
 from ._errors import ClientDisconnected
-from ._proto.http import ASGI_VERSION, decode_path, rooted, split_target
-from ._proto.websocket import closing_refusal, handshake_refusal
+from ._proto.http import ASGIProtocolError
+from ._proto.websocket import (
+    APP_ERROR_REFUSAL,
+    Action,
+    ASGIWebSocket,
+    WebSocketPhase,
+    closing_refusal,
+    handshake_refusal,
+    websocket_scope,
+)
 from ._state import ServerState
 from ._streams import PrefixedStream
 from ._types import ASGIApp, Message
@@ -88,13 +98,8 @@ _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 24\r\nconnection: close\r\n\r\nBad WebSocket handshake\n"
 )
-_ERROR_HEADERS = ((b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"))
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
 # What h11 and wsproto raise for a response they will not send (bad headers, say).
 _LOCAL_ERRORS = (h11.LocalProtocolError, wsproto.utilities.LocalProtocolError)
-# Framing headers of a denial response are worked out from its body.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
 
 # The reader task's name: trio would otherwise build a long one for every connection.
@@ -632,9 +637,8 @@ class _NativeSession:
     async def _finish(self, conn: _ServerConnection, code: int) -> None:
         if conn.handshaking:
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await self._request().reject(
-                    500, extra_headers=list(_ERROR_HEADERS), body=b"Internal Server Error\n"
-                )
+                status, headers, body = APP_ERROR_REFUSAL
+                await self._request().reject(status, extra_headers=list(headers), body=body)
         else:
             await conn.close_with(code, "")
 
@@ -661,41 +665,6 @@ def serve_asgi_websocket(
     return _serve_websocket(stream, state, session)
 
 
-def websocket_scope(
-    request: WebSocketRequest,
-    *,
-    scheme: str,
-    client: tuple[str, int] | None,
-    server: tuple[str, int | None] | None,
-    root_path: str,
-    state: dict[str, Any] | None,
-    extensions: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The ASGI ``websocket`` scope for a handshake request."""
-    raw_path, query = split_target(request.path.encode("ascii"))
-    path = decode_path(raw_path)
-    if root_path:
-        path, raw_path = rooted(root_path, path, raw_path)
-    scope: dict[str, Any] = {
-        "type": "websocket",
-        "asgi": ASGI_VERSION,
-        "http_version": "1.1",
-        "scheme": scheme,
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query,
-        "root_path": root_path,
-        "headers": _request_headers(request),
-        "client": client,
-        "server": server,
-        "subprotocols": list(request.proposed_subprotocols),
-        "extensions": {"websocket.http.response": {}, **(extensions or {})},
-    }
-    if state is not None:
-        scope["state"] = dict(state)
-    return scope
-
-
 def _request_headers(request: WebSocketRequest) -> list[tuple[bytes, bytes]]:
     """The request's headers, lowercased, with the three that wsproto takes out of
     them (Host, Sec-WebSocket-Protocol, Sec-WebSocket-Extensions) put back."""
@@ -716,31 +685,17 @@ def _request_headers(request: WebSocketRequest) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-class _Phase(enum.Enum):
-    HANDSHAKE = "before websocket.accept"
-    DENYING = "sending a denial response"
-    OPEN = "accepted"
-    CLOSED = "closed"
-
-
-class _BadMessage(Exception):
-    pass
-
-
-class _ASGISession:
-    """One ASGI websocket: the ``receive`` and ``send`` given to the app."""
+class _ASGISession(ASGIWebSocket):
+    """One ASGI websocket: the ``receive`` and ``send`` given to the app, doing what
+    the exchange's rules (:class:`ASGIWebSocket`) say its messages ask for."""
 
     __slots__ = (
         "app",
         "client",
         "conn",
-        "connect_sent",
-        "denial",
         "extensions",
         "gone",
         "path",
-        "peer_gone",
-        "phase",
         "refused",
         "reported",
         "request",
@@ -763,6 +718,7 @@ class _ASGISession:
         scheme: str,
         extensions: dict[str, Any] | None,
     ) -> None:
+        super().__init__()
         self.app = app
         self.stream = stream
         self.state = state
@@ -775,12 +731,6 @@ class _ASGISession:
         self.write_timeout = timeout if timeout > 0 else math.inf
         # The handshake request, until the app accepts (or refuses) it.
         self.request: WebSocketRequest | None = None
-        self.phase = _Phase.HANDSHAKE
-        self.connect_sent = False
-        # True once the app was told websocket.disconnect.
-        self.peer_gone = False
-        # (status, headers, body so far) of a denial response.
-        self.denial: tuple[int, list[tuple[bytes, bytes]], bytearray] | None = None
         # The error raised into the app for a bad message, logged already.
         self.reported: BaseException | None = None
         # The ClientDisconnected that send() raised into the app, if it did.
@@ -791,8 +741,12 @@ class _ASGISession:
     def start(self, conn: _ServerConnection) -> Awaitable[object]:
         self.conn = conn
         state = self.state
+        request = self._request()
+        self.subprotocols = request.proposed_subprotocols
         scope = websocket_scope(
-            self._request(),
+            request.path.encode("ascii"),
+            _request_headers(request),
+            request.proposed_subprotocols,
             scheme=self.scheme,
             client=self.client,
             server=self.server,
@@ -813,25 +767,22 @@ class _ASGISession:
         await self._fail()
 
     async def returned(self, conn: _ServerConnection) -> None:
-        if self.phase is _Phase.HANDSHAKE and not self.peer_gone:
-            LOGGER.error("ASGI app returned without accepting or closing websocket %s", self.path)
-            await self._fail()
-        elif self.phase is _Phase.DENYING:
-            LOGGER.error("ASGI app returned before finishing its denial response to %s", self.path)
-            await self._fail()
-        elif self.phase is _Phase.OPEN:
-            self.phase = _Phase.CLOSED
-            await self.conn.close_with(1000, "")
+        action, arguments, error = self.on_app_returned()
+        if error is not None:
+            LOGGER.error("ASGI app returned %s %s", error, self.path)
+        await self._act(action, arguments)
 
     async def _fail(self) -> None:
         """500 before the handshake is answered, 1011 after."""
-        phase = self.phase
-        self.phase = _Phase.CLOSED
-        if phase is _Phase.OPEN:
-            await self.conn.close_with(1011, "")
-        elif phase is not _Phase.CLOSED and not self.peer_gone:
+        await self._act(*self.on_app_failed())
+
+    async def _act(self, action: Action, arguments: Any) -> None:
+        """Close or refuse as the end of the app asks (see :meth:`on_app_failed`)."""
+        if action is Action.CLOSE:
+            await self.conn.close_with(*arguments)
+        elif action is Action.REJECT:
             with contextlib.suppress(*_LOCAL_ERRORS):
-                await self._reject(500, list(_ERROR_HEADERS), b"Internal Server Error\n")
+                await self._reject(*arguments)
 
     def _request(self) -> WebSocketRequest:
         assert self.request is not None, "the handshake was answered already"
@@ -846,7 +797,7 @@ class _ASGISession:
         if not self.connect_sent:
             self.connect_sent = True
             return {"type": "websocket.connect"}
-        if self.phase is _Phase.DENYING or self.phase is _Phase.CLOSED:
+        if self.receiving_ended:
             if self.refused is not None:
                 # Not before the refusal is out: an app that stops its sender on
                 # websocket.disconnect (Quart-Trio does) would cut it.
@@ -864,7 +815,7 @@ class _ASGISession:
     async def send(self, message: Message) -> None:
         try:
             await self._send(message)
-        except _BadMessage as exc:
+        except ASGIProtocolError as exc:
             LOGGER.error("ASGI app sent a bad websocket message: %s", exc)
             error = RuntimeError(f"ASGI protocol error: {exc}")
             self.reported = error
@@ -875,99 +826,44 @@ class _ASGISession:
             raise
 
     async def _send(self, message: Message) -> None:
-        kind = message.get("type") if isinstance(message, Mapping) else None
-        phase = self.phase
-        if phase is _Phase.OPEN:
-            if kind == "websocket.send":
-                data = _payload(message)
-                try:
-                    await self._write(self.conn.send_message(data))
-                except ConnectionClosed:
-                    raise ClientDisconnected("the websocket is closed") from None
-                return
-            if kind == "websocket.close":
-                code, reason = _close_args(message)
-                self.phase = _Phase.CLOSED
-                await self.conn.close_with(code, reason)
-                return
-        elif phase is _Phase.HANDSHAKE:
-            if kind == "websocket.accept":
-                subprotocol, headers = self._accept_args(message)
-                self.phase = _Phase.OPEN
-                try:
-                    await self._write(
-                        self._request().accept(subprotocol=subprotocol, extra_headers=headers)
-                    )
-                except ConnectionClosed:
-                    self.phase = _Phase.CLOSED
-                    raise ClientDisconnected("the client left before the handshake") from None
-                # Only the handshake needed it: an idle websocket stays smaller without.
-                self.request = None
-                return
-            if kind == "websocket.close":
-                # ASGI: closing before the handshake is answered is a 403.
-                await self._refuse(403, [(b"connection", b"close")], b"")
-                return
-            if kind == "websocket.http.response.start":
-                status = message.get("status")
-                if not isinstance(status, int) or not 200 <= status <= 999:
-                    raise _BadMessage(f"'status' must be an int from 200 to 999, got {status!r}")
-                headers = [
-                    (name, value)
-                    for name, value in _headers(message.get("headers", ()))
-                    if name.lower() not in _FRAMING
-                ]
-                self.denial = (status, headers, bytearray())
-                self.phase = _Phase.DENYING
-                return
-        elif phase is _Phase.DENYING:
-            if kind == "websocket.http.response.body":
-                body = message.get("body", b"")
-                if not isinstance(body, bytes | bytearray | memoryview):
-                    raise _BadMessage(f"'body' must be bytes, got {type(body).__name__}")
-                assert self.denial is not None
-                status, headers, sofar = self.denial
-                sofar += body
-                if not message.get("more_body", False):
-                    try:
-                        await self._refuse(status, headers, bytes(sofar))
-                    except _LOCAL_ERRORS as exc:
-                        raise _BadMessage(f"invalid denial response: {exc}") from None
-                return
-        elif kind == "websocket.close":
-            return
-        elif kind == "websocket.send":
+        action, arguments = self.on_send(message)
+        if action is Action.SEND:
+            try:
+                await self._write(self.conn.send_message(arguments))
+            except ConnectionClosed:
+                raise ClientDisconnected("the websocket is closed") from None
+        elif action is Action.CLOSE:
+            await self.conn.close_with(*arguments)
+        elif action is Action.ACCEPT:
+            subprotocol, headers = arguments
+            try:
+                await self._write(
+                    self._request().accept(subprotocol=subprotocol, extra_headers=headers)
+                )
+            except ConnectionClosed:
+                self.phase = WebSocketPhase.CLOSED
+                raise ClientDisconnected("the client left before the handshake") from None
+            # Only the handshake needed them: an idle websocket stays smaller without.
+            self.request = None
+            self.subprotocols = ()
+        elif action is Action.REJECT:
+            self.refused = refused = trio.Event()
+            try:
+                await self._reject(*arguments)
+            except _LOCAL_ERRORS as exc:
+                if message.get("type") == "websocket.close":
+                    raise
+                raise self.denial_refused(exc) from None
+            finally:
+                refused.set()
+        elif action is Action.GONE:
             raise ClientDisconnected("the websocket is closed")
-        raise _BadMessage(f"{kind!r} is not valid {phase.value}")
-
-    def _accept_args(self, message: Message) -> tuple[str | None, list[tuple[bytes, bytes]]]:
-        subprotocol = message.get("subprotocol")
-        if subprotocol is not None:
-            if not isinstance(subprotocol, str):
-                raise _BadMessage(f"'subprotocol' must be a str, got {subprotocol!r}")
-            if subprotocol not in self._request().proposed_subprotocols:
-                raise _BadMessage(f"subprotocol {subprotocol!r} was not offered by the client")
-        headers = _headers(message.get("headers", ()))
-        for name, value in headers:
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise _BadMessage(f"invalid header {name!r}: {value!r}")
-        return subprotocol, headers
-
-    async def _refuse(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """Answer the handshake with the app's refusal; the websocket is closed once it
-        is written. Meanwhile (DENYING) receive() waits for the write, then reports the
-        disconnect; a refusal that could not be made stays DENYING."""
-        self.phase = _Phase.DENYING
-        self.refused = refused = trio.Event()
-        try:
-            await self._reject(status, headers, body)
-            self.phase = _Phase.CLOSED
-        finally:
-            refused.set()
 
     async def _reject(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await self._write(self._request().reject(status, extra_headers=headers, body=body))
+            await self._write(
+                self._request().reject(status, extra_headers=list(headers), body=body)
+            )
 
     async def _write(self, sending: Awaitable[object]) -> None:
         """Await a send of trio-websocket's, for at most write_timeout seconds: a peer
@@ -980,35 +876,3 @@ class _ASGISession:
         # The send was cut mid-frame: the stream cannot be used any more.
         await trio.aclose_forcefully(self.stream)
         raise ClientDisconnected("the websocket write timed out")
-
-
-def _headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    headers = []
-    try:
-        for name, value in raw:
-            if not isinstance(name, bytes) or not isinstance(value, bytes):
-                raise TypeError
-            headers.append((name, value))
-    except (TypeError, ValueError):
-        raise _BadMessage("'headers' must be an iterable of [name, value] pairs of bytes") from None
-    return headers
-
-
-def _payload(message: Message) -> str | bytes:
-    text = message.get("text")
-    data = message.get("bytes")
-    if text is not None and data is None and isinstance(text, str):
-        return text
-    if data is not None and text is None and isinstance(data, bytes | bytearray | memoryview):
-        return bytes(data)
-    raise _BadMessage("websocket.send needs exactly one of 'bytes' (bytes) or 'text' (str)")
-
-
-def _close_args(message: Message) -> tuple[int, str]:
-    code = message.get("code", 1000)
-    reason = message.get("reason") or ""
-    if not isinstance(code, int) or isinstance(code, bool) or not 1000 <= code <= 4999:
-        raise _BadMessage(f"'code' must be an int from 1000 to 4999, got {code!r}")
-    if not isinstance(reason, str):
-        raise _BadMessage(f"'reason' must be a str, got {reason!r}")
-    return code, reason

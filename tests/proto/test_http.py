@@ -923,18 +923,61 @@ def test_one_piece_answer_matches_the_general_path(
 def test_proto_http_does_not_import_trio() -> None:
     """The sans-IO module loads with only the stdlib and h11: trio is never imported."""
     # Importing trioserve._proto.http would run trioserve/__init__.py, which imports
-    # trio; load the file on its own, under a name outside the package.
+    # trio; load the subpackage on its own, under an empty parent package.
     code = f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("isolated_proto_http", {http.__file__!r})
-module = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = module
-spec.loader.exec_module(module)
+import importlib, os, sys, types
+# The package without its __init__ (which imports trio), so that _proto's modules
+# import each other as they do in the package.
+package = types.ModuleType("trioserve")
+package.__path__ = [os.path.dirname(os.path.dirname({http.__file__!r}))]
+sys.modules["trioserve"] = package
+module = importlib.import_module("trioserve._proto.http")
 assert module.Response is not None
-loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("trio", "trioserve"))
+loaded = sorted(
+    name for name in sys.modules
+    if name.split(".")[0] == "trio"
+    or (name.startswith("trioserve.") and not name.startswith("trioserve._proto"))
+)
 assert not loaded, loaded
 """
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_sent_status_is_the_status_of_the_head_that_went_out() -> None:
+    """sent_status stays 0 while the head is held back, then is the app's status."""
+    response = Response()
+    response.on_send({**START, "status": 201})
+    assert response.status == 201 and response.sent_status == 0
+    response.on_send(body(b"hi", more=True))
+    assert response.sent_status == 201
+
+
+def test_fail_replaces_an_unstarted_response_with_a_closing_error() -> None:
+    """fail() answers the error in place of the response: its status counts as sent,
+    no body bytes of the app's, and the connection closes."""
+    response = Response(server_header=False)
+    wire = response.fail(413, f"{http.error_status_text(413)}: too big")
+    head, content = parse(wire, eof=True)
+    assert head.status_code == 413
+    assert content == b"Content Too Large: too big\n"
+    assert header_values(head, b"server") == []
+    assert (response.sent_status, response.body_bytes) == (413, 0)
+    assert response.done and not response.keep_alive
+    assert http.error_status_text(999) == "Error"
+
+
+def test_app_returned_says_what_the_return_left() -> None:
+    """A return with the response complete is fine; before any response it asks for a
+    500; mid-response it is unfinished, unless the client had left."""
+    assert http.app_returned(Response(), disconnected=False) is http.AppEnd.NO_RESPONSE
+    assert http.app_returned(Response(), disconnected=True) is http.AppEnd.CLIENT_LEFT
+    response = Response()
+    response.on_send(START)
+    assert http.app_returned(response, disconnected=False) is http.AppEnd.UNFINISHED
+    response.on_send(body(b"x", more=True))
+    assert http.app_returned(response, disconnected=False) is http.AppEnd.UNFINISHED
+    response.on_send(body())
+    assert http.app_returned(response, disconnected=True) is http.AppEnd.COMPLETE

@@ -6,11 +6,23 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from trioserve._proto import websocket
-from trioserve._proto.websocket import Refusal, closing_refusal, handshake_refusal, valid_key
+from trioserve._proto.http import ASGIProtocolError
+from trioserve._proto.websocket import (
+    Action,
+    ASGIWebSocket,
+    Refusal,
+    WebSocketPhase,
+    asks_websocket,
+    closing_refusal,
+    handshake_refusal,
+    valid_key,
+    websocket_scope,
+)
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example: base64 of 16 bytes
 
@@ -131,18 +143,172 @@ def test_refusal_gets_its_reason_phrase_and_connection_close(
 
 
 def test_proto_websocket_does_not_import_trio() -> None:
-    """The sans-IO module loads with only the stdlib: trio is never imported."""
+    """The sans-IO module loads with only the stdlib, h11 and the rest of _proto: trio is
+    never imported."""
     code = f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("isolated_proto_ws", {websocket.__file__!r})
-module = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = module
-spec.loader.exec_module(module)
+import importlib, os, sys, types
+# The package without its __init__ (which imports trio), so that _proto's modules
+# import each other as they do in the package.
+package = types.ModuleType("trioserve")
+package.__path__ = [os.path.dirname(os.path.dirname({websocket.__file__!r}))]
+sys.modules["trioserve"] = package
+module = importlib.import_module("trioserve._proto.websocket")
 assert module.handshake_refusal([]) is not None
-loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("trio", "trioserve"))
+loaded = sorted(
+    name for name in sys.modules
+    if name.split(".")[0] == "trio"
+    or (name.startswith("trioserve.") and not name.startswith("trioserve._proto"))
+)
 assert not loaded, loaded
 """
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- the ASGI websocket exchange -------------------------------------------------------
+
+
+def test_asks_websocket_needs_get_http11_upgrade_and_connection() -> None:
+    """Only a GET over HTTP/1.1 with Upgrade: websocket and Connection: upgrade asks."""
+    headers = [(b"upgrade", b"WebSocket"), (b"connection", b"keep-alive, Upgrade")]
+    assert asks_websocket(b"GET", b"1.1", headers)
+    assert not asks_websocket(b"POST", b"1.1", headers)
+    assert not asks_websocket(b"GET", b"1.0", headers)
+    assert not asks_websocket(b"GET", b"1.1", headers[:1])
+    assert not asks_websocket(b"GET", b"1.1", [(b"upgrade", b"h2c"), headers[1]])
+
+
+def test_websocket_scope_from_target_headers_and_subprotocols() -> None:
+    """The scope splits the target, decodes the path (root_path in front, as ASGI says),
+    and copies the lifespan state."""
+    state = {"db": 1}
+    scope = websocket_scope(
+        b"/chat%20room?x=1",
+        [(b"host", b"example.com")],
+        ("one", "two"),
+        scheme="wss",
+        client=("1.2.3.4", 5),
+        server=("127.0.0.1", 443),
+        root_path="/app",
+        state=state,
+        extensions={"tls": {}},
+    )
+    assert scope["type"] == "websocket"
+    assert (scope["path"], scope["raw_path"], scope["query_string"]) == (
+        "/app/chat room",
+        b"/app/chat%20room",
+        b"x=1",
+    )
+    assert scope["subprotocols"] == ["one", "two"]
+    assert scope["extensions"] == {"websocket.http.response": {}, "tls": {}}
+    assert scope["state"] == state and scope["state"] is not state
+
+
+def test_accept_then_send_then_close() -> None:
+    """Accept opens the websocket; send gives its payload; close moves to CLOSED."""
+    exchange = ASGIWebSocket(["chat"])
+    assert exchange.on_send({"type": "websocket.accept", "subprotocol": "chat"}) == (
+        Action.ACCEPT,
+        ("chat", []),
+    )
+    assert exchange.phase is WebSocketPhase.OPEN
+    assert exchange.on_send({"type": "websocket.send", "bytes": bytearray(b"hi")}) == (
+        Action.SEND,
+        b"hi",
+    )
+    assert exchange.on_send({"type": "websocket.send", "text": "hi"}) == (Action.SEND, "hi")
+    assert exchange.on_send({"type": "websocket.close", "code": 4000}) == (
+        Action.CLOSE,
+        (4000, ""),
+    )
+    assert exchange.receiving_ended
+    assert exchange.on_send({"type": "websocket.close"})[0] is Action.NOTHING
+    assert exchange.on_send({"type": "websocket.send", "text": "late"})[0] is Action.GONE
+
+
+def test_close_before_accept_is_a_403() -> None:
+    """Closing before the handshake is answered refuses it with 403."""
+    exchange = ASGIWebSocket()
+    action, (status, _, body) = exchange.on_send({"type": "websocket.close"})
+    assert (action, status, body) == (Action.REJECT, 403, b"")
+    assert exchange.phase is WebSocketPhase.CLOSED
+
+
+def test_denial_response_is_gathered_until_its_last_body() -> None:
+    """A denial response's body parts are joined; its framing headers are dropped."""
+    exchange = ASGIWebSocket()
+    start = {
+        "type": "websocket.http.response.start",
+        "status": 401,
+        "headers": [(b"content-length", b"9"), (b"x-why", b"no")],
+    }
+    assert exchange.on_send(start)[0] is Action.NOTHING
+    assert exchange.receiving_ended
+    more = {"type": "websocket.http.response.body", "body": b"not ", "more_body": True}
+    assert exchange.on_send(more)[0] is Action.NOTHING
+    last = {"type": "websocket.http.response.body", "body": b"you"}
+    assert exchange.on_send(last) == (Action.REJECT, (401, [(b"x-why", b"no")], b"not you"))
+    error = exchange.denial_refused("bad header")
+    assert "bad header" in str(error) and exchange.phase is WebSocketPhase.DENYING
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "websocket.send", "text": "too early"},
+        {"type": "websocket.accept", "subprotocol": "not offered"},
+        {"type": "websocket.accept", "headers": [(b"bad name", b"x")]},
+        {"type": "websocket.accept", "headers": [(b"x", b"a\r\nb")]},
+        {"type": "websocket.accept", "headers": [("x", b"1")]},
+        {"type": "websocket.http.response.start", "status": 1000},
+        "not a message",
+    ],
+)
+def test_bad_message_before_accept_is_a_protocol_error(message: Any) -> None:
+    """Messages of the wrong shape or phase raise ASGIProtocolError."""
+    with pytest.raises(ASGIProtocolError):
+        ASGIWebSocket(["chat"]).on_send(message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "websocket.send", "text": "a", "bytes": b"b"},
+        {"type": "websocket.send"},
+        {"type": "websocket.close", "code": 999},
+        {"type": "websocket.close", "code": True},
+        {"type": "websocket.close", "reason": b"bytes"},
+        {"type": "websocket.accept"},
+    ],
+)
+def test_bad_message_when_open_is_a_protocol_error(message: Any) -> None:
+    """An open websocket refuses malformed sends and closes, and a second accept."""
+    exchange = ASGIWebSocket()
+    exchange.on_send({"type": "websocket.accept"})
+    with pytest.raises(ASGIProtocolError):
+        exchange.on_send(message)
+
+
+def test_app_end_before_and_after_accept() -> None:
+    """Returning before accepting is an error answered 500; after, a 1000 close; a
+    failure after accepting closes with 1011."""
+    exchange = ASGIWebSocket()
+    action, (status, _, _), error = exchange.on_app_returned()
+    assert (action, status) == (Action.REJECT, 500) and error is not None
+    exchange = ASGIWebSocket()
+    exchange.on_send({"type": "websocket.accept"})
+    assert exchange.on_app_returned() == (Action.CLOSE, (1000, ""), None)
+    exchange = ASGIWebSocket()
+    exchange.on_send({"type": "websocket.accept"})
+    assert exchange.on_app_failed() == (Action.CLOSE, (1011, ""))
+    assert exchange.on_app_failed()[0] is Action.NOTHING
+
+
+def test_app_end_after_the_peer_left_the_handshake_does_nothing() -> None:
+    """A peer gone before the answer gets no refusal."""
+    exchange = ASGIWebSocket()
+    exchange.peer_gone = True
+    assert exchange.on_app_returned()[0] is Action.NOTHING
+    assert exchange.on_app_failed()[0] is Action.NOTHING

@@ -21,7 +21,7 @@ from tests.helpers import (
 )
 from trioserve import ClientDisconnected, Config
 from trioserve._accesslog import AccessLog
-from trioserve._serve_http import HTTPOptions, serve_http_connection
+from trioserve._serve_http import LINGER_SECONDS, HTTPOptions, serve_http_connection
 from trioserve._state import ServerState
 
 
@@ -74,6 +74,21 @@ async def test_slow_request_head_gets_408(nursery, autojump_clock, caplog):
     assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert trio.current_time() - begin == pytest.approx(4, abs=0.1)
     assert no_errors(caplog)
+
+
+async def test_head_refused_near_its_deadline_gets_one_answer(nursery, autojump_clock, caplog):
+    """A head refused (400) just before header_timeout ends gets that answer only: the
+    head's deadline no longer runs while the 400 goes out and the connection lingers."""
+    caplog.set_level(logging.INFO, logger="trioserve.http")
+    client = await start(nursery, hello_app, make_state(header_timeout=4, keep_alive=60))
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    await trio.sleep(3.5)
+    await client.send_all(b"X-Bad: \x01\r\n")
+    data = await read_until_eof(client)
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    # The server lingers (reading what the client still sends) past the head's deadline.
+    await trio.sleep(LINGER_SECONDS)
+    assert "not received in time" not in caplog.text
 
 
 async def test_header_timeout_counts_from_the_first_byte_not_idle_time(nursery, autojump_clock):

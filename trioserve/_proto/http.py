@@ -12,13 +12,14 @@ from __future__ import annotations
 import email.utils
 import enum
 import http
-import re
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import h11
+
+from .validate import FORBIDDEN_IN_VALUE, TOKEN
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 SERVER_NAME = b"trioserve"
@@ -184,10 +185,10 @@ _STATUS_LINES: dict[int, bytes] = {
 _SERVER_LINE = b"server: " + SERVER_NAME + b"\r\n"
 _CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-# RFC 9110 section 5.1: a field name is a token.
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-# CR or LF in a value would let the app split the response; NUL no client accepts.
-_FORBIDDEN = re.compile(rb"[\r\n\x00]")
+# RFC 9110 section 5.1: a field name is a token. CR or LF in a value would let the app
+# split the response; NUL no client accepts.
+_TOKEN = TOKEN
+_FORBIDDEN = FORBIDDEN_IN_VALUE
 # h11's limit; 20 digits is already far beyond any real body.
 _MAX_LENGTH_DIGITS = 20
 # Header names already found to be tokens, mapped to their lowercase form: apps send
@@ -349,6 +350,12 @@ class Response:
         return self.phase is not ResponsePhase.START and not self._pending_head
 
     @property
+    def sent_status(self) -> int:
+        """The status of the head that went out (for the access log): 0 while none did,
+        the error's once :meth:`fail` replaced the response."""
+        return self.status if self.head_sent else 0
+
+    @property
     def keep_alive(self) -> bool:
         """True when the response is complete and the connection may carry another."""
         return self.phase is ResponsePhase.DONE and not self.must_close
@@ -414,6 +421,15 @@ class Response:
             self._add_body(parts, body, more)
             return parts[0] if len(parts) == 1 else b"".join(parts)
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
+
+    def fail(self, status: int, message: str) -> bytes:
+        """The error response that replaces this one, which must not have started: a
+        plain-text body (see :func:`error_response`), and the connection closes."""
+        assert self.phase is ResponsePhase.START, "the response has started"
+        self.phase = ResponsePhase.DONE
+        self.status = status
+        self.must_close = True
+        return error_response(status, message, server_header=self.server_header)
 
     def _take_headers(self, raw: Iterable[Any]) -> None:
         """Check the app's headers and keep what the head needs of them."""
@@ -630,6 +646,48 @@ class Response:
             self.body_bytes += size
         if not more:
             self.phase = ResponsePhase.DONE
+
+
+class AppEnd(enum.Enum):
+    """What an app's return leaves of its response (see :func:`app_returned`)."""
+
+    COMPLETE = "with its response complete"
+    CLIENT_LEFT = "after the client left"
+    NO_RESPONSE = "without sending a response"
+    UNFINISHED = "before finishing its response"
+
+
+def app_returned(response: Response, *, disconnected: bool) -> AppEnd:
+    """What an app's return means for its response, whatever the protocol:
+    NO_RESPONSE asks for a 500 (see :meth:`Response.fail`); UNFINISHED (an error of
+    the app's) and CLIENT_LEFT (nothing wrong with the app: it may stop at a
+    ClientDisconnected it caught) for the end of the connection, since the response
+    cannot be completed."""
+    if response.phase is ResponsePhase.DONE:
+        return AppEnd.COMPLETE
+    if disconnected:
+        return AppEnd.CLIENT_LEFT
+    if response.phase is ResponsePhase.START:
+        return AppEnd.NO_RESPONSE
+    return AppEnd.UNFINISHED
+
+
+def error_status_text(status: int) -> str:
+    """The reason phrase of an error the server answers for itself (the RFC 9110 ones,
+    which http.HTTPStatus may spell in an older form)."""
+    return _ERROR_TEXTS.get(status, "Error")
+
+
+_ERROR_TEXTS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    501: "Not Implemented",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def error_response(status: int, message: str, *, server_header: bool = True) -> bytes:

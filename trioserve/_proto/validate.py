@@ -67,7 +67,11 @@ class Framing:
 
 
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+# RFC 9110 section 5.6.2: a token (a method, a field name); the one rule of _proto.
+TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_TOKEN = TOKEN
+# What no field value may hold: CR or LF would split the head, NUL no peer accepts.
+FORBIDDEN_IN_VALUE = re.compile(rb"[\r\n\x00]")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
