@@ -59,6 +59,7 @@ from ._hooks import (
     run_hook_logged,
 )
 from ._logging import configure_logging
+from ._pipeline import STOP_MARGIN, Control, stop_budget
 from ._statsd import Statsd
 from ._statsd import install as install_statsd
 from ._systemd import (
@@ -76,7 +77,6 @@ LOGGER = logging.getLogger("trioserve.master")
 _KILL_AFTER_ABORT = 3.0
 # Until it is ready, a worker may stay silent this long even when --timeout is shorter.
 _BOOT_SILENCE = 30.0
-_STOP_MARGIN = 5.0
 _FAST_STOP = 5.0
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 10.0
@@ -367,7 +367,7 @@ class Master:
             # Never leave a process behind: the channel is gone, so the worker stops.
             with trio.CancelScope(shield=True):
                 await proc.link.aclose()
-                with trio.move_on_after(self._stop_budget(pool.config)):
+                with trio.move_on_after(stop_budget(pool.config)):
                     await proc.process.wait()
                 if proc.process.returncode is None:
                     proc.process.kill()
@@ -494,9 +494,6 @@ class Master:
             waiters.start_soon(exited)
         return proc.ready.is_set() and not proc.exited.is_set()
 
-    def _stop_budget(self, config: Config) -> float:
-        return _stop_budget(config)
-
     # -- the whole server ------------------------------------------------------------
 
     def ask_to_stop(self, proc: _Proc) -> None:
@@ -560,7 +557,7 @@ class Master:
                 self.ask_to_stop(proc)
         budget = _FAST_STOP
         if not fast:
-            budget = max((self._stop_budget(p.info.config) for p in procs), default=_FAST_STOP)
+            budget = max((stop_budget(p.info.config) for p in procs), default=_FAST_STOP)
         with trio.move_on_after(budget) as scope:
             # A second TERM (or an INT) while this waits shortens it: see begin_stop.
             self.stop_wait = scope
@@ -788,10 +785,6 @@ async def _reap(process: trio.Process) -> None:
     await process.wait()
 
 
-def _stop_budget(config: Config) -> float:
-    return config.graceful_timeout + config.lifespan_shutdown_timeout + _STOP_MARGIN
-
-
 def _signal(process: _Child, signum: int) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):  # exited since: nothing to signal
@@ -863,7 +856,7 @@ async def _bind(
 
 async def serve_master(
     config: Config,
-    control: Any,
+    control: Control,
     task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
     *,
     plans: list[AppPlan] | None = None,
@@ -886,7 +879,7 @@ async def serve_master(
     for plan in plans:
         # Refused before anything starts: settings no worker process could receive.
         ship_config(plan.config)
-    budget = max(_FAST_STOP, *(_stop_budget(plan.config) for plan in plans)) + _STOP_MARGIN
+    budget = max(_FAST_STOP, *(stop_budget(plan.config) for plan in plans)) + STOP_MARGIN
     master: Master | None = None
     async with trio.open_nursery() as outer:
         # Cancellation of serve() becomes a graceful stop: the master runs shielded,
@@ -907,7 +900,7 @@ async def serve_master(
         with shield:
             async with trio.open_nursery() as nursery:
                 master = Master(plans, reload_plans, argv, nursery)
-                master.pidfile = getattr(control, "pidfile", None)
+                master.pidfile = control.pidfile
                 master.notifier = Notifier.from_environ() if signals else None
                 master.embedded_log = None if settings_logging else embedded_log()
                 master.statsd = install_statsd(config)
@@ -923,7 +916,7 @@ async def serve_master(
 async def _run_master(
     master: Master,
     config: Config,
-    control: Any,
+    control: Control,
     task_status: trio.TaskStatus[list[Address]],
     signals: bool,
 ) -> None:
@@ -967,8 +960,7 @@ async def _run_master(
             await run_hook(pool.config, "when_ready", pool.server)
         if master.fatal is None and not master.stopping:
             task_status.started([listener_address(listener) for listener in master.listeners])
-            if control is not None:
-                control.ready()
+            control.ready()
             master.report(READY=1)
             interval = watchdog_interval()
             if master.notifier is not None and interval is not None:

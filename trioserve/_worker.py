@@ -51,7 +51,7 @@ from ._importer import LoadedApp
 from ._loader import import_main_script, load_config_app
 from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
 from ._lograte import flush_all
-from ._server import _Control, _Extras, serve_listeners
+from ._pipeline import Control, Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._tls import ssl_context
 from ._types import Address
@@ -378,7 +378,7 @@ async def _worker_main(
     worker: WorkerInfo,
 ) -> int:
     link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(channel)))
-    control = _Control()
+    control = Control()
     server = ServerInfo(config, pid=boot.master_pid, app=boot.app)
     status = EXIT_OK
     ready = False
@@ -396,7 +396,7 @@ async def _worker_main(
             await run_hook(config, "post_fork", server, worker)
             if loaded is None:
                 loaded = await load_config_app(config)
-            extras = _Extras(ssl_context(config), access_log_for(config), install_statsd(config))
+            extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config))
             listeners = [listener_from_fd(fd) for fd in boot.fds]
             listeners += [
                 listen_reuse_port(family, addr, config.backlog) for family, addr in boot.reuse_port
@@ -419,7 +419,7 @@ async def _worker_main(
     return status
 
 
-async def _heartbeat(link: _Link, control: _Control, worker: WorkerInfo, interval: float) -> None:
+async def _heartbeat(link: _Link, control: Control, worker: WorkerInfo, interval: float) -> None:
     retiring = False
     while True:
         state = control.state
@@ -435,7 +435,7 @@ async def _heartbeat(link: _Link, control: _Control, worker: WorkerInfo, interva
         await trio.sleep(interval)
 
 
-async def _watch_master(link: _Link, control: _Control, scope: trio.CancelScope) -> None:
+async def _watch_master(link: _Link, control: Control, scope: trio.CancelScope) -> None:
     buffer = b""
     try:
         while data := await link.stream.receive_some(4096):
@@ -453,7 +453,7 @@ async def _watch_master(link: _Link, control: _Control, scope: trio.CancelScope)
     _stop(control, scope, fast=False)
 
 
-def _stop(control: _Control, scope: trio.CancelScope, *, fast: bool) -> None:
+def _stop(control: Control, scope: trio.CancelScope, *, fast: bool) -> None:
     if control.state is None:
         scope.cancel()  # still booting: nothing to drain
     elif fast:
@@ -463,7 +463,7 @@ def _stop(control: _Control, scope: trio.CancelScope, *, fast: bool) -> None:
 
 
 async def _signals(
-    control: _Control,
+    control: Control,
     boot: WorkerBoot,
     config: Config,
     worker: WorkerInfo,
