@@ -10,6 +10,10 @@ import h11
 import pytest
 import trio
 
+from trioserve import Config
+from trioserve._cli import build_parser, cli_layer
+from trioserve._config import load_config
+
 Headers = Sequence[tuple[bytes, bytes]]
 
 
@@ -22,6 +26,12 @@ def require_ipv6_loopback() -> None:
             sock.bind(("::1", 0))
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+
+
+def config_from_argv(argv: Sequence[str]) -> Config:
+    """The Config that command-line arguments ``argv`` resolve to, through the command
+    line's own parser and settings layer (as ``trioserve.__main__`` reads them)."""
+    return load_config(cli=cli_layer(build_parser().parse_args(argv))).config
 
 
 async def tcp_connection() -> tuple[trio.SocketStream, trio.SocketStream, socket.socket]:
