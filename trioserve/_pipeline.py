@@ -14,7 +14,6 @@ import functools
 import importlib
 import logging
 import random
-import socket
 import ssl
 import types
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ import attrs
 import h11
 import trio
 
-from ._accept import Connection, accept_connections
+from ._accept import accept_connections
 from ._accesslog import AccessLog
 from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import cleanup_listener, listener_address, listener_url
@@ -44,11 +43,12 @@ from ._hooks import (
 )
 from ._importer import LoadedApp
 from ._lifespan import Lifespan
+from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
-from ._serve_http import HTTPOptions, serve_http_requests, upgrade_to_websocket, watch_deadlines
+from ._serve_http import HTTPOptions, serve_http_connection, watch_deadlines
 from ._serve_tcp import serve_stream_connection
-from ._serve_ws import serve_asgi_websocket, serve_native_websocket, watch_websockets
+from ._serve_ws import WSOptions, serve_asgi_websocket, serve_native_websocket, watch_websockets
 from ._state import ServerState
 from ._statsd import RequestMetrics, Statsd
 from ._streams import PrefixedStream
@@ -173,7 +173,8 @@ async def _run(
     ready: Callable[[list[Address], list[str]], Awaitable[None]],
 ) -> None:
     config = state.config
-    handler = _connection_handler(loaded, state, extras, worker)
+    edges = _edges(loaded, state, extras, worker)
+    handler = _connection_handler(edges.serve, config, extras, worker)
     scheme = {"stream": "tcp", "websocket": "ws"}.get(loaded.interface, "http")
     if config.certfile or config.keyfile:
         scheme = {"tcp": "tls", "ws": "wss"}.get(scheme, "https")
@@ -199,10 +200,10 @@ async def _run(
                 with trio.CancelScope(shield=True):
                     await lifespan.shutdown()
             raise
-        app_tasks.start_soon(watch_deadlines, state)
-        state.watchdog = True
-        if loaded.interface == "websocket" or config.ws == "on":
-            await app_tasks.start(watch_websockets, state)
+        if edges.http is not None:
+            app_tasks.start_soon(watch_deadlines, state, edges.http)
+        if edges.websockets is not None:
+            await app_tasks.start(watch_websockets, state, edges.websockets)
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
@@ -244,48 +245,32 @@ def _h11_module(choice: str) -> types.ModuleType:
     return h11
 
 
-@attrs.define(eq=False)
-class _Accepted:
-    """A connection after the PROXY header and the TLS handshake."""
-
-    stream: trio.abc.Stream
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-    scheme_secure: bool = False
-    extensions: dict[str, Any] | None = None
-    # The plain socket under ``stream`` while nothing wraps it (no TLS, no replayed
-    # PROXY leftovers): the HTTP edge then reads and writes it directly.
-    sock: socket.socket | None = None
-
-
 def _connection_handler(
-    loaded: LoadedApp, state: ServerState, extras: Extras, worker: WorkerInfo
-) -> Callable[[Connection], Awaitable[None]]:
-    serve_accepted = _accepted_handler(loaded, state, extras, worker)
-    accept = _acceptor(state.config, extras)
-    config = state.config
+    serve: Callable[[Peer], Awaitable[None]], config: Config, extras: Extras, worker: WorkerInfo
+) -> Callable[[Peer], Awaitable[None]]:
+    """What runs for each accepted connection: the acceptor, the connection hooks (when
+    set), then ``serve``."""
+    accept = _acceptor(config, extras)
     if config.connection_made is None and config.connection_lost is None:
 
-        async def handle(connection: Connection) -> None:
-            accepted = await accept(connection)
-            if accepted is not None:
-                await serve_accepted(accepted)
+        async def handle(peer: Peer) -> None:
+            if await accept(peer):
+                await serve(peer)
 
         return handle
 
-    async def handle_with_hooks(connection: Connection) -> None:
-        accepted = await accept(connection)
-        if accepted is None:
+    async def handle_with_hooks(peer: Peer) -> None:
+        if not await accept(peer):
             return
-        conn = ConnectionInfo(accepted.client, accepted.server, accepted.scheme_secure, worker)
+        conn = ConnectionInfo(peer.client, peer.server, peer.secure, worker)
         error: BaseException | None = None
         try:
             await run_hook(config, "connection_made", conn)
-            await serve_accepted(accepted)
+            await serve(peer)
         except HookError as exc:
             error = exc
             LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
-            await trio.aclose_forcefully(accepted.stream)
+            await trio.aclose_forcefully(peer.stream)
         except BaseException as exc:
             error = exc
             raise
@@ -296,18 +281,16 @@ def _connection_handler(
     return handle_with_hooks
 
 
-def _acceptor(
-    config: Config, extras: Extras
-) -> Callable[[Connection], Awaitable[_Accepted | None]]:
-    """PROXY header (from trusted peers) then TLS handshake, for each accepted stream."""
+def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool]]:
+    """PROXY header (from trusted peers) then TLS handshake, for each accepted
+    connection: updates the peer, and says whether it is still there to be served."""
     context = extras.ssl_context
     trusted = TrustedPeers(config.forwarded_allow_ips)
     proxy_protocol = config.proxy_protocol
 
-    async def accept(connection: Connection) -> _Accepted | None:
-        stream = connection.stream
-        client = connection.client
-        accepted = _Accepted(stream, client, connection.server, sock=connection.sock)
+    async def accept(peer: Peer) -> bool:
+        stream = peer.stream
+        client = peer.client
         if proxy_protocol != "off" and (client[0] if client else None) in trusted:
             try:
                 info, leftover = await read_proxy_protocol(
@@ -316,64 +299,78 @@ def _acceptor(
             except ProxyProtocolError as exc:
                 LOGGER.info("dropping connection from %s: %s", client, exc)
                 await trio.aclose_forcefully(stream)
-                return None
+                return False
             if info.client is not None:
-                accepted.client = info.client
+                peer.client = info.client
             if info.server is not None:
-                accepted.server = info.server
+                peer.server = info.server
             if leftover:
-                accepted.stream = PrefixedStream(stream, leftover)
-                accepted.sock = None
+                peer.stream = PrefixedStream(stream, leftover)
+                peer.sock = None
         if context is not None:
             secure = await tls_handshake(
-                accepted.stream, context, timeout_seconds(config.tls_handshake_timeout)
+                peer.stream, context, timeout_seconds(config.tls_handshake_timeout)
             )
             if secure is None:
-                return None
-            accepted.stream = secure
-            accepted.sock = None
-            accepted.scheme_secure = True
-            accepted.extensions = {"tls": tls_extension(secure)}
-        return accepted
+                return False
+            peer.stream = secure
+            peer.sock = None
+            peer.secure = True
+            peer.extensions = {"tls": tls_extension(secure)}
+        return True
 
     return accept
 
 
-def _accepted_handler(
-    loaded: LoadedApp, state: ServerState, extras: Extras, worker: WorkerInfo
-) -> Callable[[_Accepted], Awaitable[None]]:
-    """How an accepted connection is served, for the app's interface."""
+@attrs.frozen
+class _Edges:
+    """How accepted connections are served, for the app's interface, and the options
+    of the edges that serve them (whose watchers the server runs)."""
+
+    serve: Callable[[Peer], Awaitable[None]]
+    http: HTTPOptions | None = None
+    websockets: WSOptions | None = None
+
+
+def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: WorkerInfo) -> _Edges:
     config = state.config
     if loaded.interface == "websocket":
         assert loaded.handler is not None
         # The importer keeps both kinds of handler in one field; this one takes requests.
         native_handler: Any = loaded.handler
+        native_options = WSOptions(config)
 
-        async def handle_native_websocket(accepted: _Accepted) -> None:
-            await serve_native_websocket(accepted.stream, native_handler, state)
+        async def handle_native_websocket(peer: Peer) -> None:
+            await serve_native_websocket(peer.stream, native_handler, state, native_options)
 
-        return handle_native_websocket
+        return _Edges(handle_native_websocket, websockets=native_options)
 
     if loaded.handler is not None:
         stream_handler = loaded.handler
 
-        async def handle_stream(accepted: _Accepted) -> None:
-            await serve_stream_connection(accepted.stream, stream_handler)
+        async def handle_stream(peer: Peer) -> None:
+            await serve_stream_connection(peer.stream, stream_handler)
 
-        return handle_stream
+        return _Edges(handle_stream)
     asgi = loaded.asgi
     assert asgi is not None
     if config.pre_request is not None or config.post_request is not None:
         asgi = _with_request_hooks(asgi, config, worker)
     trusted = TrustedPeers(config.forwarded_allow_ips)
 
-    # A partial, not a wrapper coroutine: one frame fewer kept alive per idle websocket.
-    websocket = functools.partial(serve_asgi_websocket, app=asgi, state=state)
+    ws_options: WSOptions | None = None
+    websocket = None
+    if config.ws == "on":
+        ws_options = WSOptions(config)
+        # A partial, not a wrapper coroutine: one frame fewer kept alive per idle websocket.
+        websocket = functools.partial(
+            serve_asgi_websocket, app=asgi, state=state, options=ws_options
+        )
 
     access_log: Any = extras.access_log
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
-    state.http_options = HTTPOptions(
+    options = HTTPOptions(
         config,
         h11_module=_h11_module(config.http),
         access_log=access_log,
@@ -381,34 +378,10 @@ def _accepted_handler(
         if config.proxy_headers
         else None,
         app_hint=asyncio_hint if config.app_loop == "trio" else None,
-        websocket=websocket if config.ws == "on" else None,
+        websocket=websocket,
     )
-
-    async def handle_http(accepted: _Accepted) -> None:
-        scheme = "https" if accepted.scheme_secure else "http"
-        upgrade = await serve_http_requests(
-            accepted.stream,
-            asgi,
-            state,
-            client=accepted.client,
-            server=accepted.server,
-            scheme=scheme,
-            extensions=accepted.extensions,
-            sock=accepted.sock,
-        )
-        if upgrade is not None:
-            # Called from here, not from within the HTTP edge: an idle websocket keeps
-            # no frame of the HTTP connection alive.
-            await upgrade_to_websocket(
-                upgrade,
-                state,
-                client=accepted.client,
-                server=accepted.server,
-                scheme=scheme,
-                extensions=accepted.extensions,
-            )
-
-    return handle_http
+    serve = functools.partial(serve_http_connection, app=asgi, state=state, options=options)
+    return _Edges(serve, http=options, websockets=ws_options)
 
 
 def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASGIApp:

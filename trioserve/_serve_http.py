@@ -1,8 +1,9 @@
 """The trio edge of HTTP/1.1: one accepted stream in, ASGI calls out.
 
-``serve_http_connection`` takes any ``trio.abc.Stream``, so tests drive it with
-``trio.testing.memory_stream_pair()``. One task per connection: the request body is
-read inside ``receive()`` as the app asks for it, nothing is buffered whole.
+``serve_http_connection`` serves a :class:`~trioserve._peer.Peer` over any
+``trio.abc.Stream``, so tests drive it with ``trio.testing.memory_stream_pair()``.
+One task per connection: the request body is read inside ``receive()`` as the app
+asks for it, nothing is buffered whole.
 
 Raw bytes pass the checks of ``_proto.validate`` before h11 acts on them: the request
 head once it is complete (or as soon as it is too large), and a chunked body's framing
@@ -24,6 +25,7 @@ import trio
 
 from ._config import Config, timeout_seconds
 from ._errors import ClientDisconnected
+from ._peer import Peer
 from ._proto.http import (
     ASGIProtocolError,
     Response,
@@ -90,15 +92,7 @@ class WebSocketUpgrade(Protocol):
     the handshake itself.
     """
 
-    async def __call__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        client: tuple[str, int] | None,
-        server: tuple[str, int | None] | None,
-        scheme: str,
-        extensions: dict[str, Any] | None,
-    ) -> None: ...
+    async def __call__(self, stream: trio.abc.Stream, *, peer: Peer) -> None: ...
 
 
 class HTTPOptions:
@@ -154,77 +148,37 @@ class HTTPOptions:
         self.tls_logged = False
 
 
-def options_for(state: ServerState) -> HTTPOptions:
-    """The state's HTTP options, made from its config on first use."""
-    options = state.http_options
-    if options is None:
-        options = state.http_options = HTTPOptions(state.config)
-    assert isinstance(options, HTTPOptions)
-    return options
-
-
 async def serve_http_connection(
-    stream: trio.abc.Stream,
-    app: ASGIApp,
-    state: ServerState,
-    *,
-    client: tuple[str, int] | None = None,
-    server: tuple[str, int | None] | None = None,
-    scheme: str = "http",
-    extensions: dict[str, Any] | None = None,
-    sock: socket.socket | None = None,
+    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions
 ) -> None:
-    """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
-    idles out, or the server stops, then a WebSocket if one was asked for. Never
-    raises for a client's or an app's fault; closes ``stream`` before returning.
-    ``sock``: see :func:`serve_http_requests`."""
-    upgrade = await serve_http_requests(
-        stream,
-        app,
-        state,
-        client=client,
-        server=server,
-        scheme=scheme,
-        extensions=extensions,
-        sock=sock,
-    )
+    """Serve HTTP/1.1 requests on ``peer`` until it leaves, the connection idles out,
+    or the server stops, then a WebSocket if one was asked for. Never raises for a
+    client's or an app's fault; closes the stream before returning.
+
+    The server runs :func:`watch_deadlines` beside its connections: it ends the waits
+    whose deadline passed."""
+    upgrade = await serve_http_requests(peer, app, state, options)
     if upgrade is not None:
-        await upgrade_to_websocket(
-            upgrade, state, client=client, server=server, scheme=scheme, extensions=extensions
-        )
+        # Awaited here, not from within serve_http_requests: an idle websocket keeps
+        # no frame of the HTTP connection alive.
+        await upgrade_to_websocket(upgrade, peer, options)
 
 
 async def serve_http_requests(
-    stream: trio.abc.Stream,
-    app: ASGIApp,
-    state: ServerState,
-    *,
-    client: tuple[str, int] | None = None,
-    server: tuple[str, int | None] | None = None,
-    scheme: str = "http",
-    extensions: dict[str, Any] | None = None,
-    sock: socket.socket | None = None,
+    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions
 ) -> PrefixedStream | None:
-    """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
-    idles out, or the server stops; closes ``stream`` before returning, unless a
-    request asked for a WebSocket: then the stream replaying that request is returned
-    for :func:`upgrade_to_websocket`, and nothing of the HTTP connection stays alive.
+    """Serve HTTP/1.1 requests on ``peer`` until it leaves, the connection idles out,
+    or the server stops; closes its stream before returning, unless a request asked
+    for a WebSocket: then the stream replaying that request is returned for
+    :func:`upgrade_to_websocket`, and nothing of the HTTP connection stays alive.
     Never raises for a client's or an app's fault.
 
-    ``sock`` is the socket under ``stream`` when ``stream`` is a plain
-    ``trio.SocketStream``: the edge then reads and writes it directly (see
-    :class:`_Connection`)."""
-    connection = _Connection(stream, state, client, server, scheme, extensions, sock)
+    When ``peer.sock`` is set (a plain ``trio.SocketStream``), the edge reads and
+    writes that socket directly (see :class:`_Connection`)."""
+    connection = _Connection(peer, state, options)
     upgrade = None
     try:
-        if state.watchdog:
-            await connection.serve(app)
-        else:
-            # Served on its own (tests, embedding): a watchdog for this connection only.
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_deadlines, state)
-                await connection.serve(app)
-                nursery.cancel_scope.cancel()
+        await connection.serve(app)
         upgrade = connection.upgrade
     except _BROKEN:
         LOGGER.debug("client went away")
@@ -233,7 +187,7 @@ async def serve_http_requests(
         LOGGER.exception("unexpected error while serving a connection")
     finally:
         if upgrade is None:
-            await _close(stream)
+            await _close(peer.stream)
     return upgrade
 
 
@@ -249,26 +203,12 @@ async def _close(stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def upgrade_to_websocket(
-    upgrade: PrefixedStream,
-    state: ServerState,
-    *,
-    client: tuple[str, int] | None,
-    server: tuple[str, int | None] | None,
-    scheme: str,
-    extensions: dict[str, Any] | None,
-) -> None:
+async def upgrade_to_websocket(upgrade: PrefixedStream, peer: Peer, options: HTTPOptions) -> None:
     """Serve the WebSocket a request asked for (see :func:`serve_http_requests`)."""
-    websocket = options_for(state).websocket
+    websocket = options.websocket
     assert websocket is not None
     try:
-        await websocket(
-            upgrade,
-            client=client,
-            server=server,
-            scheme="wss" if scheme == "https" else "ws",
-            extensions=extensions,
-        )
+        await websocket(upgrade, peer=peer)
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(upgrade)
@@ -277,7 +217,7 @@ async def upgrade_to_websocket(
 _INF = float("inf")
 
 
-async def watch_deadlines(state: ServerState) -> None:
+async def watch_deadlines(state: ServerState, options: HTTPOptions) -> None:
     """End the connections whose current wait passed its deadline; runs until cancelled.
 
     Sleeps until the earliest deadline, but never longer than the shortest timeout: a
@@ -285,14 +225,13 @@ async def watch_deadlines(state: ServerState) -> None:
     graceful stop's drain deadline, which bounds idle waits, is ``graceful_timeout``
     away when it is set.)
     """
-    config = state.config
     timeouts = (
-        config.keep_alive,
-        config.header_timeout,
-        config.write_timeout,
-        config.graceful_timeout,
+        options.keep_alive,
+        options.header_timeout,
+        options.write_timeout,
+        timeout_seconds(state.config.graceful_timeout),
     )
-    longest_sleep = max(min(timeout_seconds(seconds) for seconds in timeouts), 0.01)
+    longest_sleep = max(min(timeouts), 0.01)
     while True:
         now = trio.current_time()
         wake = now + longest_sleep
@@ -321,29 +260,20 @@ class _Connection:
     cancel scope, or moving a trio deadline, for every wait.
     """
 
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        state: ServerState,
-        client: tuple[str, int] | None,
-        server: tuple[str, int | None] | None,
-        scheme: str,
-        extensions: dict[str, Any] | None,
-        sock: socket.socket | None = None,
-    ) -> None:
-        self.stream = stream
+    def __init__(self, peer: Peer, state: ServerState, options: HTTPOptions) -> None:
+        self.stream = peer.stream
         self.state = state
-        self.options = options = options_for(state)
+        self.options = options
         self.h11 = h11mod = options.h11
         self.conn = self._new_h11()
         # h11's states of a client whose request was read whole: DONE, or MUST_CLOSE
         # (it asked to close, or HTTP/1.0), or MIGHT_SWITCH_PROTOCOL (an Upgrade or
         # CONNECT that h11 would settle only when it sends the response).
         self._request_read = (h11mod.DONE, h11mod.MUST_CLOSE, h11mod.MIGHT_SWITCH_PROTOCOL)
-        self.client = client
-        self.server = server
-        self.scheme = scheme
-        self.extensions = extensions
+        self.client = peer.client
+        self.server = peer.server
+        self.scheme = "https" if peer.secure else "http"
+        self.extensions = peer.extensions
         # Set while a chunked request body is arriving: checks its framing.
         self.chunks: ChunkedChecker | None = None
         # True when the current request had no body and h11 already said so.
@@ -369,7 +299,7 @@ class _Connection:
         # scheduler. Such calls are not checkpoints, so ``yielded`` records whether
         # this connection waited since its last request; if not, it checkpoints before
         # the next one, to let other connections run and cancellation reach it.
-        self.sock = sock
+        self.sock = peer.sock
         self.yielded = True
         # Whether the current exchange wrote to ``sock`` yet (see write).
         self.wrote = False
