@@ -46,7 +46,7 @@ from ._lifespan import Lifespan
 from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
-from ._serve_http import HTTPOptions, serve_http_connection, watch_deadlines
+from ._serve_http import AccessLogger, HTTPOptions, serve_http_connection, watch_deadlines
 from ._serve_tcp import serve_stream_connection
 from ._serve_ws import WSOptions, serve_asgi_websocket, serve_native_websocket, watch_websockets
 from ._state import ServerState
@@ -367,7 +367,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
             serve_asgi_websocket, app=asgi, state=state, options=ws_options
         )
 
-    access_log: Any = extras.access_log
+    access_log: AccessLogger | None = extras.access_log
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
     options = HTTPOptions(

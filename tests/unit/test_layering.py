@@ -142,3 +142,30 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
                 seen.add(target)
                 todo.append(target)
     return seen
+
+
+# Above every layer: what starts one (the package, the docs generator, the preloader
+# process, the testing helpers). Every other module is a helper any layer may use.
+TOPS = ("trioserve", "trioserve.__main__", "trioserve._docs", "trioserve._preload")
+
+
+def test_helper_modules_import_no_layer() -> None:
+    """A module outside the layers (settings, hooks, errors, ...) reaches none of them
+    but the sans-IO protocol at the bottom."""
+    graph = _graph()
+    layered = {
+        module
+        for layer in LAYERS[:-1]
+        for name in layer
+        for module in graph
+        if module == name or module.startswith(name + ".")
+    }
+    for module in graph:
+        if (
+            module in layered
+            or module in TOPS
+            or module.startswith(("trioserve.testing", "trioserve._proto"))
+        ):
+            continue
+        reached = _reachable(graph, module) & layered
+        assert not reached, f"{module} imports (through others) {reached}"
