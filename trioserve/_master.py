@@ -305,7 +305,7 @@ class Master:
             else:
                 payload = frame(boot.to_json()) + frame(pickled)
                 process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "trioserve._worker", str(theirs.fileno())],
+                    [sys.executable, "-m", "trioserve._worker_main", str(theirs.fileno())],
                     pass_fds=[theirs.fileno(), *pool.fds],
                 )
         finally:

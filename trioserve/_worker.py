@@ -1,6 +1,6 @@
 """A worker process: one ``trio.run`` serving the master's sockets.
 
-Started by the master as ``python -m trioserve._worker FD`` (or forked by the
+Started by the master as ``python -m trioserve._worker_main FD`` (or forked by the
 preloader, with the app already imported). FD is this worker's end of a socket pair
 with the master. Over it the master sends the boot message (a JSON header, then the
 pickled Config) and the worker sends JSON lines back: ``ready`` once it accepts
@@ -274,7 +274,7 @@ def _abort_handler(config: Config, worker: WorkerInfo) -> Callable[[int, object]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry of a spawned worker: ``python -m trioserve._worker FD``."""
+    """Entry of a spawned worker: ``python -m trioserve._worker_main FD``."""
     args = sys.argv[1:] if argv is None else list(argv)
     for signum in _IGNORED:
         signal.signal(signum, signal.SIG_IGN)
@@ -489,7 +489,3 @@ async def _signals(
             else:
                 await run_hook_logged(config, "worker_int", worker)
                 _stop(control, scope, fast=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

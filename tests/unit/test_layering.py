@@ -146,7 +146,15 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 # Above every layer: what starts one (the package, the docs generator, the preloader
 # process, the testing helpers). Every other module is a helper any layer may use.
-TOPS = ("trioserve", "trioserve.__main__", "trioserve._docs", "trioserve._preload")
+TOPS = (
+    "trioserve",
+    "trioserve.__main__",
+    "trioserve._docs",
+    "trioserve._preload",
+    "trioserve._worker_main",
+)
+# Run as ``python -m``: a module the package imports would be loaded twice (runpy warns).
+PROCESS_ENTRIES = ("trioserve.__main__", "trioserve._preload", "trioserve._worker_main")
 
 
 def test_helper_modules_import_no_layer() -> None:
@@ -169,3 +177,12 @@ def test_helper_modules_import_no_layer() -> None:
             continue
         reached = _reachable(graph, module) & layered
         assert not reached, f"{module} imports (through others) {reached}"
+
+
+@pytest.mark.parametrize("entry", PROCESS_ENTRIES)
+def test_process_entries_are_imported_by_no_module(entry: str) -> None:
+    """What runs as ``python -m`` (the command line, the preloader, a worker) is imported
+    by no module of the package, so it is loaded once, as ``__main__``."""
+    graph = _graph()
+    assert entry in graph
+    assert [module for module, targets in graph.items() if entry in targets] == []
