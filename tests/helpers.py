@@ -10,6 +10,15 @@ import h11
 import pytest
 import trio
 
+from trioserve import Config
+from trioserve._cli import build_parser, cli_layer
+from trioserve._config import load_config
+from trioserve._peer import Peer
+from trioserve._serve_http import HTTPOptions, watch_deadlines
+from trioserve._serve_http import serve_http_connection as serve_peer
+from trioserve._state import ServerState
+from trioserve._types import ASGIApp
+
 Headers = Sequence[tuple[bytes, bytes]]
 
 
@@ -22,6 +31,34 @@ def require_ipv6_loopback() -> None:
             sock.bind(("::1", 0))
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+
+
+async def serve_http_connection(
+    stream: trio.abc.Stream,
+    app: ASGIApp,
+    state: ServerState,
+    *,
+    options: HTTPOptions | None = None,
+    sock: socket.socket | None = None,
+    client: tuple[str, int] | None = None,
+    server: tuple[str, int | None] | None = None,
+) -> None:
+    """Serve one connection over ``stream`` as the server does (the HTTP edge's
+    ``serve_http_connection``), with a deadline watchdog beside it as the server runs
+    one; ``options`` default to those of ``state.config``. ``sock``: the socket under
+    a plain ``trio.SocketStream``, which the edge then reads and writes directly."""
+    if options is None:
+        options = HTTPOptions(state.config)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_deadlines, state, options)
+        await serve_peer(Peer(stream, sock, client, server), app, state, options)
+        nursery.cancel_scope.cancel()
+
+
+def config_from_argv(argv: Sequence[str]) -> Config:
+    """The Config that command-line arguments ``argv`` resolve to, through the command
+    line's own parser and settings layer (as ``trioserve.__main__`` reads them)."""
+    return load_config(cli=cli_layer(build_parser().parse_args(argv))).config
 
 
 async def tcp_connection() -> tuple[trio.SocketStream, trio.SocketStream, socket.socket]:

@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from ._peer import Peer
+
 LOGGER = logging.getLogger("trioserve.server")
 
 ACCEPT_BATCH = 16
@@ -54,24 +56,7 @@ _CONNECTION_ERRNOS = frozenset(
 )
 
 
-@attrs.define(slots=True, eq=False)
-class Connection:
-    """One accepted connection.
-
-    Attributes:
-        stream: The connection as a trio stream.
-        sock: The socket under ``stream``, for code that reads and writes it directly.
-        client: The peer's (host, port); None on a unix socket.
-        server: Our (host, port), or (path, None) on a unix socket.
-    """
-
-    stream: trio.SocketStream
-    sock: socket.socket
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-
-
-Handler = Callable[[Connection], Awaitable[object]]
+Handler = Callable[[Peer], Awaitable[object]]
 
 
 @attrs.define(slots=True)
@@ -204,6 +189,6 @@ async def _serve(
                 except OSError:
                     return  # reset before we got to it
                 server = (str(local[0]), int(local[1]))
-        await handler(Connection(stream, sock, client, server))
+        await handler(Peer(stream, sock, client, server))
     finally:
         stream.socket.close()

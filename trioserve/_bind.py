@@ -17,7 +17,7 @@ import socket
 import stat
 import sys
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
@@ -486,9 +486,3 @@ def cleanup_listener(listener: trio.SocketListener) -> None:
     except PermissionError:
         # Privileges were dropped (--user) and the directory is not the account's.
         LOGGER.warning("cannot remove the unix socket file %s: permission denied", path)
-
-
-def remove_unix_socket_files(listeners: Iterable[trio.SocketListener]) -> None:
-    """Call :func:`cleanup_listener` on each listener; the server does this at exit."""
-    for listener in listeners:
-        cleanup_listener(listener)

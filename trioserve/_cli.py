@@ -334,8 +334,3 @@ def _chdir(path: str) -> None:
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
         raise ConfigError(f"--chdir: cannot change to {path!r}: {reason}") from None
-
-
-def config_from_argv(argv: Sequence[str]) -> Config:
-    """Resolve a Config as the command line would, for tests and tools."""
-    return load_config(cli=cli_layer(build_parser().parse_args(argv))).config

@@ -33,7 +33,7 @@ from ._bind import parse_bind
 from ._errors import ConfigError
 from ._gunicorn import BY_NAME as GUNICORN_BY_NAME
 from ._gunicorn import read as read_gunicorn
-from ._hooks import HOOK_NAMES, hook_info, signature_problem, signature_text
+from ._hooktable import HOOK_NAMES, hook_info, signature_problem, signature_text
 from ._statsd import parse_statsd_host
 
 LOGGER = logging.getLogger("trioserve.config")

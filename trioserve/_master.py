@@ -61,7 +61,8 @@ from ._hooks import (
     run_hook_logged,
 )
 from ._logging import configure_logging
-from ._preload import Preloader
+from ._pipeline import STOP_MARGIN, Control, stop_budget
+from ._preload_client import Preloader
 from ._proto.channel import (
     TO_MASTER,
     BootFailed,
@@ -93,7 +94,6 @@ LOGGER = logging.getLogger("trioserve.master")
 _KILL_AFTER_ABORT = 3.0
 # Until it is ready, a worker may stay silent this long even when --timeout is shorter.
 _BOOT_SILENCE = 30.0
-_STOP_MARGIN = 5.0
 _FAST_STOP = 5.0
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 10.0
@@ -303,7 +303,7 @@ class Master:
             else:
                 payload = b"".join(boot_pieces(boot.to_json(), pickled))
                 process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "trioserve._worker", str(theirs.fileno())],
+                    [sys.executable, "-m", "trioserve._worker_main", str(theirs.fileno())],
                     pass_fds=[theirs.fileno(), *pool.fds],
                 )
         finally:
@@ -347,7 +347,7 @@ class Master:
             # Never leave a process behind: the channel is gone, so the worker stops.
             with trio.CancelScope(shield=True):
                 await proc.link.aclose()
-                with trio.move_on_after(self._stop_budget(pool.config)):
+                with trio.move_on_after(stop_budget(pool.config)):
                     await proc.process.wait()
                 if proc.process.returncode is None:
                     proc.process.kill()
@@ -469,9 +469,6 @@ class Master:
             waiters.start_soon(ready)
             waiters.start_soon(exited)
         return proc.ready.is_set() and not proc.exited.is_set()
-
-    def _stop_budget(self, config: Config) -> float:
-        return _stop_budget(config)
 
     # -- operator signals (the command line's master) ---------------------------------
 
@@ -605,7 +602,7 @@ class Master:
                 self.ask_to_stop(proc)
         budget = _FAST_STOP
         if not fast:
-            budget = max((self._stop_budget(p.info.config) for p in procs), default=_FAST_STOP)
+            budget = max((stop_budget(p.info.config) for p in procs), default=_FAST_STOP)
         with trio.move_on_after(budget) as scope:
             # A second TERM (or an INT) while this waits shortens it: see begin_stop.
             self.stop_wait = scope
@@ -819,10 +816,6 @@ class Master:
             pidfile.rename(own_path)
 
 
-def _stop_budget(config: Config) -> float:
-    return config.graceful_timeout + config.lifespan_shutdown_timeout + _STOP_MARGIN
-
-
 def _keep_serving(old: _Proc | None) -> None:
     """Its replacement failed: a retiring worker serves on (and may retire again)."""
     if old is not None and old.state is WorkerState.RETIRING:
@@ -905,7 +898,7 @@ async def _bind(
 
 async def serve_master(
     config: Config,
-    control: Any,
+    control: Control,
     task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
     *,
     plans: list[AppPlan] | None = None,
@@ -928,7 +921,7 @@ async def serve_master(
     for plan in plans:
         # Refused before anything starts: settings no worker process could receive.
         ship_config(plan.config)
-    budget = max(_FAST_STOP, *(_stop_budget(plan.config) for plan in plans)) + _STOP_MARGIN
+    budget = max(_FAST_STOP, *(stop_budget(plan.config) for plan in plans)) + STOP_MARGIN
     master: Master | None = None
     async with trio.open_nursery() as outer:
         # Cancellation of serve() becomes a graceful stop: the master runs shielded,
@@ -949,7 +942,7 @@ async def serve_master(
         with shield:
             async with trio.open_nursery() as nursery:
                 master = Master(plans, reload_plans, argv, nursery)
-                master.pidfile = getattr(control, "pidfile", None)
+                master.pidfile = control.pidfile
                 master.notifier = Notifier.from_environ() if signals else None
                 master.embedded_log = None if settings_logging else embedded_log()
                 master.statsd = install_statsd(config)
@@ -965,7 +958,7 @@ async def serve_master(
 async def _run_master(
     master: Master,
     config: Config,
-    control: Any,
+    control: Control,
     task_status: trio.TaskStatus[list[Address]],
     signals: bool,
 ) -> None:
@@ -1009,8 +1002,7 @@ async def _run_master(
             await run_hook(pool.config, "when_ready", pool.server)
         if master.fatal is None and not master.stopping:
             task_status.started([listener_address(listener) for listener in master.listeners])
-            if control is not None:
-                control.ready()
+            control.ready()
             master.report(READY=1)
             interval = watchdog_interval()
             if master.notifier is not None and interval is not None:

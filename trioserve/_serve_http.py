@@ -1,8 +1,9 @@
 """The trio edge of HTTP/1.1: one accepted stream in, ASGI calls out.
 
-``serve_http_connection`` takes any ``trio.abc.Stream``, so tests drive it with
-``trio.testing.memory_stream_pair()``. One task per connection: the request body is
-read inside ``receive()`` as the app asks for it, nothing is buffered whole.
+``serve_http_connection`` serves a :class:`~trioserve._peer.Peer` over any
+``trio.abc.Stream``, so tests drive it with ``trio.testing.memory_stream_pair()``.
+One task per connection: the request body is read inside ``receive()`` as the app
+asks for it, nothing is buffered whole.
 
 The protocol's rules live in ``_proto``: :class:`~trioserve._proto.http1.ServerConnection`
 (which the connection here extends) checks and parses request heads and bodies and
@@ -26,6 +27,7 @@ import trio
 
 from ._config import Config, timeout_seconds
 from ._errors import ClientDisconnected
+from ._peer import Peer
 from ._proto.http import (
     AppEnd,
     ASGIProtocolError,
@@ -85,15 +87,7 @@ class WebSocketUpgrade(Protocol):
     the handshake itself.
     """
 
-    async def __call__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        client: tuple[str, int] | None,
-        server: tuple[str, int | None] | None,
-        scheme: str,
-        extensions: dict[str, Any] | None,
-    ) -> None: ...
+    async def __call__(self, stream: trio.abc.Stream, *, peer: Peer) -> None: ...
 
 
 class HTTPOptions:
@@ -147,77 +141,37 @@ class HTTPOptions:
         self.tls_logged = False
 
 
-def options_for(state: ServerState) -> HTTPOptions:
-    """The state's HTTP options, made from its config on first use."""
-    options = state.http_options
-    if options is None:
-        options = state.http_options = HTTPOptions(state.config)
-    assert isinstance(options, HTTPOptions)
-    return options
-
-
 async def serve_http_connection(
-    stream: trio.abc.Stream,
-    app: ASGIApp,
-    state: ServerState,
-    *,
-    client: tuple[str, int] | None = None,
-    server: tuple[str, int | None] | None = None,
-    scheme: str = "http",
-    extensions: dict[str, Any] | None = None,
-    sock: socket.socket | None = None,
+    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions
 ) -> None:
-    """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
-    idles out, or the server stops, then a WebSocket if one was asked for. Never
-    raises for a client's or an app's fault; closes ``stream`` before returning.
-    ``sock``: see :func:`serve_http_requests`."""
-    upgrade = await serve_http_requests(
-        stream,
-        app,
-        state,
-        client=client,
-        server=server,
-        scheme=scheme,
-        extensions=extensions,
-        sock=sock,
-    )
+    """Serve HTTP/1.1 requests on ``peer`` until it leaves, the connection idles out,
+    or the server stops, then a WebSocket if one was asked for. Never raises for a
+    client's or an app's fault; closes the stream before returning.
+
+    The server runs :func:`watch_deadlines` beside its connections: it ends the waits
+    whose deadline passed."""
+    upgrade = await serve_http_requests(peer, app, state, options)
     if upgrade is not None:
-        await upgrade_to_websocket(
-            upgrade, state, client=client, server=server, scheme=scheme, extensions=extensions
-        )
+        # Awaited here, not from within serve_http_requests: an idle websocket keeps
+        # no frame of the HTTP connection alive.
+        await upgrade_to_websocket(upgrade, peer, options)
 
 
 async def serve_http_requests(
-    stream: trio.abc.Stream,
-    app: ASGIApp,
-    state: ServerState,
-    *,
-    client: tuple[str, int] | None = None,
-    server: tuple[str, int | None] | None = None,
-    scheme: str = "http",
-    extensions: dict[str, Any] | None = None,
-    sock: socket.socket | None = None,
+    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions
 ) -> PrefixedStream | None:
-    """Serve HTTP/1.1 requests on ``stream`` until the peer leaves, the connection
-    idles out, or the server stops; closes ``stream`` before returning, unless a
-    request asked for a WebSocket: then the stream replaying that request is returned
-    for :func:`upgrade_to_websocket`, and nothing of the HTTP connection stays alive.
+    """Serve HTTP/1.1 requests on ``peer`` until it leaves, the connection idles out,
+    or the server stops; closes its stream before returning, unless a request asked
+    for a WebSocket: then the stream replaying that request is returned for
+    :func:`upgrade_to_websocket`, and nothing of the HTTP connection stays alive.
     Never raises for a client's or an app's fault.
 
-    ``sock`` is the socket under ``stream`` when ``stream`` is a plain
-    ``trio.SocketStream``: the edge then reads and writes it directly (see
-    :class:`_Connection`)."""
-    connection = _Connection(stream, state, client, server, scheme, extensions, sock)
+    When ``peer.sock`` is set (a plain ``trio.SocketStream``), the edge reads and
+    writes that socket directly (see :class:`_Connection`)."""
+    connection = _Connection(peer, state, options)
     upgrade = None
     try:
-        if state.watchdog:
-            await connection.serve(app)
-        else:
-            # Served on its own (tests, embedding): a watchdog for this connection only.
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_deadlines, state)
-                await connection.serve(app)
-                nursery.cancel_scope.cancel()
+        await connection.serve(app)
         upgrade = connection.upgrade
     except _BROKEN:
         LOGGER.debug("client went away")
@@ -226,7 +180,7 @@ async def serve_http_requests(
         LOGGER.exception("unexpected error while serving a connection")
     finally:
         if upgrade is None:
-            await _close(stream)
+            await _close(peer.stream)
     return upgrade
 
 
@@ -242,26 +196,12 @@ async def _close(stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def upgrade_to_websocket(
-    upgrade: PrefixedStream,
-    state: ServerState,
-    *,
-    client: tuple[str, int] | None,
-    server: tuple[str, int | None] | None,
-    scheme: str,
-    extensions: dict[str, Any] | None,
-) -> None:
+async def upgrade_to_websocket(upgrade: PrefixedStream, peer: Peer, options: HTTPOptions) -> None:
     """Serve the WebSocket a request asked for (see :func:`serve_http_requests`)."""
-    websocket = options_for(state).websocket
+    websocket = options.websocket
     assert websocket is not None
     try:
-        await websocket(
-            upgrade,
-            client=client,
-            server=server,
-            scheme="wss" if scheme == "https" else "ws",
-            extensions=extensions,
-        )
+        await websocket(upgrade, peer=peer)
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(upgrade)
@@ -270,7 +210,7 @@ async def upgrade_to_websocket(
 _INF = float("inf")
 
 
-async def watch_deadlines(state: ServerState) -> None:
+async def watch_deadlines(state: ServerState, options: HTTPOptions) -> None:
     """End the connections whose current wait passed its deadline; runs until cancelled.
 
     Sleeps until the earliest deadline, but never longer than the shortest timeout: a
@@ -278,14 +218,13 @@ async def watch_deadlines(state: ServerState) -> None:
     graceful stop's drain deadline, which bounds idle waits, is ``graceful_timeout``
     away when it is set.)
     """
-    config = state.config
     timeouts = (
-        config.keep_alive,
-        config.header_timeout,
-        config.write_timeout,
-        config.graceful_timeout,
+        options.keep_alive,
+        options.header_timeout,
+        options.write_timeout,
+        timeout_seconds(state.config.graceful_timeout),
     )
-    longest_sleep = max(min(timeout_seconds(seconds) for seconds in timeouts), 0.01)
+    longest_sleep = max(min(timeouts), 0.01)
     while True:
         now = trio.current_time()
         wake = now + longest_sleep
@@ -315,19 +254,10 @@ class _Connection(ServerConnection):
     cancel scope, or moving a trio deadline, for every wait.
     """
 
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        state: ServerState,
-        client: tuple[str, int] | None,
-        server: tuple[str, int | None] | None,
-        scheme: str,
-        extensions: dict[str, Any] | None,
-        sock: socket.socket | None = None,
-    ) -> None:
-        self.stream = stream
+    def __init__(self, peer: Peer, state: ServerState, options: HTTPOptions) -> None:
+        self.stream = peer.stream
         self.state = state
-        self.options = options = options_for(state)
+        self.options = options
         super().__init__(
             options.h11,
             options.limits,
@@ -335,10 +265,10 @@ class _Connection(ServerConnection):
             server_header=options.server_header,
             default_headers=options.default_headers,
         )
-        self.client = client
-        self.server = server
-        self.scheme = scheme
-        self.extensions = extensions
+        self.client = peer.client
+        self.server = peer.server
+        self.scheme = "https" if peer.secure else "http"
+        self.extensions = peer.extensions
         # Set when the request asked for a WebSocket: the stream replaying those bytes.
         self.upgrade: PrefixedStream | None = None
         # Cancelled by the deadline watchdog to end the current wait: replaced by a fresh
@@ -358,7 +288,7 @@ class _Connection(ServerConnection):
         # scheduler. Such calls are not checkpoints, so ``yielded`` records whether
         # this connection waited since its last request; if not, it checkpoints before
         # the next one, to let other connections run and cancellation reach it.
-        self.sock = sock
+        self.sock = peer.sock
         self.yielded = True
         # Whether the current exchange wrote to ``sock`` yet (see write).
         self.wrote = False

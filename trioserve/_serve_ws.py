@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
 
@@ -71,6 +70,7 @@ from wsproto.frame_protocol import FrameDecoder
 
 from ._config import Config
 from ._errors import ClientDisconnected
+from ._peer import Peer
 from ._proto.http import ASGIProtocolError
 from ._proto.websocket import (
     APP_ERROR_REFUSAL,
@@ -470,27 +470,31 @@ class _Watcher:
             LOGGER.exception("unexpected error while closing a websocket")
 
 
-_WATCHERS: weakref.WeakKeyDictionary[ServerState, _Watcher] = weakref.WeakKeyDictionary()
+class WSOptions:
+    """What the WebSocket edge needs from the settings, and the one watcher of a
+    server's websockets (which :func:`watch_websockets` runs); made once per server
+    and passed to every websocket it serves."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.watcher = _Watcher(config)
 
 
 async def watch_websockets(
-    state: ServerState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    state: ServerState,
+    options: WSOptions,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Ping every websocket of the server every ``ws_ping_interval`` seconds, close
     those whose peer does not answer within ``ws_ping_timeout`` (1011), and close them
     all with 1001 once ``state.stop_requested`` is set; runs until cancelled.
 
-    One task for all of a server's websockets, started with ``await
-    nursery.start(watch_websockets, state)`` before connections are accepted. Without
-    it, each websocket runs a watcher of its own.
+    One task for all of a server's websockets (``options.watcher``), started with
+    ``await nursery.start(watch_websockets, state, options)`` before connections are
+    accepted. Without it, each websocket runs a watcher of its own.
     """
-    watcher = _Watcher(state.config)
-    _WATCHERS[state] = watcher
-    try:
-        await watcher.run(state.stop_requested, task_status=task_status)
-    finally:
-        if _WATCHERS.get(state) is watcher:
-            del _WATCHERS[state]
+    await options.watcher.run(state.stop_requested, task_status=task_status)
 
 
 class _Session(Protocol):
@@ -509,13 +513,15 @@ class _Session(Protocol):
     async def returned(self, conn: _ServerConnection) -> None: ...
 
 
-async def _serve_websocket(stream: trio.abc.Stream, state: ServerState, session: _Session) -> None:
+async def _serve_websocket(
+    stream: trio.abc.Stream, state: ServerState, options: WSOptions, session: _Session
+) -> None:
     """Wrap ``stream`` with trio-websocket, wait for the handshake request and run
     ``session`` with it; closes ``stream`` before returning."""
-    config = state.config
-    watcher = _WATCHERS.get(state)
+    config = options.config
+    watcher = options.watcher
     own = None
-    if watcher is None or not watcher.running:
+    if not watcher.running:
         # Served on its own (tests, embedding): a watcher for this websocket only.
         watcher = own = _Watcher(config)
     conn = _ServerConnection(stream, config, watcher)
@@ -591,7 +597,7 @@ def _client_gone(exc: BaseException, raised: ClientDisconnected | None = None) -
 
 
 def serve_native_websocket(
-    stream: trio.abc.Stream, handler: NativeHandler, state: ServerState
+    stream: trio.abc.Stream, handler: NativeHandler, state: ServerState, options: WSOptions
 ) -> Coroutine[Any, Any, None]:
     """Serve one websocket with a native trio-websocket handler, as
     ``trio_websocket.serve_websocket`` would: ``handler(request)`` accepts or rejects
@@ -601,7 +607,7 @@ def serve_native_websocket(
     500 before the handshake); ``ConnectionClosed`` from a peer that left is not an
     error. Never raises for a client's or a handler's fault; closes ``stream``.
     """
-    return _serve_websocket(stream, state, _NativeSession(handler))
+    return _serve_websocket(stream, state, options, _NativeSession(handler))
 
 
 class _NativeSession:
@@ -650,19 +656,19 @@ def serve_asgi_websocket(
     stream: trio.abc.Stream,
     app: ASGIApp,
     state: ServerState,
+    options: WSOptions,
     *,
-    client: tuple[str, int] | None,
-    server: tuple[str, int | None] | None,
-    scheme: str,
-    extensions: dict[str, Any] | None,
+    peer: Peer,
 ) -> Coroutine[Any, Any, None]:
     """Serve one websocket to an ASGI app; ``stream`` starts with the handshake request
-    (the HTTP edge replays what it read). Await the returned coroutine.
+    (the HTTP edge replays what it read), ``peer`` is the connection it came on.
+    Await the returned coroutine.
 
     Never raises for a client's or an app's fault; closes ``stream`` before returning.
     """
-    session = _ASGISession(app, stream, state, client, server, scheme, extensions)
-    return _serve_websocket(stream, state, session)
+    scheme = "wss" if peer.secure else "ws"
+    session = _ASGISession(app, stream, state, peer.client, peer.server, scheme, peer.extensions)
+    return _serve_websocket(stream, state, options, session)
 
 
 def _request_headers(request: WebSocketRequest) -> list[tuple[bytes, bytes]]:

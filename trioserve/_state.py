@@ -37,8 +37,6 @@ class ServerState:
             deadline, but never past this.
         active_requests: Requests being served right now (for limit_concurrency).
         connections: The open connections, which a graceful stop drains.
-        http_options: The HTTP edge's options, worked out from config on first use.
-        watchdog: True while the server runs one deadline watchdog for all connections.
         requests_served: Requests served so far (HTTP requests and websockets).
         request_limit: After this many requests the worker retires (0: never).
         limit_reached: Set once ``request_limit`` requests were served.
@@ -51,9 +49,6 @@ class ServerState:
     stop_requested: trio.Event = attrs.field(factory=trio.Event)
     active_requests: int = 0
     connections: set[Stoppable] = attrs.field(factory=set)
-    http_options: object = None
-    # True while the server runs the deadline watchdog for all its connections.
-    watchdog: bool = False
     # Requests served so far, and the count (max_requests) at which the worker retires.
     requests_served: int = 0
     request_limit: int = 0

@@ -39,12 +39,9 @@ import math
 import random
 import socket
 from collections.abc import Callable, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._errors import ConfigError
-
-if TYPE_CHECKING:
-    from ._config import Config
 
 LOGGER = logging.getLogger("trioserve.statsd")
 
@@ -273,7 +270,18 @@ class StatsdLogHandler(logging.Handler):
             self.statsd.incr(LOG_WARNING)
 
 
-def install(config: Config) -> Statsd | None:
+class StatsdSettings(Protocol):
+    """The settings :func:`install` reads (a :class:`~trioserve.Config`); a protocol,
+    since the settings registry itself checks ``--statsd-host`` with this module."""
+
+    @property
+    def statsd_host(self) -> str | None: ...
+
+    @property
+    def statsd_prefix(self) -> str: ...
+
+
+def install(config: StatsdSettings) -> Statsd | None:
     """For ``--statsd-host``: the client, with trioserve's warnings and errors counted.
 
     Called once per process (master, each worker, the in-process server).

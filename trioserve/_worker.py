@@ -1,6 +1,6 @@
 """A worker process: one ``trio.run`` serving the master's sockets.
 
-Started by the master as ``python -m trioserve._worker FD`` (or forked by the
+Started by the master as ``python -m trioserve._worker_main FD`` (or forked by the
 preloader, with the app already imported). FD is this worker's end of a socket pair
 with the master, which speaks :mod:`trioserve._proto.channel`: the master sends the
 boot message (a header, then the pickled Config) and later perhaps ``Stop``; the worker
@@ -49,6 +49,7 @@ from ._importer import LoadedApp
 from ._loader import import_main_script, load_config_app
 from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
 from ._lograte import flush_all
+from ._pipeline import Control, Extras, serve_listeners
 from ._proto.channel import (
     TO_WORKER,
     BootFailed,
@@ -63,7 +64,6 @@ from ._proto.channel import (
     WorkerBoot,
     encode,
 )
-from ._server import _Control, _Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._tls import ssl_context
 from ._types import Address
@@ -230,7 +230,7 @@ def _abort_handler(config: Config, worker: WorkerInfo) -> Callable[[int, object]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry of a spawned worker: ``python -m trioserve._worker FD``."""
+    """Entry of a spawned worker: ``python -m trioserve._worker_main FD``."""
     args = sys.argv[1:] if argv is None else list(argv)
     for signum in _IGNORED:
         signal.signal(signum, signal.SIG_IGN)
@@ -334,7 +334,7 @@ async def _worker_main(
     worker: WorkerInfo,
 ) -> int:
     link = _Link(trio.SocketStream(trio.socket.from_stdlib_socket(channel)))
-    control = _Control()
+    control = Control()
     server = ServerInfo(config, pid=boot.master_pid, app=boot.app)
     status = EXIT_OK
     ready = False
@@ -352,7 +352,7 @@ async def _worker_main(
             await run_hook(config, "post_fork", server, worker)
             if loaded is None:
                 loaded = await load_config_app(config)
-            extras = _Extras(ssl_context(config), access_log_for(config), install_statsd(config))
+            extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config))
             listeners = [listener_from_fd(fd) for fd in boot.fds]
             listeners += [
                 listen_reuse_port(family, addr, config.backlog) for family, addr in boot.reuse_port
@@ -375,7 +375,7 @@ async def _worker_main(
     return status
 
 
-async def _heartbeat(link: _Link, control: _Control, worker: WorkerInfo, interval: float) -> None:
+async def _heartbeat(link: _Link, control: Control, worker: WorkerInfo, interval: float) -> None:
     retiring = False
     while True:
         state = control.state
@@ -391,7 +391,7 @@ async def _heartbeat(link: _Link, control: _Control, worker: WorkerInfo, interva
         await trio.sleep(interval)
 
 
-async def _watch_master(link: _Link, control: _Control, scope: trio.CancelScope) -> None:
+async def _watch_master(link: _Link, control: Control, scope: trio.CancelScope) -> None:
     decoder = Decoder(TO_WORKER)
     try:
         while data := await link.stream.receive_some(4096):
@@ -409,7 +409,7 @@ async def _watch_master(link: _Link, control: _Control, scope: trio.CancelScope)
     _stop(control, scope, fast=False)
 
 
-def _stop(control: _Control, scope: trio.CancelScope, *, fast: bool) -> None:
+def _stop(control: Control, scope: trio.CancelScope, *, fast: bool) -> None:
     if control.state is None:
         scope.cancel()  # still booting: nothing to drain
     elif fast:
@@ -419,7 +419,7 @@ def _stop(control: _Control, scope: trio.CancelScope, *, fast: bool) -> None:
 
 
 async def _signals(
-    control: _Control,
+    control: Control,
     boot: WorkerBoot,
     config: Config,
     worker: WorkerInfo,
@@ -445,7 +445,3 @@ async def _signals(
             else:
                 await run_hook_logged(config, "worker_int", worker)
                 _stop(control, scope, fast=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,8 @@ import trio
 import trio.testing
 
 from tests.helpers import require_ipv6_loopback
-from trioserve._accept import ACCEPT_BATCH, Connection, accept_connections
+from trioserve._accept import ACCEPT_BATCH, accept_connections
+from trioserve._peer import Peer
 
 
 async def tcp_listener(host: str = "127.0.0.1") -> trio.SocketListener:
@@ -23,11 +24,11 @@ async def tcp_listener(host: str = "127.0.0.1") -> trio.SocketListener:
     return listener
 
 
-async def start_recording(nursery: trio.Nursery, listener: trio.SocketListener) -> list[Connection]:
+async def start_recording(nursery: trio.Nursery, listener: trio.SocketListener) -> list[Peer]:
     """Accept on ``listener``; each connection is recorded, then answered with b"hi"."""
-    seen: list[Connection] = []
+    seen: list[Peer] = []
 
-    async def handler(connection: Connection) -> None:
+    async def handler(connection: Peer) -> None:
         seen.append(connection)
         await connection.stream.send_all(b"hi")
 
@@ -71,6 +72,7 @@ async def test_connections_carry_both_addresses_and_are_closed_after(nursery, ho
     [connection] = seen
     assert connection.client == ours
     assert connection.server == ("127.0.0.1", port)
+    assert connection.sock is not None
     assert connection.sock.fileno() == -1
     await listener.aclose()
 
@@ -132,7 +134,7 @@ async def test_loop_ends_when_the_listener_is_closed(nursery):
         await accept_connections(listener, record_into_nothing, nursery)
         ended.set()
 
-    async def record_into_nothing(connection: Connection) -> None:
+    async def record_into_nothing(connection: Peer) -> None:
         raise AssertionError("no connection expected")
 
     nursery.start_soon(run)

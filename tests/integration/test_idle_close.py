@@ -11,9 +11,16 @@ import h11
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, header, hello_app, read_until_eof, tcp_connection
+from tests.helpers import (
+    H11Client,
+    header,
+    hello_app,
+    read_until_eof,
+    serve_http_connection,
+    tcp_connection,
+)
 from trioserve import Config
-from trioserve._serve_http import expire, serve_http_connection
+from trioserve._serve_http import expire
 from trioserve._state import ServerState
 
 

@@ -21,9 +21,8 @@ import h11
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, hello_app, tcp_connection
+from tests.helpers import H11Client, hello_app, serve_http_connection, tcp_connection
 from trioserve import ClientDisconnected, Config
-from trioserve._serve_http import serve_http_connection
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
 

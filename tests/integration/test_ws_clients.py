@@ -15,7 +15,8 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from trioserve import Config
-from trioserve._serve_ws import serve_asgi_websocket, watch_websockets
+from trioserve._peer import Peer
+from trioserve._serve_ws import WSOptions, serve_asgi_websocket, watch_websockets
 from trioserve._state import ServerState
 from trioserve._streams import stream_addresses
 
@@ -60,14 +61,16 @@ class Recorder:
             )
 
 
-async def start_server(nursery: trio.Nursery, app: Any, state: ServerState) -> str:
+async def start_server(
+    nursery: trio.Nursery, app: Any, state: ServerState, options: WSOptions | None = None
+) -> str:
     """Serve ``app`` on 127.0.0.1:0 with serve_asgi_websocket; the ws:// base URL."""
+    ws_options = options or WSOptions(state.config)
 
     async def handler(stream: trio.SocketStream) -> None:
         client, server = stream_addresses(stream)
-        await serve_asgi_websocket(
-            stream, app, state, client=client, server=server, scheme="ws", extensions=None
-        )
+        peer = Peer(stream, None, client, server)
+        await serve_asgi_websocket(stream, app, state, ws_options, peer=peer)
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     host, port = listeners[0].socket.getsockname()[:2]
@@ -194,9 +197,10 @@ async def test_websockets_client_sees_1009_for_a_large_message(nursery):
 async def test_graceful_stop_closes_open_websockets_with_1001(nursery):
     """A graceful stop closes every open websocket with 1001 (trio-websocket clients)."""
     state = state_with()
-    await nursery.start(watch_websockets, state)
+    options = WSOptions(state.config)
+    await nursery.start(watch_websockets, state, options)
     apps = [Recorder() for _ in range(3)]
-    urls = [await start_server(nursery, app, state) for app in apps]
+    urls = [await start_server(nursery, app, state, options) for app in apps]
     codes = []
     with trio.fail_after(WAIT):
         async with trio.open_nursery() as clients:

@@ -28,18 +28,19 @@ import httpx
 import pytest
 import trio
 
+from tests.helpers import config_from_argv
 from tests.process.test_cli import ROOT, TIMEOUT, TRIOSERVE, Server, environment, run_cli
 from tests.process.test_master import alive, wait_until
 from tests.process.test_service import daemon
 from trioserve import _statsd
 from trioserve._apps import add_prefixed_arguments, as_composite, prefixes_of
-from trioserve._cli import build_parser, config_from_argv
+from trioserve._cli import build_parser
 from trioserve._config import Config
 from trioserve._ctl import ACTIONS
 from trioserve._ctl import _parser as ctl_parser
 from trioserve._importer import peek_target
 from trioserve._logging import JsonFormatter
-from trioserve._master import _stop_budget
+from trioserve._pipeline import stop_budget
 
 GUIDE = ROOT / "docs" / "deployment.md"
 # Where the guide installs trioserve, and the apps that stand in for the guide's here.
@@ -292,7 +293,7 @@ def _check_service(unit: Unit) -> Config:
     assert not config.daemon, "under systemd trioserve runs in the foreground"
     assert config.user is None and config.group is None, "use User=/Group= under systemd"
     # systemd must not kill the service in the middle of the drain it asked for.
-    assert seconds(value(unit, "Service", "TimeoutStopSec")) > _stop_budget(config)
+    assert seconds(value(unit, "Service", "TimeoutStopSec")) > stop_budget(config)
     if "TimeoutStartSec" in service:
         assert seconds(value(unit, "Service", "TimeoutStartSec")) > config.lifespan_startup_timeout
     return config
@@ -408,7 +409,7 @@ def test_the_kubernetes_manifest_drains_within_its_grace_period() -> None:
     assert facts["probe_port"] == facts["target_port"] == facts["port_name"]
     assert facts["pre_stop"][0] == "sleep"
     sleep = float(facts["pre_stop"][1])
-    assert facts["grace"] > sleep + _stop_budget(config)
+    assert facts["grace"] > sleep + stop_budget(config)
 
 
 def test_nginx_talks_to_the_socket_the_units_and_the_daemon_listen_on() -> None:

@@ -21,7 +21,6 @@ from trioserve._proto.http import (
     ASGIProtocolError,
     Response,
     client_keep_alive,
-    date_header,
     decode_path,
     error_response,
     http_scope,
@@ -282,12 +281,17 @@ def test_http_scope_state_is_a_shallow_copy() -> None:
     assert scope["state"]["pool"] is pool
 
 
-# -- date_header ------------------------------------------------------------------------
+# -- the Date header ---------------------------------------------------------------------
 
 
 def test_date_header_is_an_http_date_of_now() -> None:
-    """date_header() is an IMF-fixdate in GMT within a couple of seconds of now."""
-    value = date_header().decode("ascii")
+    """A response's Date header is an IMF-fixdate in GMT within a couple of seconds of now."""
+    response = Response()
+    response.on_send(START)
+    head = response.on_send(body(b""))
+    dates = [line for line in head.split(b"\r\n") if line.lower().startswith(b"date: ")]
+    assert len(dates) == 1
+    value = dates[0][len(b"date: ") :].decode("ascii")
     assert value.endswith(" GMT")
     when = email.utils.parsedate_to_datetime(value)
     assert abs(when.timestamp() - time.time()) < 3

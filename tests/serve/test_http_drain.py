@@ -11,9 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, header, hello_app, read_until_eof
+from tests.helpers import H11Client, header, hello_app, read_until_eof, serve_http_connection
 from trioserve import Config
-from trioserve._serve_http import LINGER_SECONDS, expire, serve_http_connection
+from trioserve._serve_http import LINGER_SECONDS, expire
 from trioserve._state import ServerState
 
 

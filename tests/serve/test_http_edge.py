@@ -11,9 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, echo_body_app, header, hello_app, read_until_eof
+from tests.helpers import (
+    H11Client,
+    echo_body_app,
+    header,
+    hello_app,
+    read_until_eof,
+    serve_http_connection,
+)
 from trioserve import ClientDisconnected, Config
-from trioserve._serve_http import serve_http_connection
 from trioserve._state import ServerState
 
 

@@ -17,11 +17,12 @@ from tests.helpers import (
     header,
     hello_app,
     read_until_eof,
+    serve_http_connection,
     tcp_connection,
 )
 from trioserve import ClientDisconnected, Config
 from trioserve._accesslog import AccessLog
-from trioserve._serve_http import LINGER_SECONDS, HTTPOptions, serve_http_connection
+from trioserve._serve_http import LINGER_SECONDS, HTTPOptions
 from trioserve._state import ServerState
 
 
@@ -45,18 +46,22 @@ def transport(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 async def start(
-    nursery: trio.Nursery, app: Any, state: ServerState
+    nursery: trio.Nursery, app: Any, state: ServerState, options: HTTPOptions | None = None
 ) -> trio.abc.HalfCloseableStream:
     """Serve one connection of ``app`` in ``nursery``; the client's end of it."""
     if _transport == "memory":
         client, server = trio.testing.memory_stream_pair()
-        nursery.start_soon(serve_http_connection, server, app, state)
+        nursery.start_soon(
+            functools.partial(serve_http_connection, server, app, state, options=options)
+        )
         return client
     global _server_socket
     stream, server_stream, sock = await tcp_connection()
     _server_socket = sock
     nursery.start_soon(
-        functools.partial(serve_http_connection, server_stream, app, state, sock=sock)
+        functools.partial(
+            serve_http_connection, server_stream, app, state, options=options, sock=sock
+        )
     )
     return stream
 
@@ -363,10 +368,10 @@ async def test_access_log_line_per_request(nursery, caplog):
     logger = logging.getLogger("tests.access")
     caplog.set_level(logging.INFO, "tests.access")
     state = make_state()
-    state.http_options = HTTPOptions(
+    options = HTTPOptions(
         state.config, access_log=AccessLog('%(m)s %(U)s %(s)s %(b)s "%(a)s"', logger)
     )
-    client = H11Client(await start(nursery, hello_app, state))
+    client = H11Client(await start(nursery, hello_app, state, options))
     await client.request(target=b"/path?q=1", headers=[(b"user-agent", b"tester")])
     lines = [r.getMessage() for r in caplog.records if r.name == "tests.access"]
     assert lines == ['GET /path 200 13 "tester"']
@@ -385,8 +390,8 @@ async def test_proxy_option_rewrites_scope(nursery):
         await hello_app(scope, receive, send)
 
     state = make_state()
-    state.http_options = HTTPOptions(state.config, proxy=pretend_proxy)
-    await H11Client(await start(nursery, app, state)).request()
+    options = HTTPOptions(state.config, proxy=pretend_proxy)
+    await H11Client(await start(nursery, app, state, options)).request()
     assert scopes[0]["client"] == ("203.0.113.9", 0)
     assert scopes[0]["scheme"] == "https"
 
@@ -398,8 +403,8 @@ async def test_app_hint_is_added_to_the_error_log(nursery, caplog):
         raise RuntimeError("no running event loop")
 
     state = make_state()
-    state.http_options = HTTPOptions(state.config, app_hint=lambda exc: "try --app-loop asyncio")
-    response, _ = await H11Client(await start(nursery, failing, state)).request()
+    options = HTTPOptions(state.config, app_hint=lambda exc: "try --app-loop asyncio")
+    response, _ = await H11Client(await start(nursery, failing, state, options)).request()
     assert response.status_code == 500
     assert any("(try --app-loop asyncio)" in r.getMessage() for r in caplog.records)
 

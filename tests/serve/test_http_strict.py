@@ -14,9 +14,16 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, echo_body_app, hello_app, read_until_eof, tcp_connection
+from tests.helpers import (
+    H11Client,
+    echo_body_app,
+    hello_app,
+    read_until_eof,
+    serve_http_connection,
+    tcp_connection,
+)
 from trioserve import Config
-from trioserve._serve_http import serve_http_connection
+from trioserve._serve_http import HTTPOptions
 from trioserve._state import ServerState
 
 # Each test runs over a memory stream and over a real TCP socket on 127.0.0.1, whose
@@ -33,16 +40,20 @@ def transport(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 async def start(
-    nursery: trio.Nursery, app: Any, state: ServerState
+    nursery: trio.Nursery, app: Any, state: ServerState, options: HTTPOptions | None = None
 ) -> trio.abc.HalfCloseableStream:
     """Serve one connection of ``app`` in ``nursery``; the client's end of it."""
     if _transport == "memory":
         client, server = trio.testing.memory_stream_pair()
-        nursery.start_soon(serve_http_connection, server, app, state)
+        nursery.start_soon(
+            functools.partial(serve_http_connection, server, app, state, options=options)
+        )
         return client
     stream, server_stream, sock = await tcp_connection()
     nursery.start_soon(
-        functools.partial(serve_http_connection, server_stream, app, state, sock=sock)
+        functools.partial(
+            serve_http_connection, server_stream, app, state, options=options, sock=sock
+        )
     )
     return stream
 
@@ -143,8 +154,9 @@ async def test_tls_on_the_plain_port_is_answered_at_once_and_logged_once(
     and "TLS on a plain HTTP port" is logged once per server, at warning level."""
     caplog.set_level(logging.DEBUG, logger="trioserve")
     state = make_state()
+    options = HTTPOptions(state.config)  # one server's: the log line comes once per server
     for _ in range(2):
-        client = await start(nursery, hello_app, state)
+        client = await start(nursery, hello_app, state, options)
         await client.send_all(client_hello())
         begin = trio.current_time()
         response = await read_until_eof(client)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 import trio.testing
 
-from tests.helpers import hello_app, read_until_eof
+from tests.helpers import hello_app, read_until_eof, serve_http_connection
 from trioserve import Config
-from trioserve._serve_http import HTTPOptions, serve_http_connection
+from trioserve._serve_http import HTTPOptions
 from trioserve._state import ServerState
 
 UPGRADE = (
@@ -30,22 +32,23 @@ class RecordingUpgrade:
         await stream.send_all(b"upgraded")
 
 
-def state_with(websocket: Any) -> ServerState:
+def serving_with(websocket: Any) -> Callable[[trio.abc.Stream, Any], Awaitable[None]]:
+    """Serves one connection with ``websocket`` as the server's upgrade handler."""
     state = ServerState(Config())
-    state.http_options = HTTPOptions(state.config, websocket=websocket)
-    return state
+    options = HTTPOptions(state.config, websocket=websocket)
+    return functools.partial(serve_http_connection, state=state, options=options)
 
 
 async def test_upgrade_request_is_handed_over_with_its_bytes(nursery):
     """The upgrade handler gets a stream replaying the head and what followed it."""
     upgrade = RecordingUpgrade()
     client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(serve_http_connection, server, hello_app, state_with(upgrade))
+    nursery.start_soon(serving_with(upgrade), server, hello_app)
     await client.send_all(UPGRADE + b"frame")
     with trio.fail_after(5):
         assert await read_until_eof(client) == b"upgraded"
     assert upgrade.replayed == UPGRADE + b"frame"
-    assert upgrade.kwargs["scheme"] == "ws"
+    assert not upgrade.kwargs["peer"].secure
 
 
 async def test_without_websocket_support_upgrade_is_plain_http(nursery):
@@ -57,7 +60,7 @@ async def test_without_websocket_support_upgrade_is_plain_http(nursery):
         await hello_app(scope, receive, send)
 
     client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(serve_http_connection, server, app, state_with(None))
+    nursery.start_soon(serving_with(None), server, app)
     await client.send_all(UPGRADE.replace(b"Connection: Upgrade", b"Connection: Upgrade, close"))
     with trio.fail_after(5):
         data = await read_until_eof(client)
@@ -69,7 +72,7 @@ async def test_other_upgrades_are_plain_http(nursery):
     """An Upgrade that is not websocket (h2c) is served as plain HTTP."""
     upgrade = RecordingUpgrade()
     client, server = trio.testing.memory_stream_pair()
-    nursery.start_soon(serve_http_connection, server, hello_app, state_with(upgrade))
+    nursery.start_soon(serving_with(upgrade), server, hello_app)
     await client.send_all(
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, close\r\n\r\n"
     )

@@ -25,9 +25,8 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import read_until_eof, tcp_connection
+from tests.helpers import read_until_eof, serve_http_connection, tcp_connection
 from trioserve import Config
-from trioserve._serve_http import serve_http_connection
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
 

@@ -28,9 +28,10 @@ from wsproto.events import (
 
 from examples import ws_echo
 from trioserve import ClientDisconnected, Config
+from trioserve._peer import Peer
 from trioserve._serve_ws import (
-    _WATCHERS,
     CLOSE_TIMEOUT,
+    WSOptions,
     serve_asgi_websocket,
     serve_native_websocket,
     watch_websockets,
@@ -97,33 +98,39 @@ class Served:
     def __init__(self) -> None:
         self.done = trio.Event()
 
-    async def asgi(self, stream: trio.abc.Stream, app: Any, state: ServerState) -> None:
+    async def asgi(
+        self,
+        stream: trio.abc.Stream,
+        app: Any,
+        state: ServerState,
+        options: WSOptions | None = None,
+    ) -> None:
+        peer = Peer(stream, None, CLIENT, SERVER, extensions={"tls": {"server_cert": None}})
         try:
             await serve_asgi_websocket(
-                stream,
-                app,
-                state,
-                client=CLIENT,
-                server=SERVER,
-                scheme="ws",
-                extensions={"tls": {"server_cert": None}},
+                stream, app, state, options or WSOptions(state.config), peer=peer
             )
         finally:
             self.done.set()
 
     async def native(self, stream: trio.abc.Stream, handler: Any, state: ServerState) -> None:
         try:
-            await serve_native_websocket(stream, handler, state)
+            await serve_native_websocket(stream, handler, state, WSOptions(state.config))
         finally:
             self.done.set()
 
 
 def start_asgi(
-    nursery: trio.Nursery, app: Any, state: ServerState | None = None
+    nursery: trio.Nursery,
+    app: Any,
+    state: ServerState | None = None,
+    options: WSOptions | None = None,
 ) -> tuple[trio.abc.Stream, Served]:
+    """Serve one websocket of ``app``; ``options`` (with the server's watcher) default
+    to a fresh WSOptions, whose watcher does not run: the websocket then has its own."""
     client, server = trio.testing.memory_stream_pair()
     served = Served()
-    nursery.start_soon(served.asgi, server, app, state or make_state())
+    nursery.start_soon(served.asgi, server, app, state or make_state(), options)
     return client, served
 
 
@@ -131,11 +138,12 @@ async def open_client(
     nursery: trio.Nursery,
     app: Any,
     state: ServerState | None = None,
+    options: WSOptions | None = None,
     *,
     resource: str = "/ws",
     subprotocols: tuple[str, ...] = (),
 ) -> tuple[trio_websocket.WebSocketConnection, Served]:
-    stream, served = start_asgi(nursery, app, state)
+    stream, served = start_asgi(nursery, app, state, options)
     ws = await trio_websocket.wrap_client_stream(
         nursery,
         stream,  # type: ignore[arg-type]
@@ -188,9 +196,12 @@ class RawClient:
 
 
 def start_raw(
-    nursery: trio.Nursery, app: Any, state: ServerState | None = None
+    nursery: trio.Nursery,
+    app: Any,
+    state: ServerState | None = None,
+    options: WSOptions | None = None,
 ) -> tuple[RawClient, Served]:
-    stream, served = start_asgi(nursery, app, state)
+    stream, served = start_asgi(nursery, app, state, options)
     return RawClient(stream), served
 
 
@@ -364,10 +375,11 @@ async def test_bad_frames_close_with_1007_or_1002(nursery, caplog, frame, code):
 async def test_peer_that_does_not_answer_pings_is_closed(nursery, autojump_clock, shared):
     """No pong within ws_ping_timeout after a ping closes with 1011."""
     state = make_state(ws_ping_interval=5, ws_ping_timeout=3)
+    options = WSOptions(state.config)
     if shared:
-        await nursery.start(watch_websockets, state)
+        await nursery.start(watch_websockets, state, options)
     app = App()
-    raw, served = start_raw(nursery, app, state)
+    raw, served = start_raw(nursery, app, state, options)
     assert isinstance(await raw.handshake(), AcceptConnection)
     start = trio.current_time()
     with trio.fail_after(60):
@@ -390,9 +402,10 @@ async def test_peer_that_does_not_answer_pings_is_closed(nursery, autojump_clock
 async def test_peer_that_answers_pings_stays_connected(nursery, autojump_clock):
     """A peer answering every ping is pinged every ws_ping_interval and kept."""
     state = make_state(ws_ping_interval=10, ws_ping_timeout=5)
-    await nursery.start(watch_websockets, state)
+    options = WSOptions(state.config)
+    await nursery.start(watch_websockets, state, options)
     app = App()
-    raw, _ = start_raw(nursery, app, state)
+    raw, _ = start_raw(nursery, app, state, options)
     assert isinstance(await raw.handshake(), AcceptConnection)
     start = trio.current_time()
     times: list[float] = []
@@ -620,12 +633,13 @@ async def test_send_after_the_client_left_raises_oserror(nursery):
 async def test_stop_requested_closes_with_1001(nursery, shared):
     """A graceful stop closes open websockets with 1001; the app hears 1001 too."""
     state = make_state()
+    options = WSOptions(state.config)
     if shared:
-        await nursery.start(watch_websockets, state)
+        await nursery.start(watch_websockets, state, options)
     apps = [App() for _ in range(3)]
-    clients = [await open_client(nursery, app, state) for app in apps]
+    clients = [await open_client(nursery, app, state, options) for app in apps]
     if shared:
-        assert len(_WATCHERS[state].connections) == 3
+        assert len(options.watcher.connections) == 3
     state.request_stop()
     with trio.fail_after(1):
         for (ws, served), app in zip(clients, apps, strict=True):
@@ -638,13 +652,14 @@ async def test_stop_requested_closes_with_1001(nursery, shared):
             assert app.disconnect["code"] == 1001
             await served.done.wait()
     if shared:
-        assert not _WATCHERS[state].connections
+        assert not options.watcher.connections
 
 
 async def test_websocket_accepted_during_a_stop_is_closed_with_1001(nursery):
     """An app that accepts after the stop began gets its websocket closed at once."""
     state = make_state()
-    await nursery.start(watch_websockets, state)
+    options = WSOptions(state.config)
+    await nursery.start(watch_websockets, state, options)
     go = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -653,7 +668,7 @@ async def test_websocket_accepted_during_a_stop_is_closed_with_1001(nursery):
         await send({"type": "websocket.accept"})
         assert (await receive())["code"] == 1001
 
-    stream, served = start_asgi(nursery, app, state)
+    stream, served = start_asgi(nursery, app, state, options)
     async with trio.open_nursery() as inner:
         inner.start_soon(
             functools.partial(trio_websocket.wrap_client_stream, inner, stream, "t", "/")  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ from trioserve._bind import (
     listener_address,
     listener_url,
     parse_bind,
-    remove_unix_socket_files,
 )
 from trioserve._errors import BindError
 
@@ -397,7 +396,8 @@ async def test_cleanup_uses_the_path_resolved_at_bind_time(
     async with listening("unix:app.sock") as listeners:
         assert listener_address(listeners[0]) == "app.sock"
         monkeypatch.chdir("/")
-        remove_unix_socket_files(listeners)
+        for listener in listeners:
+            cleanup_listener(listener)
     assert not (tmp_path / "app.sock").exists()
 
 
@@ -407,7 +407,8 @@ async def test_cleanup_leaves_other_files_and_tcp_alone(tmp_path: Path) -> None:
     async with listening(f"unix:{path}", "127.0.0.1:0") as listeners:
         path.unlink()
         path.write_text("someone else's")
-        remove_unix_socket_files(listeners)
+        for listener in listeners:
+            cleanup_listener(listener)
         assert path.read_text() == "someone else's"
         assert listeners[1].socket.fileno() != -1
 

@@ -11,8 +11,9 @@ from typing import Any
 import attrs
 import pytest
 
+from tests.helpers import config_from_argv
 from trioserve import Config, ConfigError
-from trioserve._cli import build_parser, cli_layer, config_from_argv, main
+from trioserve._cli import build_parser, cli_layer, main
 from trioserve._config import (
     ENV_PREFIX,
     SETTING,

@@ -11,7 +11,7 @@ import trio.testing
 
 from trioserve import Config
 from trioserve._hooks import WorkerBootError
-from trioserve._preload import Preloader
+from trioserve._preload_client import Preloader
 from trioserve._proto.channel import (
     TO_PRELOADER,
     BootFailed,

@@ -155,12 +155,6 @@ def _tokens(value: bytes) -> list[bytes]:
 _date_cache: tuple[int, bytes, bytes, bytes] = (0, b"", b"", b"")
 
 
-def date_header() -> bytes:
-    """The current time as an HTTP ``Date`` value, formatted at most once a second."""
-    _date_line()
-    return _date_cache[1]
-
-
 def _date_line() -> bytes:
     """The ``date`` header line of a response, formatted at most once a second."""
     return _date_lines()[2]

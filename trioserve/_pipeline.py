@@ -1,0 +1,419 @@
+"""One process's serving pipeline: listeners in, the app's interface out.
+
+:func:`serve_listeners` runs lifespan and the worker hooks around the accept loops; each
+accepted connection goes through the PROXY header and the TLS handshake, the
+``connection_made``/``connection_lost`` hooks, then to the edge for the app's
+interface (HTTP and WebSocket, raw streams, native websockets). Used by a worker
+process and by an in-process server alike; the entry points (``_server``) and the
+master sit above it, the edges (``_serve_*``) below.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import random
+import ssl
+import types
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import h11
+import trio
+
+from ._accept import accept_connections
+from ._accesslog import AccessLog
+from ._asyncio_loop import app_loop, asyncio_hint
+from ._bind import cleanup_listener, listener_address, listener_url
+from ._config import Config, timeout_seconds
+from ._daemon import PidFile
+from ._errors import ConfigError
+from ._hooks import (
+    ConnectionInfo,
+    HookError,
+    ResponseInfo,
+    ServerInfo,
+    WorkerInfo,
+    hook_after,
+    reportable,
+    run_hook,
+    run_hook_logged,
+)
+from ._importer import LoadedApp
+from ._lifespan import Lifespan
+from ._peer import Peer
+from ._proto.proxy_protocol import ProxyProtocolError
+from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
+from ._serve_http import AccessLogger, HTTPOptions, serve_http_connection, watch_deadlines
+from ._serve_tcp import serve_stream_connection
+from ._serve_ws import WSOptions, serve_asgi_websocket, serve_native_websocket, watch_websockets
+from ._state import ServerState
+from ._statsd import RequestMetrics, Statsd
+from ._streams import PrefixedStream
+from ._tls import tls_extension, tls_handshake
+from ._types import Address, ASGIApp, Message, Receive, Scope, Send
+
+LOGGER = logging.getLogger("trioserve.server")
+
+# Beyond every phase's own deadline: a backstop so a stop can never hang.
+STOP_MARGIN = 5.0
+
+
+def stop_budget(config: Config) -> float:
+    """How long a graceful stop of a server running ``config`` may take: the drain,
+    lifespan shutdown, and a margin."""
+    return config.graceful_timeout + config.lifespan_shutdown_timeout + STOP_MARGIN
+
+
+@attrs.define(eq=False)
+class Control:
+    """How a running server is told to stop and tells that it is ready.
+
+    Made by whoever starts the server (``serve()``, ``run()``, a worker process) and
+    passed down: :func:`serve_listeners` fills in ``state`` and ``shield``, signals and
+    cancellation call :meth:`graceful_stop` or :meth:`fast_stop`, and the master reads
+    ``on_ready`` and ``pidfile``.
+
+    Attributes:
+        state: The running server's state, once it runs.
+        shield: The shielded scope the server runs in; a graceful stop gives it a deadline.
+        on_ready: The command line's: told once the server is ready (a daemon's parent
+            then exits).
+        on_stop: Told when a stop signal arrives (systemd's STOPPING=1).
+        pidfile: The command line's locked pid file (renamed by the master on SIGUSR2).
+    """
+
+    state: ServerState | None = None
+    shield: trio.CancelScope | None = None
+    on_ready: Callable[[], None] | None = None
+    on_stop: Callable[[], None] | None = None
+    pidfile: PidFile | None = None
+
+    def ready(self) -> None:
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def graceful_stop(self) -> None:
+        if self.state is not None:
+            self.state.request_stop()
+        if self.shield is not None and self.state is not None:
+            budget = stop_budget(self.state.config)
+            self.shield.deadline = min(self.shield.deadline, trio.current_time() + budget)
+
+    def fast_stop(self) -> None:
+        if self.shield is not None:
+            self.shield.cancel()
+
+
+@attrs.frozen
+class Extras:
+    """What startup built from the settings, checked before binding: the TLS context,
+    the access log and the statsd client."""
+
+    ssl_context: ssl.SSLContext | None
+    access_log: AccessLog | None
+    statsd: Statsd | None = None
+
+
+async def serve_listeners(
+    loaded: LoadedApp,
+    listeners: list[trio.SocketListener],
+    config: Config,
+    extras: Extras,
+    control: Control,
+    worker: WorkerInfo,
+    ready: Callable[[list[Address], list[str]], Awaitable[None]],
+    *,
+    owner: bool = True,
+) -> None:
+    """Serve ``loaded`` on ``listeners`` until ``control`` stops it (workers and in-process).
+
+    Runs lifespan startup and the ``post_worker_init`` hook, then listens and awaits
+    ``ready(addresses, urls)``; on stop, drains, runs lifespan shutdown and ``worker_exit``.
+    Closes the listeners when the stop begins (new connections are refused at once,
+    not queued); ``owner`` (False in workers, whose sockets are the master's) says
+    whether unix socket files are removed at the end.
+    """
+    state = ServerState(config)
+    if config.max_requests:
+        state.request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
+    control.state = state
+    async with hook_after(config, "worker_exit", ServerInfo(config), worker):
+        try:
+            async with trio.open_nursery() as outer:
+                # Cancellation of serve() is turned into a graceful stop: the server runs
+                # in a shielded scope, and this watcher asks it to stop when cancelled.
+                outer.start_soon(_stop_when_cancelled, control)
+                with trio.CancelScope(shield=True) as control.shield:
+                    await _run(loaded, listeners, state, extras, worker, ready)
+                outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    if owner:
+                        cleanup_listener(listener)
+                    await trio.aclose_forcefully(listener)
+
+
+async def _stop_when_cancelled(control: Control) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        control.graceful_stop()
+
+
+async def _run(
+    loaded: LoadedApp,
+    listeners: list[trio.SocketListener],
+    state: ServerState,
+    extras: Extras,
+    worker: WorkerInfo,
+    ready: Callable[[list[Address], list[str]], Awaitable[None]],
+) -> None:
+    config = state.config
+    edges = _edges(loaded, state, extras, worker)
+    handler = _connection_handler(edges.serve, config, extras, worker)
+    scheme = {"stream": "tcp", "websocket": "ws"}.get(loaded.interface, "http")
+    if config.certfile or config.keyfile:
+        scheme = {"tcp": "tls", "ws": "wss"}.get(scheme, "https")
+    async with app_loop(config), trio.open_nursery() as app_tasks:
+        lifespan = None
+        if loaded.asgi is not None and config.lifespan != "off":
+            state.lifespan_state = {}
+            lifespan = Lifespan(
+                loaded.asgi,
+                mode=config.lifespan,
+                state=state.lifespan_state,
+                startup_timeout=timeout_seconds(config.lifespan_startup_timeout),
+                shutdown_timeout=config.lifespan_shutdown_timeout,
+            )
+            await lifespan.startup(app_tasks)
+            if not lifespan.supported:
+                state.lifespan_state = None
+        try:
+            await run_hook(config, "post_worker_init", worker)
+        except BaseException:
+            if lifespan is not None:
+                # Startup completed: the app gets its shutdown even though we never served.
+                with trio.CancelScope(shield=True):
+                    await lifespan.shutdown()
+            raise
+        if edges.http is not None:
+            app_tasks.start_soon(watch_deadlines, state, edges.http)
+        if edges.websockets is not None:
+            await app_tasks.start(watch_websockets, state, edges.websockets)
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as acceptors:
+                for listener in listeners:
+                    await acceptors.start(accept_connections, listener, handler, connections)
+                await ready(
+                    [listener_address(listener) for listener in listeners],
+                    [listener_url(listener, scheme) for listener in listeners],
+                )
+                await state.stop_requested.wait()
+                LOGGER.info(
+                    "stopping: no new connections; draining for up to %gs", config.graceful_timeout
+                )
+                acceptors.cancel_scope.cancel()
+            # This process stops accepting: its copies of the sockets go now, so once
+            # no process holds them the kernel refuses new connections instead of
+            # queueing them for nobody.
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            state.request_stop()
+            connections.cancel_scope.deadline = state.drain_deadline
+        if connections.cancel_scope.cancelled_caught:
+            LOGGER.warning("graceful timeout reached: remaining connections were cancelled")
+        if lifespan is not None:
+            await lifespan.shutdown()
+        app_tasks.cancel_scope.cancel()
+
+
+def _h11_module(choice: str) -> types.ModuleType:
+    """The HTTP/1.1 parser: h11, or its compiled build when asked for or available."""
+    if choice != "h11":
+        try:
+            return importlib.import_module("h11_mypyc")
+        except ImportError:
+            if choice == "h11-compiled":
+                raise ConfigError(
+                    "--http h11-compiled: needs the compiled h11; install it with "
+                    "pip install 'trioserve[speed]'"
+                ) from None
+    return h11
+
+
+def _connection_handler(
+    serve: Callable[[Peer], Awaitable[None]], config: Config, extras: Extras, worker: WorkerInfo
+) -> Callable[[Peer], Awaitable[None]]:
+    """What runs for each accepted connection: the acceptor, the connection hooks (when
+    set), then ``serve``."""
+    accept = _acceptor(config, extras)
+    if config.connection_made is None and config.connection_lost is None:
+
+        async def handle(peer: Peer) -> None:
+            if await accept(peer):
+                await serve(peer)
+
+        return handle
+
+    async def handle_with_hooks(peer: Peer) -> None:
+        if not await accept(peer):
+            return
+        conn = ConnectionInfo(peer.client, peer.server, peer.secure, worker)
+        error: BaseException | None = None
+        try:
+            await run_hook(config, "connection_made", conn)
+            await serve(peer)
+        except HookError as exc:
+            error = exc
+            LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
+            await trio.aclose_forcefully(peer.stream)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await run_hook_logged(config, "connection_lost", conn, exc=reportable(error))
+
+    return handle_with_hooks
+
+
+def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool]]:
+    """PROXY header (from trusted peers) then TLS handshake, for each accepted
+    connection: updates the peer, and says whether it is still there to be served."""
+    context = extras.ssl_context
+    trusted = TrustedPeers(config.forwarded_allow_ips)
+    proxy_protocol = config.proxy_protocol
+
+    async def accept(peer: Peer) -> bool:
+        stream = peer.stream
+        client = peer.client
+        if proxy_protocol != "off" and (client[0] if client else None) in trusted:
+            try:
+                info, leftover = await read_proxy_protocol(
+                    stream, proxy_protocol, timeout_seconds(config.header_timeout)
+                )
+            except ProxyProtocolError as exc:
+                LOGGER.info("dropping connection from %s: %s", client, exc)
+                await trio.aclose_forcefully(stream)
+                return False
+            if info.client is not None:
+                peer.client = info.client
+            if info.server is not None:
+                peer.server = info.server
+            if leftover:
+                peer.stream = PrefixedStream(stream, leftover)
+                peer.sock = None
+        if context is not None:
+            secure = await tls_handshake(
+                peer.stream, context, timeout_seconds(config.tls_handshake_timeout)
+            )
+            if secure is None:
+                return False
+            peer.stream = secure
+            peer.sock = None
+            peer.secure = True
+            peer.extensions = {"tls": tls_extension(secure)}
+        return True
+
+    return accept
+
+
+@attrs.frozen
+class _Edges:
+    """How accepted connections are served, for the app's interface, and the options
+    of the edges that serve them (whose watchers the server runs)."""
+
+    serve: Callable[[Peer], Awaitable[None]]
+    http: HTTPOptions | None = None
+    websockets: WSOptions | None = None
+
+
+def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: WorkerInfo) -> _Edges:
+    config = state.config
+    if loaded.interface == "websocket":
+        assert loaded.handler is not None
+        # The importer keeps both kinds of handler in one field; this one takes requests.
+        native_handler: Any = loaded.handler
+        native_options = WSOptions(config)
+
+        async def handle_native_websocket(peer: Peer) -> None:
+            await serve_native_websocket(peer.stream, native_handler, state, native_options)
+
+        return _Edges(handle_native_websocket, websockets=native_options)
+
+    if loaded.handler is not None:
+        stream_handler = loaded.handler
+
+        async def handle_stream(peer: Peer) -> None:
+            await serve_stream_connection(peer.stream, stream_handler)
+
+        return _Edges(handle_stream)
+    asgi = loaded.asgi
+    assert asgi is not None
+    if config.pre_request is not None or config.post_request is not None:
+        asgi = _with_request_hooks(asgi, config, worker)
+    trusted = TrustedPeers(config.forwarded_allow_ips)
+
+    ws_options: WSOptions | None = None
+    websocket = None
+    if config.ws == "on":
+        ws_options = WSOptions(config)
+        # A partial, not a wrapper coroutine: one frame fewer kept alive per idle websocket.
+        websocket = functools.partial(
+            serve_asgi_websocket, app=asgi, state=state, options=ws_options
+        )
+
+    access_log: AccessLogger | None = extras.access_log
+    if extras.statsd is not None:
+        access_log = RequestMetrics(extras.statsd, access_log)
+    options = HTTPOptions(
+        config,
+        h11_module=_h11_module(config.http),
+        access_log=access_log,
+        proxy=functools.partial(apply_proxy_headers, trusted=trusted)
+        if config.proxy_headers
+        else None,
+        app_hint=asyncio_hint if config.app_loop == "trio" else None,
+        websocket=websocket,
+    )
+    serve = functools.partial(serve_http_connection, app=asgi, state=state, options=options)
+    return _Edges(serve, http=options, websockets=ws_options)
+
+
+def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASGIApp:
+    """The app wrapped so that ``pre_request`` and ``post_request`` see every request."""
+
+    async def hooked(scope: Scope, receive: Receive, send: Send) -> None:
+        response = ResponseInfo()
+
+        async def watching_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                response.status = message["status"]
+                response.headers = list(message.get("headers", ()))
+            elif kind == "websocket.accept":
+                response.status = 101
+            elif kind == "websocket.close" and response.status is None:
+                response.status = 403
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await run_hook(config, "pre_request", worker, scope)
+            await app(scope, receive, watching_send)
+        except BaseException as exc:
+            error = exc
+            if response.status is None and scope["type"] == "http":
+                response.status = 500  # what the HTTP edge answers for an app that raised
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await run_hook_logged(
+                    config, "post_request", worker, scope, response, exc=reportable(error)
+                )
+
+    return hooked
