@@ -336,3 +336,34 @@ async def test_gunicorn_itself_runs_the_same_file_alike(tmp_path: Path) -> None:
     }
     assert trioserve_lines == [differs_on_purpose.get(line, line) for line in gunicorn_lines]
     assert (tmp_path / "access.log").read_text(encoding="utf-8") == access
+
+
+async def test_sighup_warns_again_and_logs_a_failed_reload_one_problem_a_line(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP re-reads the file: its names that are not settings are warned about again;
+    a file that no longer loads is logged one problem per line, and the old workers keep
+    serving."""
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("workers = 1\nBASE_DIR = '.'\ndef helper():\n    pass\n", encoding="utf-8")
+    warning = f"{conf}: names that are not settings are ignored: BASE_DIR, helper"
+    async with serving("-c", str(conf), "-b", "127.0.0.1:0", "examples.hello:app") as server:
+        assert [line for line in server.lines if warning in line] != []
+        server.process.send_signal(signal.SIGHUP)
+        await server.wait_for_line("reloaded: 1 new workers ready")
+        assert len([line for line in server.lines if warning in line]) == 2
+        conf.write_text("workers = 'four'\nworker_class = 'gevent'\n", encoding="utf-8")
+        server.process.send_signal(signal.SIGHUP)
+        first = await server.wait_for_line("SIGHUP: the configuration could not be reloaded")
+        second = await server.wait_for_line("SIGHUP: the configuration could not be reloaded")
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(server.url + "/")
+        assert response.status_code == 200
+        assert await server.stop(signal.SIGTERM) == 0
+    prefix = "trioserve: SIGHUP: the configuration could not be reloaded: "
+    assert [line[line.index("trioserve: ") :] for line in (first, second)] == [
+        f"{prefix}worker_class (in {conf}): trioserve has one worker kind (trio); "
+        "remove worker_class",
+        f"{prefix}workers (in {conf}): expected an integer >= 0, got 'four'",
+    ]
+    assert ("[ERROR]" in first, "[ERROR]" in second) == (True, True)
