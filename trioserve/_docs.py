@@ -251,7 +251,8 @@ names and arguments follow gunicorn's server hooks where gunicorn has one;
   goes to trioserve's error log with the time, pid and level of every other line (as
   `server.log` does in gunicorn).
 - Hooks written for gunicorn find what they use: `server.cfg` and `worker.cfg` (the
-  settings, `server.cfg.workers`, `server.cfg.bind`), `server.pid`, `worker.pid`,
+  settings by trioserve's names: `server.cfg.workers`, `server.cfg.bind`, but
+  `cfg.access_log` where gunicorn says `cfg.accesslog`), `server.pid`, `worker.pid`,
   `server.num_workers`; a `req` with gunicorn's `method`, `uri`, `path`, `query`,
   `version`, `headers` ((NAME, value) strings), `scheme` and `remote_addr`; a `resp` with
   `status_code` and `headers`. `post_request` may also be written as gunicorn's
