@@ -3,7 +3,9 @@
 Every hook is a setting (``Config.on_starting`` ...) holding a plain function or an
 ``async def``. :func:`run_hook` awaits async hooks, calls sync ones, passes the keyword
 ``exc`` (None, or the exception that caused the event) to every hook that takes it (a
-hook written for gunicorn, ``def on_starting(server)``, does not), and never swallows
+hook written for gunicorn, ``def on_starting(server)``, does not), passes gunicorn's
+form of the arguments to a hook written in it (``post_request(worker, req, environ,
+resp)``: the environ is built only for such a hook), and never swallows
 what a hook raises: the exception comes out as a :class:`HookError` naming the hook,
 and the caller's structure decides what fails (startup, the worker, or one request).
 The one table of them is :data:`~trioserve._hooktable.HOOKS`, re-exported here.
