@@ -273,14 +273,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cwd = os.getcwd()
 
-    def plans() -> list[AppPlan]:
+    def plans(*, warn: bool = True) -> list[AppPlan]:
         # Also SIGHUP's: every source again (the config file is re-read), same arguments,
-        # relative paths still meaning what they meant where trioserve was started.
+        # relative paths still meaning what they meant where trioserve was started. A
+        # re-read warns again about what the file holds that is not a setting (``warn``;
+        # the first read's warnings were logged above).
         resolved: list[tuple[str | None, Config]]
+        warnings: tuple[str, ...] = ()
         if composite is None:
-            resolved = [(None, load_config(cli=cli_layer(namespace), cwd=cwd).config)]
+            base = load_config(cli=cli_layer(namespace), cwd=cwd)
+            resolved, warnings = [(None, base.config)], base.warnings
         else:
+            if warn:  # the file's warnings; each application's Config is resolved below
+                warnings = load_config(cli=cli_layer(namespace), cwd=cwd).warnings
             resolved = resolve_plans(composite, cli=cli_layer(namespace), namespace=namespace)
+        if warn:
+            for warning in warnings:
+                CONFIG_LOGGER.warning("%s", warning)
         return [
             AppPlan(prefix, absolute_paths(app_config, cwd) if moves else app_config)
             for prefix, app_config in resolved
@@ -290,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     readiness: Readiness | None = None
     pidfile: PidFile | None = None
     try:
-        first = plans()
+        first = plans(warn=False)
         server = first[0].config
         if server.daemon:
             readiness = daemonize(

@@ -18,7 +18,15 @@ import attrs
 from ._cli import build_parser
 from ._config import SettingInfo, settings
 from ._gunicorn import GUNICORN_NAMES, SAME_NAMES, GunicornName
-from ._hooks import HOOKS, ConnectionInfo, Hook, ResponseInfo, ServerInfo, WorkerInfo
+from ._hooks import (
+    HOOKS,
+    ConnectionInfo,
+    Hook,
+    RequestInfo,
+    ResponseInfo,
+    ServerInfo,
+    WorkerInfo,
+)
 
 _DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -206,9 +214,14 @@ async def post_worker_init(worker):
     worker.log.info("worker %d serving", worker.id)
 
 
+def pre_request(worker, req):
+    # req has gunicorn's attributes, and is the ASGI scope as a mapping too.
+    worker.log.debug("%s %s", req.method, req.path)
+
+
 def post_request(worker, req, resp, *, exc=None):
     if exc is not None:
-        worker.log.warning("%s %s failed: %r", req.get("method", "-"), req["path"], exc)
+        worker.log.warning("%s %s failed: %r", req.method, req["path"], exc)
 
 
 def child_exit(server, worker, *, exc=None):
@@ -222,8 +235,8 @@ _HOOKS_INTRO = """\
 
 Hooks are functions trioserve calls at points of the server's life: when it starts, when
 a worker process is started or exits, around each request and each connection. Their
-names and arguments follow gunicorn's server hooks where gunicorn has one (`post_request`
-gets no WSGI environ); `connection_made` and `connection_lost` are trioserve's own.
+names and arguments follow gunicorn's server hooks where gunicorn has one;
+`connection_made` and `connection_lost` are trioserve's own.
 
 - A hook is a plain function or an `async def`: a plain one is called, an async one is
   awaited (in the trio loop of the process it runs in; a blocking plain function blocks
@@ -237,6 +250,18 @@ gets no WSGI environ); `connection_made` and `connection_lost` are trioserve's o
 - `server.log` and `worker.log` are the `trioserve.hooks` logger: what a hook logs there
   goes to trioserve's error log with the time, pid and level of every other line (as
   `server.log` does in gunicorn).
+- Hooks written for gunicorn find what they use: `server.cfg` and `worker.cfg` (the
+  settings by trioserve's names: `server.cfg.workers`, `server.cfg.bind`, but
+  `cfg.access_log` where gunicorn says `cfg.accesslog`), `server.pid`, `worker.pid`,
+  `server.num_workers`; a `req` with gunicorn's `method`, `uri`, `path`, `query`,
+  `version`, `headers` ((NAME, value) strings), `scheme` and `remote_addr`; a `resp` with
+  `status_code` and `headers`. `post_request` may also be written as gunicorn's
+  `post_request(worker, req, environ, resp)` (`environ` is a WSGI environ built from the
+  request, only for such a hook, with an empty `wsgi.input`), `post_request(worker, req,
+  environ)` or `post_request(worker, req)`. What differs: `resp.status` is the int status
+  code (gunicorn's is the line `"200 OK"`; `resp.status_code` is the int in both),
+  `resp.headers` are byte pairs, and gunicorn's `worker.age`, `worker.alive`,
+  `server.WORKERS`, `req.body` and `resp.sent` do not exist here.
 - What a hook raises is never swallowed. It comes out as a `trioserve.HookError` naming
   the hook, with the original exception as its `__cause__`, and each hook says below
   what happens next: some abort startup or a worker's boot, others are logged with their
@@ -322,15 +347,22 @@ def _render_hook(hook: Hook) -> list[str]:
 _ARGUMENTS: dict[str, str] = {
     "server": "a [ServerInfo](#serverinfo): the master, or the server of `--workers 0`.",
     "worker": "a [WorkerInfo](#workerinfo): the worker process the event is about.",
-    "req": "the request's ASGI scope, a dict (an `http` or a `websocket` scope): the one "
-    "the app is called with.",
+    "req": "a [RequestInfo](#requestinfo): the ASGI scope the app is called with (an "
+    '`http` or a `websocket` scope), as a mapping (`req["path"]`), with gunicorn\'s '
+    "request attributes (`req.method`, `req.path`, `req.headers` ...).",
     "resp": "a [ResponseInfo](#responseinfo): what was sent in response.",
     "conn": "a [ConnectionInfo](#connectioninfo): the connection.",
     "new_value": "an int: the number of workers from now on.",
     "old_value": "an int: the number of workers before, or None the first time.",
 }
 
-_ARGUMENT_CLASSES: tuple[type, ...] = (ServerInfo, WorkerInfo, ConnectionInfo, ResponseInfo)
+_ARGUMENT_CLASSES: tuple[type, ...] = (
+    ServerInfo,
+    WorkerInfo,
+    ConnectionInfo,
+    RequestInfo,
+    ResponseInfo,
+)
 
 
 def _docstring_attributes(cls: type) -> dict[str, str]:
@@ -375,7 +407,9 @@ def _render_argument_class(cls: type) -> list[str]:
     for name, member in vars(cls).items():
         if isinstance(member, property):
             kind = str(inspect.signature(member.fget).return_annotation) if member.fget else ""
-            doc = _md(inspect.cleandoc(member.__doc__ or "").splitlines()[0])
+            kind = kind.replace("|", "\\|")
+            paragraph = inspect.cleandoc(member.__doc__ or "").split("\n\n")[0]
+            doc = _md(" ".join(paragraph.split())).replace("|", "\\|")
             lines.append(f"| `{name}` | `{kind}` | {doc} (read-only) |")
     return [*lines, ""]
 

@@ -3,7 +3,9 @@
 Every hook is a setting (``Config.on_starting`` ...) holding a plain function or an
 ``async def``. :func:`run_hook` awaits async hooks, calls sync ones, passes the keyword
 ``exc`` (None, or the exception that caused the event) to every hook that takes it (a
-hook written for gunicorn, ``def on_starting(server)``, does not), and never swallows
+hook written for gunicorn, ``def on_starting(server)``, does not), passes gunicorn's
+form of the arguments to a hook written in it (``post_request(worker, req, environ,
+resp)``: the environ is built only for such a hook), and never swallows
 what a hook raises: the exception comes out as a :class:`HookError` naming the hook,
 and the caller's structure decides what fails (startup, the worker, or one request).
 The one table of them is :data:`~trioserve._hooktable.HOOKS`, re-exported here.
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import logging
 import os
+import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import attrs
@@ -28,10 +32,12 @@ from ._hooktable import HOOK_NAMES as HOOK_NAMES
 from ._hooktable import HOOKS as HOOKS
 from ._hooktable import Hook as Hook
 from ._hooktable import arity_problem as arity_problem
+from ._hooktable import call_form
 from ._hooktable import hook_info as hook_info
 from ._hooktable import signature_problem as signature_problem
 from ._hooktable import signature_text as signature_text
-from ._hooktable import takes_exc
+from ._types import Scope
+from ._wsgi import Environ, build_environ, sent_target
 
 LOGGER = logging.getLogger("trioserve.hooks")
 
@@ -69,12 +75,37 @@ async def run_hook(config: Config, name: str, *args: Any, exc: BaseException | N
     hook = getattr(config, name)
     if hook is None:
         return
+    form = call_form(name, hook)
     try:
-        result = hook(*args, exc=exc) if takes_exc(name, hook) else hook(*args)
+        if form.args is not hook_info(name).args:
+            args = _gunicorn_arguments(config, name, form.args, args)
+        result = hook(*args, exc=exc) if form.exc else hook(*args)
         if inspect.isawaitable(result):
             await result
     except Exception as error:
         raise HookError(name, error) from error
+
+
+def _gunicorn_arguments(
+    config: Config, name: str, form: tuple[str, ...], args: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """``args`` (in the table's order) rearranged into gunicorn's ``form`` of hook
+    ``name``; its ``environ`` is built here, only for a hook that takes it."""
+    named = dict(zip(hook_info(name).args, args, strict=True))
+    if "environ" in form:
+        named["environ"] = request_environ(named["req"], multiprocess=config.workers > 1)
+    return tuple(named[argument] for argument in form)
+
+
+def request_environ(req: RequestInfo | Scope, *, multiprocess: bool = False) -> Environ:
+    """A WSGI environ (PEP 3333) for the request ``req`` (a RequestInfo or an ASGI scope),
+    as gunicorn's ``post_request(worker, req, environ, resp)`` gets: built afresh from the
+    scope, so what a WSGI app changed in its own environ is not in it, and its
+    ``wsgi.input`` is empty (the app read the body)."""
+    scope = req.scope if isinstance(req, RequestInfo) else req
+    if "method" not in scope:
+        scope = {**scope, "method": "GET"}  # a websocket's handshake is a GET
+    return build_environ(scope, io.BytesIO(), sys.stderr, multiprocess=multiprocess)
 
 
 def reportable(error: BaseException | None) -> BaseException | None:
@@ -143,6 +174,11 @@ class WorkerInfo:
         """The ``trioserve.hooks`` logger, as ``server.log`` (gunicorn's ``worker.log``)."""
         return LOGGER
 
+    @property
+    def cfg(self) -> Config:
+        """``config``, by gunicorn's name (``worker.cfg``)."""
+        return self.config
+
 
 @attrs.define(eq=False)
 class ServerInfo:
@@ -171,6 +207,11 @@ class ServerInfo:
         error log, with its time, pid and level (gunicorn's ``server.log``)."""
         return LOGGER
 
+    @property
+    def cfg(self) -> Config:
+        """``config``, by gunicorn's name (``server.cfg.workers``, ``server.cfg.bind``)."""
+        return self.config
+
 
 @attrs.define(eq=False)
 class ConnectionInfo:
@@ -190,14 +231,100 @@ class ConnectionInfo:
 
 
 @attrs.define(eq=False)
+class RequestInfo(MutableMapping[str, Any]):
+    """A request, as ``pre_request`` and ``post_request`` see it.
+
+    A mapping over the ASGI scope the app is called with (``req["method"]``,
+    ``req.get("path")``; what a hook stores in it, the app finds in its scope), with the
+    attributes of gunicorn's request besides (``req.method``, ``req.path``,
+    ``req.headers`` ...), so a hook written for gunicorn runs as it is. The attributes
+    are worked out from the scope when read.
+
+    Attributes:
+        scope: The ASGI scope (``http`` or ``websocket``) the app is called with.
+    """
+
+    scope: Scope
+
+    def __getitem__(self, key: str) -> Any:
+        return self.scope[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.scope[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.scope[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scope)
+
+    def __len__(self) -> int:
+        return len(self.scope)
+
+    @property
+    def method(self) -> str:
+        """The request method, ``"GET"``; a websocket's handshake is a GET."""
+        return str(self.scope.get("method", "GET"))
+
+    @property
+    def uri(self) -> str:
+        """The request target as the client sent it: path and query, percent-encoded."""
+        path, query = sent_target(self.scope)
+        return f"{path}?{query}" if query else path
+
+    @property
+    def path(self) -> str:
+        """The target's path as the client sent it (percent-encoded, as gunicorn's
+        ``req.path``; ``req["path"]`` is the ASGI one: decoded, ``root_path`` first)."""
+        return sent_target(self.scope)[0]
+
+    @property
+    def query(self) -> str:
+        """The query string, without the ``?``; ``""`` when there is none."""
+        return bytes(self.scope.get("query_string", b"")).decode("latin-1")
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """The HTTP version, ``(1, 1)``."""
+        major, _, minor = str(self.scope.get("http_version", "1.1")).partition(".")
+        return int(major), int(minor or 0)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The request headers as (NAME, value) strings, names upper-cased as gunicorn's."""
+        return [
+            (bytes(name).decode("latin-1").upper(), bytes(value).decode("latin-1"))
+            for name, value in self.scope.get("headers", ())
+        ]
+
+    @property
+    def scheme(self) -> str:
+        """``"http"`` or ``"https"`` (``"ws"`` or ``"wss"`` for a websocket)."""
+        return str(self.scope.get("scheme", "http"))
+
+    @property
+    def remote_addr(self) -> tuple[str, int] | None:
+        """The client's (host, port), after PROXY protocol and trusted proxy headers;
+        None when unknown (a unix socket)."""
+        client = self.scope.get("client")
+        return (str(client[0]), int(client[1])) if client else None
+
+
+@attrs.define(eq=False)
 class ResponseInfo:
     """A response, as ``post_request`` sees it.
 
     Attributes:
         status: The status code sent (101 for an accepted websocket, 403 for one closed
-            before it was accepted), or None when nothing was sent.
+            before it was accepted), or None when nothing was sent. An int, where
+            gunicorn's ``resp.status`` is the status line (``"200 OK"``).
         headers: The response headers as the app sent them, (name, value) byte pairs.
     """
 
     status: int | None = None
     headers: Sequence[tuple[bytes, bytes]] = ()
+
+    @property
+    def status_code(self) -> int | None:
+        """``status``, by gunicorn's name: the same int in both servers."""
+        return self.status

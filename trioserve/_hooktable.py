@@ -31,6 +31,9 @@ class Hook:
             hook, and the master hooks that have a meaning without workers.
         gunicorn: How gunicorn's hook of the same name differs, said when a hook's
             signature does not fit.
+        forms: gunicorn's other positional forms of the hook, which a function may take
+            instead of ``args`` (``post_request(worker, req, environ, resp)``); the names
+            not in ``args`` are made by :func:`~trioserve._hooks.run_hook` when needed.
     """
 
     name: str
@@ -43,6 +46,7 @@ class Hook:
         kw_only=True, default=attrs.Factory(lambda self: self.where == "both", takes_self=True)
     )
     gunicorn: str = attrs.field(kw_only=True, default="")
+    forms: tuple[tuple[str, ...], ...] = attrs.field(kw_only=True, default=())
 
 
 _STARTUP = "Startup is aborted: the server exits 1 with the hook's name and error."
@@ -121,8 +125,9 @@ HOOKS: tuple[Hook, ...] = (
         "pre_request",
         ("worker", "req"),
         "both",
-        "Before the app is called for a request; ``req`` is the ASGI scope (for WSGI "
-        "apps too, before the environ is built).",
+        "Before the app is called for a request; ``req`` is a RequestInfo: the ASGI "
+        "scope as a mapping, with gunicorn's request attributes (``req.method``, "
+        "``req.path``; for WSGI apps too, before the environ is built).",
         "The request fails with a 500 response (if nothing was sent yet), and "
         "``post_request`` is called with the error as ``exc``.",
     ),
@@ -131,10 +136,19 @@ HOOKS: tuple[Hook, ...] = (
         ("worker", "req", "resp"),
         "both",
         "After the app returned for a request; ``resp`` is a ResponseInfo (status, "
-        "headers; status None when nothing was sent).",
+        "headers; status None when nothing was sent). gunicorn's forms work too: "
+        "``post_request(worker, req, environ, resp)``, ``post_request(worker, req, "
+        "environ)`` (the third parameter named ``environ``) and ``post_request(worker, "
+        "req)``; ``environ`` is a WSGI environ built from the request for that hook.",
         "The error is logged; the response already went out.",
         exc="the exception the app (or pre_request) raised for this request",
-        gunicorn="gunicorn's environ argument is not passed here (req is the ASGI scope)",
+        gunicorn="gunicorn's forms post_request(worker, req, environ, resp), "
+        "post_request(worker, req, environ) and post_request(worker, req) are accepted too",
+        forms=(
+            ("worker", "req", "environ", "resp"),
+            ("worker", "req", "environ"),
+            ("worker", "req"),
+        ),
     ),
     Hook(
         "child_exit",
@@ -211,29 +225,57 @@ def _signature(value: Any) -> inspect.Signature | None:
         return None  # a builtin without a signature: it gets the benefit of the doubt
 
 
-def _bind_problem(signature: inspect.Signature, hook: Hook, *, exc: bool) -> str | None:
+def _bind_problem(signature: inspect.Signature, args: tuple[str, ...], *, exc: bool) -> str | None:
     try:
         if exc:
-            signature.bind(*hook.args, exc=None)
+            signature.bind(*args, exc=None)
         else:
-            signature.bind(*hook.args)
+            signature.bind(*args)
     except TypeError as error:
         return str(error)
     return None
 
 
+@attrs.frozen
+class CallForm:
+    """How one function is called as a hook: its positional arguments, by name, and
+    whether it gets the keyword ``exc``."""
+
+    args: tuple[str, ...]
+    exc: bool
+
+
+def _positional_names(signature: inspect.Signature) -> tuple[str, ...]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in signature.parameters.values() if p.kind in kinds)
+
+
+def _call_form(signature: inspect.Signature, hook: Hook) -> CallForm | None:
+    forms = [hook.args, *hook.forms]
+    # Names decide between forms of the same length: post_request(worker, req, environ)
+    # is gunicorn's three-argument form, post_request(worker, req, resp) trioserve's.
+    named = _positional_names(signature)
+    forms.sort(key=lambda form: form != named)
+    for form in forms:
+        for exc in (True, False):
+            if _bind_problem(signature, form, exc=exc) is None:
+                return CallForm(form, exc)
+    return None
+
+
 def arity_problem(name: str, value: Any) -> str | None:
     """Why ``value`` cannot be hook ``name``, or None when its signature fits: when it
-    can be called with the hook's arguments, with or without the keyword ``exc``."""
+    can be called with the hook's arguments (or one of gunicorn's forms of them), with
+    or without the keyword ``exc``."""
     if not callable(value):
         return "not callable"
     signature = _signature(value)
     if signature is None:
         return None
     hook = _BY_NAME[name]
-    if _bind_problem(signature, hook, exc=True) is None:
+    if _call_form(signature, hook) is not None:
         return None
-    return _bind_problem(signature, hook, exc=False)
+    return _bind_problem(signature, hook.args, exc=False)
 
 
 def signature_problem(name: str, value: Callable[..., Any]) -> str | None:
@@ -264,15 +306,20 @@ def signature_text(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _takes_exc_cached(name: str, hook: Callable[..., Any]) -> bool:
+def _call_form_cached(name: str, hook: Callable[..., Any]) -> CallForm:
+    row = _BY_NAME[name]
     signature = _signature(hook)
-    return signature is None or _bind_problem(signature, _BY_NAME[name], exc=True) is None
+    form = _call_form(signature, row) if signature is not None else None
+    # No signature (a builtin) or none that fits (checked when the config loaded, so
+    # only for a hook set behind the check's back): the table's form, with exc.
+    return form if form is not None else CallForm(row.args, True)
 
 
-def takes_exc(name: str, hook: Callable[..., Any]) -> bool:
-    """Whether hook ``name`` is called with the keyword ``exc``: False for a hook with
-    gunicorn's signature, which has no ``exc``. Worked out once per function."""
+def call_form(name: str, hook: Callable[..., Any]) -> CallForm:
+    """How hook ``name`` calls ``hook``: trioserve's arguments with the keyword ``exc``
+    when it takes them, else gunicorn's form that fits (no ``exc``; for post_request,
+    ``(worker, req, environ, resp)`` ...). Worked out once per function."""
     try:
-        return _takes_exc_cached(name, hook)
+        return _call_form_cached(name, hook)
     except TypeError:  # an unhashable callable object: no cache for it
-        return _takes_exc_cached.__wrapped__(name, hook)
+        return _call_form_cached.__wrapped__(name, hook)

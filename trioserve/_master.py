@@ -720,7 +720,7 @@ class Master:
                 try:
                     await run_hook(plan.config, "on_reload", pool.server)
                 except TrioserveError as exc:
-                    LOGGER.error("reload abandoned: %s", exc)
+                    log_problems("reload abandoned", exc)
                     return
                 old_workers = pool.config.workers
                 pool.plan = plan
@@ -1113,6 +1113,13 @@ def _later(master: Master, operation: Callable[..., Awaitable[None]], *args: Any
     master.nursery.start_soon(serialized)
 
 
+def log_problems(what: str, exc: BaseException) -> None:
+    """Log ``what: problem`` at ERROR for each problem ``exc`` names: a ConfigError lists
+    every problem it found, one per line, and each log line is one event."""
+    for problem in str(exc).splitlines() or [""]:
+        LOGGER.error("%s: %s", what, problem)
+
+
 async def _hup(master: Master, *, announce: bool = True) -> None:
     if master.paused:
         LOGGER.info("SIGHUP received: starting the workers again")
@@ -1123,7 +1130,7 @@ async def _hup(master: Master, *, announce: bool = True) -> None:
         try:
             plans = master.reload_plans()
         except TrioserveError as exc:
-            LOGGER.error("SIGHUP: the configuration could not be reloaded: %s", exc)
+            log_problems("SIGHUP: the configuration could not be reloaded", exc)
             return
         if len(plans) != len(master.pools):
             LOGGER.error("SIGHUP: the number of applications changed; restart the server")

@@ -33,6 +33,7 @@ from ._errors import ConfigError
 from ._hooks import (
     ConnectionInfo,
     HookError,
+    RequestInfo,
     ResponseInfo,
     ServerInfo,
     WorkerInfo,
@@ -385,7 +386,8 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
 
 
 def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASGIApp:
-    """The app wrapped so that ``pre_request`` and ``post_request`` see every request."""
+    """The app wrapped so that ``pre_request`` and ``post_request`` see every request,
+    as a RequestInfo over the scope the app gets."""
 
     async def hooked(scope: Scope, receive: Receive, send: Send) -> None:
         response = ResponseInfo()
@@ -401,9 +403,10 @@ def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASG
                 response.status = 403
             await send(message)
 
+        req = RequestInfo(scope)
         error: BaseException | None = None
         try:
-            await run_hook(config, "pre_request", worker, scope)
+            await run_hook(config, "pre_request", worker, req)
             await app(scope, receive, watching_send)
         except BaseException as exc:
             error = exc
@@ -413,7 +416,7 @@ def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASG
         finally:
             with trio.CancelScope(shield=True):
                 await run_hook_logged(
-                    config, "post_request", worker, scope, response, exc=reportable(error)
+                    config, "post_request", worker, req, response, exc=reportable(error)
                 )
 
     return hooked

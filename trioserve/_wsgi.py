@@ -132,6 +132,17 @@ def _split_host(host: str, default_port: str) -> tuple[str, str]:
     return name, default_port
 
 
+def sent_target(scope: Scope) -> tuple[str, str]:
+    """The request target's path and query as the client sent them (percent-encoded,
+    latin-1): ``scope["raw_path"]`` less the ``root_path`` the server put before it."""
+    root_path: str = scope.get("root_path", "")
+    path: str = scope["path"]
+    raw_path = bytes(scope.get("raw_path") or path.encode("utf-8"))
+    if root_path and path.startswith(root_path):
+        raw_path = raw_path.removeprefix(root_path.encode("utf-8"))
+    return raw_path.decode("latin-1"), bytes(scope.get("query_string", b"")).decode("latin-1")
+
+
 def build_environ(
     scope: Scope, stdin: object, errors: object, *, multiprocess: bool = False
 ) -> Environ:
@@ -150,12 +161,10 @@ def build_environ(
     scheme = scope.get("scheme", "http")
     root_path: str = scope.get("root_path", "")
     path: str = scope["path"]
-    raw_path = bytes(scope.get("raw_path") or path.encode("utf-8"))
     if root_path and path.startswith(root_path):
         path = path[len(root_path) :]
-        raw_path = raw_path.removeprefix(root_path.encode("utf-8"))
-    query = bytes(scope.get("query_string", b"")).decode("latin-1")
-    raw_uri = raw_path.decode("latin-1") + ("?" + query if query else "")
+    raw_path, query = sent_target(scope)
+    raw_uri = raw_path + ("?" + query if query else "")
     environ: Environ = {
         "REQUEST_METHOD": scope["method"],
         "SCRIPT_NAME": _native(root_path),

@@ -14,6 +14,7 @@ from trioserve import (
     Config,
     ConnectionInfo,
     HookError,
+    RequestInfo,
     ResponseInfo,
     ServerInfo,
     WorkerInfo,
@@ -259,6 +260,37 @@ async def test_post_request_sees_the_status_headers_and_scope(nursery: trio.Nurs
     assert resp.status == 201
     assert (b"x-answer", b"42") in list(resp.headers)
     assert (pre_exc, post_exc) == (None, None)
+
+
+async def test_gunicorn_style_request_hooks_get_gunicorns_attributes(
+    nursery: trio.Nursery,
+) -> None:
+    """gunicorn's pre_request(worker, req) and post_request(worker, req, environ, resp) run
+    around a request: req has gunicorn's attributes, what pre_request stores in req the
+    app finds in its scope, and environ is the request's."""
+    seen: list[tuple[Any, ...]] = []
+
+    def pre_request(worker: Any, req: Any) -> None:
+        assert isinstance(req, RequestInfo)
+        seen.append(("pre", req.method, req.path, req.query, dict(req.headers)["X-TRACE"]))
+        req["trace"] = "t-1"
+
+    def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+        seen.append(("post", environ["PATH_INFO"], environ["HTTP_X_TRACE"], resp.status_code))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"x-trace", scope["trace"].encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = in_process(app, lifespan="off", pre_request=pre_request, post_request=post_request)
+    [(host, port)] = await nursery.start(serve, config)
+    with trio.fail_after(TIMEOUT):
+        async with httpx.AsyncClient() as client:
+            url = f"http://{host}:{port}/a%20b?x=1"
+            response = await client.get(url, headers={"X-Trace": "abc"})
+    assert (response.status_code, response.headers["x-trace"]) == (200, "t-1")
+    assert seen == [("pre", "GET", "/a%20b", "x=1", "abc"), ("post", "/a b", "abc", 200)]
 
 
 async def test_pre_request_raising_answers_500_and_post_request_sees_it(

@@ -6,6 +6,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -74,6 +76,20 @@ def worker_exit(server, worker):
 
 def on_exit(server):
     server.log.info("hook on_exit")
+
+
+def pre_request(worker, req):
+    worker.log.info("hook pre_request: %s %s %s", req.method, req.path, req.query)
+
+
+def post_request(worker, req, environ, resp):
+    worker.log.info(
+        "hook post_request: %s %s -> %s [%s]",
+        environ["REQUEST_METHOD"],
+        environ["PATH_INFO"],
+        resp.status_code,
+        resp.status,
+    )
 """
 
 WSGI_APP = """\
@@ -112,11 +128,13 @@ async def test_gunicorn_conf_starts_on_the_first_try(tmp_path: Path) -> None:
     async with serving("-c", str(conf), "app:app") as server:
         await server.wait_for_line("hook when_ready: 1 worker(s)")
         async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(server.url + "/")
+            response = await client.get(server.url + "/things?x=y")
         assert (response.status_code, response.text) == (200, "hello from wsgi")
         assert (tmp_path / "app.pid").is_file()  # pidfile
         assert await server.stop(signal.SIGTERM) == 0
     lines = server.lines
+    logged(lines, "[worker 0] hook pre_request: GET /things x=y")
+    logged(lines, "[worker 0] hook post_request: GET /things -> 200 [200]")
     master = logged(lines, "hook on_starting: master " + logged(lines, "hook on_exit")["pid"])
     assert master["level"] == "INFO"
     assert logged(lines, "hook when_ready: 1 worker(s)")["pid"] == master["pid"]
@@ -134,7 +152,7 @@ async def test_gunicorn_conf_starts_on_the_first_try(tmp_path: Path) -> None:
     assert warning["level"] == "WARNING"
     assert_clean_log(lines)
     access = (tmp_path / "access.log").read_text(encoding="utf-8")
-    assert access == '127.0.0.1 "GET / HTTP/1.1" 200\n'  # accesslog, access_log_format
+    assert access == '127.0.0.1 "GET /things?x=y HTTP/1.1" 200\n'  # accesslog, its format
     assert not (tmp_path / "app.pid").exists()
 
 
@@ -240,12 +258,11 @@ async def test_trioserve_conf_py_is_read_from_the_working_directory(tmp_path: Pa
     assert_clean_log(server.lines)
 
 
-async def test_gunicorn_itself_runs_the_same_file_alike(tmp_path: Path) -> None:
-    """The file of test_gunicorn_conf_starts_on_the_first_try is a real gunicorn file:
-    gunicorn serves it too, logs the same server.log lines (except the async post_fork,
-    which gunicorn never awaits) and writes the same access log line."""
+@asynccontextmanager
+async def gunicorn_serving(conf: Path) -> AsyncIterator[tuple[Server, str]]:
+    """Real gunicorn (the test extra's) serving ``conf`` on app:app from the file's
+    directory, once its ready: the server and its URL. Always reaped."""
     pytest.importorskip("gunicorn")
-    conf = write_gunicorn_project(tmp_path)
     command = [sys.executable, "-m", "gunicorn", "--no-control-socket", "-c", str(conf)]
     process = await trio.lowlevel.open_process(
         [*command, "app:app"],
@@ -261,11 +278,7 @@ async def test_gunicorn_itself_runs_the_same_file_alike(tmp_path: Path) -> None:
         url = re.search(r"http://127\.0\.0\.1:\d+", line)
         assert url is not None, line
         await server.wait_for_line("hook when_ready: 1 worker(s)")
-        async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(url[0] + "/")
-        assert (response.status_code, response.text) == (200, "hello from wsgi")
-        process.send_signal(signal.SIGTERM)
-        assert await server.wait_exit() == 0
+        yield server, url[0]
     finally:
         with trio.CancelScope(shield=True):
             if process.returncode is None:
@@ -274,13 +287,83 @@ async def test_gunicorn_itself_runs_the_same_file_alike(tmp_path: Path) -> None:
                 await process.wait()
             if process.stderr is not None:
                 await process.stderr.aclose()
-    messages = [message.split("] ", 3)[-1] for message in server.lines if "] hook " in message]
-    assert [message.rstrip("0123456789") for message in messages] == [
+
+
+def hook_messages(lines: list[str]) -> list[str]:
+    """The messages of the hooks' lines (from "hook " on), in order, pids left out."""
+    found = (re.search(r"[:\]] (hook .*)$", line) for line in lines)
+    return [re.sub(r"\d+$", "", match[1]) for match in found if match is not None]
+
+
+async def test_gunicorn_itself_runs_the_same_file_alike(tmp_path: Path) -> None:
+    """The file of test_gunicorn_conf_starts_on_the_first_try is a real gunicorn file:
+    gunicorn serves it too, logs the same server.log lines (except the async post_fork,
+    which gunicorn never awaits, and resp.status, which is the status line there) and
+    writes the same access log line."""
+    conf = write_gunicorn_project(tmp_path)
+    async with gunicorn_serving(conf) as (server, url):
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(url + "/things?x=y")
+        assert (response.status_code, response.text) == (200, "hello from wsgi")
+        assert await server.stop(signal.SIGTERM) == 0
+    gunicorn_lines = hook_messages(server.lines)
+    assert gunicorn_lines == [
         "hook on_starting: master ",
         "hook when_ready: 1 worker(s)",
+        "hook pre_request: GET /things x=y",
+        "hook post_request: GET /things -> 200 [200 OK]",
         "hook worker_exit: worker ",
         "hook on_exit",
     ]
     assert any("coroutine 'post_fork' was never awaited" in line for line in server.lines)
     access = (tmp_path / "access.log").read_text(encoding="utf-8")
-    assert access == '127.0.0.1 "GET / HTTP/1.1" 200\n'
+    assert access == '127.0.0.1 "GET /things?x=y HTTP/1.1" 200\n'
+
+    # The same file under trioserve: the same lines, post_fork's (awaited) besides, and
+    # resp.status the int code (gunicorn's resp.status_code), as documented.
+    (tmp_path / "access.log").unlink()
+    async with serving("-c", str(conf), "app:app") as trioserve:
+        await trioserve.wait_for_line("hook when_ready: 1 worker(s)")
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(trioserve.url + "/things?x=y")
+        assert (response.status_code, response.text) == (200, "hello from wsgi")
+        assert await trioserve.stop(signal.SIGTERM) == 0
+    trioserve_lines = [line for line in hook_messages(trioserve.lines) if "post_fork" not in line]
+    differs_on_purpose = {
+        "hook post_request: GET /things -> 200 [200 OK]": (
+            "hook post_request: GET /things -> 200 [200]"
+        )
+    }
+    assert trioserve_lines == [differs_on_purpose.get(line, line) for line in gunicorn_lines]
+    assert (tmp_path / "access.log").read_text(encoding="utf-8") == access
+
+
+async def test_sighup_warns_again_and_logs_a_failed_reload_one_problem_a_line(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP re-reads the file: its names that are not settings are warned about again;
+    a file that no longer loads is logged one problem per line, and the old workers keep
+    serving."""
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("workers = 1\nBASE_DIR = '.'\ndef helper():\n    pass\n", encoding="utf-8")
+    warning = f"{conf}: names that are not settings are ignored: BASE_DIR, helper"
+    async with serving("-c", str(conf), "-b", "127.0.0.1:0", "examples.hello:app") as server:
+        assert [line for line in server.lines if warning in line] != []
+        server.process.send_signal(signal.SIGHUP)
+        await server.wait_for_line("reloaded: 1 new workers ready")
+        assert len([line for line in server.lines if warning in line]) == 2
+        conf.write_text("workers = 'four'\nworker_class = 'gevent'\n", encoding="utf-8")
+        server.process.send_signal(signal.SIGHUP)
+        first = await server.wait_for_line("SIGHUP: the configuration could not be reloaded")
+        second = await server.wait_for_line("SIGHUP: the configuration could not be reloaded")
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(server.url + "/")
+        assert response.status_code == 200
+        assert await server.stop(signal.SIGTERM) == 0
+    prefix = "trioserve: SIGHUP: the configuration could not be reloaded: "
+    assert [line[line.index("trioserve: ") :] for line in (first, second)] == [
+        f"{prefix}worker_class (in {conf}): trioserve has one worker kind (trio); "
+        "remove worker_class",
+        f"{prefix}workers (in {conf}): expected an integer >= 0, got 'four'",
+    ]
+    assert ("[ERROR]" in first, "[ERROR]" in second) == (True, True)

@@ -114,18 +114,19 @@ def test_gunicorn_signatures_without_exc_are_accepted() -> None:
     assert (config.on_starting, config.post_fork) == (on_starting, post_fork)
 
 
-def test_gunicorn_post_request_with_environ_says_what_differs() -> None:
-    """gunicorn's post_request(worker, req, environ, resp) is refused, saying environ is
-    not passed."""
+def test_a_post_request_that_fits_no_form_names_gunicorns_forms() -> None:
+    """A post_request that fits neither trioserve's nor gunicorn's forms is refused,
+    naming gunicorn's forms as accepted too."""
 
-    def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None: ...
+    def post_request(worker: Any, req: Any, environ: Any, resp: Any, extra: Any) -> None: ...
 
     message = config_error(post_request=post_request)
     assert message == (
-        "post_request: post_request(worker, req, environ, resp) cannot be called as "
+        "post_request: post_request(worker, req, environ, resp, extra) cannot be called as "
         "post_request(worker, req, resp) nor as post_request(worker, req, resp, *, exc=None): "
-        "missing a required argument: 'resp'; gunicorn's environ argument is not passed "
-        "here (req is the ASGI scope)"
+        "missing a required argument: 'resp'; gunicorn's forms post_request(worker, req, "
+        "environ, resp), post_request(worker, req, environ) and post_request(worker, req) "
+        "are accepted too"
     )
 
 
