@@ -14,7 +14,7 @@ from trioserve import Config
 from trioserve._cli import build_parser, cli_layer
 from trioserve._config import load_config
 from trioserve._peer import Peer
-from trioserve._serve_http import HTTPOptions, watch_deadlines
+from trioserve._serve_http import HTTPOptions, watch_deadlines, watch_handovers
 from trioserve._serve_http import serve_http_connection as serve_peer
 from trioserve._state import ServerState
 from trioserve._types import ASGIApp
@@ -44,14 +44,16 @@ async def serve_http_connection(
     server: tuple[str, int | None] | None = None,
 ) -> None:
     """Serve one connection over ``stream`` as the server does (the HTTP edge's
-    ``serve_http_connection``), with a deadline watchdog beside it as the server runs
-    one; ``options`` default to those of ``state.config``. ``sock``: the socket under
-    a plain ``trio.SocketStream``, which the edge then reads and writes directly."""
+    ``serve_http_connection``), with the deadline watchdog and the handover watcher
+    beside it as the server runs them; ``options`` default to those of
+    ``state.config``. ``sock``: the socket under a plain ``trio.SocketStream``, which
+    the edge then reads and writes directly."""
     if options is None:
         options = HTTPOptions(state.config)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_deadlines, state, options)
-        await serve_peer(Peer(stream, sock, client, server), app, state, options)
+        nursery.start_soon(watch_handovers, options)
+        await serve_peer(Peer(stream, sock, client, server), app, state, options, nursery)
         nursery.cancel_scope.cancel()
 
 

@@ -46,7 +46,13 @@ from ._lifespan import Lifespan
 from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
-from ._serve_http import AccessLogger, HTTPOptions, serve_http_connection, watch_deadlines
+from ._serve_http import (
+    AccessLogger,
+    HTTPOptions,
+    serve_http_connection,
+    watch_deadlines,
+    watch_handovers,
+)
 from ._serve_tcp import serve_stream_connection
 from ._serve_ws import WSOptions, serve_asgi_websocket, serve_native_websocket, watch_websockets
 from ._state import ServerState
@@ -174,7 +180,6 @@ async def _run(
 ) -> None:
     config = state.config
     edges = _edges(loaded, state, extras, worker)
-    handler = _connection_handler(edges.serve, config, extras, worker)
     scheme = {"stream": "tcp", "websocket": "ws"}.get(loaded.interface, "http")
     if config.certfile or config.keyfile:
         scheme = {"tcp": "tls", "ws": "wss"}.get(scheme, "https")
@@ -202,9 +207,11 @@ async def _run(
             raise
         if edges.http is not None:
             app_tasks.start_soon(watch_deadlines, state, edges.http)
+            app_tasks.start_soon(watch_handovers, edges.http)
         if edges.websockets is not None:
             await app_tasks.start(watch_websockets, state, edges.websockets)
         async with trio.open_nursery() as connections:
+            handler = _connection_handler(edges.serve, connections, config, extras, worker)
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
                     await acceptors.start(accept_connections, listener, handler, connections)
@@ -246,16 +253,20 @@ def _h11_module(choice: str) -> types.ModuleType:
 
 
 def _connection_handler(
-    serve: Callable[[Peer], Awaitable[None]], config: Config, extras: Extras, worker: WorkerInfo
+    serve: Callable[[Peer, trio.Nursery], Awaitable[None]],
+    tasks: trio.Nursery,
+    config: Config,
+    extras: Extras,
+    worker: WorkerInfo,
 ) -> Callable[[Peer], Awaitable[None]]:
-    """What runs for each accepted connection: the acceptor, the connection hooks (when
-    set), then ``serve``."""
+    """What runs for each accepted connection, in ``tasks``: the acceptor, the connection
+    hooks (when set), then ``serve``."""
     accept = _acceptor(config, extras)
     if config.connection_made is None and config.connection_lost is None:
 
         async def handle(peer: Peer) -> None:
             if await accept(peer):
-                await serve(peer)
+                await serve(peer, tasks)
 
         return handle
 
@@ -266,7 +277,7 @@ def _connection_handler(
         error: BaseException | None = None
         try:
             await run_hook(config, "connection_made", conn)
-            await serve(peer)
+            await serve(peer, tasks)
         except HookError as exc:
             error = exc
             LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
@@ -325,9 +336,13 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
 @attrs.frozen
 class _Edges:
     """How accepted connections are served, for the app's interface, and the options
-    of the edges that serve them (whose watchers the server runs)."""
+    of the edges that serve them (whose watchers the server runs).
 
-    serve: Callable[[Peer], Awaitable[None]]
+    ``serve`` is given each connection and ``tasks``, the nursery the connections run
+    in: the HTTP edge goes on serving a connection in a new task there when an app
+    works on after its response."""
+
+    serve: Callable[[Peer, trio.Nursery], Awaitable[None]]
     http: HTTPOptions | None = None
     websockets: WSOptions | None = None
 
@@ -340,7 +355,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         native_handler: Any = loaded.handler
         native_options = WSOptions(config)
 
-        async def handle_native_websocket(peer: Peer) -> None:
+        async def handle_native_websocket(peer: Peer, tasks: trio.Nursery) -> None:
             await serve_native_websocket(peer.stream, native_handler, state, native_options)
 
         return _Edges(handle_native_websocket, websockets=native_options)
@@ -348,7 +363,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
     if loaded.handler is not None:
         stream_handler = loaded.handler
 
-        async def handle_stream(peer: Peer) -> None:
+        async def handle_stream(peer: Peer, tasks: trio.Nursery) -> None:
             await serve_stream_connection(peer.stream, stream_handler)
 
         return _Edges(handle_stream)
