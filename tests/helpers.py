@@ -47,14 +47,17 @@ async def serve_http_connection(
     ``serve_http_connection``), with the deadline watchdog and the handover watcher
     beside it as the server runs them; ``options`` default to those of
     ``state.config``. ``sock``: the socket under a plain ``trio.SocketStream``, which
-    the edge then reads and writes directly."""
+    the edge then reads and writes directly. Returns once the connection ended and
+    every app call it made returned (a connection handed over to a new task carries
+    on in a nursery of its own here, as in the server's connection nursery)."""
     if options is None:
         options = HTTPOptions(state.config)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_deadlines, state, options)
-        nursery.start_soon(watch_handovers, options)
-        await serve_peer(Peer(stream, sock, client, server), app, state, options, nursery)
-        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as watchers:
+        watchers.start_soon(watch_deadlines, state, options)
+        watchers.start_soon(watch_handovers, options)
+        async with trio.open_nursery() as tasks:
+            await serve_peer(Peer(stream, sock, client, server), app, state, options, tasks)
+        watchers.cancel_scope.cancel()
 
 
 def config_from_argv(argv: Sequence[str]) -> Config:
