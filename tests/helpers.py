@@ -56,7 +56,7 @@ async def serve_http_connection(
         watchers.start_soon(watch_deadlines, state, options)
         watchers.start_soon(watch_handovers, options)
         async with trio.open_nursery() as tasks:
-            await serve_peer(Peer(stream, sock, client, server), app, state, options, tasks)
+            await serve_peer(Peer(stream, sock, client, server), app, state, options, tasks=tasks)
         watchers.cancel_scope.cancel()
 
 

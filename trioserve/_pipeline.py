@@ -17,7 +17,7 @@ import random
 import ssl
 import types
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import h11
@@ -253,7 +253,7 @@ def _h11_module(choice: str) -> types.ModuleType:
 
 
 def _connection_handler(
-    serve: Callable[[Peer, trio.Nursery], Awaitable[None]],
+    serve: ServeConnection,
     tasks: trio.Nursery,
     config: Config,
     extras: Extras,
@@ -266,7 +266,7 @@ def _connection_handler(
 
         async def handle(peer: Peer) -> None:
             if await accept(peer):
-                await serve(peer, tasks)
+                await serve(peer, tasks=tasks)
 
         return handle
 
@@ -277,7 +277,7 @@ def _connection_handler(
         error: BaseException | None = None
         try:
             await run_hook(config, "connection_made", conn)
-            await serve(peer, tasks)
+            await serve(peer, tasks=tasks)
         except HookError as exc:
             error = exc
             LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
@@ -333,16 +333,19 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
     return accept
 
 
+class ServeConnection(Protocol):
+    """Serves one accepted connection; ``tasks`` is the nursery the connections run in
+    (the HTTP edge may go on serving a connection in a new task there)."""
+
+    def __call__(self, peer: Peer, *, tasks: trio.Nursery) -> Awaitable[None]: ...
+
+
 @attrs.frozen
 class _Edges:
     """How accepted connections are served, for the app's interface, and the options
-    of the edges that serve them (whose watchers the server runs).
+    of the edges that serve them (whose watchers the server runs)."""
 
-    ``serve`` is given each connection and ``tasks``, the nursery the connections run
-    in: the HTTP edge goes on serving a connection in a new task there when an app
-    works on after its response."""
-
-    serve: Callable[[Peer, trio.Nursery], Awaitable[None]]
+    serve: ServeConnection
     http: HTTPOptions | None = None
     websockets: WSOptions | None = None
 
@@ -355,7 +358,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         native_handler: Any = loaded.handler
         native_options = WSOptions(config)
 
-        async def handle_native_websocket(peer: Peer, tasks: trio.Nursery) -> None:
+        async def handle_native_websocket(peer: Peer, *, tasks: trio.Nursery) -> None:
             await serve_native_websocket(peer.stream, native_handler, state, native_options)
 
         return _Edges(handle_native_websocket, websockets=native_options)
@@ -363,7 +366,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
     if loaded.handler is not None:
         stream_handler = loaded.handler
 
-        async def handle_stream(peer: Peer, tasks: trio.Nursery) -> None:
+        async def handle_stream(peer: Peer, *, tasks: trio.Nursery) -> None:
             await serve_stream_connection(peer.stream, stream_handler)
 
         return _Edges(handle_stream)

@@ -145,7 +145,7 @@ class HTTPOptions:
 
 
 async def serve_http_connection(
-    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions, tasks: trio.Nursery
+    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions, *, tasks: trio.Nursery
 ) -> None:
     """Serve HTTP/1.1 requests on ``peer`` until it leaves, the connection idles out,
     or the server stops, then a WebSocket if one was asked for. Never raises for a
