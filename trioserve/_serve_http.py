@@ -938,8 +938,6 @@ class _Cycle:
                 )
                 self.broken = True
             elif self.rejected is None:
-                # After a complete response (in a background task, say) the connection is
-                # unaffected: only the log tells.
                 after = self.finished and not self.broken
                 hint = self.connection.options.app_hint
                 text = hint(exc) if hint is not None else None
@@ -950,7 +948,10 @@ class _Cycle:
                     " (after its response was sent)" if after else "",
                     f" ({text})" if text else "",
                 )
-                if not after:
+                if not self.handed_over:
+                    # (Even after a complete response the connection then ends, as in
+                    # uvicorn and gunicorn.) One handed over is served elsewhere already:
+                    # the error of the app's later work does not affect it.
                     await self._fail()
         else:
             if self.response.phase is not _DONE and self.rejected is None:
