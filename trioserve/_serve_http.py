@@ -918,7 +918,8 @@ class _Cycle:
 
     async def run(self, app: ASGIApp) -> None:
         self._scope = scope = self.scope()
-        if self.connection.options.access_log is not None:
+        access_log = self.connection.options.access_log
+        if access_log is not None:
             self.started = time.time()
         try:
             try:
@@ -964,7 +965,7 @@ class _Cycle:
                     await self._fail()
                 else:
                     self.broken = True
-        if not self.handed_over:
+        if access_log is not None and not self.handed_over:
             self.log_access()
 
     def log_access(self) -> None:
