@@ -367,3 +367,29 @@ async def test_next_request_is_answered_at_once_on_a_plain_socket(nursery):
     assert still_working == [True]
     release.set()
     await client_stream.aclose()
+
+
+async def test_websocket_upgrade_after_a_handover_is_served(nursery, autojump_clock):
+    """A WebSocket upgrade on a connection handed over is served by its new task, while
+    the previous request's app works on."""
+    app = BackgroundApp(seconds=10)
+    upgraded: list[trio.lowlevel.Task] = []
+
+    async def websocket(stream: trio.abc.Stream, **kwargs: Any) -> None:
+        upgraded.append(trio.lowlevel.current_task())
+        await stream.send_all(b"upgraded")
+
+    state = ServerState(Config())
+    options = HTTPOptions(state.config, websocket=websocket)
+    client_stream, server = trio.testing.memory_stream_pair()
+    nursery.start_soon(lambda: serve_http_connection(server, app, state, options=options))
+    client = H11Client(client_stream)
+    await client.request(target=b"/bg")
+    await client_stream.send_all(
+        b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert await read_until_eof(client_stream) == b"upgraded"
+    assert trio.current_time() < AT_ONCE
+    assert upgraded[0] is not app.tasks[0]
+    assert app.working == 1
