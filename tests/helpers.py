@@ -54,7 +54,7 @@ async def serve_http_connection(
         options = HTTPOptions(state.config)
     async with trio.open_nursery() as watchers:
         watchers.start_soon(watch_deadlines, state, options)
-        watchers.start_soon(watch_handovers, options)
+        await watchers.start(watch_handovers, options)
         async with trio.open_nursery() as tasks:
             await serve_peer(Peer(stream, sock, client, server), app, state, options, tasks=tasks)
         watchers.cancel_scope.cancel()

@@ -207,7 +207,7 @@ async def _run(
             raise
         if edges.http is not None:
             app_tasks.start_soon(watch_deadlines, state, edges.http)
-            app_tasks.start_soon(watch_handovers, edges.http)
+            await app_tasks.start(watch_handovers, edges.http)
         if edges.websockets is not None:
             await app_tasks.start(watch_websockets, state, edges.websockets)
         async with trio.open_nursery() as connections:

@@ -308,33 +308,45 @@ class Handovers:
     def __init__(self) -> None:
         self._offered: list[_Cycle] = []
         self._parked: trio.lowlevel.Task | None = None
+        # Whether the watcher runs: without it, offers would pile up for nobody.
+        self._watching = False
 
     def offer(self, cycle: _Cycle) -> None:
         """``cycle``'s response is complete; its app may not return soon."""
+        if not self._watching:
+            return
         self._offered.append(cycle)
         parked = self._parked
         if parked is not None:
             self._parked = None
             trio.lowlevel.reschedule(parked)
 
-    async def watch(self) -> None:
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hand over the connections whose app works on after its response; runs until
         cancelled."""
-        previous: list[_Cycle] = []
-        while True:
-            if not (previous or self._offered):
-                await self._park()
-            await trio.sleep(HANDOVER_AFTER)
-            for cycle in previous:
-                if cycle.returned:
-                    continue
-                if cycle.busy:
-                    # A receive() still reads the connection (it ends now that the
-                    # response is complete): next time.
-                    self._offered.append(cycle)
-                else:
-                    cycle.connection.hand_over(cycle)
-            previous, self._offered = self._offered, []
+        if self._watching:
+            raise RuntimeError("the handovers of these HTTP options are watched already")
+        self._watching = True
+        try:
+            task_status.started()
+            previous: list[_Cycle] = []
+            while True:
+                if not (previous or self._offered):
+                    await self._park()
+                await trio.sleep(HANDOVER_AFTER)
+                for cycle in previous:
+                    if cycle.returned:
+                        continue
+                    if cycle.busy:
+                        # A receive() still reads the connection (it ends now that the
+                        # response is complete): next time.
+                        self._offered.append(cycle)
+                    else:
+                        cycle.connection.hand_over(cycle)
+                previous, self._offered = self._offered, []
+        finally:
+            self._watching = False
+            self._offered = []
 
     async def _park(self) -> None:
         self._parked = trio.lowlevel.current_task()
@@ -346,10 +358,13 @@ class Handovers:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
 
-async def watch_handovers(options: HTTPOptions) -> None:
+async def watch_handovers(
+    options: HTTPOptions, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Hand over the connections whose app works on after its response (see
-    :class:`Handovers`); runs until cancelled, beside the server's connections."""
-    await options.handovers.watch()
+    :class:`Handovers`); runs until cancelled, beside the server's connections. Without
+    it, a connection waits for its app to return before it reads the next request."""
+    await options.handovers.watch(task_status=task_status)
 
 
 class _Connection(ServerConnection):
