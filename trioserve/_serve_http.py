@@ -307,26 +307,26 @@ class Handovers:
 
     def __init__(self) -> None:
         self._offered: list[_Cycle] = []
-        self._parked: trio.lowlevel.Task | None = None
-        # Whether the watcher runs: without it, offers would pile up for nobody.
-        self._watching = False
+        # The watchers waiting for an offer (one per server; tests may run more).
+        self._parked: list[trio.lowlevel.Task] = []
+        # How many watchers run: without one, offers would pile up for nobody.
+        self._watchers = 0
 
     def offer(self, cycle: _Cycle) -> None:
         """``cycle``'s response is complete; its app may not return soon."""
-        if not self._watching:
+        if not self._watchers:
             return
         self._offered.append(cycle)
         parked = self._parked
-        if parked is not None:
-            self._parked = None
-            trio.lowlevel.reschedule(parked)
+        if parked:
+            for task in parked:
+                trio.lowlevel.reschedule(task)
+            parked.clear()
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hand over the connections whose app works on after its response; runs until
         cancelled."""
-        if self._watching:
-            raise RuntimeError("the handovers of these HTTP options are watched already")
-        self._watching = True
+        self._watchers += 1
         try:
             task_status.started()
             previous: list[_Cycle] = []
@@ -345,14 +345,16 @@ class Handovers:
                         cycle.connection.hand_over(cycle)
                 previous, self._offered = self._offered, []
         finally:
-            self._watching = False
-            self._offered = []
+            self._watchers -= 1
+            if not self._watchers:
+                self._offered = []
 
     async def _park(self) -> None:
-        self._parked = trio.lowlevel.current_task()
+        task = trio.lowlevel.current_task()
+        self._parked.append(task)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
-            self._parked = None
+            self._parked.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
