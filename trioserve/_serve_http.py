@@ -3,7 +3,9 @@
 ``serve_http_connection`` serves a :class:`~trioserve._peer.Peer` over any
 ``trio.abc.Stream``, so tests drive it with ``trio.testing.memory_stream_pair()``.
 One task per connection: the request body is read inside ``receive()`` as the app
-asks for it, nothing is buffered whole.
+asks for it, nothing is buffered whole. An app that works on after its complete
+response (a background task) keeps that task, and the connection goes on in a new one
+(see :class:`Handovers`).
 
 The protocol's rules live in ``_proto``: :class:`~trioserve._proto.http1.ServerConnection`
 (which the connection here extends) checks and parses request heads and bodies and
