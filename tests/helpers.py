@@ -14,7 +14,7 @@ from trioserve import Config
 from trioserve._cli import build_parser, cli_layer
 from trioserve._config import load_config
 from trioserve._peer import Peer
-from trioserve._serve_http import HTTPOptions, watch_deadlines
+from trioserve._serve_http import HTTPOptions, watch_deadlines, watch_handovers
 from trioserve._serve_http import serve_http_connection as serve_peer
 from trioserve._state import ServerState
 from trioserve._types import ASGIApp
@@ -44,15 +44,20 @@ async def serve_http_connection(
     server: tuple[str, int | None] | None = None,
 ) -> None:
     """Serve one connection over ``stream`` as the server does (the HTTP edge's
-    ``serve_http_connection``), with a deadline watchdog beside it as the server runs
-    one; ``options`` default to those of ``state.config``. ``sock``: the socket under
-    a plain ``trio.SocketStream``, which the edge then reads and writes directly."""
+    ``serve_http_connection``), with the deadline watchdog and the handover watcher
+    beside it as the server runs them; ``options`` default to those of
+    ``state.config``. ``sock``: the socket under a plain ``trio.SocketStream``, which
+    the edge then reads and writes directly. Returns once the connection ended and
+    every app call it made returned (a connection handed over to a new task carries
+    on in a nursery of its own here, as in the server's connection nursery)."""
     if options is None:
         options = HTTPOptions(state.config)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_deadlines, state, options)
-        await serve_peer(Peer(stream, sock, client, server), app, state, options)
-        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as watchers:
+        watchers.start_soon(watch_deadlines, state, options)
+        await watchers.start(watch_handovers, options)
+        async with trio.open_nursery() as tasks:
+            await serve_peer(Peer(stream, sock, client, server), app, state, options, tasks=tasks)
+        watchers.cancel_scope.cancel()
 
 
 def config_from_argv(argv: Sequence[str]) -> Config:

@@ -17,7 +17,7 @@ import random
 import ssl
 import types
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import h11
@@ -47,7 +47,13 @@ from ._lifespan import Lifespan
 from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
-from ._serve_http import AccessLogger, HTTPOptions, serve_http_connection, watch_deadlines
+from ._serve_http import (
+    AccessLogger,
+    HTTPOptions,
+    serve_http_connection,
+    watch_deadlines,
+    watch_handovers,
+)
 from ._serve_tcp import serve_stream_connection
 from ._serve_ws import WSOptions, serve_asgi_websocket, serve_native_websocket, watch_websockets
 from ._state import ServerState
@@ -175,7 +181,6 @@ async def _run(
 ) -> None:
     config = state.config
     edges = _edges(loaded, state, extras, worker)
-    handler = _connection_handler(edges.serve, config, extras, worker)
     scheme = {"stream": "tcp", "websocket": "ws"}.get(loaded.interface, "http")
     if config.certfile or config.keyfile:
         scheme = {"tcp": "tls", "ws": "wss"}.get(scheme, "https")
@@ -203,9 +208,11 @@ async def _run(
             raise
         if edges.http is not None:
             app_tasks.start_soon(watch_deadlines, state, edges.http)
+            await app_tasks.start(watch_handovers, edges.http)
         if edges.websockets is not None:
             await app_tasks.start(watch_websockets, state, edges.websockets)
         async with trio.open_nursery() as connections:
+            handler = _connection_handler(edges.serve, connections, config, extras, worker)
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
                     await acceptors.start(accept_connections, listener, handler, connections)
@@ -247,16 +254,20 @@ def _h11_module(choice: str) -> types.ModuleType:
 
 
 def _connection_handler(
-    serve: Callable[[Peer], Awaitable[None]], config: Config, extras: Extras, worker: WorkerInfo
+    serve: ServeConnection,
+    tasks: trio.Nursery,
+    config: Config,
+    extras: Extras,
+    worker: WorkerInfo,
 ) -> Callable[[Peer], Awaitable[None]]:
-    """What runs for each accepted connection: the acceptor, the connection hooks (when
-    set), then ``serve``."""
+    """What runs for each accepted connection, in ``tasks``: the acceptor, the connection
+    hooks (when set), then ``serve``."""
     accept = _acceptor(config, extras)
     if config.connection_made is None and config.connection_lost is None:
 
         async def handle(peer: Peer) -> None:
             if await accept(peer):
-                await serve(peer)
+                await serve(peer, tasks=tasks)
 
         return handle
 
@@ -267,7 +278,7 @@ def _connection_handler(
         error: BaseException | None = None
         try:
             await run_hook(config, "connection_made", conn)
-            await serve(peer)
+            await serve(peer, tasks=tasks)
         except HookError as exc:
             error = exc
             LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
@@ -323,12 +334,19 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
     return accept
 
 
+class ServeConnection(Protocol):
+    """Serves one accepted connection; ``tasks`` is the nursery the connections run in
+    (the HTTP edge may go on serving a connection in a new task there)."""
+
+    def __call__(self, peer: Peer, *, tasks: trio.Nursery) -> Awaitable[None]: ...
+
+
 @attrs.frozen
 class _Edges:
     """How accepted connections are served, for the app's interface, and the options
     of the edges that serve them (whose watchers the server runs)."""
 
-    serve: Callable[[Peer], Awaitable[None]]
+    serve: ServeConnection
     http: HTTPOptions | None = None
     websockets: WSOptions | None = None
 
@@ -341,7 +359,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         native_handler: Any = loaded.handler
         native_options = WSOptions(config)
 
-        async def handle_native_websocket(peer: Peer) -> None:
+        async def handle_native_websocket(peer: Peer, *, tasks: trio.Nursery) -> None:
             await serve_native_websocket(peer.stream, native_handler, state, native_options)
 
         return _Edges(handle_native_websocket, websockets=native_options)
@@ -349,7 +367,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
     if loaded.handler is not None:
         stream_handler = loaded.handler
 
-        async def handle_stream(peer: Peer) -> None:
+        async def handle_stream(peer: Peer, *, tasks: trio.Nursery) -> None:
             await serve_stream_connection(peer.stream, stream_handler)
 
         return _Edges(handle_stream)

@@ -3,7 +3,9 @@
 ``serve_http_connection`` serves a :class:`~trioserve._peer.Peer` over any
 ``trio.abc.Stream``, so tests drive it with ``trio.testing.memory_stream_pair()``.
 One task per connection: the request body is read inside ``receive()`` as the app
-asks for it, nothing is buffered whole.
+asks for it, nothing is buffered whole. An app that works on after its complete
+response (a background task) keeps that task, and the connection goes on in a new one
+(see :class:`Handovers`).
 
 The protocol's rules live in ``_proto``: :class:`~trioserve._proto.http1.ServerConnection`
 (which the connection here extends) checks and parses request heads and bodies and
@@ -139,49 +141,84 @@ class HTTPOptions:
         self.websocket = websocket
         # Whether a TLS handshake on this plain port was logged yet (it is logged once).
         self.tls_logged = False
+        # The exchanges whose app may work on after their response (run by the server
+        # beside its connections: see watch_handovers).
+        self.handovers = Handovers()
 
 
 async def serve_http_connection(
-    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions
+    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions, *, tasks: trio.Nursery
 ) -> None:
     """Serve HTTP/1.1 requests on ``peer`` until it leaves, the connection idles out,
     or the server stops, then a WebSocket if one was asked for. Never raises for a
     client's or an app's fault; closes the stream before returning.
 
-    The server runs :func:`watch_deadlines` beside its connections: it ends the waits
-    whose deadline passed."""
-    upgrade = await serve_http_requests(peer, app, state, options)
+    ``tasks`` is the nursery this runs in (the server's connection nursery), or one that
+    lives as long: when an app works on after its response (a background task), the
+    connection carries on in a new task there, and this one only waits for the app
+    (see :class:`Handovers`). When ``peer.sock`` is set (a plain ``trio.SocketStream``),
+    the edge reads and writes that socket directly (see :class:`_Connection`).
+
+    The server runs :func:`watch_deadlines` and :func:`watch_handovers` beside its
+    connections: the first ends the waits whose deadline passed, the second hands
+    connections over."""
+    connection = _Connection(peer, app, state, options, tasks)
+    if not await _serve_requests(connection):
+        # Another task serves the connection now; this one ran the app to its end. It
+        # returns once the connection has ended there: whoever runs it (the accept loop,
+        # the connection hooks) sees it end once, after everything.
+        ended = connection.ended
+        assert ended is not None
+        del connection
+        await ended.wait()
+        return
+    upgrade = connection.upgrade
+    # An idle websocket keeps no frame or state of the HTTP connection alive.
+    del connection
     if upgrade is not None:
-        # Awaited here, not from within serve_http_requests: an idle websocket keeps
-        # no frame of the HTTP connection alive.
         await upgrade_to_websocket(upgrade, peer, options)
 
 
-async def serve_http_requests(
-    peer: Peer, app: ASGIApp, state: ServerState, options: HTTPOptions
-) -> PrefixedStream | None:
-    """Serve HTTP/1.1 requests on ``peer`` until it leaves, the connection idles out,
-    or the server stops; closes its stream before returning, unless a request asked
-    for a WebSocket: then the stream replaying that request is returned for
-    :func:`upgrade_to_websocket`, and nothing of the HTTP connection stays alive.
-    Never raises for a client's or an app's fault.
-
-    When ``peer.sock`` is set (a plain ``trio.SocketStream``), the edge reads and
-    writes that socket directly (see :class:`_Connection`)."""
-    connection = _Connection(peer, state, options)
-    upgrade = None
+async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
+    """The new task of a connection handed over (see :class:`Handovers`): end the
+    exchange of ``cycle``, whose app works on elsewhere, and serve the connection on, as
+    :func:`serve_http_connection` would have."""
+    ended = connection.ended
+    assert ended is not None
+    handed_over = False
     try:
-        await connection.serve(app)
-        upgrade = connection.upgrade
+        if not await _serve_requests(connection, cycle):
+            handed_over = True  # (again: the next task sets ``ended``)
+            return
+        upgrade, peer, options = connection.upgrade, connection.peer, connection.options
+        del connection, cycle
+        if upgrade is not None:
+            await upgrade_to_websocket(upgrade, peer, options)
+    finally:
+        if not handed_over:
+            ended.set()
+
+
+async def _serve_requests(connection: _Connection, after: _Cycle | None = None) -> bool:
+    """Serve requests on ``connection`` (after ending the exchange of ``after``) until
+    it leaves, idles out or the server stops: True then, with the stream closed unless a
+    request asked for a WebSocket (``connection.upgrade`` is then the stream replaying
+    it). False when the connection was handed over to another task, which owns it from
+    then on. Never raises for a client's or an app's fault."""
+    handed_over = upgrading = False
+    try:
+        handed_over = not await connection.serve(after)
+        upgrading = connection.upgrade is not None
     except _BROKEN:
         LOGGER.debug("client went away")
     except Exception:
         # A bug of ours must cost one connection, never the server.
         LOGGER.exception("unexpected error while serving a connection")
     finally:
-        if upgrade is None:
-            await _close(peer.stream)
-    return upgrade
+        if not (handed_over or upgrading):
+            connection.upgrade = None
+            await _close(connection.stream)
+    return not handed_over
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -197,7 +234,7 @@ async def _close(stream: trio.abc.Stream) -> None:
 
 
 async def upgrade_to_websocket(upgrade: PrefixedStream, peer: Peer, options: HTTPOptions) -> None:
-    """Serve the WebSocket a request asked for (see :func:`serve_http_requests`)."""
+    """Serve the WebSocket a request asked for (see :func:`serve_http_connection`)."""
     websocket = options.websocket
     assert websocket is not None
     try:
@@ -243,6 +280,97 @@ def expire(connection: Stoppable) -> None:
     connection.timer.cancel()
 
 
+# How long an app may go on after its response is complete before its connection
+# carries on in a new task: long enough for apps that return right after their last
+# message (a WSGI app's thread, a streaming response's task group) to keep their
+# task, short enough that the client's next request hardly waits.
+HANDOVER_AFTER = 0.005
+
+
+class Handovers:
+    """Connections whose app works on after its response, handed over to a new task.
+
+    A framework's background task (Starlette's and FastAPI's ``BackgroundTask``, a WSGI
+    iterable's ``close()``) runs after the response is sent but inside the app call, in
+    the connection's task. Without a handover, the client's next request on the kept-
+    alive connection would wait for it; uvicorn, whose requests each run in a task of
+    their own, answers at once.
+
+    Spawning a task per request would cost every request for the few that need it, so
+    the watch is lazy: every complete response is offered here (a list append), and the
+    watcher, woken by the first offer, looks at the offers again between
+    ``HANDOVER_AFTER`` and twice that later. Those whose app has returned meanwhile (most
+    of them) are dropped; for the others, the connection goes on in a new task in the
+    server's connection nursery (see :meth:`_Connection.hand_over`), while the old task
+    only runs the app to its end and then waits for the connection to end. A graceful
+    stop treats both tasks as any connection's: the drain waits for them up to
+    ``graceful_timeout``, then cancels them.
+    """
+
+    def __init__(self) -> None:
+        self._offered: list[_Cycle] = []
+        # The watchers waiting for an offer (one per server; tests may run more).
+        self._parked: list[trio.lowlevel.Task] = []
+        # How many watchers run: without one, offers would pile up for nobody.
+        self._watchers = 0
+
+    def offer(self, cycle: _Cycle) -> None:
+        """``cycle``'s response is complete; its app may not return soon."""
+        if not self._watchers:
+            return
+        self._offered.append(cycle)
+        parked = self._parked
+        if parked:
+            for task in parked:
+                trio.lowlevel.reschedule(task)
+            parked.clear()
+
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hand over the connections whose app works on after its response; runs until
+        cancelled."""
+        self._watchers += 1
+        try:
+            task_status.started()
+            previous: list[_Cycle] = []
+            while True:
+                if not (previous or self._offered):
+                    await self._park()
+                await trio.sleep(HANDOVER_AFTER)
+                for cycle in previous:
+                    if cycle.returned:
+                        continue
+                    if cycle.busy:
+                        # A receive() still reads the connection (it ends now that the
+                        # response is complete): next time.
+                        self._offered.append(cycle)
+                    else:
+                        cycle.connection.hand_over(cycle)
+                previous, self._offered = self._offered, []
+        finally:
+            self._watchers -= 1
+            if not self._watchers:
+                self._offered = []
+
+    async def _park(self) -> None:
+        task = trio.lowlevel.current_task()
+        self._parked.append(task)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._parked.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+async def watch_handovers(
+    options: HTTPOptions, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Hand over the connections whose app works on after its response (see
+    :class:`Handovers`); runs until cancelled, beside the server's connections. Without
+    it, a connection waits for its app to return before it reads the next request."""
+    await options.handovers.watch(task_status=task_status)
+
+
 class _Connection(ServerConnection):
     """One client connection: the request loop, its reads and writes, and its timer;
     the protocol's rules are those of :class:`ServerConnection`, which it extends.
@@ -254,10 +382,25 @@ class _Connection(ServerConnection):
     cancel scope, or moving a trio deadline, for every wait.
     """
 
-    def __init__(self, peer: Peer, state: ServerState, options: HTTPOptions) -> None:
+    def __init__(
+        self,
+        peer: Peer,
+        app: ASGIApp,
+        state: ServerState,
+        options: HTTPOptions,
+        tasks: trio.Nursery,
+    ) -> None:
+        self.peer = peer
         self.stream = peer.stream
+        self.app = app
         self.state = state
         self.options = options
+        self.handovers = options.handovers
+        # Where the connection carries on in a new task when an app works on after its
+        # response (see hand_over).
+        self.tasks = tasks
+        # Set once the connection was handed over; the task that ends it sets it.
+        self.ended: trio.Event | None = None
         super().__init__(
             options.h11,
             options.limits,
@@ -293,32 +436,66 @@ class _Connection(ServerConnection):
         # Whether the current exchange wrote to ``sock`` yet (see write).
         self.wrote = False
 
-    async def serve(self, app: ASGIApp) -> None:
+    async def serve(self, after: _Cycle | None = None) -> bool:
+        """Serve requests (after ending the exchange of ``after``, when the connection
+        was handed over with it) until the connection ends: True; or until it is handed
+        over to another task: False."""
         state = self.state
         state.connections.add(self)
+        handed_over = False
         try:
+            if after is not None:
+                after.log_access()
             while True:
-                with self.timer:
-                    await self._serve(app)
-                if not (self.timer.cancelled_caught and self.idle):
+                timer = self.timer
+                with timer:
+                    handed_over = await self._serve(after)
+                if handed_over:
+                    return False
+                after = None
+                if not (timer.cancelled_caught and self.idle):
                     break
                 # The idle wait reached its deadline (keep-alive, or a graceful stop's).
                 self.idle = False
                 if not self._request_arrived():
                     await self._close_silent()
-                    return
+                    return True
                 # The next request came as the wait ended: it is served, not cut.
                 self.timer = trio.CancelScope()
         finally:
-            state.connections.discard(self)
-        if self.timer.cancelled_caught and self.waiting == "head":
+            if not handed_over:
+                state.connections.discard(self)
+        if timer.cancelled_caught and self.waiting == "head":
             LOGGER.info("bad request: request head not received in time")
             await self._send_error(408, "request head not received in time")
+        return True
 
-    async def _serve(self, app: ASGIApp) -> None:
+    async def _serve(self, cycle: _Cycle | None) -> bool:
+        """The request loop; True when the connection was handed over (see serve)."""
         state = self.state
         options = self.options
+        app = self.app
         while True:
+            if cycle is not None:
+                # The previous exchange is over: does the connection carry another?
+                if cycle.rejected is not None:
+                    await self._linger()
+                    return False
+                broken = cycle.broken
+                keep_alive = not broken and cycle.response.keep_alive
+                after = self.next_exchange(keep_alive, not broken)
+                if after is _DISCARD_BODY:
+                    await self._discard_body()
+                    after = self.next_exchange(keep_alive, False)
+                if after is not _NEXT_REQUEST:
+                    if state.stopping and not broken:
+                        # The answer said Connection: close: a client that sent more
+                        # meanwhile must read it rather than a reset.
+                        await self._close_silent()
+                    return False
+                # Also during a stop: a response that went out kept alive (it started
+                # before the stop) leaves the client free to send its next request,
+                # which is then answered with Connection: close.
             if not self.yielded:
                 await trio.lowlevel.checkpoint()
             self.yielded = self.wrote = False
@@ -331,12 +508,12 @@ class _Connection(ServerConnection):
                 if not h11_has:
                     pending = await self._receive_idle()
                     if not pending:
-                        return
+                        return False
                 request = self.request_head(pending, h11_has)
                 if request is None:
                     request = await self._read_head()
                     if request is None:
-                        return
+                        return False
                 self.deadline = _INF
             except RequestRejected as exc:
                 self.deadline = _INF
@@ -345,7 +522,7 @@ class _Connection(ServerConnection):
                 else:
                     LOGGER.info("bad request: %s", exc.reason)
                 await self._send_error(exc.status, exc.reason)
-                return
+                return False
             if (
                 self.upgrade_bytes is not None
                 and options.websocket is not None
@@ -354,12 +531,14 @@ class _Connection(ServerConnection):
                 # Served by serve_http_connection once this object is gone: an idle
                 # websocket should not keep the HTTP connection's state alive.
                 self.upgrade = PrefixedStream(self.stream, self.upgrade_bytes)
-                return
+                return False
             cycle = _Cycle(self, request)
             limit = options.limit_concurrency
             if limit and state.active_requests >= limit:
                 await self._send_error(503, "Service Unavailable: too many requests in progress")
-                return
+                return False
+            # The request counts as active, and as served, once its app returns: work an
+            # app does after its response (a background task) counts, as in uvicorn.
             state.active_requests += 1
             try:
                 await cycle.run(app)
@@ -368,24 +547,19 @@ class _Connection(ServerConnection):
                 state.requests_served += 1
                 if state.requests_served == state.request_limit:
                     state.request_limit_reached()
-            if cycle.rejected is not None:
-                await self._linger()
-                return
-            broken = cycle.broken
-            keep_alive = not broken and cycle.response.keep_alive
-            after = self.next_exchange(keep_alive, not broken)
-            if after is _DISCARD_BODY:
-                await self._discard_body()
-                after = self.next_exchange(keep_alive, False)
-            if after is not _NEXT_REQUEST:
-                if state.stopping and not broken:
-                    # The answer said Connection: close: a client that sent more
-                    # meanwhile must read it rather than a reset.
-                    await self._close_silent()
-                return
-            # Also during a stop: a response that went out kept alive (it started before
-            # the stop) leaves the client free to send its next request, which is then
-            # answered with Connection: close.
+            if cycle.handed_over:
+                return True
+
+    def hand_over(self, cycle: _Cycle) -> None:
+        """Go on serving the connection in a new task, whose timer is its own: the
+        response of ``cycle`` is complete and its app works on in this task (see
+        :class:`Handovers`)."""
+        cycle.handed_over = True
+        # The old scope stays around the app; the watchdog now cancels the new task's.
+        self.timer = trio.CancelScope()
+        if self.ended is None:
+            self.ended = trio.Event()
+        self.tasks.start_soon(_carry_on, self, cycle)
 
     def _log_tls(self) -> None:
         """Log a TLS handshake on this plain port: once, since a client configured for
@@ -741,12 +915,36 @@ class _Cycle:
             proxy(scope)
         return scope
 
+    # The app returned (or raised): set before anything else happens after it.
+    returned = False
+    # The response was complete while the app worked on: the connection went on in
+    # another task (see Handovers), and this exchange no longer touches it.
+    handed_over = False
+    # True while receive() waits for body bytes from the connection.
+    reading = False
+    # For the access log: when the exchange began and when its response was complete
+    # (time.time()); 0.0 when there is no access log.
+    started = 0.0
+    ended = 0.0
+    # The scope given to the app (set by run).
+    _scope: dict[str, Any]
+
+    @property
+    def busy(self) -> bool:
+        """Whether a receive() of the app is reading the connection right now: the
+        connection cannot be handed over until it is done."""
+        return self.reading or self._disconnect_waiter is not None
+
     async def run(self, app: ASGIApp) -> None:
-        scope = self.scope()
+        self._scope = scope = self.scope()
         access_log = self.connection.options.access_log
-        started = time.time() if access_log is not None else 0.0
+        if access_log is not None:
+            self.started = time.time()
         try:
-            await app(scope, self.receive, self.send)
+            try:
+                await app(scope, self.receive, self.send)
+            finally:
+                self.returned = True
         except Exception as exc:
             if self.disconnected and _caused_by_departure(exc):
                 # The app stopped because send() said the client had gone: routine. (The
@@ -760,15 +958,21 @@ class _Cycle:
                 )
                 self.broken = True
             elif self.rejected is None:
+                after = self.finished and not self.broken
                 hint = self.connection.options.app_hint
                 text = hint(exc) if hint is not None else None
                 LOGGER.exception(
-                    "exception in ASGI app while serving %s %s%s",
+                    "exception in ASGI app while serving %s %s%s%s",
                     scope["method"],
                     scope["path"],
+                    " (after its response was sent)" if after else "",
                     f" ({text})" if text else "",
                 )
-                await self._fail()
+                if not self.handed_over:
+                    # (Even after a complete response the connection then ends, as in
+                    # uvicorn and gunicorn.) One handed over is served elsewhere already:
+                    # the error of the app's later work does not affect it.
+                    await self._fail()
         else:
             if self.response.phase is not _DONE and self.rejected is None:
                 end = app_returned(self.response, disconnected=self.disconnected)
@@ -780,15 +984,31 @@ class _Cycle:
                     await self._fail()
                 else:
                     self.broken = True
+        if access_log is not None and not self.handed_over:
+            self.log_access()
+
+    def log_access(self) -> None:
+        """The access log line of this exchange (its duration: until the response was
+        complete), if there is an access log and a response went out."""
+        access_log = self.connection.options.access_log
         if access_log is not None and self.status:
+            started = self.started
             access_log.log(
-                scope,
+                self._scope,
                 self.status,
                 self.response.headers,
                 self.body_bytes,
                 started,
-                time.time() - started,
+                (self.ended or time.time()) - started,
             )
+
+    def _complete(self) -> None:
+        """The response is written out whole: the exchange is finished, and the
+        connection may go on without waiting for the app to return."""
+        self._finish()
+        if self.started:
+            self.ended = time.time()
+        self.connection.handovers.offer(self)
 
     async def _fail(self) -> None:
         """500 if nothing was sent yet; otherwise the only honest thing is to close."""
@@ -845,11 +1065,14 @@ class _Cycle:
                 ):
                     self._continue_sent = True
                     await self._write(CONTINUE)
+                self.reading = True
                 try:
                     data = await connection.receive_body_bytes()
                     connection.feed_body(data)
                 except RequestRejected as exc:
                     return await self._reject(exc)
+                finally:
+                    self.reading = False
                 if not data:
                     self.disconnected = True
                     self.broken = True
@@ -921,7 +1144,7 @@ class _Cycle:
             )
         if not data:
             if last:
-                self._finish()
+                self._complete()
             return
         if not await self.connection.write(data):
             # The client left or stopped reading (see _Connection.write).
@@ -935,7 +1158,7 @@ class _Cycle:
             )
             raise ClientDisconnected(_GONE)
         if last:
-            self._finish()
+            self._complete()
 
     async def _write(self, data: bytes, *, force: bool = False) -> None:
         if self.disconnected and not force:
