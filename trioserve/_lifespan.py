@@ -101,7 +101,9 @@ class Lifespan:
     async def _send(self, message: Message) -> None:
         stage = "startup" if self._phase is _Phase.STARTING else "shutdown"
         kind = message.get("type") if isinstance(message, MutableMapping) else None
-        if self._phase not in (_Phase.STARTING, _Phase.STOPPING) or kind not in {
+        # STARTED: an app may end its lifespan unasked (Starlette reports its task's
+        # failure as lifespan.shutdown.failed).
+        if self._phase not in (_Phase.STARTING, _Phase.STARTED, _Phase.STOPPING) or kind not in {
             f"lifespan.{stage}.complete",
             f"lifespan.{stage}.failed",
         }:
@@ -114,6 +116,13 @@ class Lifespan:
         # send lifespan.startup.failed and raise before startup() runs again.
         if self._phase is _Phase.STARTING:
             self._phase = _Phase.STARTED if kind.endswith(".complete") else _Phase.FAILED
+        elif self._phase is _Phase.STARTED:
+            self._phase = _Phase.STOPPED
+            if kind.endswith(".failed"):
+                LOGGER.error(
+                    "lifespan shutdown failed: %s", message.get("message", "") or "no reason given"
+                )
+            return
         else:
             self._phase = _Phase.STOPPED
         self._answer = message

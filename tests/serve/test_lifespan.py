@@ -175,3 +175,27 @@ async def test_startup_complete_then_raise_is_served_with_an_error_log(nursery, 
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == ["lifespan task of the app raised after startup"]
     await lifespan.shutdown()  # the task has ended: nothing to send it
+
+
+async def test_app_ending_its_lifespan_unasked_is_logged_with_its_reason(nursery, caplog):
+    """An app whose lifespan ends by itself after startup (Starlette sends
+    lifespan.shutdown.failed when its task fails) has its reason logged, and is not told
+    it sent the wrong message."""
+    sent: list[BaseException] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        try:
+            await send({"type": "lifespan.shutdown.failed", "message": "pool lost"})
+        except RuntimeError as exc:
+            sent.append(exc)
+
+    lifespan = lifespan_for(app)
+    await lifespan.startup(nursery)
+    with trio.fail_after(1):
+        await trio.testing.wait_all_tasks_blocked()
+    assert sent == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["lifespan shutdown failed: pool lost"]
+    await lifespan.shutdown()
