@@ -97,9 +97,7 @@ async def _one_response(reader: asyncio.StreamReader) -> None:
 
 
 async def _connection(port: int, requests: int) -> None:
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(HOST, port), RESPONSE_TIMEOUT
-    )
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), RESPONSE_TIMEOUT)
     try:
         for _ in range(requests):
             writer.write(REQUEST)
@@ -282,8 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat",
         type=positive_int,
         default=1,
-        help="Measure each tree this many times, to see how repeatable the count is "
-        "(default: 1).",
+        help="Measure each tree this many times, to see how repeatable the count is (default: 1).",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="Write the raw counts here.")
     return parser
@@ -331,8 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     connections: int = min(args.connections, args.requests)
     per_connection = args.requests // connections
     requests = connections * per_connection
-    for tree in trees:
-        print(f"{tree.label}: {_describe(tree)}", file=sys.stderr)
+    described = {tree.label: _describe(tree) for tree in trees}
+    for label, description in described.items():
+        print(f"{label}: {description}", file=sys.stderr)
     print(
         f"--http {args.http}, {requests} requests = {connections} connections x "
         f"{per_connection}, {args.repeat} repeat(s)",
@@ -373,10 +371,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(trees) == 2:
         base, this = (sum(figures[t.label]) / len(figures[t.label]) for t in trees)
         print(f"- this / baseline = {this / base:.3f}")
+    moved = [t.label for t in trees if _describe(t) != described[t.label]]
+    if moved:
+        print(
+            f"\nwarning: {', '.join(moved)} changed commit during the run, so its figures may "
+            "mix two builds; run it again."
+        )
     if args.json is not None:
         report: dict[str, Any] = {
             "environment": machine_facts(("trio", "h11", "h11-mypyc")),
-            "trees": {t.label: _describe(t) for t in trees},
+            "trees": described,
             "settings": {
                 "http": args.http,
                 "connections": connections,
