@@ -210,6 +210,8 @@ def count(
         raise BenchError(f"the server exited with status {status}:\n{_tail(log_path)}")
     if http == "h11-compiled" and compiled is False:
         raise BenchError(f"{tree.label}: --http h11-compiled did not load h11_mypyc")
+    if http == "h11" and compiled:
+        raise BenchError(f"{tree.label}: --http h11 loaded h11_mypyc all the same")
     return Count(
         tree=tree.label,
         requests=connections * per_connection,
@@ -288,7 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _trees(args: argparse.Namespace) -> list[Tree]:
     this = Tree("this", Path.cwd().resolve(), Path(sys.executable))
-    _checkout(str(this.directory))  # the working directory must be a checkout too
+    try:
+        _checkout(str(this.directory))
+    except argparse.ArgumentTypeError as exc:
+        raise BenchError(f"run it from the root of a trioserve checkout: {exc}") from exc
     if args.tree is None:
         if args.python is not None:
             raise BenchError("--python needs --tree: the checkout that interpreter runs")
@@ -322,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         trees = _trees(args)
-    except (BenchError, argparse.ArgumentTypeError) as exc:
+    except BenchError as exc:
         print(f"bench/instructions.py: error: {exc}", file=sys.stderr)
         return 2
     connections: int = min(args.connections, args.requests)
