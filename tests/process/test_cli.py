@@ -90,9 +90,10 @@ class Server:
 @asynccontextmanager
 async def serving(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[ServerProcess]:
     """Run ``trioserve *args`` from the project's root (``env`` added to the environment)
-    with the public :func:`trioserve.testing.running_process`, in a session of its own;
-    wait for its ready line, from which on ``wait_for_line`` looks. A server still
-    running at the end is killed (SIGKILL: no graceful stop to wait for) and reaped."""
+    with the public :func:`trioserve.testing.running_process`, in a session of its own,
+    its stdout and stderr together in ``lines``; wait for its ready line, from which on
+    ``wait_for_line`` looks. A server still running at the end is killed (SIGKILL: no
+    graceful stop to wait for) and reaped."""
     async with running_process(*args, env=env, cwd=ROOT, timeout=TIMEOUT) as server:
         try:
             line = await server.wait_for_line("listening on ", timeout=TIMEOUT)
