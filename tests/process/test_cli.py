@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -93,7 +94,7 @@ async def serving(*args: str, env: dict[str, str] | None = None) -> AsyncIterato
     with the public :func:`trioserve.testing.running_process`, in a session of its own,
     its stdout and stderr together in ``lines``; wait for its ready line, from which on
     ``wait_for_line`` looks. A server still running at the end is killed (SIGKILL: no
-    graceful stop to wait for) and reaped."""
+    graceful stop to wait for), with its workers, and reaped."""
     async with running_process(*args, env=env, cwd=ROOT, timeout=TIMEOUT) as server:
         try:
             line = await server.wait_for_line("listening on ", timeout=TIMEOUT)
@@ -101,7 +102,12 @@ async def serving(*args: str, env: dict[str, str] | None = None) -> AsyncIterato
             yield server
         finally:
             with trio.CancelScope(shield=True):
-                await server.stop(signal.SIGKILL)
+                if server.returncode is None:
+                    # It leads a process group of its own: its workers are killed at once
+                    # too, instead of stopping after they see it gone.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(server.pid, signal.SIGKILL)
+                await server.stop()
 
 
 async def run_cli(
