@@ -16,14 +16,15 @@ import httpx
 import trio
 
 from tests.frameworks.test_frameworks import needs
-from tests.process.test_cli import APPS, Server, assert_clean_log, serving
+from tests.process.test_cli import APPS, assert_clean_log, serving
+from trioserve.testing import ServerProcess
 
 APP = "examples.frameworks.endless_streams"
 ENDLESS = APPS.replace("/", ".") + ".endless"
 REQUEST = b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
-async def read_then_leave(server: Server, marker: bytes, count: int = 3) -> None:
+async def read_then_leave(server: ServerProcess, marker: bytes, count: int = 3) -> None:
     """GET /events over a raw socket, read until ``count`` markers arrived, then close."""
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     received = b""
@@ -37,13 +38,13 @@ async def read_then_leave(server: Server, marker: bytes, count: int = 3) -> None
     assert received.startswith(b"HTTP/1.1 200 OK\r\n"), received
 
 
-async def stops_within_a_second(server: Server, line: str) -> None:
+async def stops_within_a_second(server: ServerProcess, line: str) -> None:
     """The app prints ``line`` within a second from now (the client just left)."""
     with trio.fail_after(1):
         await server.wait_for_line(line)
 
 
-async def still_serves_then_stops(server: Server) -> None:
+async def still_serves_then_stops(server: ServerProcess) -> None:
     """A new client is served, and SIGTERM stops the server with exit 0."""
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=5) as client,

@@ -16,7 +16,8 @@ import warnings
 import httpx
 import pytest
 
-from tests.process.test_cli import Server, assert_clean_log, run_cli, serving
+from tests.process.test_cli import assert_clean_log, run_cli, serving
+from trioserve.testing import ServerProcess
 
 PKG = "examples.frameworks"
 CURL = shutil.which("curl")
@@ -36,7 +37,7 @@ def needs(module: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(missing, reason=f"framework not installed: {module}")
 
 
-async def curl(server: Server, path: str, *args: str) -> str:
+async def curl(server: ServerProcess, path: str, *args: str) -> str:
     """curl's output for ``path`` on ``server``; only called when curl is on PATH."""
     assert CURL is not None
     status, out, err = await run_cli(
@@ -56,7 +57,7 @@ def warn_if_no_curl() -> None:
         warnings.warn(NO_CURL, pytest.PytestWarning, stacklevel=2)
 
 
-async def stop(server: Server) -> None:
+async def stop(server: ServerProcess) -> None:
     """SIGTERM stops the server gracefully and it exits 0 (within the helper's timeout)."""
     assert await server.stop(signal.SIGTERM) == 0
     assert any("SIGTERM received: stopping gracefully" in line for line in server.lines)
@@ -223,9 +224,15 @@ DJANGO_ASYNC = {"view": "async", "results": ["first", "second"]}
 
 
 @needs("django")
-async def test_django_wsgi_sync_and_async_views() -> None:
-    """Django over WSGI: the sync view and the asyncio view (Django runs it) answer; exits 0."""
-    async with serving(DJANGO_WSGI, "-b", "127.0.0.1:0") as server:
+@pytest.mark.parametrize(
+    "app",
+    [(DJANGO_WSGI,), (DJANGO_ASGI, "--app-loop", "asyncio")],
+    ids=["wsgi", "asgi-on-asyncio-app-loop"],
+)
+async def test_django_sync_and_async_views(app: tuple[str, ...]) -> None:
+    """Django over WSGI, and over ASGI with --app-loop asyncio: the sync view and the
+    asyncio view answer; exits 0."""
+    async with serving(*app, "-b", "127.0.0.1:0") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
             home = await client.get("/")
             async_view = await client.get("/async")
@@ -249,25 +256,6 @@ async def test_django_asgi_on_asyncio_app_loop_starts_without_lifespan_and_stops
     # Django's handler raises for the lifespan scope: under --lifespan auto, "no lifespan".
     assert any(LIFESPAN_UNSUPPORTED in line for line in server.lines), server.lines
     assert_clean_log(server.lines)
-
-
-@needs("django")
-async def test_django_asgi_on_asyncio_app_loop_serves_sync_and_async_views() -> None:
-    """Django over ASGI with --app-loop asyncio: the sync and the asyncio view answer; exits 0."""
-    async with serving(DJANGO_ASGI, "--app-loop", "asyncio", "-b", "127.0.0.1:0") as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
-            home = await client.get("/")
-            async_view = await client.get("/async")
-            missing = await client.get("/missing")
-        assert (home.status_code, home.text) == (200, DJANGO_HOME)
-        assert (async_view.status_code, async_view.json()) == (200, DJANGO_ASYNC)
-        assert missing.status_code == 404
-        if CURL is not None:
-            assert await curl(server, "/") == DJANGO_HOME
-            assert json.loads(await curl(server, "/async")) == DJANGO_ASYNC
-        await stop(server)
-    assert_clean_log(server.lines)
-    warn_if_no_curl()
 
 
 @needs("django")

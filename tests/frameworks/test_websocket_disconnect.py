@@ -10,7 +10,8 @@ import trio
 import trio_websocket
 
 from tests.frameworks.test_frameworks import needs, stop
-from tests.process.test_cli import APPS, Server, assert_clean_log, serving
+from tests.process.test_cli import APPS, assert_clean_log, serving
+from trioserve.testing import ServerProcess
 
 HANDSHAKE = (
     b"GET /ticker HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -18,7 +19,7 @@ HANDSHAKE = (
 )
 
 
-async def leave_with_a_close_frame(server: Server) -> None:
+async def leave_with_a_close_frame(server: ServerProcess) -> None:
     """A well-behaved client: reads three ticks, then closes the websocket (1000)."""
     url = server.url.replace("http://", "ws://") + "/ticker"
     with trio.fail_after(10):
@@ -29,7 +30,7 @@ async def leave_with_a_close_frame(server: Server) -> None:
                 assert message.startswith("tick ")
 
 
-async def leave_by_dropping_tcp(server: Server) -> None:
+async def leave_by_dropping_tcp(server: ServerProcess) -> None:
     """A client that vanishes: reads three ticks, then closes its socket, no close frame."""
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     received = b""

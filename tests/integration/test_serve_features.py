@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 import trio.testing
-import trustme
 
 from tests.helpers import hello_app
 from trioserve import Config, ConfigError, serve
@@ -27,44 +24,33 @@ def scope_recorder(scopes: list[dict[str, Any]]) -> Any:
     return app
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile = tmp_path / "cert.pem"
-    keyfile = tmp_path / "key.pem"
-    cert.private_key_pem.write_to_path(str(keyfile))
-    cert.cert_chain_pems[0].write_to_path(str(certfile))
-    return ca, certfile, keyfile
-
-
-async def test_https_with_httpx(nursery, tls_files):
+async def test_https_with_httpx(nursery, pki):
     """With a certificate, the server speaks HTTPS: scheme https and the tls extension."""
-    ca, certfile, keyfile = tls_files
     scopes: list[dict[str, Any]] = []
     config = Config(
         app=scope_recorder(scopes),
         bind=["127.0.0.1:0"],
         workers=0,
-        certfile=str(certfile),
-        keyfile=str(keyfile),
+        certfile=str(pki.cert_file),
+        keyfile=str(pki.key_file),
         lifespan="off",
     )
     [(host, port)] = await nursery.start(serve, config)
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    async with httpx.AsyncClient(verify=context) as client:
+    async with httpx.AsyncClient(verify=pki.client_context()) as client:
         response = await client.get(f"https://{host}:{port}/")
     assert response.text == "Hello, world!"
     assert scopes[0]["scheme"] == "https"
     assert scopes[0]["extensions"]["tls"]["tls_version"] in (0x0303, 0x0304)
 
 
-async def test_plaintext_request_on_tls_port_is_dropped_quietly(nursery, tls_files, caplog):
+async def test_plaintext_request_on_tls_port_is_dropped_quietly(nursery, pki, caplog):
     """Plain HTTP sent to a TLS port gets the connection closed, nothing logged at warning."""
-    _, certfile, keyfile = tls_files
     config = Config(
-        app=hello_app, bind=["127.0.0.1:0"], workers=0, certfile=str(certfile), keyfile=str(keyfile)
+        app=hello_app,
+        bind=["127.0.0.1:0"],
+        workers=0,
+        certfile=str(pki.cert_file),
+        keyfile=str(pki.key_file),
     )
     [(host, port)] = await nursery.start(serve, config)
     with trio.fail_after(5):
@@ -103,40 +89,31 @@ async def test_proxy_protocol_sets_the_client(nursery):
     assert scopes[0]["server"] == ("198.51.100.1", 443)
 
 
-async def test_proxy_headers_from_trusted_peer(nursery):
-    """X-Forwarded-For and -Proto from a trusted peer set client and scheme."""
+@pytest.mark.parametrize(
+    ("allowed", "client", "scheme"),
+    [
+        pytest.param("127.0.0.1", "198.51.100.20", "https", id="trusted"),
+        pytest.param("10.0.0.0/8", "127.0.0.1", "http", id="untrusted"),
+    ],
+)
+async def test_proxy_headers_count_from_trusted_peers_only(nursery, allowed, client, scheme):
+    """X-Forwarded-For and -Proto from a trusted peer set client and scheme; from a peer
+    outside --forwarded-allow-ips they change nothing."""
     scopes: list[dict[str, Any]] = []
     config = Config(
         app=scope_recorder(scopes),
         bind=["127.0.0.1:0"],
         workers=0,
         proxy_headers=True,
-        forwarded_allow_ips=["127.0.0.1"],
+        forwarded_allow_ips=[allowed],
         lifespan="off",
     )
     [(host, port)] = await nursery.start(serve, config)
     headers = {"x-forwarded-for": "198.51.100.20", "x-forwarded-proto": "https"}
-    async with httpx.AsyncClient() as client:
-        await client.get(f"http://{host}:{port}/", headers=headers)
-    assert scopes[0]["client"][0] == "198.51.100.20"
-    assert scopes[0]["scheme"] == "https"
-
-
-async def test_proxy_headers_ignored_from_untrusted_peer(nursery):
-    """Forwarded headers from a peer outside --forwarded-allow-ips change nothing."""
-    scopes: list[dict[str, Any]] = []
-    config = Config(
-        app=scope_recorder(scopes),
-        bind=["127.0.0.1:0"],
-        workers=0,
-        proxy_headers=True,
-        forwarded_allow_ips=["10.0.0.0/8"],
-        lifespan="off",
-    )
-    [(host, port)] = await nursery.start(serve, config)
-    async with httpx.AsyncClient() as client:
-        await client.get(f"http://{host}:{port}/", headers={"x-forwarded-for": "198.51.100.20"})
-    assert scopes[0]["client"][0] == "127.0.0.1"
+    async with httpx.AsyncClient() as http:
+        await http.get(f"http://{host}:{port}/", headers=headers)
+    assert scopes[0]["client"][0] == client
+    assert scopes[0]["scheme"] == scheme
 
 
 async def test_compiled_parser_serves(nursery):

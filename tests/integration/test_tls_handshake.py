@@ -5,48 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trustme
 
+from tests.pki import Pki
 from trioserve._config import Config
 from trioserve._tls import ssl_context, tls_extension, tls_handshake
 
 LOGGER_NAME = "trioserve.tls"
 Result = trio.SSLStream[trio.abc.Stream] | None
-
-
-@attrs.frozen
-class Pki:
-    """A trustme CA with a server cert for localhost/127.0.0.1 and a client cert."""
-
-    ca: trustme.CA
-    client: trustme.LeafCert
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    tmp = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("localhost", "127.0.0.1")
-    client = ca.issue_cert(
-        "client.example.org",
-        common_name="client",
-        organization_name="trioserve tests",
-        organization_unit_name="unit, one",
-    )
-    ca.cert_pem.write_to_path(tmp / "ca.pem")
-    server.cert_chain_pems[0].write_to_path(tmp / "cert.pem")
-    server.private_key_pem.write_to_path(tmp / "key.pem")
-    return Pki(ca, client, tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem")
 
 
 @pytest.fixture
@@ -174,85 +145,99 @@ async def test_tls12_extension_reports_version_and_cipher_suite(nursery, pki):
     assert extension["cipher_suite"] == iana[name]
 
 
-async def test_tls13_only_server_refuses_tls12_client(nursery, pki, tls_log):
-    """With tls_min_version 1.3 a client capped at TLS 1.2 is dropped: None, DEBUG log."""
+def capped_at_tls12(pki: Pki) -> ssl.SSLContext:
     context = client_context(pki)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def offering_aes128_only(pki: Pki) -> ssl.SSLContext:
+    context = capped_at_tls12(pki)
+    context.set_ciphers("ECDHE+AES128")
+    return context
+
+
+def with_cert_from_another_ca(pki: Pki) -> ssl.SSLContext:
+    context = client_context(pki)
+    trustme.CA().issue_cert("intruder.example").configure_cert(context)
+    return context
+
+
+@pytest.mark.parametrize(
+    ("settings", "client", "reason"),
+    [
+        pytest.param(
+            {"tls_min_version": "1.3"},
+            capped_at_tls12,
+            "unsupported protocol",
+            id="tls13-only-server-tls12-client",
+        ),
+        pytest.param(
+            {"ciphers": "ECDHE+AES256"}, offering_aes128_only, "", id="ciphers-without-overlap"
+        ),
+        pytest.param({"cert_reqs": "required"}, client_context, "", id="client-cert-missing"),
+        pytest.param(
+            {"cert_reqs": "required"},
+            with_cert_from_another_ca,
+            "",
+            id="client-cert-from-another-ca",
+        ),
+    ],
+)
+async def test_refused_handshake_is_dropped_with_a_debug_line(
+    nursery: trio.Nursery,
+    pki: Pki,
+    tls_log: pytest.LogCaptureFixture,
+    settings: dict[str, str],
+    client: Callable[[Pki], ssl.SSLContext],
+    reason: str,
+) -> None:
+    """A handshake the server refuses (a TLS 1.2 client of a TLS 1.3-only server, no cipher
+    in common, a required client certificate missing or from another CA) gives None and
+    one DEBUG line naming the client (and why), no warning."""
+    if "cert_reqs" in settings:
+        settings = {**settings, "ca_certs": str(pki.ca_file)}
     with trio.fail_after(5):
-        port, results = await start_server(nursery, server_context(pki, tls_min_version="1.3"))
-        await rejected_client(port, context)
+        port, results = await start_server(nursery, server_context(pki, **settings))
+        await rejected_client(port, client(pki))
         assert await results.receive() is None
     assert not warnings_or_worse(tls_log)
     [record] = tls_log.records
     assert record.levelno == logging.DEBUG
     assert "TLS handshake with 127.0.0.1:" in record.getMessage()
-    assert "unsupported protocol" in record.getMessage()
+    assert reason in record.getMessage()
 
 
-async def test_server_ciphers_without_overlap_refuse_client(nursery, pki):
-    """A client offering none of the --ciphers suites (TLS 1.2) fails the handshake."""
-    context = client_context(pki)
-    context.maximum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers("ECDHE+AES128")
-    with trio.fail_after(5):
-        port, results = await start_server(nursery, server_context(pki, ciphers="ECDHE+AES256"))
-        await rejected_client(port, context)
-        assert await results.receive() is None
-
-
-async def test_required_client_cert_missing_is_refused(nursery, pki):
-    """cert_reqs required: a client without a certificate is dropped (None)."""
-    context = server_context(pki, cert_reqs="required", ca_certs=str(pki.ca_file))
-    with trio.fail_after(5):
-        port, results = await start_server(nursery, context)
-        await rejected_client(port, client_context(pki))
-        assert await results.receive() is None
-
-
-async def test_required_client_cert_from_another_ca_is_refused(nursery, pki):
-    """cert_reqs required: a client certificate from an untrusted CA is dropped (None)."""
-    context = server_context(pki, cert_reqs="required", ca_certs=str(pki.ca_file))
-    client = client_context(pki)
-    trustme.CA().issue_cert("intruder.example").configure_cert(client)
+@pytest.mark.parametrize(
+    ("cert_reqs", "cert", "name"),
+    [
+        pytest.param("required", True, "CN=client,OU=unit\\, one,O=trioserve tests", id="required"),
+        pytest.param("optional", False, None, id="optional-absent"),
+    ],
+)
+async def test_client_cert_shows_in_extension(
+    nursery: trio.Nursery, pki: Pki, cert_reqs: str, cert: bool, name: str | None
+) -> None:
+    """cert_reqs required with a client cert: the extension has its PEM and RFC 4514 name;
+    optional without one: the handshake passes, with no chain and no name."""
+    context = server_context(pki, cert_reqs=cert_reqs, ca_certs=str(pki.ca_file))
     with trio.fail_after(5):
         port, results = await start_server(nursery, context)
-        await rejected_client(port, client)
-        assert await results.receive() is None
-
-
-async def test_required_client_cert_shows_in_extension(nursery, pki):
-    """cert_reqs required with a client cert: the extension has its PEM and RFC 4514 name."""
-    context = server_context(pki, cert_reqs="required", ca_certs=str(pki.ca_file))
-    with trio.fail_after(5):
-        port, results = await start_server(nursery, context)
-        client = await tls_client(port, client_context(pki, cert=True))
+        client = await tls_client(port, client_context(pki, cert=cert))
         async with client:
             await client.do_handshake()
             server = await results.receive()
             assert server is not None
             async with server:
                 extension = tls_extension(server)
-    client_pem = pki.client.cert_chain_pems[0].bytes().decode("ascii")
-    [chain_pem] = extension["client_cert_chain"]
-    assert ssl.PEM_cert_to_DER_cert(chain_pem) == ssl.PEM_cert_to_DER_cert(client_pem)
-    assert extension["client_cert_name"] == "CN=client,OU=unit\\, one,O=trioserve tests"
+    if cert:
+        client_pem = pki.client.cert_chain_pems[0].bytes().decode("ascii")
+        [chain_pem] = extension["client_cert_chain"]
+        assert ssl.PEM_cert_to_DER_cert(chain_pem) == ssl.PEM_cert_to_DER_cert(client_pem)
+    else:
+        assert extension["client_cert_chain"] == []
+    assert extension["client_cert_name"] == name
     assert extension["client_cert_error"] is None
-
-
-async def test_optional_client_cert_may_be_absent(nursery, pki):
-    """cert_reqs optional: a client without a certificate gets through, with no chain."""
-    context = server_context(pki, cert_reqs="optional", ca_certs=str(pki.ca_file))
-    with trio.fail_after(5):
-        port, results = await start_server(nursery, context)
-        client = await tls_client(port, client_context(pki))
-        async with client:
-            await client.do_handshake()
-            server = await results.receive()
-            assert server is not None
-            async with server:
-                extension = tls_extension(server)
-    assert extension["client_cert_chain"] == []
-    assert extension["client_cert_name"] is None
 
 
 async def test_plaintext_http_on_tls_port_is_dropped_quietly(nursery, pki, tls_log):

@@ -3,47 +3,29 @@ headers and the lifespan startup still complete."""
 
 from __future__ import annotations
 
-import ssl
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
-import trustme
 
 from tests.helpers import hello_app
 from trioserve import Config, serve
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    certfile = tmp_path / "cert.pem"
-    keyfile = tmp_path / "key.pem"
-    cert.private_key_pem.write_to_path(str(keyfile))
-    cert.cert_chain_pems[0].write_to_path(str(certfile))
-    return ca, certfile, keyfile
-
-
-async def test_tls_handshake_timeout_0_lets_handshakes_complete(nursery, tls_files):
+async def test_tls_handshake_timeout_0_lets_handshakes_complete(nursery, pki):
     """With tls_handshake_timeout 0 (no limit), an HTTPS request is answered."""
-    ca, certfile, keyfile = tls_files
     config = Config(
         app=hello_app,
         bind=["127.0.0.1:0"],
         workers=0,
-        certfile=str(certfile),
-        keyfile=str(keyfile),
+        certfile=str(pki.cert_file),
+        keyfile=str(pki.key_file),
         lifespan="off",
         tls_handshake_timeout=0,
     )
     [(host, port)] = await nursery.start(serve, config)
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
     with trio.fail_after(10):
-        async with httpx.AsyncClient(verify=context) as client:
+        async with httpx.AsyncClient(verify=pki.client_context()) as client:
             response = await client.get(f"https://{host}:{port}/")
     assert response.text == "Hello, world!"
 

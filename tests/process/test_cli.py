@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import httpx
 import trio
 
 from trioserve import __version__
+from trioserve.testing import ServerProcess, running_process
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIOSERVE = Path(sys.executable).parent / "trioserve"
@@ -39,7 +41,10 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 class Server:
-    """A running ``trioserve`` and the stderr lines it printed so far."""
+    """A process these tests start otherwise than as ``trioserve ARGS`` (a script serving
+    its app, an exec wrapper passing sockets as systemd does, gunicorn itself) and the
+    stderr lines it printed so far. ``trioserve ARGS`` itself runs under :func:`serving`,
+    the public helper's :class:`trioserve.testing.ServerProcess`."""
 
     def __init__(self, process: trio.Process) -> None:
         self.process = process
@@ -69,7 +74,7 @@ class Server:
             while (line := await self._read_line()) is not None:
                 if needle in line:
                     return line
-        raise AssertionError(f"trioserve ended without printing {needle!r}: {self.lines}")
+        raise AssertionError(f"it ended without printing {needle!r}: {self.lines}")
 
     async def wait_exit(self) -> int:
         """Read stderr to its end, then return the exit status."""
@@ -84,37 +89,25 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(
-    *args: str, env: dict[str, str] | None = None, new_session: bool = False
-) -> AsyncIterator[Server]:
-    """Start ``trioserve *args`` (``env`` added to the environment) and wait for its ready
-    line; always reap it. ``new_session`` detaches it from the controlling terminal, as a
-    daemon is."""
-    process = await trio.lowlevel.open_process(
-        [str(TRIOSERVE), *args],
-        cwd=ROOT,
-        env=environment(**(env or {})),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=new_session,
-    )
-    server = Server(process)
-    try:
-        line = await server.wait_for_line("listening on ")
-        match = READY.search(line)
-        assert match is not None, line
-        server.url = match["url"]
-        server.port = int(match["port"])
-        yield server
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            with trio.move_on_after(5):
-                await process.wait()
-            if process.stderr is not None:
-                await process.stderr.aclose()
+async def serving(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[ServerProcess]:
+    """Run ``trioserve *args`` from the project's root (``env`` added to the environment)
+    with the public :func:`trioserve.testing.running_process`, in a session of its own,
+    its stdout and stderr together in ``lines``; wait for its ready line, from which on
+    ``wait_for_line`` looks. A server still running at the end is killed (SIGKILL: no
+    graceful stop to wait for), with its workers, and reaped."""
+    async with running_process(*args, env=env, cwd=ROOT, timeout=TIMEOUT) as server:
+        try:
+            line = await server.wait_for_line("listening on ", timeout=TIMEOUT)
+            assert READY.search(line), line
+            yield server
+        finally:
+            with trio.CancelScope(shield=True):
+                if server.returncode is None:
+                    # It leads a process group of its own: its workers are killed at once
+                    # too, instead of stopping after they see it gone.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(server.pid, signal.SIGKILL)
+                await server.stop()
 
 
 async def run_cli(
@@ -144,7 +137,8 @@ def assert_clean_log(lines: list[str]) -> None:
 async def test_hello_serves_curl_and_httpx_then_stops_on_sigterm() -> None:
     """The ready line names the HTTP URL; real clients get the app's answer; SIGTERM exits 0."""
     async with serving("examples.hello:app", "-b", "127.0.0.1:0") as server:
-        assert re.search(r"trioserve: listening on http://127\.0\.0\.1:\d+$", server.lines[-1])
+        ready = [line for line in server.lines if "listening on" in line]
+        assert re.search(r"trioserve: listening on http://127\.0\.0\.1:\d+$", ready[0])
         assert server.url == f"http://127.0.0.1:{server.port}"
         curl = shutil.which("curl")
         if curl is not None:
@@ -184,12 +178,12 @@ async def test_request_in_flight_completes_after_sigterm() -> None:
     ):
         async with client.stream("GET", server.url + "/") as response:
             assert response.status_code == 200
-            server.process.send_signal(signal.SIGTERM)
+            server.send_signal(signal.SIGTERM)
             # The server is draining now; the app still has its second part to send.
             await server.wait_for_line("stopping: no new connections")
             body = await response.aread()
         assert body == b"first part\nlast part\n"
-        assert await server.wait_exit() == 0
+        assert await server.wait() == 0
     assert_clean_log(server.lines)
 
 

@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 import h11
 import trio
 
-from tests.process.test_cli import TIMEOUT, Server, serving
+from tests.process.test_cli import TIMEOUT, serving
 from tests.process.test_master import PID_APP, alive, wait_for_line_from, wait_until, workers
+from trioserve.testing import ServerProcess
 
 CLIENTS = 50
 SECONDS = float(os.environ.get("TRIOSERVE_TEST_DRAIN_SECONDS", "3"))
@@ -133,7 +134,7 @@ class KeepAliveLoad:
 
 
 async def _under_load(
-    server: Server, scenario: str, step: Callable[[KeepAliveLoad], Awaitable[None]]
+    server: ServerProcess, scenario: str, step: Callable[[KeepAliveLoad], Awaitable[None]]
 ) -> None:
     """Keep the load on for SECONDS while ``step(load)`` retires workers again and again;
     then no request may have failed."""
@@ -159,11 +160,11 @@ async def test_hup_fails_no_request_on_kept_alive_connections() -> None:
     """Rolling restarts (HUP) under keep-alive load from clients that never retry: every
     request is answered."""
     async with serving(*PID_APP, "--workers", "2", *ARGS) as server:
-        master = server.process.pid
+        master = server.pid
 
         async def reload(load: KeepAliveLoad) -> None:
             old = workers(master)
-            server.process.send_signal(signal.SIGHUP)
+            server.send_signal(signal.SIGHUP)
             await server.wait_for_line("reloaded: 2 new workers ready")
             await wait_until(lambda: not workers(master) & old, "the old workers end")
             await load.answered_by_others(old, 100)
@@ -176,7 +177,7 @@ async def test_max_requests_fails_no_request_on_kept_alive_connections() -> None
     answered."""
     args = ("--workers", "2", "--max-requests", "2000", "--max-requests-jitter", "0")
     async with serving(*PID_APP, *args, *ARGS) as server:
-        master = server.process.pid
+        master = server.pid
 
         async def retirement(load: KeepAliveLoad) -> None:
             old = workers(master)
@@ -190,14 +191,14 @@ async def test_ttou_fails_no_request_on_kept_alive_connections() -> None:
     """A worker removed with TTOU (and added back with TTIN) under keep-alive load: every
     request is answered."""
     async with serving(*PID_APP, "--workers", "2", *ARGS) as server:
-        master = server.process.pid
+        master = server.pid
 
         async def fewer_then_more(load: KeepAliveLoad) -> None:
             old = workers(master)
-            server.process.send_signal(signal.SIGTTOU)
+            server.send_signal(signal.SIGTTOU)
             await server.wait_for_line("workers: 2 -> 1")
             await wait_until(lambda: len(workers(master)) == 1, "one worker")
-            server.process.send_signal(signal.SIGTTIN)
+            server.send_signal(signal.SIGTTIN)
             await server.wait_for_line("workers: 1 -> 2")
             await wait_until(lambda: len(workers(master)) == 2, "two workers")
             await load.answered_by_others(old, 100)
@@ -209,7 +210,7 @@ async def test_usr2_handover_fails_no_request_on_kept_alive_connections() -> Non
     """A USR2 hand-over under keep-alive load (a new master, then TERM to the old one,
     whose workers drain): every request is answered."""
     async with serving(*PID_APP, "--workers", "2", *ARGS) as server:
-        old_master = server.process.pid
+        old_master = server.pid
         new_master = 0
         load = KeepAliveLoad(server.port)
         try:
@@ -217,16 +218,15 @@ async def test_usr2_handover_fails_no_request_on_kept_alive_connections() -> Non
                 nursery.start_soon(load.run)
                 await load.answered_by_others(set(), 100)
                 old = workers(old_master)
-                server.process.send_signal(signal.SIGUSR2)
+                server.send_signal(signal.SIGUSR2)
                 line = await server.wait_for_line("SIGUSR2: started a new master (pid ")
                 match = re.search(r"new master \(pid (\d+)\)", line)
                 assert match is not None, line
                 new_master = int(match[1])
                 await wait_for_line_from(server, new_master, "worker(s) ready")
-                server.process.send_signal(signal.SIGTERM)
-                # Not server.wait_exit(): the new master holds stderr open.
-                with trio.fail_after(TIMEOUT):
-                    assert await server.process.wait() == 0
+                server.send_signal(signal.SIGTERM)
+                # Not its output too: the new master holds it open.
+                assert await server.wait(timeout=TIMEOUT, output=False) == 0
                 await load.answered_by_others(old, 100)
                 load.stopped = True
             report = load.report("USR2, then TERM to the old master")

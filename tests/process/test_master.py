@@ -1,7 +1,7 @@
 """The pre-fork master under the real CLI: worker supervision, signals and exit codes.
 
-Worker processes are found as the children of the master pid in /proc (what ``ps
---ppid`` shows); the test app ``pid_app`` says which process and worker id answered.
+Worker processes are the master's children as ``trioserve.testing.child_processes``
+finds them; the test app ``pid_app`` says which process and worker id answered.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import httpx
 import pytest
 import trio
 
-from tests.process.test_cli import APPS, TIMEOUT, Server, run_cli, serving
+from tests.process.test_cli import APPS, TIMEOUT, run_cli, serving
+from trioserve.testing import ServerProcess, child_processes
 
 PID_APP = ("--app-dir", APPS, "pid_app:app", "-b", "127.0.0.1:0")
 # Stops are quick: the apps have no slow requests, idle connections close at once.
@@ -45,26 +46,9 @@ def alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def children(pid: int) -> dict[int, str]:
-    """The live children of ``pid`` (as ``ps -o pid=,args= --ppid PID`` shows them)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _stat(int(entry.name))
-        if stat is None or stat[1] != pid or stat[0] == "Z":
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        found[int(entry.name)] = title
-    return found
-
-
 def workers(master: int) -> set[int]:
     """The worker pids of ``master``: its children that are not a new master (USR2)."""
-    return {pid for pid, title in children(master).items() if "master" not in title}
+    return {pid for pid, title in child_processes(master).items() if "master" not in title}
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -76,7 +60,7 @@ async def wait_until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"not within {TIMEOUT}s: {what}")
 
 
-def booted(server: Server) -> dict[int, int]:
+def booted(server: ServerProcess) -> dict[int, int]:
     """pid -> worker slot, from the master's ``booting worker N (pid P)`` lines so far."""
     return {
         int(match[2]): int(match[1])
@@ -85,14 +69,14 @@ def booted(server: Server) -> dict[int, int]:
     }
 
 
-async def wait_ready(server: Server, pid: int) -> None:
+async def wait_ready(server: ServerProcess, pid: int) -> None:
     """Wait for the line saying that the worker with ``pid`` is ready."""
     with trio.fail_after(TIMEOUT):
         while "ready" not in await server.wait_for_line(f"(pid {pid})"):
             pass
 
 
-async def wait_for_line_from(server: Server, pid: int, needle: str) -> None:
+async def wait_for_line_from(server: ServerProcess, pid: int, needle: str) -> None:
     """Wait for a line with ``needle`` logged by process ``pid`` (several log to stderr)."""
     with trio.fail_after(TIMEOUT):
         while f"[{pid}]" not in await server.wait_for_line(needle):
@@ -168,9 +152,9 @@ class Load:
 async def test_killed_worker_is_replaced_within_a_second() -> None:
     """A worker killed with SIGKILL is replaced at once; the server answers throughout."""
     async with serving(*PID_APP, "--workers", "2", *QUICK) as server, _client() as client:
-        master = server.process.pid
+        master = server.pid
         before = workers(master)
-        assert len(before) == 2, children(master)
+        assert len(before) == 2, child_processes(master)
         victim = min(before)
         slot = booted(server)[victim]
         os.kill(victim, signal.SIGKILL)
@@ -222,11 +206,10 @@ async def test_stuck_worker_is_dumped_aborted_and_replaced() -> None:
 async def test_sigkill_of_the_master_leaves_no_worker() -> None:
     """Workers whose master was killed with SIGKILL stop by themselves."""
     async with serving(*PID_APP, "--workers", "2", *QUICK) as server:
-        pids = workers(server.process.pid)
+        pids = workers(server.pid)
         assert len(pids) == 2
-        server.process.kill()
-        with trio.fail_after(TIMEOUT):
-            await server.process.wait()
+        server.send_signal(signal.SIGKILL)
+        await server.wait(timeout=TIMEOUT, output=False)
         await wait_until(lambda: not any(alive(pid) for pid in pids), f"workers {pids} end")
 
 
@@ -235,7 +218,7 @@ async def test_worker_ids_are_stable_per_slot() -> None:
     async with serving(*PID_APP, "--workers", "2", *QUICK) as server, _client() as client:
         # pid_app prints what it sees in os.environ when imported (the master imports the
         # app too, to fail early: that one is not a worker).
-        master = server.process.pid
+        master = server.pid
         imports = [m for line in server.lines if (m := IMPORTED.search(line))]
         seen = {int(m[1]): m[2] for m in imports if int(m[1]) != master}
         assert sorted(seen.values()) == ["0", "1"], server.lines
@@ -269,8 +252,8 @@ async def test_max_requests_recycles_without_a_failed_request() -> None:
 async def test_workers_0_serves_in_the_master_process() -> None:
     """--workers 0 serves in the trioserve process itself: no child process."""
     async with serving(*PID_APP, "--workers", "0", *QUICK) as server, _client() as client:
-        assert children(server.process.pid) == {}
-        assert await get_pid(client, server.url) == (server.process.pid, "-")
+        assert child_processes(server.pid) == {}
+        assert await get_pid(client, server.url) == (server.pid, "-")
         assert await server.stop() == 0
 
 
@@ -298,14 +281,14 @@ async def test_worker_boot_failure_halts_the_master(
 async def test_hup_rolling_restart_loses_no_request() -> None:
     """SIGHUP replaces every worker while clients keep getting answers."""
     async with serving(*PID_APP, "--workers", "2", *QUICK) as server:
-        master = server.process.pid
+        master = server.pid
         old = workers(master)
         assert len(old) == 2
         load = Load(server.url)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(load.run, 2)
             await load.answered_by(old, 10)
-            server.process.send_signal(signal.SIGHUP)
+            server.send_signal(signal.SIGHUP)
             await server.wait_for_line("reloaded: 2 new workers ready")
             await wait_until(lambda: not workers(master) & old, "the old workers end")
             new = workers(master)
@@ -327,14 +310,14 @@ async def test_ttin_ttou_change_the_worker_count(tmp_path: Path) -> None:
         '    os.write(2, f"HOOK nworkers_changed {old_value} -> {new_value}\\n".encode())\n'
     )
     async with serving("-c", str(conf), *PID_APP, "--workers", "1", *QUICK) as server:
-        master = server.process.pid
+        master = server.pid
         assert "HOOK nworkers_changed None -> 1" in server.lines
         assert len(workers(master)) == 1
-        server.process.send_signal(signal.SIGTTIN)
+        server.send_signal(signal.SIGTTIN)
         await server.wait_for_line("workers: 1 -> 2")
         await server.wait_for_line("HOOK nworkers_changed 1 -> 2")
         await wait_until(lambda: len(workers(master)) == 2, "two workers")
-        server.process.send_signal(signal.SIGTTOU)
+        server.send_signal(signal.SIGTTOU)
         await server.wait_for_line("workers: 2 -> 1")
         await server.wait_for_line("HOOK nworkers_changed 2 -> 1")
         await wait_until(lambda: len(workers(master)) == 1, "one worker")
@@ -344,7 +327,7 @@ async def test_ttin_ttou_change_the_worker_count(tmp_path: Path) -> None:
 async def test_usr2_hands_the_sockets_to_a_new_master() -> None:
     """SIGUSR2 starts a new master on the same sockets; the handover refuses no connection."""
     async with serving(*PID_APP, "--workers", "1", *QUICK) as server:
-        old_master = server.process.pid
+        old_master = server.pid
         old_workers = workers(old_master)
         new_master = 0
         load = Load(server.url)
@@ -352,20 +335,19 @@ async def test_usr2_hands_the_sockets_to_a_new_master() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(load.run, 2)
                 await load.answered_by(old_workers, 5)
-                server.process.send_signal(signal.SIGUSR2)
+                server.send_signal(signal.SIGUSR2)
                 line = await server.wait_for_line("SIGUSR2: started a new master (pid ")
                 match = re.search(r"new master \(pid (\d+)\)", line)
                 assert match is not None, line
                 new_master = int(match[1])
-                assert new_master in children(old_master)
+                assert new_master in child_processes(old_master)
                 # It logs to the same stderr; its lines carry its pid.
                 await wait_for_line_from(server, new_master, "listening on ")
                 new_workers = workers(new_master)
                 assert len(new_workers) == 1
-                server.process.send_signal(signal.SIGTERM)
-                # Not server.wait_exit(): the new master holds stderr open.
-                with trio.fail_after(TIMEOUT):
-                    assert await server.process.wait() == 0
+                server.send_signal(signal.SIGTERM)
+                # Not its output too: the new master holds it open.
+                assert await server.wait(timeout=TIMEOUT, output=False) == 0
                 await load.answered_by(new_workers, 10)
                 load.stopped = True
             assert load.failures == []

@@ -23,7 +23,8 @@ from tests.process.test_cli import (
     run_cli,
     serving,
 )
-from tests.process.test_master import children, wait_until
+from tests.process.test_master import wait_until
+from trioserve.testing import child_processes
 
 PID_APP = ("--app-dir", APPS, "pid_app:app", "-b", "127.0.0.1:0", "--graceful-timeout", "1")
 IMPORTED = re.compile(r"pid_app: imported in pid (\d+) with TRIOSERVE_WORKER_ID=(\S+)")
@@ -61,29 +62,29 @@ async def test_preload_imports_the_app_once_and_forks_workers_from_the_preloader
     async with serving(*PID_APP, "--preload", "--workers", "2") as server:
         # The master imports the target's module too (to see whether it names a
         # MultiApp), but builds and serves nothing from it.
-        master = server.process.pid
+        master = server.pid
         imports = [
             m for line in server.lines if (m := IMPORTED.search(line)) and int(m[1]) != master
         ]
         assert len(imports) == 1
         preloader = int(imports[0][1])
         assert imports[0][2] == "-"  # not a worker: no worker id
-        assert len(children(preloader)) == 2
+        assert len(child_processes(preloader)) == 2
         seen: set[str] = set()
         with trio.fail_after(TIMEOUT):
             while len(seen) < 2:
                 pid, worker_id = (await get(server.url)).split()
-                assert int(pid) in children(preloader)
+                assert int(pid) in child_processes(preloader)
                 seen.add(worker_id)
         assert seen == {"0", "1"}
         assert await server.stop(signal.SIGTERM) == 0
-    await wait_until(lambda: not children(preloader), "the preloaded workers exit")
+    await wait_until(lambda: not child_processes(preloader), "the preloaded workers exit")
 
 
 async def test_reuse_port_workers_listen_on_their_own_sockets() -> None:
     """--reuse-port: each worker listens on its own socket for the same port; both serve."""
     async with serving(*PID_APP, "--reuse-port", "--workers", "2") as server:
-        workers = set(children(server.process.pid))
+        workers = set(child_processes(server.pid))
         assert len(workers) == 2
         for pid in workers:
             inodes = _listening_inodes(pid, server.port)
@@ -91,7 +92,7 @@ async def test_reuse_port_workers_listen_on_their_own_sockets() -> None:
         first, second = (_listening_inodes(pid, server.port) for pid in workers)
         assert first != second
         # The master holds the port (bound) but does not listen: only workers accept.
-        assert not _listening_inodes(server.process.pid, server.port)
+        assert not _listening_inodes(server.pid, server.port)
         assert (await get(server.url)).split()[1] in {"0", "1"}
         assert await server.stop(signal.SIGTERM) == 0
 
@@ -188,7 +189,7 @@ async def test_hooks_run_in_the_master_and_in_the_workers(tmp_path: Path) -> Non
     config = tmp_path / "hooks.py"
     config.write_text(HOOKS_CONFIG)
     async with serving("-c", str(config), *PID_APP, "--workers", "1") as server:
-        master = server.process.pid
+        master = server.pid
         assert await server.stop(signal.SIGTERM) == 0
     hooks = [line.split("HOOK ", 1)[1] for line in server.lines if "HOOK " in line]
     worker = next(int(h.rsplit(" ", 1)[1]) for h in hooks if h.startswith("post_fork"))
@@ -219,15 +220,15 @@ async def test_a_raising_boot_hook_halts_the_master_with_exit_3(tmp_path: Path) 
 
 async def test_winch_stops_workers_hup_restarts_them_and_term_exits() -> None:
     """Detached from a terminal: WINCH stops the workers, HUP starts them, TERM exits 0."""
-    async with serving(*PID_APP, "--workers", "2", new_session=True) as server:
-        master = server.process.pid
-        before = set(children(master))
-        server.process.send_signal(signal.SIGWINCH)
+    async with serving(*PID_APP, "--workers", "2") as server:
+        master = server.pid
+        before = set(child_processes(master))
+        server.send_signal(signal.SIGWINCH)
         await server.wait_for_line("all workers stopped (SIGWINCH)")
-        await wait_until(lambda: not children(master), "the workers exit after WINCH")
-        server.process.send_signal(signal.SIGHUP)
-        await wait_until(lambda: len(children(master)) == 2, "HUP starts two workers again")
-        assert not set(children(master)) & before
+        await wait_until(lambda: not child_processes(master), "the workers exit after WINCH")
+        server.send_signal(signal.SIGHUP)
+        await wait_until(lambda: len(child_processes(master)) == 2, "HUP starts two workers again")
+        assert not set(child_processes(master)) & before
         with trio.fail_after(TIMEOUT):
             while True:  # the new workers become ready in their own time
                 try:
@@ -235,7 +236,7 @@ async def test_winch_stops_workers_hup_restarts_them_and_term_exits() -> None:
                     break
                 except httpx.TransportError:
                     await trio.sleep(0.05)
-        server.process.send_signal(signal.SIGWINCH)
+        server.send_signal(signal.SIGWINCH)
         await server.wait_for_line("all workers stopped (SIGWINCH)")
         assert await server.stop(signal.SIGTERM) == 0
 
@@ -269,11 +270,11 @@ async def test_second_term_turns_a_graceful_stop_into_a_fast_one(tmp_path: Path)
         client.stream("GET", server.url + "/") as response,
     ):
         assert response.status_code == 200
-        server.process.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         await server.wait_for_line("stopping: no new connections")
         with trio.fail_after(10):  # well inside the 60 s graceful timeout
-            server.process.send_signal(signal.SIGTERM)
-            assert await server.wait_exit() == 0
+            server.send_signal(signal.SIGTERM)
+            assert await server.wait() == 0
     assert any("SIGTERM received again: stopping now" in line for line in server.lines)
 
 
@@ -291,8 +292,8 @@ async def test_raising_pre_fork_is_a_boot_failure(tmp_path: Path) -> None:
 async def test_process_titles_name_the_master_and_each_worker() -> None:
     """With setproctitle, ps shows 'trioserve: master [NAME]' and 'trioserve: worker N [NAME]'."""
     async with serving(*PID_APP, "--workers", "2", "--name", "shop") as server:
-        assert _cmdline(server.process.pid) == "trioserve: master [shop]"
-        assert sorted(children(server.process.pid).values()) == [
+        assert _cmdline(server.pid) == "trioserve: master [shop]"
+        assert sorted(child_processes(server.pid).values()) == [
             "trioserve: worker 0 [shop]",
             "trioserve: worker 1 [shop]",
         ]
@@ -350,11 +351,11 @@ async def test_sigterm_to_the_whole_process_group_still_drains(tmp_path: Path) -
     )
     args = ["--app-dir", str(tmp_path), "slow_part_app:app", "-b", "127.0.0.1:0", "-w", "2"]
     async with (
-        serving(*args, new_session=True) as server,
+        serving(*args) as server,
         httpx.AsyncClient(timeout=10) as client,
         client.stream("GET", server.url + "/") as response,
     ):
         assert response.status_code == 200
-        os.killpg(server.process.pid, signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGTERM)
         assert await response.aread() == b"ab"
-        assert await server.wait_exit() == 0
+        assert await server.wait() == 0

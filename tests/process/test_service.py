@@ -31,7 +31,8 @@ from tests.process.test_cli import (
     run_cli,
     serving,
 )
-from tests.process.test_master import alive, children, wait_until
+from tests.process.test_master import alive, wait_until
+from trioserve.testing import child_processes
 
 HELLO = ("examples.hello:app", "--graceful-timeout", "1")
 
@@ -106,7 +107,7 @@ async def test_stale_pid_file_is_taken_over(tmp_path: Path) -> None:
     pid_file = tmp_path / "stale.pid"
     pid_file.write_text("999999\n")
     async with serving(*HELLO, "-b", "127.0.0.1:0", "-p", str(pid_file)) as server:
-        assert _read_pid(pid_file) == server.process.pid
+        assert _read_pid(pid_file) == server.pid
         assert await server.stop(signal.SIGTERM) == 0
     assert not pid_file.exists()
 
@@ -132,9 +133,9 @@ async def test_ctl_add_and_remove_worker(tmp_path: Path) -> None:
     async with daemon(tmp_path, *HELLO, "--workers", "1") as (pid_file, _):
         pid = _read_pid(pid_file)
         assert (await run_cli("ctl", "add-worker", "-p", str(pid_file)))[0] == 0
-        await wait_until(lambda: len(children(pid)) == 2, "a second worker")
+        await wait_until(lambda: len(child_processes(pid)) == 2, "a second worker")
         assert (await run_cli("ctl", "remove-worker", "-p", str(pid_file)))[0] == 0
-        await wait_until(lambda: len(children(pid)) == 1, "back to one worker")
+        await wait_until(lambda: len(child_processes(pid)) == 1, "back to one worker")
         assert (await run_cli("ctl", "stop", "-p", str(pid_file)))[0] == 0
 
 
@@ -168,7 +169,7 @@ async def test_daemon_start_failure_is_reported_by_the_command(tmp_path: Path) -
 async def test_workers_run_as_user_and_group() -> None:
     """--user/--group: the workers run as that account; the master keeps its own."""
     async with serving(*HELLO, "-b", "127.0.0.1:0", "-u", "nobody", "-g", "nogroup") as server:
-        [worker] = children(server.process.pid)
+        [worker] = child_processes(server.pid)
         uid_line = _status_field(worker, "Uid")
         nobody = _status_field(worker, "Gid")
         import grp
@@ -176,7 +177,7 @@ async def test_workers_run_as_user_and_group() -> None:
 
         assert uid_line.split()[0] == str(pwd.getpwnam("nobody").pw_uid)
         assert nobody.split()[0] == str(grp.getgrnam("nogroup").gr_gid)
-        assert _status_field(server.process.pid, "Uid").split()[0] == "0"
+        assert _status_field(server.pid, "Uid").split()[0] == "0"
         assert await server.stop(signal.SIGTERM) == 0
 
 
@@ -217,12 +218,12 @@ async def test_sd_notify_reports_ready_reloading_and_stopping(tmp_path: Path) ->
         async with serving(*HELLO, "-b", "127.0.0.1:0", "-w", "2", env=env) as server:
             await _datagrams(sock, "READY=1", seen)
             assert "STATUS=2 worker(s) serving" in seen[-1]
-            server.process.send_signal(signal.SIGHUP)
+            server.send_signal(signal.SIGHUP)
             await _datagrams(sock, "RELOADING=1", seen)
             await _datagrams(sock, "READY=1", seen)
-            server.process.send_signal(signal.SIGTERM)
+            server.send_signal(signal.SIGTERM)
             await _datagrams(sock, "STOPPING=1", seen)
-            assert await server.wait_exit() == 0
+            assert await server.wait() == 0
 
 
 async def test_socket_activation_serves_on_the_passed_socket() -> None:
@@ -290,8 +291,8 @@ async def test_usr2_moves_the_pid_file_to_oldbin_and_the_new_master_takes_it(
     """On USR2 the old master's pid file becomes FILE.oldbin; the new master writes FILE."""
     pid_file = tmp_path / "app.pid"
     async with serving(*HELLO, "-b", "127.0.0.1:0", "-p", str(pid_file)) as server:
-        old = server.process.pid
-        server.process.send_signal(signal.SIGUSR2)
+        old = server.pid
+        server.send_signal(signal.SIGUSR2)
         line = await server.wait_for_line("started a new master (pid ")
         new = int(line.split("(pid ")[1].split(")")[0])
         try:
@@ -300,10 +301,9 @@ async def test_usr2_moves_the_pid_file_to_oldbin_and_the_new_master_takes_it(
             )
             oldbin = tmp_path / "app.pid.oldbin"
             assert _read_pid(oldbin) == old
-            server.process.send_signal(signal.SIGTERM)
-            # (Not server.wait_exit(): the new master writes to the same stderr pipe.)
-            with trio.fail_after(TIMEOUT):
-                assert await server.process.wait() == 0
+            server.send_signal(signal.SIGTERM)
+            # (Not its output too: the new master writes to the same pipe.)
+            assert await server.wait(timeout=TIMEOUT, output=False) == 0
             assert not oldbin.exists()
             assert _read_pid(pid_file) == new
             assert (await run_cli("ctl", "stop", "-p", str(pid_file)))[0] == 0

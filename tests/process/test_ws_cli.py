@@ -8,8 +8,9 @@ import signal
 import trio
 from wsproto.events import AcceptConnection, CloseConnection, TextMessage
 
-from tests.process.test_cli import Server, assert_clean_log, serving
+from tests.process.test_cli import assert_clean_log, serving
 from tests.serve.test_ws import HELLO_THEN_OPCODE_3, RawClient, frame_header
+from trioserve.testing import ServerProcess
 
 HANDSHAKE = (
     b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -17,14 +18,14 @@ HANDSHAKE = (
 )
 
 
-async def open_raw(server: Server) -> RawClient:
+async def open_raw(server: ServerProcess) -> RawClient:
     """A hand-driven wsproto client connected to ``server``, handshake done."""
     raw = RawClient(await trio.open_tcp_stream("127.0.0.1", server.port))
     assert isinstance(await raw.handshake(), AcceptConnection)
     return raw
 
 
-async def stop_cleanly(server: Server) -> None:
+async def stop_cleanly(server: ServerProcess) -> None:
     assert await server.stop(signal.SIGTERM) == 0
     assert_clean_log(server.lines)
 

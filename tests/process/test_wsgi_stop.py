@@ -27,9 +27,9 @@ async def test_graceful_timeout_holds_for_a_wsgi_app_blocked_in_its_thread(worke
         await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         await server.wait_for_line("app: request started")
         begin = trio.current_time()
-        server.process.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
-            status = await server.wait_exit()
+            status = await server.wait()
         elapsed = trio.current_time() - begin
         await client.aclose()
     assert status == 0

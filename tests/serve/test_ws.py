@@ -7,6 +7,7 @@ import collections
 import functools
 import logging
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -516,8 +517,10 @@ async def test_app_error_before_accept_is_500(nursery, caplog):
     assert isinstance(record.exc_info[1], ValueError)
 
 
-async def test_app_error_after_accept_closes_with_1011(nursery, caplog):
-    """An app that raises after accepting closes with 1011 and logs the traceback."""
+async def asgi_app_raising_after_accept(
+    nursery: trio.Nursery,
+) -> tuple[trio_websocket.WebSocketConnection, Served]:
+    """A client of an ASGI app that raises after accepting and reading one message."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
@@ -525,7 +528,41 @@ async def test_app_error_after_accept_closes_with_1011(nursery, caplog):
         await receive()
         raise ValueError("boom")
 
-    ws, served = await open_client(nursery, app)
+    return await open_client(nursery, app)
+
+
+async def native_handler_raising_after_accept(
+    nursery: trio.Nursery,
+) -> tuple[trio_websocket.WebSocketConnection, Served]:
+    """A client of a native handler that raises after accepting and reading one message."""
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.get_message()
+        raise ValueError("boom")
+
+    client, server = trio.testing.memory_stream_pair()
+    served = Served()
+    nursery.start_soon(served.native, server, handler, make_state())
+    ws = await trio_websocket.wrap_client_stream(nursery, client, "t", "/")  # type: ignore[arg-type]
+    return ws, served
+
+
+@pytest.mark.parametrize(
+    "open_raising",
+    [asgi_app_raising_after_accept, native_handler_raising_after_accept],
+    ids=["asgi", "native"],
+)
+async def test_app_error_after_accept_closes_with_1011(
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    open_raising: Callable[
+        [trio.Nursery], Awaitable[tuple[trio_websocket.WebSocketConnection, Served]]
+    ],
+) -> None:
+    """An ASGI app or a native handler that raises after accepting closes with 1011 and
+    logs the traceback."""
+    ws, served = await open_raising(nursery)
     await ws.send_message("go")
     with pytest.raises(trio_websocket.ConnectionClosed) as info:
         await ws.get_message()
@@ -754,31 +791,6 @@ async def test_native_handler_echo(nursery, caplog):
     with trio.fail_after(1):
         await served.done.wait()
     assert not errors(caplog)
-
-
-async def test_native_handler_error_is_logged_and_closes_with_1011(nursery, caplog):
-    """A handler that raises is logged with its traceback and its websocket closed."""
-
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        await ws.get_message()
-        raise ValueError("boom")
-
-    client, server = trio.testing.memory_stream_pair()
-    served = Served()
-    nursery.start_soon(served.native, server, handler, make_state())
-    ws = await trio_websocket.wrap_client_stream(nursery, client, "t", "/")  # type: ignore[arg-type]
-    await ws.send_message("go")
-    with pytest.raises(trio_websocket.ConnectionClosed) as info:
-        await ws.get_message()
-    assert info.value.reason is not None
-    assert info.value.reason.code == 1011
-    await ws.aclose()
-    with trio.fail_after(1):
-        await served.done.wait()
-    (record,) = errors(caplog)
-    assert record.exc_info is not None
-    assert isinstance(record.exc_info[1], ValueError)
 
 
 async def test_native_handler_that_rejects(nursery, caplog):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -16,6 +17,7 @@ from tests.helpers import hello_app
 from trioserve import BindError, ConfigError
 from trioserve.testing import (
     ServerErrorLogged,
+    child_processes,
     http_client,
     running_process,
     serving,
@@ -166,13 +168,30 @@ async def test_running_process_lines_and_stop() -> None:
             await client.get("/")
 
 
+async def test_child_processes_and_a_stop_by_another_signal() -> None:
+    """child_processes() lists the master's workers (as worker_pids() does), each with its
+    command line; stop(SIGINT) stops the master at once, exit 0, and no child is left."""
+    args = ("tests.helpers:hello_app", "--workers", "2", "--graceful-timeout", "1")
+    async with running_process(*args) as proc:
+        await proc.wait_for_line("2 worker(s) ready")
+        children = child_processes(proc.pid)
+        assert list(children) == proc.worker_pids()
+        assert len(children) == 2
+        assert all("trioserve" in command for command in children.values()), children
+        assert await proc.stop(signal.SIGINT) == 0
+        assert await proc.wait_for_line("SIGINT received: stopping now")
+        assert child_processes(proc.pid) == {}
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="compares with /proc")
 def test_children_from_ps_are_those_from_proc() -> None:
-    """worker_pids()'s fallback off Linux (ps) finds the children /proc shows."""
+    """child_processes()'s fallback off Linux (ps) finds the children and command lines
+    /proc shows."""
     with subprocess.Popen(["sleep", "30"]) as child:
         try:
             from_ps = _ps_children(os.getpid())
-            assert child.pid in from_ps
+            assert from_ps[child.pid] == "sleep 30"
             assert from_ps == _proc_children(os.getpid())
+            assert child_processes(os.getpid()) == _proc_children(os.getpid())
         finally:
             child.kill()

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import attrs
 import pytest
-import trustme
 from cryptography.hazmat.primitives import serialization
 
+from tests.pki import Pki
 from trioserve._config import Config
 from trioserve._errors import ConfigError
 from trioserve._tls import _rfc4514_name, ssl_context
 
 
 @attrs.frozen
-class Pki:
+class Pems:
     """PEM files written by trustme: a CA, a server cert for localhost and a stray key."""
 
     ca: Path
@@ -32,16 +32,11 @@ class Pki:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    tmp = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("localhost", "127.0.0.1")
-    ca.cert_pem.write_to_path(tmp / "ca.pem")
-    server.cert_chain_pems[0].write_to_path(tmp / "cert.pem")
-    server.private_key_pem.write_to_path(tmp / "key.pem")
-    server.private_key_and_cert_chain_pem.write_to_path(tmp / "cert_and_key.pem")
-    ca.issue_cert("other.example").private_key_pem.write_to_path(tmp / "other_key.pem")
-    key = serialization.load_pem_private_key(server.private_key_pem.bytes(), password=None)
+def pems(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Pems:
+    """The shared certificates' PEM files (tests/conftest.py), and broken ones beside them."""
+    tmp = tmp_path_factory.mktemp("pems")
+    pki.ca.issue_cert("other.example").private_key_pem.write_to_path(tmp / "other_key.pem")
+    key = serialization.load_pem_private_key(pki.server.private_key_pem.bytes(), password=None)
     (tmp / "encrypted_key.pem").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -50,16 +45,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         )
     )
     (tmp / "garbage.pem").write_text("this is not PEM\n")
-    pem = server.cert_chain_pems[0].bytes().decode()
+    pem = pki.server.cert_chain_pems[0].bytes().decode()
     # Valid armour around a body that is not a certificate.
     (tmp / "corrupt_cert.pem").write_text(
         "-----BEGIN CERTIFICATE-----\nAAAA" + pem.splitlines()[5] + "\n-----END CERTIFICATE-----\n"
     )
-    return Pki(
-        ca=tmp / "ca.pem",
-        cert=tmp / "cert.pem",
-        key=tmp / "key.pem",
-        cert_and_key=tmp / "cert_and_key.pem",
+    return Pems(
+        ca=pki.ca_file,
+        cert=pki.cert_file,
+        key=pki.key_file,
+        cert_and_key=pki.cert_and_key_file,
         other_key=tmp / "other_key.pem",
         encrypted_key=tmp / "encrypted_key.pem",
         garbage=tmp / "garbage.pem",
@@ -68,9 +63,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-def tls_config(pki: Pki, **overrides: object) -> Config:
+def tls_config(pems: Pems, **overrides: object) -> Config:
     """A Config with the server cert and key, plus ``overrides`` (paths as strings)."""
-    values: dict[str, object] = {"certfile": str(pki.cert), "keyfile": str(pki.key)}
+    values: dict[str, object] = {"certfile": str(pems.cert), "keyfile": str(pems.key)}
     values.update(overrides)
     return Config(**values)  # type: ignore[arg-type]
 
@@ -80,9 +75,9 @@ def test_no_tls_without_certfile_or_keyfile():
     assert ssl_context(Config()) is None
 
 
-def test_server_context_with_cert_and_key(pki):
+def test_server_context_with_cert_and_key(pems):
     """A cert and key give a server-side context with TLS 1.2 floor and no client auth."""
-    context = ssl_context(tls_config(pki))
+    context = ssl_context(tls_config(pems))
     assert context is not None
     assert context.protocol is ssl.PROTOCOL_TLS_SERVER
     assert context.minimum_version is ssl.TLSVersion.TLSv1_2
@@ -92,14 +87,14 @@ def test_server_context_with_cert_and_key(pki):
     assert context.cert_store_stats()["x509_ca"] == 0
 
 
-def test_certfile_holding_the_key_needs_no_keyfile(pki):
+def test_certfile_holding_the_key_needs_no_keyfile(pems):
     """A certfile that contains the private key too is enough on its own."""
-    assert ssl_context(Config(certfile=str(pki.cert_and_key))) is not None
+    assert ssl_context(Config(certfile=str(pems.cert_and_key))) is not None
 
 
-def test_encrypted_key_with_the_right_password(pki):
+def test_encrypted_key_with_the_right_password(pems):
     """An encrypted keyfile loads with the right keyfile_password."""
-    config = tls_config(pki, keyfile=str(pki.encrypted_key), keyfile_password="s3cret")
+    config = tls_config(pems, keyfile=str(pems.encrypted_key), keyfile_password="s3cret")
     assert ssl_context(config) is not None
 
 
@@ -107,9 +102,9 @@ def test_encrypted_key_with_the_right_password(pki):
     ("version", "expected"),
     [("1.2", ssl.TLSVersion.TLSv1_2), ("1.3", ssl.TLSVersion.TLSv1_3)],
 )
-def test_minimum_version_follows_tls_min_version(pki, version, expected):
+def test_minimum_version_follows_tls_min_version(pems, version, expected):
     """tls_min_version sets the context's minimum_version."""
-    context = ssl_context(tls_config(pki, tls_min_version=version))
+    context = ssl_context(tls_config(pems, tls_min_version=version))
     assert context is not None
     assert context.minimum_version is expected
 
@@ -118,24 +113,24 @@ def test_minimum_version_follows_tls_min_version(pki, version, expected):
     ("cert_reqs", "expected"),
     [("none", ssl.CERT_NONE), ("optional", ssl.CERT_OPTIONAL), ("required", ssl.CERT_REQUIRED)],
 )
-def test_verify_mode_follows_cert_reqs(pki, cert_reqs, expected):
+def test_verify_mode_follows_cert_reqs(pems, cert_reqs, expected):
     """cert_reqs sets verify_mode, and ca_certs is the only trusted CA."""
-    context = ssl_context(tls_config(pki, cert_reqs=cert_reqs, ca_certs=str(pki.ca)))
+    context = ssl_context(tls_config(pems, cert_reqs=cert_reqs, ca_certs=str(pems.ca)))
     assert context is not None
     assert context.verify_mode is expected
     assert context.cert_store_stats()["x509_ca"] == 1
 
 
-def test_ciphers_are_applied(pki):
+def test_ciphers_are_applied(pems):
     """A valid cipher string restricts the TLS 1.2 ciphers offered."""
-    context = ssl_context(tls_config(pki, ciphers="ECDHE+AESGCM"))
+    context = ssl_context(tls_config(pems, ciphers="ECDHE+AESGCM"))
     assert context is not None
     tls12 = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"}
     assert tls12
     assert all(name.startswith("ECDHE-") and "GCM" in name for name in tls12)
 
 
-ErrorCase = Callable[[Pki], tuple[dict[str, object], str]]
+ErrorCase = Callable[[Pems], tuple[dict[str, object], str]]
 
 ERROR_CASES: dict[str, ErrorCase] = {
     "keyfile without certfile": lambda p: (
@@ -219,11 +214,11 @@ ERROR_CASES: dict[str, ErrorCase] = {
 
 
 @pytest.mark.parametrize("case", ERROR_CASES.values(), ids=ERROR_CASES.keys())
-def test_config_errors_are_one_line_and_name_the_setting(pki, case):
+def test_config_errors_are_one_line_and_name_the_setting(pems, case):
     """Each TLS mistake is a one-line ConfigError naming the setting and the file."""
-    overrides, message = case(pki)
+    overrides, message = case(pems)
     with pytest.raises(ConfigError) as info:
-        ssl_context(tls_config(pki, **overrides))
+        ssl_context(tls_config(pems, **overrides))
     assert str(info.value) == message
     assert "\n" not in str(info.value)
     # No chained OpenSSL traceback behind the one-line message.

@@ -10,7 +10,8 @@ pytest-trio). Everyone else uses the same machinery directly:
   as :class:`ServerErrorLogged` when the block ends.
 - :func:`running_process` runs the real ``trioserve`` command in a subprocess;
   :func:`start_process` does it in a nursery you have. Both give a
-  :class:`ServerProcess`.
+  :class:`ServerProcess`; :func:`child_processes` lists a process's children (a
+  master's workers, a daemon's).
 - :func:`http_client` returns an httpx client for either (httpx is optional).
 
 Importing this module needs neither pytest nor httpx. See docs/testing.md.
@@ -23,6 +24,7 @@ from ._factories import ClientFactory as ClientFactory
 from ._factories import ProcessFactory as ProcessFactory
 from ._factories import ServerFactory as ServerFactory
 from ._process import ServerProcess as ServerProcess
+from ._process import child_processes as child_processes
 from ._process import running_process as running_process
 from ._process import start_process as start_process
 from ._server import Server as Server
@@ -37,6 +39,7 @@ __all__ = [
     "ServerErrorLogged",
     "ServerFactory",
     "ServerProcess",
+    "child_processes",
     "http_client",
     "running_process",
     "serving",

@@ -62,34 +62,56 @@ def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
-def _proc_children(pid: int) -> list[int]:
-    found = []
+def _proc_children(pid: int) -> dict[int, str]:
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue  # it exited meanwhile
         # The command name is in parentheses and may hold anything: split after it.
         state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
         if int(ppid) == pid and state != "Z":
-            found.append(int(entry.name))
-    return sorted(found)
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return dict(sorted(found.items()))
 
 
-def _ps_children(pid: int) -> list[int]:
+def _ps_children(pid: int) -> dict[int, str]:
     with subprocess.Popen(
-        ["ps", "-A", "-o", "pid=", "-o", "ppid="], stdout=subprocess.PIPE, text=True
+        ["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "args="], stdout=subprocess.PIPE, text=True
     ) as ps:
         listing, _ = ps.communicate(timeout=10)
-    found = []
+    found = {}
     for line in listing.splitlines():
-        fields = line.split()
+        fields = line.split(None, 2)
         # ps is a child of this process while it runs: of no interest when pid is this one.
-        if len(fields) == 2 and int(fields[1]) == pid and int(fields[0]) != ps.pid:
-            found.append(int(fields[0]))
-    return sorted(found)
+        if len(fields) >= 2 and int(fields[1]) == pid and int(fields[0]) != ps.pid:
+            found[int(fields[0])] = fields[2].strip() if len(fields) == 3 else ""
+    return dict(sorted(found.items()))
+
+
+def child_processes(pid: int) -> dict[int, str]:
+    """The live child processes of process ``pid``, each with its command line.
+
+    For a master, its workers (with ``--preload``, the preloader, whose children are the
+    workers; after SIGUSR2, also the new master). With setproctitle installed the command
+    lines are trioserve's process titles, such as ``trioserve: worker 0 [myapp]``. Read
+    from ``/proc`` on Linux, from ``ps -A -o pid= -o ppid= -o args=`` elsewhere; zombies
+    (exited, not yet reaped) are left out.
+
+    Args:
+        pid: Any process id: the ``pid`` of a :class:`ServerProcess`, a preloader's, or
+            the one a daemon wrote in its pid file.
+
+    Returns:
+        ``{pid: command line}``, in pid order; empty once it has no child left.
+    """
+    if Path("/proc/self/stat").exists():
+        return _proc_children(pid)
+    return _ps_children(pid)
 
 
 class ServerProcess(Listening):
@@ -131,12 +153,10 @@ class ServerProcess(Listening):
     def worker_pids(self) -> list[int]:
         """The live child processes of the master: its workers.
 
-        Read from ``/proc`` on Linux, from ``ps -A -o pid= -o ppid=`` elsewhere. With
-        ``--preload`` the master's child is the preloader, whose children are the workers.
+        As :func:`child_processes` finds them: with ``--preload`` the master's child is
+        the preloader, whose children are the workers.
         """
-        if Path("/proc/self/stat").exists():
-            return _proc_children(self.pid)
-        return _ps_children(self.pid)
+        return list(child_processes(self.pid))
 
     def send_signal(self, sig: int) -> None:
         """Send signal ``sig`` to the master (nothing happens once it was reaped)."""
@@ -187,8 +207,21 @@ class ServerProcess(Listening):
                 await self._changed.wait()
         raise TimeoutError(self._describe(f"wrote no line with {text!r} within {timeout:g}s"))
 
-    async def wait(self, *, timeout: float = STOP_TIMEOUT) -> int:  # noqa: ASYNC109
+    async def wait(
+        self,
+        *,
+        timeout: float = STOP_TIMEOUT,  # noqa: ASYNC109
+        output: bool = True,
+    ) -> int:
         """Wait for it to exit on its own, then for the rest of its output.
+
+        Args:
+            timeout: How long to wait for it to exit, in seconds.
+            output: Also wait (at most 5 seconds more) for the end of its output, which
+                its workers share; those still holding it then are killed. False returns
+                as soon as it exited: for when another process writes there on purpose
+                (the new master after SIGUSR2) or a test watches its workers end by
+                themselves (after a SIGKILL of the master).
 
         Returns:
             The exit status.
@@ -201,18 +234,29 @@ class ServerProcess(Listening):
         status = self.returncode
         if status is None:
             raise TimeoutError(self._describe(f"still runs after {timeout:g}s"))
-        await self._drain()
+        if output:
+            await self._drain()
         return status
 
-    async def stop(self, timeout: float = STOP_TIMEOUT) -> int:  # noqa: ASYNC109 - before SIGKILL
-        """Stop it with SIGTERM (a graceful stop); SIGKILL it and its process group if it
-        has not exited after ``timeout`` seconds. Does nothing but report once it exited.
+    async def stop(
+        self,
+        sig: int = signal.SIGTERM,
+        *,
+        timeout: float = STOP_TIMEOUT,  # noqa: ASYNC109 - before SIGKILL
+    ) -> int:
+        """Stop it with signal ``sig``; SIGKILL it and its process group if it has not
+        exited after ``timeout`` seconds. Does nothing but report once it exited.
+
+        Args:
+            sig: SIGTERM (the default) for a graceful stop; SIGINT or SIGQUIT stop a
+                master at once, as in gunicorn; SIGKILL for no stop at all.
+            timeout: How long to wait for it to exit before SIGKILL, in seconds.
 
         Returns:
             The exit status: 0 after a graceful stop, ``-9`` when it had to be killed.
         """
         if self._process.returncode is None:
-            self._process.send_signal(signal.SIGTERM)
+            self._process.send_signal(sig)
             with trio.move_on_after(timeout):
                 await self._process.wait()
             if self._process.returncode is None:
