@@ -349,11 +349,11 @@ async def test_sighup_warns_again_and_logs_a_failed_reload_one_problem_a_line(
     warning = f"{conf}: names that are not settings are ignored: BASE_DIR, helper"
     async with serving("-c", str(conf), "-b", "127.0.0.1:0", "examples.hello:app") as server:
         assert [line for line in server.lines if warning in line] != []
-        server.process.send_signal(signal.SIGHUP)
+        server.send_signal(signal.SIGHUP)
         await server.wait_for_line("reloaded: 1 new workers ready")
         assert len([line for line in server.lines if warning in line]) == 2
         conf.write_text("workers = 'four'\nworker_class = 'gevent'\n", encoding="utf-8")
-        server.process.send_signal(signal.SIGHUP)
+        server.send_signal(signal.SIGHUP)
         first = await server.wait_for_line("SIGHUP: the configuration could not be reloaded")
         second = await server.wait_for_line("SIGHUP: the configuration could not be reloaded")
         async with httpx.AsyncClient(timeout=5) as client:
