@@ -310,42 +310,40 @@ class Handovers:
     """
 
     def __init__(self) -> None:
-        self._offered: list[_Cycle] = []
+        # The complete responses whose app had not returned yet (appended by
+        # _Cycle._complete, which wakes a parked watcher).
+        self.offered: list[_Cycle] = []
         # The watchers waiting for an offer (one per server; tests may run more).
-        self._parked: list[trio.lowlevel.Task] = []
+        self.parked: list[trio.lowlevel.Task] = []
         # How many watchers run: without one, offers would pile up for nobody.
-        self._watchers = 0
+        self.watchers = 0
 
-    def offer(self, cycle: _Cycle) -> None:
-        """``cycle``'s response is complete; its app may not return soon."""
-        if not self._watchers:
-            return
-        self._offered.append(cycle)
-        parked = self._parked
-        if parked:
-            for task in parked:
-                trio.lowlevel.reschedule(task)
-            parked.clear()
+    def wake(self) -> None:
+        """Wake the parked watchers: there is an offer."""
+        parked = self.parked
+        for task in parked:
+            trio.lowlevel.reschedule(task)
+        parked.clear()
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hand over the connections whose app works on after its response; runs until
         cancelled."""
-        self._watchers += 1
+        self.watchers += 1
         try:
             task_status.started()
             # The offers whose app still worked when this task last looked.
             pending: list[_Cycle] = []
             while True:
-                if not (pending or self._offered):
+                if not (pending or self.offered):
                     await self._park()
                 # Most apps returned before their task let this one run: done with. Only
                 # when some did not does this task sleep (a timer per request, or even
                 # per HANDOVER_AFTER under load, costs every request: ~2% with its
                 # garbage collections).
-                for cycle in self._offered:
+                for cycle in self.offered:
                     if not cycle.returned:
                         pending.append(cycle)
-                self._offered = []
+                self.offered = []
                 if not pending:
                     continue
                 await trio.sleep(HANDOVER_AFTER)
@@ -360,16 +358,16 @@ class Handovers:
                     else:
                         cycle.connection.hand_over(cycle)
         finally:
-            self._watchers -= 1
-            if not self._watchers:
-                self._offered = []
+            self.watchers -= 1
+            if not self.watchers:
+                self.offered = []
 
     async def _park(self) -> None:
         task = trio.lowlevel.current_task()
-        self._parked.append(task)
+        self.parked.append(task)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
-            self._parked.remove(task)
+            self.parked.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
@@ -1032,11 +1030,20 @@ class _Cycle:
 
     def _complete(self) -> None:
         """The response is written out whole: the exchange is finished, and the
-        connection may go on without waiting for the app to return."""
-        self._finish()
+        connection may go on without waiting for the app to return. (Every response
+        comes here: _finish and Handovers.offer are inlined.)"""
+        self.finished = True
+        if self._response_done is not None:
+            self._response_done.set()
+        if self._disconnect_waiter is not None:
+            self._disconnect_waiter.cancel()
         if self.started:
             self.ended = time.time()
-        self.connection.options.handovers.offer(self)
+        handovers = self.connection.options.handovers
+        if handovers.watchers:
+            handovers.offered.append(self)
+            if handovers.parked:
+                handovers.wake()
 
     async def _fail(self) -> None:
         """500 if nothing was sent yet; otherwise the only honest thing is to close."""

@@ -419,3 +419,22 @@ async def test_connection_keeps_few_enough_attributes_for_compact_instances(nurs
     assert len(connections) == 2
     assert connections[0] is connections[1]
     assert len(vars(connections[0])) <= 28
+
+
+async def test_watcher_sets_no_timer_for_apps_that_return_at_once(nursery, mock_clock):
+    """Apps that return right after their response leave the handover watcher parked,
+    with no timer: the clock never moves here, and the watcher waits for an offer."""
+    state = ServerState(Config())
+    options = HTTPOptions(state.config)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    app: Any = hello_app
+    nursery.start_soon(
+        lambda: serve_http_connection(server_stream, app, state, options=options),
+    )
+    client = H11Client(client_stream)
+    for _ in range(3):
+        response, body = await client.request(target=b"/")
+        assert (response.status_code, body) == (200, b"Hello, world!")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(options.handovers.parked) == 1
+    await client_stream.aclose()
