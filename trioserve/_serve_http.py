@@ -167,7 +167,7 @@ async def serve_http_connection(
         # Another task serves the connection now; this one ran the app to its end. It
         # returns once the connection has ended there: whoever runs it (the accept loop,
         # the connection hooks) sees it end once, after everything.
-        ended = connection.ended
+        ended = connection.owner.ended
         assert ended is not None
         del connection
         await ended.wait()
@@ -183,15 +183,16 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
     """The new task of a connection handed over (see :class:`Handovers`): end the
     exchange of ``cycle``, whose app works on elsewhere, and serve the connection on, as
     :func:`serve_http_connection` would have."""
-    ended = connection.ended
+    owner = connection.owner
+    ended = owner.ended
     assert ended is not None
     handed_over = False
     try:
         if not await _serve_requests(connection, cycle):
             handed_over = True  # (again: the next task sets ``ended``)
             return
-        upgrade, peer, options = connection.upgrade, connection.peer, connection.options
-        del connection, cycle
+        upgrade, peer, options = connection.upgrade, owner.peer, connection.options
+        del connection, cycle, owner
         if upgrade is not None:
             await upgrade_to_websocket(upgrade, peer, options)
     finally:
@@ -298,9 +299,10 @@ class Handovers:
 
     Spawning a task per request would cost every request for the few that need it, so
     the watch is lazy: every complete response is offered here (a list append), and the
-    watcher, woken by the first offer, looks at the offers again between
-    ``HANDOVER_AFTER`` and twice that later. Those whose app has returned meanwhile (most
-    of them) are dropped; for the others, the connection goes on in a new task in the
+    watcher, woken by the first offer, drops those whose app returned before its task
+    let others run (most of them: then no timer is set). It looks at the others again
+    between ``HANDOVER_AFTER`` and twice that after their offer; for those whose app
+    still works then, the connection goes on in a new task in the
     server's connection nursery (see :meth:`_Connection.hand_over`), while the old task
     only runs the app to its end and then waits for the connection to end. A graceful
     stop treats both tasks as any connection's: the drain waits for them up to
@@ -308,55 +310,64 @@ class Handovers:
     """
 
     def __init__(self) -> None:
-        self._offered: list[_Cycle] = []
+        # The complete responses whose app had not returned yet (appended by
+        # _Cycle._complete, which wakes a parked watcher).
+        self.offered: list[_Cycle] = []
         # The watchers waiting for an offer (one per server; tests may run more).
-        self._parked: list[trio.lowlevel.Task] = []
+        self.parked: list[trio.lowlevel.Task] = []
         # How many watchers run: without one, offers would pile up for nobody.
-        self._watchers = 0
+        self.watchers = 0
 
-    def offer(self, cycle: _Cycle) -> None:
-        """``cycle``'s response is complete; its app may not return soon."""
-        if not self._watchers:
-            return
-        self._offered.append(cycle)
-        parked = self._parked
-        if parked:
-            for task in parked:
-                trio.lowlevel.reschedule(task)
-            parked.clear()
+    def wake(self) -> None:
+        """Wake the parked watchers: there is an offer."""
+        parked = self.parked
+        for task in parked:
+            trio.lowlevel.reschedule(task)
+        parked.clear()
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hand over the connections whose app works on after its response; runs until
         cancelled."""
-        self._watchers += 1
+        self.watchers += 1
         try:
             task_status.started()
-            previous: list[_Cycle] = []
+            # The offers whose app still worked when this task last looked.
+            pending: list[_Cycle] = []
             while True:
-                if not (previous or self._offered):
+                if not (pending or self.offered):
                     await self._park()
+                # Most apps returned before their task let this one run: done with. Only
+                # when some did not does this task sleep (a timer per request, or even
+                # per HANDOVER_AFTER under load, costs every request: ~2% with its
+                # garbage collections).
+                for cycle in self.offered:
+                    if not cycle.returned:
+                        pending.append(cycle)
+                self.offered = []
+                if not pending:
+                    continue
                 await trio.sleep(HANDOVER_AFTER)
+                previous, pending = pending, []
                 for cycle in previous:
                     if cycle.returned:
                         continue
                     if cycle.busy:
                         # A receive() still reads the connection (it ends now that the
                         # response is complete): next time.
-                        self._offered.append(cycle)
+                        pending.append(cycle)
                     else:
                         cycle.connection.hand_over(cycle)
-                previous, self._offered = self._offered, []
         finally:
-            self._watchers -= 1
-            if not self._watchers:
-                self._offered = []
+            self.watchers -= 1
+            if not self.watchers:
+                self.offered = []
 
     async def _park(self) -> None:
         task = trio.lowlevel.current_task()
-        self._parked.append(task)
+        self.parked.append(task)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
-            self._parked.remove(task)
+            self.parked.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
@@ -369,6 +380,26 @@ async def watch_handovers(
     :class:`Handovers`); runs until cancelled, beside the server's connections. Without
     it, a connection waits for its app to return before it reads the next request."""
     await options.handovers.watch(task_status=task_status)
+
+
+class _Owner:
+    """What a :class:`_Connection` holds for serving in a task of its own: the peer, the
+    app, the nursery where it carries on when handed over, and once it was, the event
+    its last task sets when the connection ends.
+
+    Kept apart because CPython (3.11 and 3.12) keeps at most 30 attribute names of a
+    class's instances in their compact form; past that, every instance of the class
+    gets a full ``__dict__``, and each attribute access on the hot path gets slower
+    (about 5% more instructions per request: see tests/serve/test_http_background.py).
+    """
+
+    __slots__ = ("app", "ended", "peer", "tasks")
+
+    def __init__(self, peer: Peer, app: ASGIApp, tasks: trio.Nursery) -> None:
+        self.peer = peer
+        self.app = app
+        self.tasks = tasks
+        self.ended: trio.Event | None = None
 
 
 class _Connection(ServerConnection):
@@ -390,17 +421,11 @@ class _Connection(ServerConnection):
         options: HTTPOptions,
         tasks: trio.Nursery,
     ) -> None:
-        self.peer = peer
         self.stream = peer.stream
-        self.app = app
         self.state = state
         self.options = options
-        self.handovers = options.handovers
-        # Where the connection carries on in a new task when an app works on after its
-        # response (see hand_over).
-        self.tasks = tasks
-        # Set once the connection was handed over; the task that ends it sets it.
-        self.ended: trio.Event | None = None
+        # One attribute for what the hot path hardly reads (see _Owner).
+        self.owner = _Owner(peer, app, tasks)
         super().__init__(
             options.h11,
             options.limits,
@@ -411,7 +436,6 @@ class _Connection(ServerConnection):
         self.client = peer.client
         self.server = peer.server
         self.scheme = "https" if peer.secure else "http"
-        self.extensions = peer.extensions
         # Set when the request asked for a WebSocket: the stream replaying those bytes.
         self.upgrade: PrefixedStream | None = None
         # Cancelled by the deadline watchdog to end the current wait: replaced by a fresh
@@ -474,7 +498,7 @@ class _Connection(ServerConnection):
         """The request loop; True when the connection was handed over (see serve)."""
         state = self.state
         options = self.options
-        app = self.app
+        app = self.owner.app
         while True:
             if cycle is not None:
                 # The previous exchange is over: does the connection carry another?
@@ -557,9 +581,10 @@ class _Connection(ServerConnection):
         cycle.handed_over = True
         # The old scope stays around the app; the watchdog now cancels the new task's.
         self.timer = trio.CancelScope()
-        if self.ended is None:
-            self.ended = trio.Event()
-        self.tasks.start_soon(_carry_on, self, cycle)
+        owner = self.owner
+        if owner.ended is None:
+            owner.ended = trio.Event()
+        owner.tasks.start_soon(_carry_on, self, cycle)
 
     def _log_tls(self) -> None:
         """Log a TLS handshake on this plain port: once, since a client configured for
@@ -908,8 +933,9 @@ class _Cycle:
             state=connection.state.lifespan_state,
             headers=self.headers,
         )
-        if connection.extensions:
-            scope["extensions"] = dict(connection.extensions)
+        extensions = connection.owner.peer.extensions
+        if extensions:
+            scope["extensions"] = dict(extensions)
         proxy = connection.options.proxy
         if proxy is not None:
             proxy(scope)
@@ -1004,11 +1030,20 @@ class _Cycle:
 
     def _complete(self) -> None:
         """The response is written out whole: the exchange is finished, and the
-        connection may go on without waiting for the app to return."""
-        self._finish()
+        connection may go on without waiting for the app to return. (Every response
+        comes here: _finish and Handovers.offer are inlined.)"""
+        self.finished = True
+        if self._response_done is not None:
+            self._response_done.set()
+        if self._disconnect_waiter is not None:
+            self._disconnect_waiter.cancel()
         if self.started:
             self.ended = time.time()
-        self.connection.handovers.offer(self)
+        handovers = self.connection.options.handovers
+        if handovers.watchers:
+            handovers.offered.append(self)
+            if handovers.parked:
+                handovers.wake()
 
     async def _fail(self) -> None:
         """500 if nothing was sent yet; otherwise the only honest thing is to close."""

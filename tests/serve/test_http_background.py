@@ -393,3 +393,48 @@ async def test_websocket_upgrade_after_a_handover_is_served(nursery, autojump_cl
     assert trio.current_time() < AT_ONCE
     assert upgraded[0] is not app.tasks[0]
     assert app.working == 1
+
+
+async def test_connection_keeps_few_enough_attributes_for_compact_instances(nursery):
+    """A served connection has at most 28 instance attributes: past CPython's limit
+    (about 30 names per class, any set since counting) each connection gets a full
+    ``__dict__`` and every request costs ~5% more instructions (see _Owner)."""
+    connections: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        connections.extend(state.connections)
+        await hello_app(scope, receive, send)
+
+    client_stream, server_stream, sock = await tcp_connection()
+    state = ServerState(Config())
+    nursery.start_soon(
+        lambda: serve_http_connection(server_stream, app, state, sock=sock),
+    )
+    client = H11Client(client_stream)
+    with trio.fail_after(5):
+        for _ in range(2):
+            response, body = await client.request(target=b"/")
+            assert (response.status_code, body) == (200, b"Hello, world!")
+    await client_stream.aclose()
+    assert len(connections) == 2
+    assert connections[0] is connections[1]
+    assert len(vars(connections[0])) <= 28
+
+
+async def test_watcher_sets_no_timer_for_apps_that_return_at_once(nursery, mock_clock):
+    """Apps that return right after their response leave the handover watcher parked,
+    with no timer: the clock never moves here, and the watcher waits for an offer."""
+    state = ServerState(Config())
+    options = HTTPOptions(state.config)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    app: Any = hello_app
+    nursery.start_soon(
+        lambda: serve_http_connection(server_stream, app, state, options=options),
+    )
+    client = H11Client(client_stream)
+    for _ in range(3):
+        response, body = await client.request(target=b"/")
+        assert (response.status_code, body) == (200, b"Hello, world!")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(options.handovers.parked) == 1
+    await client_stream.aclose()
