@@ -430,7 +430,6 @@ def _finish(
     interface: str,
     *,
     from_factory: bool,
-    built: bool,
     threads: int,
     multiprocess: bool,
 ) -> LoadedApp:
@@ -438,11 +437,11 @@ def _finish(
         shape = _shape(obj)
         detected = _detect(obj, shape)
         if detected is None:
-            raise _wrong_kind(target, obj, shape, built=built)
+            raise _wrong_kind(target, obj, shape, built=from_factory)
         kind: Interface = detected
     else:
         if not callable(obj):
-            verb = "returned" if built else "is"
+            verb = "returned" if from_factory else "is"
             raise AppLoadError(
                 f"--interface {interface}: {target!r} {verb} {_kind_of(obj)}, which is not callable"
             )
@@ -525,6 +524,16 @@ async def load_app(
         target = _describe_object(app)
         obj = app
 
+    def finish(loaded: object, *, from_factory: bool) -> LoadedApp:
+        return _finish(
+            target,
+            loaded,
+            interface,
+            from_factory=from_factory,
+            threads=threads,
+            multiprocess=multiprocess,
+        )
+
     if call is not None:
         if factory is False:
             raise AppLoadError(
@@ -534,44 +543,20 @@ async def load_app(
             raise AppLoadError(f"{target!r} calls {_kind_of(obj)}, which is not callable")
         built = await _call_factory(target, obj, call)
         LOGGER.info("called factory %s to build the app", target)
-        return _finish(
-            target,
-            built,
-            interface,
-            from_factory=True,
-            built=True,
-            threads=threads,
-            multiprocess=multiprocess,
-        )
+        return finish(built, from_factory=True)
 
     shape = _shape(obj)
     # No interface takes zero arguments, so a callable that takes none is a factory.
     is_factory = callable(obj) and shape.looks_like_factory
     if factory is None and not is_factory:
-        return _finish(
-            target,
-            obj,
-            interface,
-            from_factory=False,
-            built=False,
-            threads=threads,
-            multiprocess=multiprocess,
-        )
+        return finish(obj, from_factory=False)
     if factory is False:
         if is_factory and interface == "auto":
             raise AppLoadError(
                 f"{target!r} is {_kind_of(obj)} that takes no arguments, so it looks like"
                 " an app factory rather than an app; drop --no-factory to call it"
             )
-        return _finish(
-            target,
-            obj,
-            interface,
-            from_factory=False,
-            built=False,
-            threads=threads,
-            multiprocess=multiprocess,
-        )
+        return finish(obj, from_factory=False)
     if factory is True:
         if not callable(obj):
             raise AppLoadError(
@@ -587,15 +572,7 @@ async def load_app(
     built = await _call_factory(target, obj, ((), {}))
     described = target if target.startswith("<") else f"{target}()"
     LOGGER.info("called factory %s to build the app", described)
-    return _finish(
-        target,
-        built,
-        interface,
-        from_factory=True,
-        built=True,
-        threads=threads,
-        multiprocess=multiprocess,
-    )
+    return finish(built, from_factory=True)
 
 
 def peek_target(app: object, app_dir: str | None = ".") -> object:
