@@ -264,6 +264,17 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def needs_pair(framework: str) -> pytest.MarkDecorator:
+    """Skip unless the framework and its peer server are installed (both come with the
+    test extra, ``pip install '.[test]'``; a checkout without one of them cannot compare)."""
+    missing = [module for module in PAIRS[framework].needs if not installed(module)]
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f"optional dependency not installed: {', '.join(missing)} "
+        "(the framework or the peer server; pip install '.[test]')",
+    )
+
+
 @attrs.define
 class Servers:
     """The servers of one framework at a time, started when its first case runs and
@@ -990,8 +1001,7 @@ def both(run: Callable[[Process], Seen], ours: Process, peer: Process) -> tuple[
 
 def params() -> Iterator[object]:
     for framework, names in PLAN.items():
-        missing = [module for module in PAIRS[framework].needs if not installed(module)]
-        mark = pytest.mark.skipif(bool(missing), reason=f"not installed: {missing}")
+        mark = needs_pair(framework)
         for name in names:
             yield pytest.param(framework, name, id=f"{framework}-{name}", marks=mark)
 
@@ -1022,11 +1032,11 @@ def startup(process: Process) -> Seen:
     return Seen(facts=(("served", status is None), ("exit", status), ("says why", says_why)))
 
 
-@pytest.mark.parametrize("framework", list(FAILING))
+@pytest.mark.parametrize(
+    "framework", [pytest.param(name, marks=needs_pair(name)) for name in FAILING]
+)
 def test_a_failed_lifespan_startup_is_not_served(framework: str) -> None:
     """An app whose lifespan startup fails is not served (with workers, -w 0 and the peer)."""
-    if missing := [module for module in PAIRS[framework].needs if not installed(module)]:
-        pytest.skip(f"not installed: {missing}")
     target, peer_cli = FAILING[framework]
     processes = [trioserve(target), trioserve(target, "-w", "0"), peer_cli(target)]
     try:
