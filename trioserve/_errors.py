@@ -57,6 +57,26 @@ class ClientDisconnected(OSError):
     """
 
 
+def departure(exc: BaseException, *, gone: tuple[type[BaseException], ...] = ()) -> bool:
+    """Whether ``exc`` only says that the client left, so that it is no app bug to log at
+    ERROR: a ClientDisconnected from ``send()``, or an error raised from or while
+    handling one (frameworks pass it on as their own: Starlette's ``ClientDisconnect``
+    and ``WebSocketDisconnect``), or one of the ``gone`` types an edge knows for the
+    same, or a group of only such errors. The one rule of every edge."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(departure(inner, gone=gone) for inner in exc.exceptions)
+    if isinstance(exc, gone):
+        return True
+    link: BaseException | None = exc
+    for _ in range(8):  # (a chain may loop; a framework's is a link or two)
+        if link is None:
+            return False
+        if isinstance(link, ClientDisconnected):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
 def single_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
     """The one exception in a nursery's (nested) group, not counting cancellations; None
     when there are none or several. Lets our own errors surface as themselves."""

@@ -28,7 +28,7 @@ import h11
 import trio
 
 from ._config import Config, timeout_seconds
-from ._errors import ClientDisconnected
+from ._errors import ClientDisconnected, departure
 from ._peer import Peer
 from ._proto.http import (
     AppEnd,
@@ -972,7 +972,7 @@ class _Cycle:
             finally:
                 self.returned = True
         except Exception as exc:
-            if self.disconnected and _caused_by_departure(exc):
+            if self.disconnected and departure(exc):
                 # The app stopped because send() said the client had gone: routine. (The
                 # traceback, at debug level, when a framework turned it into another error.)
                 LOGGER.debug(
@@ -1211,22 +1211,6 @@ async def _client_gone() -> NoReturn:
     and sends again in a loop must still let the other connections run."""
     await trio.lowlevel.checkpoint()
     raise ClientDisconnected(_GONE)
-
-
-def _caused_by_departure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a ClientDisconnected from ``send()``, or was raised while
-    handling one (frameworks turn it into their own error: Starlette raises its
-    ClientDisconnect from it), or is a group of only such errors."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_caused_by_departure(inner) for inner in exc.exceptions)
-    link: BaseException | None = exc
-    for _ in range(8):  # (a chain may loop; a framework's is a link or two)
-        if link is None:
-            return False
-        if isinstance(link, ClientDisconnected):
-            return True
-        link = link.__cause__ or link.__context__
-    return False
 
 
 _wait_readable = trio.lowlevel.wait_readable

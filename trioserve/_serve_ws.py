@@ -69,7 +69,7 @@ from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import FrameDecoder
 
 from ._config import Config
-from ._errors import ClientDisconnected
+from ._errors import ClientDisconnected, departure
 from ._peer import Peer
 from ._proto.http import ASGIProtocolError
 from ._proto.websocket import (
@@ -579,20 +579,6 @@ async def _handshake(conn: _ServerConnection, seconds: float) -> WebSocketReques
     return None
 
 
-def _client_gone(exc: BaseException, raised: ClientDisconnected | None = None) -> bool:
-    """True for a websocket the peer closed or broke (or a group of only those).
-
-    ``raised`` is the ClientDisconnected that send() raised into the app: an exception
-    raised while handling it is the framework's way of passing it on (Starlette's
-    WebSocket turns it into WebSocketDisconnect), not a bug of the app.
-    """
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_client_gone(inner, raised) for inner in exc.exceptions)
-    if raised is not None and (exc.__cause__ is raised or exc.__context__ is raised):
-        return True
-    return isinstance(exc, _GONE)
-
-
 # Native trio-websocket handlers
 
 
@@ -625,7 +611,7 @@ class _NativeSession:
         return self.handler(self._request())
 
     async def failed(self, conn: _ServerConnection, exc: Exception) -> None:
-        if _client_gone(exc):
+        if departure(exc, gone=_GONE):
             LOGGER.debug("websocket closed: %r", exc)
             await self._finish(conn, 1000)
         else:
@@ -700,7 +686,6 @@ class _ASGISession(ASGIWebSocket):
         "client",
         "conn",
         "extensions",
-        "gone",
         "path",
         "refused",
         "reported",
@@ -739,8 +724,6 @@ class _ASGISession(ASGIWebSocket):
         self.request: WebSocketRequest | None = None
         # The error raised into the app for a bad message, logged already.
         self.reported: BaseException | None = None
-        # The ClientDisconnected that send() raised into the app, if it did.
-        self.gone: ClientDisconnected | None = None
         # Set once the app's refusal (403 or its denial response) is written, or failed.
         self.refused: trio.Event | None = None
 
@@ -766,7 +749,7 @@ class _ASGISession(ASGIWebSocket):
     async def failed(self, conn: _ServerConnection, exc: Exception) -> None:
         if exc is self.reported:
             pass
-        elif _client_gone(exc, self.gone):
+        elif departure(exc, gone=_GONE):
             LOGGER.debug("websocket closed under the ASGI app: %r", exc)
         else:
             LOGGER.exception("exception in ASGI app while serving websocket %s", self.path)
@@ -827,9 +810,6 @@ class _ASGISession(ASGIWebSocket):
             self.reported = error
             await self._fail()
             raise error from None
-        except ClientDisconnected as exc:
-            self.gone = exc
-            raise
 
     async def _send(self, message: Message) -> None:
         action, arguments = self.on_send(message)
