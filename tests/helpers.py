@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trio.testing
 
 from trioserve import Config
 from trioserve._cli import build_parser, cli_layer
@@ -74,6 +76,32 @@ async def tcp_connection() -> tuple[trio.SocketStream, trio.SocketStream, socket
         client = await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1])
         sock, _ = listener.accept()  # (connected already: it waits in the backlog)
     return client, trio.SocketStream(trio.socket.from_stdlib_socket(sock)), sock
+
+
+async def served_connection(
+    nursery: trio.Nursery,
+    app: Any,
+    state: ServerState,
+    options: HTTPOptions | None = None,
+    *,
+    transport: str = "memory",
+) -> tuple[trio.abc.HalfCloseableStream, socket.socket | None]:
+    """Serve one HTTP connection of ``app`` in ``nursery``, over a memory stream or (with
+    ``transport="socket"``) a real TCP socket on 127.0.0.1 that the edge reads and writes
+    directly, as behind the accept loop: (the client's end, the server's socket or None)."""
+    if transport == "memory":
+        client, server = trio.testing.memory_stream_pair()
+        nursery.start_soon(
+            functools.partial(serve_http_connection, server, app, state, options=options)
+        )
+        return client, None
+    stream, server_stream, sock = await tcp_connection()
+    nursery.start_soon(
+        functools.partial(
+            serve_http_connection, server_stream, app, state, options=options, sock=sock
+        )
+    )
+    return stream, sock
 
 
 class H11Client:

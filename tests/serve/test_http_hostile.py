@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from tests.helpers import (
     hello_app,
     read_until_eof,
     serve_http_connection,
-    tcp_connection,
+    served_connection,
 )
 from trioserve import ClientDisconnected, Config
 from trioserve._accesslog import AccessLog
@@ -49,21 +48,11 @@ async def start(
     nursery: trio.Nursery, app: Any, state: ServerState, options: HTTPOptions | None = None
 ) -> trio.abc.HalfCloseableStream:
     """Serve one connection of ``app`` in ``nursery``; the client's end of it."""
-    if _transport == "memory":
-        client, server = trio.testing.memory_stream_pair()
-        nursery.start_soon(
-            functools.partial(serve_http_connection, server, app, state, options=options)
-        )
-        return client
     global _server_socket
-    stream, server_stream, sock = await tcp_connection()
-    _server_socket = sock
-    nursery.start_soon(
-        functools.partial(
-            serve_http_connection, server_stream, app, state, options=options, sock=sock
-        )
-    )
-    return stream
+    client, sock = await served_connection(nursery, app, state, options, transport=_transport)
+    if sock is not None:
+        _server_socket = sock
+    return client
 
 
 def no_errors(caplog: pytest.LogCaptureFixture) -> bool:

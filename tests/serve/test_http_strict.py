@@ -4,7 +4,6 @@ bytes that cannot start a request, and the minimum body rate."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import ssl
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from tests.helpers import (
     hello_app,
     read_until_eof,
     serve_http_connection,
-    tcp_connection,
+    served_connection,
 )
 from trioserve import Config
 from trioserve._serve_http import HTTPOptions
@@ -43,19 +42,8 @@ async def start(
     nursery: trio.Nursery, app: Any, state: ServerState, options: HTTPOptions | None = None
 ) -> trio.abc.HalfCloseableStream:
     """Serve one connection of ``app`` in ``nursery``; the client's end of it."""
-    if _transport == "memory":
-        client, server = trio.testing.memory_stream_pair()
-        nursery.start_soon(
-            functools.partial(serve_http_connection, server, app, state, options=options)
-        )
-        return client
-    stream, server_stream, sock = await tcp_connection()
-    nursery.start_soon(
-        functools.partial(
-            serve_http_connection, server_stream, app, state, options=options, sock=sock
-        )
-    )
-    return stream
+    client, _ = await served_connection(nursery, app, state, options, transport=_transport)
+    return client
 
 
 def make_state(**settings: Any) -> ServerState:
