@@ -875,6 +875,18 @@ class Config:
             flags=("--tls-min-version",),
         ),
     )
+    reload_certs_watch: bool = _setting(
+        False,
+        Setting(
+            _bool_kind(),
+            _TLS,
+            "Reload the TLS certificate, key and --ca-certs when their files change on disk "
+            "(checked every second; renames and symlink swaps included): new connections "
+            "use them, open ones and the workers carry on. A certificate that does not load "
+            "is logged and the current one stays.",
+            flags=("--reload-certs-watch",),
+        ),
+    )
 
     # Worker processes
     workers: int = _setting(

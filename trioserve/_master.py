@@ -13,13 +13,16 @@ Signals (``run()`` only; ``serve()`` leaves signals to the calling program), fro
 table of :meth:`Master.signal_handlers`: TERM graceful stop, INT and QUIT fast stop,
 HUP reload and rolling restart, TTIN/TTOU one worker more/less, USR1 reopen logs,
 USR2 start a new master on the same sockets, WINCH stop the workers but keep the
-master (only without a controlling terminal).
+master (only without a controlling terminal), URG reload the TLS certificate in every
+worker without replacing it (``trioserve ctl reload-certs``; ``--reload-certs-watch``
+does the same when the files change).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import json
 import logging
 import os
@@ -42,6 +45,7 @@ from ._bind import (
     parse_bind,
     reserve_reuse_port,
 )
+from ._certs import RELOAD_SIGNAL, cert_paths, load_context, watch_cert_files
 from ._config import CONFIG_MODULE, Config
 from ._daemon import (
     Account,
@@ -71,6 +75,7 @@ from ._proto.channel import (
     Heartbeat,
     Message,
     Ready,
+    ReloadCerts,
     Retire,
     Stop,
     WorkerBoot,
@@ -484,6 +489,7 @@ class Master:
             signal.SIGUSR1: self._on_usr1,
             signal.SIGUSR2: self._on_usr2,
             signal.SIGWINCH: self._on_winch,
+            RELOAD_SIGNAL: self._on_reload_certs,
         }
 
     def _on_term(self, name: str) -> None:
@@ -535,6 +541,54 @@ class Master:
         elif not self.paused:
             LOGGER.info("SIGWINCH received: stopping the workers, keeping the master")
             _later(self, self.pause)
+
+    def _on_reload_certs(self, name: str) -> None:
+        self.reload_certs(name)
+
+    def reload_certs(self, why: str, pools: Sequence[_Pool] | None = None) -> None:
+        """Tell every worker of ``pools`` (default: all) to build a new TLS context for
+        its new connections, once the master checked that the files load.
+
+        Each worker builds its own (a context cannot cross a process boundary); the
+        master's check makes one log line of a bad certificate, and the workers keep
+        the context they have.
+        """
+        if self.stopping:
+            return
+        tls_pools = [pool for pool in pools or self.pools if pool.config.certfile]
+        if not tls_pools:
+            LOGGER.warning("%s: no certificate to reload (TLS is off)", why)
+            return
+        for pool in tls_pools:
+            prefix = f"{pool.plan.prefix}: " if pool.plan.prefix else ""
+            try:
+                _, info = load_context(pool.config)
+            except ConfigError as exc:
+                LOGGER.error(
+                    "%s: %scertificate not reloaded (the workers keep the current one): %s",
+                    why,
+                    prefix,
+                    exc,
+                )
+                continue
+            procs = [proc for proc in pool.live if proc.state in _RELOADABLE]
+            for proc in procs:
+                self.nursery.start_soon(self._send_reload_certs, proc, why)
+            LOGGER.info(
+                "%s: %snew certificate (%s) sent to %d worker(s)",
+                why,
+                prefix,
+                info.describe(),
+                len(procs),
+            )
+
+    async def _send_reload_certs(self, proc: _Proc, why: str) -> None:
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError
+        ):  # a worker without a channel is on its way out anyway
+            with trio.fail_after(5):
+                async with proc.sending:
+                    await proc.link.send_all(encode(ReloadCerts(why)))
 
     # -- the whole server ------------------------------------------------------------
 
@@ -816,6 +870,10 @@ class Master:
             pidfile.rename(own_path)
 
 
+# Workers that take new connections (or will): those a certificate reload concerns.
+_RELOADABLE = frozenset({WorkerState.BOOTING, WorkerState.SERVING, WorkerState.RETIRING})
+
+
 def _keep_serving(old: _Proc | None) -> None:
     """Its replacement failed: a retiring worker serves on (and may retire again)."""
     if old is not None and old.state is WorkerState.RETIRING:
@@ -987,6 +1045,13 @@ async def _run_master(
             await master.nursery.start(_reload_on_change, master, config)
         if signals:
             await master.nursery.start(_signal_task, master)
+        for pool in master.pools:
+            if pool.config.certfile and pool.config.reload_certs_watch:
+                await master.nursery.start(
+                    watch_cert_files,
+                    cert_paths(pool.config),
+                    functools.partial(master.reload_certs, "a certificate file changed", [pool]),
+                )
         for pool in master.pools:
             await master.start_pool(pool)
             if master.fatal is not None:

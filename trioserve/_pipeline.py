@@ -14,7 +14,6 @@ import functools
 import importlib
 import logging
 import random
-import ssl
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ from ._accept import accept_connections
 from ._accesslog import AccessLog
 from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import cleanup_listener, listener_address, listener_url
+from ._certs import CertInfo, CertStore
 from ._config import Config, timeout_seconds
 from ._daemon import PidFile
 from ._errors import ConfigError
@@ -90,6 +90,7 @@ class Control:
             then exits).
         on_stop: Told when a stop signal arrives (systemd's STOPPING=1).
         pidfile: The command line's locked pid file (renamed by the master on SIGUSR2).
+        certs: The TLS context of new connections, once the server runs with TLS.
     """
 
     state: ServerState | None = None
@@ -97,6 +98,7 @@ class Control:
     on_ready: Callable[[], None] | None = None
     on_stop: Callable[[], None] | None = None
     pidfile: PidFile | None = None
+    certs: CertStore | None = None
 
     def ready(self) -> None:
         if self.on_ready is not None:
@@ -113,13 +115,22 @@ class Control:
         if self.shield is not None:
             self.shield.cancel()
 
+    def reload_certs(self, why: str, *, level: int = logging.INFO) -> CertInfo | None:
+        """New TLS connections get a context built from the files as they are now
+        (:meth:`CertStore.reload`); None when it failed, or without TLS (logged)."""
+        if self.certs is None:
+            LOGGER.warning("%s: no certificate to reload (TLS is off)", why)
+            return None
+        return self.certs.reload(why, level=level)
+
 
 @attrs.frozen
 class Extras:
-    """What startup built from the settings, checked before binding: the TLS context,
-    the access log and the statsd client."""
+    """What startup built from the settings, checked before binding: the TLS context
+    (in a store, since a certificate reload replaces it), the access log and the statsd
+    client."""
 
-    ssl_context: ssl.SSLContext | None
+    tls: CertStore | None
     access_log: AccessLog | None
     statsd: Statsd | None = None
 
@@ -147,6 +158,7 @@ async def serve_listeners(
     if config.max_requests:
         state.request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
     control.state = state
+    control.certs = extras.tls
     async with hook_after(config, "worker_exit", ServerInfo(config), worker):
         try:
             async with trio.open_nursery() as outer:
@@ -296,7 +308,7 @@ def _connection_handler(
 def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool]]:
     """PROXY header (from trusted peers) then TLS handshake, for each accepted
     connection: updates the peer, and says whether it is still there to be served."""
-    context = extras.ssl_context
+    tls = extras.tls
     trusted = TrustedPeers(config.forwarded_allow_ips)
     proxy_protocol = config.proxy_protocol
 
@@ -319,9 +331,10 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
             if leftover:
                 peer.stream = PrefixedStream(stream, leftover)
                 peer.sock = None
-        if context is not None:
+        if tls is not None:
+            # Read per connection: a certificate reload swaps the store's context.
             secure = await tls_handshake(
-                peer.stream, context, timeout_seconds(config.tls_handshake_timeout)
+                peer.stream, tls.context, timeout_seconds(config.tls_handshake_timeout)
             )
             if secure is None:
                 return False

@@ -19,6 +19,7 @@ import trio
 from ._accesslog import access_log_for
 from ._apps import as_composite, resolve_plans
 from ._bind import create_listeners, listener_from_fd, parse_bind
+from ._certs import RELOAD_SIGNAL, CertStore, cert_paths, watch_cert_files
 from ._config import Config
 from ._daemon import PidFile, give_unix_sockets, resolve_account
 from ._errors import AppLoadError, ConfigError, TrioserveError, single_error
@@ -29,7 +30,6 @@ from ._master import AppPlan, serve_master
 from ._pipeline import Control, Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._systemd import Notifier, activated_sockets
-from ._tls import ssl_context
 from ._types import Address
 
 LOGGER = logging.getLogger("trioserve.server")
@@ -100,7 +100,9 @@ async def _serve_inner(
         await run_hook(config, "on_starting", server)
         loaded = await load_config_app(config)
         # Fail on bad TLS files or log formats before binding anything.
-        extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config))
+        extras = Extras(
+            CertStore.from_config(config), access_log_for(config), install_statsd(config)
+        )
         specs = [parse_bind(text) for text in config.bind]
         sockets = activated_sockets()
         if sockets:
@@ -121,7 +123,17 @@ async def _serve_inner(
             task_status.started(addresses)
             control.ready()
 
-        await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+        if extras.tls is None or not config.reload_certs_watch:
+            await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+            return
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                watch_cert_files,
+                cert_paths(config),
+                functools.partial(control.reload_certs, "a certificate file changed"),
+            )
+            await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+            nursery.cancel_scope.cancel()
 
 
 def _check_servable(config: Config) -> None:
@@ -199,7 +211,7 @@ def run_cli(
 
 
 async def _run_until_signal(config: Config, control: Control) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, RELOAD_SIGNAL) as signals:
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop() -> None:
@@ -209,6 +221,10 @@ async def _run_until_signal(config: Config, control: Control) -> None:
             nursery.start_soon(serve_then_stop)
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == RELOAD_SIGNAL:
+                    if control.state is not None and not control.state.stopping:
+                        control.reload_certs(name)
+                    continue
                 if control.on_stop is not None:
                     control.on_stop()
                 if control.state is None or not control.state.stopping:

@@ -173,6 +173,11 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def server_certificate(context: ssl.SSLContext) -> str | None:
+    """The certificate (PEM) a context built by :func:`ssl_context` sends; None for others."""
+    return _SERVER_CERTS.get(context)
+
+
 def _peer(stream: trio.abc.Stream) -> str:
     client, _ = stream_addresses(stream)
     return f"{client[0]}:{client[1]}" if client is not None else "a client"

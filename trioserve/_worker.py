@@ -3,7 +3,8 @@
 Started by the master as ``python -m trioserve._worker_main FD`` (or forked by the
 preloader, with the app already imported). FD is this worker's end of a socket pair
 with the master, which speaks :mod:`trioserve._proto.channel`: the master sends the
-boot message (a header, then the pickled Config) and later perhaps ``Stop``; the worker
+boot message (a header, then the pickled Config) and later perhaps ``Stop`` or
+``ReloadCerts`` (new TLS connections get a context built afresh from the files); the worker
 sends ``Ready`` once it accepts connections, ``Heartbeat`` from its trio loop,
 ``Retire`` when it served ``max_requests``, and ``BootFailed`` when it cannot start.
 End of file on it means the master is gone: the worker then stops by itself, so no
@@ -34,6 +35,7 @@ import trio
 
 from ._accesslog import access_log_for
 from ._bind import listen_reuse_port, listener_from_fd
+from ._certs import CertStore
 from ._config import Config, load_python_config
 from ._daemon import Account
 from ._errors import (
@@ -59,13 +61,13 @@ from ._proto.channel import (
     Heartbeat,
     Message,
     Ready,
+    ReloadCerts,
     Retire,
     Stop,
     WorkerBoot,
     encode,
 )
 from ._statsd import install as install_statsd
-from ._tls import ssl_context
 from ._types import Address
 
 LOGGER = logging.getLogger("trioserve.worker")
@@ -352,7 +354,9 @@ async def _worker_main(
             await run_hook(config, "post_fork", server, worker)
             if loaded is None:
                 loaded = await load_config_app(config)
-            extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config))
+            extras = Extras(
+                CertStore.from_config(config), access_log_for(config), install_statsd(config)
+            )
             listeners = [listener_from_fd(fd) for fd in boot.fds]
             listeners += [
                 listen_reuse_port(family, addr, config.backlog) for family, addr in boot.reuse_port
@@ -400,6 +404,11 @@ async def _watch_master(link: _Link, control: Control, scope: trio.CancelScope) 
                     # The master's graceful stop (idempotent: a SIGTERM to the whole
                     # process group may have started it already).
                     _stop(control, scope, fast=False)
+                elif isinstance(message, ReloadCerts) and control.certs is not None:
+                    # The master checked the files and logs the reload once; a failure
+                    # here (a file changed again, or unreadable to --user) is logged too.
+                    # (Still booting, the worker reads the files as they are anyway.)
+                    control.reload_certs(message.why, level=logging.DEBUG)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except ChannelError as exc:

@@ -12,7 +12,7 @@ Two kinds of bytes travel on them:
   bytes and refuses what is no message of its direction.
 
 Worker to master: :class:`Ready`, :class:`Heartbeat`, :class:`Retire`,
-:class:`BootFailed`; master to worker: :class:`Stop`. Master to preloader:
+:class:`BootFailed`; master to worker: :class:`Stop`, :class:`ReloadCerts`. Master to preloader:
 :class:`Fork` (the worker's channel rides along as SCM_RIGHTS); preloader to master:
 :class:`Loaded`, :class:`Forked`, :class:`Reaped`, :class:`BootFailed`.
 
@@ -115,6 +115,15 @@ class Stop(Message):
     """Stop gracefully (a message, not SIGTERM: see ``Master.ask_to_stop``)."""
 
 
+@_message("reload_certs")
+@attrs.frozen
+class ReloadCerts(Message):
+    """Build a new TLS context from the certificate files for new connections; ``why``
+    names what asked for it (for the worker's log)."""
+
+    why: str = attrs.field(validator=_exact(str))
+
+
 # -- master ↔ preloader ------------------------------------------------------------------
 
 
@@ -152,7 +161,7 @@ class Reaped(Message):
 
 
 TO_MASTER: tuple[type[Message], ...] = (Ready, Heartbeat, Retire, BootFailed)
-TO_WORKER: tuple[type[Message], ...] = (Stop,)
+TO_WORKER: tuple[type[Message], ...] = (Stop, ReloadCerts)
 TO_PRELOADER: tuple[type[Message], ...] = (Fork,)
 FROM_PRELOADER: tuple[type[Message], ...] = (Loaded, Forked, Reaped, BootFailed)
 
