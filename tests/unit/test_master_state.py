@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from tests.pki import Pki, install_server_cert, replace_file
 from trioserve import Config
 from trioserve._hooks import ServerInfo, WorkerInfo
 from trioserve._master import (
@@ -21,7 +24,15 @@ from trioserve._master import (
     _Pool,
     _Proc,
 )
-from trioserve._proto.channel import BootFailed, Heartbeat, Ready, Retire
+from trioserve._proto.channel import (
+    TO_WORKER,
+    BootFailed,
+    Decoder,
+    Heartbeat,
+    Ready,
+    ReloadCerts,
+    Retire,
+)
 
 S = WorkerState
 ALLOWED = {
@@ -209,7 +220,7 @@ async def test_ready_while_stopping_keeps_stopping() -> None:
 
 
 def test_every_operator_signal_has_a_handler() -> None:
-    """The signal table holds the nine signals the master's docstring documents."""
+    """The signal table holds the ten signals the master's docstring documents."""
     master = Master([], None, None, None)  # type: ignore[arg-type]
     assert set(master.signal_handlers()) == {
         signal.SIGTERM,
@@ -221,6 +232,7 @@ def test_every_operator_signal_has_a_handler() -> None:
         signal.SIGUSR1,
         signal.SIGUSR2,
         signal.SIGWINCH,
+        signal.SIGURG,
     }
 
 
@@ -263,3 +275,55 @@ async def test_a_bad_message_ends_the_reading_not_the_master(
         with trio.fail_after(5):
             await master._read(pool, proc)
     assert "worker 0 (pid 4242) broke its channel: unexpected message 'launch'" in caplog.text
+
+
+async def test_reload_certs_tells_the_workers_that_take_connections(
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture, autojump_clock: object
+) -> None:
+    """The master checks the files, logs one line and sends ReloadCerts to booting,
+    serving and retiring workers; a stopping one is left alone. Files that do not load
+    are one ERROR line and no message at all."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    serial = install_server_cert(pki.ca.issue_cert("localhost"), cert, key)
+    config = Config(app="tests.apps:hello", workers=4, certfile=str(cert), keyfile=str(key))
+    pool = _Pool(AppPlan(None, config), ServerInfo(config), [], [])
+    theirs = {}
+    for slot, state in enumerate((S.BOOTING, S.SERVING, S.RETIRING, S.STOPPING)):
+        ours, theirs[state] = trio.testing.memory_stream_pair()
+        proc = _proc(slot, state)
+        proc.link = ours  # type: ignore[assignment]
+        pool.live.add(proc)
+
+    async def received() -> dict[WorkerState, list[Any]]:
+        await trio.testing.wait_all_tasks_blocked()
+        got = {}
+        for state, stream in theirs.items():
+            data = b""
+            with trio.move_on_after(1):  # virtual time: nothing more is coming
+                data = await stream.receive_some()
+            got[state] = Decoder(TO_WORKER).feed(data)
+        return got
+
+    async with trio.open_nursery() as nursery:
+        master = await _master_with(pool, nursery)
+        with caplog.at_level(logging.INFO, "trioserve"):
+            master.reload_certs("SIGURG")
+            assert await received() == {
+                S.BOOTING: [ReloadCerts("SIGURG")],
+                S.SERVING: [ReloadCerts("SIGURG")],
+                S.RETIRING: [ReloadCerts("SIGURG")],
+                S.STOPPING: [],
+            }
+            [line] = [r.getMessage() for r in caplog.records]
+            assert line.startswith(f"SIGURG: new certificate (serial {serial:#x}, valid until ")
+            assert line.endswith(") sent to 3 worker(s)")
+            caplog.clear()
+            replace_file(key, pki.ca.issue_cert("localhost").private_key_pem.bytes())
+            master.reload_certs("a certificate file changed")
+            assert all(messages == [] for messages in (await received()).values())
+        [record] = caplog.records
+        assert record.levelno == logging.ERROR
+        assert record.getMessage().startswith(
+            "a certificate file changed: certificate not reloaded (the workers keep the "
+            "current one): --keyfile: the key in "
+        )
