@@ -220,24 +220,26 @@ def file_signature(paths: Sequence[str]) -> Signature:
 
 
 async def watch_cert_files(
-    paths: Sequence[str],
+    paths: Callable[[], Sequence[str]],
     on_change: Callable[[], object],
     *,
     interval: float = POLL_INTERVAL,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Call ``on_change()`` whenever ``paths`` changed and then stayed unchanged for
-    ``interval`` seconds; runs until cancelled.
+    """Call ``on_change()`` whenever the files ``paths()`` names changed and then stayed
+    unchanged for ``interval`` seconds; runs until cancelled.
 
-    The files as they are when this starts are the baseline. A change that is undone
-    before it settled (a file moved away and back) is no change.
+    ``paths`` is asked at every look, so a reload of the settings that names other files
+    is followed (and counts as a change). The files as they are when this starts are the
+    baseline. A change that is undone before it settled (a file moved away and back) is
+    no change.
     """
-    seen = file_signature(paths)
+    seen = file_signature(paths())
     settling: Signature | None = None
     task_status.started()
     while True:
         await trio.sleep(interval)
-        current = file_signature(paths)
+        current = file_signature(paths())
         if current == seen:
             settling = None
         elif current != settling:

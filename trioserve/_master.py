@@ -582,6 +582,11 @@ class Master:
                 len(procs),
             )
 
+    def cert_files_changed(self, pool: _Pool) -> None:
+        """--reload-certs-watch saw new files (HUP may have turned the watch off since)."""
+        if pool.config.reload_certs_watch:
+            self.reload_certs("a certificate file changed", [pool])
+
     async def _send_reload_certs(self, proc: _Proc, why: str) -> None:
         with contextlib.suppress(
             trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError
@@ -874,6 +879,11 @@ class Master:
 _RELOADABLE = frozenset({WorkerState.BOOTING, WorkerState.SERVING, WorkerState.RETIRING})
 
 
+def _pool_cert_paths(pool: _Pool) -> list[str]:
+    # The pool's settings of the moment: HUP may name other files.
+    return cert_paths(pool.config)
+
+
 def _keep_serving(old: _Proc | None) -> None:
     """Its replacement failed: a retiring worker serves on (and may retire again)."""
     if old is not None and old.state is WorkerState.RETIRING:
@@ -1049,8 +1059,8 @@ async def _run_master(
             if pool.config.certfile and pool.config.reload_certs_watch:
                 await master.nursery.start(
                     watch_cert_files,
-                    cert_paths(pool.config),
-                    functools.partial(master.reload_certs, "a certificate file changed", [pool]),
+                    functools.partial(_pool_cert_paths, pool),
+                    functools.partial(master.cert_files_changed, pool),
                 )
         for pool in master.pools:
             await master.start_pool(pool)

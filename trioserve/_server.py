@@ -129,7 +129,7 @@ async def _serve_inner(
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 watch_cert_files,
-                cert_paths(config),
+                functools.partial(cert_paths, config),
                 functools.partial(control.reload_certs, "a certificate file changed"),
             )
             await serve_listeners(loaded, listeners, config, extras, control, worker, ready)

@@ -186,7 +186,7 @@ async def test_watch_acts_once_a_change_has_settled(tmp_path: Path, autojump_clo
     async with trio.open_nursery() as nursery:
         await nursery.start(
             lambda task_status: watch_cert_files(
-                [str(cert), str(key)], changed, interval=1.0, task_status=task_status
+                lambda: [str(cert), str(key)], changed, interval=1.0, task_status=task_status
             )
         )
         start = trio.current_time()
