@@ -56,6 +56,13 @@ class Load:
         self.requests = 0
         self.failures: list[str] = []
         self.stop = trio.Event()
+        self._counted = trio.Event()
+
+    async def wait_for(self, serial: int, connections: int) -> None:
+        """Until the load made ``connections`` connections that got certificate ``serial``."""
+        with trio.fail_after(TIMEOUT):
+            while self.serials[serial] < connections:
+                await self._counted.wait()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -70,6 +77,8 @@ class Load:
                 with trio.fail_after(TIMEOUT):
                     conn = await TLSConnection.open(self.port, self.pki.client_context())
                     self.serials[conn.serial] += 1
+                    self._counted.set()
+                    self._counted = trio.Event()
                     for _ in range(1 + round_ % 5):
                         await conn.get()
                         self.requests += 1
@@ -121,6 +130,7 @@ async def test_ctl_reload_certs_under_load_keeps_workers_and_open_connections(
             line = await server.wait_for_line("SIGURG: new certificate", timeout=TIMEOUT)
             assert f"serial {new_serial:#x}" in line and "sent to 2 worker(s)" in line
             await _until_every_worker_serves(server.port, pki, new_serial, pids)
+            await load.wait_for(new_serial, 40)  # the load goes on across the reload
             load.stop.set()
         assert load.failures == []
         assert load.requests > 0 and load.serials[old_serial] > 0
