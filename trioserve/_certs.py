@@ -189,7 +189,9 @@ class CertStore:
         """
         try:
             context, info = load_context(self.config)
-        except ConfigError as exc:
+        except (ConfigError, ssl.SSLError, OSError) as exc:
+            # ssl_context() names the setting for every problem it knows; anything else
+            # from OpenSSL or the file system must not take a serving process down either.
             LOGGER.error("%s: certificate not reloaded (the current one stays): %s", why, exc)
             return None
         self.context = context

@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -563,7 +564,7 @@ class Master:
             prefix = f"{pool.plan.prefix}: " if pool.plan.prefix else ""
             try:
                 _, info = load_context(pool.config)
-            except ConfigError as exc:
+            except (ConfigError, ssl.SSLError, OSError) as exc:
                 LOGGER.error(
                     "%s: %scertificate not reloaded (the workers keep the current one): %s",
                     why,
