@@ -32,6 +32,7 @@ from ._daemon import PidFile
 from ._errors import ConfigError
 from ._hooks import (
     ConnectionInfo,
+    ExitReason,
     HookError,
     RequestInfo,
     ResponseInfo,
@@ -156,6 +157,9 @@ async def serve_listeners(
                 with trio.CancelScope(shield=True) as control.shield:
                     await _run(loaded, listeners, state, extras, worker, ready)
                 outer.cancel_scope.cancel()
+            # Served until stopped: by a signal, or by the master (which said why).
+            if worker.exit_reason is None:
+                worker.exit_reason = ExitReason.SHUTDOWN
         finally:
             with trio.CancelScope(shield=True):
                 for listener in listeners:
