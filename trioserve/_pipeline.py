@@ -156,10 +156,11 @@ async def serve_listeners(
                 outer.start_soon(_stop_when_cancelled, control)
                 with trio.CancelScope(shield=True) as control.shield:
                     await _run(loaded, listeners, state, extras, worker, ready)
+                # Served until stopped (gracefully or not) by a signal, a cancellation, or
+                # the master, which said why; an error would not come here.
+                if worker.exit_reason is None:
+                    worker.exit_reason = ExitReason.SHUTDOWN
                 outer.cancel_scope.cancel()
-            # Served until stopped: by a signal, or by the master (which said why).
-            if worker.exit_reason is None:
-                worker.exit_reason = ExitReason.SHUTDOWN
         finally:
             with trio.CancelScope(shield=True):
                 for listener in listeners:
