@@ -70,13 +70,15 @@ def read_rss(pid: int, proc: Path = _PROC) -> int | None:
         return None
 
 
-def check_supported(config: Config, proc: Path = _PROC) -> None:
-    """Refuse ``--max-worker-memory`` where no worker's memory can be read.
+def check_supported(config: Config, proc: Path | None = None) -> None:
+    """Refuse ``--max-worker-memory`` where no worker's memory can be read (``proc``:
+    where procfs is, ``/proc``).
 
     Raises:
         ConfigError: the setting is on and ``/proc/self/statm`` does not exist (not Linux).
     """
-    if config.max_worker_memory and not (proc / "self" / "statm").is_file():
+    root = _PROC if proc is None else proc
+    if config.max_worker_memory and not (root / "self" / "statm").is_file():
         raise ConfigError(
             "--max-worker-memory: the master reads a worker's memory from /proc/PID/statm, "
             "which this system does not have (Linux only); set it to 0"

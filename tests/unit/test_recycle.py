@@ -8,8 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
+import trio
 
-from trioserve import Config, ConfigError, ExitReason
+from trioserve import Config, ConfigError, ExitReason, serve
 from trioserve._recycle import (
     MIB,
     PERIOD_ENV,
@@ -135,6 +136,16 @@ def test_memory_limit_is_refused_without_proc(tmp_path: Path) -> None:
     (tmp_path / "self").mkdir()
     (tmp_path / "self" / "statm").write_text("1 1 1 1 0 1 0\n")
     check_supported(Config(app=APP, max_worker_memory=512), tmp_path)
+
+
+async def test_the_master_refuses_a_memory_limit_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without /proc, serving with --max-worker-memory fails before any worker starts."""
+    monkeypatch.setattr("trioserve._recycle._PROC", tmp_path)
+    config = Config(app=APP, workers=1, bind=["127.0.0.1:0"], max_worker_memory=64)
+    with trio.fail_after(10), pytest.raises(ConfigError, match=r"^--max-worker-memory: "):
+        await serve(config)
 
 
 @pytest.mark.parametrize(
