@@ -169,7 +169,7 @@ class ExitReason(enum.StrEnum):
     #: It sent no heartbeat for ``--timeout`` seconds: aborted, then killed.
     TIMEOUT = "timeout"
     #: It exited on its own after it was ready (an error, ``os._exit``, a kill).
-    CRASHED = "crashed"
+    CRASH = "crash"
     #: It exited before it was ready.
     BOOT_FAILED = "boot_failed"
 
@@ -198,7 +198,7 @@ class WorkerInfo:
             ``ExitReason``, a string enum, one of ``"max_requests"``, ``"memory"``,
             ``"lifetime"`` (recycled: replaced first, then drained), ``"reload"``,
             ``"scale_down"`` (SIGTTOU), ``"shutdown"``, ``"timeout"`` (aborted),
-            ``"crashed"``, ``"boot_failed"``. The master's ``child_exit`` always gets
+            ``"crash"``, ``"boot_failed"``. The master's ``child_exit`` always gets
             one. In the worker, ``worker_exit`` gets the one the master sent with its
             stop request, ``"shutdown"`` for a stop by a signal, and None when an error
             ended the worker (``exc`` holds it).

@@ -157,7 +157,7 @@ HOOKS: tuple[Hook, ...] = (
         "When a worker process has exited, for any reason; ``worker.exit_code`` holds "
         "its exit status (negative: the signal that ended it), ``worker.exit_reason`` "
         'why it exited (an ``ExitReason``: ``"memory"``, ``"lifetime"``, '
-        '``"max_requests"``, ``"crashed"`` ...).',
+        '``"max_requests"``, ``"crash"`` ...).',
         _LOGGED,
         exc="a WorkerExited error when the worker exited unexpectedly",
     ),

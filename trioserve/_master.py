@@ -434,7 +434,7 @@ class Master:
             if self.stopping or self.paused:
                 proc.info.exit_reason = ExitReason.SHUTDOWN
             elif proc.ready.is_set() and proc.boot_error is None:
-                proc.info.exit_reason = ExitReason.CRASHED
+                proc.info.exit_reason = ExitReason.CRASH
             else:
                 proc.info.exit_reason = ExitReason.BOOT_FAILED
         if not expected:

@@ -417,7 +417,7 @@ async def test_no_recycling_while_the_master_is_busy(
 @pytest.mark.parametrize(
     ("ready", "stopping", "current", "reason"),
     [
-        (True, False, True, ExitReason.CRASHED),
+        (True, False, True, ExitReason.CRASH),
         (False, False, True, ExitReason.BOOT_FAILED),
         (False, False, False, ExitReason.BOOT_FAILED),  # a replacement that failed to boot
         (True, True, True, ExitReason.SHUTDOWN),
