@@ -21,7 +21,7 @@ Why these numbers:
   :data:`RETRY_AFTER` (30) seconds later rather than at the next sample, so a broken
   deployment does not spawn a failing worker every second.
 
-No trio here: the master passes its clock's ``now``, tests pass any.
+Nothing here awaits or reads a clock: the master passes its clock's ``now``, tests pass any.
 """
 
 from __future__ import annotations
