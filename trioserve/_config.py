@@ -935,6 +935,41 @@ class Config:
             metavar="INT",
         ),
     )
+    max_worker_memory: int = _setting(
+        0,
+        Setting(
+            _int_kind(0),
+            _WORKER,
+            "Replace a worker whose resident memory (RSS) stays above this many MiB for 3 "
+            "samples in a row (the master samples every second; Linux only): a fresh "
+            "worker takes its place first, so no request fails. 0 disables it.",
+            flags=("--max-worker-memory",),
+            metavar="MIB",
+        ),
+    )
+    max_worker_lifetime: float = _setting(
+        0.0,
+        Setting(
+            _seconds_kind(),
+            _WORKER,
+            "Replace a worker once it has run this many seconds (a fresh worker takes its "
+            "place first, so no request fails). 0 disables it.",
+            flags=("--max-worker-lifetime",),
+            metavar="SECONDS",
+        ),
+    )
+    max_worker_lifetime_jitter: float = _setting(
+        0.0,
+        Setting(
+            _seconds_kind(),
+            _WORKER,
+            "Each worker adds a random number of seconds between 0 and this to "
+            "--max-worker-lifetime, so that workers are not all replaced at once. 0 "
+            "disables it.",
+            flags=("--max-worker-lifetime-jitter",),
+            metavar="SECONDS",
+        ),
+    )
     reuse_port: bool = _setting(
         False,
         Setting(

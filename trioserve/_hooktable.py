@@ -155,7 +155,9 @@ HOOKS: tuple[Hook, ...] = (
         ("server", "worker"),
         "master",
         "When a worker process has exited, for any reason; ``worker.exit_code`` holds "
-        "its exit status (negative: the signal that ended it).",
+        "its exit status (negative: the signal that ended it), ``worker.exit_reason`` "
+        'why it exited (an ``ExitReason``: ``"memory"``, ``"lifetime"``, '
+        '``"max_requests"``, ``"crash"`` ...).',
         _LOGGED,
         exc="a WorkerExited error when the worker exited unexpectedly",
     ),
@@ -164,7 +166,9 @@ HOOKS: tuple[Hook, ...] = (
         ("server", "worker"),
         "both",
         "In the worker, after it stopped serving and ran lifespan shutdown, just "
-        "before the process exits.",
+        "before the process exits; ``worker.exit_reason`` is why the master stopped it "
+        '(``"memory"``, ``"reload"`` ...), ``"shutdown"`` after a signal, '
+        "None when an error ended it.",
         _LOGGED,
         exc="the exception that ended the worker, if one did",
     ),

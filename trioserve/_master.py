@@ -7,7 +7,11 @@ of :mod:`trioserve._proto.channel`: ready, heartbeats, retire, boot errors) and 
 it, and a :class:`WorkerState` that only :meth:`_Proc.become` changes. A worker that
 exits is replaced with exponential backoff; a worker that fails while booting halts
 the master with the worker's error; a worker silent for longer than ``timeout`` gets
-SIGABRT (its stack is dumped to the error log), then SIGKILL, and is replaced.
+SIGABRT (its stack is dumped to the error log), then SIGKILL, and is replaced. A
+healthy worker is recycled (:meth:`Master.recycle`: a fresh worker in its slot first,
+then the old one drains) when it served ``max_requests``, when its memory stays over
+``max_worker_memory`` or when it reaches ``max_worker_lifetime``; why a worker exits is
+its ``WorkerInfo.exit_reason``, an :class:`~trioserve._hooks.ExitReason`.
 
 Signals (``run()`` only; ``serve()`` leaves signals to the calling program), from the
 table of :meth:`Master.signal_handlers`: TERM graceful stop, INT and QUIT fast stop,
@@ -25,6 +29,7 @@ import enum
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -58,6 +63,7 @@ from ._daemon import (
 )
 from ._errors import ConfigError, TrioserveError
 from ._hooks import (
+    ExitReason,
     HookError,
     ServerInfo,
     WorkerBootError,
@@ -83,6 +89,7 @@ from ._proto.channel import (
     boot_pieces,
     encode,
 )
+from ._recycle import MIB, Recycling, check_supported, read_rss, sample_period
 from ._statsd import Statsd
 from ._statsd import install as install_statsd
 from ._systemd import (
@@ -143,7 +150,8 @@ class WorkerState(enum.Enum):
 
     BOOTING = "booting"  # spawned, has not said Ready
     SERVING = "serving"  # said Ready
-    RETIRING = "retiring"  # served max_requests; serves on until its replacement is ready
+    # Recycled (max_requests, memory, lifetime): serves on until its replacement is ready.
+    RETIRING = "retiring"
     STOPPING = "stopping"  # asked to stop (the channel's Stop, or SIGQUIT)
     ABORTING = "aborting"  # silent for longer than --timeout: aborted, then killed
     EXITED = "exited"  # reaped
@@ -185,6 +193,8 @@ class _Proc:
     urls: list[str] = attrs.field(factory=list)
     # One writer at a time on the channel (the boot message, then a stop request).
     sending: trio.Lock = attrs.field(factory=trio.Lock)
+    # Whether its memory or its age makes it due for recycling.
+    recycling: Recycling = attrs.field(factory=Recycling)
 
     def become(self, state: WorkerState) -> None:
         """Move to ``state``; a transition the table does not allow is a bug."""
@@ -220,6 +230,9 @@ class _Pool:
     # Every worker process alive, the slots' ones and replacements still booting.
     live: set[_Proc] = attrs.field(factory=set)
     preload_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    # The worker being recycled for memory or lifetime: one at a time per pool, so that
+    # workers due together are replaced one after another (see Master.recycle_due).
+    recycling: _Proc | None = None
 
     @property
     def config(self) -> Config:
@@ -316,7 +329,8 @@ class Master:
             theirs.close()
         info.pid = process.pid
         link = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-        proc = _Proc(info, process, link, trio.current_time())
+        now = trio.current_time()
+        proc = _Proc(info, process, link, now, recycling=Recycling.start(config, now))
         pool.live.add(proc)
         LOGGER.info("booting %s (pid %d)", pool.label(slot), process.pid)
         self.nursery.start_soon(self._watch, pool, proc, payload)
@@ -394,8 +408,26 @@ class Master:
             and pool.slots.get(proc.info.id) is proc
             and not self.stopping
         ):
-            proc.become(WorkerState.RETIRING)
-            self.nursery.start_soon(self._replace, pool, proc.info.id, pool.config, proc)
+            self.recycle(pool, proc, ExitReason.MAX_REQUESTS)
+
+    def recycle(self, pool: _Pool, proc: _Proc, reason: ExitReason) -> None:
+        """Replace ``proc``, a serving worker, for ``reason`` (max_requests, memory,
+        lifetime): a fresh worker takes its slot first; once that one is ready, ``proc``
+        is asked to stop and drains. Should the fresh one fail to boot, ``proc`` serves on.
+        """
+        proc.become(WorkerState.RETIRING)
+        proc.info.exit_reason = reason
+        if reason is not ExitReason.MAX_REQUESTS:
+            pool.recycling = proc
+        self.nursery.start_soon(self._recycle, pool, proc, reason)
+
+    async def _recycle(self, pool: _Pool, proc: _Proc, reason: ExitReason) -> None:
+        try:
+            if not await self._replace(pool, proc.info.id, pool.config, proc, reason):
+                proc.recycling.retry_later(trio.current_time())
+        finally:
+            if pool.recycling is proc:
+                pool.recycling = None
 
     async def _exited(self, pool: _Pool, proc: _Proc) -> None:
         slot = proc.info.id
@@ -403,6 +435,14 @@ class Master:
         current = pool.slots.get(slot) is proc
         expected = self.stopping or self.paused or not current
         exc: BaseException | None = None
+        if proc.info.exit_reason is None:
+            # Nobody asked it to exit (or a signal to the process group came first).
+            if self.stopping or self.paused:
+                proc.info.exit_reason = ExitReason.SHUTDOWN
+            elif proc.ready.is_set() and proc.boot_error is None:
+                proc.info.exit_reason = ExitReason.CRASH
+            else:
+                proc.info.exit_reason = ExitReason.BOOT_FAILED
         if not expected:
             how = _describe_exit(code)
             if proc.boot_error is not None:
@@ -437,9 +477,11 @@ class Master:
         except TrioserveError as exc:
             self.halt(exc)
 
-    async def _replace(self, pool: _Pool, slot: int, config: Config, old: _Proc | None) -> bool:
-        """Start a new worker for ``slot``; once it is ready, retire ``old``. False if it
-        failed to boot (``old`` keeps serving)."""
+    async def _replace(
+        self, pool: _Pool, slot: int, config: Config, old: _Proc | None, reason: ExitReason
+    ) -> bool:
+        """Start a new worker for ``slot``; once it is ready, retire ``old`` for
+        ``reason``. False if it failed to boot (``old`` keeps serving)."""
         try:
             new = await self.spawn(pool, slot, config)
         except TrioserveError as exc:
@@ -458,7 +500,7 @@ class Master:
         pool.assign(slot, new)
         for retired in {old, current} - {None, new}:
             assert retired is not None
-            self.ask_to_stop(retired)
+            self.ask_to_stop(retired, reason)
         return True
 
     async def _wait_ready(self, pool: _Pool, proc: _Proc) -> bool:
@@ -598,23 +640,27 @@ class Master:
 
     # -- the whole server ------------------------------------------------------------
 
-    def ask_to_stop(self, proc: _Proc) -> None:
+    def ask_to_stop(self, proc: _Proc, reason: ExitReason) -> None:
         """A graceful stop of one worker, asked over its channel rather than with SIGTERM.
 
         When the whole process group gets SIGTERM (systemd's default KillMode, ``kill
         -TERM -PGID``), the workers get it directly; a second SIGTERM from the master
         would then turn their graceful stop into a fast one. A message does not.
+        ``reason`` becomes its ``exit_reason`` unless it has one already (a worker
+        recycled for its memory keeps that reason when the server stops meanwhile).
         """
         if proc.state is WorkerState.EXITED:
             return
+        if proc.info.exit_reason is None:
+            proc.info.exit_reason = reason
         proc.stopping()
-        self.nursery.start_soon(self._send_stop, proc)
+        self.nursery.start_soon(self._send_stop, proc, proc.info.exit_reason)
 
-    async def _send_stop(self, proc: _Proc) -> None:
+    async def _send_stop(self, proc: _Proc, reason: ExitReason) -> None:
         try:
             with trio.fail_after(5):
                 async with proc.sending:
-                    await proc.link.send_all(encode(Stop()))
+                    await proc.link.send_all(encode(Stop(reason.value)))
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             _signal(proc.process, signal.SIGTERM)  # no channel: the signal still works
 
@@ -659,7 +705,7 @@ class Master:
             if fast:
                 _fast_stop(proc)
             else:
-                self.ask_to_stop(proc)
+                self.ask_to_stop(proc, ExitReason.SHUTDOWN)
         budget = _FAST_STOP
         if not fast:
             budget = max((stop_budget(p.info.config) for p in procs), default=_FAST_STOP)
@@ -702,6 +748,8 @@ class Master:
                     limit = timeout if proc.ready.is_set() else max(timeout, _BOOT_SILENCE)
                     if proc.state.can_become(WorkerState.ABORTING) and now - proc.last_beat > limit:
                         proc.become(WorkerState.ABORTING)
+                        # Whatever it was asked before: the abort is what ends it.
+                        proc.info.exit_reason = ExitReason.TIMEOUT
                         self.nursery.start_soon(self._abort, pool, proc)
 
     async def _abort(self, pool: _Pool, proc: _Proc) -> None:
@@ -721,6 +769,61 @@ class Master:
             "%s (pid %d) did not abort: killing it", pool.label(proc.info.id), proc.info.pid
         )
         _signal(proc.process, signal.SIGKILL)
+
+    async def watch_recycling(self, period: float) -> None:
+        """Every ``period`` seconds, sample each worker's memory and age; recycle the due."""
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for pool in self.pools:
+                self.recycle_due(pool, now)
+
+    def recycle_due(self, pool: _Pool, now: float) -> None:
+        """Sample the serving workers of ``pool``; recycle one that is due for its memory
+        (first) or its lifetime, unless one of the pool is being recycled already.
+
+        One at a time: replacements that boot together would need the memory and CPU of
+        several workers at once, the more so when memory is the problem. The others stay
+        due and go next, one after another. The serving capacity never drops: each old
+        worker serves until its replacement is ready.
+        """
+        config = pool.config
+        if not (config.max_worker_memory or config.max_worker_lifetime):
+            return
+        due: list[tuple[bool, int, _Proc, ExitReason]] = []
+        for slot, proc in pool.slots.items():
+            if proc.state is not WorkerState.SERVING:
+                continue
+            watch = proc.recycling
+            reason = watch.due(now, read_rss(proc.process.pid) if watch.memory_limit else None)
+            if reason is not None:
+                due.append((reason is not ExitReason.MEMORY, slot, proc, reason))
+        # A reload (or SIGTTIN/TTOU...) replaces workers itself: recycling waits for it.
+        busy = pool.recycling is not None or self.operations.locked()
+        if not due or busy or self.stopping or self.paused:
+            return
+        _, slot, proc, reason = min(due, key=lambda entry: entry[:2])
+        watch = proc.recycling
+        if reason is ExitReason.MEMORY:
+            LOGGER.warning(
+                "%s (pid %d) uses %d MiB > --max-worker-memory %d MiB for %d samples; replacing",
+                pool.label(slot),
+                proc.info.pid,
+                math.ceil(watch.rss / MIB),
+                watch.memory_limit // MIB,
+                watch.over,
+            )
+        else:
+            LOGGER.info(
+                "%s (pid %d) reached --max-worker-lifetime at %.1fs old (%gs + %.1fs jitter); "
+                "replacing",
+                pool.label(slot),
+                proc.info.pid,
+                now - watch.started,
+                watch.lifetime,
+                watch.jitter,
+            )
+        self.recycle(pool, proc, reason)
 
     async def start_pool(self, pool: _Pool) -> None:
         """Start every worker of ``pool`` and wait until all are ready (or halt)."""
@@ -754,7 +857,7 @@ class Master:
                 await self._start_slot(pool, old)
             else:
                 for proc in pool.vacate(new):
-                    self.ask_to_stop(proc)
+                    self.ask_to_stop(proc, ExitReason.SCALE_DOWN)
             await run_hook_logged(pool.config, "nworkers_changed", pool.server, new, old)
         self.report()
 
@@ -796,14 +899,15 @@ class Master:
                 config: Config = config,
                 results: list[bool] = results,
             ) -> None:
-                results.append(await self._replace(pool, slot, config, pool.slots.get(slot)))
+                old = pool.slots.get(slot)
+                results.append(await self._replace(pool, slot, config, old, ExitReason.RELOAD))
 
             async with trio.open_nursery() as restarting:
                 for slot in range(config.workers):
                     restarting.start_soon(one, slot)
             extra = [slot for slot in pool.slots if slot >= config.workers]
             for proc in pool.vacate(*extra) if extra else []:
-                self.ask_to_stop(proc)
+                self.ask_to_stop(proc, ExitReason.RELOAD)
             if config.workers != old_workers:
                 await run_hook_logged(
                     config, "nworkers_changed", pool.server, config.workers, old_workers
@@ -889,9 +993,12 @@ def _keep_serving(old: _Proc | None) -> None:
     """Its replacement failed: a retiring worker serves on (and may retire again)."""
     if old is not None and old.state is WorkerState.RETIRING:
         old.become(WorkerState.SERVING)
+        old.info.exit_reason = None
 
 
 def _fast_stop(proc: _Proc) -> None:
+    if proc.info.exit_reason is None:
+        proc.info.exit_reason = ExitReason.SHUTDOWN
     proc.stopping()
     _signal(proc.process, signal.SIGQUIT)
 
@@ -988,8 +1095,10 @@ async def serve_master(
     """
     plans = plans or [AppPlan(None, config)]
     for plan in plans:
-        # Refused before anything starts: settings no worker process could receive.
+        # Refused before anything starts: settings no worker process could receive, or
+        # that this system cannot honour.
         ship_config(plan.config)
+        check_supported(plan.config)
     budget = max(_FAST_STOP, *(stop_budget(plan.config) for plan in plans)) + STOP_MARGIN
     master: Master | None = None
     async with trio.open_nursery() as outer:
@@ -1052,6 +1161,7 @@ async def _run_master(
             master.listeners += listeners
             give_unix_sockets(listeners, master.account)
         master.nursery.start_soon(master.watch_timeouts)
+        master.nursery.start_soon(master.watch_recycling, sample_period(os.environ))
         if config.reload:
             await master.nursery.start(_reload_on_change, master, config)
         if signals:

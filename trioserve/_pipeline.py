@@ -32,6 +32,7 @@ from ._daemon import PidFile
 from ._errors import ConfigError
 from ._hooks import (
     ConnectionInfo,
+    ExitReason,
     HookError,
     RequestInfo,
     ResponseInfo,
@@ -167,6 +168,10 @@ async def serve_listeners(
                 outer.start_soon(_stop_when_cancelled, control)
                 with trio.CancelScope(shield=True) as control.shield:
                     await _run(loaded, listeners, state, extras, worker, ready)
+                # Served until stopped (gracefully or not) by a signal, a cancellation, or
+                # the master, which said why; an error would not come here.
+                if worker.exit_reason is None:
+                    worker.exit_reason = ExitReason.SHUTDOWN
                 outer.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):

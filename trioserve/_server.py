@@ -144,6 +144,14 @@ def _check_servable(config: Config) -> None:
             "--reload: the master restarts worker processes when files change; "
             "use --workers 1 or more with it"
         )
+    for name, value in (
+        ("--max-worker-memory", config.max_worker_memory),
+        ("--max-worker-lifetime", config.max_worker_lifetime),
+    ):
+        if value and config.workers == 0:
+            raise ConfigError(
+                f"{name}: the master replaces worker processes; use --workers 1 or more with it"
+            )
 
 
 def run(config: Config) -> None:

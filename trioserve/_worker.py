@@ -46,7 +46,7 @@ from ._errors import (
     TrioserveError,
     single_error,
 )
-from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
+from ._hooks import ExitReason, HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
 from ._loader import import_main_script, load_config_app
 from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
@@ -342,7 +342,7 @@ async def _worker_main(
     ready = False
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat, link, control, worker, boot.heartbeat)
-        nursery.start_soon(_watch_master, link, control, nursery.cancel_scope)
+        nursery.start_soon(_watch_master, link, control, worker, nursery.cancel_scope)
         nursery.start_soon(_signals, control, boot, config, worker, nursery.cancel_scope)
 
         async def on_ready(addresses: list[Address], urls: list[str]) -> None:
@@ -395,12 +395,17 @@ async def _heartbeat(link: _Link, control: Control, worker: WorkerInfo, interval
         await trio.sleep(interval)
 
 
-async def _watch_master(link: _Link, control: Control, scope: trio.CancelScope) -> None:
+async def _watch_master(
+    link: _Link, control: Control, worker: WorkerInfo, scope: trio.CancelScope
+) -> None:
     decoder = Decoder(TO_WORKER)
     try:
         while data := await link.stream.receive_some(4096):
             for message in decoder.feed(data):
                 if isinstance(message, Stop):
+                    # For worker_exit: why the master stops this worker.
+                    if worker.exit_reason is None and message.reason in _REASONS:
+                        worker.exit_reason = ExitReason(message.reason)
                     # The master's graceful stop (idempotent: a SIGTERM to the whole
                     # process group may have started it already).
                     _stop(control, scope, fast=False)
@@ -416,6 +421,9 @@ async def _watch_master(link: _Link, control: Control, scope: trio.CancelScope) 
     link.broken = True
     LOGGER.warning("the master is gone: stopping")
     _stop(control, scope, fast=False)
+
+
+_REASONS = frozenset(reason.value for reason in ExitReason)
 
 
 def _stop(control: Control, scope: trio.CancelScope, *, fast: bool) -> None:

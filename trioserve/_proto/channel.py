@@ -72,6 +72,17 @@ def _exact(kind: type) -> Any:
     return check
 
 
+def _exact_or_none(kind: type) -> Any:
+    """:func:`_exact`, or None."""
+    exact = _exact(kind)
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            exact(instance, attribute, value)
+
+    return check
+
+
 # -- worker → master ---------------------------------------------------------------------
 
 
@@ -112,7 +123,10 @@ class BootFailed(Message):
 @_message("stop")
 @attrs.frozen
 class Stop(Message):
-    """Stop gracefully (a message, not SIGTERM: see ``Master.ask_to_stop``)."""
+    """Stop gracefully (a message, not SIGTERM: see ``Master.ask_to_stop``); ``reason``
+    is why (an ``ExitReason`` value such as ``"memory"``), for the worker's hooks."""
+
+    reason: str | None = attrs.field(default=None, validator=_exact_or_none(str))
 
 
 @_message("reload_certs")
