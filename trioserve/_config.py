@@ -331,7 +331,7 @@ def _int_range_kind(minimum: int, maximum: int) -> Kind:
     def from_value(value: Any) -> int:
         number: int = inner.from_value(value)
         if number > maximum:
-            raise _BadValue(value)
+            raise _BadValue(number)
         return number
 
     return Kind(f"an integer from {minimum} to {maximum}", from_value, from_value)
