@@ -100,8 +100,8 @@ class HTTP2Connection(Protocol):
     HTTP/1.1 edge as :attr:`HTTPOptions.http2`).
 
     The HTTP/1.1 edge hands over a connection that chose ``h2`` by TLS ALPN, one that
-    opened with the HTTP/2 preface (prior knowledge), and one whose first request asked
-    for ``Upgrade: h2c`` when that is on (after answering it with 101).
+    opened with the HTTP/2 preface (prior knowledge), and, when that is on, one where a
+    request asked for ``Upgrade: h2c`` (after answering it with 101).
 
     Args:
         stream: The connection; it replays what the HTTP/1.1 edge read and did not use
@@ -214,7 +214,7 @@ async def serve_http_connection(
 
     HTTP/2 connections go to ``options.http2`` when it is set: a TLS connection that
     chose ``h2`` by ALPN at once, a plain one once its first bytes show the preface or
-    its first request asks for ``Upgrade: h2c`` (see :class:`HTTP2Connection`)."""
+    a request asks for ``Upgrade: h2c`` (see :class:`HTTP2Connection`)."""
     if options.http2 is not None and peer.secure and negotiated_h2(peer.stream):
         await _ToHTTP2(peer.stream).serve(peer, options)
         return
@@ -695,9 +695,10 @@ class _Connection(ServerConnection):
     async def _upgrade_to_h2c(self, request: Any) -> bool:
         """Grant the ``Upgrade: h2c`` that ``request`` asks for, if it may be granted
         (see :func:`~trioserve._proto.h2c.h2c_settings`: a request without a body, on a
-        plain connection): answer 101 and hand the connection to HTTP/2, with the request
-        as its stream 1. False to serve the request as HTTP/1.1."""
-        if self.owner.peer.secure:
+        plain connection, while the server is not stopping): answer 101 and hand the
+        connection to HTTP/2, with the request as its stream 1. False to serve the
+        request as HTTP/1.1 (during a stop, with Connection: close)."""
+        if self.owner.peer.secure or self.state.stopping:
             return False
         settings = h2c_settings(
             request.method, request.http_version, self.request_headers, body=not self.body_done
@@ -707,7 +708,7 @@ class _Connection(ServerConnection):
         # What the client sent after the request (its HTTP/2 preface, maybe) is read again.
         leftover = bytes(self.parser.trailing_data[0])
         if not await self.write(SWITCHING_TO_H2C):
-            return True  # the client has gone: nothing to serve, and nothing to close twice
+            return True  # the client has gone: the connection just ends
         self.upgrade = _ToHTTP2(PrefixedStream(self.stream, leftover), settings, request)
         return True
 

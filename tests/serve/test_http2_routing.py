@@ -240,6 +240,41 @@ async def test_h2c_upgrade_is_plain_http_when_not_granted(nursery, cleartext, re
     assert http2.calls == []
 
 
+async def test_h2c_upgrade_during_a_stop_is_served_as_http1_and_closed(nursery):
+    """Once a graceful stop began, Upgrade: h2c is not granted: the request is answered
+    over HTTP/1.1 with Connection: close."""
+    http2 = RecordingHTTP2(1)
+    state, options = options_for(http2, http2_cleartext="upgrade")
+    state.request_stop()
+    client, _ = await served_connection(nursery, hello_app, state, options)
+    await client.send_all(H2C_UPGRADE)
+    with trio.fail_after(5):
+        reply = await read_until_eof(client)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert b"connection: close" in reply.lower()
+    assert http2.calls == []
+
+
+async def test_h2c_upgrade_over_tls_is_served_as_http1(nursery):
+    """h2c is cleartext HTTP/2: on a TLS connection (the peer says so) Upgrade: h2c is
+    ignored, whatever --http2-cleartext says."""
+    http2 = RecordingHTTP2(1)
+    state, options = options_for(http2, http2_cleartext="both")
+    client, server = trio.testing.memory_stream_pair()
+    peer = Peer(server, None, None, None, secure=True)
+
+    async def serve() -> None:
+        async with trio.open_nursery() as tasks:
+            await serve_peer(peer, hello_app, state, options, tasks=tasks)
+
+    nursery.start_soon(serve)
+    await client.send_all(H2C_UPGRADE.replace(b"Host: a", b"Host: a\r\nConnection: close"))
+    with trio.fail_after(5):
+        reply = await read_until_eof(client)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert http2.calls == []
+
+
 async def test_an_error_of_the_http2_edge_costs_only_its_connection(nursery, caplog):
     """An exception out of the HTTP/2 edge is logged once and closes that connection;
     the server's connection nursery does not see it."""
