@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.abc
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +15,11 @@ import pytest
 
 from tests.helpers import config_from_argv, hello_app
 from trioserve import Config, ConfigError, serve
-from trioserve._cli import main
 from trioserve._config import CONFIG_MODULE, ENV_PREFIX, load_config
 from trioserve._versions import HTTPVersions, h2_installed, http_versions, max_header_list_size
 
 INSTALL = "pip install 'trioserve[http2]'"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -249,12 +250,41 @@ def test_asking_for_http2_without_h2_says_how_to_install_it(
     assert str(error.value) == f"{ask}: HTTP/2 needs the h2 package; install it with {INSTALL}"
 
 
-def test_command_line_reports_missing_h2_in_one_line(
-    without_h2: None, clean_cwd: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+# The command line in a process of its own (it sets up logging for the process), with
+# the same import blocker installed before trioserve is imported.
+_CLI_WITHOUT_H2 = """
+import importlib.abc, sys
+
+class NoH2(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "h2" or fullname.startswith("h2."):
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+sys.meta_path.insert(0, NoH2())
+import trioserve._versions
+trioserve._versions.HTTP2_EDGE = True
+from trioserve._cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+CHECK_H2_ONLY = ("--check-config", "--http-protocols", "h2", "examples.hello:app")
+
+
+def test_command_line_reports_missing_h2_in_one_line() -> None:
     """--check-config --http-protocols h2 without h2: one 'trioserve: error:' line, exit 1."""
-    assert main(["--check-config", "--http-protocols", "h2", "examples.hello:app"]) == 1
-    assert capsys.readouterr().err.splitlines() == [
+    result = subprocess.run(
+        [sys.executable, "-c", _CLI_WITHOUT_H2, *CHECK_H2_ONLY],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
         "trioserve: error: --http-protocols h2: HTTP/2 needs the h2 package; install it "
         f"with {INSTALL}"
     ]
