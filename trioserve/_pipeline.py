@@ -392,7 +392,6 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
     versions = http_versions(config)
-    http2 = _http2_edge(asgi, state, config) if versions.http2 else None
     options = HTTPOptions(
         config,
         h11_module=_h11_module(config.http),
@@ -402,17 +401,22 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         else None,
         app_hint=asyncio_hint if config.app_loop == "trio" else None,
         websocket=websocket,
-        http2=http2,
         h2_prior_knowledge=versions.prior_knowledge,
         h2c_upgrade=versions.upgrade,
     )
+    if versions.http2:
+        # The HTTP/2 edge shares the HTTP/1.1 edge's options (limits, timeouts, logs).
+        options.http2 = _http2_edge(asgi, state, config, options)
     serve = functools.partial(serve_http_connection, app=asgi, state=state, options=options)
     return _Edges(serve, http=options, websockets=ws_options)
 
 
-def _http2_edge(app: ASGIApp, state: ServerState, config: Config) -> HTTP2Connection | None:
-    """The HTTP/2 edge serving ``app``, for the HTTP/1.1 edge to hand HTTP/2 connections
-    to; only asked for when HTTP/2 is served (the h2 package is installed then).
+def _http2_edge(
+    app: ASGIApp, state: ServerState, config: Config, http: HTTPOptions
+) -> HTTP2Connection | None:
+    """The HTTP/2 edge serving ``app``, for the HTTP/1.1 edge (whose options are
+    ``http``) to hand HTTP/2 connections to; only asked for when HTTP/2 is served (the
+    h2 package is installed then).
 
     WIRING: the one place the HTTP/2 edge (``trioserve._serve_h2``, branch h2core) joins
     the pipeline; imported here, not at the top, because it imports h2, which may be

@@ -183,11 +183,12 @@ class HTTPOptions:
         self.websocket = websocket
         # Takes over HTTP/2 connections (see HTTP2Connection); None serves HTTP/1.1 only.
         # On plain connections, ``h2_prior_knowledge`` hands over one that opens with the
-        # HTTP/2 preface, ``h2c_upgrade`` one whose first request asks for h2c; on TLS,
-        # ALPN decides (see trioserve._versions for why and the defaults).
+        # HTTP/2 preface, ``h2c_upgrade`` one where a request asks for h2c; on TLS, ALPN
+        # decides (see trioserve._versions for why and the defaults). May be set after
+        # construction: the HTTP/2 edge's own options are built on these.
         self.http2 = http2
-        self.h2_prior_knowledge = http2 is not None and h2_prior_knowledge
-        self.h2c_upgrade = http2 is not None and h2c_upgrade
+        self.h2_prior_knowledge = h2_prior_knowledge
+        self.h2c_upgrade = h2c_upgrade
         # Whether a TLS handshake on this plain port was logged yet (it is logged once).
         self.tls_logged = False
         # The exchanges whose app may work on after their response (run by the server
@@ -682,9 +683,11 @@ class _Connection(ServerConnection):
         (then ``upgrade`` says so). Only at the start of a plain connection: on TLS, ALPN
         decides; after a request, the preface is a client's error."""
         received = preface.received
+        options = self.options
         if (
             received is None
-            or not self.options.h2_prior_knowledge
+            or options.http2 is None
+            or not options.h2_prior_knowledge
             or self.owner.peer.secure
             or not starts_as_preface(received)
         ):
@@ -698,7 +701,7 @@ class _Connection(ServerConnection):
         plain connection, while the server is not stopping): answer 101 and hand the
         connection to HTTP/2, with the request as its stream 1. False to serve the
         request as HTTP/1.1 (during a stop, with Connection: close)."""
-        if self.owner.peer.secure or self.state.stopping:
+        if self.options.http2 is None or self.owner.peer.secure or self.state.stopping:
             return False
         settings = h2c_settings(
             request.method, request.http_version, self.request_headers, body=not self.body_done

@@ -55,8 +55,9 @@ def edge(monkeypatch: pytest.MonkeyPatch) -> RecordingEdge:
     """The recording double as the pipeline's HTTP/2 edge, in a build that has one."""
     recording = RecordingEdge()
 
-    def build(app: Any, state: Any, config: Config) -> RecordingEdge:
+    def build(app: Any, state: Any, config: Config, http: Any) -> RecordingEdge:
         recording.built_for.append(config)
+        assert http.h2_prior_knowledge == (config.http2_cleartext in ("prior-knowledge", "both"))
         return recording
 
     monkeypatch.setattr("trioserve._versions.HTTP2_EDGE", True)

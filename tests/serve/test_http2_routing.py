@@ -383,10 +383,19 @@ async def test_tls_connection_that_chose_h2_is_handed_over_at_once(nursery, pki,
         assert http2.calls == []
 
 
-def test_options_without_http2_take_no_cleartext_route() -> None:
-    """Without an HTTP/2 edge, neither cleartext route is on, whatever is asked."""
-    options = HTTPOptions(Config(), http2=None, h2_prior_knowledge=True, h2c_upgrade=True)
-    assert (options.h2_prior_knowledge, options.h2c_upgrade) == (False, False)
+async def test_without_an_http2_edge_neither_cleartext_route_is_taken(nursery):
+    """Options asking for both cleartext routes but given no HTTP/2 edge serve HTTP/1.1:
+    the preface gets a 400, Upgrade: h2c is ignored."""
+    state = ServerState(Config())
+    options = HTTPOptions(state.config, http2=None, h2_prior_knowledge=True, h2c_upgrade=True)
+    client, _ = await served_connection(nursery, hello_app, state, options)
+    await client.send_all(H2C_UPGRADE.replace(b"Host: a", b"Host: a\r\nConnection: close"))
+    reply = await _error_reply(client)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    client, _ = await served_connection(nursery, hello_app, state, options)
+    await client.send_all(PREFACE)
+    reply = await _error_reply(client)
+    assert reply.startswith(b"HTTP/1.1 400 ")
 
 
 async def test_upgrade_client_that_left_before_101_is_closed(nursery):
