@@ -30,6 +30,7 @@ from ._master import AppPlan
 from ._server import run_cli
 from ._tls import ssl_context
 from ._version import __version__
+from ._versions import http_versions
 
 LOGGER = logging.getLogger("trioserve.cli")
 
@@ -199,8 +200,10 @@ def _print_error(exc: BaseException, *, debug: bool = False) -> None:
 def _check(loaded: LoadedConfig) -> int:
     config = loaded.config
     try:
-        # Everything that can be checked without binding: TLS files, log format, the app.
+        # Everything that can be checked without binding: TLS files, log format, HTTP/2
+        # without h2, the app.
         ssl_context(config)
+        http_versions(config)
         access_log_for(config)
         app = trio.run(load_config_app, config)
     except TrioserveError as exc:

@@ -50,6 +50,7 @@ from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import (
     AccessLogger,
+    HTTP2Connection,
     HTTPOptions,
     serve_http_connection,
     watch_deadlines,
@@ -62,6 +63,7 @@ from ._statsd import RequestMetrics, Statsd
 from ._streams import PrefixedStream
 from ._tls import tls_extension, tls_handshake
 from ._types import Address, ASGIApp, Message, Receive, Scope, Send
+from ._versions import http_versions
 
 LOGGER = logging.getLogger("trioserve.server")
 
@@ -407,6 +409,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
     access_log: AccessLogger | None = extras.access_log
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
+    versions = http_versions(config)
     options = HTTPOptions(
         config,
         h11_module=_h11_module(config.http),
@@ -416,9 +419,29 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         else None,
         app_hint=asyncio_hint if config.app_loop == "trio" else None,
         websocket=websocket,
+        h2_prior_knowledge=versions.prior_knowledge,
+        h2c_upgrade=versions.upgrade,
     )
+    if versions.http2:
+        # The HTTP/2 edge shares the HTTP/1.1 edge's options (limits, timeouts, logs).
+        options.http2 = _http2_edge(asgi, state, config, options)
     serve = functools.partial(serve_http_connection, app=asgi, state=state, options=options)
     return _Edges(serve, http=options, websockets=ws_options)
+
+
+def _http2_edge(
+    app: ASGIApp, state: ServerState, config: Config, http: HTTPOptions
+) -> HTTP2Connection | None:
+    """The HTTP/2 edge serving ``app``, for the HTTP/1.1 edge (whose options are
+    ``http``) to hand HTTP/2 connections to; only asked for when HTTP/2 is served (the
+    h2 package is installed then).
+
+    WIRING: the one place the HTTP/2 edge (``trioserve._serve_h2``, branch h2core) joins
+    the pipeline; imported here, not at the top, because it imports h2, which may be
+    absent. Until it is merged this returns None: HTTP/1.1 only, and a client that
+    chose h2 by ALPN or sent the preface is refused as an HTTP/1.1 request would be.
+    """
+    return None
 
 
 def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASGIApp:

@@ -30,6 +30,7 @@ import trio
 from ._config import Config, timeout_seconds
 from ._errors import ClientDisconnected, departure
 from ._peer import Peer
+from ._proto.h2c import SWITCHING_TO_H2C, h2c_settings, starts_as_preface
 from ._proto.http import (
     AppEnd,
     ASGIProtocolError,
@@ -41,6 +42,7 @@ from ._proto.http import (
 )
 from ._proto.http1 import CONTINUE, BodyEnd, Next, ServerConnection
 from ._proto.validate import (
+    HTTP2Preface,
     Limits,
     RequestRejected,
     TLSOnPlainPort,
@@ -48,6 +50,7 @@ from ._proto.validate import (
 from ._proto.websocket import asks_websocket
 from ._state import ServerState, Stoppable
 from ._streams import DISCONNECT_ERRORS, PrefixedStream
+from ._tls import negotiated_h2
 from ._types import ASGIApp, Message
 
 LOGGER = logging.getLogger("trioserve.http")
@@ -92,6 +95,42 @@ class WebSocketUpgrade(Protocol):
     async def __call__(self, stream: trio.abc.Stream, *, peer: Peer) -> None: ...
 
 
+class HTTP2Connection(Protocol):
+    """Serves a connection as HTTP/2 from its start (the HTTP/2 edge, given to the
+    HTTP/1.1 edge as :attr:`HTTPOptions.http2`).
+
+    The HTTP/1.1 edge hands over a connection that chose ``h2`` by TLS ALPN, one that
+    opened with the HTTP/2 preface (prior knowledge), and, when that is on, one where a
+    request asked for ``Upgrade: h2c`` (after answering it with 101).
+
+    Args:
+        stream: The connection; it replays what the HTTP/1.1 edge read and did not use
+            (the preface and what followed it; after an upgrade, what followed the
+            request), like the stream given to a :class:`WebSocketUpgrade`. The HTTP/1.1
+            edge closes it once the call returns.
+        peer: The accepted connection (addresses, TLS; ``peer.stream`` is not to be read:
+            ``stream`` is).
+        settings: After an upgrade, the request's ``HTTP2-Settings`` value as sent
+            (base64url, checked to decode to whole settings), for
+            ``H2Connection.initiate_upgrade_connection``; else None.
+        upgrade_request: After an upgrade, the HTTP/1.1 request (h11's ``Request``, or
+            the compiled h11's) that becomes stream 1, whose response the HTTP/2 edge
+            sends; it had no body. Else None.
+
+    It never raises for a client's fault; an error it raises is logged and costs only
+    this connection.
+    """
+
+    async def __call__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        peer: Peer,
+        settings: bytes | None = None,
+        upgrade_request: h11.Request | None = None,
+    ) -> None: ...
+
+
 class HTTPOptions:
     """What the HTTP edge needs from the settings, worked out once per server."""
 
@@ -104,6 +143,9 @@ class HTTPOptions:
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
         app_hint: Callable[[BaseException], str | None] | None = None,
         websocket: WebSocketUpgrade | None = None,
+        http2: HTTP2Connection | None = None,
+        h2_prior_knowledge: bool = True,
+        h2c_upgrade: bool = False,
     ) -> None:
         self.h11: Any = h11_module
         self.limits = Limits(
@@ -139,6 +181,14 @@ class HTTPOptions:
         # Takes over connections that ask for a WebSocket upgrade; None serves them as
         # plain HTTP (--ws off).
         self.websocket = websocket
+        # Takes over HTTP/2 connections (see HTTP2Connection); None serves HTTP/1.1 only.
+        # On plain connections, ``h2_prior_knowledge`` hands over one that opens with the
+        # HTTP/2 preface, ``h2c_upgrade`` one where a request asks for h2c; on TLS, ALPN
+        # decides (see trioserve._versions for why and the defaults). May be set after
+        # construction: the HTTP/2 edge's own options are built on these.
+        self.http2 = http2
+        self.h2_prior_knowledge = h2_prior_knowledge
+        self.h2c_upgrade = h2c_upgrade
         # Whether a TLS handshake on this plain port was logged yet (it is logged once).
         self.tls_logged = False
         # The exchanges whose app may work on after their response (run by the server
@@ -161,7 +211,14 @@ async def serve_http_connection(
 
     The server runs :func:`watch_deadlines` and :func:`watch_handovers` beside its
     connections: the first ends the waits whose deadline passed, the second hands
-    connections over."""
+    connections over.
+
+    HTTP/2 connections go to ``options.http2`` when it is set: a TLS connection that
+    chose ``h2`` by ALPN at once, a plain one once its first bytes show the preface or
+    a request asks for ``Upgrade: h2c`` (see :class:`HTTP2Connection`)."""
+    if options.http2 is not None and peer.secure and negotiated_h2(peer.stream):
+        await _ToHTTP2(peer.stream).serve(peer, options)
+        return
     connection = _Connection(peer, app, state, options, tasks)
     if not await _serve_requests(connection):
         # Another task serves the connection now; this one ran the app to its end. It
@@ -176,7 +233,7 @@ async def serve_http_connection(
     # An idle websocket keeps no frame or state of the HTTP connection alive.
     del connection
     if upgrade is not None:
-        await upgrade_to_websocket(upgrade, peer, options)
+        await upgrade.serve(peer, options)
 
 
 async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
@@ -194,7 +251,7 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
         upgrade, peer, options = connection.upgrade, owner.peer, connection.options
         del connection, cycle, owner
         if upgrade is not None:
-            await upgrade_to_websocket(upgrade, peer, options)
+            await upgrade.serve(peer, options)
     finally:
         if not handed_over:
             ended.set()
@@ -202,10 +259,11 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
 
 async def _serve_requests(connection: _Connection, after: _Cycle | None = None) -> bool:
     """Serve requests on ``connection`` (after ending the exchange of ``after``) until
-    it leaves, idles out or the server stops: True then, with the stream closed unless a
-    request asked for a WebSocket (``connection.upgrade`` is then the stream replaying
-    it). False when the connection was handed over to another task, which owns it from
-    then on. Never raises for a client's or an app's fault."""
+    it leaves, idles out or the server stops: True then, with the stream closed unless
+    the connection goes on as a WebSocket or HTTP/2 (``connection.upgrade`` then says
+    how, with the stream replaying what was read). False when the connection was
+    handed over to another task, which owns it from then on. Never raises for a client's
+    or an app's fault."""
     handed_over = upgrading = False
     try:
         handed_over = not await connection.serve(after)
@@ -243,6 +301,48 @@ async def upgrade_to_websocket(upgrade: PrefixedStream, peer: Peer, options: HTT
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(upgrade)
+
+
+class _ToWebSocket:
+    """A connection whose request asked for a WebSocket: ``stream`` replays it."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: PrefixedStream) -> None:
+        self.stream = stream
+
+    async def serve(self, peer: Peer, options: HTTPOptions) -> None:
+        await upgrade_to_websocket(self.stream, peer, options)
+
+
+class _ToHTTP2:
+    """A connection that goes on as HTTP/2 (see :class:`HTTP2Connection` for the
+    fields): ``stream`` replays what the HTTP/1.1 edge read and did not use."""
+
+    __slots__ = ("request", "settings", "stream")
+
+    def __init__(
+        self, stream: trio.abc.Stream, settings: bytes | None = None, request: Any = None
+    ) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.request = request
+
+    async def serve(self, peer: Peer, options: HTTPOptions) -> None:
+        """Run the HTTP/2 edge on the connection, then close it."""
+        http2 = options.http2
+        assert http2 is not None
+        stream = self.stream
+        try:
+            await http2(stream, peer=peer, settings=self.settings, upgrade_request=self.request)
+        except _BROKEN:
+            LOGGER.debug("client went away")
+        except Exception:
+            # A bug of ours must cost one connection, never the server.
+            LOGGER.exception("unexpected error while serving an HTTP/2 connection")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
 
 
 _INF = float("inf")
@@ -436,8 +536,9 @@ class _Connection(ServerConnection):
         self.client = peer.client
         self.server = peer.server
         self.scheme = "https" if peer.secure else "http"
-        # Set when the request asked for a WebSocket: the stream replaying those bytes.
-        self.upgrade: PrefixedStream | None = None
+        # Set when the connection goes on as a WebSocket or HTTP/2: how, with the stream
+        # replaying the bytes read and not used.
+        self.upgrade: _ToWebSocket | _ToHTTP2 | None = None
         # Cancelled by the deadline watchdog to end the current wait: replaced by a fresh
         # one when a request turns out to have arrived as its idle wait ended, and,
         # during a write that has to wait, by the scope of that write only (see write).
@@ -543,19 +644,22 @@ class _Connection(ServerConnection):
                 self.deadline = _INF
                 if type(exc) is TLSOnPlainPort:
                     self._log_tls()
+                elif type(exc) is HTTP2Preface and self._prior_knowledge(exc):
+                    return False
                 else:
                     LOGGER.info("bad request: %s", exc.reason)
                 await self._send_error(exc.status, exc.reason)
                 return False
-            if (
-                self.upgrade_bytes is not None
-                and options.websocket is not None
-                and asks_websocket(request.method, request.http_version, request.headers)
-            ):
-                # Served by serve_http_connection once this object is gone: an idle
-                # websocket should not keep the HTTP connection's state alive.
-                self.upgrade = PrefixedStream(self.stream, self.upgrade_bytes)
-                return False
+            if self.upgrade_bytes is not None:
+                if options.websocket is not None and asks_websocket(
+                    request.method, request.http_version, request.headers
+                ):
+                    # Served by serve_http_connection once this object is gone: an idle
+                    # websocket should not keep the HTTP connection's state alive.
+                    self.upgrade = _ToWebSocket(PrefixedStream(self.stream, self.upgrade_bytes))
+                    return False
+                if options.h2c_upgrade and await self._upgrade_to_h2c(request):
+                    return False
             cycle = _Cycle(self, request)
             limit = options.limit_concurrency
             if limit and state.active_requests >= limit:
@@ -573,6 +677,43 @@ class _Connection(ServerConnection):
                     state.request_limit_reached()
             if cycle.handed_over:
                 return True
+
+    def _prior_knowledge(self, preface: HTTP2Preface) -> bool:
+        """Whether the connection opened with the HTTP/2 preface, to be served as HTTP/2
+        (then ``upgrade`` says so). Only at the start of a plain connection: on TLS, ALPN
+        decides; after a request, the preface is a client's error."""
+        received = preface.received
+        options = self.options
+        if (
+            received is None
+            or options.http2 is None
+            or not options.h2_prior_knowledge
+            or self.owner.peer.secure
+            or not starts_as_preface(received)
+        ):
+            return False
+        self.upgrade = _ToHTTP2(PrefixedStream(self.stream, received))
+        return True
+
+    async def _upgrade_to_h2c(self, request: Any) -> bool:
+        """Grant the ``Upgrade: h2c`` that ``request`` asks for, if it may be granted
+        (see :func:`~trioserve._proto.h2c.h2c_settings`: a request without a body, on a
+        plain connection, while the server is not stopping): answer 101 and hand the
+        connection to HTTP/2, with the request as its stream 1. False to serve the
+        request as HTTP/1.1 (during a stop, with Connection: close)."""
+        if self.options.http2 is None or self.owner.peer.secure or self.state.stopping:
+            return False
+        settings = h2c_settings(
+            request.method, request.http_version, self.request_headers, body=not self.body_done
+        )
+        if settings is None:
+            return False
+        # What the client sent after the request (its HTTP/2 preface, maybe) is read again.
+        leftover = bytes(self.parser.trailing_data[0])
+        if not await self.write(SWITCHING_TO_H2C):
+            return True  # the client has gone: the connection just ends
+        self.upgrade = _ToHTTP2(PrefixedStream(self.stream, leftover), settings, request)
+        return True
 
     def hand_over(self, cycle: _Cycle) -> None:
         """Go on serving the connection in a new task, whose timer is its own: the

@@ -31,6 +31,7 @@ from ._pipeline import Control, Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._systemd import Notifier, activated_sockets
 from ._types import Address
+from ._versions import http_versions
 
 LOGGER = logging.getLogger("trioserve.server")
 
@@ -139,6 +140,7 @@ async def _serve_inner(
 def _check_servable(config: Config) -> None:
     """Refuse, before anything starts, a configuration no entry point can serve."""
     require_app(config)
+    http_versions(config)  # HTTP/2 asked for without the h2 package
     if config.reload and config.workers == 0:
         raise ConfigError(
             "--reload: the master restarts worker processes when files change; "
