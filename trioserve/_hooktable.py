@@ -140,7 +140,7 @@ HOOKS: tuple[Hook, ...] = (
         "``post_request(worker, req, environ, resp)``, ``post_request(worker, req, "
         "environ)`` (the third parameter named ``environ``) and ``post_request(worker, "
         "req)``; ``environ`` is a WSGI environ built from the request for that hook.",
-        "The error is logged; the response already went out.",
+        "The error is logged (on ``trioserve.connection``, at most ten lines a second of each kind per worker); the response already went out.",
         exc="the exception the app (or pre_request) raised for this request",
         gunicorn="gunicorn's forms post_request(worker, req, environ, resp), "
         "post_request(worker, req, environ) and post_request(worker, req) are accepted too",
@@ -201,14 +201,14 @@ HOOKS: tuple[Hook, ...] = (
         ("conn",),
         "both",
         "When a connection is accepted (after the PROXY header and TLS handshake).",
-        "The connection is closed; the error is logged.",
+        "The connection is closed; the error is logged (on ``trioserve.connection``, at most ten lines a second of each kind per worker).",
     ),
     Hook(
         "connection_lost",
         ("conn",),
         "both",
         "When a connection is closed, for any reason.",
-        _LOGGED,
+        "The error is logged with its traceback (on ``trioserve.connection``, at most ten lines a second of each kind per worker); the event goes on.",
         exc="the exception that broke the connection, if one did",
     ),
 )

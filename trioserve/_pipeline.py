@@ -22,7 +22,7 @@ import attrs
 import h11
 import trio
 
-from ._accept import accept_connections
+from ._accept import CONNECTION_LOGGER, accept_connections
 from ._accesslog import AccessLog
 from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import cleanup_listener, listener_address, listener_url
@@ -298,14 +298,20 @@ def _connection_handler(
             await serve(peer, tasks=tasks)
         except HookError as exc:
             error = exc
-            LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
+            CONNECTION_LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
             await trio.aclose_forcefully(peer.stream)
         except BaseException as exc:
             error = exc
             raise
         finally:
             with trio.CancelScope(shield=True):
-                await run_hook_logged(config, "connection_lost", conn, exc=reportable(error))
+                await run_hook_logged(
+                    config,
+                    "connection_lost",
+                    conn,
+                    exc=reportable(error),
+                    logger=CONNECTION_LOGGER,
+                )
 
     return handle_with_hooks
 
@@ -326,7 +332,8 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
                     stream, proxy_protocol, timeout_seconds(config.header_timeout)
                 )
             except ProxyProtocolError as exc:
-                LOGGER.info("dropping connection from %s: %s", client, exc)
+                # A client can send one per connection: rate-limited.
+                CONNECTION_LOGGER.info("dropping connection from %s: %s", client, exc)
                 await trio.aclose_forcefully(stream)
                 return False
             if info.client is not None:
@@ -452,7 +459,13 @@ def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASG
         finally:
             with trio.CancelScope(shield=True):
                 await run_hook_logged(
-                    config, "post_request", worker, req, response, exc=reportable(error)
+                    config,
+                    "post_request",
+                    worker,
+                    req,
+                    response,
+                    exc=reportable(error),
+                    logger=CONNECTION_LOGGER,
                 )
 
     return hooked
