@@ -92,6 +92,8 @@ class Control:
         on_stop: Told when a stop signal arrives (systemd's STOPPING=1).
         pidfile: The command line's locked pid file (renamed by the master on SIGUSR2).
         certs: The TLS context of new connections, once the server runs with TLS.
+        stopped_by: The name of the signal that first asked it to stop (SIGTERM...),
+            for the command line's last line; None while none did.
     """
 
     state: ServerState | None = None
@@ -100,6 +102,7 @@ class Control:
     on_stop: Callable[[], None] | None = None
     pidfile: PidFile | None = None
     certs: CertStore | None = None
+    stopped_by: str | None = None
 
     def ready(self) -> None:
         if self.on_ready is not None:
