@@ -4,6 +4,7 @@ lines a client can cause once per connection are rate-limited."""
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import trio
 import trio_websocket
 
 from tests.helpers import hello_app
-from trioserve import Config, _pipeline, serve
+from trioserve import Config, _accept, _pipeline, serve
 from trioserve._lograte import LIMIT, RateLimit, install
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
@@ -301,3 +302,20 @@ async def test_a_burst_of_bad_proxy_headers_is_rate_limited(nursery, caplog, rat
     assert all(line.startswith("dropping connection from ") for line in lines[:LIMIT])
     assert lines[-1].startswith(f"… {25 - LIMIT} more like this in the last second (the last: ")
     assert "dropping connection from " in lines[-1]
+
+
+class _NotAnError(BaseException):
+    """Like trio.Cancelled and KeyboardInterrupt: not an Exception."""
+
+
+async def test_what_is_not_an_exception_is_never_swallowed():
+    """The per-connection catch lets a BaseException that is not an Exception (as
+    trio.Cancelled and KeyboardInterrupt) go on, and still closes the connection."""
+    server_side, client_side = socket.socketpair()
+
+    async def handler(peer: Any) -> None:
+        raise _NotAnError
+
+    with client_side, pytest.raises(_NotAnError):
+        await _accept._serve(server_side, "", socket.AF_UNIX, None, handler)
+    assert server_side.fileno() == -1  # closed
