@@ -22,7 +22,7 @@ import attrs
 import h11
 import trio
 
-from ._accept import accept_connections
+from ._accept import CONNECTION_LOGGER, accept_connections
 from ._accesslog import AccessLog
 from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import cleanup_listener, listener_address, listener_url
@@ -94,6 +94,8 @@ class Control:
         on_stop: Told when a stop signal arrives (systemd's STOPPING=1).
         pidfile: The command line's locked pid file (renamed by the master on SIGUSR2).
         certs: The TLS context of new connections, once the server runs with TLS.
+        stopped_by: The name of the signal that first asked it to stop (SIGTERM...),
+            for the command line's last line; None while none did.
     """
 
     state: ServerState | None = None
@@ -102,6 +104,7 @@ class Control:
     on_stop: Callable[[], None] | None = None
     pidfile: PidFile | None = None
     certs: CertStore | None = None
+    stopped_by: str | None = None
 
     def ready(self) -> None:
         if self.on_ready is not None:
@@ -300,14 +303,20 @@ def _connection_handler(
             await serve(peer, tasks=tasks)
         except HookError as exc:
             error = exc
-            LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
+            CONNECTION_LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
             await trio.aclose_forcefully(peer.stream)
         except BaseException as exc:
             error = exc
             raise
         finally:
             with trio.CancelScope(shield=True):
-                await run_hook_logged(config, "connection_lost", conn, exc=reportable(error))
+                await run_hook_logged(
+                    config,
+                    "connection_lost",
+                    conn,
+                    exc=reportable(error),
+                    logger=CONNECTION_LOGGER,
+                )
 
     return handle_with_hooks
 
@@ -328,7 +337,8 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
                     stream, proxy_protocol, timeout_seconds(config.header_timeout)
                 )
             except ProxyProtocolError as exc:
-                LOGGER.info("dropping connection from %s: %s", client, exc)
+                # A client can send one per connection: rate-limited.
+                CONNECTION_LOGGER.info("dropping connection from %s: %s", client, exc)
                 await trio.aclose_forcefully(stream)
                 return False
             if info.client is not None:
@@ -475,7 +485,13 @@ def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASG
         finally:
             with trio.CancelScope(shield=True):
                 await run_hook_logged(
-                    config, "post_request", worker, req, response, exc=reportable(error)
+                    config,
+                    "post_request",
+                    worker,
+                    req,
+                    response,
+                    exc=reportable(error),
+                    logger=CONNECTION_LOGGER,
                 )
 
     return hooked

@@ -178,10 +178,11 @@ def run_cli(
     plans: list[AppPlan] | None = None,
     on_ready: Callable[[], None] | None = None,
     pidfile: PidFile | None = None,
-) -> None:
+) -> str | None:
     """:func:`run`, plus what only the command line knows: how to re-read the
     configuration (SIGHUP), the arguments a new master is started with (SIGUSR2), whom to
-    tell that the server is ready (a daemon's parent), and the locked pid file."""
+    tell that the server is ready (a daemon's parent), and the locked pid file. Returns
+    the name of the signal that stopped it (None if none did)."""
     control = Control(on_ready=on_ready, pidfile=pidfile)
     _check_servable(config)
     try:
@@ -218,6 +219,7 @@ def run_cli(
         if isinstance(error, TrioserveError):
             raise error from None
         raise
+    return control.stopped_by
 
 
 async def _run_until_signal(config: Config, control: Control) -> None:
@@ -237,6 +239,8 @@ async def _run_until_signal(config: Config, control: Control) -> None:
                     continue
                 if control.on_stop is not None:
                     control.on_stop()
+                if control.stopped_by is None:
+                    control.stopped_by = name
                 if control.state is None or not control.state.stopping:
                     LOGGER.info(
                         "%s received: stopping gracefully (send it again to stop now)", name
