@@ -160,6 +160,11 @@ def _date_line() -> bytes:
     return _date_lines()[2]
 
 
+def date_value() -> bytes:
+    """The value of a response's ``date`` header now (formatted at most once a second)."""
+    return _date_lines()[1]
+
+
 def _date_lines() -> tuple[int, bytes, bytes, bytes]:
     global _date_cache
     now = int(time.time())
@@ -230,6 +235,28 @@ def _content_length(value: bytes) -> int:
     if not digits.isdigit() or len(digits) > _MAX_LENGTH_DIGITS:
         raise ASGIProtocolError(f"invalid response header: bad Content-Length {value!r}")
     return int(digits)
+
+
+def check_status(status: Any) -> int:
+    """The status of an ``http.response.start`` message, which must be an int (or an
+    IntEnum such as ``http.HTTPStatus.OK``) from 200 to 599; the rule of every protocol.
+
+    Raises:
+        ASGIProtocolError: it is not.
+    """
+    if type(status) is not int and isinstance(status, int) and not isinstance(status, bool):
+        status = int(status)
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ASGIProtocolError(f"'status' must be an int from 200 to 599, got {status!r}")
+    return status
+
+
+# The checks of a response head's fields that every protocol makes (the HTTP/2
+# serializer in http2 shares them): a name must be a token (its lowercase form is
+# returned), a value must hold no CR, LF or NUL, a Content-Length must be a length.
+checked_header_name = _checked_name
+check_header_value = _check_value
+content_length_value = _content_length
 
 
 class ResponsePhase(enum.Enum):
@@ -377,11 +404,7 @@ class Response:
         if phase is ResponsePhase.START:
             if kind != "http.response.start":
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
-            status = message.get("status")
-            if type(status) is not int and isinstance(status, int) and not isinstance(status, bool):
-                status = int(status)  # an IntEnum such as http.HTTPStatus.OK
-            if type(status) is not int or not 200 <= status <= 599:
-                raise ASGIProtocolError(f"'status' must be an int from 200 to 599, got {status!r}")
+            status = check_status(message.get("status"))
             try:
                 self._take_headers(message.get("headers", ()))
             except ASGIProtocolError:
