@@ -30,6 +30,7 @@ from ._bind import cleanup_listener, listener_address, listener_url
 from ._config import Config, timeout_seconds
 from ._daemon import PidFile
 from ._errors import ConfigError
+from ._exchange import AccessLogger
 from ._hooks import (
     ConnectionInfo,
     HookError,
@@ -48,7 +49,6 @@ from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import (
-    AccessLogger,
     HTTPOptions,
     serve_http_connection,
     watch_deadlines,

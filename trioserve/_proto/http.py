@@ -14,7 +14,7 @@ import enum
 import http
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 import h11
@@ -674,7 +674,13 @@ class AppEnd(enum.Enum):
     UNFINISHED = "before finishing its response"
 
 
-def app_returned(response: Response, *, disconnected: bool) -> AppEnd:
+class Phased(Protocol):
+    """A response of any protocol, as far as :func:`app_returned` looks at it."""
+
+    phase: ResponsePhase
+
+
+def app_returned(response: Phased, *, disconnected: bool) -> AppEnd:
     """What an app's return means for its response, whatever the protocol:
     NO_RESPONSE asks for a 500 (see :meth:`Response.fail`); UNFINISHED (an error of
     the app's) and CLIENT_LEFT (nothing wrong with the app: it may stop at a
