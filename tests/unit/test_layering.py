@@ -115,7 +115,7 @@ LAYERS = [
     ["trioserve._master"],
     ["trioserve._worker"],
     ["trioserve._pipeline"],
-    ["trioserve._serve_http", "trioserve._serve_ws", "trioserve._serve_tcp"],
+    ["trioserve._serve_http", "trioserve._serve_h2", "trioserve._serve_ws", "trioserve._serve_tcp"],
     ["trioserve._exchange"],
     ["trioserve._proto"],
 ]

@@ -60,6 +60,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from .http import (
+    ASGI_VERSION,
     SERVER_NAME,
     ASGIProtocolError,
     ResponsePhase,
@@ -68,6 +69,8 @@ from .http import (
     checked_header_name,
     content_length_value,
     date_value,
+    decode_path,
+    rooted,
 )
 from .validate import TOKEN, Limits
 
@@ -190,6 +193,44 @@ Event = (
     | GoAwayReceived
     | ConnectionEnded
 )
+
+
+def http2_scope(
+    head: RequestHead,
+    *,
+    scheme: str,
+    client: tuple[str, int] | None,
+    server: tuple[str, int | None] | None,
+    root_path: str,
+    state: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The ASGI ``http`` scope of a request over HTTP/2 (see
+    :func:`~trioserve._proto.http.http_scope`): ``http_version`` "2", and the
+    ``http.response.trailers`` extension (HTTP/2 carries trailers on any response).
+    ``scheme`` is the connection's: the client's ``:scheme`` is trusted no more than
+    an HTTP/1.1 absolute-form target."""
+    path = decode_path(head.raw_path)
+    raw_path = head.raw_path
+    if root_path:
+        path, raw_path = rooted(root_path, path, raw_path)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": "2",
+        "method": head.method,
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": head.query_string,
+        "root_path": root_path,
+        "headers": head.headers,
+        "client": client,
+        "server": server,
+        "extensions": {"http.response.trailers": {}},
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    return scope
 
 
 # -- the guards --------------------------------------------------------------------------
@@ -360,6 +401,7 @@ class H2Server:
         self.server_header = server_header
         self.max_concurrent_streams = max_concurrent_streams
         self.max_header_list_size = max_header_list_size
+        self.initial_window_size = initial_window_size
         config = H2Configuration(
             client_side=False,
             header_encoding=None,
@@ -373,7 +415,11 @@ class H2Server:
             client=False,
             initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+                # A window below HTTP/2's default applies once the client acknowledged
+                # it (see _open_connection_window): it may send that much before.
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: max(
+                    initial_window_size, DEFAULT_WINDOW
+                ),
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: max_frame_size,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
@@ -469,6 +515,10 @@ class H2Server:
         return head
 
     def _open_connection_window(self) -> None:
+        if self.initial_window_size < DEFAULT_WINDOW:
+            self._conn.update_settings(
+                {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.initial_window_size}
+            )
         extra = self._connection_window - DEFAULT_WINDOW
         if extra > 0:
             self._conn.increment_flow_control_window(extra)
@@ -1239,4 +1289,5 @@ __all__ = [
     "RequestEnded",
     "RequestHead",
     "StreamReset",
+    "http2_scope",
 ]
