@@ -252,7 +252,9 @@ class Exchange(Generic[Payload]):
         scope = self.request_scope()
         extensions = self.peer.extensions
         if extensions:
-            scope["extensions"] = dict(extensions)
+            # (h2core) Added to the protocol's own (HTTP/2 offers http.response.trailers),
+            # not in their place; the scope's dict is fresh for each request.
+            scope["extensions"].update(extensions)
         proxy = self.options.proxy
         if proxy is not None:
             proxy(scope)
