@@ -551,3 +551,26 @@ async def test_rapid_reset_is_cut_off_without_error_logs(nursery, caplog):
     assert goaway is not None and goaway.error_code == 11
     assert cancelled
     assert errors(caplog) == []
+
+
+async def test_tls_extensions_join_the_trailers_extension(nursery):
+    """On a TLS connection the scope has the peer's tls extension and, still, the
+    trailers extension of HTTP/2."""
+    scopes: list[dict[str, Any]] = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        await hello_app(scope, receive, send)
+
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    state = make_state()
+    options = H2Options(HTTPOptions(state.config))
+    peer = Peer(server_stream, None, None, None, secure=True, extensions={"tls": {"x": 1}})
+    nursery.start_soon(
+        lambda: serve_h2_connection(server_stream, peer=peer, app=app, state=state, options=options)
+    )
+    client = await Client(client_stream).start()
+    await client.response(await client.request())
+    (scope,) = scopes
+    assert scope["scheme"] == "https"
+    assert scope["extensions"] == {"http.response.trailers": {}, "tls": {"x": 1}}
