@@ -49,7 +49,8 @@ async def start_server(nursery: trio.Nursery, app: Any, **settings: Any) -> tupl
     nursery.start_soon(watch_deadlines, state, options.http)
 
     async def handler(stream: trio.SocketStream) -> None:
-        peer = Peer(stream, stream.socket, stream.socket.getpeername(), stream.socket.getsockname())
+        sock = stream.socket
+        peer = Peer(stream, None, sock.getpeername(), sock.getsockname())
         await serve_h2_connection(stream, peer=peer, app=app, state=state, options=options)
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
