@@ -482,6 +482,9 @@ class _H2Connection:
         while True:
             if exchange.gone or self.dead:
                 return False
+            if h2.stream_gone(stream_id):
+                exchange.client_gone()
+                return False
             if not h2.stalled(stream_id):
                 if target < 0:
                     target = self._asked

@@ -1042,3 +1042,39 @@ assert "h2" not in sys.modules
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_stream_h2_closed_on_its_own_takes_no_more_output() -> None:
+    """Should h2 close a stream without telling (a stream error it answered itself),
+    sending on it is a no-op and the stream reads as gone, not an exception in the
+    app's send()."""
+    pair = Pair()
+    stream_id = pair.request()
+    pair.flush()
+    pair.server._conn.reset_stream(stream_id)  # (behind H2Server's back)
+    assert not pair.server.stream_gone(stream_id)
+    answer(pair, stream_id, b"late")
+    assert pair.server.stream_gone(stream_id)
+
+
+def test_a_window_below_the_default_applies_once_acknowledged() -> None:
+    """A stream window smaller than 65535 is announced in a second SETTINGS frame and
+    holds from the client's acknowledgement on: a client that sends 65535 bytes before
+    it heard of it breaks no rule; one that heard is held to it."""
+    server = H2Server(initial_window_size=1000)
+    server.initiate()
+    early = b"".join(DataFrame(1, b"x" * 16383).serialize() for _ in range(4))
+    events = server.receive_data(
+        PREFACE
+        + SettingsFrame(0).serialize()
+        + HeadersFrame(1, encode(POST), flags=["END_HEADERS"]).serialize()
+        + early
+        + DataFrame(1, b"x" * 3).serialize(),
+        0.0,
+    )
+    assert not any(isinstance(e, ConnectionEnded) for e in events)
+    assert sum(len(e.data) for e in events if isinstance(e, RequestData)) == 65535
+    pair = Pair(H2Server(initial_window_size=1000))
+    stream_id = pair.request(POST, end=False)
+    pair.flush()
+    assert pair.client.local_flow_control_window(stream_id) == 1000

@@ -4,6 +4,7 @@ virtual time."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 from unittest.mock import ANY
@@ -56,9 +57,10 @@ async def serve(
     async with trio.open_nursery() as watchers:
         watchers.start_soon(watch_deadlines, state, options.http)
         peer = Peer(stream, None, ("127.0.0.1", 4321), ("127.0.0.1", 8000))
-        await serve_h2_connection(
-            stream, peer=peer, app=app, state=state, options=options, **kwargs
-        )
+        # Bound as the pipeline binds it, and called as the HTTP/1.1 edge calls its
+        # HTTP2Connection (branch h2neg): (stream, *, peer, settings, upgrade_request).
+        edge = functools.partial(serve_h2_connection, app=app, state=state, options=options)
+        await edge(stream, peer=peer, **kwargs)
         watchers.cancel_scope.cancel()
 
 

@@ -336,7 +336,7 @@ class _Stream:
         self.received = 0
         self.unacked = 0
         # Data (bytes) and trailers (a list) waiting for the flow-control windows.
-        self.outbound: deque[bytes | list[tuple[bytes, bytes]]] = deque()
+        self.outbound: deque[bytes | memoryview | list[tuple[bytes, bytes]]] = deque()
         # The last of ``outbound`` ends the stream.
         self.ended = False
         # END_STREAM sent by us / received from the client; the stream was reset.
@@ -349,7 +349,7 @@ class _Stream:
 
     @property
     def pending(self) -> int:
-        return sum(len(item) for item in self.outbound if isinstance(item, bytes))
+        return sum(len(item) for item in self.outbound if not isinstance(item, list))
 
 
 _PATH_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
@@ -851,27 +851,43 @@ class H2Server:
         stream = self._streams.get(stream_id)
         if stream is None or stream.reset or self.closed:
             return
-        for action in actions:
-            kind = action[0]
-            if kind == "headers":
-                end = action[2]
-                self._conn.send_headers(stream_id, action[1], end_stream=end)
-                if end:
-                    stream.local_done = stream.ended = True
-            elif kind == "data":
-                self._queue(stream_id, action[1], end_stream=action[2])
-            elif kind == "trailers":
-                stream.outbound.append(action[1])
-                stream.ended = True
-            else:
-                self.reset_stream(stream_id, Error(action[1]))
-                return
+        try:
+            for action in actions:
+                kind = action[0]
+                if kind == "headers":
+                    end = action[2]
+                    self._conn.send_headers(stream_id, action[1], end_stream=end)
+                    if end:
+                        stream.local_done = stream.ended = True
+                elif kind == "data":
+                    self._queue(stream_id, action[1], end_stream=action[2])
+                elif kind == "trailers":
+                    stream.outbound.append(action[1])
+                    stream.ended = True
+                else:
+                    self.reset_stream(stream_id, Error(action[1]))
+                    return
+        except h2.exceptions.ProtocolError:
+            # h2 closed the stream on its own (a stream error of the client's it
+            # answered): nothing more goes out on it.
+            self._lost_stream(stream)
+            return
         self._pump()
+
+    def _lost_stream(self, stream: _Stream) -> None:
+        stream.reset = True
+        stream.outbound.clear()
+
+    def stream_gone(self, stream_id: int) -> bool:
+        """True once nothing more can be sent on ``stream_id`` (reset, or forgotten)."""
+        stream = self._streams.get(stream_id)
+        return stream is None or stream.reset or self.closed
 
     def _queue(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
         stream = self._streams[stream_id]
         if data or end_stream:
-            stream.outbound.append(data)
+            # (A view: the pump takes frames off the front without copying the rest.)
+            stream.outbound.append(memoryview(data) if data else b"")
         if end_stream:
             stream.ended = True
         self._pump()
@@ -892,36 +908,42 @@ class H2Server:
         """Move queued data into frames as far as the windows allow."""
         if self.closed:
             return
-        conn = self._conn
         for stream_id, stream in list(self._streams.items()):
-            outbound = stream.outbound
-            while outbound and not stream.reset:
-                item = outbound[0]
-                last = len(outbound) == 1 and stream.ended
-                if isinstance(item, list):
-                    conn.send_headers(stream_id, item, end_stream=True)
-                    outbound.popleft()
-                    stream.local_done = True
-                    continue
-                if not item:
-                    conn.send_data(stream_id, b"", end_stream=last)
-                    outbound.popleft()
-                    stream.local_done = last
-                    continue
-                window = min(
-                    conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size
-                )
-                if window <= 0:
-                    break
-                chunk, rest = item[:window], item[window:]
-                conn.send_data(stream_id, chunk, end_stream=last and not rest)
-                if rest:
-                    outbound[0] = rest
-                else:
-                    outbound.popleft()
-                    stream.local_done = last
+            if stream.outbound and not stream.reset:
+                try:
+                    self._pump_stream(stream_id, stream)
+                except h2.exceptions.ProtocolError:
+                    # (See send.)
+                    self._lost_stream(stream)
             if stream.local_done:
                 self._forget_if_done(stream_id, stream)
+
+    def _pump_stream(self, stream_id: int, stream: _Stream) -> None:
+        conn = self._conn
+        outbound = stream.outbound
+        while outbound and not stream.reset:
+            item = outbound[0]
+            last = len(outbound) == 1 and stream.ended
+            if isinstance(item, list):
+                conn.send_headers(stream_id, item, end_stream=True)
+                outbound.popleft()
+                stream.local_done = True
+                continue
+            if not item:
+                conn.send_data(stream_id, b"", end_stream=last)
+                outbound.popleft()
+                stream.local_done = last
+                continue
+            window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+            if window <= 0:
+                break
+            chunk, rest = item[:window], item[window:]
+            conn.send_data(stream_id, bytes(chunk), end_stream=last and not rest)
+            if rest:
+                outbound[0] = rest
+            else:
+                outbound.popleft()
+                stream.local_done = last
 
     def _forget_if_done(self, stream_id: int, stream: _Stream) -> None:
         """Drop a refused stream once our answer is out (resetting it if the client
