@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import trio
@@ -113,6 +113,20 @@ class ExchangeResponse(Protocol[Payload_co]):
         """The error response that replaces this one, which has not started."""
 
 
+class HandoverWatch(Protocol):
+    """Where an edge watches complete exchanges whose app may work on (see
+    :attr:`ExchangeOptions.handovers`)."""
+
+    # How many watchers run: without one, nothing is offered.
+    watchers: int
+    # The complete exchanges offered since the watcher last looked.
+    offered: list[Any]
+    # The watchers parked until an offer comes (wake() wakes them).
+    parked: list[Any]
+
+    def wake(self) -> None: ...
+
+
 class ExchangeOptions:
     """What an exchange needs from the settings, worked out once per server (the edges'
     options extend it).
@@ -122,7 +136,15 @@ class ExchangeOptions:
         access_log: Where complete exchanges are logged, or None.
         proxy: Rewrites a request scope from trusted proxy headers, or None.
         app_hint: Adds advice to the log of an app's exception (the asyncio hint).
+
+    Attributes:
+        handovers: Where every complete exchange is offered while its app may still be
+            working (HTTP/1.1: the connection then goes on in a new task; see
+            ``_serve_http.Handovers``); None for an edge with no use for it. Set by the
+            edge's options.
     """
+
+    handovers: HandoverWatch | None = None
 
     def __init__(
         self,
@@ -157,9 +179,11 @@ class Exchange(Generic[Payload]):
 
     - :meth:`request_scope`: the protocol's ASGI ``http`` scope (lifespan state
       included); the exchange adds the extensions and applies the proxy rewriting.
-    - ``async`` :meth:`transmit` ``(payload) -> bool``: write a payload of the
-      response; False when the client is gone (it left, or stopped reading within the
-      write timeout). Never raises for the client's fault.
+    - ``async`` ``transmit(payload) -> bool``: write a payload of the response; False
+      when the client is gone (it left, or stopped reading within the write timeout).
+      Never raises for the client's fault. A method, or an async callable set as an
+      attribute in ``__init__`` (the HTTP/1.1 edge sets its connection's ``write``:
+      a call layer less on every write).
     - ``async`` :meth:`read_body` ``() -> Message | None``: the next ``http.request``
       message (the exchange notes the end of the body); None when the client has gone
       (the exchange then says ``http.disconnect``; set ``broken`` first if the
@@ -170,8 +194,6 @@ class Exchange(Generic[Payload]):
       called once the body is read, by a ``receive()`` that must block until the
       response is complete. The exchange runs it in a cancel scope that it cancels once
       the response is complete (or never will be), so it may wait forever.
-    - :meth:`on_complete`: called once the response is out whole (after
-      ``finished`` is set), for what the transport does then; the default does nothing.
 
     Attributes the transport reads: ``finished`` (the response is out whole, or never
     will be), ``broken`` (the connection must not carry another exchange),
@@ -188,6 +210,9 @@ class Exchange(Generic[Payload]):
     response: ExchangeResponse[Payload]
     body_done: bool
     empty_body_due: bool
+    # Write a payload; False when the client is gone (see the class doc): a method of
+    # the subclass, or a callable it sets in __init__.
+    transmit: Callable[[Payload], Awaitable[bool]]
 
     # Defaults at class level: most exchanges never change them, and one exchange is
     # made per request.
@@ -218,10 +243,6 @@ class Exchange(Generic[Payload]):
         """The protocol's ASGI ``http`` scope for this request (see the class doc)."""
         raise NotImplementedError
 
-    async def transmit(self, payload: Payload) -> bool:
-        """Write ``payload``; False when the client is gone (see the class doc)."""
-        raise NotImplementedError
-
     async def read_body(self) -> Message | None:
         """The next ``http.request`` message; None when the client has gone (see the
         class doc)."""
@@ -230,9 +251,6 @@ class Exchange(Generic[Payload]):
     async def watch_client(self) -> None:
         """Return when the client has gone (see the class doc)."""
         raise NotImplementedError
-
-    def on_complete(self) -> None:
-        """The response is out whole (see the class doc)."""
 
     # -- the exchange ----------------------------------------------------------------
 
@@ -246,9 +264,12 @@ class Exchange(Generic[Payload]):
         """The body bytes that went out, framing not counted."""
         return self.response.body_bytes
 
-    def scope(self) -> dict[str, Any]:
-        """The scope given to the app: the protocol's, with the peer's extensions, and
-        rewritten from trusted proxy headers."""
+    async def run(self, app: ASGIApp) -> None:
+        """Call ``app`` for this exchange, and answer for it when it fails: never raises
+        for the app's or the client's fault."""
+        # The scope: the protocol's, with the peer's extensions, rewritten from trusted
+        # proxy headers. (Built here rather than in a method of its own: a call less on
+        # every request.)
         scope = self.request_scope()
         extensions = self.peer.extensions
         if extensions:
@@ -256,12 +277,7 @@ class Exchange(Generic[Payload]):
         proxy = self.options.proxy
         if proxy is not None:
             proxy(scope)
-        return scope
-
-    async def run(self, app: ASGIApp) -> None:
-        """Call ``app`` for this exchange, and answer for it when it fails: never raises
-        for the app's or the client's fault."""
-        self._scope = scope = self.scope()
+        self._scope = scope
         access_log = self.options.access_log
         if access_log is not None:
             self.started = time.time()
@@ -335,7 +351,11 @@ class Exchange(Generic[Payload]):
             self._disconnect_waiter.cancel()
         if self.started:
             self.ended = time.time()
-        self.on_complete()
+        handovers = self.options.handovers
+        if handovers is not None and handovers.watchers:
+            handovers.offered.append(self)
+            if handovers.parked:
+                handovers.wake()
 
     def _finish(self) -> None:
         """The exchange is over for receive(): the response is written out whole, or it
