@@ -32,9 +32,12 @@ import trio
 from ._errors import ClientDisconnected, departure
 from ._peer import Peer
 from ._proto.http import (
+    EARLY_HINT,
+    TRAILERS,
     AppEnd,
     ASGIProtocolError,
     ResponsePhase,
+    accepts_trailers,
     app_returned,
     error_status_text,
 )
@@ -80,6 +83,10 @@ class ExchangeResponse(Protocol[Payload_co]):
         missing: How many bytes the body fell short of its Content-Length, once it ended.
         body_bytes: Body bytes produced so far, framing not counted.
         headers: The app's response headers as it gave them (for the access log).
+        trailers_accepted: Set by the exchange before ``http.response.start`` when the
+            app's start asks for trailers: whether the client takes them (``TE:
+            trailers``). When it does not, the response takes the app's trailer messages
+            and sends none.
     """
 
     phase: ResponsePhase
@@ -88,6 +95,7 @@ class ExchangeResponse(Protocol[Payload_co]):
     missing: int
     body_bytes: int
     headers: Sequence[Any]
+    trailers_accepted: bool
 
     @property
     def started(self) -> bool:
@@ -195,6 +203,12 @@ class Exchange(Generic[Payload]):
       response is complete. The exchange runs it in a cancel scope that it cancels once
       the response is complete (or never will be), so it may wait forever.
 
+    The ASGI extensions ``http.response.early_hint`` and ``http.response.trailers`` are
+    offered in the scope of every request but HTTP/1.0's (by ``scope["http_version"]``);
+    the exchange tells the response whether the client takes trailers
+    (``trailers_accepted``); the response serializes both for its protocol (a ``103``
+    while the final head has not gone out; the trailer section after the body).
+
     Attributes the transport reads: ``finished`` (the response is out whole, or never
     will be), ``broken`` (the connection must not carry another exchange),
     ``disconnected`` (the client is gone), ``rejected`` (the request body was refused and
@@ -271,9 +285,15 @@ class Exchange(Generic[Payload]):
         # proxy headers. (Built here rather than in a method of its own: a call less on
         # every request.)
         scope = self.request_scope()
+        # Early hints and trailers are offered to every request but HTTP/1.0's (no 1xx
+        # response may go to an HTTP/1.0 client, and it knows no chunked framing).
+        offered: dict[str, Any] = (
+            {EARLY_HINT: {}, TRAILERS: {}} if scope["http_version"] != "1.0" else {}
+        )
         extensions = self.peer.extensions
         if extensions:
-            scope["extensions"] = dict(extensions)
+            offered.update(extensions)
+        scope["extensions"] = offered
         proxy = self.options.proxy
         if proxy is not None:
             proxy(scope)
@@ -433,6 +453,10 @@ class Exchange(Generic[Payload]):
         if response.phase is _START:
             # A stop that began while the app worked still marks this response the last.
             response.close = self.state.stopping
+            if type(message) is not dict or message.get("trailers"):
+                # Trailers go out only to a client that said it takes them (TE: trailers),
+                # as the ASGI trailers extension has it.
+                response.trailers_accepted = accepts_trailers(self._scope["headers"])
         try:
             payload = response.on_send(message)
         except ASGIProtocolError as exc:
