@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import trio
@@ -32,9 +32,12 @@ import trio
 from ._errors import ClientDisconnected, departure
 from ._peer import Peer
 from ._proto.http import (
+    EARLY_HINT,
+    TRAILERS,
     AppEnd,
     ASGIProtocolError,
     ResponsePhase,
+    accepts_trailers,
     app_returned,
     error_status_text,
 )
@@ -80,6 +83,10 @@ class ExchangeResponse(Protocol[Payload_co]):
         missing: How many bytes the body fell short of its Content-Length, once it ended.
         body_bytes: Body bytes produced so far, framing not counted.
         headers: The app's response headers as it gave them (for the access log).
+        trailers_accepted: Set by the exchange before ``http.response.start`` when the
+            app's start asks for trailers: whether the client takes them (``TE:
+            trailers``). When it does not, the response takes the app's trailer messages
+            and sends none.
     """
 
     phase: ResponsePhase
@@ -88,6 +95,7 @@ class ExchangeResponse(Protocol[Payload_co]):
     missing: int
     body_bytes: int
     headers: Sequence[Any]
+    trailers_accepted: bool
 
     @property
     def started(self) -> bool:
@@ -113,6 +121,20 @@ class ExchangeResponse(Protocol[Payload_co]):
         """The error response that replaces this one, which has not started."""
 
 
+class HandoverWatch(Protocol):
+    """Where an edge watches complete exchanges whose app may work on (see
+    :attr:`ExchangeOptions.handovers`)."""
+
+    # How many watchers run: without one, nothing is offered.
+    watchers: int
+    # The complete exchanges offered since the watcher last looked.
+    offered: list[Any]
+    # The watchers parked until an offer comes (wake() wakes them).
+    parked: list[Any]
+
+    def wake(self) -> None: ...
+
+
 class ExchangeOptions:
     """What an exchange needs from the settings, worked out once per server (the edges'
     options extend it).
@@ -122,7 +144,15 @@ class ExchangeOptions:
         access_log: Where complete exchanges are logged, or None.
         proxy: Rewrites a request scope from trusted proxy headers, or None.
         app_hint: Adds advice to the log of an app's exception (the asyncio hint).
+
+    Attributes:
+        handovers: Where every complete exchange is offered while its app may still be
+            working (HTTP/1.1: the connection then goes on in a new task; see
+            ``_serve_http.Handovers``); None for an edge with no use for it. Set by the
+            edge's options.
     """
+
+    handovers: HandoverWatch | None = None
 
     def __init__(
         self,
@@ -157,9 +187,11 @@ class Exchange(Generic[Payload]):
 
     - :meth:`request_scope`: the protocol's ASGI ``http`` scope (lifespan state
       included); the exchange adds the extensions and applies the proxy rewriting.
-    - ``async`` :meth:`transmit` ``(payload) -> bool``: write a payload of the
-      response; False when the client is gone (it left, or stopped reading within the
-      write timeout). Never raises for the client's fault.
+    - ``async`` ``transmit(payload) -> bool``: write a payload of the response; False
+      when the client is gone (it left, or stopped reading within the write timeout).
+      Never raises for the client's fault. A method, or an async callable set as an
+      attribute in ``__init__`` (the HTTP/1.1 edge sets its connection's ``write``:
+      a call layer less on every write).
     - ``async`` :meth:`read_body` ``() -> Message | None``: the next ``http.request``
       message (the exchange notes the end of the body); None when the client has gone
       (the exchange then says ``http.disconnect``; set ``broken`` first if the
@@ -170,8 +202,12 @@ class Exchange(Generic[Payload]):
       called once the body is read, by a ``receive()`` that must block until the
       response is complete. The exchange runs it in a cancel scope that it cancels once
       the response is complete (or never will be), so it may wait forever.
-    - :meth:`on_complete`: called once the response is out whole (after
-      ``finished`` is set), for what the transport does then; the default does nothing.
+
+    The ASGI extensions ``http.response.early_hint`` and ``http.response.trailers`` are
+    offered in the scope of every request but HTTP/1.0's (by ``scope["http_version"]``);
+    the exchange tells the response whether the client takes trailers
+    (``trailers_accepted``); the response serializes both for its protocol (a ``103``
+    while the final head has not gone out; the trailer section after the body).
 
     Attributes the transport reads: ``finished`` (the response is out whole, or never
     will be), ``broken`` (the connection must not carry another exchange),
@@ -188,6 +224,9 @@ class Exchange(Generic[Payload]):
     response: ExchangeResponse[Payload]
     body_done: bool
     empty_body_due: bool
+    # Write a payload; False when the client is gone (see the class doc): a method of
+    # the subclass, or a callable it sets in __init__.
+    transmit: Callable[[Payload], Awaitable[bool]]
 
     # Defaults at class level: most exchanges never change them, and one exchange is
     # made per request.
@@ -218,10 +257,6 @@ class Exchange(Generic[Payload]):
         """The protocol's ASGI ``http`` scope for this request (see the class doc)."""
         raise NotImplementedError
 
-    async def transmit(self, payload: Payload) -> bool:
-        """Write ``payload``; False when the client is gone (see the class doc)."""
-        raise NotImplementedError
-
     async def read_body(self) -> Message | None:
         """The next ``http.request`` message; None when the client has gone (see the
         class doc)."""
@@ -230,9 +265,6 @@ class Exchange(Generic[Payload]):
     async def watch_client(self) -> None:
         """Return when the client has gone (see the class doc)."""
         raise NotImplementedError
-
-    def on_complete(self) -> None:
-        """The response is out whole (see the class doc)."""
 
     # -- the exchange ----------------------------------------------------------------
 
@@ -246,24 +278,26 @@ class Exchange(Generic[Payload]):
         """The body bytes that went out, framing not counted."""
         return self.response.body_bytes
 
-    def scope(self) -> dict[str, Any]:
-        """The scope given to the app: the protocol's, with the peer's extensions, and
-        rewritten from trusted proxy headers."""
-        scope = self.request_scope()
-        extensions = self.peer.extensions
-        if extensions:
-            # (h2core) Added to the protocol's own (HTTP/2 offers http.response.trailers),
-            # not in their place; the scope's dict is fresh for each request.
-            scope["extensions"].update(extensions)
-        proxy = self.options.proxy
-        if proxy is not None:
-            proxy(scope)
-        return scope
-
     async def run(self, app: ASGIApp) -> None:
         """Call ``app`` for this exchange, and answer for it when it fails: never raises
         for the app's or the client's fault."""
-        self._scope = scope = self.scope()
+        # The scope: the protocol's, with the peer's extensions, rewritten from trusted
+        # proxy headers. (Built here rather than in a method of its own: a call less on
+        # every request.)
+        scope = self.request_scope()
+        # Early hints and trailers are offered to every request but HTTP/1.0's (no 1xx
+        # response may go to an HTTP/1.0 client, and it knows no chunked framing).
+        offered: dict[str, Any] = (
+            {EARLY_HINT: {}, TRAILERS: {}} if scope["http_version"] != "1.0" else {}
+        )
+        extensions = self.peer.extensions
+        if extensions:
+            offered.update(extensions)
+        scope["extensions"] = offered
+        proxy = self.options.proxy
+        if proxy is not None:
+            proxy(scope)
+        self._scope = scope
         access_log = self.options.access_log
         if access_log is not None:
             self.started = time.time()
@@ -337,7 +371,11 @@ class Exchange(Generic[Payload]):
             self._disconnect_waiter.cancel()
         if self.started:
             self.ended = time.time()
-        self.on_complete()
+        handovers = self.options.handovers
+        if handovers is not None and handovers.watchers:
+            handovers.offered.append(self)
+            if handovers.parked:
+                handovers.wake()
 
     def _finish(self) -> None:
         """The exchange is over for receive(): the response is written out whole, or it
@@ -415,6 +453,10 @@ class Exchange(Generic[Payload]):
         if response.phase is _START:
             # A stop that began while the app worked still marks this response the last.
             response.close = self.state.stopping
+            if type(message) is not dict or message.get("trailers"):
+                # Trailers go out only to a client that said it takes them (TE: trailers),
+                # as the ASGI trailers extension has it.
+                response.trailers_accepted = accepts_trailers(self._scope["headers"])
         try:
             payload = response.on_send(message)
         except ASGIProtocolError as exc:

@@ -39,7 +39,7 @@ from typing import Any
 import h11
 import trio
 
-from ._exchange import Exchange
+from ._exchange import Exchange, ExchangeOptions
 from ._peer import Peer
 from ._proto.http2 import (
     Action,
@@ -70,11 +70,13 @@ _INF = float("inf")
 _BROKEN = DISCONNECT_ERRORS
 
 
-class H2Options:
+class H2Options(ExchangeOptions):
     """What the HTTP/2 edge needs from the settings, worked out once per server.
 
     The limits, timeouts, headers, access log and proxy rewriting are the HTTP/1.1
-    edge's (``http``); the HTTP/2 settings are advertised to each client.
+    edge's (``http``); the HTTP/2 settings are advertised to each client. As the
+    exchanges' options it offers them to no handover watcher (``handovers`` None): a
+    stream's app that works on after its response holds only its own task.
 
     Args:
         http: The HTTP/1.1 edge's options.
@@ -96,6 +98,12 @@ class H2Options:
         max_header_list_size: int = 0,
         guards: Guards | None = None,
     ) -> None:
+        super().__init__(
+            root_path=http.root_path,
+            access_log=http.access_log,
+            proxy=http.proxy,
+            app_hint=http.app_hint,
+        )
         self.http = http
         self.max_concurrent_streams = max_concurrent_streams
         self.initial_window_size = initial_window_size
@@ -516,20 +524,21 @@ class _H2Stream(Exchange[list[Action]]):
     :class:`~trioserve._exchange.Exchange`; this supplies the transport (the stream's
     received data, the connection's writer)."""
 
-    options: HTTPOptions
+    options: H2Options
 
     def __init__(self, connection: _H2Connection, head: RequestHead) -> None:
         self.connection = connection
         self.head = head
         self.stream_id = head.stream_id
         self.state = connection.state
-        self.options = connection.http
+        self.options = connection.options
         self.peer = connection.peer
+        http = connection.http
+        self.read_timeout = http.read_timeout
         self.response = H2Response(
             head=head.method == "HEAD",
-            server_header=self.options.server_header,
-            default_headers=self.options.default_headers,
-            trailers=True,
+            server_header=http.server_header,
+            default_headers=http.default_headers,
         )
         self.body_done = self.empty_body_due = head.ended
         self._chunks: deque[bytes] = deque()
@@ -567,7 +576,7 @@ class _H2Stream(Exchange[list[Action]]):
             scheme=connection.scheme,
             client=peer.client,
             server=peer.server,
-            root_path=self.options.root_path,
+            root_path=connection.http.root_path,
             state=self.state.lifespan_state,
         )
 
@@ -582,14 +591,14 @@ class _H2Stream(Exchange[list[Action]]):
             if self.gone:
                 return None
             arrival = self._arrival
-            with trio.move_on_after(self.options.read_timeout) as waiting:
+            with trio.move_on_after(self.read_timeout) as waiting:
                 await arrival.wait()
             if arrival.is_set():
                 self._arrival = trio.Event()
             if waiting.cancelled_caught:
                 LOGGER.info(
                     "HTTP/2 request body stalled for %gs; stream %d reset",
-                    self.options.read_timeout,
+                    self.read_timeout,
                     self.stream_id,
                 )
                 connection.h2.reset_stream(self.stream_id, Error.CANCEL)

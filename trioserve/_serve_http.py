@@ -120,7 +120,7 @@ class HTTPOptions(ExchangeOptions):
         self.tls_logged = False
         # The exchanges whose app may work on after their response (run by the server
         # beside its connections: see watch_handovers).
-        self.handovers = Handovers()
+        self.handovers: Handovers = Handovers()
 
 
 async def serve_http_connection(
@@ -873,7 +873,10 @@ class _Cycle(Exchange[bytes]):
         self.request = request
         self.state = connection.state
         self.options = connection.options
+        self.peer = connection.owner.peer
         self.response = connection.response
+        # The hook as the connection's own method: no call layer on every write.
+        self.transmit = connection.write
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
         self.body_done = self.empty_body_due = connection.body_done
@@ -883,11 +886,6 @@ class _Cycle(Exchange[bytes]):
     reading = False
     # Whether "100 Continue" went out for a request with Expect: 100-continue.
     _continue_sent = False
-
-    @property
-    def peer(self) -> Peer:  # type: ignore[override]
-        """The connection's peer (read once per exchange, for the scope)."""
-        return self.connection.owner.peer
 
     @property
     def busy(self) -> bool:
@@ -906,17 +904,6 @@ class _Cycle(Exchange[bytes]):
             state=self.state.lifespan_state,
             headers=connection.request_headers,
         )
-
-    async def transmit(self, payload: bytes) -> bool:
-        return await self.connection.write(payload)
-
-    def on_complete(self) -> None:
-        # Offer the exchange to the handover watcher (see Handovers): its app may work on.
-        handovers = self.options.handovers
-        if handovers.watchers:
-            handovers.offered.append(self)
-            if handovers.parked:
-                handovers.wake()
 
     async def read_body(self) -> Message | None:
         connection = self.connection

@@ -125,8 +125,15 @@ class Pair:
         self.client.send_headers(stream_id, headers, end_stream=end)
         return stream_id
 
-    def respond(self, stream_id: int, *messages: dict[str, Any], **kwargs: Any) -> H2Response:
+    def respond(
+        self,
+        stream_id: int,
+        *messages: dict[str, Any],
+        accept_trailers: bool = False,
+        **kwargs: Any,
+    ) -> H2Response:
         response = H2Response(**kwargs)
+        response.trailers_accepted = accept_trailers  # (the exchange's decision)
         for message in messages:
             self.server.send(stream_id, response.on_send(message))
         self.flush()
@@ -414,21 +421,59 @@ def test_a_body_short_of_its_length_resets_the_stream() -> None:
     assert not pair.client_of(h2.events.StreamEnded)
 
 
+TRAILER_MESSAGES = (
+    {**START, "trailers": True},
+    body(b"data"),
+    {"type": "http.response.trailers", "headers": [(b"checksum", b"abc")], "more_trailers": True},
+    {"type": "http.response.trailers", "headers": [(b"x-more", b"1")]},
+)
+
+
 def test_trailers_follow_the_body() -> None:
-    """With http.response.trailers the body does not end the stream; the trailers do."""
+    """With http.response.trailers (and a client taking them) the body does not end
+    the stream; the trailers, gathered over their messages, do."""
     pair = Pair()
     stream_id = pair.request()
     pair.flush()
-    pair.respond(
-        stream_id,
-        {**START, "trailers": True},
-        body(b"data"),
-        {"type": "http.response.trailers", "headers": [(b"checksum", b"abc")]},
-        trailers=True,
-    )
+    response = pair.respond(stream_id, *TRAILER_MESSAGES, accept_trailers=True)
     (trailers,) = pair.client_of(h2.events.TrailersReceived)
-    assert trailers.headers == [(b"checksum", b"abc")]
-    assert body_of(pair) == b"data"
+    assert trailers.headers == [(b"checksum", b"abc"), (b"x-more", b"1")]
+    assert body_of(pair) == b"data" and response.done
+
+
+def test_trailers_a_client_does_not_take_are_dropped() -> None:
+    """Without te: trailers the body ends the stream and the trailer messages are
+    taken and dropped."""
+    pair = Pair()
+    stream_id = pair.request()
+    pair.flush()
+    response = pair.respond(stream_id, *TRAILER_MESSAGES)
+    assert not pair.client_of(h2.events.TrailersReceived)
+    assert pair.client_of(h2.events.StreamEnded) and response.done
+
+
+def test_trailers_are_checked() -> None:
+    """A trailer field only a header section may carry is the app's error."""
+    response = H2Response()
+    response.on_send({**START, "trailers": True})
+    response.on_send(body(b"x"))
+    with pytest.raises(ASGIProtocolError, match="not allowed in trailers"):
+        response.on_send({"type": "http.response.trailers", "headers": [(b"content-length", b"1")]})
+    assert response.must_close
+
+
+def test_early_hints_go_before_the_final_head() -> None:
+    """http.response.early_hint becomes a 103 HEADERS frame before the final head; once
+    the head is out, hints are dropped."""
+    pair = Pair()
+    stream_id = pair.request()
+    pair.flush()
+    hint = {"type": "http.response.early_hint", "links": [b"</a.css>; rel=preload"]}
+    pair.respond(stream_id, hint, START, hint, body(b"x", more=True), hint, body(b"y"))
+    # (The second hint came while the final head was held back: still before it.)
+    hints = [e.headers for e in pair.client_of(h2.events.InformationalResponseReceived)]
+    assert hints == [[(b":status", b"103"), (b"link", b"</a.css>; rel=preload")]] * 2
+    assert response_headers(pair)[b":status"] == b"200" and body_of(pair) == b"xy"
 
 
 def test_a_large_body_waits_for_the_clients_window() -> None:

@@ -29,7 +29,7 @@ from trioserve import ClientDisconnected, Config
 from trioserve._peer import Peer
 from trioserve._proto.http2 import Guards
 from trioserve._serve_h2 import H2Options, serve_h2_connection
-from trioserve._serve_http import HTTPOptions, watch_deadlines
+from trioserve._serve_http import HTTPOptions, watch_deadlines, watch_handovers
 from trioserve._state import ServerState
 
 GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"test"), (b":path", b"/")]
@@ -52,10 +52,12 @@ async def serve(
     guards: Guards | None = None,
     **kwargs: Any,
 ) -> None:
-    """One HTTP/2 connection served as the server would, with the deadline watchdog."""
+    """One HTTP/2 connection served as the server would, with the deadline watchdog and
+    the HTTP/1.1 edge's handover watcher beside it."""
     options = H2Options(HTTPOptions(state.config), guards=guards)
     async with trio.open_nursery() as watchers:
         watchers.start_soon(watch_deadlines, state, options.http)
+        await watchers.start(watch_handovers, options.http)
         peer = Peer(stream, None, ("127.0.0.1", 4321), ("127.0.0.1", 8000))
         # Bound as the pipeline binds it, and called as the HTTP/1.1 edge calls its
         # HTTP2Connection (branch h2neg): (stream, *, peer, settings, upgrade_request).
@@ -266,7 +268,8 @@ async def test_an_app_that_raises_gets_a_500(nursery, caplog):
 
 
 async def test_trailers_reach_the_client(nursery):
-    """http.response.trailers becomes a trailing HEADERS frame."""
+    """http.response.trailers becomes a trailing HEADERS frame for a client that sent
+    te: trailers."""
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "trailers": True})
@@ -274,7 +277,7 @@ async def test_trailers_reach_the_client(nursery):
         await send({"type": "http.response.trailers", "headers": [(b"digest", b"1")]})
 
     client = await connect(nursery, app)
-    stream_id = await client.request()
+    stream_id = await client.request([*GET, (b"te", b"trailers")])
     await client.response(stream_id)
     (trailers,) = client.of(h2.events.TrailersReceived, stream_id)
     assert trailers.headers == [(b"digest", b"1")]
@@ -313,6 +316,32 @@ async def test_limit_concurrency_answers_503(nursery):
     assert headers[b":status"] == b"503"
     release.set()
     assert (await client.response(first))[0][b":status"] == b"200"
+
+
+async def test_an_app_working_after_its_response_keeps_only_its_task(
+    nursery, autojump_clock, caplog
+):
+    """An app that works on after its response (a background task) is nothing for the
+    HTTP/1.1 edge's handovers: its stream's task runs it to its end, the connection
+    serves on meanwhile."""
+    finished: list[float] = []
+    both = trio.Event()
+
+    async def app(scope, receive, send):
+        await hello_app(scope, receive, send)
+        await trio.sleep(3)
+        finished.append(trio.current_time())
+        if len(finished) == 2:
+            both.set()
+
+    client = await connect(nursery, app)
+    for _ in range(2):
+        headers, _ = await client.response(await client.request())
+        assert headers[b":status"] == b"200"
+    assert trio.current_time() < 1 and finished == []
+    with trio.fail_after(10):
+        await both.wait()
+    assert errors(caplog) == []
 
 
 async def test_requests_are_counted(nursery):
@@ -575,4 +604,5 @@ async def test_tls_extensions_join_the_trailers_extension(nursery):
     await client.response(await client.request())
     (scope,) = scopes
     assert scope["scheme"] == "https"
-    assert scope["extensions"] == {"http.response.trailers": {}, "tls": {"x": 1}}
+    assert scope["extensions"]["tls"] == {"x": 1}
+    assert "http.response.trailers" in scope["extensions"]

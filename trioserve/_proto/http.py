@@ -262,6 +262,8 @@ content_length_value = _content_length
 class ResponsePhase(enum.Enum):
     START = "waiting for http.response.start"
     BODY = "sending the body"
+    # After the body of a response whose start said "trailers": True.
+    TRAILERS = "sending the trailers"
     DONE = "response complete"
 
 
@@ -284,6 +286,7 @@ _START_STATE = (
     "_has_date",
     "_has_server",
     "_plain_headers",
+    "trailers",
 )
 
 
@@ -330,6 +333,14 @@ class Response:
     _has_date = False
     _has_server = False
     _plain_headers = False
+    # The ASGI trailers extension: the app's start said "trailers": True (its body is
+    # then followed by http.response.trailers messages); the exchange says whether the
+    # client takes them (set before the start, see accepts_trailers); and whether they
+    # go out, after the last chunk, with the lines gathered so far.
+    trailers = False
+    trailers_accepted = False
+    _deliver_trailers = False
+    _trailer_lines: list[bytes] | None = None
 
     def __init__(
         self,
@@ -403,6 +414,8 @@ class Response:
         phase = self.phase
         if phase is ResponsePhase.START:
             if kind != "http.response.start":
+                if kind == EARLY_HINT:
+                    return self._early_hint(message)
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
             status = check_status(message.get("status"))
             try:
@@ -411,6 +424,9 @@ class Response:
                 self._forget_start()
                 raise
             self.status = status
+            if message.get("trailers"):
+                self.trailers = True
+                self._plain_headers = False
             if status == 204 or status == 304:
                 self.no_body = True
                 self._plain_headers = False
@@ -419,6 +435,8 @@ class Response:
             return b""
         if phase is ResponsePhase.BODY:
             if kind != "http.response.body":
+                if kind == EARLY_HINT:
+                    return self._early_hint(message)
                 raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
             body = message.get("body", b"")
             if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
@@ -437,7 +455,45 @@ class Response:
             parts: list[bytes] = []
             self._add_body(parts, body, more)
             return parts[0] if len(parts) == 1 else b"".join(parts)
+        if phase is ResponsePhase.TRAILERS:
+            return self._trailers(kind, message)
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
+
+    def _early_hint(self, message: MutableMapping[str, Any]) -> bytes:
+        """A ``103 Early Hints`` response for an ``http.response.early_hint`` message,
+        while the final head has not gone out; b"" when it has, to an HTTP/1.0 client
+        (RFC 9110 section 15.2: no 1xx to those), or when there are no links."""
+        links = early_hint_links(message)
+        if not links or self.http_10 or self.head_sent:
+            return b""
+        return b"".join([_EARLY_HINTS_LINE, *(b"link: %s\r\n" % link for link in links), b"\r\n"])
+
+    def _trailers(self, kind: Any, message: MutableMapping[str, Any]) -> bytes:
+        """One ``http.response.trailers`` message: the trailer section after the last
+        chunk once ``more_trailers`` is false, when the trailers go out (see
+        :attr:`trailers_accepted`); b"" otherwise."""
+        try:
+            if kind != TRAILERS:
+                raise ASGIProtocolError(f"expected 'http.response.trailers', got {kind!r}")
+            fields = trailer_fields(message)
+        except ASGIProtocolError:
+            # The body is out: the response cannot be completed, only cut.
+            self.must_close = True
+            self.phase = ResponsePhase.DONE
+            raise
+        more = bool(message.get("more_trailers", False))
+        if self._deliver_trailers:
+            lines = self._trailer_lines
+            if lines is None:
+                self._trailer_lines = lines = []
+            for name, value in fields:
+                lines += (name, b": ", value, b"\r\n")
+        if more:
+            return b""
+        self.phase = ResponsePhase.DONE
+        if not self._deliver_trailers:
+            return b""
+        return b"".join([b"0\r\n", *(self._trailer_lines or ()), b"\r\n"])
 
     def fail(self, status: int, message: str) -> bytes:
         """The error response that replaces this one, which must not have started: a
@@ -546,6 +602,17 @@ class Response:
             # Transfer-Encoding beats Content-Length, which is then not sent at all.
             length = None
             framing = _Framing.CLOSE if self.http_10 else _Framing.CHUNKED
+        elif (
+            self.trailers
+            and self.trailers_accepted
+            and not self.http_10
+            and status != 204
+            and status != 304
+        ):
+            # Trailers go after the last chunk (RFC 9112 section 7.1.2): chunked framing,
+            # whatever length the app gave.
+            length = None
+            framing = _Framing.CHUNKED
         elif length is not None:
             framing = _Framing.LENGTH
         elif status == 204 or status == 304:
@@ -564,6 +631,8 @@ class Response:
             self._framing = _Framing.NONE
         else:
             self._framing = framing
+            if framing is _Framing.CHUNKED and self.trailers and self.trailers_accepted:
+                self._deliver_trailers = True
             if framing is _Framing.CLOSE:
                 close_delimited = True
             elif length is not None:
@@ -656,13 +725,13 @@ class Response:
             if size:
                 parts += (b"%x\r\n" % size, bytes(body), b"\r\n")
                 self.body_bytes += size
-            if not more:
+            if not more and not self._deliver_trailers:
                 parts.append(_LAST_CHUNK)
         elif framing is _Framing.CLOSE and size:
             parts.append(bytes(body))
             self.body_bytes += size
         if not more:
-            self.phase = ResponsePhase.DONE
+            self.phase = ResponsePhase.TRAILERS if self.trailers else ResponsePhase.DONE
 
 
 class AppEnd(enum.Enum):
@@ -693,6 +762,92 @@ def app_returned(response: Phased, *, disconnected: bool) -> AppEnd:
     if response.phase is ResponsePhase.START:
         return AppEnd.NO_RESPONSE
     return AppEnd.UNFINISHED
+
+
+# -- ASGI extensions of the response, whatever the protocol --------------------------
+
+EARLY_HINT = "http.response.early_hint"
+TRAILERS = "http.response.trailers"
+_EARLY_HINTS_LINE = b"HTTP/1.1 103 Early Hints\r\n"
+# Fields a trailer section must not carry: they frame, route or steer the message, which
+# is settled by the time trailers arrive (RFC 9110 section 6.5.1).
+_NOT_IN_TRAILERS = frozenset(
+    (
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"host",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+    )
+)
+
+
+def early_hint_links(message: MutableMapping[str, Any]) -> list[bytes]:
+    """The ``Link`` field values of an ``http.response.early_hint`` message, checked
+    (byte strings without CR, LF or NUL), surrounding whitespace stripped.
+
+    Raises:
+        ASGIProtocolError: ``links`` is not an iterable of byte strings, or a value
+            holds CR, LF or NUL.
+    """
+    raw = message.get("links", ())
+    links: list[bytes] = []
+    try:
+        if isinstance(raw, bytes | str):
+            raise TypeError
+        for item in raw:
+            if not isinstance(item, bytes | bytearray | memoryview):
+                raise TypeError
+            link = bytes(item).strip()
+            _check_value(b"link", link)
+            if link:
+                links.append(link)
+    except TypeError:
+        raise ASGIProtocolError("'links' must be an iterable of byte strings") from None
+    return links
+
+
+def trailer_fields(message: MutableMapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The (lowercase name, value) fields of an ``http.response.trailers`` message,
+    checked as response headers are, and none that only a header section may carry
+    (framing, routing, content description).
+
+    Raises:
+        ASGIProtocolError: the fields are malformed or one is not allowed in trailers.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    try:
+        for name, value in message.get("headers", ()):
+            if not isinstance(name, bytes) or not isinstance(value, bytes):
+                raise TypeError
+            lower = _checked_name(name)
+            _check_value(name, value)
+            if lower in _NOT_IN_TRAILERS:
+                raise ASGIProtocolError(f"invalid trailer: {name!r} is not allowed in trailers")
+            fields.append((lower, value))
+    except (TypeError, ValueError):
+        raise ASGIProtocolError(
+            "trailer 'headers' must be an iterable of [name, value] pairs of bytes"
+        ) from None
+    return fields
+
+
+def accepts_trailers(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's ``TE`` fields list ``trailers``: the client will not discard
+    trailer fields (RFC 9110 section 10.1.4), which the ASGI trailers extension makes
+    the condition for sending them."""
+    for name, value in headers:
+        if name == b"te":
+            for item in value.lower().split(b","):
+                if item.partition(b";")[0].strip() == b"trailers":
+                    return True
+    return False
 
 
 def error_status_text(status: int) -> str:

@@ -61,7 +61,9 @@ from hyperframe.frame import GoAwayFrame
 
 from .http import (
     ASGI_VERSION,
+    EARLY_HINT,
     SERVER_NAME,
+    TRAILERS,
     ASGIProtocolError,
     ResponsePhase,
     check_header_value,
@@ -70,7 +72,9 @@ from .http import (
     content_length_value,
     date_value,
     decode_path,
+    early_hint_links,
     rooted,
+    trailer_fields,
 )
 from .validate import TOKEN, Limits
 
@@ -206,7 +210,7 @@ def http2_scope(
 ) -> dict[str, Any]:
     """The ASGI ``http`` scope of a request over HTTP/2 (see
     :func:`~trioserve._proto.http.http_scope`): ``http_version`` "2", and the
-    ``http.response.trailers`` extension (HTTP/2 carries trailers on any response).
+    extensions the exchange offers (early hints, trailers).
     ``scheme`` is the connection's: the client's ``:scheme`` is trusted no more than
     an HTTP/1.1 absolute-form target."""
     path = decode_path(head.raw_path)
@@ -226,7 +230,7 @@ def http2_scope(
         "headers": head.headers,
         "client": client,
         "server": server,
-        "extensions": {"http.response.trailers": {}},
+        "extensions": {},
     }
     if state is not None:
         scope["state"] = dict(state)
@@ -1053,7 +1057,13 @@ class H2Response:
         head: True for a HEAD request: body bytes from the app are dropped.
         server_header: Add ``server: trioserve`` unless the app sets one.
         default_headers: Headers added unless the app sets a header of the same name.
-        trailers: The scope advertised ``http.response.trailers``.
+
+    The ASGI extensions are served as the exchange offers them: an
+    ``http.response.early_hint`` becomes a ``103`` HEADERS frame while the final head
+    has not gone out; after a start with ``"trailers": True`` the body's end waits for
+    the ``http.response.trailers`` messages, whose fields go out as a trailing HEADERS
+    frame when the exchange set :attr:`trailers_accepted` (the client sent ``te:
+    trailers``), and are dropped otherwise.
     """
 
     status = 0
@@ -1064,6 +1074,9 @@ class H2Response:
     # resets its stream instead (must_close then says so).
     must_close = False
     close = False
+    # The start asked for trailers; the exchange says whether the client takes them.
+    trailers = False
+    trailers_accepted = False
 
     def __init__(
         self,
@@ -1071,22 +1084,19 @@ class H2Response:
         head: bool = False,
         server_header: bool = True,
         default_headers: Sequence[tuple[bytes, bytes]] = (),
-        trailers: bool = False,
     ) -> None:
         self.phase = ResponsePhase.START
         self.head = head
         self.no_body = head
         self.server_header = server_header
         self.default_headers = default_headers
-        self.allow_trailers = trailers
         self._fields: list[tuple[bytes, bytes]] = []
         self._length: int | None = None
         self._remaining = 0
         self._pending_head = False
         self._has_date = False
         self._has_server = False
-        self._trailers = False
-        self._awaiting_trailers = False
+        self._trailer_fields: list[tuple[bytes, bytes]] = []
 
     @property
     def started(self) -> bool:
@@ -1121,36 +1131,65 @@ class H2Response:
                 <trioserve._proto.http.Response.on_send>` does.
         """
         kind = message.get("type") if isinstance(message, MutableMapping) else None
-        if self.phase is ResponsePhase.START:
+        phase = self.phase
+        if phase is ResponsePhase.START:
             if kind != "http.response.start":
+                if kind == EARLY_HINT:
+                    return self._early_hint(message)
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
             status = check_status(message.get("status"))
             self._take_headers(message.get("headers", ()))
             self.status = status
             if status in (204, 304):
                 self.no_body = True
-            self._trailers = bool(message.get("trailers", False)) and self.allow_trailers
+            self.trailers = bool(message.get("trailers", False))
             self._pending_head = True
             self.phase = ResponsePhase.BODY
             return []
-        if self.phase is ResponsePhase.BODY and not self._awaiting_trailers:
+        if phase is ResponsePhase.BODY:
             if kind != "http.response.body":
+                if kind == EARLY_HINT:
+                    return self._early_hint(message)
                 raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
             body = message.get("body", b"")
             if not isinstance(body, bytes | bytearray | memoryview):
                 raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")
             return self._body(bytes(body), bool(message.get("more_body", False)))
-        if self.phase is ResponsePhase.BODY:
-            if kind != "http.response.trailers":
-                raise ASGIProtocolError(f"expected 'http.response.trailers', got {kind!r}")
-            fields = self._check_fields(message.get("headers", ()))
-            if message.get("more_trailers", False):
-                self._fields += fields
-                return []
-            fields = self._fields + fields
-            self.phase = ResponsePhase.DONE
-            return [("trailers", fields)]
+        if phase is ResponsePhase.TRAILERS:
+            return self._trailers(kind, message)
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
+
+    @property
+    def _deliver_trailers(self) -> bool:
+        return self.trailers and self.trailers_accepted
+
+    def _early_hint(self, message: MutableMapping[str, Any]) -> list[Action]:
+        """A ``103 Early Hints`` head while the final one has not gone out (none when it
+        has, or without links)."""
+        links = early_hint_links(message)
+        if not links or self.head_sent:
+            return []
+        return [("headers", [(b":status", b"103"), *((b"link", link) for link in links)], False)]
+
+    def _trailers(self, kind: Any, message: MutableMapping[str, Any]) -> list[Action]:
+        """One ``http.response.trailers`` message; the trailing HEADERS frame once
+        ``more_trailers`` is false, when the trailers go out."""
+        try:
+            if kind != TRAILERS:
+                raise ASGIProtocolError(f"expected 'http.response.trailers', got {kind!r}")
+            fields = trailer_fields(message)
+        except ASGIProtocolError:
+            # The body is out: the stream can only be reset.
+            self.must_close = True
+            self.phase = ResponsePhase.DONE
+            raise
+        self._trailer_fields += fields
+        if message.get("more_trailers", False):
+            return []
+        self.phase = ResponsePhase.DONE
+        if not self._deliver_trailers:
+            return []
+        return [("trailers", self._trailer_fields)]
 
     def fail(self, status: int, message: str) -> list[Action]:
         """The error response that replaces this one, which must not have started."""
@@ -1234,7 +1273,7 @@ class H2Response:
     def _body(self, body: bytes, more: bool) -> list[Action]:
         actions: list[Action] = []
         size = len(body)
-        end = not more and not self._trailers
+        end = not more and not self._deliver_trailers
         if self._pending_head:
             if not self.no_body and self._length is not None and size > self._length:
                 # Nothing is out yet: the app may still answer otherwise.
@@ -1280,10 +1319,7 @@ class H2Response:
         return actions
 
     def _finish_body(self) -> None:
-        if self._trailers:
-            self._awaiting_trailers = True
-        else:
-            self.phase = ResponsePhase.DONE
+        self.phase = ResponsePhase.TRAILERS if self.trailers else ResponsePhase.DONE
 
     def _forget_start(self) -> None:
         self.phase = ResponsePhase.START
