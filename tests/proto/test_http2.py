@@ -960,6 +960,16 @@ def test_rst_stream_floods_count_frames_not_streams() -> None:
 # -- the corpus, split at random points -------------------------------------------------
 
 
+def hpack_bomb() -> bytes:
+    """A header block of ~200 bytes that decodes to ~400 KB."""
+    encoder = hpack.Encoder()
+    first = encode([*GET, (b"bomb", b"x" * 4000)], encoder)
+    return (
+        HeadersFrame(1, first, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        + HeadersFrame(3, encode(GET, encoder) + b"\xbe" * 100, flags=["END_HEADERS"]).serialize()
+    )
+
+
 def _corpus() -> dict[str, bytes]:
     """Frame sequences, valid and invalid, each from the preface on."""
     settings_frame = SettingsFrame(0).serialize()
@@ -991,6 +1001,16 @@ def _corpus() -> dict[str, bytes]:
         "oversized": start + b"\x01\x00\x00\x00\x00\x00\x00\x00\x01" + b"x" * 50,
         "bad-preface": b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + settings_frame,
         "flood": start + PingFrame(0, b"12345678").serialize() * 120,
+        "rapid-reset": start
+        + b"".join(
+            headers(i, GET, ["END_HEADERS", "END_STREAM"])
+            + RstStreamFrame(i, error_code=8).serialize()
+            for i in range(1, 420, 2)
+        ),
+        "continuation-flood": start
+        + HeadersFrame(1, b"\x00" * 100).serialize()
+        + ContinuationFrame(1, b"\x00" * 16384).serialize() * 5,
+        "hpack-bomb": start + hpack_bomb(),
     }
     # The continuation sequence, finished.
     block = encode(GET)
@@ -1031,6 +1051,12 @@ def test_the_corpus_gives_the_expected_events() -> None:
     assert kinds["oversized"] == ["ConnectionEnded"]
     assert kinds["bad-preface"] == ["ConnectionEnded"]
     assert kinds["flood"] == ["ConnectionEnded"]
+    # Streams reset at once, none let go by an edge: the first 100 are taken and reset
+    # (100 resets), the next are refused, and their resets count too (2 each), up to 200.
+    assert kinds["rapid-reset"][-1] == "ConnectionEnded"
+    assert kinds["rapid-reset"].count("StreamReset") == 100
+    assert kinds["continuation-flood"] == ["ConnectionEnded"]
+    assert kinds["hpack-bomb"] == ["RequestHead", "ConnectionEnded"]
 
 
 @settings(max_examples=300, deadline=None)
