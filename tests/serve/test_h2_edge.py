@@ -428,6 +428,17 @@ async def test_a_client_vanishing_mid_response_logs_nothing(nursery, caplog, aut
 # -- time -------------------------------------------------------------------------------
 
 
+async def test_a_ping_is_answered(nursery):
+    """A PING gets its acknowledgement with the same payload."""
+    client = await connect(nursery, hello_app)
+    client.conn.ping(b"8 bytes!")
+    await client.flush()
+    with trio.fail_after(5):
+        while not client.of(h2.events.PingAckReceived):
+            await client.receive()
+    assert client.of(h2.events.PingAckReceived)[0].ping_data == b"8 bytes!"
+
+
 async def test_an_idle_connection_closes_after_keep_alive(nursery, autojump_clock):
     """With no stream in flight for --keep-alive seconds, GOAWAY(NO_ERROR), then close."""
     client = await connect(nursery, hello_app, make_state(keep_alive=5))
