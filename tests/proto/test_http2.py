@@ -350,7 +350,8 @@ def test_head_204_and_304_have_no_body(method: bytes, status: int) -> None:
 
 
 def test_connection_specific_headers_from_the_app_are_dropped() -> None:
-    """Connection, Keep-Alive, Transfer-Encoding and Upgrade never go out over HTTP/2."""
+    """Connection, Keep-Alive, Transfer-Encoding, Upgrade and TE never go out over
+    HTTP/2 (h2 would refuse the whole head)."""
     pair = Pair()
     stream_id = pair.request()
     pair.flush()
@@ -359,12 +360,32 @@ def test_connection_specific_headers_from_the_app_are_dropped() -> None:
         (b"keep-alive", b"5"),
         (b"transfer-encoding", b"chunked"),
         (b"upgrade", b"x"),
+        (b"te", b"gzip"),
         (b"x-kept", b"1"),
     ]
     pair.respond(stream_id, {**START, "headers": headers}, body(b"ok"))
     fields = response_headers(pair)
     assert b"x-kept" in fields
-    assert not {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"} & set(fields)
+    assert not {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te"} & set(fields)
+    assert pair.client_of(h2.events.StreamEnded)
+
+
+def test_whitespace_around_values_is_stripped() -> None:
+    """A header or trailer value with whitespace around it (malformed in HTTP/2, which
+    clients refuse) goes out stripped."""
+    pair = Pair()
+    stream_id = pair.request([*GET, (b"te", b"trailers")])
+    pair.flush()
+    pair.respond(
+        stream_id,
+        {**START, "headers": [(b"x-pad", b" value\t")], "trailers": True},
+        body(b"ok"),
+        {"type": "http.response.trailers", "headers": [(b"x-sum", b" 1 ")]},
+        accept_trailers=True,
+    )
+    assert response_headers(pair)[b"x-pad"] == b"value"
+    (trailers,) = pair.client_of(h2.events.TrailersReceived)
+    assert trailers.headers == [(b"x-sum", b"1")]
 
 
 @pytest.mark.parametrize(

@@ -366,6 +366,11 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
+# And TE, which only a request may carry (RFC 9113 section 8.2.2).
+_DROPPED_IN_RESPONSES = CONNECTION_SPECIFIC | {b"te"}
+# HTTP/2 has a field value that starts or ends in whitespace malformed (RFC 9113 section
+# 8.2.1); over HTTP/1.1 a recipient strips it, so stripping it changes nothing.
+_OWS = b" \t"
 
 
 class H2Server:
@@ -871,7 +876,7 @@ class H2Server:
                 else:
                     self.reset_stream(stream_id, Error(action[1]))
                     return
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.StreamClosedError:
             # h2 closed the stream on its own (a stream error of the client's it
             # answered): nothing more goes out on it.
             self._lost_stream(stream)
@@ -916,7 +921,7 @@ class H2Server:
             if stream.outbound and not stream.reset:
                 try:
                     self._pump_stream(stream_id, stream)
-                except h2.exceptions.ProtocolError:
+                except h2.exceptions.StreamClosedError:
                     # (See send.)
                     self._lost_stream(stream)
             if stream.local_done:
@@ -1050,7 +1055,9 @@ class H2Response:
     with the same attributes the exchange reads.
 
     The app's connection-specific headers (Connection, Keep-Alive, Proxy-Connection,
-    Transfer-Encoding, Upgrade) are dropped: HTTP/2 forbids them. The head is held back
+    Transfer-Encoding, Upgrade) and TE are dropped: HTTP/2 forbids them in responses.
+    Whitespace around a field value is stripped (HTTP/2 forbids it; an HTTP/1.1
+    recipient would strip it). The head is held back
     until the first body message so that a single-message body gets a Content-Length.
 
     Args:
@@ -1183,7 +1190,7 @@ class H2Response:
             self.must_close = True
             self.phase = ResponsePhase.DONE
             raise
-        self._trailer_fields += fields
+        self._trailer_fields += ((name, value.strip(_OWS)) for name, value in fields)
         if message.get("more_trailers", False):
             return []
         self.phase = ResponsePhase.DONE
@@ -1219,9 +1226,9 @@ class H2Response:
                     raise TypeError
                 lower = checked_header_name(name)
                 check_header_value(name, value)
-                if lower in CONNECTION_SPECIFIC:
+                if lower in _DROPPED_IN_RESPONSES:
                     continue
-                fields.append((lower, value))
+                fields.append((lower, value.strip(_OWS)))
         except (TypeError, ValueError):
             raise ASGIProtocolError(
                 "'headers' must be an iterable of [name, value] pairs of bytes"
