@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any, Generic, NoReturn, Protocol, TypeVar
+from typing import Any, BinaryIO, Generic, NoReturn, Protocol, TypeVar
 
 import trio
 
@@ -33,9 +33,11 @@ from ._errors import ClientDisconnected, departure
 from ._peer import Peer
 from ._proto.http import (
     EARLY_HINT,
+    PATHSEND,
     TRAILERS,
     AppEnd,
     ASGIProtocolError,
+    PathSend,
     ResponsePhase,
     accepts_trailers,
     app_returned,
@@ -49,6 +51,8 @@ LOGGER = logging.getLogger("trioserve.http")
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 _GONE = "the client has gone; the response cannot be sent"
+# How much of a file (http.response.pathsend) one read in a worker thread takes.
+FILE_CHUNK = 256 * 1024
 _START = ResponsePhase.START
 _DONE = ResponsePhase.DONE
 
@@ -288,7 +292,9 @@ class Exchange(Generic[Payload]):
         # Early hints and trailers are offered to every request but HTTP/1.0's (no 1xx
         # response may go to an HTTP/1.0 client, and it knows no chunked framing).
         offered: dict[str, Any] = (
-            {EARLY_HINT: {}, TRAILERS: {}} if scope["http_version"] != "1.0" else {}
+            {EARLY_HINT: {}, TRAILERS: {}, PATHSEND: {}}
+            if scope["http_version"] != "1.0"
+            else {PATHSEND: {}}
         )
         extensions = self.peer.extensions
         if extensions:
@@ -459,43 +465,101 @@ class Exchange(Generic[Payload]):
                 response.trailers_accepted = accepts_trailers(self._scope["headers"])
         try:
             payload = response.on_send(message)
+        except PathSend as request:
+            await self._send_path(request.path)
+            return
         except ASGIProtocolError as exc:
-            if response.head_sent and response.must_close:
-                # Part of the response is out and it cannot be completed (a body longer
-                # than its length): the connection cannot carry on.
-                self.broken = True
-                self._finish()
-            LOGGER.error("ASGI app sent a bad message: %s", exc)
-            raise RuntimeError(f"ASGI protocol error: {exc}") from None
+            self._bad_message(exc)
         # The last message: the exchange is finished once its payload is written out
         # (not before: an app that stops its sender on http.disconnect would cut the
         # write).
         last = response.phase is _DONE
         if last and response.missing:
-            LOGGER.error(
-                "ASGI app sent %d bytes less than its Content-Length to %s %s;"
-                " closing the connection",
-                response.missing,
-                self._scope["method"],
-                self._scope["path"],
-            )
+            self._log_missing()
         if not payload:
             if last:
                 self._complete()
             return
         if not await self.transmit(payload):
-            # The client left or stopped reading.
-            self.disconnected = True
-            self.broken = True
-            self._finish()
-            LOGGER.debug(
-                "client went away during %s %s; the app's send() raises ClientDisconnected",
-                self._scope["method"],
-                self._scope["path"],
-            )
-            raise ClientDisconnected(_GONE)
+            self._gone_while_sending()
         if last:
             self._complete()
+
+    def _bad_message(self, exc: ASGIProtocolError) -> NoReturn:
+        """The app sent a message wrong for the response (its error, raised into it)."""
+        response = self.response
+        if response.head_sent and response.must_close:
+            # Part of the response is out and it cannot be completed (a body longer
+            # than its length): the connection cannot carry on.
+            self.broken = True
+            self._finish()
+        LOGGER.error("ASGI app sent a bad message: %s", exc)
+        raise RuntimeError(f"ASGI protocol error: {exc}") from None
+
+    def _log_missing(self) -> None:
+        LOGGER.error(
+            "ASGI app sent %d bytes less than its Content-Length to %s %s; closing the connection",
+            self.response.missing,
+            self._scope["method"],
+            self._scope["path"],
+        )
+
+    def _gone_while_sending(self) -> NoReturn:
+        """A write of the response failed: the client left or stopped reading."""
+        self.disconnected = True
+        self.broken = True
+        self._finish()
+        LOGGER.debug(
+            "client went away during %s %s; the app's send() raises ClientDisconnected",
+            self._scope["method"],
+            self._scope["path"],
+        )
+        raise ClientDisconnected(_GONE)
+
+    async def _send_path(self, path: str) -> None:
+        """``http.response.pathsend``: the rest of the body is the file at ``path``."""
+        try:
+            file = await trio.to_thread.run_sync(open, path, "rb")
+        except OSError as exc:
+            LOGGER.error("ASGI app sent http.response.pathsend for %r: %s", path, exc.strerror)
+            raise RuntimeError(f"http.response.pathsend: cannot read {path!r}: {exc}") from None
+        try:
+            sent = await self.transmit_file(file)
+        except ASGIProtocolError as exc:
+            self._bad_message(exc)
+        finally:
+            file.close()
+        if not sent:
+            self._gone_while_sending()
+        response = self.response
+        if response.phase is _DONE:
+            if response.missing:
+                self._log_missing()
+            self._complete()
+
+    async def transmit_file(self, file: BinaryIO) -> bool:
+        """Send the content of ``file`` (open for reading, at its start) as the rest of
+        the body; False when the client is gone (see the class doc).
+
+        This default reads it in a worker thread, a chunk at a time, and sends each as
+        an ``http.response.body`` message would be (through the response and
+        :attr:`transmit`): right for any protocol and stream. An edge may do better
+        (the HTTP/1.1 edge uses ``os.sendfile`` on a plain socket).
+
+        Raises:
+            ASGIProtocolError: the file is longer than the Content-Length the app gave.
+        """
+        response = self.response
+        while True:
+            chunk = await trio.to_thread.run_sync(file.read, FILE_CHUNK)
+            more = len(chunk) == FILE_CHUNK
+            payload = response.on_send(
+                {"type": "http.response.body", "body": chunk, "more_body": more}
+            )
+            if payload and not await self.transmit(payload):
+                return False
+            if not more:
+                return True
 
 
 async def _client_gone() -> NoReturn:

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import types
 from collections.abc import Callable, MutableMapping
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import h11
 import trio
 
 from ._config import Config, timeout_seconds
-from ._exchange import AccessLogger, Exchange, ExchangeOptions
+from ._exchange import FILE_CHUNK, AccessLogger, Exchange, ExchangeOptions
 from ._peer import Peer
-from ._proto.http import error_response, error_status_text, http_scope
+from ._proto.http import Response, error_response, error_status_text, http_scope
 from ._proto.http1 import CONTINUE, BodyEnd, Next, ServerConnection
 from ._proto.validate import (
     Limits,
@@ -809,6 +810,63 @@ class _Connection(ServerConnection):
             return False
         return True
 
+    async def sendfile(self, file: BinaryIO, count: int) -> bool:
+        """Send the first ``count`` bytes of ``file`` with ``os.sendfile`` (plain sockets
+        only); False if the client is gone (as for :meth:`write`) or the file ended
+        before ``count`` bytes (the response then cannot be completed).
+
+        The write timeout bounds each wait for the client to take more, not the whole
+        file: a large file to a slow client that keeps reading is not cut.
+        """
+        sock = self.sock
+        assert sock is not None
+        out, fd = sock.fileno(), file.fileno()
+        offset = 0
+        self.wrote = True
+        while offset < count:
+            # A checkpoint per call, as every write after an exchange's first is: each
+            # call may move megabytes, and the other connections must still run.
+            await trio.lowlevel.checkpoint()
+            try:
+                sent = os.sendfile(out, fd, offset, count - offset)
+            except BlockingIOError:
+                if not await self._wait_writable(sock):
+                    return False
+                continue
+            except OSError:
+                return False
+            if not sent:
+                _file_ended(count - offset)
+                return False
+            offset += sent
+        return True
+
+    async def _wait_writable(self, sock: socket.socket) -> bool:
+        """Wait until ``sock`` takes more, at most the write timeout: False if it did
+        not (the client stopped reading) or the client is gone."""
+        self.yielded = True
+        self.waiting = "write"
+        self.deadline = trio.current_time() + self.options.write_timeout
+        # (As in write: the watchdog cancels a scope around this wait alone.)
+        connection_timer = self.timer
+        self.timer = write_timer = trio.CancelScope()
+        try:
+            with write_timer:
+                await _wait_writable(sock)
+        except _BROKEN:
+            return False
+        finally:
+            self.deadline = _INF
+            self.timer = connection_timer
+        if write_timer.cancelled_caught:
+            LOGGER.info(
+                "a write to the client blocked for %gs (write_timeout): it stopped reading;"
+                " closing",
+                self.options.write_timeout,
+            )
+            return False
+        return True
+
     async def _send_rest(self, sock: socket.socket, data: bytes | memoryview) -> None:
         """Send what the kernel did not take at once, waiting until it can take more."""
         view = memoryview(data)
@@ -882,6 +940,7 @@ class _Cycle(Exchange[bytes]):
         self.body_done = self.empty_body_due = connection.body_done
 
     options: HTTPOptions
+    response: Response
     # True while receive() waits for body bytes from the connection.
     reading = False
     # Whether "100 Continue" went out for a request with Expect: 100-continue.
@@ -933,6 +992,30 @@ class _Cycle(Exchange[bytes]):
                     self.broken = True
                 return None
 
+    async def transmit_file(self, file: BinaryIO) -> bool:
+        # A file framed by its length (the app's, or the file's size) goes out as raw
+        # bytes after the head: with os.sendfile on a plain socket (no copy through
+        # Python, no worker thread), read in a worker thread otherwise. When the framing
+        # needs the bytes (chunked, trailers), as any body (see Exchange).
+        plan = self.response.file_body(os.fstat(file.fileno()).st_size)
+        if plan is None:
+            return await super().transmit_file(file)
+        head, count = plan
+        connection = self.connection
+        if head and not await connection.write(head):
+            return False
+        if connection.sock is not None:
+            return await connection.sendfile(file, count)
+        while count > 0:
+            chunk = await trio.to_thread.run_sync(file.read, min(count, FILE_CHUNK))
+            if not chunk:
+                _file_ended(count)
+                return False
+            if not await connection.write(chunk):
+                return False
+            count -= len(chunk)
+        return True
+
     async def watch_client(self) -> None:
         # Bytes that arrive meanwhile are the next pipelined request: they are kept for
         # the next exchange, and reading pauses once enough are buffered (until the
@@ -946,6 +1029,14 @@ class _Cycle(Exchange[bytes]):
                 self.broken = True
                 return
             connection.receive_data(data)
+
+
+def _file_ended(missing: int) -> None:
+    LOGGER.error(
+        "the file of an http.response.pathsend ended %d bytes before the size it had"
+        " when it was opened; closing the connection",
+        missing,
+    )
 
 
 _wait_readable = trio.lowlevel.wait_readable

@@ -10,11 +10,13 @@ import pytest
 
 from trioserve._proto.http import (
     ASGIProtocolError,
+    PathSend,
     Response,
     ResponsePhase,
     accepts_trailers,
     app_returned,
     early_hint_links,
+    pathsend_path,
     trailer_fields,
 )
 
@@ -224,3 +226,83 @@ def test_accepts_trailers_reads_te(values: list[bytes], accepts: bool) -> None:
     """A request accepts trailers when a TE field lists the 'trailers' member."""
     headers = [(b"host", b"a"), *((b"te", value) for value in values)]
     assert accepts_trailers(headers) is accepts
+
+
+# -- pathsend ---------------------------------------------------------------------------
+
+FILE_START = {"type": "http.response.start", "status": 200, "headers": []}
+
+
+def pathsend(path: Any = "/srv/file.bin") -> dict[str, Any]:
+    return {"type": "http.response.pathsend", "path": path}
+
+
+def test_pathsend_after_the_start_asks_the_edge_for_the_file() -> None:
+    """http.response.pathsend in the body phase raises PathSend with the file's path;
+    before http.response.start it is out of order."""
+    response = Response()
+    with pytest.raises(ASGIProtocolError, match=r"expected 'http\.response\.start' first"):
+        response.on_send(pathsend())
+    response.on_send(FILE_START)
+    with pytest.raises(PathSend) as raised:
+        response.on_send(pathsend())
+    assert raised.value.path == "/srv/file.bin"
+    assert response.phase is ResponsePhase.BODY
+
+
+@pytest.mark.parametrize("path", ["relative/file", b"/srv/file", None, "/a\x00b"])
+def test_pathsend_path_must_be_an_absolute_string(path: Any) -> None:
+    """The path of http.response.pathsend is an absolute path as a str."""
+    with pytest.raises(ASGIProtocolError, match="absolute path"):
+        pathsend_path(pathsend(path))
+
+
+def test_file_body_gives_the_head_with_the_files_length_and_completes() -> None:
+    """Without a Content-Length from the app, the file's size is the length; the head
+    comes before the file's bytes, and the response is complete and reusable."""
+    response = Response()
+    response.on_send(FILE_START)
+    plan = response.file_body(1000)
+    assert plan is not None
+    head, count = plan
+    assert count == 1000
+    assert b"content-length: 1000\r\n" in head and head.endswith(b"\r\n\r\n")
+    assert response.phase is ResponsePhase.DONE and response.keep_alive
+    assert response.body_bytes == 1000
+
+
+def test_file_body_keeps_the_apps_length_and_sends_nothing_for_head() -> None:
+    """The app's Content-Length is sent as it set it; a HEAD response writes none of the
+    file."""
+    response = Response(head=True)
+    response.on_send({**FILE_START, "headers": [(b"content-length", b"1000")]})
+    plan = response.file_body(1000)
+    assert plan is not None
+    assert plan[1] == 0 and b"content-length: 1000\r\n" in plan[0]
+
+
+@pytest.mark.parametrize(
+    ("start", "kwargs"),
+    [
+        ({**FILE_START, "headers": [(b"content-length", b"999")]}, {}),
+        ({**FILE_START, "headers": [(b"transfer-encoding", b"chunked")]}, {}),
+        ({**FILE_START, "trailers": True}, {}),
+    ],
+)
+def test_file_body_refuses_what_needs_the_bytes(start: dict[str, Any], kwargs: Any) -> None:
+    """No raw file body when the length the app promised differs, the app asked for
+    chunked framing, or trailers follow: the bytes then go through on_send."""
+    response = Response(**kwargs)
+    response.on_send(start)
+    assert response.file_body(1000) is None
+    assert response.phase is ResponsePhase.BODY and not response.head_sent
+
+
+def test_file_body_after_part_of_the_body_needs_the_exact_rest() -> None:
+    """After body messages, a file fits only as exactly the rest of the length."""
+    response = Response()
+    response.on_send({**FILE_START, "headers": [(b"content-length", b"10")]})
+    response.on_send(body(b"abcd", more=True))
+    assert response.file_body(5) is None
+    assert response.file_body(6) == (b"", 6)
+    assert response.phase is ResponsePhase.DONE

@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import http
+import os
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any, Protocol
@@ -27,6 +28,16 @@ SERVER_NAME = b"trioserve"
 
 class ASGIProtocolError(Exception):
     """The app sent a message that is not valid at this point of the response."""
+
+
+class PathSend(Exception):
+    """Raised by :meth:`Response.on_send` for an ``http.response.pathsend`` message: the
+    body is the content of the file at ``path`` (absolute), which the edge reads and
+    sends (see :meth:`Response.file_body`); the response is complete after it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -437,6 +448,8 @@ class Response:
             if kind != "http.response.body":
                 if kind == EARLY_HINT:
                     return self._early_hint(message)
+                if kind == PATHSEND:
+                    raise PathSend(pathsend_path(message))
                 raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
             body = message.get("body", b"")
             if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
@@ -458,6 +471,38 @@ class Response:
         if phase is ResponsePhase.TRAILERS:
             return self._trailers(kind, message)
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
+
+    def file_body(self, size: int) -> tuple[bytes, int] | None:
+        """For a body that is the whole rest of the response, ``size`` bytes that the
+        edge writes itself (a file, with ``os.sendfile``): the bytes to write before it
+        (the head, if it has not gone out) and how many of the file's bytes to write (0
+        when the response has no body: HEAD, 204, 304). The response is complete then.
+
+        The head says ``Content-Length`` as the app set it, or ``size`` if it set none.
+        None when the file's bytes must pass through :meth:`on_send` instead: the
+        framing needs them (chunked, trailers, HTTP/1.0 without a length) or ``size``
+        differs from the length the app promised (on_send reports that).
+        """
+        if self.phase is not ResponsePhase.BODY or self.trailers:
+            return None
+        if self._pending_head:
+            if self._app_chunked or (self._length is not None and self._length != size):
+                return None
+            self._length = size
+            head = self._head_and_body(b"", True)
+        else:
+            head = b""
+        framing = self._framing
+        if framing is _Framing.NONE:
+            count = 0
+        elif framing is _Framing.LENGTH and self._remaining == size:
+            count = size
+        else:
+            return None
+        self._remaining = 0
+        self.body_bytes += count
+        self.phase = ResponsePhase.DONE
+        return head, count
 
     def _early_hint(self, message: MutableMapping[str, Any]) -> bytes:
         """A ``103 Early Hints`` response for an ``http.response.early_hint`` message,
@@ -768,6 +813,7 @@ def app_returned(response: Phased, *, disconnected: bool) -> AppEnd:
 
 EARLY_HINT = "http.response.early_hint"
 TRAILERS = "http.response.trailers"
+PATHSEND = "http.response.pathsend"
 _EARLY_HINTS_LINE = b"HTTP/1.1 103 Early Hints\r\n"
 # Fields a trailer section must not carry: they frame, route or steer the message, which
 # is settled by the time trailers arrive (RFC 9110 section 6.5.1).
@@ -811,6 +857,18 @@ def early_hint_links(message: MutableMapping[str, Any]) -> list[bytes]:
     except TypeError:
         raise ASGIProtocolError("'links' must be an iterable of byte strings") from None
     return links
+
+
+def pathsend_path(message: MutableMapping[str, Any]) -> str:
+    """The file an ``http.response.pathsend`` message names: an absolute path.
+
+    Raises:
+        ASGIProtocolError: ``path`` is not a string holding an absolute path.
+    """
+    path = message.get("path")
+    if not isinstance(path, str) or not os.path.isabs(path) or "\x00" in path:
+        raise ASGIProtocolError(f"'path' must be an absolute path as a string, got {path!r}")
+    return path
 
 
 def trailer_fields(message: MutableMapping[str, Any]) -> list[tuple[bytes, bytes]]:
