@@ -617,3 +617,22 @@ async def test_tls_extensions_join_the_trailers_extension(nursery):
     assert scope["scheme"] == "https"
     assert scope["extensions"]["tls"] == {"x": 1}
     assert "http.response.trailers" in scope["extensions"]
+
+
+async def test_pathsend_sends_the_file(nursery, tmp_path):
+    """http.response.pathsend over HTTP/2: the file is the body, framed by its length,
+    sent as the client's windows allow."""
+    content = bytes(range(256)) * 700  # larger than one stream window
+    path = tmp_path / "file.bin"
+    path.write_bytes(content)
+
+    async def app(scope, receive, send):
+        assert "http.response.pathsend" in scope["extensions"]
+        headers = [(b"content-length", b"%d" % len(content))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    client = await connect(nursery, app)
+    headers, body = await client.response(await client.request())
+    assert headers[b"content-length"] == b"%d" % len(content)
+    assert body == content

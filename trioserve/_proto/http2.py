@@ -62,9 +62,11 @@ from hyperframe.frame import GoAwayFrame
 from .http import (
     ASGI_VERSION,
     EARLY_HINT,
+    PATHSEND,
     SERVER_NAME,
     TRAILERS,
     ASGIProtocolError,
+    PathSend,
     ResponsePhase,
     check_header_value,
     check_status,
@@ -73,6 +75,7 @@ from .http import (
     date_value,
     decode_path,
     early_hint_links,
+    pathsend_path,
     rooted,
     trailer_fields,
 )
@@ -1136,6 +1139,7 @@ class H2Response:
         Raises:
             ASGIProtocolError: as :meth:`Response.on_send
                 <trioserve._proto.http.Response.on_send>` does.
+            PathSend: for ``http.response.pathsend``, as it does too.
         """
         kind = message.get("type") if isinstance(message, MutableMapping) else None
         phase = self.phase
@@ -1157,6 +1161,9 @@ class H2Response:
             if kind != "http.response.body":
                 if kind == EARLY_HINT:
                     return self._early_hint(message)
+                if kind == PATHSEND:
+                    # The exchange reads the file and sends it as body messages.
+                    raise PathSend(pathsend_path(message))
                 raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
             body = message.get("body", b"")
             if not isinstance(body, bytes | bytearray | memoryview):
