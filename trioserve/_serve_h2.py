@@ -63,7 +63,8 @@ from ._state import ServerState
 from ._streams import DISCONNECT_ERRORS
 from ._types import ASGIApp, Message
 
-LOGGER = logging.getLogger("trioserve.http2")
+# The HTTP edges' logger: its lines, which a client can cause, are rate-limited (_lograte).
+LOGGER = logging.getLogger("trioserve.http")
 
 RECEIVE_SIZE = 64 * 1024
 _INF = float("inf")

@@ -26,8 +26,10 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from tests.helpers import echo_body_app, hello_app
 from trioserve import ClientDisconnected, Config
+from trioserve._lograte import LIMITED_LOGGERS
 from trioserve._peer import Peer
 from trioserve._proto.http2 import Guards
+from trioserve._serve_h2 import LOGGER as H2_LOGGER
 from trioserve._serve_h2 import H2Options, serve_h2_connection
 from trioserve._serve_http import HTTPOptions, watch_deadlines, watch_handovers
 from trioserve._state import ServerState
@@ -636,3 +638,9 @@ async def test_pathsend_sends_the_file(nursery, tmp_path):
     headers, body = await client.response(await client.request())
     assert headers[b"content-length"] == b"%d" % len(content)
     assert body == content
+
+
+def test_the_edge_logs_where_client_caused_lines_are_rate_limited():
+    """The HTTP/2 edge's log lines (a hostile client cut off, a stalled stream) go to a
+    logger whose lines are rate-limited, as the HTTP/1.1 edge's are."""
+    assert H2_LOGGER.name in LIMITED_LOGGERS
