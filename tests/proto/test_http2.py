@@ -48,6 +48,7 @@ from trioserve._proto.http2 import (
     RequestEnded,
     RequestHead,
     StreamReset,
+    http2_scope,
 )
 from trioserve._proto.validate import Limits
 
@@ -1170,3 +1171,32 @@ def test_a_window_below_the_default_applies_once_acknowledged() -> None:
     stream_id = pair.request(POST, end=False)
     pair.flush()
     assert pair.client.local_flow_control_window(stream_id) == 1000
+
+
+def test_the_scope_of_a_request() -> None:
+    """http2_scope: HTTP version "2", the path decoded and under root_path, the raw path
+    and query as sent, a copy of the lifespan state."""
+    head = RequestHead(
+        stream_id=1,
+        method="GET",
+        scheme="https",
+        raw_path=b"/a%20b",
+        query_string=b"q=1",
+        authority=b"h",
+        headers=[(b"host", b"h")],
+        content_length=None,
+        ended=True,
+    )
+    state = {"db": 1}
+    scope = http2_scope(
+        head,
+        scheme="http",
+        client=("1.2.3.4", 5),
+        server=("127.0.0.1", 8000),
+        root_path="/app",
+        state=state,
+    )
+    assert scope["http_version"] == "2" and scope["scheme"] == "http"
+    assert (scope["path"], scope["raw_path"]) == ("/app/a b", b"/app/a%20b")
+    assert scope["query_string"] == b"q=1" and scope["root_path"] == "/app"
+    assert scope["state"] == state and scope["state"] is not state
