@@ -30,6 +30,7 @@ from ._certs import CertInfo, CertStore
 from ._config import Config, timeout_seconds
 from ._daemon import PidFile
 from ._errors import ConfigError
+from ._exchange import AccessLogger
 from ._hooks import (
     ConnectionInfo,
     ExitReason,
@@ -49,7 +50,6 @@ from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import (
-    AccessLogger,
     HTTP2Connection,
     HTTPOptions,
     serve_http_connection,
@@ -63,7 +63,7 @@ from ._statsd import RequestMetrics, Statsd
 from ._streams import PrefixedStream
 from ._tls import tls_extension, tls_handshake
 from ._types import Address, ASGIApp, Message, Receive, Scope, Send
-from ._versions import http_versions
+from ._versions import http_versions, max_header_list_size
 
 LOGGER = logging.getLogger("trioserve.server")
 
@@ -441,17 +441,23 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
 
 def _http2_edge(
     app: ASGIApp, state: ServerState, config: Config, http: HTTPOptions
-) -> HTTP2Connection | None:
+) -> HTTP2Connection:
     """The HTTP/2 edge serving ``app``, for the HTTP/1.1 edge (whose options are
     ``http``) to hand HTTP/2 connections to; only asked for when HTTP/2 is served (the
     h2 package is installed then).
 
-    WIRING: the one place the HTTP/2 edge (``trioserve._serve_h2``, branch h2core) joins
-    the pipeline; imported here, not at the top, because it imports h2, which may be
-    absent. Until it is merged this returns None: HTTP/1.1 only, and a client that
-    chose h2 by ALPN or sent the preface is refused as an HTTP/1.1 request would be.
+    Imported here, not at the top, because it imports h2, which may be absent.
     """
-    return None
+    from ._serve_h2 import H2Options, serve_h2_connection
+
+    options = H2Options(
+        http,
+        max_concurrent_streams=config.http2_max_concurrent_streams,
+        initial_window_size=config.http2_initial_window_size,
+        max_frame_size=config.http2_max_frame_size,
+        max_header_list_size=max_header_list_size(config),
+    )
+    return functools.partial(serve_h2_connection, app=app, state=state, options=options)
 
 
 def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASGIApp:

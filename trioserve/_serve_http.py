@@ -18,28 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
-import time
 import types
-from collections.abc import Callable, MutableMapping, Sequence
-from typing import Any, NoReturn, Protocol
+from collections.abc import Callable, MutableMapping
+from typing import Any, BinaryIO, Protocol
 
 import h11
 import trio
 
 from ._config import Config, timeout_seconds
-from ._errors import ClientDisconnected, departure
+from ._exchange import FILE_CHUNK, AccessLogger, Exchange, ExchangeOptions
 from ._peer import Peer
 from ._proto.h2c import SWITCHING_TO_H2C, h2c_settings, starts_as_preface
-from ._proto.http import (
-    AppEnd,
-    ASGIProtocolError,
-    ResponsePhase,
-    app_returned,
-    error_response,
-    error_status_text,
-    http_scope,
-)
+from ._proto.http import Response, error_response, error_status_text, http_scope
 from ._proto.http1 import CONTINUE, BodyEnd, Next, ServerConnection
 from ._proto.validate import (
     HTTP2Preface,
@@ -64,25 +56,9 @@ LINGER_BYTES = 1024 * 1024
 # timeout of Apache's mod_reqtimeout, which then extends by a second per MinRate bytes).
 BODY_RATE_GRACE = 10.0
 
-_DISCONNECT: Message = {"type": "http.disconnect"}
-_GONE = "the client has gone; the response cannot be sent"
-_START = ResponsePhase.START
 _NEXT_REQUEST = Next.REQUEST
 _DISCARD_BODY = Next.DISCARD_BODY
-_DONE = ResponsePhase.DONE
 _BROKEN = DISCONNECT_ERRORS
-
-
-class AccessLogger(Protocol):
-    def log(
-        self,
-        scope: MutableMapping[str, Any],
-        status: int,
-        response_headers: Sequence[tuple[bytes, bytes]],
-        body_bytes: int,
-        request_time: float,
-        duration: float,
-    ) -> None: ...
 
 
 class WebSocketUpgrade(Protocol):
@@ -131,7 +107,7 @@ class HTTP2Connection(Protocol):
     ) -> None: ...
 
 
-class HTTPOptions:
+class HTTPOptions(ExchangeOptions):
     """What the HTTP edge needs from the settings, worked out once per server."""
 
     def __init__(
@@ -147,6 +123,14 @@ class HTTPOptions:
         h2_prior_knowledge: bool = True,
         h2c_upgrade: bool = False,
     ) -> None:
+        super().__init__(
+            root_path=config.root_path,
+            # Rewrites a request scope from trusted proxy headers.
+            proxy=proxy,
+            access_log=access_log,
+            # Adds advice to the log of an app's exception (the asyncio hint).
+            app_hint=app_hint,
+        )
         self.h11: Any = h11_module
         self.limits = Limits(
             request_line=config.limit_request_line,
@@ -166,18 +150,12 @@ class HTTPOptions:
         self.read_timeout = timeout_seconds(config.read_timeout)
         self.write_timeout = timeout_seconds(config.write_timeout)
         self.body_min_rate = config.body_min_rate
-        self.root_path = config.root_path
         self.server_header = config.server_header
         self.default_headers = tuple(
             (name.strip().lower().encode("latin-1"), value.strip().encode("latin-1"))
             for name, _, value in (item.partition(":") for item in config.header)
         )
         self.limit_concurrency = config.limit_concurrency
-        self.access_log = access_log
-        # Rewrites a request scope from trusted proxy headers.
-        self.proxy = proxy
-        # Adds advice to the log of an app's exception (the asyncio hint).
-        self.app_hint = app_hint
         # Takes over connections that ask for a WebSocket upgrade; None serves them as
         # plain HTTP (--ws off).
         self.websocket = websocket
@@ -193,7 +171,7 @@ class HTTPOptions:
         self.tls_logged = False
         # The exchanges whose app may work on after their response (run by the server
         # beside its connections: see watch_handovers).
-        self.handovers = Handovers()
+        self.handovers: Handovers = Handovers()
 
 
 async def serve_http_connection(
@@ -973,6 +951,63 @@ class _Connection(ServerConnection):
             return False
         return True
 
+    async def sendfile(self, file: BinaryIO, count: int) -> bool:
+        """Send the first ``count`` bytes of ``file`` with ``os.sendfile`` (plain sockets
+        only); False if the client is gone (as for :meth:`write`) or the file ended
+        before ``count`` bytes (the response then cannot be completed).
+
+        The write timeout bounds each wait for the client to take more, not the whole
+        file: a large file to a slow client that keeps reading is not cut.
+        """
+        sock = self.sock
+        assert sock is not None
+        out, fd = sock.fileno(), file.fileno()
+        offset = 0
+        self.wrote = True
+        while offset < count:
+            # A checkpoint per call, as every write after an exchange's first is: each
+            # call may move megabytes, and the other connections must still run.
+            await trio.lowlevel.checkpoint()
+            try:
+                sent = os.sendfile(out, fd, offset, count - offset)
+            except BlockingIOError:
+                if not await self._wait_writable(sock):
+                    return False
+                continue
+            except OSError:
+                return False
+            if not sent:
+                _file_ended(count - offset)
+                return False
+            offset += sent
+        return True
+
+    async def _wait_writable(self, sock: socket.socket) -> bool:
+        """Wait until ``sock`` takes more, at most the write timeout: False if it did
+        not (the client stopped reading) or the client is gone."""
+        self.yielded = True
+        self.waiting = "write"
+        self.deadline = trio.current_time() + self.options.write_timeout
+        # (As in write: the watchdog cancels a scope around this wait alone.)
+        connection_timer = self.timer
+        self.timer = write_timer = trio.CancelScope()
+        try:
+            with write_timer:
+                await _wait_writable(sock)
+        except _BROKEN:
+            return False
+        finally:
+            self.deadline = _INF
+            self.timer = connection_timer
+        if write_timer.cancelled_caught:
+            LOGGER.info(
+                "a write to the client blocked for %gs (write_timeout): it stopped reading;"
+                " closing",
+                self.options.write_timeout,
+            )
+            return False
+        return True
+
     async def _send_rest(self, sock: socket.socket, data: bytes | memoryview) -> None:
         """Send what the kernel did not take at once, waiting until it can take more."""
         view = memoryview(data)
@@ -1026,75 +1061,31 @@ class _Connection(ServerConnection):
                 received += len(data)
 
 
-class _Cycle:
-    """One request/response exchange: the ``receive`` and ``send`` given to the app."""
+class _Cycle(Exchange[bytes]):
+    """One request/response exchange on an HTTP/1.1 connection: the rules are those of
+    :class:`~trioserve._exchange.Exchange`; this supplies the transport (the
+    connection's reads and writes, 100-continue, pipelined bytes that arrive while the
+    app works)."""
 
     def __init__(self, connection: _Connection, request: Any) -> None:
         self.connection = connection
         self.request = request
-        self.headers = connection.request_headers
+        self.state = connection.state
+        self.options = connection.options
+        self.peer = connection.owner.peer
         self.response = connection.response
+        # The hook as the connection's own method: no call layer on every write.
+        self.transmit = connection.write
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
-        self.body_done = self._empty_body_due = connection.body_done
+        self.body_done = self.empty_body_due = connection.body_done
 
-    # Defaults at class level: most exchanges never change them.
-    disconnected = False
-    # True when the connection must not be reused (a broken response).
-    broken = False
-    # Set when the body broke a limit or framing rule after the app started.
-    rejected: RequestRejected | None = None
-    _disconnect_waiter: trio.CancelScope | None = None
-    # True once the response is written out whole, or never will be (see _finish).
-    finished = False
-
-    @property
-    def status(self) -> int:
-        """The status that went out, 0 if none (the response keeps it)."""
-        return self.response.sent_status
-
-    @property
-    def body_bytes(self) -> int:
-        """The body bytes that went out, framing not counted."""
-        return self.response.body_bytes
-
-    # Created only when receive() has to wait for the response to finish.
-    _response_done: trio.Event | None = None
-    # Whether "100 Continue" went out for a request with Expect: 100-continue.
-    _continue_sent = False
-
-    def scope(self) -> dict[str, Any]:
-        connection = self.connection
-        scope = http_scope(
-            self.request,
-            scheme=connection.scheme,
-            client=connection.client,
-            server=connection.server,
-            root_path=connection.options.root_path,
-            state=connection.state.lifespan_state,
-            headers=self.headers,
-        )
-        extensions = connection.owner.peer.extensions
-        if extensions:
-            scope["extensions"] = dict(extensions)
-        proxy = connection.options.proxy
-        if proxy is not None:
-            proxy(scope)
-        return scope
-
-    # The app returned (or raised): set before anything else happens after it.
-    returned = False
-    # The response was complete while the app worked on: the connection went on in
-    # another task (see Handovers), and this exchange no longer touches it.
-    handed_over = False
+    options: HTTPOptions
+    response: Response
     # True while receive() waits for body bytes from the connection.
     reading = False
-    # For the access log: when the exchange began and when its response was complete
-    # (time.time()); 0.0 when there is no access log.
-    started = 0.0
-    ended = 0.0
-    # The scope given to the app (set by run).
-    _scope: dict[str, Any]
+    # Whether "100 Continue" went out for a request with Expect: 100-continue.
+    _continue_sent = False
 
     @property
     def busy(self) -> bool:
@@ -1102,137 +1093,22 @@ class _Cycle:
         connection cannot be handed over until it is done."""
         return self.reading or self._disconnect_waiter is not None
 
-    async def run(self, app: ASGIApp) -> None:
-        self._scope = scope = self.scope()
-        access_log = self.connection.options.access_log
-        if access_log is not None:
-            self.started = time.time()
-        try:
-            try:
-                await app(scope, self.receive, self.send)
-            finally:
-                self.returned = True
-        except Exception as exc:
-            if self.disconnected and departure(exc):
-                # The app stopped because send() said the client had gone: routine. (The
-                # traceback, at debug level, when a framework turned it into another error.)
-                LOGGER.debug(
-                    "client went away during %s %s; the app stopped with %s",
-                    scope["method"],
-                    scope["path"],
-                    type(exc).__name__,
-                    exc_info=None if type(exc) is ClientDisconnected else exc,
-                )
-                self.broken = True
-            elif self.rejected is None:
-                after = self.finished and not self.broken
-                hint = self.connection.options.app_hint
-                text = hint(exc) if hint is not None else None
-                LOGGER.exception(
-                    "exception in ASGI app while serving %s %s%s%s",
-                    scope["method"],
-                    scope["path"],
-                    " (after its response was sent)" if after else "",
-                    f" ({text})" if text else "",
-                )
-                if not self.handed_over:
-                    # (Even after a complete response the connection then ends, as in
-                    # uvicorn and gunicorn.) One handed over is served elsewhere already:
-                    # the error of the app's later work does not affect it.
-                    await self._fail()
-        else:
-            if self.response.phase is not _DONE and self.rejected is None:
-                end = app_returned(self.response, disconnected=self.disconnected)
-                if end is not AppEnd.CLIENT_LEFT:
-                    LOGGER.error(
-                        "ASGI app returned %s to %s %s", end.value, scope["method"], scope["path"]
-                    )
-                if end is AppEnd.NO_RESPONSE:
-                    await self._fail()
-                else:
-                    self.broken = True
-        if access_log is not None and not self.handed_over:
-            self.log_access()
+    def request_scope(self) -> dict[str, Any]:
+        connection = self.connection
+        return http_scope(
+            self.request,
+            scheme=connection.scheme,
+            client=connection.client,
+            server=connection.server,
+            root_path=self.options.root_path,
+            state=self.state.lifespan_state,
+            headers=connection.request_headers,
+        )
 
-    def log_access(self) -> None:
-        """The access log line of this exchange (its duration: until the response was
-        complete), if there is an access log and a response went out."""
-        access_log = self.connection.options.access_log
-        if access_log is not None and self.status:
-            started = self.started
-            access_log.log(
-                self._scope,
-                self.status,
-                self.response.headers,
-                self.body_bytes,
-                started,
-                (self.ended or time.time()) - started,
-            )
-
-    def _complete(self) -> None:
-        """The response is written out whole: the exchange is finished, and the
-        connection may go on without waiting for the app to return. (Every response
-        comes here: _finish and Handovers.offer are inlined.)"""
-        self.finished = True
-        if self._response_done is not None:
-            self._response_done.set()
-        if self._disconnect_waiter is not None:
-            self._disconnect_waiter.cancel()
-        if self.started:
-            self.ended = time.time()
-        handovers = self.connection.options.handovers
-        if handovers.watchers:
-            handovers.offered.append(self)
-            if handovers.parked:
-                handovers.wake()
-
-    async def _fail(self) -> None:
-        """500 if nothing was sent yet; otherwise the only honest thing is to close."""
-        self.broken = True
-        self._finish()
-        if self.response.started or self.disconnected:
-            return
-        await self._write(self.response.fail(500, "Internal Server Error"))
-
-    async def _reject(self, exc: RequestRejected) -> Message:
-        """The body broke a rule while the app reads it: answer with the error if nothing
-        was sent yet, and tell the app the client is gone."""
-        LOGGER.info("bad request body: %s", exc.reason)
-        self.rejected = exc
-        self.broken = True
-        self.disconnected = True
-        if not self.response.started:
-            message = f"{error_status_text(exc.status)}: {exc.reason}"
-            await self._write(self.response.fail(exc.status, message), force=True)
-        self._finish()
-        return _DISCONNECT
-
-    def _finish(self) -> None:
-        """The exchange is over for receive(): the response is written out whole, or it
-        never will be. Wakes a receive() waiting for that, with http.disconnect."""
-        self.finished = True
-        if self._response_done is not None:
-            self._response_done.set()
-        if self._disconnect_waiter is not None:
-            self._disconnect_waiter.cancel()
-
-    async def receive(self) -> Message:
-        if self.disconnected or self.finished:
-            return _DISCONNECT
-        if not self.body_done:
-            return await self._receive_body()
-        if self._empty_body_due:
-            self._empty_body_due = False
-            return {"type": "http.request", "body": b"", "more_body": False}
-        return await self._wait_for_disconnect()
-
-    async def _receive_body(self) -> Message:
+    async def read_body(self) -> Message | None:
         connection = self.connection
         while True:
-            try:
-                message = connection.body_message()
-            except RequestRejected as exc:
-                return await self._reject(exc)
+            message = connection.body_message()
             if message is None:
                 if (
                     connection.expects_continue
@@ -1245,113 +1121,63 @@ class _Cycle:
                 try:
                     data = await connection.receive_body_bytes()
                     connection.feed_body(data)
-                except RequestRejected as exc:
-                    return await self._reject(exc)
                 finally:
                     self.reading = False
                 if not data:
-                    self.disconnected = True
                     self.broken = True
-                    return _DISCONNECT
+                    return None
             elif type(message) is dict:
-                if not message["more_body"]:
-                    self.body_done = True
                 return message
             else:
-                self.disconnected = True
                 if message is BodyEnd.LEFT:
                     self.broken = True
-                return _DISCONNECT
+                return None
 
-    async def _wait_for_disconnect(self) -> Message:
-        """After the body: block until the response is done or the client leaves.
-
-        Bytes that arrive meanwhile are the next pipelined request; they are kept for
-        the next cycle, and reading pauses once enough are buffered.
-        """
+    async def transmit_file(self, file: BinaryIO) -> bool:
+        # A file framed by its length (the app's, or the file's size) goes out as raw
+        # bytes after the head: with os.sendfile on a plain socket (no copy through
+        # Python, no worker thread), read in a worker thread otherwise. When the framing
+        # needs the bytes (chunked, trailers), as any body (see Exchange).
+        plan = self.response.file_body(os.fstat(file.fileno()).st_size)
+        if plan is None:
+            return await super().transmit_file(file)
+        head, count = plan
         connection = self.connection
-        with trio.CancelScope() as waiter:
-            self._disconnect_waiter = waiter
-            while not self.finished:
-                if connection.pipeline_full:
-                    self._response_done = trio.Event()
-                    if not self.finished:
-                        await self._response_done.wait()
-                    break
-                data = await connection._receive()
-                if not data:
-                    self.disconnected = True
-                    self.broken = True
-                    break
-                connection.receive_data(data)
-        self._disconnect_waiter = None
-        return _DISCONNECT
+        if head and not await connection.write(head):
+            return False
+        if connection.sock is not None:
+            return await connection.sendfile(file, count)
+        while count > 0:
+            chunk = await trio.to_thread.run_sync(file.read, min(count, FILE_CHUNK))
+            if not chunk:
+                _file_ended(count)
+                return False
+            if not await connection.write(chunk):
+                return False
+            count -= len(chunk)
+        return True
 
-    async def send(self, message: Message) -> None:
-        if self.rejected is not None:
-            # The request was refused (413, bad framing) and answered already.
-            return
-        if self.disconnected:
-            await _client_gone()
-        response = self.response
-        if response.phase is _START:
-            # A stop that began while the app worked still marks this response the last.
-            response.close = self.connection.state.stopping
-        try:
-            data = response.on_send(message)
-        except ASGIProtocolError as exc:
-            if response.head_sent and response.must_close:
-                # Part of the response is out and it cannot be completed (a body longer
-                # than its length): the connection cannot carry on.
+    async def watch_client(self) -> None:
+        # Bytes that arrive meanwhile are the next pipelined request: they are kept for
+        # the next exchange, and reading pauses once enough are buffered (until the
+        # exchange cancels this wait).
+        connection = self.connection
+        while True:
+            if connection.pipeline_full:
+                await trio.sleep_forever()
+            data = await connection._receive()
+            if not data:
                 self.broken = True
-                self._finish()
-            LOGGER.error("ASGI app sent a bad message: %s", exc)
-            raise RuntimeError(f"ASGI protocol error: {exc}") from None
-        # The last message: the exchange is finished once its bytes are written out (not
-        # before: an app that stops its sender on http.disconnect would cut the write).
-        last = response.phase is _DONE
-        if last and response.missing:
-            LOGGER.error(
-                "ASGI app sent %d bytes less than its Content-Length to %s %s;"
-                " closing the connection",
-                response.missing,
-                self.request.method.decode("ascii", "replace"),
-                self.request.target.decode("ascii", "replace"),
-            )
-        if not data:
-            if last:
-                self._complete()
-            return
-        if not await self.connection.write(data):
-            # The client left or stopped reading (see _Connection.write).
-            self.disconnected = True
-            self.broken = True
-            self._finish()
-            LOGGER.debug(
-                "client went away during %s %s; the app's send() raises ClientDisconnected",
-                self.request.method.decode("ascii", "replace"),
-                self.request.target.decode("ascii", "replace"),
-            )
-            raise ClientDisconnected(_GONE)
-        if last:
-            self._complete()
-
-    async def _write(self, data: bytes, *, force: bool = False) -> None:
-        if self.disconnected and not force:
-            return
-        if not await self.connection.write(data):
-            # The client left or stopped reading: drop the rest; receive() now reports
-            # http.disconnect.
-            self.disconnected = True
-            self.broken = True
+                return
+            connection.receive_data(data)
 
 
-async def _client_gone() -> NoReturn:
-    """What ``send()`` does once the client has gone: raise ClientDisconnected (ASGI
-    2.4 promises an OSError there). A checkpoint first: an app that ignores the error
-    and sends again in a loop must still let the other connections run."""
-    await trio.lowlevel.checkpoint()
-    raise ClientDisconnected(_GONE)
+def _file_ended(missing: int) -> None:
+    LOGGER.error(
+        "the file of an http.response.pathsend ended %d bytes before the size it had"
+        " when it was opened; closing the connection",
+        missing,
+    )
 
 
 _wait_readable = trio.lowlevel.wait_readable

@@ -46,13 +46,6 @@ _HTTP2_NUMBERS = (
 )
 
 
-HTTP2_EDGE = False
-"""WIRING: whether this build has the HTTP/2 edge (``trioserve._serve_h2``). False until
-it is merged and wired in ``_pipeline._http2_edge``: HTTP/2 is then neither offered by
-ALPN nor taken by prior knowledge, so a server never advertises what it cannot serve.
-Set it True (or remove it) in the same change as that wiring."""
-
-
 def h2_installed() -> bool:
     """Whether the ``h2`` package can be imported (the import is what counts: a broken
     or blocked install is as good as none)."""
@@ -107,8 +100,6 @@ def http_versions(config: Config) -> HTTPVersions:
         ConfigError: HTTP/2 is asked for explicitly and ``h2`` is not installed.
     """
     if "h2" not in config.http_protocols:
-        return HTTPVersions(http2=False)
-    if not HTTP2_EDGE:
         return HTTPVersions(http2=False)
     if not h2_installed():
         ask = _explicit_ask(config)

@@ -60,7 +60,6 @@ def edge(monkeypatch: pytest.MonkeyPatch) -> RecordingEdge:
         assert http.h2_prior_knowledge == (config.http2_cleartext in ("prior-knowledge", "both"))
         return recording
 
-    monkeypatch.setattr("trioserve._versions.HTTP2_EDGE", True)
     monkeypatch.setattr("trioserve._pipeline._http2_edge", build)
     return recording
 

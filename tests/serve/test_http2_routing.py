@@ -331,7 +331,6 @@ async def _tls_pair(
 async def test_tls_context_offers_h2_first(pki, monkeypatch, alpn, chosen):
     """With HTTP/2 served, the server's TLS context offers h2 before http/1.1: a client
     offering both gets h2 whatever its order; one offering http/1.1 gets it."""
-    monkeypatch.setattr("trioserve._versions.HTTP2_EDGE", True)
     context = ssl_context(Config(certfile=str(pki.cert_file), keyfile=str(pki.key_file)))
     assert context is not None
     client, server = await _tls_pair(pki, context, alpn)
@@ -342,7 +341,6 @@ async def test_tls_context_offers_h2_first(pki, monkeypatch, alpn, chosen):
 
 async def test_tls_context_without_http2_offers_http1_only(pki, monkeypatch):
     """With --http-protocols h1, a client offering h2 first gets http/1.1."""
-    monkeypatch.setattr("trioserve._versions.HTTP2_EDGE", True)
     config = Config(certfile=str(pki.cert_file), keyfile=str(pki.key_file), http_protocols="h1")
     context = ssl_context(config)
     assert context is not None
@@ -357,7 +355,6 @@ async def test_tls_connection_that_chose_h2_is_handed_over_at_once(nursery, pki,
     """A TLS connection whose handshake chose h2 goes to the HTTP/2 edge before a byte
     is read (the edge reads the preface itself); one that chose http/1.1 is served
     HTTP/1.1, and its preface would be a 400 (no prior knowledge over TLS)."""
-    monkeypatch.setattr("trioserve._versions.HTTP2_EDGE", True)
     context = ssl_context(Config(certfile=str(pki.cert_file), keyfile=str(pki.key_file)))
     assert context is not None
     client, server = await _tls_pair(pki, context, alpn)

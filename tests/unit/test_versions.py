@@ -22,12 +22,6 @@ INSTALL = "pip install 'trioserve[http2]'"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _with_http2_edge(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This build's HTTP/2 edge counted as present (see _versions.HTTP2_EDGE)."""
-    monkeypatch.setattr("trioserve._versions.HTTP2_EDGE", True)
-
-
 class _NoH2(importlib.abc.MetaPathFinder):
     """Refuses to import h2 and its submodules, as if it were not installed."""
 
@@ -262,8 +256,6 @@ class NoH2(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, NoH2())
-import trioserve._versions
-trioserve._versions.HTTP2_EDGE = True
 from trioserve._cli import main
 sys.exit(main(sys.argv[1:]))
 """
