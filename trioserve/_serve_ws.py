@@ -62,6 +62,7 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events
+import wsproto.extensions
 import wsproto.handshake
 import wsproto.utilities
 from trio_websocket import ConnectionClosed, WebSocketRequest
@@ -71,6 +72,7 @@ from wsproto.frame_protocol import FrameDecoder
 from ._config import Config
 from ._errors import ClientDisconnected, departure
 from ._peer import Peer
+from ._proto.deflate import BoundedDeflate, DeflateSettings, offers
 from ._proto.http import ASGIProtocolError
 from ._proto.websocket import (
     APP_ERROR_REFUSAL,
@@ -152,7 +154,13 @@ class _Handshake(wsproto.handshake.H11Handshake):
 class _ServerConnection(trio_websocket.WebSocketConnection):
     """A server-side trio-websocket connection that a :class:`_Watcher` pings and stops."""
 
-    def __init__(self, stream: trio.abc.Stream, config: Config, watcher: _Watcher) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        config: Config,
+        watcher: _Watcher,
+        deflate: DeflateSettings | None = None,
+    ) -> None:
         connection = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         connection.handshake = _Handshake(wsproto.ConnectionType.SERVER)
         super().__init__(
@@ -163,6 +171,10 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             receive_buffer_size=RECEIVE_SIZE,
         )
         self.watcher = watcher
+        # The server's permessage-deflate policy (None: never negotiated), and the
+        # extension once a client's offer was accepted.
+        self.deflate = deflate
+        self.inflater: BoundedDeflate | None = None
         # When the watcher pings next; its connections are kept in this order.
         self.next_ping = math.inf
         # Set while a ping of the watcher's waits for its pong.
@@ -235,14 +247,21 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         )
         if decoder is None or decoder.header is None or decoder.header.opcode.iscontrol():
             return False
+        if self.inflater is not None and self.inflater.inflating:
+            # A compressed frame's length says nothing of its message's size: the
+            # extension counts the inflated bytes instead (see BoundedDeflate).
+            return False
         remaining = decoder.header.payload_len - decoder.payload_consumed
         return self._message_size + remaining > self._max_message_size
+
+    def _too_big_reason(self) -> str:
+        return f"Exceeded maximum message size: {self._max_message_size} bytes"
 
     async def _refuse_message(self) -> None:
         """Close with 1009 for a message over max_message_size, as trio-websocket does
         once it has read that much (what still arrives is dropped, see
         _handle_message_event)."""
-        reason = f"Exceeded maximum message size: {self._max_message_size} bytes"
+        reason = self._too_big_reason()
         self._message_size = 0
         self._message_parts = []
         self._close_reason = trio_websocket.CloseReason(1009, reason)
@@ -313,6 +332,10 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             # Closed as of now: while our close frame is being written, wsproto refuses
             # messages (LocalProtocolError), so the app's send() must get
             # ClientDisconnected instead (as after any close; see send_message).
+            if event.code == 1009:
+                # The extension found a compressed message over the limit (wsproto
+                # calls that "error in extension"): say so as for any message.
+                event = wsproto.events.CloseConnection(code=1009, reason=self._too_big_reason())
             self._close_reason = trio_websocket.CloseReason(event.code, event.reason or None)
             with contextlib.suppress(ConnectionClosed):
                 await self._send(event)
@@ -323,6 +346,12 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
     ) -> None:
         if self.closed is not None:
             # Closing: what still arrives is dropped unread by anyone.
+            return
+        inflater = self.inflater
+        if inflater is not None and inflater.too_big:
+            # A compressed message went over the limit: the extension stopped
+            # inflating it (this event has none of it); the rest is read and dropped.
+            await self._refuse_message()
             return
         await super()._handle_message_event(event)
         if self.closed is not None:
@@ -337,7 +366,17 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         subprotocol: str | None,
         extra_headers: list[tuple[bytes, bytes]],
     ) -> None:
-        await super()._accept(request, subprotocol, extra_headers)
+        # trio-websocket's _accept, with the extension: it never offers any.
+        self._subprotocol = subprotocol
+        self._path = request.target
+        extensions = self._extensions(request, extra_headers)
+        await self._send(
+            wsproto.events.AcceptConnection(
+                subprotocol=subprotocol, extensions=extensions, extra_headers=extra_headers
+            )
+        )
+        if extensions and extensions[0].enabled():
+            self.inflater = cast(BoundedDeflate, extensions[0])
         # From here on only wsproto's frame-level connection is used: its HTTP/1.1
         # handshake (an h11 parser, the request) is let go. The frame-level object has
         # everything trio-websocket asks of a WSConnection: state, send,
@@ -348,6 +387,17 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             self._wsproto = cast(wsproto.WSConnection, connection)
         self._open_handshake = _ALWAYS_SET
         self.watcher.opened(self)
+
+    def _extensions(
+        self, request: wsproto.events.Request, extra_headers: list[tuple[bytes, bytes]]
+    ) -> list[wsproto.extensions.Extension]:
+        """permessage-deflate, to be negotiated if the client offered it, unless it is
+        off or the app answers Sec-WebSocket-Extensions itself."""
+        if self.deflate is None or not offers([str(offer) for offer in request.extensions]):
+            return []
+        if any(name.lower() == b"sec-websocket-extensions" for name, _ in extra_headers):
+            return []
+        return [BoundedDeflate(self.deflate, self._max_message_size)]
 
 
 # Handlers of the events _ServerConnection._reader_task receives, shared by all
@@ -478,6 +528,14 @@ class WSOptions:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.watcher = _Watcher(config)
+        self.deflate = (
+            DeflateSettings(
+                context_takeover=config.ws_deflate_context_takeover,
+                window_bits=config.ws_deflate_window_bits,
+            )
+            if config.ws_per_message_deflate
+            else None
+        )
 
 
 async def watch_websockets(
@@ -524,7 +582,7 @@ async def _serve_websocket(
     if not watcher.running:
         # Served on its own (tests, embedding): a watcher for this websocket only.
         watcher = own = _Watcher(config)
-    conn = _ServerConnection(stream, config, watcher)
+    conn = _ServerConnection(stream, config, watcher, options.deflate)
     try:
         async with trio.open_nursery() as nursery:
             if own is not None:

@@ -1,5 +1,6 @@
-"""Sans-IO protocol logic: standard library, h11 and attrs only, never trio.
+"""Sans-IO protocol logic: standard library, h11 and attrs only (and wsproto, itself
+sans-IO, in ``deflate``), never trio.
 
-``http``, ``websocket``, ``proxy_protocol`` and ``validate`` for clients' bytes;
+``http``, ``websocket``, ``deflate``, ``proxy_protocol`` and ``validate`` for clients' bytes;
 ``channel`` for the master's own: its messages to and from workers and the preloader.
 """
