@@ -26,11 +26,16 @@ tests/integration/test_ws_clients.py:
   (ClientDisconnected for an ASGI app) rather than wsproto's LocalProtocolError.
 - ``_handle_message_event``: after closing with 1009, trio-websocket stops reading, so
   a peer still sending the message gets a reset and never sees the 1009; the rest is
-  read and dropped until the peer answers the close.
+  read and dropped until the peer answers the close. A compressed message the
+  extension stopped inflating at the limit is refused the same way, as soon as it is
+  seen (trio-websocket would only count what was inflated).
 - ``_handle_request_event``: once the replayed request head is read, trio-websocket
   reads the socket directly rather than through the :class:`PrefixedStream`.
-- ``_accept``: a websocket accepted while the server stops is closed with 1001; the
-  handshake's state is let go (wsproto's HTTP/1.1 parser, the request).
+- ``_accept`` (rewritten whole: trio-websocket never passes extensions to wsproto):
+  permessage-deflate is negotiated when the client offers it (wsproto's extension,
+  bounded and negotiated by :mod:`trioserve._proto.deflate`); a websocket accepted
+  while the server stops is closed with 1001; the handshake's state is let go
+  (wsproto's HTTP/1.1 parser, the request).
 - ``_reader_task`` (rewritten whole, with one dispatch table for all connections)
   closes with 1009 as soon as a frame header announces a message over the size
   limit, reading the header that wsproto's frame decoder (``_proto._frame_decoder``)
@@ -154,13 +159,11 @@ class _Handshake(wsproto.handshake.H11Handshake):
 class _ServerConnection(trio_websocket.WebSocketConnection):
     """A server-side trio-websocket connection that a :class:`_Watcher` pings and stops."""
 
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        config: Config,
-        watcher: _Watcher,
-        deflate: DeflateSettings | None = None,
-    ) -> None:
+    # permessage-deflate once a client's offer was accepted (set on the instance then
+    # only: an attribute more on every connection would cost 1.3 KB, see below).
+    inflater: BoundedDeflate | None = None
+
+    def __init__(self, stream: trio.abc.Stream, config: Config, watcher: _Watcher) -> None:
         connection = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         connection.handshake = _Handshake(wsproto.ConnectionType.SERVER)
         super().__init__(
@@ -170,11 +173,9 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             max_message_size=config.ws_max_message_size,
             receive_buffer_size=RECEIVE_SIZE,
         )
+        # No attribute more than these: with 30 or more, CPython 3.11 stops sharing the
+        # keys of instance dicts, and each connection's takes 1.3 KB more.
         self.watcher = watcher
-        # The server's permessage-deflate policy (None: never negotiated), and the
-        # extension once a client's offer was accepted.
-        self.deflate = deflate
-        self.inflater: BoundedDeflate | None = None
         # When the watcher pings next; its connections are kept in this order.
         self.next_ping = math.inf
         # Set while a ping of the watcher's waits for its pong.
@@ -393,11 +394,12 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
     ) -> list[wsproto.extensions.Extension]:
         """permessage-deflate, to be negotiated if the client offered it, unless it is
         off or the app answers Sec-WebSocket-Extensions itself."""
-        if self.deflate is None or not offers([str(offer) for offer in request.extensions]):
+        deflate = self.watcher.deflate
+        if deflate is None or not offers([str(offer) for offer in request.extensions]):
             return []
         if any(name.lower() == b"sec-websocket-extensions" for name, _ in extra_headers):
             return []
-        return [BoundedDeflate(self.deflate, self._max_message_size)]
+        return [BoundedDeflate(deflate, self._max_message_size)]
 
 
 # Handlers of the events _ServerConnection._reader_task receives, shared by all
@@ -416,7 +418,9 @@ _READER_DISPATCH: dict[type[wsproto.events.Event], Callable[[Any, Any], Awaitabl
 
 
 class _Watcher:
-    """Pings websockets and closes them with 1001 on a graceful stop.
+    """Pings websockets and closes them with 1001 on a graceful stop; holds what its
+    websockets share of the settings (the ping interval and timeout, the
+    permessage-deflate policy), so that no connection needs an attribute for them.
 
     Connections are kept in a dict ordered by their next ping: every ping is due one
     interval after the previous one, so a pinged connection moves to the end and the
@@ -427,6 +431,15 @@ class _Watcher:
         self.connections: dict[_ServerConnection, None] = {}
         self.interval = config.ws_ping_interval
         self.timeout = config.ws_ping_timeout
+        # None: permessage-deflate offers are declined.
+        self.deflate = (
+            DeflateSettings(
+                context_takeover=config.ws_deflate_context_takeover,
+                window_bits=config.ws_deflate_window_bits,
+            )
+            if config.ws_per_message_deflate
+            else None
+        )
         self.running = False
         self.stopping = False
         self._nursery: trio.Nursery | None = None
@@ -528,14 +541,6 @@ class WSOptions:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.watcher = _Watcher(config)
-        self.deflate = (
-            DeflateSettings(
-                context_takeover=config.ws_deflate_context_takeover,
-                window_bits=config.ws_deflate_window_bits,
-            )
-            if config.ws_per_message_deflate
-            else None
-        )
 
 
 async def watch_websockets(
@@ -582,7 +587,7 @@ async def _serve_websocket(
     if not watcher.running:
         # Served on its own (tests, embedding): a watcher for this websocket only.
         watcher = own = _Watcher(config)
-    conn = _ServerConnection(stream, config, watcher, options.deflate)
+    conn = _ServerConnection(stream, config, watcher)
     try:
         async with trio.open_nursery() as nursery:
             if own is not None:
