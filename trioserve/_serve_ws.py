@@ -67,7 +67,6 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events
-import wsproto.extensions
 import wsproto.handshake
 import wsproto.utilities
 from trio_websocket import ConnectionClosed, WebSocketRequest
@@ -370,14 +369,16 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         # trio-websocket's _accept, with the extension: it never offers any.
         self._subprotocol = subprotocol
         self._path = request.target
-        extensions = self._extensions(request, extra_headers)
+        deflate = self._deflate(request, extra_headers)
         await self._send(
             wsproto.events.AcceptConnection(
-                subprotocol=subprotocol, extensions=extensions, extra_headers=extra_headers
+                subprotocol=subprotocol,
+                extensions=[] if deflate is None else [deflate],
+                extra_headers=extra_headers,
             )
         )
-        if extensions and extensions[0].enabled():
-            self.inflater = cast(BoundedDeflate, extensions[0])
+        if deflate is not None and deflate.enabled():
+            self.inflater = deflate
         # From here on only wsproto's frame-level connection is used: its HTTP/1.1
         # handshake (an h11 parser, the request) is let go. The frame-level object has
         # everything trio-websocket asks of a WSConnection: state, send,
@@ -389,17 +390,17 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         self._open_handshake = _ALWAYS_SET
         self.watcher.opened(self)
 
-    def _extensions(
+    def _deflate(
         self, request: wsproto.events.Request, extra_headers: list[tuple[bytes, bytes]]
-    ) -> list[wsproto.extensions.Extension]:
+    ) -> BoundedDeflate | None:
         """permessage-deflate, to be negotiated if the client offered it, unless it is
-        off or the app answers Sec-WebSocket-Extensions itself."""
-        deflate = self.watcher.deflate
-        if deflate is None or not offers([str(offer) for offer in request.extensions]):
-            return []
+        off or the app answers Sec-WebSocket-Extensions itself (one such field only)."""
+        settings = self.watcher.deflate
+        if settings is None or not offers([str(offer) for offer in request.extensions]):
+            return None
         if any(name.lower() == b"sec-websocket-extensions" for name, _ in extra_headers):
-            return []
-        return [BoundedDeflate(deflate, self._max_message_size)]
+            return None
+        return BoundedDeflate(settings, self._max_message_size)
 
 
 # Handlers of the events _ServerConnection._reader_task receives, shared by all

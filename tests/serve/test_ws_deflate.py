@@ -198,3 +198,31 @@ async def test_no_extension_when_off(nursery):
         text = "plain " * 1000
         assert await client.send(TextMessage(data=text)) > len(text)
         assert await client.message() == text
+
+
+async def test_app_answering_sec_websocket_extensions_itself_gets_no_deflate(nursery):
+    """An app that puts Sec-WebSocket-Extensions in websocket.accept's headers answers
+    the offer itself: the 101 carries its field only, not a second one of ours."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send(
+            {"type": "websocket.accept", "headers": [(b"sec-websocket-extensions", b"x-own")]}
+        )
+        await receive()
+
+    stream, _ = start_asgi(nursery, app, make_state())
+    await stream.send_all(
+        b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    )
+    head = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some()
+    fields = [line.lower() for line in head.split(b"\r\n") if b":" in line]
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert [f for f in fields if f.startswith(b"sec-websocket-extensions")] == [
+        b"sec-websocket-extensions: x-own"
+    ]
