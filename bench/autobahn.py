@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python bench/autobahn.py [--targets asgi,native] [--cases '*'] [--exclude 12.*,13.*]
-        [--wstest 'jython -m autobahntestsuite.wstest'] [--reports DIR]
+        [--wstest 'jython -m autobahntestsuite.wstest'] [--reports DIR] [--server-arg ARG]...
 
 For each target it starts ``trioserve examples.ws_echo:app`` (asgi) or
 ``trioserve examples.ws_echo:handler --interface websocket`` (native) with
@@ -44,11 +44,12 @@ SUITE_TIMEOUT = 4 * 3600.0
 _LISTENING = re.compile(rb"listening on (?:http|ws)://127\.0\.0\.1:(\d+)")
 
 
-def start_server(target: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(target: str, log: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     """trioserve serving ``target`` on 127.0.0.1 (its output in ``log``), and its port."""
     command = [
         *(sys.executable, "-m", "trioserve", *TARGETS[target]),
         *("--bind", "127.0.0.1:0", "--workers", "0"),
+        *extra,
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -135,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude", default="", help="comma-separated case patterns")
     parser.add_argument("--wstest", default="jython -m autobahntestsuite.wstest")
     parser.add_argument("--reports", type=Path, help="keep the reports here")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="an argument more for trioserve (repeat), e.g. --server-arg=--ws-ping-interval=0",
+    )
     args = parser.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
     for target in targets:
@@ -147,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         reports = args.reports or Path(tmp)
         reports.mkdir(parents=True, exist_ok=True)
         for target in targets:
-            process, port = start_server(target, reports / f"trioserve-{target}.log")
+            process, port = start_server(
+                target, reports / f"trioserve-{target}.log", args.server_arg
+            )
             try:
                 started = time.monotonic()
                 results = run_suite(

@@ -257,7 +257,7 @@ def test_ping_between_compressed_fragments() -> None:
     assert b"".join(e.data for e in events if isinstance(e, BytesMessage)) == payload
 
 
-def _masked_frame(opcode: int, payload: bytes, *, rsv1: bool, fin: bool = True) -> bytes:
+def masked_frame(opcode: int, payload: bytes, *, rsv1: bool, fin: bool = True) -> bytes:
     """A client frame with a zero mask (so the payload goes as is)."""
     first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     if len(payload) < 126:
@@ -283,7 +283,7 @@ def test_inflate_bomb_is_refused_after_the_limits_worth_of_work() -> None:
     server, extension, _ = _handshake(b"permessage-deflate", max_message_size=MiB)
     payload = bomb(1024)
     assert len(payload) < 1100 * 1024
-    frame = _masked_frame(0x2, payload, rsv1=True)
+    frame = masked_frame(0x2, payload, rsv1=True)
     inflated = 0
     events: list[Event] = []
     tracemalloc.start()
@@ -336,7 +336,7 @@ def test_limit_counts_the_whole_fragmented_message() -> None:
 def test_corrupt_compressed_data_is_1007() -> None:
     """Compressed data zlib cannot inflate fails with 1007."""
     server, _, _ = _handshake(b"permessage-deflate")
-    events = _events(server, _masked_frame(0x2, b"\xff\xff\xff\xff", rsv1=True))
+    events = _events(server, masked_frame(0x2, b"\xff\xff\xff\xff", rsv1=True))
     assert isinstance(events[-1], CloseConnection)
     assert events[-1].code == 1007
 

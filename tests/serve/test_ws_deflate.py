@@ -20,7 +20,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from tests.proto.test_deflate import _masked_frame, bomb
+from tests.proto.test_deflate import bomb, masked_frame
 from tests.serve.test_ws import App, make_state, start_asgi
 from trioserve._state import ServerState
 
@@ -99,7 +99,7 @@ async def test_inflate_bomb_closes_with_1009_after_bounded_work(nursery):
     app = App()
     client, served = start(nursery, app, make_state(ws_max_message_size=MiB))
     payload = bomb(1024)
-    frame = _masked_frame(0x2, payload, rsv1=True)
+    frame = masked_frame(0x2, payload, rsv1=True)
     with trio.fail_after(10):
         await client.handshake()
         tracemalloc.start()
