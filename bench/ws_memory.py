@@ -17,6 +17,13 @@ handshakes completed, let it settle again, read the RSS again and report
 compression is negotiated. The table gives the median over ``--rounds`` and the
 figures from issue 4 beside it.
 
+With ``--compression`` each client connection offers permessage-deflate (wsproto's
+default offer: windows of 2**15 both ways, context takeover allowed), counts the
+connections whose offer was accepted, and exchanges one compressible 2 KB text
+message (and its echo) before it idles, so that the server has compressed and
+inflated once: an idle compressed websocket is measured, not one that never
+allocated its compression state.
+
 Everything listens on and connects to 127.0.0.1; every wait is bounded, and every
 process started here is stopped by its pid (SIGTERM, then SIGKILL).
 """
@@ -58,6 +65,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import PerMessageDeflate
 
 if not __package__:
     # Run as a script (python bench/X.py): make the "bench" package importable.
@@ -153,6 +161,16 @@ SERVERS: dict[str, Server] = {
             description="uvicorn --ws wsproto --workers 1, ASGI echo",
         ),
         Server(
+            "uvicorn-websockets",
+            lambda port: [
+                *("-m", "uvicorn", "--ws", "websockets", "--http", "h11", "--loop", "asyncio"),
+                *("--workers", "1", "--no-access-log", "--host", HOST, "--port", str(port), APP),
+            ],
+            module="uvicorn",
+            distributions=("uvicorn", "websockets", "h11"),
+            description="uvicorn --ws websockets --workers 1, ASGI echo (compression on)",
+        ),
+        Server(
             "wsproto",
             lambda port: ["-m", "bench.ws_memory_servers", "wsproto", "--port", str(port)],
             module="wsproto",
@@ -165,6 +183,22 @@ SERVERS: dict[str, Server] = {
             module="trioserve",
             distributions=("trioserve", "trio", "trio-websocket", "wsproto"),
             description="trioserve --workers 0 (one process), ASGI echo",
+            is_trioserve=True,
+        ),
+        Server(
+            "trioserve-asgi-takeover",
+            _trioserve_argv(APP, "--ws-deflate-context-takeover"),
+            module="trioserve",
+            distributions=("trioserve", "trio", "trio-websocket", "wsproto"),
+            description="trioserve --workers 0 --ws-deflate-context-takeover, ASGI echo",
+            is_trioserve=True,
+        ),
+        Server(
+            "trioserve-asgi-no-deflate",
+            _trioserve_argv(APP, "--no-ws-per-message-deflate"),
+            module="trioserve",
+            distributions=("trioserve", "trio", "trio-websocket", "wsproto"),
+            description="trioserve --workers 0 --no-ws-per-message-deflate, ASGI echo",
             is_trioserve=True,
         ),
         Server(
@@ -199,6 +233,7 @@ class Measurement:
     processes: int
     open_seconds: float
     per_connection_kib: float
+    compressed: int = 0  # websockets whose permessage-deflate offer was accepted
     per_process_kib: dict[str, tuple[int, int]] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
 
@@ -317,9 +352,15 @@ def websocket_echo(port: int, timeout: float) -> None:
 # --- the client process ----------------------------------------------------------------
 
 
+# The message a --compression client sends once, and gets back, before it idles.
+COMPRESSIBLE = '{"event": "update", "values": [1, 2, 3], "ok": true}' * 40
+
+
 @dataclass
 class _ClientState:
     target: int
+    compression: bool = False
+    compressed: int = 0
     opened: int = 0
     failed: int = 0
     closed_by_server: int = 0
@@ -333,11 +374,12 @@ class _ClientState:
             print(f"client: {self.opened} open, {self.failed} failed", file=sys.stderr)
 
 
-async def _handshake(port: int) -> tuple[trio.SocketStream, WSConnection]:
+async def _handshake(port: int, state: _ClientState) -> tuple[trio.SocketStream, WSConnection]:
     stream = await trio.open_tcp_stream(HOST, port)
     try:
         ws = WSConnection(ConnectionType.CLIENT)
-        await stream.send_all(ws.send(Request(host=f"{HOST}:{port}", target="/")))
+        offer = [PerMessageDeflate()] if state.compression else []
+        await stream.send_all(ws.send(Request(host=f"{HOST}:{port}", target="/", extensions=offer)))
         while True:
             data = await stream.receive_some(RECEIVE_BYTES)
             if not data:
@@ -345,12 +387,38 @@ async def _handshake(port: int) -> tuple[trio.SocketStream, WSConnection]:
             ws.receive_data(data)
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
+                    if state.compression:
+                        if event.extensions:
+                            state.compressed += 1
+                        await _exchange_one(stream, ws)
                     return stream, ws
                 if isinstance(event, RejectConnection):
                     raise ConnectionError(f"rejected with HTTP {event.status_code}")
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+async def _exchange_one(stream: trio.SocketStream, ws: WSConnection) -> None:
+    """Send COMPRESSIBLE and wait for its echo (the server compresses and inflates once)."""
+    await stream.send_all(ws.send(TextMessage(data=COMPRESSIBLE)))
+    parts = []
+    while True:
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            raise ConnectionError("closed before the echo")
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, Ping):
+                await stream.send_all(ws.send(event.response()))
+            elif isinstance(event, TextMessage):
+                parts.append(event.data)
+                if event.message_finished:
+                    if "".join(parts) != COMPRESSIBLE:
+                        raise ConnectionError("the echo differs from the message")
+                    return
+            elif isinstance(event, CloseConnection):
+                raise ConnectionError(f"closed with {event.code} before the echo")
 
 
 async def _idle(stream: trio.SocketStream, ws: WSConnection, state: _ClientState) -> None:
@@ -382,7 +450,7 @@ async def _one_connection(
     try:
         async with limiter:
             with trio.fail_after(handshake_seconds):
-                stream, ws = await _handshake(port)
+                stream, ws = await _handshake(port, state)
     except (OSError, trio.TooSlowError, trio.BrokenResourceError, RemoteProtocolError) as exc:
         state.failed += 1
         state.errors[f"open: {type(exc).__name__}: {exc}"[:160]] += 1
@@ -395,9 +463,14 @@ async def _one_connection(
 
 
 async def _client(
-    port: int, connections: int, concurrency: int, handshake_timeout: float, lifetime: float
+    port: int,
+    connections: int,
+    concurrency: int,
+    handshake_timeout: float,
+    lifetime: float,
+    compression: bool,
 ) -> None:
-    state = _ClientState(target=connections)
+    state = _ClientState(target=connections, compression=compression)
     limiter = trio.CapacityLimiter(concurrency)
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
@@ -411,6 +484,7 @@ async def _client(
             "opened": state.opened,
             "failed": state.failed,
             "closed_by_server": state.closed_by_server,
+            "compressed": state.compressed,
             "seconds": round(time.monotonic() - started, 3),
             "errors": dict(state.errors.most_common(5)),
         }
@@ -434,6 +508,7 @@ def client_main(argv: Sequence[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--handshake-timeout", type=float, default=30.0)
     parser.add_argument("--lifetime", type=float, default=600.0)
+    parser.add_argument("--compression", action="store_true")
     args = parser.parse_args(argv)
     trio.run(
         _client,
@@ -442,6 +517,7 @@ def client_main(argv: Sequence[str]) -> int:
         args.concurrency,
         args.handshake_timeout,
         args.lifetime,
+        args.compression,
     )
     return 0
 
@@ -555,11 +631,12 @@ def running(server: Server, log_dir: Path) -> Iterator[RunningServer]:
 
 @contextlib.contextmanager
 def client_process(
-    port: int, connections: int, concurrency: int, log_path: Path
+    port: int, connections: int, concurrency: int, log_path: Path, compression: bool = False
 ) -> Iterator[tuple[subprocess.Popen[bytes], LineReader]]:
     command = [
         *(sys.executable, "-m", "bench.ws_memory", "client", "--port", str(port)),
         *("--connections", str(connections), "--concurrency", str(concurrency)),
+        *(["--compression"] if compression else []),
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -599,13 +676,17 @@ def measure(
     concurrency: int,
     settle: float,
     log_dir: Path,
+    compression: bool = False,
 ) -> Measurement:
     """Start the server, open N idle websockets, and read the RSS before and after."""
     with running(server, log_dir) as proc:
         time.sleep(settle)
         before = tree_rss(proc.process.pid)
         client_log = log_dir / f"client-{server.name}-{proc.port}.log"
-        with client_process(proc.port, connections, concurrency, client_log) as (client, reader):
+        with client_process(proc.port, connections, concurrency, client_log, compression) as (
+            client,
+            reader,
+        ):
             opening_budget = 30.0 * (math.ceil(connections / concurrency) + 1) + 10.0
             opened = _read_report(reader, opening_budget, "after opening", client_log)
             proc.check_alive("while the connections were opened")
@@ -643,6 +724,7 @@ def measure(
         processes=len(after),
         open_seconds=float(opened["seconds"]),
         per_connection_kib=(rss_after - rss_before) / connections,
+        compressed=int(opened.get("compressed", 0)),
         per_process_kib=per_process,
         command=proc.command,
     )
@@ -796,6 +878,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=SETTLE_SECONDS,
         help=f"Seconds to wait before each RSS reading (default: {SETTLE_SECONDS:g}).",
     )
+    parser.add_argument(
+        "--compression",
+        action="store_true",
+        help="Offer permessage-deflate and exchange one message before idling.",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="Write the raw results here.")
     return parser
 
@@ -849,7 +936,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 label = f"round {round_no}/{args.rounds} {name:<17}"
                 try:
                     m = measure(
-                        server, round_no, connections, args.concurrency, args.settle, Path(tmp)
+                        server,
+                        round_no,
+                        connections,
+                        args.concurrency,
+                        args.settle,
+                        Path(tmp),
+                        args.compression,
                     )
                 except BenchError as exc:
                     first = _short_reason(exc)
@@ -866,13 +959,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{label} {m.per_connection_kib:6.1f} KiB/websocket  "
                     f"RSS {m.rss_before_kib / 1024:.1f} -> {m.rss_after_kib / 1024:.1f} MiB "
                     f"over {m.processes} process(es); {connections} opened in "
-                    f"{m.open_seconds:.1f}s",
+                    f"{m.open_seconds:.1f}s"
+                    + (f"; {m.compressed} compressed" if args.compression else ""),
                     file=sys.stderr,
                 )
     for failure in failures:
         unavailable.setdefault(failure["server"], "failed: " + failure["reason"])
     print()
-    print(f"{connections} idle websockets per server, one worker, no compression\n")
+    mode = (
+        "permessage-deflate offered, one message exchanged"
+        if args.compression
+        else "no compression"
+    )
+    print(f"{connections} idle websockets per server, one worker, {mode}\n")
     print(render_table(results, unavailable, args.servers))
     print()
     for name in args.servers:
@@ -895,6 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "concurrency": args.concurrency,
                 "settle": args.settle,
                 "servers": args.servers,
+                "compression": args.compression,
             },
             "results": [asdict(m) for m in results],
             "failures": failures,

@@ -105,7 +105,7 @@ class Setting:
 # -- kinds ---------------------------------------------------------------------------------
 
 
-def _int_kind(minimum: int) -> Kind:
+def _int_kind(minimum: int, maximum: int | None = None) -> Kind:
     def from_text(text: str) -> int:
         try:
             value = int(text.strip(), 10)
@@ -118,9 +118,14 @@ def _int_kind(minimum: int) -> Kind:
             return from_text(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise _BadValue(value)
+        if maximum is not None and value > maximum:
+            raise _BadValue(value)
         return value
 
-    return Kind(f"an integer >= {minimum}", from_text, from_value)
+    expected = (
+        f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    )
+    return Kind(expected, from_text, from_value)
 
 
 def _seconds_kind(*, zero: str = "") -> Kind:
@@ -697,12 +702,14 @@ class Config:
         ),
     )
     ws_max_message_size: int = _setting(
-        1024 * 1024,
+        16 * 1024 * 1024,
         Setting(
             _int_kind(1),
             _WS,
-            "Largest WebSocket message accepted, in bytes; a larger one closes the "
-            "connection with 1009 (message too big).",
+            "Largest WebSocket message accepted, in bytes (after decompression); a larger "
+            "one closes the connection with 1009 (message too big). A websocket holds up to "
+            "ws_max_queue + 1 messages of this size; with compression a peer can send one "
+            "for about a thousandth of its size in traffic.",
             flags=("--ws-max-message-size",),
             metavar="BYTES",
         ),
@@ -715,6 +722,41 @@ class Config:
             "Received WebSocket messages held for the app before reading from the peer pauses.",
             flags=("--ws-max-queue",),
             metavar="INT",
+        ),
+    )
+    ws_per_message_deflate: bool = _setting(
+        True,
+        Setting(
+            _bool_kind(),
+            _WS,
+            "Accept the permessage-deflate extension (RFC 7692) when a WebSocket client "
+            "offers it, compressing messages both ways.",
+            flags=("--ws-per-message-deflate",),
+        ),
+    )
+    ws_deflate_context_takeover: bool = _setting(
+        False,
+        Setting(
+            _bool_kind(),
+            _WS,
+            "Keep each side's compression context from one WebSocket message to the next "
+            "(better compression of many small similar messages, about 300 KiB per "
+            "compressed websocket for its whole life). Off, the server answers "
+            "server_no_context_takeover and client_no_context_takeover and a compressed "
+            "websocket holds no compression state between messages.",
+            flags=("--ws-deflate-context-takeover",),
+        ),
+    )
+    ws_deflate_window_bits: int = _setting(
+        15,
+        Setting(
+            _int_kind(9, 15),
+            _WS,
+            "The largest LZ77 window (a power of two) the server compresses WebSocket "
+            "messages with, and asks for as client_max_window_bits of clients that let it "
+            "choose; smaller saves memory per message being compressed, at some ratio.",
+            flags=("--ws-deflate-window-bits",),
+            metavar="BITS",
         ),
     )
     ws_ping_interval: float = _setting(

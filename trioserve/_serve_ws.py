@@ -26,11 +26,16 @@ tests/integration/test_ws_clients.py:
   (ClientDisconnected for an ASGI app) rather than wsproto's LocalProtocolError.
 - ``_handle_message_event``: after closing with 1009, trio-websocket stops reading, so
   a peer still sending the message gets a reset and never sees the 1009; the rest is
-  read and dropped until the peer answers the close.
+  read and dropped until the peer answers the close. A compressed message the
+  extension stopped inflating at the limit is refused the same way, as soon as it is
+  seen (trio-websocket would only count what was inflated).
 - ``_handle_request_event``: once the replayed request head is read, trio-websocket
   reads the socket directly rather than through the :class:`PrefixedStream`.
-- ``_accept``: a websocket accepted while the server stops is closed with 1001; the
-  handshake's state is let go (wsproto's HTTP/1.1 parser, the request).
+- ``_accept`` (rewritten whole: trio-websocket never passes extensions to wsproto):
+  permessage-deflate is negotiated when the client offers it (wsproto's extension,
+  bounded and negotiated by :mod:`trioserve._proto.deflate`); a websocket accepted
+  while the server stops is closed with 1001; the handshake's state is let go
+  (wsproto's HTTP/1.1 parser, the request).
 - ``_reader_task`` (rewritten whole, with one dispatch table for all connections)
   closes with 1009 as soon as a frame header announces a message over the size
   limit, reading the header that wsproto's frame decoder (``_proto._frame_decoder``)
@@ -71,6 +76,7 @@ from wsproto.frame_protocol import FrameDecoder
 from ._config import Config
 from ._errors import ClientDisconnected, departure
 from ._peer import Peer
+from ._proto.deflate import BoundedDeflate, DeflateSettings, offers
 from ._proto.http import ASGIProtocolError
 from ._proto.websocket import (
     APP_ERROR_REFUSAL,
@@ -152,6 +158,10 @@ class _Handshake(wsproto.handshake.H11Handshake):
 class _ServerConnection(trio_websocket.WebSocketConnection):
     """A server-side trio-websocket connection that a :class:`_Watcher` pings and stops."""
 
+    # permessage-deflate once a client's offer was accepted (set on the instance then
+    # only: an attribute more on every connection would cost 1.3 KB, see below).
+    inflater: BoundedDeflate | None = None
+
     def __init__(self, stream: trio.abc.Stream, config: Config, watcher: _Watcher) -> None:
         connection = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         connection.handshake = _Handshake(wsproto.ConnectionType.SERVER)
@@ -162,6 +172,8 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             max_message_size=config.ws_max_message_size,
             receive_buffer_size=RECEIVE_SIZE,
         )
+        # No attribute more than these: with 30 or more, CPython 3.11 stops sharing the
+        # keys of instance dicts, and each connection's takes 1.3 KB more.
         self.watcher = watcher
         # When the watcher pings next; its connections are kept in this order.
         self.next_ping = math.inf
@@ -235,14 +247,21 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         )
         if decoder is None or decoder.header is None or decoder.header.opcode.iscontrol():
             return False
+        if self.inflater is not None and self.inflater.inflating:
+            # A compressed frame's length says nothing of its message's size: the
+            # extension counts the inflated bytes instead (see BoundedDeflate).
+            return False
         remaining = decoder.header.payload_len - decoder.payload_consumed
         return self._message_size + remaining > self._max_message_size
+
+    def _too_big_reason(self) -> str:
+        return f"Exceeded maximum message size: {self._max_message_size} bytes"
 
     async def _refuse_message(self) -> None:
         """Close with 1009 for a message over max_message_size, as trio-websocket does
         once it has read that much (what still arrives is dropped, see
         _handle_message_event)."""
-        reason = f"Exceeded maximum message size: {self._max_message_size} bytes"
+        reason = self._too_big_reason()
         self._message_size = 0
         self._message_parts = []
         self._close_reason = trio_websocket.CloseReason(1009, reason)
@@ -313,6 +332,10 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             # Closed as of now: while our close frame is being written, wsproto refuses
             # messages (LocalProtocolError), so the app's send() must get
             # ClientDisconnected instead (as after any close; see send_message).
+            if event.code == 1009:
+                # The extension found a compressed message over the limit (wsproto
+                # calls that "error in extension"): say so as for any message.
+                event = wsproto.events.CloseConnection(code=1009, reason=self._too_big_reason())
             self._close_reason = trio_websocket.CloseReason(event.code, event.reason or None)
             with contextlib.suppress(ConnectionClosed):
                 await self._send(event)
@@ -323,6 +346,12 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
     ) -> None:
         if self.closed is not None:
             # Closing: what still arrives is dropped unread by anyone.
+            return
+        inflater = self.inflater
+        if inflater is not None and inflater.too_big:
+            # A compressed message went over the limit: the extension stopped
+            # inflating it (this event has none of it); the rest is read and dropped.
+            await self._refuse_message()
             return
         await super()._handle_message_event(event)
         if self.closed is not None:
@@ -337,7 +366,19 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         subprotocol: str | None,
         extra_headers: list[tuple[bytes, bytes]],
     ) -> None:
-        await super()._accept(request, subprotocol, extra_headers)
+        # trio-websocket's _accept, with the extension: it never offers any.
+        self._subprotocol = subprotocol
+        self._path = request.target
+        deflate = self._deflate(request, extra_headers)
+        await self._send(
+            wsproto.events.AcceptConnection(
+                subprotocol=subprotocol,
+                extensions=[] if deflate is None else [deflate],
+                extra_headers=extra_headers,
+            )
+        )
+        if deflate is not None and deflate.enabled():
+            self.inflater = deflate
         # From here on only wsproto's frame-level connection is used: its HTTP/1.1
         # handshake (an h11 parser, the request) is let go. The frame-level object has
         # everything trio-websocket asks of a WSConnection: state, send,
@@ -348,6 +389,18 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             self._wsproto = cast(wsproto.WSConnection, connection)
         self._open_handshake = _ALWAYS_SET
         self.watcher.opened(self)
+
+    def _deflate(
+        self, request: wsproto.events.Request, extra_headers: list[tuple[bytes, bytes]]
+    ) -> BoundedDeflate | None:
+        """permessage-deflate, to be negotiated if the client offered it, unless it is
+        off or the app answers Sec-WebSocket-Extensions itself (one such field only)."""
+        settings = self.watcher.deflate
+        if settings is None or not offers([str(offer) for offer in request.extensions]):
+            return None
+        if any(name.lower() == b"sec-websocket-extensions" for name, _ in extra_headers):
+            return None
+        return BoundedDeflate(settings, self._max_message_size)
 
 
 # Handlers of the events _ServerConnection._reader_task receives, shared by all
@@ -366,7 +419,9 @@ _READER_DISPATCH: dict[type[wsproto.events.Event], Callable[[Any, Any], Awaitabl
 
 
 class _Watcher:
-    """Pings websockets and closes them with 1001 on a graceful stop.
+    """Pings websockets and closes them with 1001 on a graceful stop; holds what its
+    websockets share of the settings (the ping interval and timeout, the
+    permessage-deflate policy), so that no connection needs an attribute for them.
 
     Connections are kept in a dict ordered by their next ping: every ping is due one
     interval after the previous one, so a pinged connection moves to the end and the
@@ -377,6 +432,15 @@ class _Watcher:
         self.connections: dict[_ServerConnection, None] = {}
         self.interval = config.ws_ping_interval
         self.timeout = config.ws_ping_timeout
+        # None: permessage-deflate offers are declined.
+        self.deflate = (
+            DeflateSettings(
+                context_takeover=config.ws_deflate_context_takeover,
+                window_bits=config.ws_deflate_window_bits,
+            )
+            if config.ws_per_message_deflate
+            else None
+        )
         self.running = False
         self.stopping = False
         self._nursery: trio.Nursery | None = None

@@ -4,6 +4,7 @@ serve_asgi_websocket on a real socket bound to 127.0.0.1:0."""
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import pytest
@@ -11,12 +12,18 @@ import trio
 import trio_websocket
 from websockets.exceptions import ConnectionClosed as WebsocketsClosed
 from websockets.exceptions import InvalidStatus
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from trioserve import Config
 from trioserve._peer import Peer
-from trioserve._serve_ws import WSOptions, serve_asgi_websocket, watch_websockets
+from trioserve._serve_ws import (
+    WSOptions,
+    serve_asgi_websocket,
+    serve_native_websocket,
+    watch_websockets,
+)
 from trioserve._state import ServerState
 from trioserve._streams import stream_addresses
 
@@ -218,3 +225,192 @@ async def test_graceful_stop_closes_open_websockets_with_1001(nursery):
             await app.disconnected.wait()
     assert codes == [1001, 1001, 1001]
     assert [app.disconnect["code"] for app in apps if app.disconnect] == [1001, 1001, 1001]
+
+
+# permessage-deflate (RFC 7692)
+
+
+class CountingStream(trio.abc.Stream):
+    """A stream that counts the bytes it carries each way (to see compression on the wire)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.received = 0
+        self.sent = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += len(data)
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.stream.receive_some(max_bytes)
+        self.received += len(data)
+        return data
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def start_counted_server(
+    nursery: trio.Nursery, app: Any, state: ServerState, counters: list[CountingStream]
+) -> str:
+    """Like start_server, counting each connection's bytes in ``counters``."""
+    options = WSOptions(state.config)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        client, server = stream_addresses(stream)
+        counted = CountingStream(stream)
+        counters.append(counted)
+        peer = Peer(counted, None, client, server)
+        await serve_asgi_websocket(counted, app, state, options, peer=peer)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    host, port = listeners[0].socket.getsockname()[:2]
+    return f"ws://{host}:{port}"
+
+
+# About 1 MB of JSON that compresses well, as a real app's payload would.
+BIG_JSON = json.dumps(
+    [
+        {"id": i, "name": f"item {i}", "tags": ["a", "b", "c"], "price": i * 0.25}
+        for i in range(14000)
+    ]
+)
+
+
+async def test_websockets_client_negotiates_deflate_and_round_trips_1mb_json(nursery):
+    """The websockets client's permessage-deflate offer is accepted (without context
+    takeover, by default); a 1 MB JSON message goes and comes back compressed."""
+    assert len(BIG_JSON) > 1_000_000
+    counters: list[CountingStream] = []
+    url = await start_counted_server(nursery, Recorder(), state_with(), counters)
+
+    def client() -> tuple[str | None, str]:
+        with connect(
+            url, open_timeout=WAIT, close_timeout=WAIT, compression="deflate", max_size=None
+        ) as ws:
+            ws.send(BIG_JSON)
+            echo = ws.recv(timeout=WAIT)
+            assert isinstance(echo, str)
+            return ws.response.headers.get("Sec-WebSocket-Extensions"), echo
+
+    extensions, echo = await trio.to_thread.run_sync(client)
+    assert extensions is not None
+    assert extensions.startswith(
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    )
+    assert echo == BIG_JSON
+    (counted,) = counters
+    assert counted.received < len(BIG_JSON) // 5
+    assert counted.sent < len(BIG_JSON) // 5
+
+
+async def test_websockets_client_without_compression_gets_none(nursery):
+    """A client that offers no extension gets none and plain frames."""
+    counters: list[CountingStream] = []
+    url = await start_counted_server(nursery, Recorder(), state_with(), counters)
+
+    def client() -> str | None:
+        with connect(url, open_timeout=WAIT, close_timeout=WAIT, compression=None) as ws:
+            ws.send("x" * 10000)
+            assert ws.recv(timeout=WAIT) == "x" * 10000
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    assert await trio.to_thread.run_sync(client) is None
+    assert counters[0].sent > 10000
+
+
+async def test_no_ws_per_message_deflate_means_no_extension_in_the_101(nursery):
+    """With ws_per_message_deflate off, an offer is declined: no extension in the 101."""
+    url = await start_server(nursery, Recorder(), state_with(ws_per_message_deflate=False))
+
+    def client() -> str | None:
+        with connect(
+            url, open_timeout=WAIT, close_timeout=WAIT, compression="deflate", max_size=None
+        ) as ws:
+            ws.send(BIG_JSON)
+            assert ws.recv(timeout=WAIT) == BIG_JSON
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    assert await trio.to_thread.run_sync(client) is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "offer", "expected"),
+    [
+        (
+            {"ws_deflate_context_takeover": True, "ws_deflate_window_bits": 11},
+            {"server_max_window_bits": 10, "client_max_window_bits": True},
+            "permessage-deflate; server_max_window_bits=10; client_max_window_bits=11",
+        ),
+        (
+            {"ws_deflate_context_takeover": True},
+            {"server_no_context_takeover": True},
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=15",
+        ),
+        (
+            {"ws_deflate_window_bits": 9},
+            {"client_max_window_bits": 12},
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+            "client_max_window_bits=9",
+        ),
+    ],
+    ids=["windows", "server-reset-asked", "small-window"],
+)
+async def test_deflate_parameters_are_honoured(nursery, settings, offer, expected):
+    """The settings and the client's parameters shape the answer, and messages still
+    round trip both ways under them (the websockets client checks the windows)."""
+    url = await start_server(nursery, Recorder(), state_with(**settings))
+
+    def client() -> str | None:
+        factory = ClientPerMessageDeflateFactory(**offer)
+        with connect(
+            url, open_timeout=WAIT, close_timeout=WAIT, extensions=[factory], max_size=None
+        ) as ws:
+            for _ in range(3):
+                ws.send(BIG_JSON)
+                assert ws.recv(timeout=WAIT) == BIG_JSON
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    assert await trio.to_thread.run_sync(client) == expected
+
+
+async def test_native_handler_negotiates_deflate(nursery):
+    """A native trio-websocket handler gets permessage-deflate too."""
+    state = state_with()
+    options = WSOptions(state.config)
+
+    async def echo(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message(await ws.get_message())
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await serve_native_websocket(stream, echo, state, options)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+
+    def client() -> str | None:
+        with connect(
+            f"ws://127.0.0.1:{port}", open_timeout=WAIT, close_timeout=WAIT, max_size=None
+        ) as ws:
+            ws.send(BIG_JSON)
+            assert ws.recv(timeout=WAIT) == BIG_JSON
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    extensions = await trio.to_thread.run_sync(client)
+    assert extensions is not None
+    assert extensions.startswith("permessage-deflate")
+
+
+async def test_trio_websocket_client_offers_nothing_and_gets_nothing(nursery):
+    """trio-websocket's client, which never offers an extension, is answered without
+    one (its wsproto would refuse the 101 otherwise) and gets plain frames."""
+    url = await start_server(nursery, Recorder(), state_with())
+    with trio.fail_after(WAIT):
+        async with trio_websocket.open_websocket_url(url + "/") as ws:
+            await ws.send_message(BIG_JSON[:50000])
+            assert await ws.get_message() == BIG_JSON[:50000]

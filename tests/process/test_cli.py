@@ -24,7 +24,7 @@ TRIOSERVE = Path(sys.executable).parent / "trioserve"
 APPS = "tests/process/apps"
 TIMEOUT = 15
 READY = re.compile(
-    r"trioserve: listening on (?P<url>(?P<scheme>http|tcp)://127\.0\.0\.1:(?P<port>\d+))$"
+    r"trioserve: listening on (?P<url>(?P<scheme>http|ws|tcp)://127\.0\.0\.1:(?P<port>\d+))$"
 )
 
 

@@ -10,6 +10,7 @@ from wsproto.events import AcceptConnection, CloseConnection, TextMessage
 
 from tests.process.test_cli import assert_clean_log, serving
 from tests.serve.test_ws import HELLO_THEN_OPCODE_3, RawClient, frame_header
+from tests.serve.test_ws_deflate import DeflateClient
 from trioserve.testing import ServerProcess
 
 HANDSHAKE = (
@@ -83,3 +84,22 @@ async def test_handshake_with_a_bad_key_or_version_is_refused() -> None:
         assert await status_line(HANDSHAKE % b"8") == b"HTTP/1.1 426 Upgrade Required"
         assert await status_line(HANDSHAKE % b"13") == b"HTTP/1.1 101 Switching Protocols"
         await stop_cleanly(server)
+
+
+async def test_cli_negotiates_permessage_deflate_unless_told_not_to() -> None:
+    """The real command (one worker) accepts permessage-deflate by default, for the
+    ASGI and the native example; with --no-ws-per-message-deflate its 101 has none."""
+    for extra in ((), ("--interface", "websocket")):
+        target = "examples.ws_echo:handler" if extra else "examples.ws_echo:app"
+        for flag, expected in ((), True), (("--no-ws-per-message-deflate",), False):
+            async with serving(target, "-b", "127.0.0.1:0", "-w", "1", *extra, *flag) as server:
+                stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+                client = DeflateClient(stream)
+                with trio.fail_after(10):
+                    accept = await client.handshake()
+                    await client.send(TextMessage(data="zip " * 1000))
+                    assert await client.message() == "zip " * 1000
+                assert bool(accept.extensions) is expected
+                assert client.offer.enabled() is expected
+                await stream.aclose()
+                await stop_cleanly(server)

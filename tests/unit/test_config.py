@@ -713,3 +713,24 @@ def test_toml_file_with_non_table_tool_is_a_config_error(tmp_path):
         path.write_text(text)
         with pytest.raises(ConfigError, match=r"\[tool.trioserve\] must be a table"):
             load_config(cli={"config": str(path)}, environ={}, cwd=tmp_path)
+
+
+def test_websocket_deflate_settings_from_the_command_line() -> None:
+    """permessage-deflate is on by default; --no-ws-per-message-deflate turns it off and
+    the window is 9 to 15 bits, refused with one line naming the flag otherwise."""
+    config = config_from_argv(["mod:app"])
+    assert config.ws_per_message_deflate is True
+    assert config.ws_deflate_context_takeover is False
+    assert config.ws_deflate_window_bits == 15
+    assert config.ws_max_message_size == 16 * 1024 * 1024
+    config = config_from_argv(
+        [
+            *("mod:app", "--no-ws-per-message-deflate", "--ws-deflate-context-takeover"),
+            *("--ws-deflate-window-bits", "10"),
+        ]
+    )
+    assert config.ws_per_message_deflate is False
+    assert config.ws_deflate_context_takeover is True
+    assert config.ws_deflate_window_bits == 10
+    message = config_error(config_from_argv, ["mod:app", "--ws-deflate-window-bits", "16"])
+    assert message == "--ws-deflate-window-bits: expected an integer from 9 to 15, got 16"
