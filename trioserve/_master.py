@@ -61,12 +61,24 @@ from ._hooks import (
     run_hook_logged,
 )
 from ._logging import configure_logging
+from ._metrics import (
+    MasterCounts,
+    RestartCause,
+    Sample,
+    WorkerSample,
+    app_label,
+    count_logs,
+    listener_samples,
+    resident_bytes,
+)
+from ._metrics_server import require_prometheus, serve_metrics
 from ._pipeline import STOP_MARGIN, Control, stop_budget
 from ._preload_client import Preloader
 from ._proto.channel import (
     TO_MASTER,
     BootFailed,
     ChannelError,
+    Counts,
     Decoder,
     Heartbeat,
     Message,
@@ -179,6 +191,8 @@ class _Proc:
     urls: list[str] = attrs.field(factory=list)
     # One writer at a time on the channel (the boot message, then a stop request).
     sending: trio.Lock = attrs.field(factory=trio.Lock)
+    # Why the master ends it, when the master does (a replacement is then counted so).
+    restart_cause: RestartCause | None = None
 
     def become(self, state: WorkerState) -> None:
         """Move to ``state``; a transition the table does not allow is a bug."""
@@ -270,6 +284,8 @@ class Master:
     paused: bool = False
     children: list[trio.Process] = attrs.field(factory=list)
     preloaders: list[Preloader] = attrs.field(factory=list)
+    # The workers' reports and the restarts, for --metrics-bind (kept in any case: cheap).
+    metrics: MasterCounts = attrs.field(factory=MasterCounts)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -354,6 +370,7 @@ class Master:
                     await proc.process.wait()
         proc.info.exit_code = proc.process.returncode
         pool.live.discard(proc)
+        self.metrics.exited(proc.process.pid)
         proc.become(WorkerState.EXITED)
         await self._exited(pool, proc)
 
@@ -373,6 +390,10 @@ class Master:
         proc.last_beat = trio.current_time()
         if isinstance(message, Heartbeat):
             proc.info.requests = message.requests
+        elif isinstance(message, Counts):
+            self.metrics.report(
+                app_label(pool.plan.prefix), proc.info.id, proc.process.pid, message
+            )
         elif isinstance(message, Ready):
             proc.urls = list(message.urls)
             if proc.state is WorkerState.BOOTING:
@@ -389,6 +410,7 @@ class Master:
             and not self.stopping
         ):
             proc.become(WorkerState.RETIRING)
+            self.metrics.restarted(app_label(pool.plan.prefix), RestartCause.MAX_REQUESTS)
             self.nursery.start_soon(self._replace, pool, proc.info.id, pool.config, proc)
 
     async def _exited(self, pool: _Pool, proc: _Proc) -> None:
@@ -414,6 +436,8 @@ class Master:
             self.halt(exc)
         elif exc is not None:
             LOGGER.error("%s; replacing it", exc)
+            cause = proc.restart_cause or RestartCause.CRASH
+            self.metrics.restarted(app_label(pool.plan.prefix), cause)
             self.nursery.start_soon(self._restart, pool, slot, proc)
 
     async def _restart(self, pool: _Pool, slot: int, old: _Proc) -> None:
@@ -615,6 +639,36 @@ class Master:
             for proc in procs:
                 await proc.exited.wait()
 
+    def metrics_sample(self) -> Sample:
+        """What a scrape of --metrics-bind shows: every application's totals, and the
+        workers and listening sockets as the master sees them now."""
+        now = trio.current_time()
+        apps = [app_label(pool.plan.prefix) for pool in self.pools]
+        processes = []
+        listeners = []
+        for pool, app in zip(self.pools, apps, strict=True):
+            for proc in sorted(pool.live, key=lambda p: (p.info.id, p.process.pid)):
+                processes.append(
+                    WorkerSample(
+                        app,
+                        proc.info.id,
+                        proc.process.pid,
+                        resident_bytes(proc.process.pid),
+                        now - proc.last_beat,
+                    )
+                )
+            fds = set(pool.fds)
+            sockets = [lst.socket for lst in self.listeners if lst.socket.fileno() in fds]
+            listeners += listener_samples(app, sockets)
+        return Sample(
+            apps=self.metrics.totals(apps),
+            restarts=dict(self.metrics.restarts),
+            workers={app: len(pool.slots) for pool, app in zip(self.pools, apps, strict=True)},
+            processes=processes,
+            listeners=listeners,
+            master_logs=dict(self.metrics.logs),
+        )
+
     def supervising(self) -> bool:
         """For the systemd watchdog: whether the supervision loop ran a moment ago."""
         return trio.current_time() - self.last_supervision < 5.0
@@ -642,6 +696,7 @@ class Master:
                     limit = timeout if proc.ready.is_set() else max(timeout, _BOOT_SILENCE)
                     if proc.state.can_become(WorkerState.ABORTING) and now - proc.last_beat > limit:
                         proc.become(WorkerState.ABORTING)
+                        proc.restart_cause = RestartCause.TIMEOUT
                         self.nursery.start_soon(self._abort, pool, proc)
 
     async def _abort(self, pool: _Pool, proc: _Proc) -> None:
@@ -736,6 +791,7 @@ class Master:
                 config: Config = config,
                 results: list[bool] = results,
             ) -> None:
+                self.metrics.restarted(app_label(pool.plan.prefix), RestartCause.RELOAD)
                 results.append(await self._replace(pool, slot, config, pool.slots.get(slot)))
 
             async with trio.open_nursery() as restarting:
@@ -946,6 +1002,9 @@ async def serve_master(
                 master.notifier = Notifier.from_environ() if signals else None
                 master.embedded_log = None if settings_logging else embedded_log()
                 master.statsd = install_statsd(config)
+                if config.metrics_bind is not None:
+                    require_prometheus()
+                    count_logs(master.metrics.logs)
                 try:
                     await _run_master(master, config, control, task_status, signals)
                 finally:
@@ -982,6 +1041,8 @@ async def _run_master(
             listeners = await _bind(pool, inherited, activated.get(pool.plan.prefix, []))
             master.listeners += listeners
             give_unix_sockets(listeners, master.account)
+        if config.metrics_bind is not None:
+            await master.nursery.start(serve_metrics, config.metrics_bind, master.metrics_sample)
         master.nursery.start_soon(master.watch_timeouts)
         if config.reload:
             await master.nursery.start(_reload_on_change, master, config)

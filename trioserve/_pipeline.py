@@ -44,12 +44,14 @@ from ._hooks import (
 )
 from ._importer import LoadedApp
 from ._lifespan import Lifespan
+from ._metrics import HTTP, TCP, WEBSOCKET, MetricsLog, ProcessCounts
 from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import (
     AccessLogger,
     HTTPOptions,
+    WebSocketUpgrade,
     serve_http_connection,
     watch_deadlines,
     watch_handovers,
@@ -117,11 +119,12 @@ class Control:
 @attrs.frozen
 class Extras:
     """What startup built from the settings, checked before binding: the TLS context,
-    the access log and the statsd client."""
+    the access log, the statsd client, and the counts kept for ``--metrics-bind``."""
 
     ssl_context: ssl.SSLContext | None
     access_log: AccessLog | None
     statsd: Statsd | None = None
+    metrics: ProcessCounts | None = None
 
 
 async def serve_listeners(
@@ -212,7 +215,10 @@ async def _run(
         if edges.websockets is not None:
             await app_tasks.start(watch_websockets, state, edges.websockets)
         async with trio.open_nursery() as connections:
-            handler = _connection_handler(edges.serve, connections, config, extras, worker)
+            serve = edges.serve
+            if extras.metrics is not None:
+                serve = _counted(serve, extras.metrics, edges.kind)
+            handler = _connection_handler(serve, connections, config, extras, worker)
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
                     await acceptors.start(accept_connections, listener, handler, connections)
@@ -341,6 +347,35 @@ class ServeConnection(Protocol):
     def __call__(self, peer: Peer, *, tasks: trio.Nursery) -> Awaitable[None]: ...
 
 
+def _counted(serve: ServeConnection, counts: ProcessCounts, kind: str) -> ServeConnection:
+    """``serve``, counting its connections as open and accepted (``--metrics-bind``)."""
+
+    async def serve_counted(peer: Peer, *, tasks: trio.Nursery) -> None:
+        counts.opened(kind)
+        try:
+            await serve(peer, tasks=tasks)
+        finally:
+            counts.closed(kind)
+
+    return serve_counted
+
+
+def _counted_upgrade(upgrade: WebSocketUpgrade, counts: ProcessCounts) -> WebSocketUpgrade:
+    """``upgrade``, moving its connection from the open HTTP connections to the open
+    websockets while the websocket lasts (``--metrics-bind``)."""
+
+    async def upgrade_counted(stream: trio.abc.Stream, *, peer: Peer) -> None:
+        counts.closed(HTTP)
+        counts.opened(WEBSOCKET)
+        try:
+            await upgrade(stream, peer=peer)
+        finally:
+            counts.closed(WEBSOCKET)
+            counts.open[HTTP] += 1
+
+    return upgrade_counted
+
+
 @attrs.frozen
 class _Edges:
     """How accepted connections are served, for the app's interface, and the options
@@ -349,6 +384,8 @@ class _Edges:
     serve: ServeConnection
     http: HTTPOptions | None = None
     websockets: WSOptions | None = None
+    # What its connections count as (--metrics-bind): http, websocket or tcp.
+    kind: str = HTTP
 
 
 def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: WorkerInfo) -> _Edges:
@@ -362,7 +399,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         async def handle_native_websocket(peer: Peer, *, tasks: trio.Nursery) -> None:
             await serve_native_websocket(peer.stream, native_handler, state, native_options)
 
-        return _Edges(handle_native_websocket, websockets=native_options)
+        return _Edges(handle_native_websocket, websockets=native_options, kind=WEBSOCKET)
 
     if loaded.handler is not None:
         stream_handler = loaded.handler
@@ -370,7 +407,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         async def handle_stream(peer: Peer, *, tasks: trio.Nursery) -> None:
             await serve_stream_connection(peer.stream, stream_handler)
 
-        return _Edges(handle_stream)
+        return _Edges(handle_stream, kind=TCP)
     asgi = loaded.asgi
     assert asgi is not None
     if config.pre_request is not None or config.post_request is not None:
@@ -378,15 +415,19 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
     trusted = TrustedPeers(config.forwarded_allow_ips)
 
     ws_options: WSOptions | None = None
-    websocket = None
+    websocket: WebSocketUpgrade | None = None
     if config.ws == "on":
         ws_options = WSOptions(config)
         # A partial, not a wrapper coroutine: one frame fewer kept alive per idle websocket.
         websocket = functools.partial(
             serve_asgi_websocket, app=asgi, state=state, options=ws_options
         )
+        if extras.metrics is not None:
+            websocket = _counted_upgrade(websocket, extras.metrics)
 
     access_log: AccessLogger | None = extras.access_log
+    if extras.metrics is not None:
+        access_log = MetricsLog(extras.metrics, access_log)
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
     options = HTTPOptions(

@@ -850,6 +850,7 @@ class _Connection(ServerConnection):
         Runs outside the connection's timer, bounded by its own deadlines. Only called
         between exchanges, when no response is under way.
         """
+        self.state.reject(status)
         data = error_response(
             status,
             f"{error_status_text(status)}: {reason}",
@@ -1058,6 +1059,7 @@ class _Cycle:
         was sent yet, and tell the app the client is gone."""
         LOGGER.info("bad request body: %s", exc.reason)
         self.rejected = exc
+        self.connection.state.reject(exc.status)
         self.broken = True
         self.disconnected = True
         if not self.response.started:

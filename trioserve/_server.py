@@ -26,6 +26,17 @@ from ._hooks import ServerInfo, WorkerInfo, hook_after, run_hook
 from ._importer import peek_target
 from ._loader import load_config_app, require_app
 from ._master import AppPlan, serve_master
+from ._metrics import (
+    MAIN_APP,
+    ProcessCounts,
+    Sample,
+    Totals,
+    WorkerSample,
+    count_logs,
+    listener_samples,
+    resident_bytes,
+)
+from ._metrics_server import require_prometheus, serve_metrics
 from ._pipeline import Control, Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._systemd import Notifier, activated_sockets
@@ -99,8 +110,13 @@ async def _serve_inner(
     async with hook_after(config, "on_exit", server):
         await run_hook(config, "on_starting", server)
         loaded = await load_config_app(config)
+        counts = None
+        if config.metrics_bind is not None:
+            require_prometheus()
+            counts = ProcessCounts()
+            count_logs(counts.logs)
         # Fail on bad TLS files or log formats before binding anything.
-        extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config))
+        extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config), counts)
         specs = [parse_bind(text) for text in config.bind]
         sockets = activated_sockets()
         if sockets:
@@ -121,7 +137,31 @@ async def _serve_inner(
             task_status.started(addresses)
             control.ready()
 
-        await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+        if counts is None or config.metrics_bind is None:
+            await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+            return
+        async with trio.open_nursery() as nursery:
+            take_sample = functools.partial(_sample, counts, control, listeners)
+            await nursery.start(serve_metrics, config.metrics_bind, take_sample)
+            await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+            nursery.cancel_scope.cancel()
+
+
+def _sample(
+    counts: ProcessCounts, control: Control, listeners: list[trio.SocketListener]
+) -> Sample:
+    """A scrape of --metrics-bind when this process serves the app itself (workers=0)."""
+    totals = Totals()
+    totals.add(counts.counts(control.state), live=True)
+    pid = os.getpid()
+    return Sample(
+        apps={MAIN_APP: totals},
+        restarts={},
+        workers={MAIN_APP: 0},
+        processes=[WorkerSample(MAIN_APP, 0, pid, resident_bytes(pid), None)],
+        listeners=listener_samples(MAIN_APP, [listener.socket for listener in listeners]),
+        master_logs={},
+    )
 
 
 def _check_servable(config: Config) -> None:

@@ -5,7 +5,9 @@ preloader, with the app already imported). FD is this worker's end of a socket p
 with the master, which speaks :mod:`trioserve._proto.channel`: the master sends the
 boot message (a header, then the pickled Config) and later perhaps ``Stop``; the worker
 sends ``Ready`` once it accepts connections, ``Heartbeat`` from its trio loop,
-``Retire`` when it served ``max_requests``, and ``BootFailed`` when it cannot start.
+``Counts`` (with ``--metrics-bind``: what it counted, when that changed, and once more
+as it stops), ``Retire`` when it served ``max_requests``, and ``BootFailed`` when it
+cannot start.
 End of file on it means the master is gone: the worker then stops by itself, so no
 worker outlives it.
 
@@ -49,6 +51,7 @@ from ._importer import LoadedApp
 from ._loader import import_main_script, load_config_app
 from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
 from ._lograte import flush_all
+from ._metrics import ProcessCounts, count_logs, report_counts
 from ._pipeline import Control, Extras, serve_listeners
 from ._proto.channel import (
     TO_WORKER,
@@ -338,8 +341,14 @@ async def _worker_main(
     server = ServerInfo(config, pid=boot.master_pid, app=boot.app)
     status = EXIT_OK
     ready = False
+    counts = None
+    if config.metrics_bind is not None:
+        counts = ProcessCounts()
+        count_logs(counts.logs)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat, link, control, worker, boot.heartbeat)
+        if counts is not None:
+            nursery.start_soon(report_counts, counts, lambda: control.state, link.send)
         nursery.start_soon(_watch_master, link, control, nursery.cancel_scope)
         nursery.start_soon(_signals, control, boot, config, worker, nursery.cancel_scope)
 
@@ -352,7 +361,9 @@ async def _worker_main(
             await run_hook(config, "post_fork", server, worker)
             if loaded is None:
                 loaded = await load_config_app(config)
-            extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config))
+            extras = Extras(
+                ssl_context(config), access_log_for(config), install_statsd(config), counts
+            )
             listeners = [listener_from_fd(fd) for fd in boot.fds]
             listeners += [
                 listen_reuse_port(family, addr, config.backlog) for family, addr in boot.reuse_port
@@ -360,6 +371,9 @@ async def _worker_main(
             await serve_listeners(
                 loaded, listeners, config, extras, control, worker, on_ready, owner=False
             )
+            if counts is not None:
+                # The last word: nothing counted since the last report is lost.
+                await link.send(counts.counts(control.state))
         except Exception as exc:
             error = single_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             error = error or exc
