@@ -52,7 +52,7 @@ async def get(server: ServerProcess, count: int) -> None:
 async def wait_for_requests(path: Path, expected: int) -> None:
     """Until /metrics counts ``expected`` requests (the workers report twice a second)."""
     with trio.move_on_after(TIMEOUT):
-        # noqa: ASYNC110 - the workers' reports have no event to wait on from here
+        # The workers' reports have no event to wait on from here: poll, bounded.
         while await metric(path, "trioserve_requests_total") != expected:  # noqa: ASYNC110
             await trio.sleep(0.05)
         return
