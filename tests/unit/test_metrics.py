@@ -3,6 +3,7 @@ master's sums over replaced workers, the exposition parsed back, the accept queu
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -11,6 +12,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from trioserve import Config
 from trioserve._metrics import (
     DURATION_BUCKETS,
     MAIN_APP,
@@ -68,8 +70,6 @@ def test_counts_message_round_trips_over_the_channel() -> None:
 )
 def test_counts_message_with_a_bad_field_is_refused(field: str, value: object) -> None:
     """A Counts line with a field of the wrong shape is a broken channel, not a crash."""
-    import json
-
     raw = json.loads(encode(_counts(1)))
     raw[field] = value
     with pytest.raises(ChannelError, match="bad 'metrics' message"):
@@ -83,8 +83,7 @@ def test_process_counts_bucket_method_and_state() -> None:
     counts.request("GET", 204, DURATION_BUCKETS[0], 5)
     counts.request("BREW", 418, 0.2, 0)
     counts.request("GET", 200, 99.0, 7)
-    state = ServerState.__new__(ServerState)
-    state.rejected = {}
+    state = ServerState(Config())
     state.active_requests = 2
     state.reject(431)
     state.reject(431)
@@ -181,7 +180,7 @@ def test_openmetrics_when_the_accept_header_asks() -> None:
     body, content_type = exposition(registry_for(_sample), accept)
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
-    values = _values(openmetrics_families(body.decode()))
+    values = _values(openmetrics_families(body.decode()))  # type: ignore[no-untyped-call]
     assert (
         values["trioserve_requests_total", (("app", "web"), ("method", "GET"), ("status", "2xx"))]
         == 5
