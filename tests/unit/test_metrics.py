@@ -4,7 +4,9 @@ master's sums over replaced workers, the exposition parsed back, the accept queu
 from __future__ import annotations
 
 import json
+import re
 import socket
+from pathlib import Path
 
 import pytest
 from prometheus_client.openmetrics.parser import (
@@ -220,3 +222,16 @@ def test_accept_queue_of_a_listening_socket() -> None:
                 client.close()
     with socket.socket() as unbound:
         assert accept_queue(unbound) is None
+
+
+def test_the_metrics_page_lists_exactly_the_metrics_served() -> None:
+    """docs/metrics.md's table names every metric family a scrape has, and no other."""
+    page = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    listed = set(re.findall(r"^\| `(trioserve_\w+)` \|", page, re.M))
+    served = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(
+            exposition(registry_for(_sample), "")[0].decode()
+        )
+    }
+    assert listed == served
