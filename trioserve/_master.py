@@ -1002,12 +1002,15 @@ async def serve_master(
                 master.notifier = Notifier.from_environ() if signals else None
                 master.embedded_log = None if settings_logging else embedded_log()
                 master.statsd = install_statsd(config)
+                uncount: Callable[[], None] | None = None
                 if config.metrics_bind is not None:
                     require_prometheus()
-                    count_logs(master.metrics.logs)
+                    uncount = count_logs(master.metrics.logs)
                 try:
                     await _run_master(master, config, control, task_status, signals)
                 finally:
+                    if uncount is not None:
+                        uncount()
                     nursery.cancel_scope.cancel()
         outer.cancel_scope.cancel()
     if master is not None and master.fatal is not None:

@@ -23,6 +23,7 @@ here); ``_metrics_server`` renders it.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import os
 import socket
@@ -197,13 +198,13 @@ class LogCounter(logging.Handler):
         self.logs[level] += 1
 
 
-def count_logs(logs: dict[str, int]) -> None:
-    """Count this process's ``trioserve`` log records into ``logs`` (one handler per
-    process: a previous one is replaced)."""
+def count_logs(logs: dict[str, int]) -> Callable[[], None]:
+    """Count this process's ``trioserve`` log records into ``logs``; returns what stops
+    it (serve() may run many times in one program: each removes its own handler)."""
     logger = logging.getLogger("trioserve")
-    for old in [h for h in logger.handlers if isinstance(h, LogCounter)]:
-        logger.removeHandler(old)
-    logger.addHandler(LogCounter(logs))
+    handler = LogCounter(logs)
+    logger.addHandler(handler)
+    return functools.partial(logger.removeHandler, handler)
 
 
 async def report_counts(

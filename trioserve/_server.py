@@ -114,7 +114,6 @@ async def _serve_inner(
         if config.metrics_bind is not None:
             require_prometheus()
             counts = ProcessCounts()
-            count_logs(counts.logs)
         # Fail on bad TLS files or log formats before binding anything.
         extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config), counts)
         specs = [parse_bind(text) for text in config.bind]
@@ -140,11 +139,15 @@ async def _serve_inner(
         if counts is None or config.metrics_bind is None:
             await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
             return
-        async with trio.open_nursery() as nursery:
-            take_sample = functools.partial(_sample, counts, control, listeners)
-            await nursery.start(serve_metrics, config.metrics_bind, take_sample)
-            await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
-            nursery.cancel_scope.cancel()
+        uncount = count_logs(counts.logs)
+        try:
+            async with trio.open_nursery() as nursery:
+                take_sample = functools.partial(_sample, counts, control, listeners)
+                await nursery.start(serve_metrics, config.metrics_bind, take_sample)
+                await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+                nursery.cancel_scope.cancel()
+        finally:
+            uncount()
 
 
 def _sample(
