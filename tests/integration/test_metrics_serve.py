@@ -11,7 +11,7 @@ import trio
 import trio_websocket
 
 from tests.helpers import hello_app
-from tests.process.test_metrics import metric, scrape
+from tests.process.test_metrics_cli import metric, scrape
 from trioserve import Config, ConfigError, serve
 from trioserve import _metrics_server as metrics_server
 
