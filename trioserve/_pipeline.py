@@ -215,10 +215,9 @@ async def _run(
         if edges.websockets is not None:
             await app_tasks.start(watch_websockets, state, edges.websockets)
         async with trio.open_nursery() as connections:
-            serve = edges.serve
-            if extras.metrics is not None:
-                serve = _counted(serve, extras.metrics, edges.kind)
-            handler = _connection_handler(serve, connections, config, extras, worker)
+            handler = _connection_handler(
+                edges.serve, connections, config, extras, worker, edges.kind
+            )
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
                     await acceptors.start(accept_connections, listener, handler, connections)
@@ -265,11 +264,15 @@ def _connection_handler(
     config: Config,
     extras: Extras,
     worker: WorkerInfo,
+    kind: str = HTTP,
 ) -> Callable[[Peer], Awaitable[None]]:
     """What runs for each accepted connection, in ``tasks``: the acceptor, the connection
-    hooks (when set), then ``serve``."""
+    hooks (when set), then ``serve``; with ``--metrics-bind`` it counts the connection as
+    open (and accepted) as a ``kind`` connection while it lasts."""
     accept = _acceptor(config, extras)
-    if config.connection_made is None and config.connection_lost is None:
+    counts = extras.metrics
+    hooks = config.connection_made is not None or config.connection_lost is not None
+    if not hooks and counts is None:
 
         async def handle(peer: Peer) -> None:
             if await accept(peer):
@@ -277,7 +280,31 @@ def _connection_handler(
 
         return handle
 
+    if not hooks and counts is not None:
+        # Counted here rather than in a wrapper of ``serve``: a coroutine frame more
+        # would be resumed each time the connection's task wakes (every request).
+
+        async def handle_counted(peer: Peer) -> None:
+            counts.opened(kind)
+            try:
+                if await accept(peer):
+                    await serve(peer, tasks=tasks)
+            finally:
+                counts.closed(kind)
+
+        return handle_counted
+
     async def handle_with_hooks(peer: Peer) -> None:
+        if counts is None:
+            await _handle_with_hooks(peer)
+            return
+        counts.opened(kind)
+        try:
+            await _handle_with_hooks(peer)
+        finally:
+            counts.closed(kind)
+
+    async def _handle_with_hooks(peer: Peer) -> None:
         if not await accept(peer):
             return
         conn = ConnectionInfo(peer.client, peer.server, peer.secure, worker)
@@ -345,19 +372,6 @@ class ServeConnection(Protocol):
     (the HTTP edge may go on serving a connection in a new task there)."""
 
     def __call__(self, peer: Peer, *, tasks: trio.Nursery) -> Awaitable[None]: ...
-
-
-def _counted(serve: ServeConnection, counts: ProcessCounts, kind: str) -> ServeConnection:
-    """``serve``, counting its connections as open and accepted (``--metrics-bind``)."""
-
-    async def serve_counted(peer: Peer, *, tasks: trio.Nursery) -> None:
-        counts.opened(kind)
-        try:
-            await serve(peer, tasks=tasks)
-        finally:
-            counts.closed(kind)
-
-    return serve_counted
 
 
 def _counted_upgrade(upgrade: WebSocketUpgrade, counts: ProcessCounts) -> WebSocketUpgrade:

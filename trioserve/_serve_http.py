@@ -1018,11 +1018,14 @@ class _Cycle:
         """The access log line of this exchange (its duration: until the response was
         complete), if there is an access log and a response went out."""
         access_log = self.connection.options.access_log
-        if access_log is not None and self.status:
+        # The status once: it is a property over two more (metrics log every request).
+        status = self.status if access_log is not None else 0
+        if status:
+            assert access_log is not None
             started = self.started
             access_log.log(
                 self._scope,
-                self.status,
+                status,
                 self.response.headers,
                 self.body_bytes,
                 started,

@@ -83,3 +83,22 @@ async def test_master_sums_two_workers_and_keeps_a_killed_workers_counts(tmp_pat
         assert await metric(sock, "trioserve_request_duration_seconds_count") == 17
         head = (await scrape(sock, b"GET /other HTTP/1.1\r\nhost: m\r\n\r\n")).split(b"\r\n")[0]
         assert head == b"HTTP/1.1 404 "
+
+
+async def test_restarts_are_counted_by_cause(tmp_path: Path) -> None:
+    """A worker retiring after --max-requests counts as max_requests, SIGHUP's rolling
+    restart as reload (one per worker), and no count is lost across either."""
+    sock = tmp_path / "metrics.sock"
+    args = ("--app-dir", APPS, "pid_app:app", "-b", "127.0.0.1:0", "-w", "1")
+    limits = ("--max-requests", "3", "--max-requests-jitter", "0")
+    async with serving(*args, *limits, "--metrics-bind", f"unix:{sock}") as server:
+        await get(server, 3)
+        await server.wait_for_line("retiring", timeout=TIMEOUT)
+        await server.wait_for_line("ready", timeout=TIMEOUT)
+        assert await metric(sock, "trioserve_worker_restarts_total", cause="max_requests") == 1
+        await get(server, 2)
+        server.send_signal(signal.SIGHUP)
+        await server.wait_for_line("reloaded", timeout=TIMEOUT)
+        await wait_for_requests(sock, 5)
+        assert await metric(sock, "trioserve_worker_restarts_total", cause="reload") == 1
+        assert await metric(sock, "trioserve_worker_restarts_total", cause="crash") == 0
