@@ -1018,16 +1018,19 @@ class _Cycle:
         """The access log line of this exchange (its duration: until the response was
         complete), if there is an access log and a response went out."""
         access_log = self.connection.options.access_log
-        # The status once: it is a property over two more (metrics log every request).
-        status = self.status if access_log is not None else 0
+        if access_log is None:
+            return
+        # Read from the response once, not through this class's properties: with
+        # --metrics-bind this runs for every request, and each call counts.
+        response = self.response
+        status = response.sent_status
         if status:
-            assert access_log is not None
             started = self.started
             access_log.log(
                 self._scope,
                 status,
-                self.response.headers,
-                self.body_bytes,
+                response.headers,
+                response.body_bytes,
                 started,
                 (self.ended or time.time()) - started,
             )

@@ -84,3 +84,27 @@ async def test_without_prometheus_client_the_error_says_how_to_install(
     )
     with pytest.raises(ConfigError, match=r"pip install 'trioserve\[metrics\]'"):
         await serve(config)
+
+
+async def test_connections_are_counted_with_connection_hooks(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """With connection_made set, connections are still counted as open and accepted."""
+    sock = tmp_path / "metrics.sock"
+    made: list[object] = []
+    config = Config(
+        app=hello_app,
+        bind=["127.0.0.1:0"],
+        workers=0,
+        metrics_bind=f"unix:{sock}",
+        connection_made=lambda conn, exc=None: made.append(conn),
+    )
+    [(host, port)] = await nursery.start(serve, config)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert b"Hello, world!" in await stream.receive_some()
+            assert await metric(sock, "trioserve_connections_open", kind="http") == 1
+    assert len(made) == 1
+    assert await metric(sock, "trioserve_connections_total", kind="http") == 1

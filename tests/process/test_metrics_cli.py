@@ -102,3 +102,18 @@ async def test_restarts_are_counted_by_cause(tmp_path: Path) -> None:
         await wait_for_requests(sock, 5)
         assert await metric(sock, "trioserve_worker_restarts_total", cause="reload") == 1
         assert await metric(sock, "trioserve_worker_restarts_total", cause="crash") == 0
+
+
+async def test_a_stuck_worker_counts_as_timeout_not_crash(tmp_path: Path) -> None:
+    """A worker aborted for --timeout is counted as a timeout restart, not a crash."""
+    sock = tmp_path / "metrics.sock"
+    args = ("--app-dir", APPS, "pid_app:app", "-b", "127.0.0.1:0", "-w", "1", "--timeout", "1")
+    async with serving(*args, "--metrics-bind", f"unix:{sock}") as server:
+        with trio.fail_after(TIMEOUT):
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            await stream.send_all(b"GET /stuck HTTP/1.1\r\nhost: test\r\n\r\n")
+            await server.wait_for_line("sent no heartbeat for ", timeout=TIMEOUT)
+            await server.wait_for_line("booting worker 0 (pid ", timeout=TIMEOUT)
+        assert await metric(sock, "trioserve_worker_restarts_total", cause="timeout") == 1
+        assert await metric(sock, "trioserve_worker_restarts_total", cause="crash") == 0
