@@ -211,7 +211,7 @@ async def serve_metrics(
     limit = trio.Semaphore(_MAX_CONNECTIONS)
     try:
         for listener in listeners:
-            LOGGER.info("metrics on %s%s", listener_url(listener, "http"), PATH)
+            LOGGER.info("metrics: GET %s on %s", PATH, listener_url(listener, "http"))
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(_accept, listener, registry, limit, nursery)
