@@ -8,7 +8,8 @@ Public API (everything else is private):
 - :class:`Application` bundles an app with its settings, :class:`MultiApp` serves
   several under one master (:class:`NewApp` is what ``MultiApp.new_app`` returns);
 - what server hooks receive: :class:`ServerInfo`, :class:`WorkerInfo`,
-  :class:`ConnectionInfo`, :class:`RequestInfo`, :class:`ResponseInfo`;
+  :class:`ConnectionInfo`, :class:`RequestInfo`, :class:`ResponseInfo`, and
+  :class:`ExitReason`, why a worker exits (``WorkerInfo.exit_reason``);
 - the errors :class:`TrioserveError`, :class:`ConfigError`, :class:`AppLoadError`,
   :class:`BindError`, :class:`LifespanError`, :class:`HookError`,
   :class:`WorkerBootError`, and :class:`ClientDisconnected` (an ``OSError`` that an
@@ -28,6 +29,7 @@ from ._errors import ConfigError as ConfigError
 from ._errors import LifespanError as LifespanError
 from ._errors import TrioserveError as TrioserveError
 from ._hooks import ConnectionInfo as ConnectionInfo
+from ._hooks import ExitReason as ExitReason
 from ._hooks import HookError as HookError
 from ._hooks import RequestInfo as RequestInfo
 from ._hooks import ResponseInfo as ResponseInfo
@@ -46,6 +48,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnectionInfo",
+    "ExitReason",
     "HookError",
     "LifespanError",
     "MultiApp",

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
+from ._certs import RELOAD_SIGNAL
 from ._daemon import holder
 from ._errors import TrioserveError
 
@@ -26,6 +27,11 @@ ACTIONS: dict[str, tuple[signal.Signals | None, str]] = {
     "quit": (signal.SIGQUIT, "fast stop (QUIT), then wait until the server has exited"),
     "reload": (signal.SIGHUP, "re-read the configuration and replace the workers (HUP)"),
     "reopen-logs": (signal.SIGUSR1, "reopen the log files, after logrotate (USR1)"),
+    "reload-certs": (
+        RELOAD_SIGNAL,
+        "load the TLS certificate and key again for new connections, without replacing "
+        "the workers (URG)",
+    ),
     "add-worker": (signal.SIGTTIN, "one worker more (TTIN)"),
     "remove-worker": (signal.SIGTTOU, "one worker fewer (TTOU)"),
     "status": (None, "say whether the server runs: exit 0 if it does, 3 if not"),

@@ -14,6 +14,7 @@ The one table of them is :data:`~trioserve._hooktable.HOOKS`, re-exported here.
 from __future__ import annotations
 
 import contextlib
+import enum
 import inspect
 import io
 import logging
@@ -135,15 +136,55 @@ async def hook_after(config: Config, name: str, *args: Any) -> AsyncIterator[Non
 
 
 async def run_hook_logged(
-    config: Config, name: str, *args: Any, exc: BaseException | None = None
+    config: Config,
+    name: str,
+    *args: Any,
+    exc: BaseException | None = None,
+    logger: logging.Logger = LOGGER,
 ) -> bool:
-    """Run a hook whose failure must not stop the event; log it. False if it raised."""
+    """Run a hook whose failure must not stop the event; log it on ``logger`` (a
+    rate-limited one for a hook that runs once per connection or request). False if it
+    raised."""
     try:
         await run_hook(config, name, *args, exc=exc)
     except HookError as error:
-        LOGGER.error("%s", error, exc_info=error.__cause__)
+        logger.error("%s", error, exc_info=error.__cause__)
         return False
     return True
+
+
+class ExitReason(enum.StrEnum):
+    """Why a worker process exits: its :attr:`WorkerInfo.exit_reason`.
+
+    A string enum, so ``worker.exit_reason == "memory"`` holds for a worker recycled by
+    ``--max-worker-memory``; ``str()`` of a member is its value.
+    """
+
+    #: It served ``--max-requests`` (plus its jitter): replaced, then drained.
+    MAX_REQUESTS = "max_requests"
+    #: Its memory stayed over ``--max-worker-memory``: replaced, then drained.
+    MEMORY = "memory"
+    #: It reached ``--max-worker-lifetime`` (plus its jitter): replaced, then drained.
+    LIFETIME = "lifetime"
+    #: A rolling restart (SIGHUP, ``--reload``) replaced it.
+    RELOAD = "reload"
+    #: SIGTTOU took one worker away.
+    SCALE_DOWN = "scale_down"
+    #: The server (or, after SIGWINCH, every worker) stops.
+    SHUTDOWN = "shutdown"
+    #: It sent no heartbeat for ``--timeout`` seconds: aborted, then killed.
+    TIMEOUT = "timeout"
+    #: It exited on its own after it was ready (an error, ``os._exit``, a kill).
+    CRASH = "crash"
+    #: It exited before it was ready.
+    BOOT_FAILED = "boot_failed"
+
+
+#: The reasons for which the master replaces a healthy worker on purpose: a fresh worker
+#: takes its slot first, then the old one drains.
+RECYCLED: frozenset[ExitReason] = frozenset(
+    {ExitReason.MAX_REQUESTS, ExitReason.MEMORY, ExitReason.LIFETIME}
+)
 
 
 @attrs.define(eq=False)
@@ -159,6 +200,14 @@ class WorkerInfo:
         requests: Requests it served so far (in the master: as of its last heartbeat).
         started_at: ``time.time()`` when it was started.
         exit_code: Its exit status once it exited; negative when a signal ended it.
+        exit_reason: Why it exits, once that is known (None while it serves): an
+            ``ExitReason``, a string enum, one of ``"max_requests"``, ``"memory"``,
+            ``"lifetime"`` (recycled: replaced first, then drained), ``"reload"``,
+            ``"scale_down"`` (SIGTTOU), ``"shutdown"``, ``"timeout"`` (aborted),
+            ``"crash"``, ``"boot_failed"``. The master's ``child_exit`` always gets
+            one. In the worker, ``worker_exit`` gets the one the master sent with its
+            stop request, ``"shutdown"`` for a stop by a signal, and None when an error
+            ended the worker (``exc`` holds it).
     """
 
     id: int
@@ -168,6 +217,7 @@ class WorkerInfo:
     requests: int = 0
     started_at: float = attrs.field(factory=time.time)
     exit_code: int | None = None
+    exit_reason: ExitReason | None = None
 
     @property
     def log(self) -> logging.Logger:

@@ -7,24 +7,33 @@ of :mod:`trioserve._proto.channel`: ready, heartbeats, retire, boot errors) and 
 it, and a :class:`WorkerState` that only :meth:`_Proc.become` changes. A worker that
 exits is replaced with exponential backoff; a worker that fails while booting halts
 the master with the worker's error; a worker silent for longer than ``timeout`` gets
-SIGABRT (its stack is dumped to the error log), then SIGKILL, and is replaced.
+SIGABRT (its stack is dumped to the error log), then SIGKILL, and is replaced. A
+healthy worker is recycled (:meth:`Master.recycle`: a fresh worker in its slot first,
+then the old one drains) when it served ``max_requests``, when its memory stays over
+``max_worker_memory`` or when it reaches ``max_worker_lifetime``; why a worker exits is
+its ``WorkerInfo.exit_reason``, an :class:`~trioserve._hooks.ExitReason`.
 
 Signals (``run()`` only; ``serve()`` leaves signals to the calling program), from the
 table of :meth:`Master.signal_handlers`: TERM graceful stop, INT and QUIT fast stop,
 HUP reload and rolling restart, TTIN/TTOU one worker more/less, USR1 reopen logs,
 USR2 start a new master on the same sockets, WINCH stop the workers but keep the
-master (only without a controlling terminal).
+master (only without a controlling terminal), URG reload the TLS certificate in every
+worker without replacing it (``trioserve ctl reload-certs``; ``--reload-certs-watch``
+does the same when the files change).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import json
 import logging
+import math
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +51,7 @@ from ._bind import (
     parse_bind,
     reserve_reuse_port,
 )
+from ._certs import RELOAD_SIGNAL, cert_paths, load_context, watch_cert_files
 from ._config import CONFIG_MODULE, Config
 from ._daemon import (
     Account,
@@ -53,6 +63,7 @@ from ._daemon import (
 )
 from ._errors import ConfigError, TrioserveError
 from ._hooks import (
+    ExitReason,
     HookError,
     ServerInfo,
     WorkerBootError,
@@ -63,7 +74,6 @@ from ._hooks import (
 from ._logging import configure_logging
 from ._metrics import (
     MasterCounts,
-    RestartCause,
     Sample,
     WorkerSample,
     app_label,
@@ -83,12 +93,14 @@ from ._proto.channel import (
     Heartbeat,
     Message,
     Ready,
+    ReloadCerts,
     Retire,
     Stop,
     WorkerBoot,
     boot_pieces,
     encode,
 )
+from ._recycle import MIB, Recycling, check_supported, read_rss, sample_period
 from ._statsd import Statsd
 from ._statsd import install as install_statsd
 from ._systemd import (
@@ -149,7 +161,8 @@ class WorkerState(enum.Enum):
 
     BOOTING = "booting"  # spawned, has not said Ready
     SERVING = "serving"  # said Ready
-    RETIRING = "retiring"  # served max_requests; serves on until its replacement is ready
+    # Recycled (max_requests, memory, lifetime): serves on until its replacement is ready.
+    RETIRING = "retiring"
     STOPPING = "stopping"  # asked to stop (the channel's Stop, or SIGQUIT)
     ABORTING = "aborting"  # silent for longer than --timeout: aborted, then killed
     EXITED = "exited"  # reaped
@@ -191,8 +204,8 @@ class _Proc:
     urls: list[str] = attrs.field(factory=list)
     # One writer at a time on the channel (the boot message, then a stop request).
     sending: trio.Lock = attrs.field(factory=trio.Lock)
-    # Why the master ends it, when the master does (a replacement is then counted so).
-    restart_cause: RestartCause | None = None
+    # Whether its memory or its age makes it due for recycling.
+    recycling: Recycling = attrs.field(factory=Recycling)
 
     def become(self, state: WorkerState) -> None:
         """Move to ``state``; a transition the table does not allow is a bug."""
@@ -228,6 +241,9 @@ class _Pool:
     # Every worker process alive, the slots' ones and replacements still booting.
     live: set[_Proc] = attrs.field(factory=set)
     preload_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    # The worker being recycled for memory or lifetime: one at a time per pool, so that
+    # workers due together are replaced one after another (see Master.recycle_due).
+    recycling: _Proc | None = None
 
     @property
     def config(self) -> Config:
@@ -326,7 +342,8 @@ class Master:
             theirs.close()
         info.pid = process.pid
         link = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-        proc = _Proc(info, process, link, trio.current_time())
+        now = trio.current_time()
+        proc = _Proc(info, process, link, now, recycling=Recycling.start(config, now))
         pool.live.add(proc)
         LOGGER.info("booting %s (pid %d)", pool.label(slot), process.pid)
         self.nursery.start_soon(self._watch, pool, proc, payload)
@@ -409,9 +426,26 @@ class Master:
             and pool.slots.get(proc.info.id) is proc
             and not self.stopping
         ):
-            proc.become(WorkerState.RETIRING)
-            self.metrics.restarted(app_label(pool.plan.prefix), RestartCause.MAX_REQUESTS)
-            self.nursery.start_soon(self._replace, pool, proc.info.id, pool.config, proc)
+            self.recycle(pool, proc, ExitReason.MAX_REQUESTS)
+
+    def recycle(self, pool: _Pool, proc: _Proc, reason: ExitReason) -> None:
+        """Replace ``proc``, a serving worker, for ``reason`` (max_requests, memory,
+        lifetime): a fresh worker takes its slot first; once that one is ready, ``proc``
+        is asked to stop and drains. Should the fresh one fail to boot, ``proc`` serves on.
+        """
+        proc.become(WorkerState.RETIRING)
+        proc.info.exit_reason = reason
+        if reason is not ExitReason.MAX_REQUESTS:
+            pool.recycling = proc
+        self.nursery.start_soon(self._recycle, pool, proc, reason)
+
+    async def _recycle(self, pool: _Pool, proc: _Proc, reason: ExitReason) -> None:
+        try:
+            if not await self._replace(pool, proc.info.id, pool.config, proc, reason):
+                proc.recycling.retry_later(trio.current_time())
+        finally:
+            if pool.recycling is proc:
+                pool.recycling = None
 
     async def _exited(self, pool: _Pool, proc: _Proc) -> None:
         slot = proc.info.id
@@ -419,6 +453,14 @@ class Master:
         current = pool.slots.get(slot) is proc
         expected = self.stopping or self.paused or not current
         exc: BaseException | None = None
+        if proc.info.exit_reason is None:
+            # Nobody asked it to exit (or a signal to the process group came first).
+            if self.stopping or self.paused:
+                proc.info.exit_reason = ExitReason.SHUTDOWN
+            elif proc.ready.is_set() and proc.boot_error is None:
+                proc.info.exit_reason = ExitReason.CRASH
+            else:
+                proc.info.exit_reason = ExitReason.BOOT_FAILED
         if not expected:
             how = _describe_exit(code)
             if proc.boot_error is not None:
@@ -436,7 +478,7 @@ class Master:
             self.halt(exc)
         elif exc is not None:
             LOGGER.error("%s; replacing it", exc)
-            cause = proc.restart_cause or RestartCause.CRASH
+            cause = proc.info.exit_reason or ExitReason.CRASH
             self.metrics.restarted(app_label(pool.plan.prefix), cause)
             self.nursery.start_soon(self._restart, pool, slot, proc)
 
@@ -455,9 +497,12 @@ class Master:
         except TrioserveError as exc:
             self.halt(exc)
 
-    async def _replace(self, pool: _Pool, slot: int, config: Config, old: _Proc | None) -> bool:
-        """Start a new worker for ``slot``; once it is ready, retire ``old``. False if it
-        failed to boot (``old`` keeps serving)."""
+    async def _replace(
+        self, pool: _Pool, slot: int, config: Config, old: _Proc | None, reason: ExitReason
+    ) -> bool:
+        """Start a new worker for ``slot``; once it is ready, retire ``old`` for
+        ``reason``. False if it failed to boot (``old`` keeps serving)."""
+        self.metrics.restarted(app_label(pool.plan.prefix), reason)
         try:
             new = await self.spawn(pool, slot, config)
         except TrioserveError as exc:
@@ -476,7 +521,7 @@ class Master:
         pool.assign(slot, new)
         for retired in {old, current} - {None, new}:
             assert retired is not None
-            self.ask_to_stop(retired)
+            self.ask_to_stop(retired, reason)
         return True
 
     async def _wait_ready(self, pool: _Pool, proc: _Proc) -> bool:
@@ -508,6 +553,7 @@ class Master:
             signal.SIGUSR1: self._on_usr1,
             signal.SIGUSR2: self._on_usr2,
             signal.SIGWINCH: self._on_winch,
+            RELOAD_SIGNAL: self._on_reload_certs,
         }
 
     def _on_term(self, name: str) -> None:
@@ -560,25 +606,82 @@ class Master:
             LOGGER.info("SIGWINCH received: stopping the workers, keeping the master")
             _later(self, self.pause)
 
+    def _on_reload_certs(self, name: str) -> None:
+        self.reload_certs(name)
+
+    def reload_certs(self, why: str, pools: Sequence[_Pool] | None = None) -> None:
+        """Tell every worker of ``pools`` (default: all) to build a new TLS context for
+        its new connections, once the master checked that the files load.
+
+        Each worker builds its own (a context cannot cross a process boundary); the
+        master's check makes one log line of a bad certificate, and the workers keep
+        the context they have.
+        """
+        if self.stopping:
+            return
+        tls_pools = [pool for pool in pools or self.pools if pool.config.certfile]
+        if not tls_pools:
+            LOGGER.warning("%s: no certificate to reload (TLS is off)", why)
+            return
+        for pool in tls_pools:
+            prefix = f"{pool.plan.prefix}: " if pool.plan.prefix else ""
+            try:
+                _, info = load_context(pool.config)
+            except (ConfigError, ssl.SSLError, OSError) as exc:
+                LOGGER.error(
+                    "%s: %scertificate not reloaded (the workers keep the current one): %s",
+                    why,
+                    prefix,
+                    exc,
+                )
+                continue
+            procs = [proc for proc in pool.live if proc.state in _RELOADABLE]
+            for proc in procs:
+                self.nursery.start_soon(self._send_reload_certs, proc, why)
+            LOGGER.info(
+                "%s: %snew certificate (%s) sent to %d worker(s)",
+                why,
+                prefix,
+                info.describe(),
+                len(procs),
+            )
+
+    def cert_files_changed(self, pool: _Pool) -> None:
+        """--reload-certs-watch saw new files (HUP may have turned the watch off since)."""
+        if pool.config.reload_certs_watch:
+            self.reload_certs("a certificate file changed", [pool])
+
+    async def _send_reload_certs(self, proc: _Proc, why: str) -> None:
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError
+        ):  # a worker without a channel is on its way out anyway
+            with trio.fail_after(5):
+                async with proc.sending:
+                    await proc.link.send_all(encode(ReloadCerts(why)))
+
     # -- the whole server ------------------------------------------------------------
 
-    def ask_to_stop(self, proc: _Proc) -> None:
+    def ask_to_stop(self, proc: _Proc, reason: ExitReason) -> None:
         """A graceful stop of one worker, asked over its channel rather than with SIGTERM.
 
         When the whole process group gets SIGTERM (systemd's default KillMode, ``kill
         -TERM -PGID``), the workers get it directly; a second SIGTERM from the master
         would then turn their graceful stop into a fast one. A message does not.
+        ``reason`` becomes its ``exit_reason`` unless it has one already (a worker
+        recycled for its memory keeps that reason when the server stops meanwhile).
         """
         if proc.state is WorkerState.EXITED:
             return
+        if proc.info.exit_reason is None:
+            proc.info.exit_reason = reason
         proc.stopping()
-        self.nursery.start_soon(self._send_stop, proc)
+        self.nursery.start_soon(self._send_stop, proc, proc.info.exit_reason)
 
-    async def _send_stop(self, proc: _Proc) -> None:
+    async def _send_stop(self, proc: _Proc, reason: ExitReason) -> None:
         try:
             with trio.fail_after(5):
                 async with proc.sending:
-                    await proc.link.send_all(encode(Stop()))
+                    await proc.link.send_all(encode(Stop(reason.value)))
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             _signal(proc.process, signal.SIGTERM)  # no channel: the signal still works
 
@@ -623,7 +726,7 @@ class Master:
             if fast:
                 _fast_stop(proc)
             else:
-                self.ask_to_stop(proc)
+                self.ask_to_stop(proc, ExitReason.SHUTDOWN)
         budget = _FAST_STOP
         if not fast:
             budget = max((stop_budget(p.info.config) for p in procs), default=_FAST_STOP)
@@ -696,7 +799,8 @@ class Master:
                     limit = timeout if proc.ready.is_set() else max(timeout, _BOOT_SILENCE)
                     if proc.state.can_become(WorkerState.ABORTING) and now - proc.last_beat > limit:
                         proc.become(WorkerState.ABORTING)
-                        proc.restart_cause = RestartCause.TIMEOUT
+                        # Whatever it was asked before: the abort is what ends it.
+                        proc.info.exit_reason = ExitReason.TIMEOUT
                         self.nursery.start_soon(self._abort, pool, proc)
 
     async def _abort(self, pool: _Pool, proc: _Proc) -> None:
@@ -716,6 +820,61 @@ class Master:
             "%s (pid %d) did not abort: killing it", pool.label(proc.info.id), proc.info.pid
         )
         _signal(proc.process, signal.SIGKILL)
+
+    async def watch_recycling(self, period: float) -> None:
+        """Every ``period`` seconds, sample each worker's memory and age; recycle the due."""
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for pool in self.pools:
+                self.recycle_due(pool, now)
+
+    def recycle_due(self, pool: _Pool, now: float) -> None:
+        """Sample the serving workers of ``pool``; recycle one that is due for its memory
+        (first) or its lifetime, unless one of the pool is being recycled already.
+
+        One at a time: replacements that boot together would need the memory and CPU of
+        several workers at once, the more so when memory is the problem. The others stay
+        due and go next, one after another. The serving capacity never drops: each old
+        worker serves until its replacement is ready.
+        """
+        config = pool.config
+        if not (config.max_worker_memory or config.max_worker_lifetime):
+            return
+        due: list[tuple[bool, int, _Proc, ExitReason]] = []
+        for slot, proc in pool.slots.items():
+            if proc.state is not WorkerState.SERVING:
+                continue
+            watch = proc.recycling
+            reason = watch.due(now, read_rss(proc.process.pid) if watch.memory_limit else None)
+            if reason is not None:
+                due.append((reason is not ExitReason.MEMORY, slot, proc, reason))
+        # A reload (or SIGTTIN/TTOU...) replaces workers itself: recycling waits for it.
+        busy = pool.recycling is not None or self.operations.locked()
+        if not due or busy or self.stopping or self.paused:
+            return
+        _, slot, proc, reason = min(due, key=lambda entry: entry[:2])
+        watch = proc.recycling
+        if reason is ExitReason.MEMORY:
+            LOGGER.warning(
+                "%s (pid %d) uses %d MiB > --max-worker-memory %d MiB for %d samples; replacing",
+                pool.label(slot),
+                proc.info.pid,
+                math.ceil(watch.rss / MIB),
+                watch.memory_limit // MIB,
+                watch.over,
+            )
+        else:
+            LOGGER.info(
+                "%s (pid %d) reached --max-worker-lifetime at %.1fs old (%gs + %.1fs jitter); "
+                "replacing",
+                pool.label(slot),
+                proc.info.pid,
+                now - watch.started,
+                watch.lifetime,
+                watch.jitter,
+            )
+        self.recycle(pool, proc, reason)
 
     async def start_pool(self, pool: _Pool) -> None:
         """Start every worker of ``pool`` and wait until all are ready (or halt)."""
@@ -749,7 +908,7 @@ class Master:
                 await self._start_slot(pool, old)
             else:
                 for proc in pool.vacate(new):
-                    self.ask_to_stop(proc)
+                    self.ask_to_stop(proc, ExitReason.SCALE_DOWN)
             await run_hook_logged(pool.config, "nworkers_changed", pool.server, new, old)
         self.report()
 
@@ -791,15 +950,15 @@ class Master:
                 config: Config = config,
                 results: list[bool] = results,
             ) -> None:
-                self.metrics.restarted(app_label(pool.plan.prefix), RestartCause.RELOAD)
-                results.append(await self._replace(pool, slot, config, pool.slots.get(slot)))
+                old = pool.slots.get(slot)
+                results.append(await self._replace(pool, slot, config, old, ExitReason.RELOAD))
 
             async with trio.open_nursery() as restarting:
                 for slot in range(config.workers):
                     restarting.start_soon(one, slot)
             extra = [slot for slot in pool.slots if slot >= config.workers]
             for proc in pool.vacate(*extra) if extra else []:
-                self.ask_to_stop(proc)
+                self.ask_to_stop(proc, ExitReason.RELOAD)
             if config.workers != old_workers:
                 await run_hook_logged(
                     config, "nworkers_changed", pool.server, config.workers, old_workers
@@ -872,13 +1031,25 @@ class Master:
             pidfile.rename(own_path)
 
 
+# Workers that take new connections (or will): those a certificate reload concerns.
+_RELOADABLE = frozenset({WorkerState.BOOTING, WorkerState.SERVING, WorkerState.RETIRING})
+
+
+def _pool_cert_paths(pool: _Pool) -> list[str]:
+    # The pool's settings of the moment: HUP may name other files.
+    return cert_paths(pool.config)
+
+
 def _keep_serving(old: _Proc | None) -> None:
     """Its replacement failed: a retiring worker serves on (and may retire again)."""
     if old is not None and old.state is WorkerState.RETIRING:
         old.become(WorkerState.SERVING)
+        old.info.exit_reason = None
 
 
 def _fast_stop(proc: _Proc) -> None:
+    if proc.info.exit_reason is None:
+        proc.info.exit_reason = ExitReason.SHUTDOWN
     proc.stopping()
     _signal(proc.process, signal.SIGQUIT)
 
@@ -975,8 +1146,10 @@ async def serve_master(
     """
     plans = plans or [AppPlan(None, config)]
     for plan in plans:
-        # Refused before anything starts: settings no worker process could receive.
+        # Refused before anything starts: settings no worker process could receive, or
+        # that this system cannot honour.
         ship_config(plan.config)
+        check_supported(plan.config)
     budget = max(_FAST_STOP, *(stop_budget(plan.config) for plan in plans)) + STOP_MARGIN
     master: Master | None = None
     async with trio.open_nursery() as outer:
@@ -1047,10 +1220,18 @@ async def _run_master(
         if config.metrics_bind is not None:
             await master.nursery.start(serve_metrics, config.metrics_bind, master.metrics_sample)
         master.nursery.start_soon(master.watch_timeouts)
+        master.nursery.start_soon(master.watch_recycling, sample_period(os.environ))
         if config.reload:
             await master.nursery.start(_reload_on_change, master, config)
         if signals:
-            await master.nursery.start(_signal_task, master)
+            await master.nursery.start(_signal_task, master, control)
+        for pool in master.pools:
+            if pool.config.certfile and pool.config.reload_certs_watch:
+                await master.nursery.start(
+                    watch_cert_files,
+                    functools.partial(_pool_cert_paths, pool),
+                    functools.partial(master.cert_files_changed, pool),
+                )
         for pool in master.pools:
             await master.start_pool(pool)
             if master.fatal is not None:
@@ -1153,12 +1334,16 @@ def _has_terminal() -> bool:
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
-async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) -> None:
+async def _signal_task(
+    master: Master, control: Control, *, task_status: trio.TaskStatus[None]
+) -> None:
     handlers = master.signal_handlers()
     with trio.open_signal_receiver(*handlers) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
+            if signum in _STOP_SIGNALS and control.stopped_by is None:
+                control.stopped_by = name  # for the command line's last line
             if master.stopping and signum not in _STOP_SIGNALS:
                 LOGGER.info("%s ignored: stopping", name)
             else:

@@ -22,7 +22,6 @@ here); ``_metrics_server`` renders it.
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import os
@@ -36,6 +35,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._hooks import ExitReason
 from ._proto.channel import Counts
 from ._state import ServerState
 
@@ -97,15 +97,16 @@ def app_label(prefix: str | None) -> str:
     return prefix or MAIN_APP
 
 
-class RestartCause(enum.Enum):
-    """Why the master replaced a worker (the ``cause`` label of worker restarts)."""
-
-    CRASH = "crash"  # it exited (or was killed) while it should have been serving
-    TIMEOUT = "timeout"  # silent for longer than --timeout: aborted, then replaced
-    MAX_REQUESTS = "max_requests"  # it served --max-requests and retired
-    RELOAD = "reload"  # SIGHUP or --reload: a rolling restart
-    MEMORY = "memory"  # its memory grew past the recycling limit
-    LIFETIME = "lifetime"  # it lived past the recycling age
+#: Why the master replaced a worker (the ``cause`` label of worker restarts): the exit
+#: reasons of the workers the master replaces (``_hooks.ExitReason``), every one listed.
+RESTART_CAUSES: tuple[ExitReason, ...] = (
+    ExitReason.CRASH,
+    ExitReason.TIMEOUT,
+    ExitReason.MAX_REQUESTS,
+    ExitReason.RELOAD,
+    ExitReason.MEMORY,
+    ExitReason.LIFETIME,
+)
 
 
 # -- in each serving process -----------------------------------------------------------
@@ -289,7 +290,7 @@ class MasterCounts:
     def __init__(self) -> None:
         self.live: dict[int, _Report] = {}
         self.gone: dict[tuple[str, int], Totals] = {}
-        self.restarts: dict[tuple[str, RestartCause], int] = {}
+        self.restarts: dict[tuple[str, ExitReason], int] = {}
         #: The master's own log records.
         self.logs = dict.fromkeys(LOG_LEVELS, 0)
 
@@ -304,7 +305,7 @@ class MasterCounts:
             totals = self.gone.setdefault((report.app, report.slot), Totals())
             totals.add(report.counts, live=False)
 
-    def restarted(self, app: str, cause: RestartCause) -> None:
+    def restarted(self, app: str, cause: ExitReason) -> None:
         """The master replaces a worker of ``app`` because of ``cause``."""
         key = (app, cause)
         self.restarts[key] = self.restarts.get(key, 0) + 1
@@ -363,7 +364,7 @@ class Sample:
     """Everything a scrape shows, as plain data."""
 
     apps: dict[str, Totals]
-    restarts: dict[tuple[str, RestartCause], int]
+    restarts: dict[tuple[str, ExitReason], int]
     workers: dict[str, int]
     processes: list[WorkerSample]
     listeners: list[ListenerSample]

@@ -25,7 +25,7 @@ import trio
 
 from ._bind import create_listeners, listener_url, parse_bind
 from ._errors import ConfigError
-from ._metrics import DURATION_BUCKETS, REJECTION_REASONS, RestartCause, Sample
+from ._metrics import DURATION_BUCKETS, REJECTION_REASONS, RESTART_CAUSES, Sample
 
 try:
     from prometheus_client.core import (
@@ -121,7 +121,7 @@ def families(sample: Sample) -> Iterator[Metric]:
     )
     for app in sorted(sample.workers):
         workers.add_metric([app], sample.workers[app])
-        for cause in RestartCause:
+        for cause in RESTART_CAUSES:
             restarts.add_metric([app, cause.value], sample.restarts.get((app, cause), 0))
     rss = GaugeMetricFamily(
         "trioserve_worker_resident_memory_bytes",

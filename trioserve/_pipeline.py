@@ -14,7 +14,6 @@ import functools
 import importlib
 import logging
 import random
-import ssl
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -23,15 +22,18 @@ import attrs
 import h11
 import trio
 
-from ._accept import accept_connections
+from ._accept import CONNECTION_LOGGER, accept_connections
 from ._accesslog import AccessLog
 from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import cleanup_listener, listener_address, listener_url
+from ._certs import CertInfo, CertStore
 from ._config import Config, timeout_seconds
 from ._daemon import PidFile
 from ._errors import ConfigError
+from ._exchange import AccessLogger
 from ._hooks import (
     ConnectionInfo,
+    ExitReason,
     HookError,
     RequestInfo,
     ResponseInfo,
@@ -49,7 +51,7 @@ from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import (
-    AccessLogger,
+    HTTP2Connection,
     HTTPOptions,
     WebSocketUpgrade,
     serve_http_connection,
@@ -63,6 +65,7 @@ from ._statsd import RequestMetrics, Statsd
 from ._streams import PrefixedStream
 from ._tls import tls_extension, tls_handshake
 from ._types import Address, ASGIApp, Message, Receive, Scope, Send
+from ._versions import http_versions, max_header_list_size
 
 LOGGER = logging.getLogger("trioserve.server")
 
@@ -92,6 +95,9 @@ class Control:
             then exits).
         on_stop: Told when a stop signal arrives (systemd's STOPPING=1).
         pidfile: The command line's locked pid file (renamed by the master on SIGUSR2).
+        certs: The TLS context of new connections, once the server runs with TLS.
+        stopped_by: The name of the signal that first asked it to stop (SIGTERM...),
+            for the command line's last line; None while none did.
     """
 
     state: ServerState | None = None
@@ -99,6 +105,8 @@ class Control:
     on_ready: Callable[[], None] | None = None
     on_stop: Callable[[], None] | None = None
     pidfile: PidFile | None = None
+    certs: CertStore | None = None
+    stopped_by: str | None = None
 
     def ready(self) -> None:
         if self.on_ready is not None:
@@ -115,13 +123,22 @@ class Control:
         if self.shield is not None:
             self.shield.cancel()
 
+    def reload_certs(self, why: str, *, level: int = logging.INFO) -> CertInfo | None:
+        """New TLS connections get a context built from the files as they are now
+        (:meth:`CertStore.reload`); None when it failed, or without TLS (logged)."""
+        if self.certs is None:
+            LOGGER.warning("%s: no certificate to reload (TLS is off)", why)
+            return None
+        return self.certs.reload(why, level=level)
+
 
 @attrs.frozen
 class Extras:
-    """What startup built from the settings, checked before binding: the TLS context,
-    the access log, the statsd client, and the counts kept for ``--metrics-bind``."""
+    """What startup built from the settings, checked before binding: the TLS context
+    (in a store, since a certificate reload replaces it), the access log, the statsd
+    client, and the counts kept for ``--metrics-bind``."""
 
-    ssl_context: ssl.SSLContext | None
+    tls: CertStore | None
     access_log: AccessLog | None
     statsd: Statsd | None = None
     metrics: ProcessCounts | None = None
@@ -150,6 +167,7 @@ async def serve_listeners(
     if config.max_requests:
         state.request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
     control.state = state
+    control.certs = extras.tls
     async with hook_after(config, "worker_exit", ServerInfo(config), worker):
         try:
             async with trio.open_nursery() as outer:
@@ -158,6 +176,10 @@ async def serve_listeners(
                 outer.start_soon(_stop_when_cancelled, control)
                 with trio.CancelScope(shield=True) as control.shield:
                     await _run(loaded, listeners, state, extras, worker, ready)
+                # Served until stopped (gracefully or not) by a signal, a cancellation, or
+                # the master, which said why; an error would not come here.
+                if worker.exit_reason is None:
+                    worker.exit_reason = ExitReason.SHUTDOWN
                 outer.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -314,14 +336,20 @@ def _connection_handler(
             await serve(peer, tasks=tasks)
         except HookError as exc:
             error = exc
-            LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
+            CONNECTION_LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
             await trio.aclose_forcefully(peer.stream)
         except BaseException as exc:
             error = exc
             raise
         finally:
             with trio.CancelScope(shield=True):
-                await run_hook_logged(config, "connection_lost", conn, exc=reportable(error))
+                await run_hook_logged(
+                    config,
+                    "connection_lost",
+                    conn,
+                    exc=reportable(error),
+                    logger=CONNECTION_LOGGER,
+                )
 
     return handle_with_hooks
 
@@ -329,7 +357,7 @@ def _connection_handler(
 def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool]]:
     """PROXY header (from trusted peers) then TLS handshake, for each accepted
     connection: updates the peer, and says whether it is still there to be served."""
-    context = extras.ssl_context
+    tls = extras.tls
     trusted = TrustedPeers(config.forwarded_allow_ips)
     proxy_protocol = config.proxy_protocol
 
@@ -342,7 +370,8 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
                     stream, proxy_protocol, timeout_seconds(config.header_timeout)
                 )
             except ProxyProtocolError as exc:
-                LOGGER.info("dropping connection from %s: %s", client, exc)
+                # A client can send one per connection: rate-limited.
+                CONNECTION_LOGGER.info("dropping connection from %s: %s", client, exc)
                 await trio.aclose_forcefully(stream)
                 return False
             if info.client is not None:
@@ -352,9 +381,10 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
             if leftover:
                 peer.stream = PrefixedStream(stream, leftover)
                 peer.sock = None
-        if context is not None:
+        if tls is not None:
+            # Read per connection: a certificate reload swaps the store's context.
             secure = await tls_handshake(
-                peer.stream, context, timeout_seconds(config.tls_handshake_timeout)
+                peer.stream, tls.context, timeout_seconds(config.tls_handshake_timeout)
             )
             if secure is None:
                 return False
@@ -444,6 +474,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         access_log = MetricsLog(extras.metrics, access_log)
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
+    versions = http_versions(config)
     options = HTTPOptions(
         config,
         h11_module=_h11_module(config.http),
@@ -453,9 +484,35 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         else None,
         app_hint=asyncio_hint if config.app_loop == "trio" else None,
         websocket=websocket,
+        h2_prior_knowledge=versions.prior_knowledge,
+        h2c_upgrade=versions.upgrade,
     )
+    if versions.http2:
+        # The HTTP/2 edge shares the HTTP/1.1 edge's options (limits, timeouts, logs).
+        options.http2 = _http2_edge(asgi, state, config, options)
     serve = functools.partial(serve_http_connection, app=asgi, state=state, options=options)
     return _Edges(serve, http=options, websockets=ws_options)
+
+
+def _http2_edge(
+    app: ASGIApp, state: ServerState, config: Config, http: HTTPOptions
+) -> HTTP2Connection:
+    """The HTTP/2 edge serving ``app``, for the HTTP/1.1 edge (whose options are
+    ``http``) to hand HTTP/2 connections to; only asked for when HTTP/2 is served (the
+    h2 package is installed then).
+
+    Imported here, not at the top, because it imports h2, which may be absent.
+    """
+    from ._serve_h2 import H2Options, serve_h2_connection
+
+    options = H2Options(
+        http,
+        max_concurrent_streams=config.http2_max_concurrent_streams,
+        initial_window_size=config.http2_initial_window_size,
+        max_frame_size=config.http2_max_frame_size,
+        max_header_list_size=max_header_list_size(config),
+    )
+    return functools.partial(serve_h2_connection, app=app, state=state, options=options)
 
 
 def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASGIApp:
@@ -489,7 +546,13 @@ def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASG
         finally:
             with trio.CancelScope(shield=True):
                 await run_hook_logged(
-                    config, "post_request", worker, req, response, exc=reportable(error)
+                    config,
+                    "post_request",
+                    worker,
+                    req,
+                    response,
+                    exc=reportable(error),
+                    logger=CONNECTION_LOGGER,
                 )
 
     return hooked

@@ -19,6 +19,7 @@ import trio
 from ._accesslog import access_log_for
 from ._apps import as_composite, resolve_plans
 from ._bind import create_listeners, listener_from_fd, parse_bind
+from ._certs import RELOAD_SIGNAL, CertStore, cert_paths, watch_cert_files
 from ._config import Config
 from ._daemon import PidFile, give_unix_sockets, resolve_account
 from ._errors import AppLoadError, ConfigError, TrioserveError, single_error
@@ -40,8 +41,8 @@ from ._metrics_server import require_prometheus, serve_metrics
 from ._pipeline import Control, Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._systemd import Notifier, activated_sockets
-from ._tls import ssl_context
 from ._types import Address
+from ._versions import http_versions
 
 LOGGER = logging.getLogger("trioserve.server")
 
@@ -115,7 +116,9 @@ async def _serve_inner(
             require_prometheus()
             counts = ProcessCounts()
         # Fail on bad TLS files or log formats before binding anything.
-        extras = Extras(ssl_context(config), access_log_for(config), install_statsd(config), counts)
+        extras = Extras(
+            CertStore.from_config(config), access_log_for(config), install_statsd(config), counts
+        )
         specs = [parse_bind(text) for text in config.bind]
         sockets = activated_sockets()
         if sockets:
@@ -136,18 +139,27 @@ async def _serve_inner(
             task_status.started(addresses)
             control.ready()
 
-        if counts is None or config.metrics_bind is None:
+        watch_certs = extras.tls is not None and config.reload_certs_watch
+        if counts is None and not watch_certs:
             await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
             return
-        uncount = count_logs(counts.logs)
+        uncount = count_logs(counts.logs) if counts is not None else None
         try:
             async with trio.open_nursery() as nursery:
-                take_sample = functools.partial(_sample, counts, control, listeners)
-                await nursery.start(serve_metrics, config.metrics_bind, take_sample)
+                if watch_certs:
+                    await nursery.start(
+                        watch_cert_files,
+                        functools.partial(cert_paths, config),
+                        functools.partial(control.reload_certs, "a certificate file changed"),
+                    )
+                if counts is not None and config.metrics_bind is not None:
+                    take_sample = functools.partial(_sample, counts, control, listeners)
+                    await nursery.start(serve_metrics, config.metrics_bind, take_sample)
                 await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
                 nursery.cancel_scope.cancel()
         finally:
-            uncount()
+            if uncount is not None:
+                uncount()
 
 
 def _sample(
@@ -170,11 +182,20 @@ def _sample(
 def _check_servable(config: Config) -> None:
     """Refuse, before anything starts, a configuration no entry point can serve."""
     require_app(config)
+    http_versions(config)  # HTTP/2 asked for without the h2 package
     if config.reload and config.workers == 0:
         raise ConfigError(
             "--reload: the master restarts worker processes when files change; "
             "use --workers 1 or more with it"
         )
+    for name, value in (
+        ("--max-worker-memory", config.max_worker_memory),
+        ("--max-worker-lifetime", config.max_worker_lifetime),
+    ):
+        if value and config.workers == 0:
+            raise ConfigError(
+                f"{name}: the master replaces worker processes; use --workers 1 or more with it"
+            )
 
 
 def run(config: Config) -> None:
@@ -199,10 +220,11 @@ def run_cli(
     plans: list[AppPlan] | None = None,
     on_ready: Callable[[], None] | None = None,
     pidfile: PidFile | None = None,
-) -> None:
+) -> str | None:
     """:func:`run`, plus what only the command line knows: how to re-read the
     configuration (SIGHUP), the arguments a new master is started with (SIGUSR2), whom to
-    tell that the server is ready (a daemon's parent), and the locked pid file."""
+    tell that the server is ready (a daemon's parent), and the locked pid file. Returns
+    the name of the signal that stopped it (None if none did)."""
     control = Control(on_ready=on_ready, pidfile=pidfile)
     _check_servable(config)
     try:
@@ -239,10 +261,11 @@ def run_cli(
         if isinstance(error, TrioserveError):
             raise error from None
         raise
+    return control.stopped_by
 
 
 async def _run_until_signal(config: Config, control: Control) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, RELOAD_SIGNAL) as signals:
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop() -> None:
@@ -252,8 +275,14 @@ async def _run_until_signal(config: Config, control: Control) -> None:
             nursery.start_soon(serve_then_stop)
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == RELOAD_SIGNAL:
+                    if control.state is not None and not control.state.stopping:
+                        control.reload_certs(name)
+                    continue
                 if control.on_stop is not None:
                     control.on_stop()
+                if control.stopped_by is None:
+                    control.stopped_by = name
                 if control.state is None or not control.state.stopping:
                     LOGGER.info(
                         "%s received: stopping gracefully (send it again to stop now)", name

@@ -3,7 +3,8 @@
 Started by the master as ``python -m trioserve._worker_main FD`` (or forked by the
 preloader, with the app already imported). FD is this worker's end of a socket pair
 with the master, which speaks :mod:`trioserve._proto.channel`: the master sends the
-boot message (a header, then the pickled Config) and later perhaps ``Stop``; the worker
+boot message (a header, then the pickled Config) and later perhaps ``Stop`` or
+``ReloadCerts`` (new TLS connections get a context built afresh from the files); the worker
 sends ``Ready`` once it accepts connections, ``Heartbeat`` from its trio loop,
 ``Counts`` (with ``--metrics-bind``: what it counted, when that changed, and once more
 as it stops), ``Retire`` when it served ``max_requests``, and ``BootFailed`` when it
@@ -36,6 +37,7 @@ import trio
 
 from ._accesslog import access_log_for
 from ._bind import listen_reuse_port, listener_from_fd
+from ._certs import CertStore
 from ._config import Config, load_python_config
 from ._daemon import Account
 from ._errors import (
@@ -46,7 +48,7 @@ from ._errors import (
     TrioserveError,
     single_error,
 )
-from ._hooks import HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
+from ._hooks import ExitReason, HookError, ServerInfo, WorkerInfo, run_hook, run_hook_logged
 from ._importer import LoadedApp
 from ._loader import import_main_script, load_config_app
 from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
@@ -62,13 +64,13 @@ from ._proto.channel import (
     Heartbeat,
     Message,
     Ready,
+    ReloadCerts,
     Retire,
     Stop,
     WorkerBoot,
     encode,
 )
 from ._statsd import install as install_statsd
-from ._tls import ssl_context
 from ._types import Address
 
 LOGGER = logging.getLogger("trioserve.worker")
@@ -349,7 +351,7 @@ async def _worker_main(
         nursery.start_soon(_heartbeat, link, control, worker, boot.heartbeat)
         if counts is not None:
             nursery.start_soon(report_counts, counts, lambda: control.state, link.send)
-        nursery.start_soon(_watch_master, link, control, nursery.cancel_scope)
+        nursery.start_soon(_watch_master, link, control, worker, nursery.cancel_scope)
         nursery.start_soon(_signals, control, boot, config, worker, nursery.cancel_scope)
 
         async def on_ready(addresses: list[Address], urls: list[str]) -> None:
@@ -362,7 +364,10 @@ async def _worker_main(
             if loaded is None:
                 loaded = await load_config_app(config)
             extras = Extras(
-                ssl_context(config), access_log_for(config), install_statsd(config), counts
+                CertStore.from_config(config),
+                access_log_for(config),
+                install_statsd(config),
+                counts,
             )
             listeners = [listener_from_fd(fd) for fd in boot.fds]
             listeners += [
@@ -405,15 +410,25 @@ async def _heartbeat(link: _Link, control: Control, worker: WorkerInfo, interval
         await trio.sleep(interval)
 
 
-async def _watch_master(link: _Link, control: Control, scope: trio.CancelScope) -> None:
+async def _watch_master(
+    link: _Link, control: Control, worker: WorkerInfo, scope: trio.CancelScope
+) -> None:
     decoder = Decoder(TO_WORKER)
     try:
         while data := await link.stream.receive_some(4096):
             for message in decoder.feed(data):
                 if isinstance(message, Stop):
+                    # For worker_exit: why the master stops this worker.
+                    if worker.exit_reason is None and message.reason in _REASONS:
+                        worker.exit_reason = ExitReason(message.reason)
                     # The master's graceful stop (idempotent: a SIGTERM to the whole
                     # process group may have started it already).
                     _stop(control, scope, fast=False)
+                elif isinstance(message, ReloadCerts) and control.certs is not None:
+                    # The master checked the files and logs the reload once; a failure
+                    # here (a file changed again, or unreadable to --user) is logged too.
+                    # (Still booting, the worker reads the files as they are anyway.)
+                    control.reload_certs(message.why, level=logging.DEBUG)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except ChannelError as exc:
@@ -421,6 +436,9 @@ async def _watch_master(link: _Link, control: Control, scope: trio.CancelScope) 
     link.broken = True
     LOGGER.warning("the master is gone: stopping")
     _stop(control, scope, fast=False)
+
+
+_REASONS = frozenset(reason.value for reason in ExitReason)
 
 
 def _stop(control: Control, scope: trio.CancelScope, *, fast: bool) -> None:

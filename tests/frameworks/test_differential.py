@@ -171,7 +171,10 @@ def trioserve(target: str, *flags: str) -> Process:
 
 
 def uvicorn(target: str, *flags: str) -> Process:
-    argv = [str(BIN / "uvicorn"), target, "--host", "127.0.0.1", "--port", "0", *flags]
+    # h11 whatever else is installed: with httptools present, uvicorn's default ("auto")
+    # would pick it, and the KNOWN differences are those of uvicorn on h11.
+    argv = [str(BIN / "uvicorn"), target, "--host", "127.0.0.1", "--port", "0", "--http", "h11"]
+    argv += flags
     return Process("uvicorn", argv, UVICORN_READY)
 
 

@@ -13,6 +13,7 @@ from trioserve import (
     AppLoadError,
     Config,
     ConnectionInfo,
+    ExitReason,
     HookError,
     RequestInfo,
     ResponseInfo,
@@ -118,7 +119,8 @@ async def test_server_hooks_run_in_order_around_the_app() -> None:
 
 
 async def test_worker_exit_runs_when_serve_is_cancelled() -> None:
-    """Cancelling serve() runs worker_exit after lifespan shutdown and before on_exit."""
+    """Cancelling serve() runs worker_exit after lifespan shutdown and before on_exit,
+    with the worker's exit_reason "shutdown"."""
     recorder = Recorder()
     await serve_once(
         recorder,
@@ -131,6 +133,7 @@ async def test_worker_exit_runs_when_serve_is_cancelled() -> None:
         True,
         None,
     )
+    assert worker.exit_reason is ExitReason.SHUTDOWN
 
 
 async def test_async_server_hooks_are_awaited(nursery: trio.Nursery) -> None:
@@ -188,7 +191,8 @@ async def test_on_exit_runs_after_an_app_that_cannot_be_imported() -> None:
 
 async def test_post_worker_init_raising_fails_startup_with_a_hook_error() -> None:
     """A raising post_worker_init makes serve() raise HookError naming it: when_ready is
-    not called, and worker_exit and on_exit see the error."""
+    not called, and worker_exit and on_exit see the error (and no exit reason: the error
+    is why)."""
     recorder = Recorder()
 
     async def post_worker_init(worker: Any, *, exc: Any = None) -> None:
@@ -209,6 +213,7 @@ async def test_post_worker_init_raising_fails_startup_with_a_hook_error() -> Non
     assert "when_ready" not in names
     assert names[-2:] == ["worker_exit", "on_exit"]
     assert recorder.events[-2][2] is info.value
+    assert recorder.events[-2][1][1].exit_reason is None
     assert recorder.events[-1][2] is info.value
 
 
@@ -361,7 +366,8 @@ async def test_post_request_raising_is_logged_and_the_response_stands(
             response = await client.get(f"http://{host}:{port}/")
             again = await client.get(f"http://{host}:{port}/")
     assert (response.status_code, again.status_code) == (201, 201)
-    logged = [r for r in caplog.records if r.name == "trioserve.hooks"]
+    # Once per request: on the connection logger, which is rate-limited.
+    logged = [r for r in caplog.records if r.name == "trioserve.connection"]
     message = "hook post_request raised RuntimeError: after the fact"
     assert [r.getMessage() for r in logged] == [message, message]
 

@@ -27,6 +27,7 @@ from trioserve._proto.channel import (
     Message,
     Ready,
     Reaped,
+    ReloadCerts,
     Retire,
     Stop,
     WorkerBoot,
@@ -55,6 +56,8 @@ EXAMPLES: list[tuple[Message, tuple[type[Message], ...]]] = [
     ),
     (BootFailed(3, "could not import 'app:app' ✗\nsecond line"), TO_MASTER),
     (Stop(), TO_WORKER),
+    (ReloadCerts("SIGURG"), TO_WORKER),
+    (Stop("memory"), TO_WORKER),
     (Fork(7), TO_PRELOADER),
     (Loaded("app:app"), FROM_PRELOADER),
     (Forked(4242), FROM_PRELOADER),
@@ -142,6 +145,13 @@ def test_bad_frames_are_refused(line: bytes, match: str) -> None:
         Decoder(TO_MASTER).feed(line + b"\n")
 
 
+@pytest.mark.parametrize("line", [b'{"t": "stop", "reason": 3}', b'{"t": "stop", "reason": true}'])
+def test_a_stop_reason_must_be_a_string(line: bytes) -> None:
+    """A Stop's reason is a string or null; anything else is a bad message."""
+    with pytest.raises(ChannelError, match="bad 'stop' message: reason: expected str"):
+        Decoder(TO_WORKER).feed(line + b"\n")
+
+
 def test_each_direction_refuses_the_others_messages() -> None:
     """A worker does not take a worker's messages, nor the master a preloader's."""
     for message, _ in EXAMPLES:
@@ -163,7 +173,8 @@ def test_an_endless_line_is_refused() -> None:
 def test_the_wire_format_is_a_tagged_json_line() -> None:
     """A message is a JSON object with its kind under "t" and its fields beside it."""
     assert json.loads(encode(Reaped(12, 0))) == {"t": "reaped", "pid": 12, "status": 0}
-    assert json.loads(encode(Stop())) == {"t": "stop"}
+    assert json.loads(encode(Stop())) == {"t": "stop", "reason": None}
+    assert json.loads(encode(Stop("memory"))) == {"t": "stop", "reason": "memory"}
 
 
 def test_boot_message_round_trips_split_at_every_byte() -> None:

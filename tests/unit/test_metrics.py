@@ -15,12 +15,12 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from trioserve import Config
+from trioserve._hooks import ExitReason
 from trioserve._metrics import (
     DURATION_BUCKETS,
     MAIN_APP,
     MasterCounts,
     ProcessCounts,
-    RestartCause,
     Sample,
     Totals,
     WorkerSample,
@@ -108,7 +108,7 @@ def test_master_keeps_the_counts_of_a_replaced_worker() -> None:
     master.report(MAIN_APP, 0, 100, _counts(7, open_http=3, in_flight=1))  # cumulative
     master.exited(100)
     master.report(MAIN_APP, 0, 102, _counts(4, open_http=2))
-    master.restarted(MAIN_APP, RestartCause.CRASH)
+    master.restarted(MAIN_APP, ExitReason.CRASH)
     totals = master.totals([MAIN_APP])[MAIN_APP]
     assert totals.requests == {("GET", 2): 7 + 2 + 4}
     assert sum(totals.durations) == 13
@@ -118,7 +118,7 @@ def test_master_keeps_the_counts_of_a_replaced_worker() -> None:
     assert totals.in_flight == 0
     # The totals are computed afresh: asking twice does not add twice.
     assert master.totals([MAIN_APP])[MAIN_APP].requests == {("GET", 2): 13}
-    assert master.restarts == {(MAIN_APP, RestartCause.CRASH): 1}
+    assert master.restarts == {(MAIN_APP, ExitReason.CRASH): 1}
 
 
 def _sample() -> Sample:
@@ -126,7 +126,7 @@ def _sample() -> Sample:
     master.report("web", 0, 100, _counts(5, open_http=2, in_flight=1))
     master.report("web", 1, 101, _counts(3, status=404))
     master.exited(101)
-    master.restarted("web", RestartCause.MAX_REQUESTS)
+    master.restarted("web", ExitReason.MAX_REQUESTS)
     return Sample(
         apps=master.totals(["web"]),
         restarts=dict(master.restarts),

@@ -9,8 +9,13 @@ import pytest
 import trio
 import trio.testing
 
+from trioserve import Config, ExitReason, WorkerInfo
 from trioserve._proto.channel import TO_MASTER, Decoder, Heartbeat, Ready, Stop, encode
 from trioserve._worker import _Link, _watch_master
+
+
+def _worker() -> WorkerInfo:
+    return WorkerInfo(0, Config(app="tests.apps:hello"))
 
 
 class _Booting:
@@ -51,7 +56,7 @@ async def test_stop_from_the_master_is_a_graceful_stop() -> None:
     control: Any = _Serving()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_master, link, control, nursery.cancel_scope)
+            nursery.start_soon(_watch_master, link, control, _worker(), nursery.cancel_scope)
             data = encode(Stop())
             await theirs.send_all(data[:3])
             await theirs.send_all(data[3:])
@@ -60,6 +65,28 @@ async def test_stop_from_the_master_is_a_graceful_stop() -> None:
             await theirs.aclose()
     assert control.stops == ["graceful", "graceful"]
     assert link.broken
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [("memory", ExitReason.MEMORY), ("lifetime", ExitReason.LIFETIME), ("no such", None)],
+)
+async def test_the_reason_of_a_stop_reaches_the_worker_info(
+    reason: str, expected: ExitReason | None
+) -> None:
+    """A Stop's reason becomes the worker's exit_reason (what worker_exit sees); a reason
+    this worker does not know leaves it unset, and the stop still happens."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    control: Any = _Serving()
+    worker = _worker()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_master, _Link(ours), control, worker, nursery.cancel_scope)  # type: ignore[arg-type]
+            await theirs.send_all(encode(Stop(reason)))
+            await trio.testing.wait_all_tasks_blocked()
+            assert control.stops == ["graceful"]
+            assert worker.exit_reason is expected
+            await theirs.aclose()
 
 
 async def test_a_bad_message_from_the_master_stops_the_worker(
@@ -71,7 +98,7 @@ async def test_a_bad_message_from_the_master_stops_the_worker(
     booting: Any = _Booting()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_master, link, booting, nursery.cancel_scope)
+            nursery.start_soon(_watch_master, link, booting, _worker(), nursery.cancel_scope)
             await theirs.send_all(json.dumps({"t": "hb", "requests": 1}).encode() + b"\n")
             await trio.sleep_forever()  # cancelled by the worker's stop
     assert "the master's channel is broken: unexpected message 'hb'" in caplog.text

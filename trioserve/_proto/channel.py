@@ -12,7 +12,7 @@ Two kinds of bytes travel on them:
   bytes and refuses what is no message of its direction.
 
 Worker to master: :class:`Ready`, :class:`Heartbeat`, :class:`Counts`, :class:`Retire`,
-:class:`BootFailed`; master to worker: :class:`Stop`. Master to preloader:
+:class:`BootFailed`; master to worker: :class:`Stop`, :class:`ReloadCerts`. Master to preloader:
 :class:`Fork` (the worker's channel rides along as SCM_RIGHTS); preloader to master:
 :class:`Loaded`, :class:`Forked`, :class:`Reaped`, :class:`BootFailed`.
 
@@ -68,6 +68,17 @@ def _exact(kind: type) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if type(value) is not kind:
             raise TypeError(f"{attribute.name}: expected {kind.__name__}, got {value!r}")
+
+    return check
+
+
+def _exact_or_none(kind: type) -> Any:
+    """:func:`_exact`, or None."""
+    exact = _exact(kind)
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            exact(instance, attribute, value)
 
     return check
 
@@ -185,7 +196,19 @@ class BootFailed(Message):
 @_message("stop")
 @attrs.frozen
 class Stop(Message):
-    """Stop gracefully (a message, not SIGTERM: see ``Master.ask_to_stop``)."""
+    """Stop gracefully (a message, not SIGTERM: see ``Master.ask_to_stop``); ``reason``
+    is why (an ``ExitReason`` value such as ``"memory"``), for the worker's hooks."""
+
+    reason: str | None = attrs.field(default=None, validator=_exact_or_none(str))
+
+
+@_message("reload_certs")
+@attrs.frozen
+class ReloadCerts(Message):
+    """Build a new TLS context from the certificate files for new connections; ``why``
+    names what asked for it (for the worker's log)."""
+
+    why: str = attrs.field(validator=_exact(str))
 
 
 # -- master ↔ preloader ------------------------------------------------------------------
@@ -225,7 +248,7 @@ class Reaped(Message):
 
 
 TO_MASTER: tuple[type[Message], ...] = (Ready, Heartbeat, Counts, Retire, BootFailed)
-TO_WORKER: tuple[type[Message], ...] = (Stop,)
+TO_WORKER: tuple[type[Message], ...] = (Stop, ReloadCerts)
 TO_PRELOADER: tuple[type[Message], ...] = (Fork,)
 FROM_PRELOADER: tuple[type[Message], ...] = (Loaded, Forked, Reaped, BootFailed)
 
