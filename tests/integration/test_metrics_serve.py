@@ -108,3 +108,17 @@ async def test_connections_are_counted_with_connection_hooks(
             assert await metric(sock, "trioserve_connections_open", kind="http") == 1
     assert len(made) == 1
     assert await metric(sock, "trioserve_connections_total", kind="http") == 1
+
+
+async def test_http2_requests_are_counted(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Requests over HTTP/2 (prior knowledge) count as requests of their connection."""
+    pytest.importorskip("h2", reason="HTTP/2 needs the http2 extra: pip install 'trioserve[http2]'")
+    sock = tmp_path / "metrics.sock"
+    config = Config(app=hello_app, bind=["127.0.0.1:0"], workers=0, metrics_bind=f"unix:{sock}")
+    [(host, port)] = await nursery.start(serve, config)
+    async with httpx.AsyncClient(http1=False, http2=True) as client:
+        for _ in range(3):
+            response = await client.get(f"http://{host}:{port}/")
+            assert response.http_version == "HTTP/2"
+    assert await metric(sock, "trioserve_requests_total", method="GET", status="2xx") == 3
+    assert await metric(sock, "trioserve_connections_total", kind="http") == 1
