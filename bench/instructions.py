@@ -4,7 +4,8 @@ Run from the root of the checkout to measure, with that checkout's Python (see
 bench/README.md)::
 
     .venv/bin/python bench/instructions.py [--requests 3072] [--connections 64]
-        [--http h11-compiled|h11] [--tree DIR [--python PATH]] [--repeat 1] [--json FILE]
+        [--http h11-compiled|h11] [--tree DIR [--python PATH] | --metrics] [--repeat 1]
+        [--json FILE]
 
 A wrk figure on a shared machine swings with whatever else runs on it; an instruction
 count does not. For each tree the server runs twice under ``valgrind --tool=callgrind``,
@@ -13,7 +14,9 @@ SIGTERM as soon as it is ready, once after serving exactly N keep-alive requests
 a client in this script. Instructions per request = (Ir(N) - Ir(0)) / N. With
 ``--tree``, a second checkout (its own interpreter, its own directory as the working
 directory) is measured the same way and the ratio of the two is printed. All traffic
-goes to 127.0.0.1 and every wait is bounded.
+goes to 127.0.0.1 and every wait is bounded. With ``--metrics``, this checkout is
+measured without and with ``--metrics-bind`` (the baseline is the run without), which
+gives what Prometheus metrics cost per request.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class Tree:
     label: str
     directory: Path
     python: Path
+    # Added to the server's command line (--metrics: the --metrics-bind run).
+    server_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -167,6 +172,7 @@ def count(
         str(tree.python),
         *("-m", "trioserve", APP, "--workers", "0", "--http", http),
         *("--bind", f"{HOST}:{port}"),
+        *tree.server_args,
     ]
     started = time.monotonic()
     with log_path.open("wb") as log:
@@ -279,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="The interpreter for --tree (default: DIR/.venv/bin/python).",
     )
     parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="Compare this checkout without and with --metrics-bind (instead of --tree).",
+    )
+    parser.add_argument(
         "--repeat",
         type=positive_int,
         default=1,
@@ -294,6 +305,12 @@ def _trees(args: argparse.Namespace) -> list[Tree]:
         _checkout(str(this.directory))
     except argparse.ArgumentTypeError as exc:
         raise BenchError(f"run it from the root of a trioserve checkout: {exc}") from exc
+    if args.metrics:
+        if args.tree is not None:
+            raise BenchError("--metrics compares this checkout with itself: drop --tree")
+        with_metrics = ("--metrics-bind", f"{HOST}:0")
+        metrics = Tree("metrics", this.directory, this.python, with_metrics)
+        return [Tree("plain", this.directory, this.python), metrics]
     if args.tree is None:
         if args.python is not None:
             raise BenchError("--python needs --tree: the checkout that interpreter runs")

@@ -106,13 +106,14 @@ class Server:
     note: str = ""
 
 
-def _trioserve_argv(http: str) -> Callable[[int], list[str]]:
+def _trioserve_argv(http: str, *extra: str) -> Callable[[int], list[str]]:
     def argv(port: int) -> list[str]:
         # --http is explicit for both variants: the default 'auto' would pick the
         # compiled parser whenever h11-mypyc is installed, hiding the difference.
         return [
             *("-m", "trioserve", APP),
             *("--bind", f"{HOST}:{port}", "--workers", "0", "--http", http),
+            *extra,
         ]
 
     return argv
@@ -135,6 +136,16 @@ SERVERS: dict[str, Server] = {
             distributions=("trioserve", "h11-mypyc"),
             ready_line="listening on",
             note="needs h11-mypyc (pip install h11-mypyc)",
+        ),
+        Server(
+            "trioserve-metrics",
+            # Port 0: the metrics listener is not scraped; what is measured is the
+            # counting on the request path (and the listener being there).
+            _trioserve_argv("h11", "--metrics-bind", f"{HOST}:0"),
+            module="prometheus_client",
+            distributions=("trioserve", "prometheus-client"),
+            ready_line="listening on",
+            note="trioserve with --metrics-bind (needs prometheus_client)",
         ),
         Server(
             "hypercorn",
@@ -486,7 +497,12 @@ def render_table(
                 f"| {row.p99_ms:.2f} | {_fmt_ratio(_ratio(rows, row.server, BASELINE))} "
                 f"| {row.rounds} |"
             )
-        pairs = [(BASELINE, "hypercorn"), (BASELINE, "uvicorn"), ("trioserve-compiled", "uvicorn")]
+        pairs = [
+            (BASELINE, "hypercorn"),
+            (BASELINE, "uvicorn"),
+            ("trioserve-compiled", "uvicorn"),
+            ("trioserve-metrics", BASELINE),
+        ]
         parts = [
             f"{num} / {den} = {_fmt_ratio(_ratio(rows, num, den))}"
             for num, den in pairs

@@ -286,6 +286,17 @@ def _check_bind(item: str) -> str:
     return item
 
 
+def _optional_bind_kind() -> Kind:
+    def from_value(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _BadValue(value)
+        return _check_bind(value.strip())
+
+    return Kind("HOST:PORT, [IPV6]:PORT or unix:PATH", from_value, from_value)
+
+
 def _bind_list_kind() -> Kind:
     return _list_kind(
         "HOST:PORT, [IPV6]:PORT, unix:PATH[(MODE)] or fd://N",
@@ -1266,6 +1277,20 @@ class Config:
             flags=("--statsd-prefix",),
             scope="server",
             metavar="PREFIX",
+        ),
+    )
+
+    metrics_bind: str | None = _setting(
+        None,
+        Setting(
+            _optional_bind_kind(),
+            _SERVICE,
+            "Serve Prometheus metrics (GET /metrics) of every worker of every application "
+            "from the master, on this address of its own (see docs/metrics.md). Needs "
+            "prometheus_client: pip install 'trioserve[metrics]'.",
+            flags=("--metrics-bind",),
+            scope="server",
+            metavar="HOST:PORT",
         ),
     )
 

@@ -358,13 +358,19 @@ class Exchange(Generic[Payload]):
         """The access log line of this exchange (its duration: until the response was
         complete), if there is an access log and a response went out."""
         access_log = self.options.access_log
-        if access_log is not None and self.status:
+        if access_log is None:
+            return
+        # Read from the response once, not through this class's properties: with
+        # --metrics-bind this runs for every request, and each call counts.
+        response = self.response
+        status = response.sent_status
+        if status:
             started = self.started
             access_log.log(
                 self._scope,
-                self.status,
-                self.response.headers,
-                self.body_bytes,
+                status,
+                response.headers,
+                response.body_bytes,
                 started,
                 (self.ended or time.time()) - started,
             )
@@ -403,6 +409,7 @@ class Exchange(Generic[Payload]):
         was sent yet, and tell the app the client is gone."""
         LOGGER.info("bad request body: %s", exc.reason)
         self.rejected = exc
+        self.state.reject(exc.status)
         self.broken = True
         self.disconnected = True
         if not self.response.started:

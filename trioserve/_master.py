@@ -72,12 +72,23 @@ from ._hooks import (
     run_hook_logged,
 )
 from ._logging import configure_logging
+from ._metrics import (
+    MasterCounts,
+    Sample,
+    WorkerSample,
+    app_label,
+    count_logs,
+    listener_samples,
+    resident_bytes,
+)
+from ._metrics_server import require_prometheus, serve_metrics
 from ._pipeline import STOP_MARGIN, Control, stop_budget
 from ._preload_client import Preloader
 from ._proto.channel import (
     TO_MASTER,
     BootFailed,
     ChannelError,
+    Counts,
     Decoder,
     Heartbeat,
     Message,
@@ -289,6 +300,8 @@ class Master:
     paused: bool = False
     children: list[trio.Process] = attrs.field(factory=list)
     preloaders: list[Preloader] = attrs.field(factory=list)
+    # The workers' reports and the restarts, for --metrics-bind (kept in any case: cheap).
+    metrics: MasterCounts = attrs.field(factory=MasterCounts)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -374,6 +387,7 @@ class Master:
                     await proc.process.wait()
         proc.info.exit_code = proc.process.returncode
         pool.live.discard(proc)
+        self.metrics.exited(proc.process.pid)
         proc.become(WorkerState.EXITED)
         await self._exited(pool, proc)
 
@@ -393,6 +407,10 @@ class Master:
         proc.last_beat = trio.current_time()
         if isinstance(message, Heartbeat):
             proc.info.requests = message.requests
+        elif isinstance(message, Counts):
+            self.metrics.report(
+                app_label(pool.plan.prefix), proc.info.id, proc.process.pid, message
+            )
         elif isinstance(message, Ready):
             proc.urls = list(message.urls)
             if proc.state is WorkerState.BOOTING:
@@ -460,6 +478,8 @@ class Master:
             self.halt(exc)
         elif exc is not None:
             LOGGER.error("%s; replacing it", exc)
+            cause = proc.info.exit_reason or ExitReason.CRASH
+            self.metrics.restarted(app_label(pool.plan.prefix), cause)
             self.nursery.start_soon(self._restart, pool, slot, proc)
 
     async def _restart(self, pool: _Pool, slot: int, old: _Proc) -> None:
@@ -482,6 +502,7 @@ class Master:
     ) -> bool:
         """Start a new worker for ``slot``; once it is ready, retire ``old`` for
         ``reason``. False if it failed to boot (``old`` keeps serving)."""
+        self.metrics.restarted(app_label(pool.plan.prefix), reason)
         try:
             new = await self.spawn(pool, slot, config)
         except TrioserveError as exc:
@@ -720,6 +741,36 @@ class Master:
                 _signal(proc.process, signal.SIGKILL)
             for proc in procs:
                 await proc.exited.wait()
+
+    def metrics_sample(self) -> Sample:
+        """What a scrape of --metrics-bind shows: every application's totals, and the
+        workers and listening sockets as the master sees them now."""
+        now = trio.current_time()
+        apps = [app_label(pool.plan.prefix) for pool in self.pools]
+        processes = []
+        listeners = []
+        for pool, app in zip(self.pools, apps, strict=True):
+            for proc in sorted(pool.live, key=lambda p: (p.info.id, p.process.pid)):
+                processes.append(
+                    WorkerSample(
+                        app,
+                        proc.info.id,
+                        proc.process.pid,
+                        resident_bytes(proc.process.pid),
+                        now - proc.last_beat,
+                    )
+                )
+            fds = set(pool.fds)
+            sockets = [lst.socket for lst in self.listeners if lst.socket.fileno() in fds]
+            listeners += listener_samples(app, sockets)
+        return Sample(
+            apps=self.metrics.totals(apps),
+            restarts=dict(self.metrics.restarts),
+            workers={app: len(pool.slots) for pool, app in zip(self.pools, apps, strict=True)},
+            processes=processes,
+            listeners=listeners,
+            master_logs=dict(self.metrics.logs),
+        )
 
     def supervising(self) -> bool:
         """For the systemd watchdog: whether the supervision loop ran a moment ago."""
@@ -1124,9 +1175,15 @@ async def serve_master(
                 master.notifier = Notifier.from_environ() if signals else None
                 master.embedded_log = None if settings_logging else embedded_log()
                 master.statsd = install_statsd(config)
+                uncount: Callable[[], None] | None = None
+                if config.metrics_bind is not None:
+                    require_prometheus()
+                    uncount = count_logs(master.metrics.logs)
                 try:
                     await _run_master(master, config, control, task_status, signals)
                 finally:
+                    if uncount is not None:
+                        uncount()
                     nursery.cancel_scope.cancel()
         outer.cancel_scope.cancel()
     if master is not None and master.fatal is not None:
@@ -1160,6 +1217,8 @@ async def _run_master(
             listeners = await _bind(pool, inherited, activated.get(pool.plan.prefix, []))
             master.listeners += listeners
             give_unix_sockets(listeners, master.account)
+        if config.metrics_bind is not None:
+            await master.nursery.start(serve_metrics, config.metrics_bind, master.metrics_sample)
         master.nursery.start_soon(master.watch_timeouts)
         master.nursery.start_soon(master.watch_recycling, sample_period(os.environ))
         if config.reload:

@@ -46,12 +46,14 @@ from ._hooks import (
 )
 from ._importer import LoadedApp
 from ._lifespan import Lifespan
+from ._metrics import HTTP, TCP, WEBSOCKET, MetricsLog, ProcessCounts
 from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import (
     HTTP2Connection,
     HTTPOptions,
+    WebSocketUpgrade,
     serve_http_connection,
     watch_deadlines,
     watch_handovers,
@@ -133,12 +135,13 @@ class Control:
 @attrs.frozen
 class Extras:
     """What startup built from the settings, checked before binding: the TLS context
-    (in a store, since a certificate reload replaces it), the access log and the statsd
-    client."""
+    (in a store, since a certificate reload replaces it), the access log, the statsd
+    client, and the counts kept for ``--metrics-bind``."""
 
     tls: CertStore | None
     access_log: AccessLog | None
     statsd: Statsd | None = None
+    metrics: ProcessCounts | None = None
 
 
 async def serve_listeners(
@@ -234,7 +237,9 @@ async def _run(
         if edges.websockets is not None:
             await app_tasks.start(watch_websockets, state, edges.websockets)
         async with trio.open_nursery() as connections:
-            handler = _connection_handler(edges.serve, connections, config, extras, worker)
+            handler = _connection_handler(
+                edges.serve, connections, config, extras, worker, edges.kind
+            )
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
                     await acceptors.start(accept_connections, listener, handler, connections)
@@ -281,11 +286,15 @@ def _connection_handler(
     config: Config,
     extras: Extras,
     worker: WorkerInfo,
+    kind: str = HTTP,
 ) -> Callable[[Peer], Awaitable[None]]:
     """What runs for each accepted connection, in ``tasks``: the acceptor, the connection
-    hooks (when set), then ``serve``."""
+    hooks (when set), then ``serve``; with ``--metrics-bind`` it counts the connection as
+    open (and accepted) as a ``kind`` connection while it lasts."""
     accept = _acceptor(config, extras)
-    if config.connection_made is None and config.connection_lost is None:
+    counts = extras.metrics
+    hooks = config.connection_made is not None or config.connection_lost is not None
+    if not hooks and counts is None:
 
         async def handle(peer: Peer) -> None:
             if await accept(peer):
@@ -293,7 +302,31 @@ def _connection_handler(
 
         return handle
 
+    if not hooks and counts is not None:
+        # Counted here rather than in a wrapper of ``serve``: a coroutine frame more
+        # would be resumed each time the connection's task wakes (every request).
+
+        async def handle_counted(peer: Peer) -> None:
+            counts.opened(kind)
+            try:
+                if await accept(peer):
+                    await serve(peer, tasks=tasks)
+            finally:
+                counts.closed(kind)
+
+        return handle_counted
+
     async def handle_with_hooks(peer: Peer) -> None:
+        if counts is None:
+            await _handle_with_hooks(peer)
+            return
+        counts.opened(kind)
+        try:
+            await _handle_with_hooks(peer)
+        finally:
+            counts.closed(kind)
+
+    async def _handle_with_hooks(peer: Peer) -> None:
         if not await accept(peer):
             return
         conn = ConnectionInfo(peer.client, peer.server, peer.secure, worker)
@@ -371,6 +404,22 @@ class ServeConnection(Protocol):
     def __call__(self, peer: Peer, *, tasks: trio.Nursery) -> Awaitable[None]: ...
 
 
+def _counted_upgrade(upgrade: WebSocketUpgrade, counts: ProcessCounts) -> WebSocketUpgrade:
+    """``upgrade``, moving its connection from the open HTTP connections to the open
+    websockets while the websocket lasts (``--metrics-bind``)."""
+
+    async def upgrade_counted(stream: trio.abc.Stream, *, peer: Peer) -> None:
+        counts.closed(HTTP)
+        counts.opened(WEBSOCKET)
+        try:
+            await upgrade(stream, peer=peer)
+        finally:
+            counts.closed(WEBSOCKET)
+            counts.open[HTTP] += 1
+
+    return upgrade_counted
+
+
 @attrs.frozen
 class _Edges:
     """How accepted connections are served, for the app's interface, and the options
@@ -379,6 +428,8 @@ class _Edges:
     serve: ServeConnection
     http: HTTPOptions | None = None
     websockets: WSOptions | None = None
+    # What its connections count as (--metrics-bind): http, websocket or tcp.
+    kind: str = HTTP
 
 
 def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: WorkerInfo) -> _Edges:
@@ -392,7 +443,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         async def handle_native_websocket(peer: Peer, *, tasks: trio.Nursery) -> None:
             await serve_native_websocket(peer.stream, native_handler, state, native_options)
 
-        return _Edges(handle_native_websocket, websockets=native_options)
+        return _Edges(handle_native_websocket, websockets=native_options, kind=WEBSOCKET)
 
     if loaded.handler is not None:
         stream_handler = loaded.handler
@@ -400,7 +451,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         async def handle_stream(peer: Peer, *, tasks: trio.Nursery) -> None:
             await serve_stream_connection(peer.stream, stream_handler)
 
-        return _Edges(handle_stream)
+        return _Edges(handle_stream, kind=TCP)
     asgi = loaded.asgi
     assert asgi is not None
     if config.pre_request is not None or config.post_request is not None:
@@ -408,15 +459,19 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
     trusted = TrustedPeers(config.forwarded_allow_ips)
 
     ws_options: WSOptions | None = None
-    websocket = None
+    websocket: WebSocketUpgrade | None = None
     if config.ws == "on":
         ws_options = WSOptions(config)
         # A partial, not a wrapper coroutine: one frame fewer kept alive per idle websocket.
         websocket = functools.partial(
             serve_asgi_websocket, app=asgi, state=state, options=ws_options
         )
+        if extras.metrics is not None:
+            websocket = _counted_upgrade(websocket, extras.metrics)
 
     access_log: AccessLogger | None = extras.access_log
+    if extras.metrics is not None:
+        access_log = MetricsLog(extras.metrics, access_log)
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
     versions = http_versions(config)

@@ -1026,6 +1026,7 @@ class _Connection(ServerConnection):
         Runs outside the connection's timer, bounded by its own deadlines. Only called
         between exchanges, when no response is under way.
         """
+        self.state.reject(status)
         data = error_response(
             status,
             f"{error_status_text(status)}: {reason}",

@@ -27,6 +27,17 @@ from ._hooks import ServerInfo, WorkerInfo, hook_after, run_hook
 from ._importer import peek_target
 from ._loader import load_config_app, require_app
 from ._master import AppPlan, serve_master
+from ._metrics import (
+    MAIN_APP,
+    ProcessCounts,
+    Sample,
+    Totals,
+    WorkerSample,
+    count_logs,
+    listener_samples,
+    resident_bytes,
+)
+from ._metrics_server import require_prometheus, serve_metrics
 from ._pipeline import Control, Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._systemd import Notifier, activated_sockets
@@ -100,9 +111,13 @@ async def _serve_inner(
     async with hook_after(config, "on_exit", server):
         await run_hook(config, "on_starting", server)
         loaded = await load_config_app(config)
+        counts = None
+        if config.metrics_bind is not None:
+            require_prometheus()
+            counts = ProcessCounts()
         # Fail on bad TLS files or log formats before binding anything.
         extras = Extras(
-            CertStore.from_config(config), access_log_for(config), install_statsd(config)
+            CertStore.from_config(config), access_log_for(config), install_statsd(config), counts
         )
         specs = [parse_bind(text) for text in config.bind]
         sockets = activated_sockets()
@@ -124,17 +139,44 @@ async def _serve_inner(
             task_status.started(addresses)
             control.ready()
 
-        if extras.tls is None or not config.reload_certs_watch:
+        watch_certs = extras.tls is not None and config.reload_certs_watch
+        if counts is None and not watch_certs:
             await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
             return
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                watch_cert_files,
-                functools.partial(cert_paths, config),
-                functools.partial(control.reload_certs, "a certificate file changed"),
-            )
-            await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
-            nursery.cancel_scope.cancel()
+        uncount = count_logs(counts.logs) if counts is not None else None
+        try:
+            async with trio.open_nursery() as nursery:
+                if watch_certs:
+                    await nursery.start(
+                        watch_cert_files,
+                        functools.partial(cert_paths, config),
+                        functools.partial(control.reload_certs, "a certificate file changed"),
+                    )
+                if counts is not None and config.metrics_bind is not None:
+                    take_sample = functools.partial(_sample, counts, control, listeners)
+                    await nursery.start(serve_metrics, config.metrics_bind, take_sample)
+                await serve_listeners(loaded, listeners, config, extras, control, worker, ready)
+                nursery.cancel_scope.cancel()
+        finally:
+            if uncount is not None:
+                uncount()
+
+
+def _sample(
+    counts: ProcessCounts, control: Control, listeners: list[trio.SocketListener]
+) -> Sample:
+    """A scrape of --metrics-bind when this process serves the app itself (workers=0)."""
+    totals = Totals()
+    totals.add(counts.counts(control.state), live=True)
+    pid = os.getpid()
+    return Sample(
+        apps={MAIN_APP: totals},
+        restarts={},
+        workers={MAIN_APP: 0},
+        processes=[WorkerSample(MAIN_APP, 0, pid, resident_bytes(pid), None)],
+        listeners=listener_samples(MAIN_APP, [listener.socket for listener in listeners]),
+        master_logs={},
+    )
 
 
 def _check_servable(config: Config) -> None:

@@ -40,6 +40,8 @@ class ServerState:
         requests_served: Requests served so far (HTTP requests and websockets).
         request_limit: After this many requests the worker retires (0: never).
         limit_reached: Set once ``request_limit`` requests were served.
+        rejected: Requests the edges refused, by the status they answered (400, 408,
+            413, 414, 431, 503): for ``--metrics-bind``.
     """
 
     config: Config
@@ -53,6 +55,12 @@ class ServerState:
     requests_served: int = 0
     request_limit: int = 0
     limit_reached: trio.Event = attrs.field(factory=trio.Event)
+    rejected: dict[int, int] = attrs.field(factory=dict)
+
+    def reject(self, status: int) -> None:
+        """Called by an edge that refuses a request with ``status`` (never per request
+        served: only on the way of an error response)."""
+        self.rejected[status] = self.rejected.get(status, 0) + 1
 
     def request_limit_reached(self) -> None:
         """Called by the HTTP edge when ``requests_served`` reaches ``request_limit``."""

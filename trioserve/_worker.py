@@ -6,7 +6,9 @@ with the master, which speaks :mod:`trioserve._proto.channel`: the master sends 
 boot message (a header, then the pickled Config) and later perhaps ``Stop`` or
 ``ReloadCerts`` (new TLS connections get a context built afresh from the files); the worker
 sends ``Ready`` once it accepts connections, ``Heartbeat`` from its trio loop,
-``Retire`` when it served ``max_requests``, and ``BootFailed`` when it cannot start.
+``Counts`` (with ``--metrics-bind``: what it counted, when that changed, and once more
+as it stops), ``Retire`` when it served ``max_requests``, and ``BootFailed`` when it
+cannot start.
 End of file on it means the master is gone: the worker then stops by itself, so no
 worker outlives it.
 
@@ -51,6 +53,7 @@ from ._importer import LoadedApp
 from ._loader import import_main_script, load_config_app
 from ._logging import DATE_FORMAT, LOG_FORMAT, configure_logging
 from ._lograte import flush_all
+from ._metrics import ProcessCounts, count_logs, report_counts
 from ._pipeline import Control, Extras, serve_listeners
 from ._proto.channel import (
     TO_WORKER,
@@ -340,8 +343,14 @@ async def _worker_main(
     server = ServerInfo(config, pid=boot.master_pid, app=boot.app)
     status = EXIT_OK
     ready = False
+    counts = None
+    if config.metrics_bind is not None:
+        counts = ProcessCounts()
+        count_logs(counts.logs)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat, link, control, worker, boot.heartbeat)
+        if counts is not None:
+            nursery.start_soon(report_counts, counts, lambda: control.state, link.send)
         nursery.start_soon(_watch_master, link, control, worker, nursery.cancel_scope)
         nursery.start_soon(_signals, control, boot, config, worker, nursery.cancel_scope)
 
@@ -355,7 +364,10 @@ async def _worker_main(
             if loaded is None:
                 loaded = await load_config_app(config)
             extras = Extras(
-                CertStore.from_config(config), access_log_for(config), install_statsd(config)
+                CertStore.from_config(config),
+                access_log_for(config),
+                install_statsd(config),
+                counts,
             )
             listeners = [listener_from_fd(fd) for fd in boot.fds]
             listeners += [
@@ -364,6 +376,9 @@ async def _worker_main(
             await serve_listeners(
                 loaded, listeners, config, extras, control, worker, on_ready, owner=False
             )
+            if counts is not None:
+                # The last word: nothing counted since the last report is lost.
+                await link.send(counts.counts(control.state))
         except Exception as exc:
             error = single_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             error = error or exc

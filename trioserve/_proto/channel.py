@@ -11,7 +11,7 @@ Two kinds of bytes travel on them:
   :func:`encode` writes one, a :class:`Decoder` reads them back from any split of the
   bytes and refuses what is no message of its direction.
 
-Worker to master: :class:`Ready`, :class:`Heartbeat`, :class:`Retire`,
+Worker to master: :class:`Ready`, :class:`Heartbeat`, :class:`Counts`, :class:`Retire`,
 :class:`BootFailed`; master to worker: :class:`Stop`, :class:`ReloadCerts`. Master to preloader:
 :class:`Fork` (the worker's channel rides along as SCM_RIGHTS); preloader to master:
 :class:`Loaded`, :class:`Forked`, :class:`Reaped`, :class:`BootFailed`.
@@ -102,6 +102,79 @@ class Heartbeat(Message):
     requests: int = attrs.field(validator=_exact(int))
 
 
+def _rows(value: object, *kinds: type) -> Any:
+    """``value`` as a tuple of rows of exactly ``kinds`` (JSON gives lists; tuples make
+    two messages compare equal when their counts are)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"expected a list of rows, got {value!r}")
+    rows = []
+    for row in value:
+        if (
+            not isinstance(row, (list, tuple))
+            or len(row) != len(kinds)
+            or not all(type(item) is kind for item, kind in zip(row, kinds, strict=True))
+        ):
+            names = ", ".join(kind.__name__ for kind in kinds)
+            raise TypeError(f"expected rows of ({names}), got {row!r}")
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+def _str_int_int(value: object) -> tuple[tuple[str, int, int], ...]:
+    return _rows(value, str, int, int)  # type: ignore[no-any-return]
+
+
+def _int_int(value: object) -> tuple[tuple[int, int], ...]:
+    return _rows(value, int, int)  # type: ignore[no-any-return]
+
+
+def _str_int(value: object) -> tuple[tuple[str, int], ...]:
+    return _rows(value, str, int)  # type: ignore[no-any-return]
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(type(v) is int for v in value):
+        raise TypeError(f"expected a list of integers, got {value!r}")
+    return tuple(value)
+
+
+def _number(value: object) -> float:
+    # JSON writes 0.0 as 0.0, but a sum that is a whole number may come back as an int.
+    if type(value) not in (int, float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+@_message("metrics")
+@attrs.frozen
+class Counts(Message):
+    """What the worker counted since it started (cumulative, never deltas: a lost or
+    repeated message then costs nothing), for ``--metrics-bind``.
+
+    Attributes:
+        requests: (method, status class (2 for 2xx), requests) rows.
+        durations: Requests per duration bucket, as the worker's and the master's
+            ``DURATION_BUCKETS`` (in ``trioserve._metrics``) cut them; the last is +Inf.
+        duration_sum: The sum of the request durations, in seconds.
+        body_bytes: Response body bytes sent.
+        rejected: (status, requests) rows: requests refused before or while the app read
+            them (400, 408, 413, 414, 431, 503).
+        connections: (kind, open now, accepted in all) rows; kind is http, websocket
+            or tcp.
+        in_flight: HTTP requests being served right now.
+        logs: (level, records) rows: trioserve's log records at warning and above.
+    """
+
+    requests: tuple[tuple[str, int, int], ...] = attrs.field(converter=_str_int_int)
+    durations: tuple[int, ...] = attrs.field(converter=_ints)
+    duration_sum: float = attrs.field(converter=_number)
+    body_bytes: int = attrs.field(validator=_exact(int))
+    rejected: tuple[tuple[int, int], ...] = attrs.field(converter=_int_int)
+    connections: tuple[tuple[str, int, int], ...] = attrs.field(converter=_str_int_int)
+    in_flight: int = attrs.field(validator=_exact(int))
+    logs: tuple[tuple[str, int], ...] = attrs.field(converter=_str_int)
+
+
 @_message("retire")
 @attrs.frozen
 class Retire(Message):
@@ -174,7 +247,7 @@ class Reaped(Message):
     status: int = attrs.field(validator=_exact(int))
 
 
-TO_MASTER: tuple[type[Message], ...] = (Ready, Heartbeat, Retire, BootFailed)
+TO_MASTER: tuple[type[Message], ...] = (Ready, Heartbeat, Counts, Retire, BootFailed)
 TO_WORKER: tuple[type[Message], ...] = (Stop, ReloadCerts)
 TO_PRELOADER: tuple[type[Message], ...] = (Fork,)
 FROM_PRELOADER: tuple[type[Message], ...] = (Loaded, Forked, Reaped, BootFailed)
