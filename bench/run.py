@@ -137,6 +137,14 @@ SERVERS: dict[str, Server] = {
             note="needs h11-mypyc (pip install h11-mypyc)",
         ),
         Server(
+            "trioserve-httptools",
+            _trioserve_argv("httptools"),
+            module="httptools",
+            distributions=("trioserve", "httptools"),
+            ready_line="listening on",
+            note="needs httptools (pip install 'trioserve[speed]')",
+        ),
+        Server(
             "hypercorn",
             lambda port: [
                 *("-m", "hypercorn", "--worker-class", "trio", "--workers", "1"),
@@ -169,6 +177,16 @@ SERVERS: dict[str, Server] = {
             ],
             module="uvicorn",
             distributions=("uvicorn", "h11"),
+        ),
+        Server(
+            "uvicorn-std",
+            lambda port: [
+                *("-m", "uvicorn", "--http", "httptools", "--loop", "uvloop", "--workers", "1"),
+                *("--no-access-log", "--port", str(port), "--host", HOST, APP),
+            ],
+            module="uvloop",
+            distributions=("uvicorn", "httptools", "uvloop"),
+            note="uvicorn[standard]'s parser and loop: needs httptools and uvloop",
         ),
     )
 }
@@ -486,7 +504,13 @@ def render_table(
                 f"| {row.p99_ms:.2f} | {_fmt_ratio(_ratio(rows, row.server, BASELINE))} "
                 f"| {row.rounds} |"
             )
-        pairs = [(BASELINE, "hypercorn"), (BASELINE, "uvicorn"), ("trioserve-compiled", "uvicorn")]
+        pairs = [
+            (BASELINE, "hypercorn"),
+            (BASELINE, "uvicorn"),
+            ("trioserve-compiled", "uvicorn"),
+            ("trioserve-compiled", "uvicorn-std"),
+            ("trioserve-httptools", "uvicorn-std"),
+        ]
         parts = [
             f"{num} / {den} = {_fmt_ratio(_ratio(rows, num, den))}"
             for num, den in pairs
@@ -562,6 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parser_problem(m: Measurement) -> str | None:
     """Why a measurement does not measure the parser its row is named after, if it does not."""
+    if m.server == "trioserve-httptools" and m.h11_mypyc_loaded:
+        return (
+            "trioserve-httptools started, but the server loaded h11_mypyc: --http httptools "
+            "has no effect in this build; skipping it"
+        )
     if m.server == "trioserve-compiled" and m.h11_mypyc_loaded is False:
         return (
             "trioserve-compiled started, but the server never loaded h11_mypyc: "
