@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import h11
 import pytest
 
+from tests.helpers import parser_module
 from trioserve._proto import http1
 from trioserve._proto.http1 import (
     CONTINUE,
@@ -27,8 +27,13 @@ OK = {"type": "http.response.start", "status": 200, "headers": []}
 BODY = {"type": "http.response.body", "body": b"ok"}
 
 
+@pytest.fixture(autouse=True)
+def _every_parser(http_parser: str) -> None:
+    """Each test runs on each HTTP/1.1 parser (tests/conftest.py's http_parser)."""
+
+
 def server(**options: object) -> ServerConnection:
-    return ServerConnection(h11, Limits(), **options)  # type: ignore[arg-type]
+    return ServerConnection(parser_module(), Limits(), **options)  # type: ignore[arg-type]
 
 
 def respond(connection: ServerConnection) -> bool:
