@@ -119,23 +119,34 @@ class Connection:
         max_incomplete_event_size: The most bytes a head may take before it is refused.
     """
 
-    # Class defaults: a bodiless request, the common case, sets few of them. (No
-    # __slots__: CPython 3.11 reads instance attributes about as fast, and a class
-    # default costs nothing per request.)
-    _buffer: bytes | bytearray = b""
-    _closed = False
-    _parser: Any = None
-    _target = b""
-    _complete = False
-    _remaining = 0
-    _chunks: ChunkedChecker | None = None
-    their_state = IDLE
-    they_are_waiting_for_100_continue = False
+    __slots__ = (
+        "_body",
+        "_buffer",
+        "_chunks",
+        "_closed",
+        "_complete",
+        "_headers",
+        "_max",
+        "_parser",
+        "_remaining",
+        "_target",
+        "their_state",
+        "they_are_waiting_for_100_continue",
+    )
 
     def __init__(self, role: object = SERVER, max_incomplete_event_size: int = 16384) -> None:
+        self._buffer: bytes | bytearray = b""
+        self._closed = False
         self._max = max_incomplete_event_size
+        self._parser: Any = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._target = b""
         self._body: list[bytes] = []
+        self._complete = False
+        self._remaining = 0
+        self._chunks: ChunkedChecker | None = None
+        self.their_state = IDLE
+        self.they_are_waiting_for_100_continue = False
 
     # -- h11's interface -------------------------------------------------------------
 
@@ -205,12 +216,8 @@ class Connection:
                 raise RemoteProtocolError("peer unexpectedly closed connection")
             return NEED_DATA
         end += 4
-        if end == len(buffer):
-            head = buffer
-            self._buffer = b""
-        else:
-            head = buffer[:end]
-            self._buffer = buffer[end:]
+        head = buffer[:end]
+        self._buffer = buffer[end:]
         self._parser = parser = httptools.HttpRequestParser(self)
         try:
             parser.feed_data(head)
