@@ -34,6 +34,7 @@ from .validate import TOKEN, ChunkedChecker, RequestRejected
 
 __all__ = [
     "DONE",
+    "IDLE",
     "MIGHT_SWITCH_PROTOCOL",
     "MUST_CLOSE",
     "NEED_DATA",
