@@ -76,6 +76,20 @@ def test_plain_head_is_split_without_the_parser() -> None:
     assert connection.parser.trailing_data == (b"", True)
 
 
+def test_parser_kept_after_a_split_request() -> None:
+    """After a request split from a plain head, the parser (which saw none of it) serves
+    the next one as it is: no fresh parser per request; Connection: close still closes."""
+    connection = server()
+    connection.request_head(GET + GET, 0)
+    parser = connection.parser
+    assert connection.next_exchange(respond(connection), True) is Next.REQUEST
+    assert connection.parser is parser
+    assert parser.trailing_data[0] == GET
+    closing = server()
+    closing.request_head(GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), 0)
+    assert closing.next_exchange(respond(closing), True) is Next.CLOSE
+
+
 @pytest.mark.parametrize(
     "head",
     [
