@@ -10,6 +10,15 @@ While connections keep arriving the loop accepts up to ``ACCEPT_BATCH`` of them 
 turn and then lets the other tasks run; it waits on the socket only once the backlog
 is empty.
 
+Whatever a connection's handler raises (a bug of ours in the PROXY header or the TLS
+handshake, a connection hook, an edge or a raw stream handler that let an error through)
+costs that connection only: :func:`_serve`, which every accepted connection passes
+through, logs it once at ERROR with its traceback and closes the connection. Left to
+propagate, it would cancel the nursery of every connection and end the worker. Only
+``trio.Cancelled`` and ``KeyboardInterrupt`` (and the rest of what is not an
+``Exception``) go on. The log line is on ``trioserve.connection``, which is rate-limited
+(:mod:`trioserve._lograte`) like every line a client can cause once per connection.
+
 Running out of file descriptors (or memory) makes accept() fail until some are free
 again; the loop retries every ``_CAPACITY_PAUSE`` seconds. That is logged when it starts,
 every ``_CAPACITY_REMINDER`` seconds while it lasts, and once when accepting works again:
@@ -28,9 +37,12 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from ._errors import single_error
 from ._peer import Peer
 
 LOGGER = logging.getLogger("trioserve.server")
+# One connection's lines, which a client can cause once per connection: rate-limited.
+CONNECTION_LOGGER = logging.getLogger("trioserve.connection")
 
 ACCEPT_BATCH = 16
 # accept() failing for want of resources: wait a little, then try again.
@@ -178,8 +190,8 @@ async def _serve(
     except OSError:
         sock.close()
         return
+    client = None
     try:
-        client = None
         if family != socket.AF_UNIX:
             assert isinstance(address, tuple)
             client = (str(address[0]), int(address[1]))
@@ -190,5 +202,13 @@ async def _serve(
                     return  # reset before we got to it
                 server = (str(local[0]), int(local[1]))
         await handler(Peer(stream, sock, client, server))
+    except* Exception as group:
+        # Costs this connection, never the nursery of all of them (see the module's
+        # docstring); a cancellation in the same group goes on.
+        CONNECTION_LOGGER.error(
+            "unexpected error while serving a connection from %s; closing it",
+            "unix socket" if client is None else f"{client[0]}:{client[1]}",
+            exc_info=single_error(group) or group,
+        )
     finally:
         stream.socket.close()

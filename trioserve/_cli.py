@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import sys
@@ -30,6 +29,7 @@ from ._master import AppPlan
 from ._server import run_cli
 from ._tls import ssl_context
 from ._version import __version__
+from ._versions import http_versions
 
 LOGGER = logging.getLogger("trioserve.cli")
 
@@ -199,8 +199,10 @@ def _print_error(exc: BaseException, *, debug: bool = False) -> None:
 def _check(loaded: LoadedConfig) -> int:
     config = loaded.config
     try:
-        # Everything that can be checked without binding: TLS files, log format, the app.
+        # Everything that can be checked without binding: TLS files, log format, HTTP/2
+        # without h2, the app.
         ssl_context(config)
+        http_versions(config)
         access_log_for(config)
         app = trio.run(load_config_app, config)
     except TrioserveError as exc:
@@ -298,6 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     moves = bool(config.daemon or config.chdir)
     readiness: Readiness | None = None
     pidfile: PidFile | None = None
+    served = False
+    stopped_by: str | None = None
+    status = EXIT_OK
+    error: BaseException | None = None
+
+    def ready() -> None:
+        nonlocal served
+        served = True
+        if readiness is not None:
+            readiness.report(EXIT_OK)
+
     try:
         first = plans(warn=False)
         server = first[0].config
@@ -309,32 +322,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             _chdir(server.chdir)
         if server.pid is not None:
             pidfile = PidFile.acquire(server.pid)
-        run_cli(
+        stopped_by = run_cli(
             server,
             argv=args,
             reload_plans=plans,
             plans=first if composite is not None else None,
-            on_ready=functools.partial(readiness.report, EXIT_OK) if readiness else None,
+            on_ready=ready,
             pidfile=pidfile,
         )
     except TrioserveError as exc:
         if readiness is not None:
             readiness.report(exc.exit_code, str(exc))
-        _print_error(exc, debug=debug)
-        return exc.exit_code
+        status, error = exc.exit_code, exc
     except KeyboardInterrupt:
-        return EXIT_OK
+        stopped_by = "KeyboardInterrupt"
     except Exception as exc:
         if readiness is not None:
             readiness.report(EXIT_FAILURE, f"{type(exc).__name__}: {exc}")
-        _print_error(exc, debug=True)
-        return EXIT_FAILURE
+        status, error = EXIT_FAILURE, exc
     finally:
         if pidfile is not None:
             pidfile.release()
         if readiness is not None:
             readiness.report(EXIT_OK)  # stopped before it was ready: nothing failed
-    return EXIT_OK
+    if served:
+        # The last line of a server that ran (gunicorn's "Shutting down: Master"): its
+        # workers have exited and its pid file is gone. One that failed to start says
+        # why in its one error line instead.
+        why = stopped_by if error is None else f"{type(error).__name__}: {error}"
+        LOGGER.info(
+            "%s stopped: exit status %d%s",
+            "master" if server.workers > 0 or composite is not None else "server",
+            status,
+            f" ({_one_line(why)})" if why else "",
+        )
+    if error is not None:
+        _print_error(error, debug=debug or not isinstance(error, TrioserveError))
+    return status
+
+
+def _one_line(text: str) -> str:
+    return " / ".join(text.splitlines())
 
 
 def _chdir(path: str) -> None:

@@ -324,6 +324,48 @@ def _network_list_kind() -> Kind:
     )
 
 
+def _int_range_kind(minimum: int, maximum: int) -> Kind:
+    """An integer from ``minimum`` to ``maximum``, both included."""
+    inner = _int_kind(minimum)
+
+    def from_value(value: Any) -> int:
+        number: int = inner.from_value(value)
+        if number > maximum:
+            raise _BadValue(number)
+        return number
+
+    return Kind(f"an integer from {minimum} to {maximum}", from_value, from_value)
+
+
+HTTP_PROTOCOLS = ("h1", "h2")
+"""The names --http-protocols takes: HTTP/1.1 and HTTP/2 (gunicorn's names)."""
+
+
+def _check_protocol(item: str) -> str:
+    word = item.strip().lower()
+    if word not in HTTP_PROTOCOLS:
+        raise _BadValue(item)
+    return word
+
+
+def _protocols_kind() -> Kind:
+    """A list of 'h1' and 'h2', each at most once; kept in that order (the order of the
+    list says nothing: when HTTP/2 is served, TLS clients are offered it first)."""
+    listed = _list_kind("'h1', 'h2' or 'h1,h2'", _check_protocol, _split_words, allow_empty=False)
+
+    def from_value(value: Any) -> tuple[str, ...]:
+        names: tuple[str, ...] = listed.from_value(value)
+        for name in names:
+            if names.count(name) > 1:
+                raise _BadValue(value, f"{name!r} is listed twice")
+        return tuple(name for name in HTTP_PROTOCOLS if name in names)
+
+    def from_text(text: str) -> tuple[str, ...]:
+        return from_value(text)
+
+    return Kind(listed.expected, from_text, from_value)
+
+
 def _app_kind() -> Kind:
     def from_value(value: Any) -> object:
         if isinstance(value, str):
@@ -467,6 +509,7 @@ _LIMITS = "Limits"
 _PROXY = "Proxies"
 _TLS = "TLS"
 _WS = "WebSocket"
+_HTTP2 = "HTTP/2"
 _CONFIG = "Config file"
 _DEV = "Development"
 _SERVICE = "Running as a service"
@@ -695,6 +738,87 @@ class Config:
             "(1011); 0 keeps pinging but never disconnects for it.",
             flags=("--ws-ping-timeout",),
             metavar="SECONDS",
+        ),
+    )
+
+    # HTTP/2
+    http_protocols: Sequence[str] = _setting(
+        HTTP_PROTOCOLS,
+        Setting(
+            _protocols_kind(),
+            _HTTP2,
+            "The HTTP versions served: 'h1' (HTTP/1.1), 'h2' (HTTP/2), comma separated "
+            "(gunicorn's names). The default 'h1,h2' serves HTTP/2 when the h2 package is "
+            "installed (pip install 'trioserve[http2]') and HTTP/1.1 only without it; asking "
+            "for 'h2' alone, or setting an --http2-* value, without h2 installed is an "
+            "error. HTTP/2 is reached by TLS ALPN (offered before http/1.1) and, on a plain "
+            "port, as --http2-cleartext says. HTTP/1.1 requests are served either way "
+            "(with 'h2' alone too, as in gunicorn: only ALPN offers h2 alone).",
+            flags=("--http-protocols",),
+            metavar="PROTOCOLS",
+        ),
+    )
+    http2_cleartext: str = _setting(
+        "prior-knowledge",
+        Setting(
+            _choice_kind("prior-knowledge", "upgrade", "both", "off"),
+            _HTTP2,
+            "How HTTP/2 is reached without TLS (h2c), when it is served: 'prior-knowledge' "
+            "(the default) serves a plain connection that opens with the HTTP/2 preface; "
+            "'upgrade' honours an HTTP/1.1 'Upgrade: h2c' request (RFC 9113 deprecates it, "
+            "and a proxy that passes it on lets clients tunnel past its rules: 'h2c "
+            "smuggling'); 'both'; 'off'. TLS connections use ALPN only.",
+            flags=("--http2-cleartext",),
+        ),
+    )
+    http2_max_concurrent_streams: int = _setting(
+        100,
+        Setting(
+            _int_range_kind(1, 2**31 - 1),
+            _HTTP2,
+            "Most HTTP/2 streams (requests) one connection may have open at once "
+            "(SETTINGS_MAX_CONCURRENT_STREAMS).",
+            flags=("--http2-max-concurrent-streams",),
+            metavar="INT",
+        ),
+    )
+    http2_initial_window_size: int = _setting(
+        65535,
+        Setting(
+            _int_range_kind(1, 2**31 - 1),
+            _HTTP2,
+            "Bytes of a request body an HTTP/2 client may send on a stream ahead of the "
+            "app reading them (SETTINGS_INITIAL_WINDOW_SIZE): at most this much is held per "
+            "stream. The default is HTTP/2's own, 65535; larger speeds up large uploads "
+            "over long round trips at the cost of memory.",
+            flags=("--http2-initial-window-size",),
+            metavar="BYTES",
+        ),
+    )
+    http2_max_frame_size: int = _setting(
+        16384,
+        Setting(
+            _int_range_kind(16384, 16777215),
+            _HTTP2,
+            "Largest HTTP/2 frame payload accepted, in bytes (SETTINGS_MAX_FRAME_SIZE), "
+            "from 16384 (HTTP/2's default) to 16777215.",
+            flags=("--http2-max-frame-size",),
+            metavar="BYTES",
+        ),
+    )
+    http2_max_header_list_size: int = _setting(
+        0,
+        Setting(
+            _int_kind(0),
+            _HTTP2,
+            "Largest HTTP/2 request header list accepted, in bytes as HTTP/2 counts them "
+            "(names and values after HPACK decoding, plus 32 per field: "
+            "SETTINGS_MAX_HEADER_LIST_SIZE); it bounds the memory an HPACK bomb can take. "
+            "0, the default, means the same bound as HTTP/1.1 heads: --limit-request-head "
+            "(or, when that is 0, what the line and field limits allow, up to 1 MiB); "
+            "there is no unbounded setting (gunicorn's 0, no limit, reads as this).",
+            flags=("--http2-max-header-list-size",),
+            metavar="BYTES",
         ),
     )
     limit_request_line: int = _setting(

@@ -78,6 +78,15 @@ def _proxy_protocol(value: Any) -> Any:
     return value
 
 
+def _http2_cleartext(value: Any) -> Any:
+    # gunicorn takes a boolean too: True for prior knowledge, as its validator reads it.
+    if value is True:
+        return "prior-knowledge"
+    if value is False or value is None:
+        return "off"
+    return value
+
+
 def _ciphers(value: Any) -> Any:
     return "" if value is None else value  # gunicorn's default: the ssl module's choice
 
@@ -105,7 +114,6 @@ def _protocol(value: Any) -> str | None:
 _LOGGING = "trioserve logs through the stdlib logging module: use log_config"
 _HTTP = "h11 parses requests strictly; it has no such switch"
 _CONTROL = "trioserve is controlled by signals and 'trioserve ctl'"
-_H2 = "trioserve serves HTTP/1.1"
 _DIRTY = "trioserve has no dirty arbiters; remove the dirty_* settings and hooks"
 
 GUNICORN_NAMES: tuple[GunicornName, ...] = (
@@ -164,6 +172,15 @@ GUNICORN_NAMES: tuple[GunicornName, ...] = (
         convert=_proxy_protocol,
     ),
     GunicornName("ciphers", "alias", "None reads as ''", setting="ciphers", convert=_ciphers),
+    GunicornName(
+        "http2_cleartext",
+        "alias",
+        "True and False read as 'prior-knowledge' and 'off'; trioserve's default is "
+        "'prior-knowledge' (gunicorn's: 'off') and it serves every peer, not only "
+        "forwarded_allow_ips",
+        setting="http2_cleartext",
+        convert=_http2_cleartext,
+    ),
     # -- errors: what the server does would change -----------------------------------------
     GunicornName(
         "worker_class",
@@ -335,18 +352,6 @@ GUNICORN_NAMES: tuple[GunicornName, ...] = (
     GunicornName(
         "http_parser", "ignore", "trioserve's parser is h11 (see --http)", flags=("--http-parser",)
     ),
-    GunicornName("http_protocols", "ignore", _H2, flags=("--http-protocols",)),
-    GunicornName("http2_cleartext", "ignore", _H2, flags=("--http2-cleartext",)),
-    GunicornName(
-        "http2_initial_window_size", "ignore", _H2, flags=("--http2-initial-window-size",)
-    ),
-    GunicornName(
-        "http2_max_concurrent_streams", "ignore", _H2, flags=("--http2-max-concurrent-streams",)
-    ),
-    GunicornName("http2_max_frame_size", "ignore", _H2, flags=("--http2-max-frame-size",)),
-    GunicornName(
-        "http2_max_header_list_size", "ignore", _H2, flags=("--http2-max-header-list-size",)
-    ),
     GunicornName(
         "asgi_loop",
         "ignore",
@@ -417,6 +422,11 @@ SAME_NAMES: tuple[str, ...] = (
     "certfile",
     "ca_certs",
     "root_path",
+    "http_protocols",
+    "http2_max_concurrent_streams",
+    "http2_initial_window_size",
+    "http2_max_frame_size",
+    "http2_max_header_list_size",
 )
 """gunicorn's settings (besides the hooks) that trioserve spells the same, flags included."""
 

@@ -136,13 +136,19 @@ async def hook_after(config: Config, name: str, *args: Any) -> AsyncIterator[Non
 
 
 async def run_hook_logged(
-    config: Config, name: str, *args: Any, exc: BaseException | None = None
+    config: Config,
+    name: str,
+    *args: Any,
+    exc: BaseException | None = None,
+    logger: logging.Logger = LOGGER,
 ) -> bool:
-    """Run a hook whose failure must not stop the event; log it. False if it raised."""
+    """Run a hook whose failure must not stop the event; log it on ``logger`` (a
+    rate-limited one for a hook that runs once per connection or request). False if it
+    raised."""
     try:
         await run_hook(config, name, *args, exc=exc)
     except HookError as error:
-        LOGGER.error("%s", error, exc_info=error.__cause__)
+        logger.error("%s", error, exc_info=error.__cause__)
         return False
     return True
 

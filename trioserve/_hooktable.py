@@ -54,6 +54,8 @@ _BOOT = (
     "The worker fails to boot: the master stops every worker and exits 3 with the "
     "hook's name and error, instead of restarting it in a loop."
 )
+# How the hooks that run once per connection or request log their failures.
+_RATE_LIMITED = " (on ``trioserve.connection``, at most ten lines a second of each kind per worker)"
 _LOGGED = "The error is logged with its traceback; the event goes on."
 
 HOOKS: tuple[Hook, ...] = (
@@ -140,7 +142,7 @@ HOOKS: tuple[Hook, ...] = (
         "``post_request(worker, req, environ, resp)``, ``post_request(worker, req, "
         "environ)`` (the third parameter named ``environ``) and ``post_request(worker, "
         "req)``; ``environ`` is a WSGI environ built from the request for that hook.",
-        "The error is logged; the response already went out.",
+        "The error is logged" + _RATE_LIMITED + "; the response already went out.",
         exc="the exception the app (or pre_request) raised for this request",
         gunicorn="gunicorn's forms post_request(worker, req, environ, resp), "
         "post_request(worker, req, environ) and post_request(worker, req) are accepted too",
@@ -201,14 +203,14 @@ HOOKS: tuple[Hook, ...] = (
         ("conn",),
         "both",
         "When a connection is accepted (after the PROXY header and TLS handshake).",
-        "The connection is closed; the error is logged.",
+        "The connection is closed; the error is logged" + _RATE_LIMITED + ".",
     ),
     Hook(
         "connection_lost",
         ("conn",),
         "both",
         "When a connection is closed, for any reason.",
-        _LOGGED,
+        "The error is logged with its traceback" + _RATE_LIMITED + "; the event goes on.",
         exc="the exception that broke the connection, if one did",
     ),
 )

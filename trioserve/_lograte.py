@@ -29,9 +29,17 @@ import attrs
 
 LIMIT = 10
 WINDOW = 1.0
-# The loggers of the edges, whose lines a client can cause once per connection or request.
+# The loggers of the edges, whose lines a client can cause once per connection or request,
+# and trioserve.connection: what the pipeline logs for one connection (a PROXY header it
+# drops, a connection or request hook that failed, an error that escaped an edge).
 # Not trioserve.wsgi: its "%s" lines are the app's wsgi.errors stream, one line per record.
-LIMITED_LOGGERS = ("trioserve.http", "trioserve.ws", "trioserve.tls", "trioserve.tcp")
+LIMITED_LOGGERS = (
+    "trioserve.http",
+    "trioserve.ws",
+    "trioserve.tls",
+    "trioserve.tcp",
+    "trioserve.connection",
+)
 
 _SUMMARY = "… %d more like this in the last %s (the last: %s)"
 # Expired windows that hid nothing are dropped once there are this many of them.

@@ -1165,7 +1165,7 @@ async def _run_master(
         if config.reload:
             await master.nursery.start(_reload_on_change, master, config)
         if signals:
-            await master.nursery.start(_signal_task, master)
+            await master.nursery.start(_signal_task, master, control)
         for pool in master.pools:
             if pool.config.certfile and pool.config.reload_certs_watch:
                 await master.nursery.start(
@@ -1275,12 +1275,16 @@ def _has_terminal() -> bool:
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
-async def _signal_task(master: Master, *, task_status: trio.TaskStatus[None]) -> None:
+async def _signal_task(
+    master: Master, control: Control, *, task_status: trio.TaskStatus[None]
+) -> None:
     handlers = master.signal_handlers()
     with trio.open_signal_receiver(*handlers) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
+            if signum in _STOP_SIGNALS and control.stopped_by is None:
+                control.stopped_by = name  # for the command line's last line
             if master.stopping and signum not in _STOP_SIGNALS:
                 LOGGER.info("%s ignored: stopping", name)
             else:

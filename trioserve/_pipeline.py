@@ -22,7 +22,7 @@ import attrs
 import h11
 import trio
 
-from ._accept import accept_connections
+from ._accept import CONNECTION_LOGGER, accept_connections
 from ._accesslog import AccessLog
 from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import cleanup_listener, listener_address, listener_url
@@ -30,6 +30,7 @@ from ._certs import CertInfo, CertStore
 from ._config import Config, timeout_seconds
 from ._daemon import PidFile
 from ._errors import ConfigError
+from ._exchange import AccessLogger
 from ._hooks import (
     ConnectionInfo,
     ExitReason,
@@ -49,7 +50,7 @@ from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
 from ._serve_http import (
-    AccessLogger,
+    HTTP2Connection,
     HTTPOptions,
     serve_http_connection,
     watch_deadlines,
@@ -62,6 +63,7 @@ from ._statsd import RequestMetrics, Statsd
 from ._streams import PrefixedStream
 from ._tls import tls_extension, tls_handshake
 from ._types import Address, ASGIApp, Message, Receive, Scope, Send
+from ._versions import http_versions, max_header_list_size
 
 LOGGER = logging.getLogger("trioserve.server")
 
@@ -92,6 +94,8 @@ class Control:
         on_stop: Told when a stop signal arrives (systemd's STOPPING=1).
         pidfile: The command line's locked pid file (renamed by the master on SIGUSR2).
         certs: The TLS context of new connections, once the server runs with TLS.
+        stopped_by: The name of the signal that first asked it to stop (SIGTERM...),
+            for the command line's last line; None while none did.
     """
 
     state: ServerState | None = None
@@ -100,6 +104,7 @@ class Control:
     on_stop: Callable[[], None] | None = None
     pidfile: PidFile | None = None
     certs: CertStore | None = None
+    stopped_by: str | None = None
 
     def ready(self) -> None:
         if self.on_ready is not None:
@@ -306,14 +311,20 @@ def _connection_handler(
             await serve(peer, tasks=tasks)
         except HookError as exc:
             error = exc
-            LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
+            CONNECTION_LOGGER.error("%s; closing the connection", exc, exc_info=exc.__cause__)
             await trio.aclose_forcefully(peer.stream)
         except BaseException as exc:
             error = exc
             raise
         finally:
             with trio.CancelScope(shield=True):
-                await run_hook_logged(config, "connection_lost", conn, exc=reportable(error))
+                await run_hook_logged(
+                    config,
+                    "connection_lost",
+                    conn,
+                    exc=reportable(error),
+                    logger=CONNECTION_LOGGER,
+                )
 
     return handle_with_hooks
 
@@ -334,7 +345,8 @@ def _acceptor(config: Config, extras: Extras) -> Callable[[Peer], Awaitable[bool
                     stream, proxy_protocol, timeout_seconds(config.header_timeout)
                 )
             except ProxyProtocolError as exc:
-                LOGGER.info("dropping connection from %s: %s", client, exc)
+                # A client can send one per connection: rate-limited.
+                CONNECTION_LOGGER.info("dropping connection from %s: %s", client, exc)
                 await trio.aclose_forcefully(stream)
                 return False
             if info.client is not None:
@@ -415,6 +427,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
     access_log: AccessLogger | None = extras.access_log
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
+    versions = http_versions(config)
     options = HTTPOptions(
         config,
         h11_module=_h11_module(config.http),
@@ -424,9 +437,35 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         else None,
         app_hint=asyncio_hint if config.app_loop == "trio" else None,
         websocket=websocket,
+        h2_prior_knowledge=versions.prior_knowledge,
+        h2c_upgrade=versions.upgrade,
     )
+    if versions.http2:
+        # The HTTP/2 edge shares the HTTP/1.1 edge's options (limits, timeouts, logs).
+        options.http2 = _http2_edge(asgi, state, config, options)
     serve = functools.partial(serve_http_connection, app=asgi, state=state, options=options)
     return _Edges(serve, http=options, websockets=ws_options)
+
+
+def _http2_edge(
+    app: ASGIApp, state: ServerState, config: Config, http: HTTPOptions
+) -> HTTP2Connection:
+    """The HTTP/2 edge serving ``app``, for the HTTP/1.1 edge (whose options are
+    ``http``) to hand HTTP/2 connections to; only asked for when HTTP/2 is served (the
+    h2 package is installed then).
+
+    Imported here, not at the top, because it imports h2, which may be absent.
+    """
+    from ._serve_h2 import H2Options, serve_h2_connection
+
+    options = H2Options(
+        http,
+        max_concurrent_streams=config.http2_max_concurrent_streams,
+        initial_window_size=config.http2_initial_window_size,
+        max_frame_size=config.http2_max_frame_size,
+        max_header_list_size=max_header_list_size(config),
+    )
+    return functools.partial(serve_h2_connection, app=app, state=state, options=options)
 
 
 def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASGIApp:
@@ -460,7 +499,13 @@ def _with_request_hooks(app: ASGIApp, config: Config, worker: WorkerInfo) -> ASG
         finally:
             with trio.CancelScope(shield=True):
                 await run_hook_logged(
-                    config, "post_request", worker, req, response, exc=reportable(error)
+                    config,
+                    "post_request",
+                    worker,
+                    req,
+                    response,
+                    exc=reportable(error),
+                    logger=CONNECTION_LOGGER,
                 )
 
     return hooked

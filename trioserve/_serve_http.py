@@ -18,29 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
-import time
 import types
-from collections.abc import Callable, MutableMapping, Sequence
-from typing import Any, NoReturn, Protocol
+from collections.abc import Callable, MutableMapping
+from typing import Any, BinaryIO, Protocol
 
 import h11
 import trio
 
 from ._config import Config, timeout_seconds
-from ._errors import ClientDisconnected, departure
+from ._exchange import FILE_CHUNK, AccessLogger, Exchange, ExchangeOptions
 from ._peer import Peer
-from ._proto.http import (
-    AppEnd,
-    ASGIProtocolError,
-    ResponsePhase,
-    app_returned,
-    error_response,
-    error_status_text,
-    http_scope,
-)
+from ._proto.h2c import SWITCHING_TO_H2C, h2c_settings, starts_as_preface
+from ._proto.http import Response, error_response, error_status_text, http_scope
 from ._proto.http1 import CONTINUE, BodyEnd, Next, ServerConnection
 from ._proto.validate import (
+    HTTP2Preface,
     Limits,
     RequestRejected,
     TLSOnPlainPort,
@@ -48,6 +42,7 @@ from ._proto.validate import (
 from ._proto.websocket import asks_websocket
 from ._state import ServerState, Stoppable
 from ._streams import DISCONNECT_ERRORS, PrefixedStream
+from ._tls import negotiated_h2
 from ._types import ASGIApp, Message
 
 LOGGER = logging.getLogger("trioserve.http")
@@ -61,25 +56,9 @@ LINGER_BYTES = 1024 * 1024
 # timeout of Apache's mod_reqtimeout, which then extends by a second per MinRate bytes).
 BODY_RATE_GRACE = 10.0
 
-_DISCONNECT: Message = {"type": "http.disconnect"}
-_GONE = "the client has gone; the response cannot be sent"
-_START = ResponsePhase.START
 _NEXT_REQUEST = Next.REQUEST
 _DISCARD_BODY = Next.DISCARD_BODY
-_DONE = ResponsePhase.DONE
 _BROKEN = DISCONNECT_ERRORS
-
-
-class AccessLogger(Protocol):
-    def log(
-        self,
-        scope: MutableMapping[str, Any],
-        status: int,
-        response_headers: Sequence[tuple[bytes, bytes]],
-        body_bytes: int,
-        request_time: float,
-        duration: float,
-    ) -> None: ...
 
 
 class WebSocketUpgrade(Protocol):
@@ -92,7 +71,43 @@ class WebSocketUpgrade(Protocol):
     async def __call__(self, stream: trio.abc.Stream, *, peer: Peer) -> None: ...
 
 
-class HTTPOptions:
+class HTTP2Connection(Protocol):
+    """Serves a connection as HTTP/2 from its start (the HTTP/2 edge, given to the
+    HTTP/1.1 edge as :attr:`HTTPOptions.http2`).
+
+    The HTTP/1.1 edge hands over a connection that chose ``h2`` by TLS ALPN, one that
+    opened with the HTTP/2 preface (prior knowledge), and, when that is on, one where a
+    request asked for ``Upgrade: h2c`` (after answering it with 101).
+
+    Args:
+        stream: The connection; it replays what the HTTP/1.1 edge read and did not use
+            (the preface and what followed it; after an upgrade, what followed the
+            request), like the stream given to a :class:`WebSocketUpgrade`. The HTTP/1.1
+            edge closes it once the call returns.
+        peer: The accepted connection (addresses, TLS; ``peer.stream`` is not to be read:
+            ``stream`` is).
+        settings: After an upgrade, the request's ``HTTP2-Settings`` value as sent
+            (base64url, checked to decode to whole settings), for
+            ``H2Connection.initiate_upgrade_connection``; else None.
+        upgrade_request: After an upgrade, the HTTP/1.1 request (h11's ``Request``, or
+            the compiled h11's) that becomes stream 1, whose response the HTTP/2 edge
+            sends; it had no body. Else None.
+
+    It never raises for a client's fault; an error it raises is logged and costs only
+    this connection.
+    """
+
+    async def __call__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        peer: Peer,
+        settings: bytes | None = None,
+        upgrade_request: h11.Request | None = None,
+    ) -> None: ...
+
+
+class HTTPOptions(ExchangeOptions):
     """What the HTTP edge needs from the settings, worked out once per server."""
 
     def __init__(
@@ -104,7 +119,18 @@ class HTTPOptions:
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
         app_hint: Callable[[BaseException], str | None] | None = None,
         websocket: WebSocketUpgrade | None = None,
+        http2: HTTP2Connection | None = None,
+        h2_prior_knowledge: bool = True,
+        h2c_upgrade: bool = False,
     ) -> None:
+        super().__init__(
+            root_path=config.root_path,
+            # Rewrites a request scope from trusted proxy headers.
+            proxy=proxy,
+            access_log=access_log,
+            # Adds advice to the log of an app's exception (the asyncio hint).
+            app_hint=app_hint,
+        )
         self.h11: Any = h11_module
         self.limits = Limits(
             request_line=config.limit_request_line,
@@ -124,26 +150,28 @@ class HTTPOptions:
         self.read_timeout = timeout_seconds(config.read_timeout)
         self.write_timeout = timeout_seconds(config.write_timeout)
         self.body_min_rate = config.body_min_rate
-        self.root_path = config.root_path
         self.server_header = config.server_header
         self.default_headers = tuple(
             (name.strip().lower().encode("latin-1"), value.strip().encode("latin-1"))
             for name, _, value in (item.partition(":") for item in config.header)
         )
         self.limit_concurrency = config.limit_concurrency
-        self.access_log = access_log
-        # Rewrites a request scope from trusted proxy headers.
-        self.proxy = proxy
-        # Adds advice to the log of an app's exception (the asyncio hint).
-        self.app_hint = app_hint
         # Takes over connections that ask for a WebSocket upgrade; None serves them as
         # plain HTTP (--ws off).
         self.websocket = websocket
+        # Takes over HTTP/2 connections (see HTTP2Connection); None serves HTTP/1.1 only.
+        # On plain connections, ``h2_prior_knowledge`` hands over one that opens with the
+        # HTTP/2 preface, ``h2c_upgrade`` one where a request asks for h2c; on TLS, ALPN
+        # decides (see trioserve._versions for why and the defaults). May be set after
+        # construction: the HTTP/2 edge's own options are built on these.
+        self.http2 = http2
+        self.h2_prior_knowledge = h2_prior_knowledge
+        self.h2c_upgrade = h2c_upgrade
         # Whether a TLS handshake on this plain port was logged yet (it is logged once).
         self.tls_logged = False
         # The exchanges whose app may work on after their response (run by the server
         # beside its connections: see watch_handovers).
-        self.handovers = Handovers()
+        self.handovers: Handovers = Handovers()
 
 
 async def serve_http_connection(
@@ -161,7 +189,14 @@ async def serve_http_connection(
 
     The server runs :func:`watch_deadlines` and :func:`watch_handovers` beside its
     connections: the first ends the waits whose deadline passed, the second hands
-    connections over."""
+    connections over.
+
+    HTTP/2 connections go to ``options.http2`` when it is set: a TLS connection that
+    chose ``h2`` by ALPN at once, a plain one once its first bytes show the preface or
+    a request asks for ``Upgrade: h2c`` (see :class:`HTTP2Connection`)."""
+    if options.http2 is not None and peer.secure and negotiated_h2(peer.stream):
+        await _ToHTTP2(peer.stream).serve(peer, options)
+        return
     connection = _Connection(peer, app, state, options, tasks)
     if not await _serve_requests(connection):
         # Another task serves the connection now; this one ran the app to its end. It
@@ -176,7 +211,7 @@ async def serve_http_connection(
     # An idle websocket keeps no frame or state of the HTTP connection alive.
     del connection
     if upgrade is not None:
-        await upgrade_to_websocket(upgrade, peer, options)
+        await upgrade.serve(peer, options)
 
 
 async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
@@ -194,7 +229,7 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
         upgrade, peer, options = connection.upgrade, owner.peer, connection.options
         del connection, cycle, owner
         if upgrade is not None:
-            await upgrade_to_websocket(upgrade, peer, options)
+            await upgrade.serve(peer, options)
     finally:
         if not handed_over:
             ended.set()
@@ -202,10 +237,11 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
 
 async def _serve_requests(connection: _Connection, after: _Cycle | None = None) -> bool:
     """Serve requests on ``connection`` (after ending the exchange of ``after``) until
-    it leaves, idles out or the server stops: True then, with the stream closed unless a
-    request asked for a WebSocket (``connection.upgrade`` is then the stream replaying
-    it). False when the connection was handed over to another task, which owns it from
-    then on. Never raises for a client's or an app's fault."""
+    it leaves, idles out or the server stops: True then, with the stream closed unless
+    the connection goes on as a WebSocket or HTTP/2 (``connection.upgrade`` then says
+    how, with the stream replaying what was read). False when the connection was
+    handed over to another task, which owns it from then on. Never raises for a client's
+    or an app's fault."""
     handed_over = upgrading = False
     try:
         handed_over = not await connection.serve(after)
@@ -243,6 +279,48 @@ async def upgrade_to_websocket(upgrade: PrefixedStream, peer: Peer, options: HTT
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(upgrade)
+
+
+class _ToWebSocket:
+    """A connection whose request asked for a WebSocket: ``stream`` replays it."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: PrefixedStream) -> None:
+        self.stream = stream
+
+    async def serve(self, peer: Peer, options: HTTPOptions) -> None:
+        await upgrade_to_websocket(self.stream, peer, options)
+
+
+class _ToHTTP2:
+    """A connection that goes on as HTTP/2 (see :class:`HTTP2Connection` for the
+    fields): ``stream`` replays what the HTTP/1.1 edge read and did not use."""
+
+    __slots__ = ("request", "settings", "stream")
+
+    def __init__(
+        self, stream: trio.abc.Stream, settings: bytes | None = None, request: Any = None
+    ) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.request = request
+
+    async def serve(self, peer: Peer, options: HTTPOptions) -> None:
+        """Run the HTTP/2 edge on the connection, then close it."""
+        http2 = options.http2
+        assert http2 is not None
+        stream = self.stream
+        try:
+            await http2(stream, peer=peer, settings=self.settings, upgrade_request=self.request)
+        except _BROKEN:
+            LOGGER.debug("client went away")
+        except Exception:
+            # A bug of ours must cost one connection, never the server.
+            LOGGER.exception("unexpected error while serving an HTTP/2 connection")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
 
 
 _INF = float("inf")
@@ -436,8 +514,9 @@ class _Connection(ServerConnection):
         self.client = peer.client
         self.server = peer.server
         self.scheme = "https" if peer.secure else "http"
-        # Set when the request asked for a WebSocket: the stream replaying those bytes.
-        self.upgrade: PrefixedStream | None = None
+        # Set when the connection goes on as a WebSocket or HTTP/2: how, with the stream
+        # replaying the bytes read and not used.
+        self.upgrade: _ToWebSocket | _ToHTTP2 | None = None
         # Cancelled by the deadline watchdog to end the current wait: replaced by a fresh
         # one when a request turns out to have arrived as its idle wait ended, and,
         # during a write that has to wait, by the scope of that write only (see write).
@@ -543,19 +622,22 @@ class _Connection(ServerConnection):
                 self.deadline = _INF
                 if type(exc) is TLSOnPlainPort:
                     self._log_tls()
+                elif type(exc) is HTTP2Preface and self._prior_knowledge(exc):
+                    return False
                 else:
                     LOGGER.info("bad request: %s", exc.reason)
                 await self._send_error(exc.status, exc.reason)
                 return False
-            if (
-                self.upgrade_bytes is not None
-                and options.websocket is not None
-                and asks_websocket(request.method, request.http_version, request.headers)
-            ):
-                # Served by serve_http_connection once this object is gone: an idle
-                # websocket should not keep the HTTP connection's state alive.
-                self.upgrade = PrefixedStream(self.stream, self.upgrade_bytes)
-                return False
+            if self.upgrade_bytes is not None:
+                if options.websocket is not None and asks_websocket(
+                    request.method, request.http_version, request.headers
+                ):
+                    # Served by serve_http_connection once this object is gone: an idle
+                    # websocket should not keep the HTTP connection's state alive.
+                    self.upgrade = _ToWebSocket(PrefixedStream(self.stream, self.upgrade_bytes))
+                    return False
+                if options.h2c_upgrade and await self._upgrade_to_h2c(request):
+                    return False
             cycle = _Cycle(self, request)
             limit = options.limit_concurrency
             if limit and state.active_requests >= limit:
@@ -573,6 +655,43 @@ class _Connection(ServerConnection):
                     state.request_limit_reached()
             if cycle.handed_over:
                 return True
+
+    def _prior_knowledge(self, preface: HTTP2Preface) -> bool:
+        """Whether the connection opened with the HTTP/2 preface, to be served as HTTP/2
+        (then ``upgrade`` says so). Only at the start of a plain connection: on TLS, ALPN
+        decides; after a request, the preface is a client's error."""
+        received = preface.received
+        options = self.options
+        if (
+            received is None
+            or options.http2 is None
+            or not options.h2_prior_knowledge
+            or self.owner.peer.secure
+            or not starts_as_preface(received)
+        ):
+            return False
+        self.upgrade = _ToHTTP2(PrefixedStream(self.stream, received))
+        return True
+
+    async def _upgrade_to_h2c(self, request: Any) -> bool:
+        """Grant the ``Upgrade: h2c`` that ``request`` asks for, if it may be granted
+        (see :func:`~trioserve._proto.h2c.h2c_settings`: a request without a body, on a
+        plain connection, while the server is not stopping): answer 101 and hand the
+        connection to HTTP/2, with the request as its stream 1. False to serve the
+        request as HTTP/1.1 (during a stop, with Connection: close)."""
+        if self.options.http2 is None or self.owner.peer.secure or self.state.stopping:
+            return False
+        settings = h2c_settings(
+            request.method, request.http_version, self.request_headers, body=not self.body_done
+        )
+        if settings is None:
+            return False
+        # What the client sent after the request (its HTTP/2 preface, maybe) is read again.
+        leftover = bytes(self.parser.trailing_data[0])
+        if not await self.write(SWITCHING_TO_H2C):
+            return True  # the client has gone: the connection just ends
+        self.upgrade = _ToHTTP2(PrefixedStream(self.stream, leftover), settings, request)
+        return True
 
     def hand_over(self, cycle: _Cycle) -> None:
         """Go on serving the connection in a new task, whose timer is its own: the
@@ -832,6 +951,63 @@ class _Connection(ServerConnection):
             return False
         return True
 
+    async def sendfile(self, file: BinaryIO, count: int) -> bool:
+        """Send the first ``count`` bytes of ``file`` with ``os.sendfile`` (plain sockets
+        only); False if the client is gone (as for :meth:`write`) or the file ended
+        before ``count`` bytes (the response then cannot be completed).
+
+        The write timeout bounds each wait for the client to take more, not the whole
+        file: a large file to a slow client that keeps reading is not cut.
+        """
+        sock = self.sock
+        assert sock is not None
+        out, fd = sock.fileno(), file.fileno()
+        offset = 0
+        self.wrote = True
+        while offset < count:
+            # A checkpoint per call, as every write after an exchange's first is: each
+            # call may move megabytes, and the other connections must still run.
+            await trio.lowlevel.checkpoint()
+            try:
+                sent = os.sendfile(out, fd, offset, count - offset)
+            except BlockingIOError:
+                if not await self._wait_writable(sock):
+                    return False
+                continue
+            except OSError:
+                return False
+            if not sent:
+                _file_ended(count - offset)
+                return False
+            offset += sent
+        return True
+
+    async def _wait_writable(self, sock: socket.socket) -> bool:
+        """Wait until ``sock`` takes more, at most the write timeout: False if it did
+        not (the client stopped reading) or the client is gone."""
+        self.yielded = True
+        self.waiting = "write"
+        self.deadline = trio.current_time() + self.options.write_timeout
+        # (As in write: the watchdog cancels a scope around this wait alone.)
+        connection_timer = self.timer
+        self.timer = write_timer = trio.CancelScope()
+        try:
+            with write_timer:
+                await _wait_writable(sock)
+        except _BROKEN:
+            return False
+        finally:
+            self.deadline = _INF
+            self.timer = connection_timer
+        if write_timer.cancelled_caught:
+            LOGGER.info(
+                "a write to the client blocked for %gs (write_timeout): it stopped reading;"
+                " closing",
+                self.options.write_timeout,
+            )
+            return False
+        return True
+
     async def _send_rest(self, sock: socket.socket, data: bytes | memoryview) -> None:
         """Send what the kernel did not take at once, waiting until it can take more."""
         view = memoryview(data)
@@ -885,75 +1061,31 @@ class _Connection(ServerConnection):
                 received += len(data)
 
 
-class _Cycle:
-    """One request/response exchange: the ``receive`` and ``send`` given to the app."""
+class _Cycle(Exchange[bytes]):
+    """One request/response exchange on an HTTP/1.1 connection: the rules are those of
+    :class:`~trioserve._exchange.Exchange`; this supplies the transport (the
+    connection's reads and writes, 100-continue, pipelined bytes that arrive while the
+    app works)."""
 
     def __init__(self, connection: _Connection, request: Any) -> None:
         self.connection = connection
         self.request = request
-        self.headers = connection.request_headers
+        self.state = connection.state
+        self.options = connection.options
+        self.peer = connection.owner.peer
         self.response = connection.response
+        # The hook as the connection's own method: no call layer on every write.
+        self.transmit = connection.write
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
-        self.body_done = self._empty_body_due = connection.body_done
+        self.body_done = self.empty_body_due = connection.body_done
 
-    # Defaults at class level: most exchanges never change them.
-    disconnected = False
-    # True when the connection must not be reused (a broken response).
-    broken = False
-    # Set when the body broke a limit or framing rule after the app started.
-    rejected: RequestRejected | None = None
-    _disconnect_waiter: trio.CancelScope | None = None
-    # True once the response is written out whole, or never will be (see _finish).
-    finished = False
-
-    @property
-    def status(self) -> int:
-        """The status that went out, 0 if none (the response keeps it)."""
-        return self.response.sent_status
-
-    @property
-    def body_bytes(self) -> int:
-        """The body bytes that went out, framing not counted."""
-        return self.response.body_bytes
-
-    # Created only when receive() has to wait for the response to finish.
-    _response_done: trio.Event | None = None
-    # Whether "100 Continue" went out for a request with Expect: 100-continue.
-    _continue_sent = False
-
-    def scope(self) -> dict[str, Any]:
-        connection = self.connection
-        scope = http_scope(
-            self.request,
-            scheme=connection.scheme,
-            client=connection.client,
-            server=connection.server,
-            root_path=connection.options.root_path,
-            state=connection.state.lifespan_state,
-            headers=self.headers,
-        )
-        extensions = connection.owner.peer.extensions
-        if extensions:
-            scope["extensions"] = dict(extensions)
-        proxy = connection.options.proxy
-        if proxy is not None:
-            proxy(scope)
-        return scope
-
-    # The app returned (or raised): set before anything else happens after it.
-    returned = False
-    # The response was complete while the app worked on: the connection went on in
-    # another task (see Handovers), and this exchange no longer touches it.
-    handed_over = False
+    options: HTTPOptions
+    response: Response
     # True while receive() waits for body bytes from the connection.
     reading = False
-    # For the access log: when the exchange began and when its response was complete
-    # (time.time()); 0.0 when there is no access log.
-    started = 0.0
-    ended = 0.0
-    # The scope given to the app (set by run).
-    _scope: dict[str, Any]
+    # Whether "100 Continue" went out for a request with Expect: 100-continue.
+    _continue_sent = False
 
     @property
     def busy(self) -> bool:
@@ -961,137 +1093,22 @@ class _Cycle:
         connection cannot be handed over until it is done."""
         return self.reading or self._disconnect_waiter is not None
 
-    async def run(self, app: ASGIApp) -> None:
-        self._scope = scope = self.scope()
-        access_log = self.connection.options.access_log
-        if access_log is not None:
-            self.started = time.time()
-        try:
-            try:
-                await app(scope, self.receive, self.send)
-            finally:
-                self.returned = True
-        except Exception as exc:
-            if self.disconnected and departure(exc):
-                # The app stopped because send() said the client had gone: routine. (The
-                # traceback, at debug level, when a framework turned it into another error.)
-                LOGGER.debug(
-                    "client went away during %s %s; the app stopped with %s",
-                    scope["method"],
-                    scope["path"],
-                    type(exc).__name__,
-                    exc_info=None if type(exc) is ClientDisconnected else exc,
-                )
-                self.broken = True
-            elif self.rejected is None:
-                after = self.finished and not self.broken
-                hint = self.connection.options.app_hint
-                text = hint(exc) if hint is not None else None
-                LOGGER.exception(
-                    "exception in ASGI app while serving %s %s%s%s",
-                    scope["method"],
-                    scope["path"],
-                    " (after its response was sent)" if after else "",
-                    f" ({text})" if text else "",
-                )
-                if not self.handed_over:
-                    # (Even after a complete response the connection then ends, as in
-                    # uvicorn and gunicorn.) One handed over is served elsewhere already:
-                    # the error of the app's later work does not affect it.
-                    await self._fail()
-        else:
-            if self.response.phase is not _DONE and self.rejected is None:
-                end = app_returned(self.response, disconnected=self.disconnected)
-                if end is not AppEnd.CLIENT_LEFT:
-                    LOGGER.error(
-                        "ASGI app returned %s to %s %s", end.value, scope["method"], scope["path"]
-                    )
-                if end is AppEnd.NO_RESPONSE:
-                    await self._fail()
-                else:
-                    self.broken = True
-        if access_log is not None and not self.handed_over:
-            self.log_access()
+    def request_scope(self) -> dict[str, Any]:
+        connection = self.connection
+        return http_scope(
+            self.request,
+            scheme=connection.scheme,
+            client=connection.client,
+            server=connection.server,
+            root_path=self.options.root_path,
+            state=self.state.lifespan_state,
+            headers=connection.request_headers,
+        )
 
-    def log_access(self) -> None:
-        """The access log line of this exchange (its duration: until the response was
-        complete), if there is an access log and a response went out."""
-        access_log = self.connection.options.access_log
-        if access_log is not None and self.status:
-            started = self.started
-            access_log.log(
-                self._scope,
-                self.status,
-                self.response.headers,
-                self.body_bytes,
-                started,
-                (self.ended or time.time()) - started,
-            )
-
-    def _complete(self) -> None:
-        """The response is written out whole: the exchange is finished, and the
-        connection may go on without waiting for the app to return. (Every response
-        comes here: _finish and Handovers.offer are inlined.)"""
-        self.finished = True
-        if self._response_done is not None:
-            self._response_done.set()
-        if self._disconnect_waiter is not None:
-            self._disconnect_waiter.cancel()
-        if self.started:
-            self.ended = time.time()
-        handovers = self.connection.options.handovers
-        if handovers.watchers:
-            handovers.offered.append(self)
-            if handovers.parked:
-                handovers.wake()
-
-    async def _fail(self) -> None:
-        """500 if nothing was sent yet; otherwise the only honest thing is to close."""
-        self.broken = True
-        self._finish()
-        if self.response.started or self.disconnected:
-            return
-        await self._write(self.response.fail(500, "Internal Server Error"))
-
-    async def _reject(self, exc: RequestRejected) -> Message:
-        """The body broke a rule while the app reads it: answer with the error if nothing
-        was sent yet, and tell the app the client is gone."""
-        LOGGER.info("bad request body: %s", exc.reason)
-        self.rejected = exc
-        self.broken = True
-        self.disconnected = True
-        if not self.response.started:
-            message = f"{error_status_text(exc.status)}: {exc.reason}"
-            await self._write(self.response.fail(exc.status, message), force=True)
-        self._finish()
-        return _DISCONNECT
-
-    def _finish(self) -> None:
-        """The exchange is over for receive(): the response is written out whole, or it
-        never will be. Wakes a receive() waiting for that, with http.disconnect."""
-        self.finished = True
-        if self._response_done is not None:
-            self._response_done.set()
-        if self._disconnect_waiter is not None:
-            self._disconnect_waiter.cancel()
-
-    async def receive(self) -> Message:
-        if self.disconnected or self.finished:
-            return _DISCONNECT
-        if not self.body_done:
-            return await self._receive_body()
-        if self._empty_body_due:
-            self._empty_body_due = False
-            return {"type": "http.request", "body": b"", "more_body": False}
-        return await self._wait_for_disconnect()
-
-    async def _receive_body(self) -> Message:
+    async def read_body(self) -> Message | None:
         connection = self.connection
         while True:
-            try:
-                message = connection.body_message()
-            except RequestRejected as exc:
-                return await self._reject(exc)
+            message = connection.body_message()
             if message is None:
                 if (
                     connection.expects_continue
@@ -1104,113 +1121,63 @@ class _Cycle:
                 try:
                     data = await connection.receive_body_bytes()
                     connection.feed_body(data)
-                except RequestRejected as exc:
-                    return await self._reject(exc)
                 finally:
                     self.reading = False
                 if not data:
-                    self.disconnected = True
                     self.broken = True
-                    return _DISCONNECT
+                    return None
             elif type(message) is dict:
-                if not message["more_body"]:
-                    self.body_done = True
                 return message
             else:
-                self.disconnected = True
                 if message is BodyEnd.LEFT:
                     self.broken = True
-                return _DISCONNECT
+                return None
 
-    async def _wait_for_disconnect(self) -> Message:
-        """After the body: block until the response is done or the client leaves.
-
-        Bytes that arrive meanwhile are the next pipelined request; they are kept for
-        the next cycle, and reading pauses once enough are buffered.
-        """
+    async def transmit_file(self, file: BinaryIO) -> bool:
+        # A file framed by its length (the app's, or the file's size) goes out as raw
+        # bytes after the head: with os.sendfile on a plain socket (no copy through
+        # Python, no worker thread), read in a worker thread otherwise. When the framing
+        # needs the bytes (chunked, trailers), as any body (see Exchange).
+        plan = self.response.file_body(os.fstat(file.fileno()).st_size)
+        if plan is None:
+            return await super().transmit_file(file)
+        head, count = plan
         connection = self.connection
-        with trio.CancelScope() as waiter:
-            self._disconnect_waiter = waiter
-            while not self.finished:
-                if connection.pipeline_full:
-                    self._response_done = trio.Event()
-                    if not self.finished:
-                        await self._response_done.wait()
-                    break
-                data = await connection._receive()
-                if not data:
-                    self.disconnected = True
-                    self.broken = True
-                    break
-                connection.receive_data(data)
-        self._disconnect_waiter = None
-        return _DISCONNECT
+        if head and not await connection.write(head):
+            return False
+        if connection.sock is not None:
+            return await connection.sendfile(file, count)
+        while count > 0:
+            chunk = await trio.to_thread.run_sync(file.read, min(count, FILE_CHUNK))
+            if not chunk:
+                _file_ended(count)
+                return False
+            if not await connection.write(chunk):
+                return False
+            count -= len(chunk)
+        return True
 
-    async def send(self, message: Message) -> None:
-        if self.rejected is not None:
-            # The request was refused (413, bad framing) and answered already.
-            return
-        if self.disconnected:
-            await _client_gone()
-        response = self.response
-        if response.phase is _START:
-            # A stop that began while the app worked still marks this response the last.
-            response.close = self.connection.state.stopping
-        try:
-            data = response.on_send(message)
-        except ASGIProtocolError as exc:
-            if response.head_sent and response.must_close:
-                # Part of the response is out and it cannot be completed (a body longer
-                # than its length): the connection cannot carry on.
+    async def watch_client(self) -> None:
+        # Bytes that arrive meanwhile are the next pipelined request: they are kept for
+        # the next exchange, and reading pauses once enough are buffered (until the
+        # exchange cancels this wait).
+        connection = self.connection
+        while True:
+            if connection.pipeline_full:
+                await trio.sleep_forever()
+            data = await connection._receive()
+            if not data:
                 self.broken = True
-                self._finish()
-            LOGGER.error("ASGI app sent a bad message: %s", exc)
-            raise RuntimeError(f"ASGI protocol error: {exc}") from None
-        # The last message: the exchange is finished once its bytes are written out (not
-        # before: an app that stops its sender on http.disconnect would cut the write).
-        last = response.phase is _DONE
-        if last and response.missing:
-            LOGGER.error(
-                "ASGI app sent %d bytes less than its Content-Length to %s %s;"
-                " closing the connection",
-                response.missing,
-                self.request.method.decode("ascii", "replace"),
-                self.request.target.decode("ascii", "replace"),
-            )
-        if not data:
-            if last:
-                self._complete()
-            return
-        if not await self.connection.write(data):
-            # The client left or stopped reading (see _Connection.write).
-            self.disconnected = True
-            self.broken = True
-            self._finish()
-            LOGGER.debug(
-                "client went away during %s %s; the app's send() raises ClientDisconnected",
-                self.request.method.decode("ascii", "replace"),
-                self.request.target.decode("ascii", "replace"),
-            )
-            raise ClientDisconnected(_GONE)
-        if last:
-            self._complete()
-
-    async def _write(self, data: bytes, *, force: bool = False) -> None:
-        if self.disconnected and not force:
-            return
-        if not await self.connection.write(data):
-            # The client left or stopped reading: drop the rest; receive() now reports
-            # http.disconnect.
-            self.disconnected = True
-            self.broken = True
+                return
+            connection.receive_data(data)
 
 
-async def _client_gone() -> NoReturn:
-    """What ``send()`` does once the client has gone: raise ClientDisconnected (ASGI
-    2.4 promises an OSError there). A checkpoint first: an app that ignores the error
-    and sends again in a loop must still let the other connections run."""
-    await trio.lowlevel.checkpoint()
-    raise ClientDisconnected(_GONE)
+def _file_ended(missing: int) -> None:
+    LOGGER.error(
+        "the file of an http.response.pathsend ended %d bytes before the size it had"
+        " when it was opened; closing the connection",
+        missing,
+    )
 
 
 _wait_readable = trio.lowlevel.wait_readable

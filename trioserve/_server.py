@@ -31,6 +31,7 @@ from ._pipeline import Control, Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._systemd import Notifier, activated_sockets
 from ._types import Address
+from ._versions import http_versions
 
 LOGGER = logging.getLogger("trioserve.server")
 
@@ -139,6 +140,7 @@ async def _serve_inner(
 def _check_servable(config: Config) -> None:
     """Refuse, before anything starts, a configuration no entry point can serve."""
     require_app(config)
+    http_versions(config)  # HTTP/2 asked for without the h2 package
     if config.reload and config.workers == 0:
         raise ConfigError(
             "--reload: the master restarts worker processes when files change; "
@@ -176,10 +178,11 @@ def run_cli(
     plans: list[AppPlan] | None = None,
     on_ready: Callable[[], None] | None = None,
     pidfile: PidFile | None = None,
-) -> None:
+) -> str | None:
     """:func:`run`, plus what only the command line knows: how to re-read the
     configuration (SIGHUP), the arguments a new master is started with (SIGUSR2), whom to
-    tell that the server is ready (a daemon's parent), and the locked pid file."""
+    tell that the server is ready (a daemon's parent), and the locked pid file. Returns
+    the name of the signal that stopped it (None if none did)."""
     control = Control(on_ready=on_ready, pidfile=pidfile)
     _check_servable(config)
     try:
@@ -216,6 +219,7 @@ def run_cli(
         if isinstance(error, TrioserveError):
             raise error from None
         raise
+    return control.stopped_by
 
 
 async def _run_until_signal(config: Config, control: Control) -> None:
@@ -235,6 +239,8 @@ async def _run_until_signal(config: Config, control: Control) -> None:
                     continue
                 if control.on_stop is not None:
                     control.on_stop()
+                if control.stopped_by is None:
+                    control.stopped_by = name
                 if control.state is None or not control.state.stopping:
                     LOGGER.info(
                         "%s received: stopping gracefully (send it again to stop now)", name

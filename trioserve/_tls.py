@@ -22,10 +22,9 @@ import trio
 from ._config import Config
 from ._errors import ConfigError
 from ._streams import stream_addresses
+from ._versions import http_versions
 
 LOGGER = logging.getLogger("trioserve.tls")
-
-ALPN_PROTOCOLS = ["http/1.1"]
 
 _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _VERIFY_MODES = {
@@ -116,7 +115,9 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
 
     TLS is on when ``certfile`` is set; it may hold the private key too, in which case
     ``keyfile`` can be left out. The context accepts TLS ``tls_min_version`` and newer,
-    offers ALPN ``http/1.1``, refuses renegotiation, and verifies client certificates
+    offers ALPN ``h2`` then ``http/1.1`` when HTTP/2 is served (see
+    :func:`~trioserve._versions.http_versions`), ``http/1.1`` alone otherwise, refuses
+    renegotiation, and verifies client certificates
     against ``ca_certs`` when ``cert_reqs`` is "optional" or "required". Python's system
     CA store is never loaded: only ``ca_certs`` decides which client certificates pass.
 
@@ -126,7 +127,8 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     Raises:
         ConfigError: a setting is missing or a file cannot be read, is not PEM, holds a
             key that does not match the certificate or cannot be decrypted with
-            ``keyfile_password``. The message names the setting and the file.
+            ``keyfile_password``. The message names the setting and the file. Also
+            HTTP/2 asked for without the h2 package.
     """
     certfile = config.certfile
     if certfile is None:
@@ -151,7 +153,7 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
             raise ConfigError(
                 f"--ciphers: no cipher matches {config.ciphers!r}; see 'openssl ciphers'"
             ) from None
-    context.set_alpn_protocols(ALPN_PROTOCOLS)
+    context.set_alpn_protocols(list(http_versions(config).alpn))
 
     server_cert = _leaf_certificate(certfile)
     _load_cert_chain(context, config, certfile)
@@ -233,6 +235,11 @@ async def tls_handshake(
         await trio.aclose_forcefully(stream)
         return None
     return ssl_stream
+
+
+def negotiated_h2(stream: trio.abc.Stream) -> bool:
+    """Whether ``stream`` is TLS whose handshake chose HTTP/2 by ALPN."""
+    return isinstance(stream, trio.SSLStream) and stream.selected_alpn_protocol() == "h2"
 
 
 def _rfc4514_value(value: str) -> str:

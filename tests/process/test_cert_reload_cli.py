@@ -115,7 +115,9 @@ async def test_ctl_reload_certs_under_load_keeps_workers_and_open_connections(
     and the workers are the same processes."""
     cert, key, pidfile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "app.pid"
     old_serial = install_server_cert(pki.ca.issue_cert("localhost", "127.0.0.1"), cert, key)
-    args = _tls_args(cert, key, "--workers", "2", "--pid", str(pidfile))
+    # The connection opened before stays idle while the load runs: a keep-alive long
+    # enough for a slow machine.
+    args = _tls_args(cert, key, "--workers", "2", "--pid", str(pidfile), "--keep-alive", "120")
     async with running_process(*args, cwd=ROOT, timeout=TIMEOUT) as server:
         pids = await _ready(server, 2)
         with trio.fail_after(TIMEOUT):

@@ -73,10 +73,10 @@ async def test_a_leaking_worker_is_replaced_without_a_failed_request(tmp_path: P
 
 
 async def test_lifetime_replaces_workers_one_after_another_without_a_failed_request() -> None:
-    """Two workers with --max-worker-lifetime 2 and a jitter of 1 s are both replaced
+    """Two workers with --max-worker-lifetime 5 and a jitter of 1 s are both replaced
     while clients keep sending requests: none fails, and the second is recycled only
     after the first one's replacement is ready (never both at once)."""
-    lifetime = ("--max-worker-lifetime", "2", "--max-worker-lifetime-jitter", "1")
+    lifetime = ("--max-worker-lifetime", "5", "--max-worker-lifetime-jitter", "1")
     async with serving(*PID_APP, "--workers", "2", *lifetime, *QUICK, env=FAST_SAMPLES) as server:
         master = server.pid
         old = workers(master)
@@ -99,7 +99,7 @@ async def test_lifetime_replaces_workers_one_after_another_without_a_failed_requ
     ]
     assert len(recycled) == 2, lines
     (first_at, _), (second_at, _) = sorted(recycled)
-    assert re.search(r"at \d+\.\ds old \(2s \+ \d\.\ds jitter\); replacing$", lines[first_at])
+    assert re.search(r"at \d+\.\ds old \(5s \+ \d\.\ds jitter\); replacing$", lines[first_at])
     # The first one's replacement: the next worker booted after that line, then ready.
     successor = next(m[1] for m in map(BOOTED.search, lines[first_at:]) if m is not None)
     ready_at = next(i for i, line in enumerate(lines) if f"(pid {successor}) ready" in line)

@@ -115,14 +115,16 @@ LAYERS = [
     ["trioserve._master"],
     ["trioserve._worker"],
     ["trioserve._pipeline"],
-    ["trioserve._serve_http", "trioserve._serve_ws", "trioserve._serve_tcp"],
+    ["trioserve._serve_http", "trioserve._serve_h2", "trioserve._serve_ws", "trioserve._serve_tcp"],
+    ["trioserve._exchange"],
     ["trioserve._proto"],
 ]
 
 
 @pytest.mark.parametrize("layer", range(len(LAYERS)))
 def test_layers_import_downwards(layer: int) -> None:
-    """cli -> entry (_server) -> master -> worker -> pipeline -> edges -> proto, one way."""
+    """cli -> entry (_server) -> master -> worker -> pipeline -> edges -> exchange -> proto,
+    one way."""
     graph = _graph()
     above = {name for upper in LAYERS[:layer] for name in upper}
     for name in LAYERS[layer]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import email.utils
 import enum
 import http
+import os
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 import h11
@@ -27,6 +28,16 @@ SERVER_NAME = b"trioserve"
 
 class ASGIProtocolError(Exception):
     """The app sent a message that is not valid at this point of the response."""
+
+
+class PathSend(Exception):
+    """Raised by :meth:`Response.on_send` for an ``http.response.pathsend`` message: the
+    body is the content of the file at ``path`` (absolute), which the edge reads and
+    sends (see :meth:`Response.file_body`); the response is complete after it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -162,6 +173,11 @@ def _date_line() -> bytes:
     return _date_lines()[2]
 
 
+def date_value() -> bytes:
+    """The value of a response's ``date`` header now (formatted at most once a second)."""
+    return _date_lines()[1]
+
+
 def _date_lines() -> tuple[int, bytes, bytes, bytes]:
     global _date_cache
     now = int(time.time())
@@ -234,9 +250,33 @@ def _content_length(value: bytes) -> int:
     return int(digits)
 
 
+def check_status(status: Any) -> int:
+    """The status of an ``http.response.start`` message, which must be an int (or an
+    IntEnum such as ``http.HTTPStatus.OK``) from 200 to 599; the rule of every protocol.
+
+    Raises:
+        ASGIProtocolError: it is not.
+    """
+    if type(status) is not int and isinstance(status, int) and not isinstance(status, bool):
+        status = int(status)
+    if type(status) is not int or not 200 <= status <= 599:
+        raise ASGIProtocolError(f"'status' must be an int from 200 to 599, got {status!r}")
+    return status
+
+
+# The checks of a response head's fields that every protocol makes (the HTTP/2
+# serializer in http2 shares them): a name must be a token (its lowercase form is
+# returned), a value must hold no CR, LF or NUL, a Content-Length must be a length.
+checked_header_name = _checked_name
+check_header_value = _check_value
+content_length_value = _content_length
+
+
 class ResponsePhase(enum.Enum):
     START = "waiting for http.response.start"
     BODY = "sending the body"
+    # After the body of a response whose start said "trailers": True.
+    TRAILERS = "sending the trailers"
     DONE = "response complete"
 
 
@@ -259,6 +299,7 @@ _START_STATE = (
     "_has_date",
     "_has_server",
     "_plain_headers",
+    "trailers",
 )
 
 
@@ -305,6 +346,14 @@ class Response:
     _has_date = False
     _has_server = False
     _plain_headers = False
+    # The ASGI trailers extension: the app's start said "trailers": True (its body is
+    # then followed by http.response.trailers messages); the exchange says whether the
+    # client takes them (set before the start, see accepts_trailers); and whether they
+    # go out, after the last chunk, with the lines gathered so far.
+    trailers = False
+    trailers_accepted = False
+    _deliver_trailers = False
+    _trailer_lines: list[bytes] | None = None
 
     def __init__(
         self,
@@ -378,18 +427,19 @@ class Response:
         phase = self.phase
         if phase is ResponsePhase.START:
             if kind != "http.response.start":
+                if kind == EARLY_HINT:
+                    return self._early_hint(message)
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
-            status = message.get("status")
-            if type(status) is not int and isinstance(status, int) and not isinstance(status, bool):
-                status = int(status)  # an IntEnum such as http.HTTPStatus.OK
-            if type(status) is not int or not 200 <= status <= 599:
-                raise ASGIProtocolError(f"'status' must be an int from 200 to 599, got {status!r}")
+            status = check_status(message.get("status"))
             try:
                 self._take_headers(message.get("headers", ()))
             except ASGIProtocolError:
                 self._forget_start()
                 raise
             self.status = status
+            if message.get("trailers"):
+                self.trailers = True
+                self._plain_headers = False
             if status == 204 or status == 304:
                 self.no_body = True
                 self._plain_headers = False
@@ -398,6 +448,10 @@ class Response:
             return b""
         if phase is ResponsePhase.BODY:
             if kind != "http.response.body":
+                if kind == EARLY_HINT:
+                    return self._early_hint(message)
+                if kind == PATHSEND:
+                    raise PathSend(pathsend_path(message))
                 raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
             body = message.get("body", b"")
             if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
@@ -416,7 +470,77 @@ class Response:
             parts: list[bytes] = []
             self._add_body(parts, body, more)
             return parts[0] if len(parts) == 1 else b"".join(parts)
+        if phase is ResponsePhase.TRAILERS:
+            return self._trailers(kind, message)
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
+
+    def file_body(self, size: int) -> tuple[bytes, int] | None:
+        """For a body that is the whole rest of the response, ``size`` bytes that the
+        edge writes itself (a file, with ``os.sendfile``): the bytes to write before it
+        (the head, if it has not gone out) and how many of the file's bytes to write (0
+        when the response has no body: HEAD, 204, 304). The response is complete then.
+
+        The head says ``Content-Length`` as the app set it, or ``size`` if it set none.
+        None when the file's bytes must pass through :meth:`on_send` instead: the
+        framing needs them (chunked, trailers, HTTP/1.0 without a length) or ``size``
+        differs from the length the app promised (on_send reports that).
+        """
+        if self.phase is not ResponsePhase.BODY or self.trailers:
+            return None
+        if self._pending_head:
+            if self._app_chunked or (self._length is not None and self._length != size):
+                return None
+            self._length = size
+            head = self._head_and_body(b"", True)
+        else:
+            head = b""
+        framing = self._framing
+        if framing is _Framing.NONE:
+            count = 0
+        elif framing is _Framing.LENGTH and self._remaining == size:
+            count = size
+        else:
+            return None
+        self._remaining = 0
+        self.body_bytes += count
+        self.phase = ResponsePhase.DONE
+        return head, count
+
+    def _early_hint(self, message: MutableMapping[str, Any]) -> bytes:
+        """A ``103 Early Hints`` response for an ``http.response.early_hint`` message,
+        while the final head has not gone out; b"" when it has, to an HTTP/1.0 client
+        (RFC 9110 section 15.2: no 1xx to those), or when there are no links."""
+        links = early_hint_links(message)
+        if not links or self.http_10 or self.head_sent:
+            return b""
+        return b"".join([_EARLY_HINTS_LINE, *(b"link: %s\r\n" % link for link in links), b"\r\n"])
+
+    def _trailers(self, kind: Any, message: MutableMapping[str, Any]) -> bytes:
+        """One ``http.response.trailers`` message: the trailer section after the last
+        chunk once ``more_trailers`` is false, when the trailers go out (see
+        :attr:`trailers_accepted`); b"" otherwise."""
+        try:
+            if kind != TRAILERS:
+                raise ASGIProtocolError(f"expected 'http.response.trailers', got {kind!r}")
+            fields = trailer_fields(message)
+        except ASGIProtocolError:
+            # The body is out: the response cannot be completed, only cut.
+            self.must_close = True
+            self.phase = ResponsePhase.DONE
+            raise
+        more = bool(message.get("more_trailers", False))
+        if self._deliver_trailers:
+            lines = self._trailer_lines
+            if lines is None:
+                self._trailer_lines = lines = []
+            for name, value in fields:
+                lines += (name, b": ", value, b"\r\n")
+        if more:
+            return b""
+        self.phase = ResponsePhase.DONE
+        if not self._deliver_trailers:
+            return b""
+        return b"".join([b"0\r\n", *(self._trailer_lines or ()), b"\r\n"])
 
     def fail(self, status: int, message: str) -> bytes:
         """The error response that replaces this one, which must not have started: a
@@ -525,6 +649,17 @@ class Response:
             # Transfer-Encoding beats Content-Length, which is then not sent at all.
             length = None
             framing = _Framing.CLOSE if self.http_10 else _Framing.CHUNKED
+        elif (
+            self.trailers
+            and self.trailers_accepted
+            and not self.http_10
+            and status != 204
+            and status != 304
+        ):
+            # Trailers go after the last chunk (RFC 9112 section 7.1.2): chunked framing,
+            # whatever length the app gave.
+            length = None
+            framing = _Framing.CHUNKED
         elif length is not None:
             framing = _Framing.LENGTH
         elif status == 204 or status == 304:
@@ -543,6 +678,8 @@ class Response:
             self._framing = _Framing.NONE
         else:
             self._framing = framing
+            if framing is _Framing.CHUNKED and self.trailers and self.trailers_accepted:
+                self._deliver_trailers = True
             if framing is _Framing.CLOSE:
                 close_delimited = True
             elif length is not None:
@@ -635,13 +772,13 @@ class Response:
             if size:
                 parts += (b"%x\r\n" % size, bytes(body), b"\r\n")
                 self.body_bytes += size
-            if not more:
+            if not more and not self._deliver_trailers:
                 parts.append(_LAST_CHUNK)
         elif framing is _Framing.CLOSE and size:
             parts.append(bytes(body))
             self.body_bytes += size
         if not more:
-            self.phase = ResponsePhase.DONE
+            self.phase = ResponsePhase.TRAILERS if self.trailers else ResponsePhase.DONE
 
 
 class AppEnd(enum.Enum):
@@ -653,7 +790,13 @@ class AppEnd(enum.Enum):
     UNFINISHED = "before finishing its response"
 
 
-def app_returned(response: Response, *, disconnected: bool) -> AppEnd:
+class Phased(Protocol):
+    """A response of any protocol, as far as :func:`app_returned` looks at it."""
+
+    phase: ResponsePhase
+
+
+def app_returned(response: Phased, *, disconnected: bool) -> AppEnd:
     """What an app's return means for its response, whatever the protocol:
     NO_RESPONSE asks for a 500 (see :meth:`Response.fail`); UNFINISHED (an error of
     the app's) and CLIENT_LEFT (nothing wrong with the app: it may stop at a
@@ -666,6 +809,105 @@ def app_returned(response: Response, *, disconnected: bool) -> AppEnd:
     if response.phase is ResponsePhase.START:
         return AppEnd.NO_RESPONSE
     return AppEnd.UNFINISHED
+
+
+# -- ASGI extensions of the response, whatever the protocol --------------------------
+
+EARLY_HINT = "http.response.early_hint"
+TRAILERS = "http.response.trailers"
+PATHSEND = "http.response.pathsend"
+_EARLY_HINTS_LINE = b"HTTP/1.1 103 Early Hints\r\n"
+# Fields a trailer section must not carry: they frame, route or steer the message, which
+# is settled by the time trailers arrive (RFC 9110 section 6.5.1).
+_NOT_IN_TRAILERS = frozenset(
+    (
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"host",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+    )
+)
+
+
+def early_hint_links(message: MutableMapping[str, Any]) -> list[bytes]:
+    """The ``Link`` field values of an ``http.response.early_hint`` message, checked
+    (byte strings without CR, LF or NUL), surrounding whitespace stripped.
+
+    Raises:
+        ASGIProtocolError: ``links`` is not an iterable of byte strings, or a value
+            holds CR, LF or NUL.
+    """
+    raw = message.get("links", ())
+    links: list[bytes] = []
+    try:
+        if isinstance(raw, bytes | str):
+            raise TypeError
+        for item in raw:
+            if not isinstance(item, bytes | bytearray | memoryview):
+                raise TypeError
+            link = bytes(item).strip()
+            _check_value(b"link", link)
+            if link:
+                links.append(link)
+    except TypeError:
+        raise ASGIProtocolError("'links' must be an iterable of byte strings") from None
+    return links
+
+
+def pathsend_path(message: MutableMapping[str, Any]) -> str:
+    """The file an ``http.response.pathsend`` message names: an absolute path.
+
+    Raises:
+        ASGIProtocolError: ``path`` is not a string holding an absolute path.
+    """
+    path = message.get("path")
+    if not isinstance(path, str) or not os.path.isabs(path) or "\x00" in path:
+        raise ASGIProtocolError(f"'path' must be an absolute path as a string, got {path!r}")
+    return path
+
+
+def trailer_fields(message: MutableMapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The (lowercase name, value) fields of an ``http.response.trailers`` message,
+    checked as response headers are, and none that only a header section may carry
+    (framing, routing, content description).
+
+    Raises:
+        ASGIProtocolError: the fields are malformed or one is not allowed in trailers.
+    """
+    fields: list[tuple[bytes, bytes]] = []
+    try:
+        for name, value in message.get("headers", ()):
+            if not isinstance(name, bytes) or not isinstance(value, bytes):
+                raise TypeError
+            lower = _checked_name(name)
+            _check_value(name, value)
+            if lower in _NOT_IN_TRAILERS:
+                raise ASGIProtocolError(f"invalid trailer: {name!r} is not allowed in trailers")
+            fields.append((lower, value))
+    except (TypeError, ValueError):
+        raise ASGIProtocolError(
+            "trailer 'headers' must be an iterable of [name, value] pairs of bytes"
+        ) from None
+    return fields
+
+
+def accepts_trailers(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's ``TE`` fields list ``trailers``: the client will not discard
+    trailer fields (RFC 9110 section 10.1.4), which the ASGI trailers extension makes
+    the condition for sending them."""
+    for name, value in headers:
+        if name == b"te":
+            for item in value.lower().split(b","):
+                if item.partition(b";")[0].strip() == b"trailers":
+                    return True
+    return False
 
 
 def error_status_text(status: int) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 from .http import Response, client_keep_alive, header_pairs
 from .validate import (
     ChunkedChecker,
+    HTTP2Preface,
     Limits,
     RequestRejected,
     check_head,
@@ -220,6 +221,13 @@ class ServerConnection:
         return event
 
     @property
+    def parsed_a_request(self) -> bool:
+        """Whether a request was parsed on this connection yet: a request's response is
+        made as it is parsed (see :attr:`response`), so none exists before the first.
+        (Asked only on rare paths, such as the HTTP/2 preface: no counter on the hot one.)"""
+        return "response" in vars(self)
+
+    @property
     def head_started(self) -> bool:
         """True while part of a request head is here (beyond empty lines): the wait for
         the rest is bounded by the header timeout, not the idle one."""
@@ -264,7 +272,14 @@ class ServerConnection:
             return None
         self._head = b""
         limits = self.limits
-        framing = check_head(pending[:end], limits)
+        try:
+            framing = check_head(pending[:end], limits)
+        except HTTP2Preface as exc:
+            # What arrived, from the preface on, for the HTTP/2 edge to read again (not
+            # a preface at all after stripped empty lines or a request of this parser).
+            if not (self._stripped or self._h11_has or self.parsed_a_request):
+                exc.received = bytes(pending)
+            raise
         upgrade = pending.find(b"pgrade:", 0, end) >= 0
         self.upgrade_bytes = bytes(pending) if upgrade else None
         parser = self.parser

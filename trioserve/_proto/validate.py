@@ -33,6 +33,22 @@ class TLSOnPlainPort(RequestRejected):
         super().__init__(400, "TLS on a plain HTTP port")
 
 
+class HTTP2Preface(RequestRejected):
+    """The head is the HTTP/2 connection preface's (``PRI * HTTP/2.0``, no fields): a
+    client speaking HTTP/2 with prior knowledge. ``received`` is set by whoever knows
+    what was read before it (see :meth:`~trioserve._proto.http1.ServerConnection.request_head`)."""
+
+    received: bytes | None = None
+
+    def __init__(self) -> None:
+        super().__init__(400, "HTTP/2 connection preface where an HTTP/1.1 request was expected")
+
+
+# The head of the HTTP/2 connection preface (RFC 9113 section 3.4), as an HTTP/1.1
+# parser sees it: a request line and no fields.
+PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Request limits; 0 means no limit."""
@@ -255,6 +271,8 @@ def check_head(head: bytes | bytearray, limits: Limits) -> Framing:
         raise RequestRejected(501, "CONNECT is not supported")
     version = parts[2]
     if version != b"HTTP/1.1" and version != b"HTTP/1.0":
+        if head == PREFACE_HEAD:
+            raise HTTP2Preface()
         if _VERSION.fullmatch(version) is None:
             raise RequestRejected(400, "malformed HTTP version")
         raise RequestRejected(400, f"unsupported HTTP version {version.decode('ascii')}")

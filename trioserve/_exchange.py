@@ -1,0 +1,570 @@
+"""One ASGI HTTP exchange, whatever the protocol that carries it: the scope, the
+``receive`` and ``send`` given to the app, and what happens when the app fails, returns
+early or outlives its client.
+
+:class:`Exchange` holds every rule of the ASGI ``http`` exchange that does not depend
+on the wire: the phases of ``receive()`` (the body, then waiting for the disconnect, then
+``http.disconnect`` for good), the checks around ``send()`` (a stop that began while the
+app worked marks the response the last on its connection; a bad message is the app's
+error; ``ClientDisconnected`` once the client has gone), a 500 for an app that fails or
+returns without a response, a rejected request body (413, bad framing) answered while
+the app reads it, and the logs (the departure of a client at debug level, the app's
+errors, the access log). An edge subclasses it and supplies only the transport: how the
+response's output is written, how body bytes are read, how a departure is noticed.
+
+The HTTP/1.1 edge's ``_Cycle`` (in ``_serve_http``) is one such subclass; the HTTP/2
+edge's stream is another. The response object is the protocol's own (HTTP/1.1:
+:class:`~trioserve._proto.http.Response`, which serializes bytes): what the exchange
+needs of it is :class:`ExchangeResponse`.
+
+Layer: below the edges, above ``_proto``. It awaits (trio), but does no I/O itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any, BinaryIO, Generic, NoReturn, Protocol, TypeVar
+
+import trio
+
+from ._errors import ClientDisconnected, departure
+from ._peer import Peer
+from ._proto.http import (
+    EARLY_HINT,
+    PATHSEND,
+    TRAILERS,
+    AppEnd,
+    ASGIProtocolError,
+    PathSend,
+    ResponsePhase,
+    accepts_trailers,
+    app_returned,
+    error_status_text,
+)
+from ._proto.validate import RequestRejected
+from ._state import ServerState
+from ._types import ASGIApp, Message
+
+LOGGER = logging.getLogger("trioserve.http")
+
+DISCONNECT: Message = {"type": "http.disconnect"}
+_GONE = "the client has gone; the response cannot be sent"
+# How much of a file (http.response.pathsend) one read in a worker thread takes.
+FILE_CHUNK = 256 * 1024
+_START = ResponsePhase.START
+_DONE = ResponsePhase.DONE
+
+# What the transport writes: bytes for HTTP/1.1, the protocol's own actions for HTTP/2.
+Payload = TypeVar("Payload")
+Payload_co = TypeVar("Payload_co", covariant=True)
+
+
+class AccessLogger(Protocol):
+    def log(
+        self,
+        scope: MutableMapping[str, Any],
+        status: int,
+        response_headers: Sequence[tuple[bytes, bytes]],
+        body_bytes: int,
+        request_time: float,
+        duration: float,
+    ) -> None: ...
+
+
+class ExchangeResponse(Protocol[Payload_co]):
+    """What an :class:`Exchange` needs of its protocol's response object, which checks
+    the app's ``send()`` messages and turns them into the transport's payload.
+
+    Attributes:
+        phase: Where the response is: waiting for ``http.response.start``, sending the
+            body, or complete (:class:`~trioserve._proto.http.ResponsePhase`).
+        close: Set by the exchange while the response has not started: True makes it
+            the last on its connection (the server is stopping).
+        must_close: True once the connection cannot carry another response after this
+            one (decided with the head, or when the body ended short or overran).
+        missing: How many bytes the body fell short of its Content-Length, once it ended.
+        body_bytes: Body bytes produced so far, framing not counted.
+        headers: The app's response headers as it gave them (for the access log).
+        trailers_accepted: Set by the exchange before ``http.response.start`` when the
+            app's start asks for trailers: whether the client takes them (``TE:
+            trailers``). When it does not, the response takes the app's trailer messages
+            and sends none.
+    """
+
+    phase: ResponsePhase
+    close: bool
+    must_close: bool
+    missing: int
+    body_bytes: int
+    headers: Sequence[Any]
+    trailers_accepted: bool
+
+    @property
+    def started(self) -> bool:
+        """True once ``http.response.start`` was accepted."""
+
+    @property
+    def head_sent(self) -> bool:
+        """True once the status and headers were produced (the transport has them)."""
+
+    @property
+    def sent_status(self) -> int:
+        """The status of the head that went out: 0 while none did."""
+
+    @property
+    def keep_alive(self) -> bool:
+        """True when the response is complete and the connection may carry another."""
+
+    def on_send(self, message: MutableMapping[str, Any]) -> Payload_co:
+        """The payload for one app message (empty/falsy when there is nothing to write
+        yet). Raises ASGIProtocolError for a message wrong for the phase."""
+
+    def fail(self, status: int, message: str) -> Payload_co:
+        """The error response that replaces this one, which has not started."""
+
+
+class HandoverWatch(Protocol):
+    """Where an edge watches complete exchanges whose app may work on (see
+    :attr:`ExchangeOptions.handovers`)."""
+
+    # How many watchers run: without one, nothing is offered.
+    watchers: int
+    # The complete exchanges offered since the watcher last looked.
+    offered: list[Any]
+    # The watchers parked until an offer comes (wake() wakes them).
+    parked: list[Any]
+
+    def wake(self) -> None: ...
+
+
+class ExchangeOptions:
+    """What an exchange needs from the settings, worked out once per server (the edges'
+    options extend it).
+
+    Args:
+        root_path: The ASGI ``root_path`` (--root-path).
+        access_log: Where complete exchanges are logged, or None.
+        proxy: Rewrites a request scope from trusted proxy headers, or None.
+        app_hint: Adds advice to the log of an app's exception (the asyncio hint).
+
+    Attributes:
+        handovers: Where every complete exchange is offered while its app may still be
+            working (HTTP/1.1: the connection then goes on in a new task; see
+            ``_serve_http.Handovers``); None for an edge with no use for it. Set by the
+            edge's options.
+    """
+
+    handovers: HandoverWatch | None = None
+
+    def __init__(
+        self,
+        *,
+        root_path: str = "",
+        access_log: AccessLogger | None = None,
+        proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
+        app_hint: Callable[[BaseException], str | None] | None = None,
+    ) -> None:
+        self.root_path = root_path
+        self.access_log = access_log
+        self.proxy = proxy
+        self.app_hint = app_hint
+
+
+class Exchange(Generic[Payload]):
+    """One request/response exchange: the ``receive`` and ``send`` given to the app, and
+    :meth:`run`, which calls the app with them.
+
+    A subclass supplies the transport. Its ``__init__`` sets these attributes (no
+    ``super().__init__``: a call less on every request):
+
+    - ``state`` (:class:`~trioserve._state.ServerState`), ``options``
+      (:class:`ExchangeOptions` or an extension of it), ``peer``
+      (:class:`~trioserve._peer.Peer`: its ``extensions`` go into the scope);
+    - ``response``: the protocol's response (:class:`ExchangeResponse`), fresh;
+    - ``body_done``: True when the request has no body left to read (then ``receive()``
+      never calls :meth:`read_body`), and ``empty_body_due``: True when, in addition,
+      the app's first ``receive()`` is still owed the empty ``http.request``.
+
+    And it implements the transport hooks:
+
+    - :meth:`request_scope`: the protocol's ASGI ``http`` scope (lifespan state
+      included); the exchange adds the extensions and applies the proxy rewriting.
+    - ``async`` ``transmit(payload) -> bool``: write a payload of the response; False
+      when the client is gone (it left, or stopped reading within the write timeout).
+      Never raises for the client's fault. A method, or an async callable set as an
+      attribute in ``__init__`` (the HTTP/1.1 edge sets its connection's ``write``:
+      a call layer less on every write).
+    - ``async`` :meth:`read_body` ``() -> Message | None``: the next ``http.request``
+      message (the exchange notes the end of the body); None when the client has gone
+      (the exchange then says ``http.disconnect``; set ``broken`` first if the
+      connection cannot carry another request). Raises
+      :class:`~trioserve._proto.validate.RequestRejected` when the body breaks a rule:
+      the exchange answers with its error if it still can.
+    - ``async`` :meth:`watch_client` ``() -> None``: return when the client has gone;
+      called once the body is read, by a ``receive()`` that must block until the
+      response is complete. The exchange runs it in a cancel scope that it cancels once
+      the response is complete (or never will be), so it may wait forever.
+
+    The ASGI extensions ``http.response.early_hint`` and ``http.response.trailers`` are
+    offered in the scope of every request but HTTP/1.0's (by ``scope["http_version"]``);
+    the exchange tells the response whether the client takes trailers
+    (``trailers_accepted``); the response serializes both for its protocol (a ``103``
+    while the final head has not gone out; the trailer section after the body).
+
+    Attributes the transport reads: ``finished`` (the response is out whole, or never
+    will be), ``broken`` (the connection must not carry another exchange),
+    ``disconnected`` (the client is gone), ``rejected`` (the request body was refused and
+    answered), ``returned`` (the app returned or raised), ``handed_over`` (set by the
+    transport: the exchange no longer owns its connection; the app's later failure then
+    neither answers nor logs access).
+    """
+
+    # Set by the subclass's __init__ (see above).
+    state: ServerState
+    options: ExchangeOptions
+    peer: Peer
+    response: ExchangeResponse[Payload]
+    body_done: bool
+    empty_body_due: bool
+    # Write a payload; False when the client is gone (see the class doc): a method of
+    # the subclass, or a callable it sets in __init__.
+    transmit: Callable[[Payload], Awaitable[bool]]
+
+    # Defaults at class level: most exchanges never change them, and one exchange is
+    # made per request.
+    disconnected = False
+    # True when the connection must not be reused (a broken response).
+    broken = False
+    # Set when the body broke a limit or framing rule after the app started.
+    rejected: RequestRejected | None = None
+    # True once the response is written out whole, or never will be (see _finish).
+    finished = False
+    # The app returned (or raised): set before anything else happens after it.
+    returned = False
+    # The transport no longer belongs to this exchange (HTTP/1.1: the connection went on
+    # in another task while the app works on; see _serve_http.Handovers).
+    handed_over = False
+    # For the access log: when the exchange began and when its response was complete
+    # (time.time()); 0.0 when there is no access log.
+    started = 0.0
+    ended = 0.0
+    # The cancel scope of a receive() blocked in watch_client.
+    _disconnect_waiter: trio.CancelScope | None = None
+    # The scope given to the app (set by run).
+    _scope: dict[str, Any]
+
+    # -- transport hooks -------------------------------------------------------------
+
+    def request_scope(self) -> dict[str, Any]:
+        """The protocol's ASGI ``http`` scope for this request (see the class doc)."""
+        raise NotImplementedError
+
+    async def read_body(self) -> Message | None:
+        """The next ``http.request`` message; None when the client has gone (see the
+        class doc)."""
+        raise NotImplementedError
+
+    async def watch_client(self) -> None:
+        """Return when the client has gone (see the class doc)."""
+        raise NotImplementedError
+
+    # -- the exchange ----------------------------------------------------------------
+
+    @property
+    def status(self) -> int:
+        """The status that went out, 0 if none (the response keeps it)."""
+        return self.response.sent_status
+
+    @property
+    def body_bytes(self) -> int:
+        """The body bytes that went out, framing not counted."""
+        return self.response.body_bytes
+
+    async def run(self, app: ASGIApp) -> None:
+        """Call ``app`` for this exchange, and answer for it when it fails: never raises
+        for the app's or the client's fault."""
+        # The scope: the protocol's, with the peer's extensions, rewritten from trusted
+        # proxy headers. (Built here rather than in a method of its own: a call less on
+        # every request.)
+        scope = self.request_scope()
+        # Early hints and trailers are offered to every request but HTTP/1.0's (no 1xx
+        # response may go to an HTTP/1.0 client, and it knows no chunked framing).
+        offered: dict[str, Any] = (
+            {EARLY_HINT: {}, TRAILERS: {}, PATHSEND: {}}
+            if scope["http_version"] != "1.0"
+            else {PATHSEND: {}}
+        )
+        extensions = self.peer.extensions
+        if extensions:
+            offered.update(extensions)
+        scope["extensions"] = offered
+        proxy = self.options.proxy
+        if proxy is not None:
+            proxy(scope)
+        self._scope = scope
+        access_log = self.options.access_log
+        if access_log is not None:
+            self.started = time.time()
+        try:
+            try:
+                await app(scope, self.receive, self.send)
+            finally:
+                self.returned = True
+        except Exception as exc:
+            if self.disconnected and departure(exc):
+                # The app stopped because send() said the client had gone: routine. (The
+                # traceback, at debug level, when a framework turned it into another error.)
+                LOGGER.debug(
+                    "client went away during %s %s; the app stopped with %s",
+                    scope["method"],
+                    scope["path"],
+                    type(exc).__name__,
+                    exc_info=None if type(exc) is ClientDisconnected else exc,
+                )
+                self.broken = True
+            elif self.rejected is None:
+                after = self.finished and not self.broken
+                hint = self.options.app_hint
+                text = hint(exc) if hint is not None else None
+                LOGGER.exception(
+                    "exception in ASGI app while serving %s %s%s%s",
+                    scope["method"],
+                    scope["path"],
+                    " (after its response was sent)" if after else "",
+                    f" ({text})" if text else "",
+                )
+                if not self.handed_over:
+                    # (Even after a complete response the connection then ends, as in
+                    # uvicorn and gunicorn.) One handed over is served elsewhere already:
+                    # the error of the app's later work does not affect it.
+                    await self._fail()
+        else:
+            if self.response.phase is not _DONE and self.rejected is None:
+                end = app_returned(self.response, disconnected=self.disconnected)
+                if end is not AppEnd.CLIENT_LEFT:
+                    LOGGER.error(
+                        "ASGI app returned %s to %s %s", end.value, scope["method"], scope["path"]
+                    )
+                if end is AppEnd.NO_RESPONSE:
+                    await self._fail()
+                else:
+                    self.broken = True
+        if access_log is not None and not self.handed_over:
+            self.log_access()
+
+    def log_access(self) -> None:
+        """The access log line of this exchange (its duration: until the response was
+        complete), if there is an access log and a response went out."""
+        access_log = self.options.access_log
+        if access_log is not None and self.status:
+            started = self.started
+            access_log.log(
+                self._scope,
+                self.status,
+                self.response.headers,
+                self.body_bytes,
+                started,
+                (self.ended or time.time()) - started,
+            )
+
+    def _complete(self) -> None:
+        """The response is written out whole: the exchange is finished, and the
+        transport may go on without waiting for the app to return."""
+        self.finished = True
+        if self._disconnect_waiter is not None:
+            self._disconnect_waiter.cancel()
+        if self.started:
+            self.ended = time.time()
+        handovers = self.options.handovers
+        if handovers is not None and handovers.watchers:
+            handovers.offered.append(self)
+            if handovers.parked:
+                handovers.wake()
+
+    def _finish(self) -> None:
+        """The exchange is over for receive(): the response is written out whole, or it
+        never will be. Wakes a receive() waiting for that, with http.disconnect."""
+        self.finished = True
+        if self._disconnect_waiter is not None:
+            self._disconnect_waiter.cancel()
+
+    async def _fail(self) -> None:
+        """500 if nothing was sent yet; otherwise the only honest thing is to close."""
+        self.broken = True
+        self._finish()
+        if self.response.started or self.disconnected:
+            return
+        await self._write(self.response.fail(500, "Internal Server Error"))
+
+    async def _reject(self, exc: RequestRejected) -> Message:
+        """The body broke a rule while the app reads it: answer with the error if nothing
+        was sent yet, and tell the app the client is gone."""
+        LOGGER.info("bad request body: %s", exc.reason)
+        self.rejected = exc
+        self.broken = True
+        self.disconnected = True
+        if not self.response.started:
+            message = f"{error_status_text(exc.status)}: {exc.reason}"
+            await self._write(self.response.fail(exc.status, message), force=True)
+        self._finish()
+        return DISCONNECT
+
+    async def _write(self, payload: Payload, *, force: bool = False) -> None:
+        """Write ``payload`` unless the client is gone (``force``: even then, as for a
+        rejection's answer); a failed write marks the client gone."""
+        if self.disconnected and not force:
+            return
+        if not await self.transmit(payload):
+            # The client left or stopped reading: drop the rest; receive() now reports
+            # http.disconnect.
+            self.disconnected = True
+            self.broken = True
+
+    async def receive(self) -> Message:
+        """The ``receive`` given to the app: the body, then (blocking until the
+        response is complete or the client leaves) ``http.disconnect``."""
+        if self.disconnected or self.finished:
+            return DISCONNECT
+        if not self.body_done:
+            try:
+                message = await self.read_body()
+            except RequestRejected as exc:
+                return await self._reject(exc)
+            if message is None:
+                self.disconnected = True
+                return DISCONNECT
+            if not message["more_body"]:
+                self.body_done = True
+            return message
+        if self.empty_body_due:
+            self.empty_body_due = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        with trio.CancelScope() as waiter:
+            self._disconnect_waiter = waiter
+            await self.watch_client()
+            self.disconnected = True
+        self._disconnect_waiter = None
+        return DISCONNECT
+
+    async def send(self, message: Message) -> None:
+        """The ``send`` given to the app."""
+        if self.rejected is not None:
+            # The request was refused (413, bad framing) and answered already.
+            return
+        if self.disconnected:
+            await _client_gone()
+        response = self.response
+        if response.phase is _START:
+            # A stop that began while the app worked still marks this response the last.
+            response.close = self.state.stopping
+            if type(message) is not dict or message.get("trailers"):
+                # Trailers go out only to a client that said it takes them (TE: trailers),
+                # as the ASGI trailers extension has it.
+                response.trailers_accepted = accepts_trailers(self._scope["headers"])
+        try:
+            payload = response.on_send(message)
+        except PathSend as request:
+            await self._send_path(request.path)
+            return
+        except ASGIProtocolError as exc:
+            self._bad_message(exc)
+        # The last message: the exchange is finished once its payload is written out
+        # (not before: an app that stops its sender on http.disconnect would cut the
+        # write).
+        last = response.phase is _DONE
+        if last and response.missing:
+            self._log_missing()
+        if not payload:
+            if last:
+                self._complete()
+            return
+        if not await self.transmit(payload):
+            self._gone_while_sending()
+        if last:
+            self._complete()
+
+    def _bad_message(self, exc: ASGIProtocolError) -> NoReturn:
+        """The app sent a message wrong for the response (its error, raised into it)."""
+        response = self.response
+        if response.head_sent and response.must_close:
+            # Part of the response is out and it cannot be completed (a body longer
+            # than its length): the connection cannot carry on.
+            self.broken = True
+            self._finish()
+        LOGGER.error("ASGI app sent a bad message: %s", exc)
+        raise RuntimeError(f"ASGI protocol error: {exc}") from None
+
+    def _log_missing(self) -> None:
+        LOGGER.error(
+            "ASGI app sent %d bytes less than its Content-Length to %s %s; closing the connection",
+            self.response.missing,
+            self._scope["method"],
+            self._scope["path"],
+        )
+
+    def _gone_while_sending(self) -> NoReturn:
+        """A write of the response failed: the client left or stopped reading."""
+        self.disconnected = True
+        self.broken = True
+        self._finish()
+        LOGGER.debug(
+            "client went away during %s %s; the app's send() raises ClientDisconnected",
+            self._scope["method"],
+            self._scope["path"],
+        )
+        raise ClientDisconnected(_GONE)
+
+    async def _send_path(self, path: str) -> None:
+        """``http.response.pathsend``: the rest of the body is the file at ``path``."""
+        try:
+            file = await trio.to_thread.run_sync(open, path, "rb")
+        except OSError as exc:
+            LOGGER.error("ASGI app sent http.response.pathsend for %r: %s", path, exc.strerror)
+            raise RuntimeError(f"http.response.pathsend: cannot read {path!r}: {exc}") from None
+        try:
+            sent = await self.transmit_file(file)
+        except ASGIProtocolError as exc:
+            self._bad_message(exc)
+        finally:
+            file.close()
+        if not sent:
+            self._gone_while_sending()
+        response = self.response
+        if response.phase is _DONE:
+            if response.missing:
+                self._log_missing()
+            self._complete()
+
+    async def transmit_file(self, file: BinaryIO) -> bool:
+        """Send the content of ``file`` (open for reading, at its start) as the rest of
+        the body; False when the client is gone (see the class doc).
+
+        This default reads it in a worker thread, a chunk at a time, and sends each as
+        an ``http.response.body`` message would be (through the response and
+        :attr:`transmit`): right for any protocol and stream. An edge may do better
+        (the HTTP/1.1 edge uses ``os.sendfile`` on a plain socket).
+
+        Raises:
+            ASGIProtocolError: the file is longer than the Content-Length the app gave.
+        """
+        response = self.response
+        while True:
+            chunk = await trio.to_thread.run_sync(file.read, FILE_CHUNK)
+            more = len(chunk) == FILE_CHUNK
+            payload = response.on_send(
+                {"type": "http.response.body", "body": chunk, "more_body": more}
+            )
+            if payload and not await self.transmit(payload):
+                return False
+            if not more:
+                return True
+
+
+async def _client_gone() -> NoReturn:
+    """What ``send()`` does once the client has gone: raise ClientDisconnected (ASGI
+    2.4 promises an OSError there). A checkpoint first: an app that ignores the error
+    and sends again in a loop must still let the other connections run."""
+    await trio.lowlevel.checkpoint()
+    raise ClientDisconnected(_GONE)
