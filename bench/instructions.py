@@ -4,8 +4,8 @@ Run from the root of the checkout to measure, with that checkout's Python (see
 bench/README.md)::
 
     .venv/bin/python bench/instructions.py [--requests 3072] [--connections 64]
-        [--http h11-compiled|h11] [--tree DIR [--python PATH] | --metrics] [--repeat 1]
-        [--json FILE]
+        [--http h11-compiled|h11|httptools] [--tree DIR [--python PATH] | --metrics]
+        [--repeat 1] [--json FILE]
 
 A wrk figure on a shared machine swings with whatever else runs on it; an instruction
 count does not. For each tree the server runs twice under ``valgrind --tool=callgrind``,
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--http",
-        choices=("h11-compiled", "h11"),
+        choices=("h11-compiled", "h11", "httptools"),
         default="h11-compiled",
         help="The server's --http (default: h11-compiled).",
     )

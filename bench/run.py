@@ -148,6 +148,14 @@ SERVERS: dict[str, Server] = {
             note="trioserve with --metrics-bind (needs prometheus_client)",
         ),
         Server(
+            "trioserve-httptools",
+            _trioserve_argv("httptools"),
+            module="httptools",
+            distributions=("trioserve", "httptools"),
+            ready_line="listening on",
+            note="needs httptools (pip install 'trioserve[speed]')",
+        ),
+        Server(
             "hypercorn",
             lambda port: [
                 *("-m", "hypercorn", "--worker-class", "trio", "--workers", "1"),
@@ -180,6 +188,16 @@ SERVERS: dict[str, Server] = {
             ],
             module="uvicorn",
             distributions=("uvicorn", "h11"),
+        ),
+        Server(
+            "uvicorn-std",
+            lambda port: [
+                *("-m", "uvicorn", "--http", "httptools", "--loop", "uvloop", "--workers", "1"),
+                *("--no-access-log", "--port", str(port), "--host", HOST, APP),
+            ],
+            module="uvloop",
+            distributions=("uvicorn", "httptools", "uvloop"),
+            note="uvicorn[standard]'s parser and loop: needs httptools and uvloop",
         ),
     )
 }
@@ -502,6 +520,8 @@ def render_table(
             (BASELINE, "uvicorn"),
             ("trioserve-compiled", "uvicorn"),
             ("trioserve-metrics", BASELINE),
+            ("trioserve-compiled", "uvicorn-std"),
+            ("trioserve-httptools", "uvicorn-std"),
         ]
         parts = [
             f"{num} / {den} = {_fmt_ratio(_ratio(rows, num, den))}"
@@ -578,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parser_problem(m: Measurement) -> str | None:
     """Why a measurement does not measure the parser its row is named after, if it does not."""
+    if m.server == "trioserve-httptools" and m.h11_mypyc_loaded:
+        return (
+            "trioserve-httptools started, but the server loaded h11_mypyc: --http httptools "
+            "has no effect in this build; skipping it"
+        )
     if m.server == "trioserve-compiled" and m.h11_mypyc_loaded is False:
         return (
             "trioserve-compiled started, but the server never loaded h11_mypyc: "

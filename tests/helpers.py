@@ -23,6 +23,35 @@ from trioserve._types import ASGIApp
 
 Headers = Sequence[tuple[bytes, bytes]]
 
+# The HTTP/1.1 parsers a server can run on (--http): the tests of the request rules
+# run on each (see the ``http_parser`` fixture in tests/conftest.py).
+PARSERS = ("h11", "h11-compiled", "httptools")
+# What serve_http_connection and http_options use when not told: set by http_parser.
+parser_choice = "h11"
+
+
+def parser_module(choice: str | None = None) -> Any:
+    """The module the server parses with for ``--http choice`` (default: the current
+    ``parser_choice``); the test is skipped when that parser is not installed."""
+    choice = choice or parser_choice
+    if choice == "h11":
+        return h11
+    if choice == "h11-compiled":
+        return pytest.importorskip(
+            "h11_mypyc", reason="--http h11-compiled needs the speed extra (trioserve[speed])"
+        )
+    pytest.importorskip(
+        "httptools", reason="--http httptools needs the speed extra (trioserve[speed])"
+    )
+    from trioserve._proto import llhttp
+
+    return llhttp
+
+
+def http_options(config: Config, **kwargs: Any) -> HTTPOptions:
+    """The edge's options for ``config``, parsing with the current ``parser_choice``."""
+    return HTTPOptions(config, h11_module=parser_module(), **kwargs)
+
 
 def require_ipv6_loopback() -> None:
     """Skip the calling test where this Python or this machine has no IPv6 on ::1."""
@@ -53,7 +82,7 @@ async def serve_http_connection(
     every app call it made returned (a connection handed over to a new task carries
     on in a nursery of its own here, as in the server's connection nursery)."""
     if options is None:
-        options = HTTPOptions(state.config)
+        options = http_options(state.config)
     async with trio.open_nursery() as watchers:
         watchers.start_soon(watch_deadlines, state, options)
         await watchers.start(watch_handovers, options)

@@ -675,10 +675,12 @@ class Config:
     http: str = _setting(
         "auto",
         Setting(
-            _choice_kind("auto", "h11", "h11-compiled"),
+            _choice_kind("auto", "h11", "h11-compiled", "httptools"),
             _HTTP,
-            "The HTTP/1.1 parser: 'h11', or 'h11-compiled' (the mypyc build of h11, from "
-            "pip install 'trioserve[speed]'); 'auto' uses the compiled one when installed.",
+            "The HTTP/1.1 parser: 'h11', 'h11-compiled' (the mypyc build of h11) or "
+            "'httptools' (llhttp, Node's C parser), the last two from pip install "
+            "'trioserve[speed]'; 'auto' uses the compiled h11 when installed. trioserve "
+            "checks every request head itself before any of them parses it.",
             flags=("--http",),
         ),
     )

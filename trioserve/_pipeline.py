@@ -267,7 +267,15 @@ async def _run(
 
 
 def _h11_module(choice: str) -> types.ModuleType:
-    """The HTTP/1.1 parser: h11, or its compiled build when asked for or available."""
+    """The HTTP/1.1 parser: h11, its compiled build, or httptools behind h11's interface
+    (``_proto.llhttp``); 'auto' takes the compiled h11 when it is installed."""
+    if choice == "httptools":
+        try:
+            return importlib.import_module("trioserve._proto.llhttp")
+        except ImportError:
+            raise ConfigError(
+                "--http httptools: needs httptools; install it with pip install 'trioserve[speed]'"
+            ) from None
     if choice != "h11":
         try:
             return importlib.import_module("h11_mypyc")

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import hello_app
+from tests.helpers import echo_body_app, hello_app
 from trioserve import Config, ConfigError, serve
 
 
@@ -134,6 +134,29 @@ async def test_compiled_parser_missing_is_a_config_error(nursery, monkeypatch):
     with pytest.raises(ConfigError, match=r"trioserve\[speed\]"):
         await nursery.start(
             serve, Config(app=hello_app, bind=["127.0.0.1:0"], workers=0, http="h11-compiled")
+        )
+
+
+async def test_httptools_parser_serves(nursery):
+    """--http httptools serves requests parsed by llhttp, bodies and keep-alive included."""
+    pytest.importorskip("httptools", reason="--http httptools needs the speed extra")
+    config = Config(app=echo_body_app, bind=["127.0.0.1:0"], workers=0, http="httptools")
+    [(host, port)] = await nursery.start(serve, config)
+    async with httpx.AsyncClient() as client:
+        for _ in range(2):
+            response = await client.post(f"http://{host}:{port}/", content=b"abc" * 1000)
+            assert response.content == b"abc" * 1000
+
+
+async def test_httptools_missing_is_a_config_error(nursery, monkeypatch):
+    """Asking for httptools without it installed is a one-line ConfigError naming the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "httptools", None)
+    monkeypatch.delitem(sys.modules, "trioserve._proto.llhttp", raising=False)
+    with pytest.raises(ConfigError, match=r"--http httptools: .*trioserve\[speed\]"):
+        await nursery.start(
+            serve, Config(app=hello_app, bind=["127.0.0.1:0"], workers=0, http="httptools")
         )
 
 

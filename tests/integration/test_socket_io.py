@@ -18,6 +18,7 @@ import termios
 from typing import Any
 
 import h11
+import pytest
 import trio
 import trio.testing
 
@@ -25,6 +26,9 @@ from tests.helpers import H11Client, hello_app, serve_http_connection, tcp_conne
 from trioserve import ClientDisconnected, Config
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
+
+# Every test runs on each HTTP/1.1 parser (--http; see tests/conftest.py's http_parser).
+pytestmark = pytest.mark.usefixtures("http_parser")
 
 
 def serve(nursery: trio.Nursery, app: Any, state: ServerState, server: Any) -> None:

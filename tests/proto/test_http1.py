@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import h11
 import pytest
 
+from tests.helpers import parser_module
 from trioserve._proto import http1
 from trioserve._proto.http1 import (
     CONTINUE,
@@ -27,8 +27,13 @@ OK = {"type": "http.response.start", "status": 200, "headers": []}
 BODY = {"type": "http.response.body", "body": b"ok"}
 
 
+@pytest.fixture(autouse=True)
+def _every_parser(http_parser: str) -> None:
+    """Each test runs on each HTTP/1.1 parser (tests/conftest.py's http_parser)."""
+
+
 def server(**options: object) -> ServerConnection:
-    return ServerConnection(h11, Limits(), **options)  # type: ignore[arg-type]
+    return ServerConnection(parser_module(), Limits(), **options)  # type: ignore[arg-type]
 
 
 def respond(connection: ServerConnection) -> bool:
@@ -51,6 +56,52 @@ def test_plain_request_then_the_next_pipelined_one() -> None:
     assert connection.request_bytes_held
     pending = connection.parser.trailing_data[0]
     assert connection.request_head(pending, len(pending)).target == b"/b"
+
+
+def test_plain_head_is_split_without_the_parser() -> None:
+    """A plain head is split here: the parser never sees it and holds only what came
+    after it, whether the bytes were just read or already in the parser."""
+    second = GET.replace(b"/a", b"/b")
+    connection = server()
+    request = connection.request_head(GET + second, 0)
+    assert type(request) is http1.Request
+    assert (request.method, request.target, request.http_version) == (b"GET", b"/a", b"1.1")
+    assert request.headers == connection.request_headers == [(b"host", b"x")]
+    assert connection.parser.trailing_data == (second, False)
+    assert connection.next_exchange(respond(connection), True) is Next.REQUEST
+    connection.receive_data(b"")  # the client closes after its second request
+    pending = connection.parser.trailing_data[0]
+    request = connection.request_head(pending, len(pending))
+    assert type(request) is http1.Request and request.target == b"/b"
+    assert connection.parser.trailing_data == (b"", True)
+
+
+def test_parser_kept_after_a_split_request() -> None:
+    """After a request split from a plain head, the parser (which saw none of it) serves
+    the next one as it is: no fresh parser per request; Connection: close still closes."""
+    connection = server()
+    connection.request_head(GET + GET, 0)
+    parser = connection.parser
+    assert connection.next_exchange(respond(connection), True) is Next.REQUEST
+    assert connection.parser is parser
+    assert parser.trailing_data[0] == GET
+    closing = server()
+    closing.request_head(GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), 0)
+    assert closing.next_exchange(respond(closing), True) is Next.CLOSE
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /\xe9 HTTP/1.1\r\nHost: x\r\n\r\n",  # a target byte above 0x7e
+        b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",  # HTTP/1.1 without Host
+    ],
+)
+def test_plain_head_the_parser_must_refuse_goes_to_it(head: bytes) -> None:
+    """A plain head that h11 refuses is not split but parsed, and refused with 400."""
+    with pytest.raises(RequestRejected) as caught:
+        server().request_head(head, 0)
+    assert caught.value.status == 400
 
 
 def test_head_in_pieces_after_empty_lines() -> None:

@@ -22,6 +22,9 @@ from tests.helpers import (
 from trioserve import ClientDisconnected, Config
 from trioserve._state import ServerState
 
+# Every test runs on each HTTP/1.1 parser (--http; see tests/conftest.py's http_parser).
+pytestmark = pytest.mark.usefixtures("http_parser")
+
 
 def make_state(**settings: Any) -> ServerState:
     return ServerState(Config(**settings))

@@ -15,6 +15,7 @@ from tests.helpers import (
     echo_body_app,
     header,
     hello_app,
+    http_options,
     read_until_eof,
     serve_http_connection,
     served_connection,
@@ -23,6 +24,9 @@ from trioserve import ClientDisconnected, Config
 from trioserve._accesslog import AccessLog
 from trioserve._serve_http import LINGER_SECONDS, HTTPOptions
 from trioserve._state import ServerState
+
+# Every test runs on each HTTP/1.1 parser (--http; see tests/conftest.py's http_parser).
+pytestmark = pytest.mark.usefixtures("http_parser")
 
 
 def make_state(**settings: Any) -> ServerState:
@@ -357,7 +361,7 @@ async def test_access_log_line_per_request(nursery, caplog):
     logger = logging.getLogger("tests.access")
     caplog.set_level(logging.INFO, "tests.access")
     state = make_state()
-    options = HTTPOptions(
+    options = http_options(
         state.config, access_log=AccessLog('%(m)s %(U)s %(s)s %(b)s "%(a)s"', logger)
     )
     client = H11Client(await start(nursery, hello_app, state, options))
@@ -379,7 +383,7 @@ async def test_proxy_option_rewrites_scope(nursery):
         await hello_app(scope, receive, send)
 
     state = make_state()
-    options = HTTPOptions(state.config, proxy=pretend_proxy)
+    options = http_options(state.config, proxy=pretend_proxy)
     await H11Client(await start(nursery, app, state, options)).request()
     assert scopes[0]["client"] == ("203.0.113.9", 0)
     assert scopes[0]["scheme"] == "https"
@@ -392,7 +396,7 @@ async def test_app_hint_is_added_to_the_error_log(nursery, caplog):
         raise RuntimeError("no running event loop")
 
     state = make_state()
-    options = HTTPOptions(state.config, app_hint=lambda exc: "try --app-loop asyncio")
+    options = http_options(state.config, app_hint=lambda exc: "try --app-loop asyncio")
     response, _ = await H11Client(await start(nursery, failing, state, options)).request()
     assert response.status_code == 500
     assert any("(try --app-loop asyncio)" in r.getMessage() for r in caplog.records)

@@ -17,6 +17,7 @@ from tests.helpers import (
     H11Client,
     echo_body_app,
     hello_app,
+    http_options,
     read_until_eof,
     serve_http_connection,
     served_connection,
@@ -24,6 +25,9 @@ from tests.helpers import (
 from trioserve import Config
 from trioserve._serve_http import HTTPOptions
 from trioserve._state import ServerState
+
+# Every test runs on each HTTP/1.1 parser (--http; see tests/conftest.py's http_parser).
+pytestmark = pytest.mark.usefixtures("http_parser")
 
 # Each test runs over a memory stream and over a real TCP socket on 127.0.0.1, whose
 # socket the edge reads and writes directly (as behind the accept loop).
@@ -142,7 +146,7 @@ async def test_tls_on_the_plain_port_is_answered_at_once_and_logged_once(
     and "TLS on a plain HTTP port" is logged once per server, at warning level."""
     caplog.set_level(logging.DEBUG, logger="trioserve")
     state = make_state()
-    options = HTTPOptions(state.config)  # one server's: the log line comes once per server
+    options = http_options(state.config)  # one server's: the log line comes once per server
     for _ in range(2):
         client = await start(nursery, hello_app, state, options)
         await client.send_all(client_hello())

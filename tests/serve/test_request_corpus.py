@@ -30,6 +30,10 @@ from trioserve import Config
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
 
+# Every case runs on each HTTP/1.1 parser (--http): the rules are trioserve's, whatever
+# parses the bytes.
+pytestmark = pytest.mark.usefixtures("http_parser")
+
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "requests"
 # Scope keys an .expect file may name; the rest of the scope is not the parser's business.
 STR_KEYS = ("method", "path", "http_version")

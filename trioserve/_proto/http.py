@@ -131,6 +131,8 @@ def header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
     """(lowercased name, value) pairs; h11 has already lowercased the names."""
     # h11's Headers keeps (raw name, name, value) triples: reading them directly avoids
     # its Sequence interface, which costs a method call per item on every request.
+    if type(headers) is list:
+        return headers  # (already pairs: the httptools parser's, see _proto.llhttp)
     items = getattr(headers, "_full_items", None)
     if items is not None:
         return [(name, value) for _, name, value in items]

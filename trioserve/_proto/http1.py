@@ -10,9 +10,12 @@ writes the socket, sets deadlines and checkpoints, and hands every byte it reads
 this object.
 
 The plainest requests (one complete head that one regex finds plain, no body) take a
-fast path in :meth:`ServerConnection.request_head`: no copies, no more calls than h11
-itself needs. The edge subclasses this class rather than holding one, so that its hot
-path pays no extra attribute look-up.
+fast path in :meth:`ServerConnection.request_head`: the regex checked every byte of
+such a head, so it is split in Python without any parser (h11, or llhttp with
+``--http httptools``), except for the two things h11 refuses that the regex lets
+through (a target byte above 0x7e, HTTP/1.1 without Host), which go to the parser.
+The edge subclasses this class rather than holding one, so that its hot path pays no
+extra attribute look-up.
 
 Standard library, h11 and the rest of ``_proto`` only (a test asserts trio is never
 imported from here).
@@ -61,6 +64,22 @@ class BodyEnd(enum.Enum):
 
     LEFT = "the client went away mid-body"
     STOPPED = "the parser stopped the body"
+
+
+class Request:
+    """A request head split from a plain head (see ``ServerConnection._split_head``),
+    with the attributes of ``h11.Request`` the server reads: ``method``, ``target`` and
+    ``http_version`` as bytes, ``headers`` as (lowercase name, value) pairs."""
+
+    __slots__ = ("headers", "http_version", "method", "target")
+
+    def __init__(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], version: bytes
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http_version = version
 
 
 class ServerConnection:
@@ -152,6 +171,9 @@ class ServerConnection:
         # Most requests: a complete head that one regex found plain, and no body.
         # (A cheap substring test: "Upgrade:" in any case.)
         self.upgrade_bytes = pending if pending.find(b"pgrade:", 0, end) >= 0 else None
+        event = self._split_head(pending, end, h11_has)
+        if event is not None:
+            return event
         parser = self.parser
         if not h11_has:
             parser.receive_data(pending)
@@ -159,6 +181,43 @@ class ServerConnection:
         # Take h11's end of message now, so that neither the app's first receive() nor
         # the end of the exchange needs another round through h11.
         self.body_done = type(parser.next_event()) is self.h11.EndOfMessage
+        return event
+
+    def _split_head(self, pending: bytes, end: int, h11_has: int) -> Request | None:
+        """The request of a plain head (see ``plain_head_end``), split here without a
+        parser: the regex checked every byte of it already, and it has no body. None
+        for what a parser must see, to refuse it as h11 does: a target with bytes
+        above 0x7e, or an HTTP/1.1 request without Host."""
+        line, *fields = pending[: end - 4].split(b"\r\n")
+        method, target, version = line.split(b" ")
+        if not target.isascii():
+            return None
+        headers = []
+        host = False
+        for field in fields:
+            name, _, value = field.partition(b":")
+            name = name.lower()
+            if name == b"host":
+                host = True
+            headers.append((name, value.strip(b" \t")))
+        version = version[5:]
+        if not host and version == b"1.1":
+            return None
+        event = Request(method, target, headers, version)
+        # The bytes after the head wait in a parser for the next request, which has
+        # seen nothing of this one (see next_exchange).
+        parser = self.parser
+        if h11_has:
+            closed = parser.trailing_data[1]
+            self.parser = parser = self._new_parser()
+            if end < len(pending):
+                parser.receive_data(pending[end:])
+            if closed:
+                parser.receive_data(b"")
+        elif end < len(pending):
+            parser.receive_data(pending[end:])
+        self._take_request(event, headers)
+        self.body_done = True
         return event
 
     @property
@@ -255,7 +314,12 @@ class ServerConnection:
             raise RequestRejected(400, h11_reason(exc)) from None
         if type(event) is not h11mod.Request:
             raise RequestRejected(400, "malformed request")
-        self.request_headers = headers = header_pairs(event.headers)
+        self._take_request(event, header_pairs(event.headers))
+        return event
+
+    def _take_request(self, event: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """Keep the request's header pairs and make its response (see :attr:`response`)."""
+        self.request_headers = headers
         self.response = Response(
             head=event.method == b"HEAD",
             server_header=self.server_header,
@@ -263,7 +327,6 @@ class ServerConnection:
             keep_alive=self.allow_keep_alive and client_keep_alive(event, headers),
             http_10=event.http_version != b"1.1",
         )
-        return event
 
     # -- bytes between requests --------------------------------------------------------
 
@@ -354,6 +417,12 @@ class ServerConnection:
         parser = self.parser
         their_state = parser.their_state
         h11mod = self.h11
+        if their_state is h11mod.IDLE:
+            # A parser that read no request: this one was split from a plain head (see
+            # _split_head), had no body and was read whole. The parser holds just what
+            # the client sent after it, as a fresh one would (an h11 connection costs
+            # about 20,000 instructions to make).
+            return Next.REQUEST if keep_alive else Next.CLOSE
         if may_discard and their_state is h11mod.SEND_BODY:
             self._discarded = 0
             return Next.DISCARD_BODY
