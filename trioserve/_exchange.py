@@ -53,6 +53,10 @@ DISCONNECT: Message = {"type": "http.disconnect"}
 _GONE = "the client has gone; the response cannot be sent"
 # How much of a file (http.response.pathsend) one read in a worker thread takes.
 FILE_CHUNK = 256 * 1024
+# The ASGI extensions offered in every scope. Their values are the same empty dicts for
+# every request (apps only test for the names): a copy each would cost every request.
+_OFFERED: dict[str, Any] = {EARLY_HINT: {}, TRAILERS: {}, PATHSEND: {}}
+_OFFERED_HTTP_10: dict[str, Any] = {PATHSEND: {}}
 _START = ResponsePhase.START
 _DONE = ResponsePhase.DONE
 
@@ -190,7 +194,9 @@ class Exchange(Generic[Payload]):
     And it implements the transport hooks:
 
     - :meth:`request_scope`: the protocol's ASGI ``http`` scope (lifespan state
-      included); the exchange adds the extensions and applies the proxy rewriting.
+      included), whose ``extensions`` is a fresh dict (empty, or with the protocol's
+      own); the exchange adds the extensions it offers and the peer's, and applies the
+      proxy rewriting.
     - ``async`` ``transmit(payload) -> bool``: write a payload of the response; False
       when the client is gone (it left, or stopped reading within the write timeout).
       Never raises for the client's fault. A method, or an async callable set as an
@@ -212,6 +218,10 @@ class Exchange(Generic[Payload]):
     the exchange tells the response whether the client takes trailers
     (``trailers_accepted``); the response serializes both for its protocol (a ``103``
     while the final head has not gone out; the trailer section after the body).
+    ``http.response.pathsend`` is offered to every request: the response's ``on_send``
+    raises :class:`~trioserve._proto.http.PathSend` for it, and the exchange opens the
+    file and hands it to :meth:`transmit_file` (a hook with a default that works for any
+    protocol: the file read in a worker thread, each chunk through the response).
 
     Attributes the transport reads: ``finished`` (the response is out whole, or never
     will be), ``broken`` (the connection must not carry another exchange),
@@ -291,15 +301,11 @@ class Exchange(Generic[Payload]):
         scope = self.request_scope()
         # Early hints and trailers are offered to every request but HTTP/1.0's (no 1xx
         # response may go to an HTTP/1.0 client, and it knows no chunked framing).
-        offered: dict[str, Any] = (
-            {EARLY_HINT: {}, TRAILERS: {}, PATHSEND: {}}
-            if scope["http_version"] != "1.0"
-            else {PATHSEND: {}}
-        )
-        extensions = self.peer.extensions
-        if extensions:
-            offered.update(extensions)
-        scope["extensions"] = offered
+        extensions = scope["extensions"]
+        extensions.update(_OFFERED if scope["http_version"] != "1.0" else _OFFERED_HTTP_10)
+        peer_extensions = self.peer.extensions
+        if peer_extensions:
+            extensions.update(peer_extensions)
         proxy = self.options.proxy
         if proxy is not None:
             proxy(scope)
