@@ -123,7 +123,9 @@ class ExchangeResponse(Protocol[Payload_co]):
 
     def on_send(self, message: MutableMapping[str, Any]) -> Payload_co:
         """The payload for one app message (empty/falsy when there is nothing to write
-        yet). Raises ASGIProtocolError for a message wrong for the phase."""
+        yet). Raises ASGIProtocolError for a message wrong for the phase, and
+        :class:`~trioserve._proto.http.PathSend` for ``http.response.pathsend`` in the
+        body phase (the exchange then sends the file)."""
 
     def fail(self, status: int, message: str) -> Payload_co:
         """The error response that replaces this one, which has not started."""
