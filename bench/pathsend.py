@@ -6,8 +6,8 @@ Run from the root of the checkout, with its Python (see bench/README.md)::
         [--large-count 5] [--json FILE]
 
 For each mode (``pathsend``: FileResponse sends the path and trioserve writes the file
-with os.sendfile; ``body``: the extension is hidden from the app, which reads the file
-and sends it in http.response.body messages), the script starts
+with os.sendfile; ``body``: ``--no-pathsend``, so the app reads the file and sends it in
+http.response.body messages), the script starts
 ``trioserve bench.pathsend_app:app --workers 0`` on 127.0.0.1 and downloads a 1 MB file
 ``--small-count`` times and a 100 MB file ``--large-count`` times, one after another
 on one keep-alive connection, with a plain socket client that checks every length and
@@ -68,9 +68,9 @@ def cpu_seconds(pid: int) -> float:
 def start_server(mode: str, files: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "TRIOSERVE_BENCH_FILES": str(files)}
-    env["TRIOSERVE_BENCH_NO_PATHSEND"] = "1" if mode == "body" else "0"
     command = [sys.executable, "-m", "trioserve", "bench.pathsend_app:app"]
     command += ["--workers", "0", "--bind", f"{HOST}:{port}", "--lifespan", "off"]
+    command += ["--pathsend" if mode == "pathsend" else "--no-pathsend"]
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT

@@ -53,10 +53,6 @@ DISCONNECT: Message = {"type": "http.disconnect"}
 _GONE = "the client has gone; the response cannot be sent"
 # How much of a file (http.response.pathsend) one read in a worker thread takes.
 FILE_CHUNK = 256 * 1024
-# The ASGI extensions offered in every scope. Their values are the same empty dicts for
-# every request (apps only test for the names): a copy each would cost every request.
-_OFFERED: dict[str, Any] = {EARLY_HINT: {}, TRAILERS: {}, PATHSEND: {}}
-_OFFERED_HTTP_10: dict[str, Any] = {PATHSEND: {}}
 _START = ResponsePhase.START
 _DONE = ResponsePhase.DONE
 
@@ -154,8 +150,13 @@ class ExchangeOptions:
         access_log: Where complete exchanges are logged, or None.
         proxy: Rewrites a request scope from trusted proxy headers, or None.
         app_hint: Adds advice to the log of an app's exception (the asyncio hint).
+        pathsend: Offer ``http.response.pathsend`` (--pathsend).
 
     Attributes:
+        offered: The ASGI extensions offered in the scope of a request (HTTP/1.1 and
+            later), and ``offered_http_10`` those of an HTTP/1.0 request (no early hints
+            or trailers). Their values are the same empty dicts for every request (apps
+            only test for the names): a copy each would cost every request.
         handovers: Where every complete exchange is offered while its app may still be
             working (HTTP/1.1: the connection then goes on in a new task; see
             ``_serve_http.Handovers``); None for an edge with no use for it. Set by the
@@ -171,7 +172,12 @@ class ExchangeOptions:
         access_log: AccessLogger | None = None,
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
         app_hint: Callable[[BaseException], str | None] | None = None,
+        pathsend: bool = True,
     ) -> None:
+        self.offered: dict[str, Any] = {EARLY_HINT: {}, TRAILERS: {}}
+        self.offered_http_10: dict[str, Any] = {}
+        if pathsend:
+            self.offered[PATHSEND] = self.offered_http_10[PATHSEND] = {}
         self.root_path = root_path
         self.access_log = access_log
         self.proxy = proxy
@@ -220,7 +226,8 @@ class Exchange(Generic[Payload]):
     the exchange tells the response whether the client takes trailers
     (``trailers_accepted``); the response serializes both for its protocol (a ``103``
     while the final head has not gone out; the trailer section after the body).
-    ``http.response.pathsend`` is offered to every request: the response's ``on_send``
+    ``http.response.pathsend`` is offered to every request (unless the options say
+    not): the response's ``on_send``
     raises :class:`~trioserve._proto.http.PathSend` for it, and the exchange opens the
     file and hands it to :meth:`transmit_file` (a hook with a default that works for any
     protocol: the file read in a worker thread, each chunk through the response).
@@ -303,16 +310,19 @@ class Exchange(Generic[Payload]):
         scope = self.request_scope()
         # Early hints and trailers are offered to every request but HTTP/1.0's (no 1xx
         # response may go to an HTTP/1.0 client, and it knows no chunked framing).
+        options = self.options
         extensions = scope["extensions"]
-        extensions.update(_OFFERED if scope["http_version"] != "1.0" else _OFFERED_HTTP_10)
+        extensions.update(
+            options.offered if scope["http_version"] != "1.0" else options.offered_http_10
+        )
         peer_extensions = self.peer.extensions
         if peer_extensions:
             extensions.update(peer_extensions)
-        proxy = self.options.proxy
+        proxy = options.proxy
         if proxy is not None:
             proxy(scope)
         self._scope = scope
-        access_log = self.options.access_log
+        access_log = options.access_log
         if access_log is not None:
             self.started = time.time()
         try:
