@@ -693,6 +693,18 @@ class Config:
             flags=("--server-header",),
         ),
     )
+    pathsend: bool = _setting(
+        True,
+        Setting(
+            _bool_kind(),
+            _HTTP,
+            "Offer apps the ASGI http.response.pathsend extension: Starlette's and "
+            "FastAPI's FileResponse then send the file's path, and the file goes out with "
+            "os.sendfile. --no-pathsend hides it (Starlette's GZipMiddleware compresses no "
+            "pathsend response).",
+            flags=("--pathsend",),
+        ),
+    )
     header: Sequence[str] = _setting(
         (),
         Setting(

@@ -119,7 +119,9 @@ class ExchangeResponse(Protocol[Payload_co]):
 
     def on_send(self, message: MutableMapping[str, Any]) -> Payload_co:
         """The payload for one app message (empty/falsy when there is nothing to write
-        yet). Raises ASGIProtocolError for a message wrong for the phase."""
+        yet). Raises ASGIProtocolError for a message wrong for the phase, and
+        :class:`~trioserve._proto.http.PathSend` for ``http.response.pathsend`` in the
+        body phase (the exchange then sends the file)."""
 
     def fail(self, status: int, message: str) -> Payload_co:
         """The error response that replaces this one, which has not started."""
@@ -148,8 +150,13 @@ class ExchangeOptions:
         access_log: Where complete exchanges are logged, or None.
         proxy: Rewrites a request scope from trusted proxy headers, or None.
         app_hint: Adds advice to the log of an app's exception (the asyncio hint).
+        pathsend: Offer ``http.response.pathsend`` (--pathsend).
 
     Attributes:
+        offered: The ASGI extensions offered in the scope of a request (HTTP/1.1 and
+            later), and ``offered_http_10`` those of an HTTP/1.0 request (no early hints
+            or trailers). Their values are the same empty dicts for every request (apps
+            only test for the names): a copy each would cost every request.
         handovers: Where every complete exchange is offered while its app may still be
             working (HTTP/1.1: the connection then goes on in a new task; see
             ``_serve_http.Handovers``); None for an edge with no use for it. Set by the
@@ -165,7 +172,12 @@ class ExchangeOptions:
         access_log: AccessLogger | None = None,
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
         app_hint: Callable[[BaseException], str | None] | None = None,
+        pathsend: bool = True,
     ) -> None:
+        self.offered: dict[str, Any] = {EARLY_HINT: {}, TRAILERS: {}}
+        self.offered_http_10: dict[str, Any] = {}
+        if pathsend:
+            self.offered[PATHSEND] = self.offered_http_10[PATHSEND] = {}
         self.root_path = root_path
         self.access_log = access_log
         self.proxy = proxy
@@ -190,7 +202,9 @@ class Exchange(Generic[Payload]):
     And it implements the transport hooks:
 
     - :meth:`request_scope`: the protocol's ASGI ``http`` scope (lifespan state
-      included); the exchange adds the extensions and applies the proxy rewriting.
+      included), whose ``extensions`` is a fresh dict (empty, or with the protocol's
+      own); the exchange adds the extensions it offers and the peer's, and applies the
+      proxy rewriting.
     - ``async`` ``transmit(payload) -> bool``: write a payload of the response; False
       when the client is gone (it left, or stopped reading within the write timeout).
       Never raises for the client's fault. A method, or an async callable set as an
@@ -212,6 +226,11 @@ class Exchange(Generic[Payload]):
     the exchange tells the response whether the client takes trailers
     (``trailers_accepted``); the response serializes both for its protocol (a ``103``
     while the final head has not gone out; the trailer section after the body).
+    ``http.response.pathsend`` is offered to every request (unless the options say
+    not): the response's ``on_send``
+    raises :class:`~trioserve._proto.http.PathSend` for it, and the exchange opens the
+    file and hands it to :meth:`transmit_file` (a hook with a default that works for any
+    protocol: the file read in a worker thread, each chunk through the response).
 
     Attributes the transport reads: ``finished`` (the response is out whole, or never
     will be), ``broken`` (the connection must not carry another exchange),
@@ -291,20 +310,19 @@ class Exchange(Generic[Payload]):
         scope = self.request_scope()
         # Early hints and trailers are offered to every request but HTTP/1.0's (no 1xx
         # response may go to an HTTP/1.0 client, and it knows no chunked framing).
-        offered: dict[str, Any] = (
-            {EARLY_HINT: {}, TRAILERS: {}, PATHSEND: {}}
-            if scope["http_version"] != "1.0"
-            else {PATHSEND: {}}
+        options = self.options
+        extensions = scope["extensions"]
+        extensions.update(
+            options.offered if scope["http_version"] != "1.0" else options.offered_http_10
         )
-        extensions = self.peer.extensions
-        if extensions:
-            offered.update(extensions)
-        scope["extensions"] = offered
-        proxy = self.options.proxy
+        peer_extensions = self.peer.extensions
+        if peer_extensions:
+            extensions.update(peer_extensions)
+        proxy = options.proxy
         if proxy is not None:
             proxy(scope)
         self._scope = scope
-        access_log = self.options.access_log
+        access_log = options.access_log
         if access_log is not None:
             self.started = time.time()
         try:

@@ -130,6 +130,7 @@ class HTTPOptions(ExchangeOptions):
             access_log=access_log,
             # Adds advice to the log of an app's exception (the asyncio hint).
             app_hint=app_hint,
+            pathsend=config.pathsend,
         )
         self.h11: Any = h11_module
         self.limits = Limits(

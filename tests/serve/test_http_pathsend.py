@@ -13,7 +13,14 @@ import pytest
 import trio
 
 import trioserve._serve_http
-from tests.helpers import H11Client, header, served_connection
+from tests.helpers import (
+    H11Client,
+    config_from_argv,
+    header,
+    hello_app,
+    read_until_eof,
+    served_connection,
+)
 from trioserve import ClientDisconnected, Config
 from trioserve._exchange import FILE_CHUNK
 from trioserve._state import ServerState
@@ -157,3 +164,22 @@ async def test_pathsend_logs_nothing_for_a_plain_file(nursery, big_file, caplog)
     with caplog.at_level(logging.WARNING), trio.fail_after(10):
         await H11Client(stream).request()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(("argv", "offered"), [([], True), (["--no-pathsend"], False)])
+async def test_no_pathsend_setting_hides_the_extension(nursery, argv, offered):
+    """--no-pathsend takes http.response.pathsend out of every scope (HTTP/1.1 and 1.0);
+    the other extensions stay."""
+    scopes: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await hello_app(scope, receive, send)
+
+    state = ServerState(config_from_argv(["app:app", *argv]))
+    stream, _ = await served_connection(nursery, app, state)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.0\r\n\r\n")
+    with trio.fail_after(5):
+        await read_until_eof(stream)
+    assert [("http.response.pathsend" in s["extensions"]) for s in scopes] == [offered] * 2
+    assert "http.response.trailers" in scopes[0]["extensions"]
