@@ -41,6 +41,7 @@ import trio
 
 from ._exchange import Exchange, ExchangeOptions
 from ._peer import Peer
+from ._proto.http import PATHSEND
 from ._proto.http2 import (
     Action,
     ConnectionEnded,
@@ -104,6 +105,7 @@ class H2Options(ExchangeOptions):
             access_log=http.access_log,
             proxy=http.proxy,
             app_hint=http.app_hint,
+            pathsend=PATHSEND in http.offered,
         )
         self.http = http
         self.max_concurrent_streams = max_concurrent_streams

@@ -927,14 +927,6 @@ WSGI_CLOSE = (
 )
 
 
-PATHSEND_GZIP = (
-    "on purpose: trioserve offers http.response.pathsend, which FileResponse then uses, "
-    "and Starlette's GZipMiddleware passes a pathsend response on as it is (no "
-    "compression, no Vary: Accept-Encoding); uvicorn offers no pathsend, so FileResponse "
-    "streams the body and the middleware compresses it (docs/index.md, HTTP behaviour)"
-)
-
-
 def known(reason: str, *fields: str) -> tuple[Known, ...]:
     return tuple(Known(field, reason) for field in fields)
 
@@ -946,15 +938,6 @@ GUNICORN_SIDE = ["flask", "django-wsgi"]
 UVICORN_SIDE_ALL = [*UVICORN_SIDE, "starlette-root-path", "django-asgi-preload"]
 
 KNOWN: dict[tuple[str, str], tuple[Known, ...]] = {
-    **{
-        (f, name): known(PATHSEND_GZIP, *fields)
-        for f in ["starlette", "fastapi"]
-        for name, fields in [
-            ("file", ("headers",)),
-            ("not-modified-file", ("headers",)),
-            ("file-gzip", PAGE),
-        ]
-    },
     **{(f, "big-request-header"): known(LIMIT, *ANSWER, "reused") for f in UVICORN_SIDE},
     ("quart-trio", "big-request-header"): known(LIMIT, *ANSWER, "reused"),
     **{(f, "big-request-header"): known(ERROR_PAGE, *PAGE) for f in GUNICORN_SIDE},

@@ -22,8 +22,8 @@ from trioserve import Config, serve
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 
-async def start(nursery: trio.Nursery, app: object) -> tuple[str, int]:
-    config = Config(app=app, bind=["127.0.0.1:0"], workers=0, lifespan="off")
+async def start(nursery: trio.Nursery, app: object, **settings: Any) -> tuple[str, int]:
+    config = Config(app=app, bind=["127.0.0.1:0"], workers=0, lifespan="off", **settings)
     [(host, port)] = await nursery.start(serve, config)
     return host, port
 
@@ -111,8 +111,8 @@ def megabyte(tmp_path: Path) -> Path:
 
 
 async def test_starlette_file_response_goes_through_sendfile(nursery, megabyte, monkeypatch):
-    """Starlette's FileResponse, offered pathsend, sends the path: the 1 MB body arrives
-    byte for byte, through os.sendfile, with the file's length."""
+    """Starlette's FileResponse, offered pathsend (--pathsend), sends the path: the 1 MB
+    body arrives byte for byte, through os.sendfile, with the file's length."""
     calls: list[int] = []
     real = os.sendfile
 
@@ -122,7 +122,7 @@ async def test_starlette_file_response_goes_through_sendfile(nursery, megabyte, 
 
     monkeypatch.setattr(trioserve._serve_http.os, "sendfile", counting)
     scopes: list[dict[str, Any]] = []
-    host, port = await start(nursery, file_response_app(megabyte, scopes))
+    host, port = await start(nursery, file_response_app(megabyte, scopes), pathsend=True)
     with trio.fail_after(20):
         async with httpx.AsyncClient() as client:
             response = await client.get(f"http://{host}:{port}/file")
@@ -141,6 +141,7 @@ async def test_starlette_file_response_over_tls(nursery, megabyte, pki):
         bind=["127.0.0.1:0"],
         workers=0,
         lifespan="off",
+        pathsend=True,
         certfile=str(pki.cert_file),
         keyfile=str(pki.key_file),
     )

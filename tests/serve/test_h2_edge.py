@@ -622,8 +622,8 @@ async def test_tls_extensions_join_the_trailers_extension(nursery):
 
 
 async def test_pathsend_sends_the_file(nursery, tmp_path):
-    """http.response.pathsend over HTTP/2: the file is the body, framed by its length,
-    sent as the client's windows allow."""
+    """http.response.pathsend over HTTP/2 (with --pathsend): the file is the body, framed
+    by its length, sent as the client's windows allow."""
     content = bytes(range(256)) * 700  # larger than one stream window
     path = tmp_path / "file.bin"
     path.write_bytes(content)
@@ -634,7 +634,7 @@ async def test_pathsend_sends_the_file(nursery, tmp_path):
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.pathsend", "path": str(path)})
 
-    client = await connect(nursery, app)
+    client = await connect(nursery, app, make_state(pathsend=True))
     headers, body = await client.response(await client.request())
     assert headers[b"content-length"] == b"%d" % len(content)
     assert body == content

@@ -67,7 +67,7 @@ async def test_pathsend_sends_the_file_and_the_connection_lives_on(
     os.sendfile, otherwise read in chunks; the next request is served on the same
     connection."""
     stream, _ = await served_connection(
-        nursery, file_app(big_file), ServerState(Config()), transport=transport
+        nursery, file_app(big_file), ServerState(Config(pathsend=True)), transport=transport
     )
     client = H11Client(stream)
     with trio.fail_after(10):
@@ -83,7 +83,9 @@ async def test_pathsend_with_the_apps_length_and_head(nursery, big_file, transpo
     """The app's Content-Length goes out as it set it; a HEAD request gets no body."""
     length = str(big_file.stat().st_size).encode()
     app = file_app(big_file, [(b"content-length", length), (b"content-type", b"x/y")])
-    stream, _ = await served_connection(nursery, app, ServerState(Config()), transport=transport)
+    stream, _ = await served_connection(
+        nursery, app, ServerState(Config(pathsend=True)), transport=transport
+    )
     client = H11Client(stream)
     with trio.fail_after(10):
         response, body = await client.request(method=b"HEAD")
@@ -101,7 +103,9 @@ async def test_file_shorter_than_the_apps_length_closes_the_connection(
     path = tmp_path / "short.bin"
     path.write_bytes(b"x" * 100)
     app = file_app(path, [(b"content-length", b"150")])
-    stream, _ = await served_connection(nursery, app, ServerState(Config()), transport=transport)
+    stream, _ = await served_connection(
+        nursery, app, ServerState(Config(pathsend=True)), transport=transport
+    )
     with trio.fail_after(10), pytest.raises(h11.RemoteProtocolError):
         await H11Client(stream).request()
     assert "sent 50 bytes less than its Content-Length" in caplog.text
@@ -120,7 +124,7 @@ async def test_missing_file_is_the_apps_error(nursery, tmp_path, caplog):
             raised.append(exc)
             raise
 
-    stream, _ = await served_connection(nursery, app, ServerState(Config()))
+    stream, _ = await served_connection(nursery, app, ServerState(Config(pathsend=True)))
     with trio.fail_after(10), pytest.raises(h11.RemoteProtocolError):
         await H11Client(stream).request()
     assert "cannot read" in str(raised[0])
@@ -147,7 +151,7 @@ async def test_client_that_stops_reading_ends_the_sendfile_at_the_write_timeout(
         finally:
             done.set()
 
-    state = ServerState(Config(write_timeout=0.5))
+    state = ServerState(Config(write_timeout=0.5, pathsend=True))
     stream, _ = await served_connection(nursery, app, state, transport="socket")
     await stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     with trio.fail_after(10):
@@ -159,17 +163,19 @@ async def test_client_that_stops_reading_ends_the_sendfile_at_the_write_timeout(
 async def test_pathsend_logs_nothing_for_a_plain_file(nursery, big_file, caplog):
     """A successful pathsend logs nothing at warning level or above."""
     stream, _ = await served_connection(
-        nursery, file_app(big_file), ServerState(Config()), transport="socket"
+        nursery, file_app(big_file), ServerState(Config(pathsend=True)), transport="socket"
     )
     with caplog.at_level(logging.WARNING), trio.fail_after(10):
         await H11Client(stream).request()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.parametrize(("argv", "offered"), [([], True), (["--no-pathsend"], False)])
-async def test_no_pathsend_setting_hides_the_extension(nursery, argv, offered):
-    """--no-pathsend takes http.response.pathsend out of every scope (HTTP/1.1 and 1.0);
-    the other extensions stay."""
+@pytest.mark.parametrize(
+    ("argv", "offered"), [([], False), (["--pathsend"], True), (["--no-pathsend"], False)]
+)
+async def test_pathsend_is_offered_only_when_asked_for(nursery, argv, offered):
+    """http.response.pathsend is offered only with --pathsend (off by default, and with
+    --no-pathsend), to HTTP/1.1 and 1.0; the other extensions stay."""
     scopes: list[dict[str, Any]] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
