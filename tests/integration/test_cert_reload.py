@@ -8,6 +8,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,7 +21,7 @@ TIMEOUT = 10
 
 
 async def _serve_watching(
-    nursery: trio.Nursery, pki: Pki, cert: Path, key: Path, **settings: object
+    nursery: trio.Nursery, pki: Pki, cert: Path, key: Path, **settings: Any
 ) -> int:
     config = Config(
         app=hello_app,

@@ -7,7 +7,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -139,9 +139,12 @@ async def test_a_failing_stage_costs_one_connection(nursery, pki, caplog, monkey
     that connection; the server serves the next one."""
     name, settings, tls, hello, next_ok = STAGES[stage]
     raised = fail_once(monkeypatch, name)
-    tls_settings = {"certfile": str(pki.cert_file), "keyfile": str(pki.key_file)} if tls else {}
+    tls_settings: dict[str, Any] = (
+        {"certfile": str(pki.cert_file), "keyfile": str(pki.key_file)} if tls else {}
+    )
     config = Config(
-        **{"app": hello_app, "bind": ["127.0.0.1:0"], "workers": 0, "lifespan": "off"}
+        **cast(dict[str, Any], {"app": hello_app, "bind": ["127.0.0.1:0"], "workers": 0})
+        | {"lifespan": "off"}
         | tls_settings
         | settings
     )

@@ -120,7 +120,7 @@ async def test_starlette_file_response_goes_through_sendfile(nursery, megabyte, 
         calls.append(count)
         return real(out, fd, offset, count)
 
-    monkeypatch.setattr(trioserve._serve_http.os, "sendfile", counting)
+    monkeypatch.setattr(trioserve._serve_http.os, "sendfile", counting)  # type: ignore[attr-defined]
     scopes: list[dict[str, Any]] = []
     host, port = await start(nursery, file_response_app(megabyte, scopes), pathsend=True)
     with trio.fail_after(20):

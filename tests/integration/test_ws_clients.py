@@ -295,7 +295,9 @@ async def test_websockets_client_negotiates_deflate_and_round_trips_1mb_json(nur
             ws.send(BIG_JSON)
             echo = ws.recv(timeout=WAIT)
             assert isinstance(echo, str)
-            return ws.response.headers.get("Sec-WebSocket-Extensions"), echo
+            return ws.response.headers.get(  # type: ignore[union-attr]
+                "Sec-WebSocket-Extensions"
+            ), echo
 
     extensions, echo = await trio.to_thread.run_sync(client)
     assert extensions is not None
@@ -317,7 +319,9 @@ async def test_websockets_client_without_compression_gets_none(nursery):
         with connect(url, open_timeout=WAIT, close_timeout=WAIT, compression=None) as ws:
             ws.send("x" * 10000)
             assert ws.recv(timeout=WAIT) == "x" * 10000
-            return ws.response.headers.get("Sec-WebSocket-Extensions")
+            return ws.response.headers.get(  # type: ignore[union-attr]
+                "Sec-WebSocket-Extensions"
+            )
 
     assert await trio.to_thread.run_sync(client) is None
     assert counters[0].sent > 10000
@@ -333,7 +337,9 @@ async def test_no_ws_per_message_deflate_means_no_extension_in_the_101(nursery):
         ) as ws:
             ws.send(BIG_JSON)
             assert ws.recv(timeout=WAIT) == BIG_JSON
-            return ws.response.headers.get("Sec-WebSocket-Extensions")
+            return ws.response.headers.get(  # type: ignore[union-attr]
+                "Sec-WebSocket-Extensions"
+            )
 
     assert await trio.to_thread.run_sync(client) is None
 
@@ -373,7 +379,9 @@ async def test_deflate_parameters_are_honoured(nursery, settings, offer, expecte
             for _ in range(3):
                 ws.send(BIG_JSON)
                 assert ws.recv(timeout=WAIT) == BIG_JSON
-            return ws.response.headers.get("Sec-WebSocket-Extensions")
+            return ws.response.headers.get(  # type: ignore[union-attr]
+                "Sec-WebSocket-Extensions"
+            )
 
     assert await trio.to_thread.run_sync(client) == expected
 
@@ -399,7 +407,9 @@ async def test_native_handler_negotiates_deflate(nursery):
         ) as ws:
             ws.send(BIG_JSON)
             assert ws.recv(timeout=WAIT) == BIG_JSON
-            return ws.response.headers.get("Sec-WebSocket-Extensions")
+            return ws.response.headers.get(  # type: ignore[union-attr]
+                "Sec-WebSocket-Extensions"
+            )
 
     extensions = await trio.to_thread.run_sync(client)
     assert extensions is not None

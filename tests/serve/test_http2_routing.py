@@ -265,7 +265,7 @@ async def test_h2c_upgrade_over_tls_is_served_as_http1(nursery):
 
     async def serve() -> None:
         async with trio.open_nursery() as tasks:
-            await serve_peer(peer, hello_app, state, options, tasks=tasks)
+            await serve_peer(peer, hello_app, state, options, tasks=tasks)  # type: ignore[arg-type]
 
     nursery.start_soon(serve)
     await client.send_all(H2C_UPGRADE.replace(b"Host: a", b"Host: a\r\nConnection: close"))
@@ -364,7 +364,7 @@ async def test_tls_connection_that_chose_h2_is_handed_over_at_once(nursery, pki,
 
     async def serve() -> None:
         async with trio.open_nursery() as tasks:
-            await serve_peer(peer, hello_app, state, options, tasks=tasks)
+            await serve_peer(peer, hello_app, state, options, tasks=tasks)  # type: ignore[arg-type]
 
     nursery.start_soon(serve)
     await client.send_all(PREFACE)
@@ -404,5 +404,5 @@ async def test_upgrade_client_that_left_before_101_is_closed(nursery):
     await client.send_all(H2C_UPGRADE)
     await client.aclose()
     with trio.fail_after(5):
-        await serve_http_connection(server, hello_app, state, options=options)
+        await serve_http_connection(server, hello_app, state, options=options)  # type: ignore[arg-type]
     assert http2.calls == []

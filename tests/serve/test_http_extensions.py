@@ -4,6 +4,7 @@ client reads them (memory streams, and a real socket that the edge writes direct
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import h11
@@ -25,7 +26,7 @@ class Client:
         self.conn = h11.Connection(h11.CLIENT)
 
     async def request(
-        self, headers: list[tuple[bytes, bytes]] = (), *, http_version: bytes = b"1.1"
+        self, headers: Sequence[tuple[bytes, bytes]] = (), *, http_version: bytes = b"1.1"
     ) -> tuple[list[Any], bytes, list[tuple[bytes, bytes]]]:
         """(the 1xx and final response heads, the body, the trailer fields)."""
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:

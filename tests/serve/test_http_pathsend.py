@@ -46,7 +46,7 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(count)
         return real(out, fd, offset, count)
 
-    monkeypatch.setattr(trioserve._serve_http.os, "sendfile", counting)
+    monkeypatch.setattr(trioserve._serve_http.os, "sendfile", counting)  # type: ignore[attr-defined]
     return calls
 
 

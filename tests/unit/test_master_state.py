@@ -301,7 +301,7 @@ async def test_reload_certs_tells_the_workers_that_take_connections(
         await trio.testing.wait_all_tasks_blocked()
         got = {}
         for state, stream in theirs.items():
-            data = b""
+            data: bytes | bytearray = b""
             with trio.move_on_after(1):  # virtual time: nothing more is coming
                 data = await stream.receive_some()
             got[state] = Decoder(TO_WORKER).feed(data)

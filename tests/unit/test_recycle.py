@@ -181,4 +181,4 @@ def test_sample_period_comes_from_the_test_variable(value: str | None, period: f
 def test_bad_values_name_the_setting(flag: str, value: str, message: str) -> None:
     """A bad value is refused at load time, naming the setting."""
     with pytest.raises(ConfigError, match=message):
-        Config(app=APP, **{flag: value})
+        Config(app=APP, **{flag: value})  # type: ignore[arg-type]

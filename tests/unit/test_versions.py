@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -235,7 +236,7 @@ def test_without_h2_the_default_is_http1_quietly(without_h2: None) -> None:
     ],
 )
 def test_asking_for_http2_without_h2_says_how_to_install_it(
-    without_h2: None, settings: dict[str, object], ask: str
+    without_h2: None, settings: dict[str, Any], ask: str
 ) -> None:
     """Asking for HTTP/2 explicitly without h2 is a one-line error naming the setting and
     the install command."""
