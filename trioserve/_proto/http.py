@@ -303,7 +303,46 @@ _START_STATE = (
 )
 
 
-class Response:
+class ResponseProgress:
+    """Where one response is, as the exchange reads it: the part of the state that the
+    HTTP/1.1 :class:`Response` and the HTTP/2 response share."""
+
+    phase: ResponsePhase
+    status = 0
+    # True once the connection (HTTP/1.1) or the stream (HTTP/2) cannot carry on normally
+    # after this response.
+    must_close = False
+    # The head was accepted but is held back until the first body message.
+    _pending_head = False
+
+    @property
+    def started(self) -> bool:
+        """True once http.response.start was accepted."""
+        return self.phase is not ResponsePhase.START
+
+    @property
+    def done(self) -> bool:
+        """True once the last message was accepted."""
+        return self.phase is ResponsePhase.DONE
+
+    @property
+    def head_sent(self) -> bool:
+        """True once the status and headers were produced."""
+        return self.phase is not ResponsePhase.START and not self._pending_head
+
+    @property
+    def sent_status(self) -> int:
+        """The status of the head that went out (for the access log): 0 while none did,
+        the error's once ``fail()`` replaced the response."""
+        return self.status if self.head_sent else 0
+
+    @property
+    def keep_alive(self) -> bool:
+        """True when the response is complete and the connection may carry another."""
+        return self.phase is ResponsePhase.DONE and not self.must_close
+
+
+class Response(ResponseProgress):
     """Checks one response's ``send()`` messages and serializes them to HTTP/1.1 bytes.
 
     It also decides whether the connection outlives the response: see
@@ -378,32 +417,6 @@ class Response:
         self._plain = keep_alive and not http_10 and not head and server_header
         if default_headers:
             self._plain = False
-
-    @property
-    def started(self) -> bool:
-        """True once http.response.start was accepted."""
-        return self.phase is not ResponsePhase.START
-
-    @property
-    def done(self) -> bool:
-        """True once the last body message was accepted."""
-        return self.phase is ResponsePhase.DONE
-
-    @property
-    def head_sent(self) -> bool:
-        """True once the status line and headers were serialized."""
-        return self.phase is not ResponsePhase.START and not self._pending_head
-
-    @property
-    def sent_status(self) -> int:
-        """The status of the head that went out (for the access log): 0 while none did,
-        the error's once :meth:`fail` replaced the response."""
-        return self.status if self.head_sent else 0
-
-    @property
-    def keep_alive(self) -> bool:
-        """True when the response is complete and the connection may carry another."""
-        return self.phase is ResponsePhase.DONE and not self.must_close
 
     def on_send(self, message: MutableMapping[str, Any]) -> bytes:
         """The bytes to write for one app message; b"" when there are none yet.

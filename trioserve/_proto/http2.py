@@ -68,6 +68,7 @@ from .http import (
     ASGIProtocolError,
     PathSend,
     ResponsePhase,
+    ResponseProgress,
     check_header_value,
     check_status,
     checked_header_name,
@@ -1052,7 +1053,7 @@ class _Refused(Exception):
 Action = tuple[Any, ...]
 
 
-class H2Response:
+class H2Response(ResponseProgress):
     """Checks one stream's ASGI ``send()`` messages and turns them into actions for
     :meth:`H2Server.send`; the HTTP/2 sibling of :class:`~trioserve._proto.http.Response`,
     with the same attributes the exchange reads.
@@ -1107,31 +1108,6 @@ class H2Response:
         self._has_date = False
         self._has_server = False
         self._trailer_fields: list[tuple[bytes, bytes]] = []
-
-    @property
-    def started(self) -> bool:
-        """True once http.response.start was accepted."""
-        return self.phase is not ResponsePhase.START
-
-    @property
-    def done(self) -> bool:
-        """True once the last message was accepted."""
-        return self.phase is ResponsePhase.DONE
-
-    @property
-    def head_sent(self) -> bool:
-        """True once the head went out."""
-        return self.phase is not ResponsePhase.START and not self._pending_head
-
-    @property
-    def sent_status(self) -> int:
-        """The status of the head that went out (0 while none did)."""
-        return self.status if self.head_sent else 0
-
-    @property
-    def keep_alive(self) -> bool:
-        """True when the response is complete (HTTP/2 connections outlive responses)."""
-        return self.phase is ResponsePhase.DONE and not self.must_close
 
     def on_send(self, message: MutableMapping[str, Any]) -> list[Action]:
         """The actions for one app message (none while the head is held back).
