@@ -27,6 +27,7 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from tests.helpers import echo_body_app, hello_app
@@ -143,6 +144,23 @@ async def test_httpx_posts_a_body_the_app_does_not_read(nursery, caplog, pki, tl
                 response = await client.post(url, content=b"x" * 3_000_000)
                 assert (response.http_version, response.content) == ("HTTP/2", b"Hello, world!")
             assert (await client.get(url)).status_code == 200
+    assert problems(caplog) == []
+
+
+async def test_a_draining_stream_that_stops_moving_is_reset(nursery, caplog):
+    """A client that stops sending its body once it has the response (curl 7.88) is
+    told to stop, RST_STREAM(NO_ERROR) about DRAIN_IDLE seconds after the answer, and
+    the connection lives on until it idles out."""
+    port, _ = await start_server(nursery, hello_app, keep_alive=3)
+    request = headers(1, POST, flags=["END_HEADERS"]) + DataFrame(1, b"x" * 1000).serialize()
+    frames = await send_raw(port, request)
+    kinds = [
+        type(f).__name__ for f in frames if not isinstance(f, SettingsFrame | WindowUpdateFrame)
+    ]
+    assert kinds == ["HeadersFrame", "DataFrame", "RstStreamFrame", "GoAwayFrame"], kinds
+    [reset] = [f for f in frames if isinstance(f, RstStreamFrame)]
+    assert (reset.stream_id, reset.error_code) == (1, 0)
+    assert frames[-1].error_code == 0
     assert problems(caplog) == []
 
 

@@ -339,6 +339,27 @@ def test_draining_stops_with_a_reset_past_its_bound(monkeypatch: pytest.MonkeyPa
     assert server_events(pair, RequestHead)[-1].stream_id == second
 
 
+def test_stop_draining_resets_the_stream_and_frees_its_place() -> None:
+    """The edge ends a drain that stopped moving: RST_STREAM(NO_ERROR), drained() says
+    -1, and the stream no longer counts against the concurrency limit."""
+    pair = Pair(H2Server(max_concurrent_streams=1))
+    stream_id = pair.request(POST, end=False)
+    pair.flush()
+    answer(pair, stream_id)
+    pair.server.release(stream_id)
+    pair.flush()
+    send_body(pair, stream_id, 1000)
+    pair.flush()
+    assert pair.server.drained(stream_id) == 1000
+    pair.server.stop_draining(stream_id)
+    pair.flush()
+    assert pair.resets() == {stream_id: Error.NO_ERROR}
+    assert pair.server.drained(stream_id) == -1
+    second = pair.request()
+    pair.flush()
+    assert server_events(pair, RequestHead)[-1].stream_id == second
+
+
 def test_a_draining_stream_counts_against_the_concurrency_limit() -> None:
     """A stream whose client is still sending is open (RFC 9113 section 5.1.2): while
     its body drains, a stream over the limit is refused."""

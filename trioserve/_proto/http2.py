@@ -89,6 +89,9 @@ DEFAULT_WINDOW = 65535
 # all, so that the client can finish its request (see H2Server.release); past this the
 # stream is reset (NO_ERROR), which tells the client to stop sending.
 MAX_DRAIN = 16 * 1024 * 1024
+# Seconds a draining stream may go without DATA before it is reset (NO_ERROR): clients
+# that stop sending once they have the response (curl 7.88) wait for that reset.
+DRAIN_IDLE = 1.0
 
 # Frame types (RFC 9113 section 6) and the flags the scanner reads.
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0, 1, 2, 3, 4
@@ -1018,10 +1021,27 @@ class H2Server:
             body_limit and stream.received + stream.drained > body_limit
         ):
             # Enough: tell the client to stop (its response is complete).
-            self._draining.discard(stream_id)
-            del self._streams[stream_id]
-            if not self.closed:
-                self._conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+            self.stop_draining(stream_id)
+
+    def drained(self, stream_id: int) -> int:
+        """Bytes of ``stream_id``'s body dropped while it drains; -1 once it does not
+        (the request ended, or the stream was reset or never drained). The edge resets
+        a draining stream that stops moving (:meth:`stop_draining`, after
+        ``DRAIN_IDLE`` seconds)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.state is not _StreamState.DRAINING:
+            return -1
+        return stream.drained
+
+    def stop_draining(self, stream_id: int) -> None:
+        """Reset a draining stream with NO_ERROR: its client is told to stop sending
+        (RFC 9113 section 8.1), and it stops counting against the concurrency limit."""
+        if stream_id not in self._draining:
+            return
+        self._draining.discard(stream_id)
+        del self._streams[stream_id]
+        if not self.closed:
+            self._conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def reset_stream(self, stream_id: int, error: Error = Error.INTERNAL_ERROR) -> None:
         """Reset ``stream_id`` (an app that cannot finish its response, a stall)."""
