@@ -43,6 +43,7 @@ from ._exchange import Exchange, ExchangeOptions
 from ._peer import Peer
 from ._proto.http import PATHSEND
 from ._proto.http2 import (
+    DRAIN_IDLE,
     Action,
     ConnectionEnded,
     Error,
@@ -205,6 +206,8 @@ class _H2Connection:
         self._progress = trio.Event()
         self._finishing = False
         self._streams_nursery: trio.Nursery | None = None
+        # The scopes of the tasks watching draining streams (see _watch_drain).
+        self._drain_watchers: set[trio.CancelScope] = set()
 
     # -- the connection's life --------------------------------------------------
 
@@ -232,6 +235,8 @@ class _H2Connection:
                         self.h2.initiate()
                     self._kick()
                     await self._read()
+                    for watcher in self._drain_watchers:
+                        watcher.cancel()
                     # The streams in flight finish (or, after a protocol error or a
                     # guard, are cancelled) before the writer's last round.
                     if self.aborted:
@@ -369,12 +374,38 @@ class _H2Connection:
             stream_id = exchange.stream_id
             del self.exchanges[stream_id]
             if not self.dead:
-                self.h2.release(stream_id)
+                h2 = self.h2
+                h2.release(stream_id)
                 self._kick()
+                if h2.drained(stream_id) >= 0 or h2.stalled(stream_id):
+                    assert self._streams_nursery is not None
+                    self._streams_nursery.start_soon(self._watch_drain, stream_id)
             self._check_done()
             if not self.exchanges and not self.closing:
                 # Idle from now: the reader's wait gets the keep-alive deadline.
                 self._set_deadline()
+
+    async def _watch_drain(self, stream_id: int) -> None:
+        """Reset a stream whose unread body drains (see ``H2Server.release``) once no
+        DATA came for it for ``DRAIN_IDLE`` seconds: a client that stopped sending when
+        it had the response (curl 7.88) waits for the stream to end."""
+        h2 = self.h2
+        with trio.CancelScope() as scope:
+            self._drain_watchers.add(scope)
+            try:
+                last = h2.drained(stream_id)
+                while not self.dead:
+                    await trio.sleep(DRAIN_IDLE)
+                    drained = h2.drained(stream_id)
+                    if drained < 0 and not h2.stalled(stream_id):
+                        return  # (the request ended, or the stream was reset)
+                    if drained >= 0 and drained == last:
+                        h2.stop_draining(stream_id)
+                        self._kick()
+                        return
+                    last = drained
+            finally:
+                self._drain_watchers.discard(scope)
 
     def _on_data(self, event: RequestData) -> None:
         exchange = self.exchanges.get(event.stream_id)

@@ -27,10 +27,11 @@ from hyperframe.frame import (
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from tests.helpers import echo_body_app, hello_app
-from trioserve import Config
+from trioserve import Config, serve
 from trioserve._peer import Peer
 from trioserve._proto.http2 import PREFACE
 from trioserve._serve_h2 import H2Options, serve_h2_connection
@@ -123,6 +124,44 @@ async def test_h2load_runs_and_its_abrupt_end_logs_nothing(nursery, caplog):
         assert (await get_with_httpx(port)).status_code == 200
     assert problems(caplog) == []
     assert state.requests_served == 401
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["prior-knowledge", "tls-alpn"])
+async def test_httpx_posts_a_body_the_app_does_not_read(nursery, caplog, pki, tls):
+    """httpx POSTs 3 MB to an app that answers without reading the body (httpx sends the
+    whole body before it reads the response), gets the answer, and uses the connection
+    again: the server lets the rest of the body in rather than resetting the stream."""
+    settings: dict[str, Any] = {}
+    if tls:
+        settings = {"certfile": str(pki.cert_file), "keyfile": str(pki.key_file)}
+    config = Config(app=hello_app, bind=["127.0.0.1:0"], workers=0, lifespan="off", **settings)
+    [(host, port)] = await nursery.start(serve, config)
+    url = f"{'https' if tls else 'http'}://{host}:{port}/"
+    verify: Any = pki.client_context() if tls else True
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(http1=False, http2=True, verify=verify) as client:
+            for _ in range(2):
+                response = await client.post(url, content=b"x" * 3_000_000)
+                assert (response.http_version, response.content) == ("HTTP/2", b"Hello, world!")
+            assert (await client.get(url)).status_code == 200
+    assert problems(caplog) == []
+
+
+async def test_a_draining_stream_that_stops_moving_is_reset(nursery, caplog):
+    """A client that stops sending its body once it has the response (curl 7.88) is
+    told to stop, RST_STREAM(NO_ERROR) about DRAIN_IDLE seconds after the answer, and
+    the connection lives on until it idles out."""
+    port, _ = await start_server(nursery, hello_app, keep_alive=3)
+    request = headers(1, POST, flags=["END_HEADERS"]) + DataFrame(1, b"x" * 1000).serialize()
+    frames = await send_raw(port, request)
+    kinds = [
+        type(f).__name__ for f in frames if not isinstance(f, SettingsFrame | WindowUpdateFrame)
+    ]
+    assert kinds == ["HeadersFrame", "DataFrame", "RstStreamFrame", "GoAwayFrame"], kinds
+    [reset] = [f for f in frames if isinstance(f, RstStreamFrame)]
+    assert (reset.stream_id, reset.error_code) == (1, 0)
+    assert frames[-1].error_code == 0
+    assert problems(caplog) == []
 
 
 # -- hostile clients ------------------------------------------------------------------------

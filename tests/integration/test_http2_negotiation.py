@@ -17,6 +17,7 @@ import trio
 from tests.helpers import hello_app, read_until_eof
 from trioserve import Config, serve
 from trioserve._proto.h2c import PREFACE
+from trioserve._versions import INSTALL_HINT, h2_installed
 
 SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 SERVED = b"served as HTTP/2"
@@ -50,6 +51,12 @@ class RecordingEdge:
         await stream.send_all(SERVED)
 
 
+# These serve HTTP/2 by default, which needs h2 installed (the edge is a double).
+needs_h2 = pytest.mark.skipif(
+    not h2_installed(), reason=f"HTTP/2 needs the http2 extra: {INSTALL_HINT}"
+)
+
+
 @pytest.fixture
 def edge(monkeypatch: pytest.MonkeyPatch) -> RecordingEdge:
     """The recording double as the pipeline's HTTP/2 edge, in a build that has one."""
@@ -73,6 +80,7 @@ async def _exchange(host: str, port: int, data: bytes) -> bytes:
     return reply
 
 
+@needs_h2
 async def test_prior_knowledge_is_routed_to_the_http2_edge(nursery, edge):
     """By default, a connection that opens with the preface is served by the HTTP/2 edge
     the pipeline built, with the bytes read replayed; HTTP/1.1 still works beside it."""
@@ -101,6 +109,7 @@ def _proxy_v2_tcp4(src: str, dst: str, sport: int, dport: int) -> bytes:
     ],
     ids=["v1", "v2"],
 )
+@needs_h2
 async def test_proxy_header_then_preface(nursery, edge, mode, header):
     """A PROXY header (v1 or v2) from a trusted peer, then the preface in the same
     packet: the HTTP/2 edge reads the preface (not the header) and sees the client the
@@ -130,6 +139,7 @@ async def test_http1_only_server_answers_the_preface_with_400(nursery, edge):
     assert edge.calls == []
 
 
+@needs_h2
 async def test_tls_alpn_h2_is_routed_to_the_http2_edge(nursery, edge, pki):
     """Over TLS, a client offering h2 by ALPN gets it and is served by the HTTP/2 edge,
     which sees a secure peer; a client offering http/1.1 only gets HTTP/1.1."""

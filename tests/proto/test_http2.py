@@ -284,7 +284,93 @@ def test_released_streams_give_their_unread_bytes_back_to_the_connection() -> No
     pair.server.release(stream_id)
     pair.flush()
     assert pair.client.outbound_flow_control_window == before + 60000
-    assert pair.resets() == {stream_id: 0}  # NO_ERROR: stop sending, the answer is out
+
+
+def test_an_unread_body_is_taken_in_and_dropped_after_the_answer() -> None:
+    """A client still sending after its response (an app that did not read the body)
+    may finish its request: the rest of the body is let in and dropped, the stream
+    closes without a reset, and the connection serves on (httpx sends its whole body
+    before it reads the response and would wait for a window forever)."""
+    pair = Pair(H2Server(max_concurrent_streams=1))
+    stream_id = pair.request(POST, end=False)
+    pair.flush()
+    send_body(pair, stream_id, 60000)
+    pair.flush()
+    answer(pair, stream_id)
+    pair.server.release(stream_id)
+    pair.flush()
+    sent = 60000
+    while sent < 3_000_000:
+        window = pair.client.local_flow_control_window(stream_id)
+        assert window > 0  # the server keeps the windows open
+        take = min(window, 16384, 3_000_000 - sent)
+        pair.client.send_data(stream_id, b"x" * take)
+        sent += take
+        pair.flush()
+    pair.client.end_stream(stream_id)
+    pair.flush()
+    assert pair.resets() == {}
+    assert pair.goaway() is None
+    assert [e.stream_id for e in pair.client_of(h2.events.StreamEnded)] == [stream_id]
+    # Only what came before the release reached the edge.
+    assert sum(len(e.data) for e in server_events(pair, RequestData)) == 60000
+    # The stream is over: a new one fits under the concurrency limit of 1.
+    second = pair.request()
+    pair.flush()
+    assert server_events(pair, RequestHead)[-1].stream_id == second
+
+
+def test_draining_stops_with_a_reset_past_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_DRAIN dropped bytes the client is told to stop, RST_STREAM(NO_ERROR)
+    (RFC 9113 section 8.1: its response is complete), and the stream stops counting."""
+    monkeypatch.setattr(http2, "MAX_DRAIN", 100_000)
+    pair = Pair(H2Server(max_concurrent_streams=1))
+    stream_id = pair.request(POST, end=False)
+    pair.flush()
+    answer(pair, stream_id)
+    pair.server.release(stream_id)
+    pair.flush()
+    for _ in range(7):
+        send_body(pair, stream_id, 16384)
+        pair.flush()
+    assert pair.resets() == {stream_id: Error.NO_ERROR}
+    second = pair.request()
+    pair.flush()
+    assert server_events(pair, RequestHead)[-1].stream_id == second
+
+
+def test_stop_draining_resets_the_stream_and_frees_its_place() -> None:
+    """The edge ends a drain that stopped moving: RST_STREAM(NO_ERROR), drained() says
+    -1, and the stream no longer counts against the concurrency limit."""
+    pair = Pair(H2Server(max_concurrent_streams=1))
+    stream_id = pair.request(POST, end=False)
+    pair.flush()
+    answer(pair, stream_id)
+    pair.server.release(stream_id)
+    pair.flush()
+    send_body(pair, stream_id, 1000)
+    pair.flush()
+    assert pair.server.drained(stream_id) == 1000
+    pair.server.stop_draining(stream_id)
+    pair.flush()
+    assert pair.resets() == {stream_id: Error.NO_ERROR}
+    assert pair.server.drained(stream_id) == -1
+    second = pair.request()
+    pair.flush()
+    assert server_events(pair, RequestHead)[-1].stream_id == second
+
+
+def test_a_draining_stream_counts_against_the_concurrency_limit() -> None:
+    """A stream whose client is still sending is open (RFC 9113 section 5.1.2): while
+    its body drains, a stream over the limit is refused."""
+    pair = Pair(H2Server(max_concurrent_streams=1))
+    stream_id = pair.request(POST, end=False)
+    pair.flush()
+    answer(pair, stream_id)
+    pair.server.release(stream_id)
+    pair.flush()
+    pair.raw(get_frame(pair, 3))
+    assert pair.resets() == {3: Error.REFUSED_STREAM}
 
 
 def test_padding_is_acknowledged_at_once() -> None:

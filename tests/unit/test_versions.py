@@ -20,6 +20,8 @@ from trioserve._config import CONFIG_MODULE, ENV_PREFIX, load_config
 from trioserve._versions import HTTPVersions, h2_installed, http_versions, max_header_list_size
 
 INSTALL = "pip install 'trioserve[http2]'"
+# What HTTP/2 settings serve once h2 is there (without it, see the without_h2 tests).
+needs_h2 = pytest.mark.skipif(not h2_installed(), reason=f"HTTP/2 needs the http2 extra: {INSTALL}")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,6 +46,7 @@ def without_h2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "meta_path", [_NoH2(), *sys.meta_path])
 
 
+@needs_h2
 def test_defaults_serve_http2_by_every_route_but_the_upgrade() -> None:
     """By default (h2 installed): HTTP/2 by ALPN, h2 offered first, and by prior
     knowledge; Upgrade: h2c off; gunicorn's defaults for the numbers."""
@@ -84,6 +87,7 @@ def test_defaults_serve_http2_by_every_route_but_the_upgrade() -> None:
     ],
     ids=["h1", "h2", "h2-h1", "upgrade", "both", "cleartext-off"],
 )
+@needs_h2
 def test_settings_decide_the_routes(argv: list[str], versions: HTTPVersions) -> None:
     """--http-protocols and --http2-cleartext, from the command line, decide ALPN and
     the cleartext routes."""

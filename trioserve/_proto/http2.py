@@ -86,6 +86,13 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The largest stream window HTTP/2 allows (RFC 9113 section 6.9.1).
 MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65535
+# Request body a stream takes in and drops after its app returned without reading it
+# all, so that the client can finish its request (see H2Server.release); past this the
+# stream is reset (NO_ERROR), which tells the client to stop sending.
+MAX_DRAIN = 16 * 1024 * 1024
+# Seconds a draining stream may go without DATA before it is reset (NO_ERROR): clients
+# that stop sending once they have the response (curl 7.88) wait for that reset.
+DRAIN_IDLE = 1.0
 
 # Frame types (RFC 9113 section 6) and the flags the scanner reads.
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0, 1, 2, 3, 4
@@ -321,12 +328,14 @@ class _GuardedSettings(h2.settings.Settings):
 class _StreamState(enum.Enum):
     RUNNING = "the app has it"
     ANSWERED = "refused with a response of ours"
+    DRAINING = "answered; the rest of the request body is taken in and dropped"
 
 
 class _Stream:
     """What the connection keeps of one stream of a request."""
 
     __slots__ = (
+        "drained",
         "ended",
         "local_done",
         "outbound",
@@ -354,6 +363,8 @@ class _Stream:
         # An error code to reset the stream with once our side is sent, if the client
         # is still sending then (our answer made the rest of its request moot).
         self.reset_after: Error | None = None
+        # Body bytes dropped while draining (see H2Server.release).
+        self.drained = 0
 
     @property
     def pending(self) -> int:
@@ -451,6 +462,10 @@ class H2Server:
         self._streams: dict[int, _Stream] = {}
         # Streams whose app has not been released, and the highest stream id taken.
         self.active: set[int] = set()
+        # Released streams whose client is still sending its request body: they count
+        # against the concurrency limit as the open streams they are (RFC 9113 section
+        # 5.1.2), which bounds them.
+        self._draining: set[int] = set()
         self._last_taken = 0
         # Set by a graceful stop: streams above it are refused.
         self._goaway_last: int | None = None
@@ -673,7 +688,7 @@ class H2Server:
         self._last_taken = max(self._last_taken, stream_id)
         if (self._goaway_last is not None and stream_id > self._goaway_last) or len(
             self.active
-        ) >= self.max_concurrent_streams:
+        ) + len(self._draining) >= self.max_concurrent_streams:
             # Refused: the client may retry it elsewhere or later. (h2 deals with what
             # the client sends on it until it hears of the reset.)
             self._conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
@@ -797,6 +812,8 @@ class H2Server:
         if stream is None or stream.state is not _StreamState.RUNNING or stream.reset:
             # Nobody reads it: give the window back at once.
             self._conn.acknowledge_received_data(flow, stream_id)
+            if stream is not None and stream.state is _StreamState.DRAINING:
+                self._drain(stream_id, stream, len(data))
             return
         if flow > len(data):
             # Padding is nobody's to consume.
@@ -826,6 +843,10 @@ class H2Server:
         stream.remote_done = True
         if stream.state is _StreamState.RUNNING:
             events.append(RequestEnded(stream_id))
+        elif stream.state is _StreamState.DRAINING:
+            # The request is complete: the stream closed at both ends, without a reset.
+            self._draining.discard(stream_id)
+            del self._streams[stream_id]
         else:
             self._forget_if_done(stream_id, stream)
 
@@ -843,6 +864,7 @@ class H2Server:
         if stream.state is _StreamState.RUNNING:
             events.append(StreamReset(stream_id, int(event.error_code or 0)))
         else:
+            self._draining.discard(stream_id)
             del self._streams[stream_id]
 
     # -- what the app consumed ------------------------------------------------------
@@ -961,14 +983,66 @@ class H2Server:
     def _forget_if_done(self, stream_id: int, stream: _Stream) -> None:
         """Drop a refused stream once our answer is out (resetting it if the client
         still sends), and a released one once both sides are done."""
-        if stream.state is _StreamState.RUNNING and stream_id in self.active:
+        if (
+            stream.state is _StreamState.RUNNING and stream_id in self.active
+        ) or stream.state is _StreamState.DRAINING:
             return
         if stream.outbound and not stream.reset:
             return
         if stream.local_done:
-            if not stream.remote_done and not stream.reset and stream.reset_after is not None:
-                self._conn.reset_stream(stream_id, stream.reset_after)
+            if not stream.remote_done and not stream.reset:
+                if stream.state is _StreamState.RUNNING:
+                    self._start_draining(stream_id, stream)
+                    return
+                if stream.reset_after is not None:
+                    self._conn.reset_stream(stream_id, stream.reset_after)
             self._streams.pop(stream_id, None)
+
+    def _start_draining(self, stream_id: int, stream: _Stream) -> None:
+        """Take in and drop the rest of a request body that the app left unread.
+
+        RFC 9113 section 8.1 lets a server that answered ask the client to stop sending
+        with RST_STREAM(NO_ERROR), and the client must keep the response; but clients
+        that must send their whole body before they read the response (httpx through
+        httpcore) wait for a window that never opens, and fail. So the rest of the body
+        is let in (each DATA's window given back at once) up to ``MAX_DRAIN`` bytes,
+        and the stream closes normally when the request ends, as over HTTP/1.1 where
+        an unread body is read and dropped. This costs the server no more than an app
+        that reads a body and ignores it; the draining streams count against the
+        concurrency limit, and an idle connection still closes after ``--keep-alive``.
+        """
+        stream.state = _StreamState.DRAINING
+        self._draining.add(stream_id)
+        self._drain(stream_id, stream, 0)
+
+    def _drain(self, stream_id: int, stream: _Stream, size: int) -> None:
+        stream.drained += size
+        body_limit = self.limits.body
+        if stream.drained > MAX_DRAIN or (
+            body_limit and stream.received + stream.drained > body_limit
+        ):
+            # Enough: tell the client to stop (its response is complete).
+            self.stop_draining(stream_id)
+
+    def drained(self, stream_id: int) -> int:
+        """Bytes of ``stream_id``'s body dropped while it drains; -1 once it does not
+        (the request ended, or the stream was reset or never drained). The edge resets
+        a draining stream that stops moving (:meth:`stop_draining`, after
+        ``DRAIN_IDLE`` seconds)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.state is not _StreamState.DRAINING:
+            return -1
+        return stream.drained
+
+    def stop_draining(self, stream_id: int) -> None:
+        """Reset a draining stream with NO_ERROR: its client is told to stop sending
+        (RFC 9113 section 8.1), and it stops counting against the concurrency limit."""
+        if stream_id not in self._draining:
+            return
+        self._draining.discard(stream_id)
+        del self._streams[stream_id]
+        if not self.closed:
+            self._conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def reset_stream(self, stream_id: int, error: Error = Error.INTERNAL_ERROR) -> None:
         """Reset ``stream_id`` (an app that cannot finish its response, a stall)."""
@@ -982,10 +1056,12 @@ class H2Server:
 
     def release(self, stream_id: int) -> None:
         """The edge is done with ``stream_id`` (its app returned, its response is sent
-        or abandoned): it stops counting against the concurrency limit; unread body
-        bytes are given back to the connection's window; a client still sending is
-        told to stop (RST_STREAM NO_ERROR, RFC 9113 section 8.1) and a response left
-        unfinished is reset (INTERNAL_ERROR)."""
+        or abandoned): it stops counting against the concurrency limit, unless its
+        client is still sending; unread body bytes are given back to the connection's
+        window; the rest of the body of a client still sending is taken in and dropped
+        (up to ``MAX_DRAIN`` bytes, then the stream is reset with NO_ERROR: RFC 9113
+        section 8.1; see ``_start_draining``) and a response left unfinished is reset
+        (INTERNAL_ERROR)."""
         self.active.discard(stream_id)
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -995,15 +1071,15 @@ class H2Server:
             stream.unacked = 0
         if stream.outbound and not stream.reset:
             if stream.ended:
-                # Still going out: forgotten once sent.
-                stream.reset_after = Error.NO_ERROR
+                # Still going out: forgotten (or drained) once sent.
                 return
             self.reset_stream(stream_id)
         if not stream.reset and not self.closed:
             if not stream.local_done:
                 self._conn.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
             elif not stream.remote_done:
-                self._conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+                self._start_draining(stream_id, stream)
+                return
         del self._streams[stream_id]
 
     def goaway(self, error: Error = Error.NO_ERROR) -> None:
