@@ -15,8 +15,9 @@ pytest.importorskip("h2", reason="HTTP/2 needs the http2 extra: pip install 'tri
 
 import httpx
 
-from tests.frameworks.test_differential import APPS, TRIOSERVE, Process
+from tests.frameworks.test_differential import APPS, Process
 from tests.pki import Pki
+from tests.process.test_cli import TRIOSERVE
 
 # The ready line, over TLS too.
 READY = re.compile(r"trioserve: listening on (?P<scheme>https?)://127\.0\.0\.1:(?P<port>\d+)$")
