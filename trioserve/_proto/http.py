@@ -341,6 +341,21 @@ class ResponseProgress:
         """True when the response is complete and the connection may carry another."""
         return self.phase is ResponsePhase.DONE and not self.must_close
 
+    def _checked_trailers(
+        self, kind: Any, message: MutableMapping[str, Any]
+    ) -> list[tuple[bytes, bytes]]:
+        """The checked fields of an ``http.response.trailers`` message. A bad one ends
+        the response: its body is out, so it can only be cut (HTTP/1.1: the connection
+        closes; HTTP/2: the stream is reset)."""
+        try:
+            if kind != TRAILERS:
+                raise ASGIProtocolError(f"expected 'http.response.trailers', got {kind!r}")
+            return trailer_fields(message)
+        except ASGIProtocolError:
+            self.must_close = True
+            self.phase = ResponsePhase.DONE
+            raise
+
 
 class Response(ResponseProgress):
     """Checks one response's ``send()`` messages and serializes them to HTTP/1.1 bytes.
@@ -532,15 +547,7 @@ class Response(ResponseProgress):
         """One ``http.response.trailers`` message: the trailer section after the last
         chunk once ``more_trailers`` is false, when the trailers go out (see
         :attr:`trailers_accepted`); b"" otherwise."""
-        try:
-            if kind != TRAILERS:
-                raise ASGIProtocolError(f"expected 'http.response.trailers', got {kind!r}")
-            fields = trailer_fields(message)
-        except ASGIProtocolError:
-            # The body is out: the response cannot be completed, only cut.
-            self.must_close = True
-            self.phase = ResponsePhase.DONE
-            raise
+        fields = self._checked_trailers(kind, message)
         more = bool(message.get("more_trailers", False))
         if self._deliver_trailers:
             lines = self._trailer_lines

@@ -64,7 +64,6 @@ from .http import (
     EARLY_HINT,
     PATHSEND,
     SERVER_NAME,
-    TRAILERS,
     ASGIProtocolError,
     PathSend,
     ResponsePhase,
@@ -78,7 +77,6 @@ from .http import (
     early_hint_links,
     pathsend_path,
     rooted,
-    trailer_fields,
 )
 from .validate import TOKEN, Limits
 
@@ -1240,15 +1238,7 @@ class H2Response(ResponseProgress):
     def _trailers(self, kind: Any, message: MutableMapping[str, Any]) -> list[Action]:
         """One ``http.response.trailers`` message; the trailing HEADERS frame once
         ``more_trailers`` is false, when the trailers go out."""
-        try:
-            if kind != TRAILERS:
-                raise ASGIProtocolError(f"expected 'http.response.trailers', got {kind!r}")
-            fields = trailer_fields(message)
-        except ASGIProtocolError:
-            # The body is out: the stream can only be reset.
-            self.must_close = True
-            self.phase = ResponsePhase.DONE
-            raise
+        fields = self._checked_trailers(kind, message)
         self._trailer_fields += ((name, value.strip(_OWS)) for name, value in fields)
         if message.get("more_trailers", False):
             return []
