@@ -386,9 +386,12 @@ class Exchange(Generic[Payload]):
             # log_access(), inlined: with --metrics-bind this runs for every request,
             # and every Python call and step here counts.
             response = self.response
-            if response.head_sent:
+            ended = self.ended
+            # A response that was complete (``ended`` set) went out head and all: the
+            # property is asked only about the others.
+            if ended or response.head_sent:
                 started = self.started
-                duration = (self.ended or _wall_clock()) - started
+                duration = (ended or _wall_clock()) - started
                 record = options.record
                 if record is not None:
                     record(scope["method"], response.status, response.body_bytes, duration)

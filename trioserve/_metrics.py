@@ -130,21 +130,46 @@ class ProcessCounts:
             method: [0] * 6 for method in (*sorted(METHODS), OTHER_METHOD)
         }
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
-        self.duration_sum = 0.0
-        self.body_bytes = 0
+        # The duration sum (seconds) and the body bytes: a list, so that the recorder's
+        # closure updates them without attribute stores.
+        self._sums: list[float] = [0.0, 0]
         self.open = dict.fromkeys(CONNECTION_KINDS, 0)
         self.accepted = dict.fromkeys(CONNECTION_KINDS, 0)
         self.logs = dict.fromkeys(LOG_LEVELS, 0)
 
     def request(self, method: str, status: int, body_bytes: int, duration: float) -> None:
-        """Count one finished request (the hot path: every operation here counts)."""
-        try:
-            self.requests[method][status // 100] += 1
-        except KeyError:
-            self.requests[OTHER_METHOD][status // 100] += 1
-        self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
-        self.duration_sum += duration
-        self.body_bytes += body_bytes
+        """Count one finished request."""
+        self.recorder()(method, status, body_bytes, duration)
+
+    def recorder(self) -> Callable[[str, int, int, float], None]:
+        """What counts one finished request, for the exchanges to call (their
+        ``record``): a closure over the counts, which reads them as cells rather than as
+        attributes (the hot path: every operation here counts)."""
+        requests = self.requests
+        other = requests[OTHER_METHOD]
+        durations = self.durations
+        sums = self._sums
+
+        def record(method: str, status: int, body_bytes: int, duration: float) -> None:
+            try:
+                requests[method][status // 100] += 1
+            except KeyError:
+                other[status // 100] += 1
+            durations[bisect_left(DURATION_BUCKETS, duration)] += 1
+            sums[0] += duration
+            sums[1] += body_bytes
+
+        return record
+
+    @property
+    def duration_sum(self) -> float:
+        """Seconds the counted requests took, summed."""
+        return self._sums[0]
+
+    @property
+    def body_bytes(self) -> int:
+        """Response body bytes of the counted requests, summed."""
+        return int(self._sums[1])
 
     def opened(self, kind: str) -> None:
         self.open[kind] += 1
