@@ -338,6 +338,7 @@ class Exchange(Generic[Payload]):
         timed = options.timed
         if timed:
             self.started = _wall_clock()
+            record = options.record
         try:
             try:
                 await app(scope, self.receive, self.send)
@@ -392,7 +393,6 @@ class Exchange(Generic[Payload]):
             if ended or response.head_sent:
                 started = self.started
                 duration = (ended or _wall_clock()) - started
-                record = options.record
                 if record is not None:
                     record(scope["method"], response.status, response.body_bytes, duration)
                 access_log = options.access_log
