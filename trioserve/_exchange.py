@@ -338,6 +338,7 @@ class Exchange(Generic[Payload]):
         timed = options.timed
         if timed:
             self.started = _wall_clock()
+            # Read once here; used below only when ``timed``, like the start time.
             record = options.record
         try:
             try:
