@@ -23,8 +23,8 @@ Layer: below the edges, above ``_proto``. It awaits (trio), but does no I/O itse
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from time import time as _wall_clock
 from typing import Any, BinaryIO, Generic, NoReturn, Protocol, TypeVar
 
 import trio
@@ -73,6 +73,12 @@ class AccessLogger(Protocol):
     ) -> None: ...
 
 
+#: What counts complete exchanges (``--metrics-bind``): called with the method, the
+#: status, the body bytes and the duration (seconds) of each
+#: (``_metrics.ProcessCounts.request``).
+RequestRecorder = Callable[[str, int, int, float], None]
+
+
 class ExchangeResponse(Protocol[Payload_co]):
     """What an :class:`Exchange` needs of its protocol's response object, which checks
     the app's ``send()`` messages and turns them into the transport's payload.
@@ -86,6 +92,7 @@ class ExchangeResponse(Protocol[Payload_co]):
             one (decided with the head, or when the body ended short or overran).
         missing: How many bytes the body fell short of its Content-Length, once it ended.
         body_bytes: Body bytes produced so far, framing not counted.
+        status: The status of the response's head, valid once ``head_sent``.
         headers: The app's response headers as it gave them (for the access log).
         trailers_accepted: Set by the exchange before ``http.response.start`` when the
             app's start asks for trailers: whether the client takes them (``TE:
@@ -98,6 +105,7 @@ class ExchangeResponse(Protocol[Payload_co]):
     must_close: bool
     missing: int
     body_bytes: int
+    status: int
     headers: Sequence[Any]
     trailers_accepted: bool
 
@@ -148,6 +156,7 @@ class ExchangeOptions:
     Args:
         root_path: The ASGI ``root_path`` (--root-path).
         access_log: Where complete exchanges are logged, or None.
+        record: What counts complete exchanges (``--metrics-bind``), or None.
         proxy: Rewrites a request scope from trusted proxy headers, or None.
         app_hint: Adds advice to the log of an app's exception (the asyncio hint).
         pathsend: Offer ``http.response.pathsend`` (--pathsend).
@@ -170,6 +179,7 @@ class ExchangeOptions:
         *,
         root_path: str = "",
         access_log: AccessLogger | None = None,
+        record: RequestRecorder | None = None,
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
         app_hint: Callable[[BaseException], str | None] | None = None,
         pathsend: bool = True,
@@ -180,6 +190,9 @@ class ExchangeOptions:
             self.offered[PATHSEND] = self.offered_http_10[PATHSEND] = {}
         self.root_path = root_path
         self.access_log = access_log
+        self.record = record
+        # Whether exchanges take the time they begin and end (for either of those).
+        self.timed = access_log is not None or record is not None
         self.proxy = proxy
         self.app_hint = app_hint
 
@@ -266,7 +279,7 @@ class Exchange(Generic[Payload]):
     # in another task while the app works on; see _serve_http.Handovers).
     handed_over = False
     # For the access log: when the exchange began and when its response was complete
-    # (time.time()); 0.0 when there is no access log.
+    # (wall clock); 0.0 when neither an access log nor a count (``timed``) needs them.
     started = 0.0
     ended = 0.0
     # The cancel scope of a receive() blocked in watch_client.
@@ -322,9 +335,11 @@ class Exchange(Generic[Payload]):
         if proxy is not None:
             proxy(scope)
         self._scope = scope
-        access_log = options.access_log
-        if access_log is not None:
-            self.started = time.time()
+        timed = options.timed
+        if timed:
+            self.started = _wall_clock()
+            # Read once here; used below only when ``timed``, like the start time.
+            record = options.record
         try:
             try:
                 await app(scope, self.receive, self.send)
@@ -369,29 +384,49 @@ class Exchange(Generic[Payload]):
                     await self._fail()
                 else:
                     self.broken = True
-        if access_log is not None and not self.handed_over:
-            self.log_access()
+        if timed and not self.handed_over:
+            # log_access(), inlined: with --metrics-bind this runs for every request,
+            # and every Python call and step here counts.
+            response = self.response
+            ended = self.ended
+            # A response that was complete (``ended`` set) went out head and all: the
+            # property is asked only about the others.
+            if ended or response.head_sent:
+                started = self.started
+                duration = (ended or _wall_clock()) - started
+                if record is not None:
+                    record(scope["method"], response.status, response.body_bytes, duration)
+                access_log = options.access_log
+                if access_log is not None:
+                    access_log.log(
+                        scope,
+                        response.status,
+                        response.headers,
+                        response.body_bytes,
+                        started,
+                        duration,
+                    )
 
     def log_access(self) -> None:
-        """The access log line of this exchange (its duration: until the response was
-        complete), if there is an access log and a response went out."""
-        access_log = self.options.access_log
-        if access_log is None:
+        """Count this exchange and write its access log line (its duration: until the
+        response was complete), if there is an access log or a count and a response
+        went out."""
+        options = self.options
+        if not options.timed:
             return
-        # Read from the response once, not through this class's properties: with
-        # --metrics-bind this runs for every request, and each call counts.
         response = self.response
-        status = response.sent_status
-        if status:
+        if response.head_sent:
             started = self.started
-            access_log.log(
-                self._scope,
-                status,
-                response.headers,
-                response.body_bytes,
-                started,
-                (self.ended or time.time()) - started,
-            )
+            duration = (self.ended or _wall_clock()) - started
+            scope = self._scope
+            record = options.record
+            if record is not None:
+                record(scope["method"], response.status, response.body_bytes, duration)
+            access_log = options.access_log
+            if access_log is not None:
+                access_log.log(
+                    scope, response.status, response.headers, response.body_bytes, started, duration
+                )
 
     def _complete(self) -> None:
         """The response is written out whole: the exchange is finished, and the
@@ -400,7 +435,7 @@ class Exchange(Generic[Payload]):
         if self._disconnect_waiter is not None:
             self._disconnect_waiter.cancel()
         if self.started:
-            self.ended = time.time()
+            self.ended = _wall_clock()
         handovers = self.options.handovers
         if handovers is not None and handovers.watchers:
             handovers.offered.append(self)

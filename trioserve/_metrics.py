@@ -1,10 +1,10 @@
 """What ``--metrics-bind`` counts, in each serving process and, summed, in the master.
 
-The hot path pays a few integer increments: each serving process keeps its counts in a
-:class:`ProcessCounts` (requests by method and status class, a duration histogram,
-response body bytes, connections by kind, log records), fed by :class:`MetricsLog`,
-which sits where the HTTP edge reports each finished request (the access log's place,
-as ``_statsd.RequestMetrics`` does), and by the connection handler of ``_pipeline``.
+The hot path pays one call and a few increments per request: each serving process
+keeps its counts in a :class:`ProcessCounts` (requests by method and status class, a
+duration histogram, response body bytes, connections by kind, log records), fed by the
+exchanges (each finished request, HTTP/1.1 or HTTP/2, is counted where the access log
+is told of it) and by the connection handler of ``_pipeline``.
 Requests refused by the edge are counted by :class:`~trioserve._state.ServerState`.
 
 A worker sends its counts, cumulative, a few times a second at most and only when they
@@ -29,7 +29,7 @@ import socket
 import struct
 import sys
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import attrs
@@ -69,6 +69,7 @@ METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
 )
 OTHER_METHOD = "OTHER"
+
 
 #: Why the edge refused a request, by the status it answered with.
 REJECTION_REASONS: dict[int, str] = {
@@ -113,10 +114,21 @@ RESTART_CAUSES: tuple[ExitReason, ...] = (
 
 
 class ProcessCounts:
-    """The counts of one serving process (a worker, or the in-process server)."""
+    """The counts of one serving process (a worker, or the in-process server).
+
+    The edges call :meth:`request` for each finished request (it is the exchanges'
+    ``record``), so it does as little as it can: no tuple is built or hashed.
+    """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, int], int] = {}
+        #: Requests by method, then by status class (index ``status // 100``; the edges
+        #: send statuses from 200 to 599 only): a row per method rather than a (method,
+        #: class) key, so that counting a request builds and hashes no tuple. Every
+        #: method of :data:`METHODS` has its row from the start; any other method
+        #: counts in the ``OTHER`` row.
+        self.requests: dict[str, list[int]] = {
+            method: [0] * 6 for method in (*sorted(METHODS), OTHER_METHOD)
+        }
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
         self.body_bytes = 0
@@ -124,16 +136,30 @@ class ProcessCounts:
         self.accepted = dict.fromkeys(CONNECTION_KINDS, 0)
         self.logs = dict.fromkeys(LOG_LEVELS, 0)
 
-    def request(self, method: str, status: int, duration: float, body_bytes: int) -> None:
-        """Count one finished request (the hot path: every operation here counts)."""
-        key = (method if method in METHODS else OTHER_METHOD, status // 100)
-        try:
-            self.requests[key] += 1
-        except KeyError:
-            self.requests[key] = 1
-        self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
-        self.duration_sum += duration
-        self.body_bytes += body_bytes
+    def request(self, method: str, status: int, body_bytes: int, duration: float) -> None:
+        """Count one finished request."""
+        self.recorder()(method, status, body_bytes, duration)
+
+    def recorder(self) -> Callable[[str, int, int, float], None]:
+        """What counts one finished request, for the exchanges to call (their
+        ``record``): a closure over the counts, which reads them as cells rather than as
+        attributes (the hot path: every operation here counts)."""
+        requests = self.requests
+        other = requests[OTHER_METHOD]
+        durations = self.durations
+        counts = self
+
+        def record(method: str, status: int, body_bytes: int, duration: float) -> None:
+            try:
+                requests[method][status // 100] += 1
+            except KeyError:
+                other[status // 100] += 1
+            durations[bisect_left(DURATION_BUCKETS, duration)] += 1
+            # Attributes of a cell's object: fewer steps than items of a list.
+            counts.duration_sum += duration
+            counts.body_bytes += body_bytes
+
+        return record
 
     def opened(self, kind: str) -> None:
         self.open[kind] += 1
@@ -146,7 +172,12 @@ class ProcessCounts:
         """All of it as one channel message; ``state`` adds rejections and in-flight."""
         rejected = state.rejected if state is not None else {}
         return Counts(
-            requests=tuple((method, cls, n) for (method, cls), n in self.requests.items()),
+            requests=tuple(
+                (method, cls, n)
+                for method, row in self.requests.items()
+                for cls, n in enumerate(row)
+                if n
+            ),
             durations=tuple(self.durations),
             duration_sum=self.duration_sum,
             body_bytes=self.body_bytes,
@@ -155,38 +186,6 @@ class ProcessCounts:
             in_flight=state.active_requests if state is not None else 0,
             logs=tuple(self.logs.items()),
         )
-
-
-class MetricsLog:
-    """Sits where the HTTP edge reports each finished request (the access log), counts
-    it, and passes the report on to the access log if there is one."""
-
-    def __init__(self, counts: ProcessCounts, access_log: Any | None) -> None:
-        self.counts = counts
-        self.access_log = access_log
-
-    def log(
-        self,
-        scope: MutableMapping[str, Any],
-        status: int,
-        response_headers: Sequence[tuple[bytes, bytes]],
-        body_bytes: int,
-        request_time: float,
-        duration: float,
-    ) -> None:
-        # ProcessCounts.request, inlined: one Python call fewer per request.
-        counts = self.counts
-        method = scope["method"]
-        key = (method if method in METHODS else OTHER_METHOD, status // 100)
-        try:
-            counts.requests[key] += 1
-        except KeyError:
-            counts.requests[key] = 1
-        counts.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
-        counts.duration_sum += duration
-        counts.body_bytes += body_bytes
-        if self.access_log is not None:
-            self.access_log.log(scope, status, response_headers, body_bytes, request_time, duration)
 
 
 class LogCounter(logging.Handler):

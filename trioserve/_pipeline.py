@@ -46,7 +46,7 @@ from ._hooks import (
 )
 from ._importer import LoadedApp
 from ._lifespan import Lifespan
-from ._metrics import HTTP, TCP, WEBSOCKET, MetricsLog, ProcessCounts
+from ._metrics import HTTP, TCP, WEBSOCKET, ProcessCounts
 from ._peer import Peer
 from ._proto.proxy_protocol import ProxyProtocolError
 from ._proxy import TrustedPeers, apply_proxy_headers, read_proxy_protocol
@@ -478,8 +478,6 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
             websocket = _counted_upgrade(websocket, extras.metrics)
 
     access_log: AccessLogger | None = extras.access_log
-    if extras.metrics is not None:
-        access_log = MetricsLog(extras.metrics, access_log)
     if extras.statsd is not None:
         access_log = RequestMetrics(extras.statsd, access_log)
     versions = http_versions(config)
@@ -487,6 +485,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         config,
         h11_module=_h11_module(config.http),
         access_log=access_log,
+        record=extras.metrics.recorder() if extras.metrics is not None else None,
         proxy=functools.partial(apply_proxy_headers, trusted=trusted)
         if config.proxy_headers
         else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,31 @@ async def test_http2_requests_are_counted(nursery: trio.Nursery, tmp_path: Path)
             assert response.http_version == "HTTP/2"
     assert await metric(sock, "trioserve_requests_total", method="GET", status="2xx") == 3
     assert await metric(sock, "trioserve_connections_total", kind="http") == 1
+
+
+async def test_access_log_and_metrics_both_see_each_request(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With an access log and --metrics-bind both on, each request gets its log line and
+    is counted, once each (the exchange tells both)."""
+    caplog.set_level(logging.INFO, "trioserve.access")
+    sock = tmp_path / "metrics.sock"
+    config = Config(
+        app=hello_app,
+        bind=["127.0.0.1:0"],
+        workers=0,
+        lifespan="off",
+        metrics_bind=f"unix:{sock}",
+        access_log="-",
+        access_log_format="%(m)s %(U)s %(s)s",
+    )
+    [(host, port)] = await nursery.start(serve, config)
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+        for path in ("/a", "/b"):
+            assert (await client.get(path)).status_code == 200
+        assert (await client.delete("/c")).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "trioserve.access"]
+    assert lines == ["GET /a 200", "GET /b 200", "DELETE /c 200"]
+    assert await metric(sock, "trioserve_requests_total", method="GET", status="2xx") == 2
+    assert await metric(sock, "trioserve_requests_total", method="DELETE", status="2xx") == 1
+    assert await metric(sock, "trioserve_request_duration_seconds_count") == 3

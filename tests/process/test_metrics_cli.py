@@ -85,6 +85,33 @@ async def test_master_sums_two_workers_and_keeps_a_killed_workers_counts(tmp_pat
         assert head == b"HTTP/1.1 404 "
 
 
+async def keep_alive_load(server: ServerProcess, clients: int, each: int) -> None:
+    """``clients`` concurrent keep-alive clients sending ``each`` requests apiece, as a
+    load tool does (every response checked)."""
+
+    async def client_loop() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+            for _ in range(each):
+                assert (await client.get("/")).status_code == 200
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for _ in range(clients):
+                nursery.start_soon(client_loop)
+
+
+async def test_requests_total_sums_to_what_a_keep_alive_load_sent(tmp_path: Path) -> None:
+    """Concurrent keep-alive clients over two workers: the sum of requests_total, and
+    the histogram's count, equal the requests the clients completed, exactly."""
+    sock = tmp_path / "metrics.sock"
+    args = ("--app-dir", APPS, "pid_app:app", "-b", "127.0.0.1:0", "-w", "2")
+    async with serving(*args, "--metrics-bind", f"unix:{sock}") as server:
+        await keep_alive_load(server, clients=8, each=40)
+        await wait_for_requests(sock, 320)
+        assert await metric(sock, "trioserve_requests_total", method="GET", status="2xx") == 320
+        assert await metric(sock, "trioserve_request_duration_seconds_count") == 320
+
+
 async def test_restarts_are_counted_by_cause(tmp_path: Path) -> None:
     """A worker retiring after --max-requests counts as max_requests, SIGHUP's rolling
     restart as reload (one per worker), and no count is lost across either."""

@@ -34,7 +34,7 @@ from trioserve._state import ServerState
 def _counts(requests: int, *, status: int = 200, open_http: int = 0, in_flight: int = 0) -> Counts:
     counts = ProcessCounts()
     for _ in range(requests):
-        counts.request("GET", status, 0.003, 10)
+        counts.request("GET", status, 10, 0.003)
     counts.open["http"] = open_http
     message = counts.counts(None)
     return Counts(
@@ -82,9 +82,9 @@ def test_process_counts_bucket_method_and_state() -> None:
     """A request lands in the first bucket whose bound it does not exceed; unknown
     methods count as OTHER; rejections and in-flight come from the server state."""
     counts = ProcessCounts()
-    counts.request("GET", 204, DURATION_BUCKETS[0], 5)
-    counts.request("BREW", 418, 0.2, 0)
-    counts.request("GET", 200, 99.0, 7)
+    counts.request("GET", 204, 5, DURATION_BUCKETS[0])
+    counts.request("BREW", 418, 0, 0.2)
+    counts.request("GET", 200, 7, 99.0)
     state = ServerState(Config())
     state.active_requests = 2
     state.reject(431)
