@@ -22,6 +22,7 @@ Layer: below the edges, above ``_proto``. It awaits (trio), but does no I/O itse
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import time as _wall_clock
@@ -197,7 +198,7 @@ class ExchangeOptions:
         self.app_hint = app_hint
 
 
-class Exchange(Generic[Payload]):
+class Exchange(abc.ABC, Generic[Payload]):
     """One request/response exchange: the ``receive`` and ``send`` given to the app, and
     :meth:`run`, which calls the app with them.
 
@@ -289,18 +290,21 @@ class Exchange(Generic[Payload]):
 
     # -- transport hooks -------------------------------------------------------------
 
+    # Abstract: each protocol's exchange (HTTP/1.1's _Cycle, HTTP/2's _H2Stream) defines
+    # them; a subclass that misses one cannot be instantiated.
+
+    @abc.abstractmethod
     def request_scope(self) -> dict[str, Any]:
         """The protocol's ASGI ``http`` scope for this request (see the class doc)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def read_body(self) -> Message | None:
         """The next ``http.request`` message; None when the client has gone (see the
         class doc)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def watch_client(self) -> None:
         """Return when the client has gone (see the class doc)."""
-        raise NotImplementedError
 
     # -- the exchange ----------------------------------------------------------------
 

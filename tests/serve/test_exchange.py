@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -226,3 +227,15 @@ async def test_scope_has_the_peer_extensions_and_the_proxy_rewriting():
     await exchange.run(app)
     assert seen[0]["scheme"] == "https"
     assert seen[0]["extensions"]["tls"] == {"server_cert": None}
+
+
+def test_an_exchange_without_its_transport_hooks_cannot_be_made() -> None:
+    """Exchange's transport hooks are abstract: a protocol's subclass that leaves one
+    out fails at construction, naming it, instead of at the first request."""
+
+    class Incomplete(Exchange[bytes]):
+        def request_scope(self) -> dict[str, Any]:
+            return {}
+
+    with pytest.raises(TypeError, match="read_body"):
+        Incomplete()  # type: ignore[abstract]
