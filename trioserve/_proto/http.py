@@ -9,13 +9,14 @@ feeds it the requests h11 parsed and the app's messages, and writes the bytes th
 
 from __future__ import annotations
 
+import abc
 import email.utils
 import enum
 import http
 import os
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import h11
@@ -303,9 +304,13 @@ _START_STATE = (
 )
 
 
-class ResponseProgress:
-    """Where one response is, as the exchange reads it: the part of the state that the
-    HTTP/1.1 :class:`Response` and the HTTP/2 response share."""
+# What a response produces for the transport: bytes (HTTP/1.1), actions (HTTP/2).
+_Output = TypeVar("_Output")
+
+
+class ResponseProgress(abc.ABC, Generic[_Output]):
+    """Where one response is, as the exchange reads it: the part of the state and the
+    message rules that the HTTP/1.1 :class:`Response` and the HTTP/2 response share."""
 
     phase: ResponsePhase
     status = 0
@@ -356,8 +361,22 @@ class ResponseProgress:
             self.phase = ResponsePhase.DONE
             raise
 
+    @abc.abstractmethod
+    def _early_hint(self, message: MutableMapping[str, Any]) -> _Output:
+        """The protocol's output for an ``http.response.early_hint`` message."""
 
-class Response(ResponseProgress):
+    def _not_a_body(self, kind: Any, message: MutableMapping[str, Any]) -> _Output:
+        """A message other than ``http.response.body`` while the body is due: an early
+        hint, a pathsend (raised for the exchange to serve), or the app's error."""
+        if kind == EARLY_HINT:
+            return self._early_hint(message)
+        if kind == PATHSEND:
+            # The exchange sends the file (sendfile, or as body messages).
+            raise PathSend(pathsend_path(message))
+        raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
+
+
+class Response(ResponseProgress[bytes]):
     """Checks one response's ``send()`` messages and serializes them to HTTP/1.1 bytes.
 
     It also decides whether the connection outlives the response: see
@@ -476,11 +495,7 @@ class Response(ResponseProgress):
             return b""
         if phase is ResponsePhase.BODY:
             if kind != "http.response.body":
-                if kind == EARLY_HINT:
-                    return self._early_hint(message)
-                if kind == PATHSEND:
-                    raise PathSend(pathsend_path(message))
-                raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
+                return self._not_a_body(kind, message)
             body = message.get("body", b"")
             if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
                 raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")

@@ -62,10 +62,8 @@ from hyperframe.frame import GoAwayFrame
 from .http import (
     ASGI_VERSION,
     EARLY_HINT,
-    PATHSEND,
     SERVER_NAME,
     ASGIProtocolError,
-    PathSend,
     ResponsePhase,
     ResponseProgress,
     check_header_value,
@@ -75,7 +73,6 @@ from .http import (
     date_value,
     decode_path,
     early_hint_links,
-    pathsend_path,
     rooted,
 )
 from .validate import TOKEN, Limits
@@ -1127,7 +1124,7 @@ class _Refused(Exception):
 Action = tuple[Any, ...]
 
 
-class H2Response(ResponseProgress):
+class H2Response(ResponseProgress[list[Action]]):
     """Checks one stream's ASGI ``send()`` messages and turns them into actions for
     :meth:`H2Server.send`; the HTTP/2 sibling of :class:`~trioserve._proto.http.Response`,
     with the same attributes the exchange reads.
@@ -1209,12 +1206,7 @@ class H2Response(ResponseProgress):
             return []
         if phase is ResponsePhase.BODY:
             if kind != "http.response.body":
-                if kind == EARLY_HINT:
-                    return self._early_hint(message)
-                if kind == PATHSEND:
-                    # The exchange reads the file and sends it as body messages.
-                    raise PathSend(pathsend_path(message))
-                raise ASGIProtocolError(f"expected 'http.response.body', got {kind!r}")
+                return self._not_a_body(kind, message)
             body = message.get("body", b"")
             if not isinstance(body, bytes | bytearray | memoryview):
                 raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")
