@@ -6,6 +6,14 @@ socket under its stream, which the HTTP edge reads and writes directly; and it i
 closed once, after its handler, instead of through ``aclose_forcefully``, whose
 cancelled checkpoint costs more than a small request.
 
+A connection is handed on as its plain socket, non-blocking, with no trio socket or
+stream built over it (see :class:`~trioserve._peer.Peer`): the HTTP edge uses the socket
+directly. The TCP options trio's streams set (``TCP_NODELAY``, ``TCP_NOTSENT_LOWAT``)
+are set on the listening socket instead, once: Linux copies a listener's options to
+each socket it accepts, so a connection then costs no ``setsockopt``. The first
+connection accepted shows whether the kernel did; where it did not, they are set on
+each connection (see :class:`_TCPOptions`).
+
 While connections keep arriving the loop accepts up to ``ACCEPT_BATCH`` of them per
 turn and then lets the other tasks run; it waits on the socket only once the backlog
 is empty.
@@ -28,6 +36,7 @@ everything.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -69,6 +78,48 @@ _CONNECTION_ERRNOS = frozenset(
 
 
 Handler = Callable[[Peer], Awaitable[object]]
+
+# What trio.SocketStream sets on a TCP socket: no Nagle delay (a response goes out
+# at once) and a small unsent-bytes mark (a writer waits before the kernel buffers much).
+_TCP_OPTIONS: tuple[tuple[int, int], ...] = ((socket.TCP_NODELAY, 1),)
+if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+    _TCP_OPTIONS += ((socket.TCP_NOTSENT_LOWAT, 2**14),)
+
+
+@attrs.define(slots=True)
+class _TCPOptions:
+    """The TCP options of accepted connections: set on the listener, and on each
+    connection only where the kernel does not copy them from the listener."""
+
+    # None until the first connection shows whether the listener's options are copied.
+    per_connection: bool | None = None
+
+    @classmethod
+    def on_listener(cls, raw: socket.socket) -> _TCPOptions:
+        """Set the options on the listening socket ``raw`` (for the connections it
+        accepts). A listener that refuses them gets them on each connection."""
+        try:
+            for name, value in _TCP_OPTIONS:
+                raw.setsockopt(socket.IPPROTO_TCP, name, value)
+        except OSError:
+            return cls(per_connection=True)
+        return cls()
+
+    def apply(self, sock: socket.socket) -> None:
+        """Give an accepted TCP connection its options (usually: see that it has them)."""
+        per_connection = self.per_connection
+        if per_connection is None:
+            # The first connection: are the listener's options copied? Its copy of
+            # TCP_NODELAY says (the options are copied together or not at all).
+            try:
+                copied = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            except OSError:
+                return  # reset meanwhile; the next connection tells
+            self.per_connection = per_connection = not copied
+        if per_connection:
+            for name, value in _TCP_OPTIONS:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, name, value)
 
 
 @attrs.define(slots=True)
@@ -124,8 +175,8 @@ async def accept_connections(
     raw = socket.socket(fileno=listener.socket.fileno())
     try:
         raw.setblocking(False)
-        family = raw.family
         server = _fixed_server_address(raw)
+        tcp = None if raw.family == socket.AF_UNIX else _TCPOptions.on_listener(raw)
         task_status.started()
         starved: _Starved | None = None
         while True:
@@ -153,7 +204,7 @@ async def accept_connections(
                 if starved is not None:
                     starved.end()
                     starved = None
-                nursery.start_soon(_serve, sock, address, family, server, handler)
+                nursery.start_soon(_serve, sock, address, tcp, server, handler)
             else:
                 # A full batch: let the new connections (and everyone else) run first.
                 await trio.lowlevel.checkpoint()
@@ -181,18 +232,20 @@ def _fixed_server_address(raw: socket.socket) -> tuple[str, int | None] | None:
 async def _serve(
     sock: socket.socket,
     address: object,
-    family: int,
+    tcp: _TCPOptions | None,
     server: tuple[str, int | None] | None,
     handler: Handler,
 ) -> None:
     try:
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        sock.setblocking(False)
     except OSError:
         sock.close()
         return
     client = None
+    peer = None
     try:
-        if family != socket.AF_UNIX:
+        if tcp is not None:
+            tcp.apply(sock)
             assert isinstance(address, tuple)
             client = (str(address[0]), int(address[1]))
             if server is None:
@@ -201,7 +254,8 @@ async def _serve(
                 except OSError:
                     return  # reset before we got to it
                 server = (str(local[0]), int(local[1]))
-        await handler(Peer(stream, sock, client, server))
+        peer = Peer(None, sock, client, server)
+        await handler(peer)
     except* Exception as group:
         # Costs this connection, never the nursery of all of them (see the module's
         # docstring); a cancellation in the same group goes on.
@@ -211,4 +265,7 @@ async def _serve(
             exc_info=single_error(group) or group,
         )
     finally:
-        stream.socket.close()
+        if peer is None:
+            sock.close()
+        else:
+            peer.close_socket(sock)

@@ -258,7 +258,7 @@ async def _serve_requests(connection: _Connection, after: _Cycle | None = None) 
     finally:
         if not (handed_over or upgrading):
             connection.upgrade = None
-            await _close(connection.stream)
+            await connection.close()
     return not handed_over
 
 
@@ -503,7 +503,6 @@ class _Connection(ServerConnection):
         options: HTTPOptions,
         tasks: trio.Nursery,
     ) -> None:
-        self.stream = peer.stream
         self.state = state
         self.options = options
         # One attribute for what the hot path hardly reads (see _Owner).
@@ -542,6 +541,12 @@ class _Connection(ServerConnection):
         self.yielded = True
         # Whether the current exchange wrote to ``sock`` yet (see write).
         self.wrote = False
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        """The connection as a stream; over a plain socket (``sock``), built only when
+        asked for (see :class:`~trioserve._peer.Peer`): the request loop uses the socket."""
+        return self.owner.peer.stream
 
     async def serve(self, after: _Cycle | None = None) -> bool:
         """Serve requests (after ending the exchange of ``after``, when the connection
@@ -708,6 +713,14 @@ class _Connection(ServerConnection):
         if owner.ended is None:
             owner.ended = trio.Event()
         owner.tasks.start_soon(_carry_on, self, cycle)
+
+    async def close(self) -> None:
+        """Close the connection at once, whatever the cancellation around."""
+        sock = self.sock
+        if sock is not None:
+            self.owner.peer.close_socket(sock)
+        else:
+            await _close(self.stream)
 
     def _log_tls(self) -> None:
         """Log a TLS handshake on this plain port: once, since a client configured for

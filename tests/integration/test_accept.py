@@ -8,6 +8,7 @@ import os
 import re
 import resource
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import trio
 import trio.testing
 
 from tests.helpers import require_ipv6_loopback
-from trioserve._accept import ACCEPT_BATCH, accept_connections
+from trioserve._accept import _TCP_OPTIONS, ACCEPT_BATCH, _TCPOptions, accept_connections
 from trioserve._peer import Peer
 
 
@@ -189,4 +190,109 @@ async def test_running_out_of_descriptors_pauses_accepting_then_recovers(
         messages[3],
     )
     assert len(messages) == 4
+    await listener.aclose()
+
+
+def listener_options(sock: socket.socket | trio.socket.SocketType) -> tuple[int, ...]:
+    """The TCP options trio's streams set, as ``sock`` has them."""
+    return tuple(sock.getsockopt(socket.IPPROTO_TCP, name) for name, _ in _TCP_OPTIONS)
+
+
+WANTED = tuple(value for _, value in _TCP_OPTIONS)
+
+
+async def test_accepted_connections_come_with_the_options_of_a_trio_stream(nursery):
+    """An accepted connection is non-blocking with TCP_NODELAY (and TCP_NOTSENT_LOWAT
+    where the platform has it), as trio.SocketStream would make it, with no stream built
+    over it until one is asked for."""
+    listener = await tcp_listener()
+    port = listener.socket.getsockname()[1]
+    seen: list[tuple[Peer, tuple[int, ...], bool]] = []
+
+    async def handler(peer: Peer) -> None:
+        assert peer.sock is not None
+        seen.append((peer, listener_options(peer.sock), peer.sock.getblocking()))
+        peer.sock.send(b"hi")
+
+    await nursery.start(accept_connections, listener, handler, nursery)
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    await all_answered(clients)
+    assert [options for _, options, _ in seen] == [WANTED] * 3
+    assert [blocking for _, _, blocking in seen] == [False] * 3
+    # The handler used the socket only: no trio socket or stream was built for it.
+    assert all(peer._plain is None for peer, _, _ in seen)
+    assert listener_options(listener.socket) == WANTED
+    await listener.aclose()
+
+
+async def test_options_are_set_per_connection_when_the_listener_does_not_pass_them_on(nursery):
+    """A listener whose options its connections do not get (here: taken off it after
+    the loop set them, as a kernel that does not copy them behaves): each accepted
+    connection gets them itself."""
+    listener = await tcp_listener()
+    port = listener.socket.getsockname()[1]
+    options: list[tuple[int, ...]] = []
+
+    async def handler(peer: Peer) -> None:
+        assert peer.sock is not None
+        options.append(listener_options(peer.sock))
+        peer.sock.send(b"hi")
+
+    await nursery.start(accept_connections, listener, handler, nursery)
+    for name, _ in _TCP_OPTIONS:
+        listener.socket.setsockopt(socket.IPPROTO_TCP, name, 0)
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    await all_answered(clients)
+    assert options == [WANTED] * 2
+    await listener.aclose()
+
+
+def test_the_first_connection_shows_whether_the_listener_passes_its_options_on():
+    """The per-connection setsockopt is skipped when the kernel copied the listener's
+    options to the first connection (Linux does); it is made when it did not."""
+    with socket.create_server(("127.0.0.1", 0)) as raw:
+        raw.setblocking(False)
+        port = raw.getsockname()[1]
+        options = _TCPOptions.on_listener(raw)
+        assert listener_options(raw) == WANTED
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            sock, _ = raw.accept()
+            with sock:
+                options.apply(sock)
+                assert listener_options(sock) == WANTED
+                if sys.platform == "linux":
+                    assert options.per_connection is False
+        for name, _ in _TCP_OPTIONS:
+            raw.setsockopt(socket.IPPROTO_TCP, name, 0)
+        fresh = _TCPOptions()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            sock, _ = raw.accept()
+            with sock:
+                fresh.apply(sock)
+                assert fresh.per_connection is True
+                assert listener_options(sock) == WANTED
+        del client
+
+
+async def test_a_stream_is_built_over_the_socket_when_asked_for(nursery):
+    """``peer.stream`` is a trio.SocketStream over the accepted socket, built once; the
+    socket is closed through it after the handler (waking a task waiting on it)."""
+    listener = await tcp_listener()
+    port = listener.socket.getsockname()[1]
+    seen: list[tuple[Peer, trio.abc.Stream, trio.abc.Stream]] = []
+
+    async def handler(peer: Peer) -> None:
+        seen.append((peer, peer.stream, peer.stream))
+        await peer.stream.send_all(b"hi")
+
+    await nursery.start(accept_connections, listener, handler, nursery)
+    with trio.fail_after(10):
+        _, data = await connect_and_read(port)
+    assert data == b"hi"  # then EOF: the server closed it
+    [(peer, first, second)] = seen
+    assert first is second
+    assert isinstance(first, trio.SocketStream)
+    assert peer.sock is not None
+    assert first.socket.fileno() == -1
+    assert peer.sock.fileno() == -1
     await listener.aclose()

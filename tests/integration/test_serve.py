@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import trio
 
 from tests.helpers import echo_body_app, hello_app
 from trioserve import AppLoadError, BindError, Config, LifespanError, serve
+from trioserve import _accept as accept_module
 
 
 async def test_serve_reports_bound_address_and_answers_httpx(nursery):
@@ -232,3 +235,32 @@ async def test_app_given_as_import_string(nursery):
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://{host}:{port}/")
     assert response.text == "Hello, world!\n"
+
+
+async def test_a_plain_http_connection_costs_no_stream_and_no_frame_of_ours(nursery):
+    """Without TLS, a PROXY header, connection hooks or metrics, the accept loop's task
+    runs the HTTP edge's coroutine directly (no wrapper coroutine between them), and the
+    edge reads and writes the accepted socket without a trio stream built over it."""
+    seen: list[tuple[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            # The frames of the connection's task, from the accept loop's down.
+            frames = []
+            frame: types.FrameType | None = sys._getframe()
+            while frame is not None and frame.f_code is not accept_module._serve.__code__:
+                frames.append(frame)
+                frame = frame.f_back
+            assert frame is not None, "the app runs in a connection's task"
+            seen.append((frames[-1].f_code.co_name, frame.f_locals["peer"]))
+        await hello_app(scope, receive, send)
+
+    [(host, port)] = await nursery.start(
+        serve, Config(app=app, bind=["127.0.0.1:0"], workers=0, lifespan="off")
+    )
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://{host}:{port}/")
+    assert response.text == "Hello, world!"
+    [(name, peer)] = seen
+    assert name == "serve_http_connection"
+    assert peer._plain is None
