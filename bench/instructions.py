@@ -4,8 +4,8 @@ Run from the root of the checkout to measure, with that checkout's Python (see
 bench/README.md)::
 
     .venv/bin/python bench/instructions.py [--requests 3072] [--connections 64]
-        [--http h11-compiled|h11|httptools] [--tree DIR [--python PATH] | --metrics]
-        [--repeat 1] [--json FILE]
+        [--http h11-compiled|h11|httptools] [--close]
+        [--tree DIR [--python PATH] | --metrics] [--repeat 1] [--json FILE]
 
 A wrk figure on a shared machine swings with whatever else runs on it; an instruction
 count does not. For each tree the server runs twice under ``valgrind --tool=callgrind``,
@@ -16,7 +16,10 @@ a client in this script. Instructions per request = (Ir(N) - Ir(0)) / N. With
 directory) is measured the same way and the ratio of the two is printed. All traffic
 goes to 127.0.0.1 and every wait is bounded. With ``--metrics``, this checkout is
 measured without and with ``--metrics-bind`` (the baseline is the run without), which
-gives what Prometheus metrics cost per request.
+gives what Prometheus metrics cost per request. With ``--close``, every request comes
+on a connection of its own with ``Connection: close`` (accept, first read, response,
+close: the whole life of a connection per request); ``--connections`` is then how many
+such connections are open at once.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from bench.common import HOST, free_port, machine_facts, positive_int
 APP = "bench.app:app"
 EXPECTED_BODY = b"Hello, world!"
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 READY_TIMEOUT = 300.0  # seconds for the server to start under valgrind (~50x slower)
 RESPONSE_TIMEOUT = 60.0  # seconds for one response, or for one connection's EOF
@@ -119,17 +123,38 @@ async def _connection(port: int, requests: int) -> None:
             await asyncio.wait_for(writer.wait_closed(), RESPONSE_TIMEOUT)
 
 
-async def _load(port: int, connections: int, per_connection: int) -> None:
+async def _closing_connections(port: int, requests: int) -> None:
+    """``requests`` connections one after the other, each with one request that asks
+    the server to close (Connection: close), its answer checked, then the server's EOF."""
+    for _ in range(requests):
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(HOST, port), RESPONSE_TIMEOUT
+        )
+        try:
+            writer.write(CLOSE_REQUEST)
+            await _one_response(reader)
+            rest = await asyncio.wait_for(reader.read(), RESPONSE_TIMEOUT)
+            if rest:
+                raise BenchError(f"unexpected bytes after the response: {rest[:80]!r}")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await asyncio.wait_for(writer.wait_closed(), RESPONSE_TIMEOUT)
+
+
+async def _load(port: int, connections: int, per_connection: int, close: bool) -> None:
+    lane = _closing_connections if close else _connection
     await asyncio.wait_for(
-        asyncio.gather(*(_connection(port, per_connection) for _ in range(connections))),
+        asyncio.gather(*(lane(port, per_connection) for _ in range(connections))),
         LOAD_TIMEOUT,
     )
 
 
-def send_requests(port: int, connections: int, per_connection: int) -> None:
-    """Exactly ``connections * per_connection`` keep-alive GETs, each answer checked."""
+def send_requests(port: int, connections: int, per_connection: int, close: bool = False) -> None:
+    """Exactly ``connections * per_connection`` GETs, each answer checked: keep-alive, or
+    with ``close`` each on a connection of its own (``connections`` of them at a time)."""
     try:
-        asyncio.run(_load(port, connections, per_connection))
+        asyncio.run(_load(port, connections, per_connection, close))
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise BenchError(f"the client failed: {exc!r}") from exc
     except TimeoutError as exc:
@@ -158,7 +183,13 @@ def _loads_h11_mypyc(pid: int) -> bool | None:
 
 
 def count(
-    tree: Tree, http: str, connections: int, per_connection: int, work: Path, run_id: str
+    tree: Tree,
+    http: str,
+    connections: int,
+    per_connection: int,
+    work: Path,
+    run_id: str,
+    close: bool = False,
 ) -> Count:
     """Start the server under callgrind, send the requests, stop it, read the count."""
     port = free_port()
@@ -199,7 +230,7 @@ def count(
                     )
                 time.sleep(0.2)
             if per_connection:
-                send_requests(port, connections, per_connection)
+                send_requests(port, connections, per_connection, close)
             compiled = _loads_h11_mypyc(process.pid)
             process.send_signal(signal.SIGTERM)
             try:
@@ -263,7 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections",
         type=positive_int,
         default=64,
-        help="Keep-alive connections the requests are spread over (default: 64).",
+        help="Keep-alive connections the requests are spread over; with --close, the "
+        "connections open at once (default: 64).",
+    )
+    parser.add_argument(
+        "--close",
+        action="store_true",
+        help="A connection per request (Connection: close): measures accept, the first "
+        "read, the response and the close, instead of a keep-alive request.",
     )
     parser.add_argument(
         "--http",
@@ -353,9 +391,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     described = {tree.label: _describe(tree) for tree in trees}
     for label, description in described.items():
         print(f"{label}: {description}", file=sys.stderr)
+    shape = "connections at once x requests each, a connection per request (close)"
+    if not args.close:
+        shape = "connections x requests each (keep-alive)"
     print(
-        f"--http {args.http}, {requests} requests = {connections} connections x "
-        f"{per_connection}, {args.repeat} repeat(s)",
+        f"--http {args.http}, {requests} requests = {connections} x {per_connection} "
+        f"({shape}), {args.repeat} repeat(s)",
         file=sys.stderr,
     )
 
@@ -369,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pair = []
                     for n in (0, per_connection):
                         run_id = f"{tree.label}-{repeat}-{n * connections}"
-                        c = count(tree, args.http, connections, n, Path(tmp), run_id)
+                        c = count(tree, args.http, connections, n, Path(tmp), run_id, args.close)
                         counts.append(c)
                         pair.append(c)
                         print(
@@ -382,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench/instructions.py: error: {exc}", file=sys.stderr)
             return 1
 
-    print(f"\ninstructions per request (callgrind Ir; --http {args.http}, N={requests}):")
+    mode = ", a connection per request" if args.close else ""
+    print(f"\ninstructions per request (callgrind Ir; --http {args.http}{mode}, N={requests}):")
     for tree in trees:
         values = figures[tree.label]
         text = ", ".join(f"{v:,.0f}" for v in values)
@@ -407,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "http": args.http,
                 "connections": connections,
                 "per_connection": per_connection,
+                "close": args.close,
                 "repeat": args.repeat,
                 "server_env": SERVER_ENV,
             },

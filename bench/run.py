@@ -5,12 +5,16 @@ Run from the repository root, with the peers installed in their own virtualenv
 
     .bench-venv/bin/python bench/run.py [--duration 10] [--rounds 2]
         [--servers trioserve,hypercorn,uvicorn] [--scenarios keepalive64,single,close]
-        [--json FILE]
+        [--workers 1,2] [--json FILE]
 
 Every server serves ``bench.app:app`` from one process pinned to CPU 0; wrk runs
 with one thread pinned to CPU 1. Servers are interleaved (A B C A B C ...) so a
 slow phase of the machine does not land on one server only, and the table shows
 the median over rounds. All traffic goes to 127.0.0.1 and every wait is bounded.
+
+With ``--workers 1,2`` every server also runs with two worker processes, pinned to
+both CPUs: wrk then shares CPU 1 with one of them, so a 2-worker row measures two
+workers and the load generator on two CPUs, not two workers on two CPUs of their own.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ EXPECTED_BODY = b"Hello, world!"
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
+# Servers with more than one worker run on both CPUs, sharing CPU 1 with wrk.
+SHARED_CPUS = "0,1"
 READY_TIMEOUT = 15.0  # seconds for a server to accept TCP connections
 WARMUP_SECONDS = 2
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
@@ -99,20 +105,26 @@ class Server:
     """How to start one server on a port, and what it needs installed."""
 
     name: str
-    argv: Callable[[int], list[str]]
+    # The command line after the interpreter, for a port and a worker count.
+    argv: Callable[[int, int], list[str]]
     module: str  # the module that must be importable for the server to run
     distributions: tuple[str, ...]  # reported with their versions
     ready_line: str | None = None  # a stderr line that says the server is listening
     note: str = ""
+    # Whether it can run more than one worker process (--workers 2).
+    workers: bool = True
 
 
-def _trioserve_argv(http: str, *extra: str) -> Callable[[int], list[str]]:
-    def argv(port: int) -> list[str]:
+def _trioserve_argv(http: str, *extra: str) -> Callable[[int, int], list[str]]:
+    def argv(port: int, workers: int) -> list[str]:
         # --http is explicit for both variants: the default 'auto' would pick the
         # compiled parser whenever h11-mypyc is installed, hiding the difference.
+        # One worker: served in the process itself (--workers 0), no master; more: the
+        # master and its workers.
         return [
             *("-m", "trioserve", APP),
-            *("--bind", f"{HOST}:{port}", "--workers", "0", "--http", http),
+            *("--bind", f"{HOST}:{port}", "--workers", str(workers if workers > 1 else 0)),
+            *("--http", http),
             *extra,
         ]
 
@@ -157,8 +169,8 @@ SERVERS: dict[str, Server] = {
         ),
         Server(
             "hypercorn",
-            lambda port: [
-                *("-m", "hypercorn", "--worker-class", "trio", "--workers", "1"),
+            lambda port, workers: [
+                *("-m", "hypercorn", "--worker-class", "trio", "--workers", str(workers)),
                 *("--bind", f"{HOST}:{port}", APP),
             ],
             module="hypercorn",
@@ -166,24 +178,26 @@ SERVERS: dict[str, Server] = {
         ),
         Server(
             "bare",
-            lambda port: ["-m", "bench.bare", str(port), "h11"],
+            lambda port, workers: ["-m", "bench.bare", str(port), "h11"],
             module="trio",
             distributions=("trio", "h11"),
             ready_line="listening on",
             note="calibration: a bare trio + h11 loop, no ASGI (bench/bare.py)",
+            workers=False,
         ),
         Server(
             "bare-compiled",
-            lambda port: ["-m", "bench.bare", str(port), "h11_mypyc"],
+            lambda port, workers: ["-m", "bench.bare", str(port), "h11_mypyc"],
             module="h11_mypyc",
             distributions=("trio", "h11-mypyc"),
             ready_line="listening on",
             note="calibration: bench/bare.py on the compiled h11",
+            workers=False,
         ),
         Server(
             "uvicorn",
-            lambda port: [
-                *("-m", "uvicorn", "--http", "h11", "--loop", "asyncio", "--workers", "1"),
+            lambda port, workers: [
+                *("-m", "uvicorn", "--http", "h11", "--loop", "asyncio", "--workers", str(workers)),
                 *("--no-access-log", "--port", str(port), "--host", HOST, APP),
             ],
             module="uvicorn",
@@ -191,8 +205,9 @@ SERVERS: dict[str, Server] = {
         ),
         Server(
             "uvicorn-std",
-            lambda port: [
-                *("-m", "uvicorn", "--http", "httptools", "--loop", "uvloop", "--workers", "1"),
+            lambda port, workers: [
+                *("-m", "uvicorn", "--http", "httptools", "--loop", "uvloop"),
+                *("--workers", str(workers)),
                 *("--no-access-log", "--port", str(port), "--host", HOST, APP),
             ],
             module="uvloop",
@@ -229,6 +244,13 @@ class Measurement:
     loadavg_1m: float
     h11_mypyc_loaded: bool | None  # None where /proc/PID/maps cannot be read
     command: list[str] = field(default_factory=list)
+    workers: int = 1
+    server_cpus: str = SERVER_CPU
+
+    @property
+    def row(self) -> str:
+        """The table row it belongs to: the server, and its worker count if not one."""
+        return self.server if self.workers == 1 else f"{self.server} {self.workers}w"
 
     @property
     def error_total(self) -> int:
@@ -287,17 +309,18 @@ def _accepts(port: int) -> bool:
 class RunningServer:
     """A server process pinned to the server CPU, with its output in a log file."""
 
-    def __init__(self, server: Server, port: int, log_dir: Path) -> None:
+    def __init__(self, server: Server, port: int, log_dir: Path, workers: int = 1) -> None:
         self.server = server
         self.port = port
+        self.cpus = SERVER_CPU if workers == 1 else SHARED_CPUS
         self.command = [
             "taskset",
             "-c",
-            SERVER_CPU,
+            self.cpus,
             sys.executable,
-            *server.argv(port),
+            *server.argv(port, workers),
         ]
-        self.log_path = log_dir / f"{server.name}-{port}.log"
+        self.log_path = log_dir / f"{server.name}-{workers}-{port}.log"
         self._log = self.log_path.open("wb")
         # A session of its own, so that a worker child left behind by a killed
         # master (hypercorn runs one) can still be reached by its group id.
@@ -338,12 +361,21 @@ class RunningServer:
         )
 
     def loads_h11_mypyc(self) -> bool | None:
-        """Whether the compiled h11 is mapped into the server process, read from /proc."""
-        try:
-            maps = Path(f"/proc/{self.process.pid}/maps").read_text()
-        except OSError:
-            return None
-        return f"{os.sep}h11_mypyc{os.sep}" in maps
+        """Whether the compiled h11 is mapped into the server process (or, with workers,
+        into any process of its group), read from /proc."""
+        pids = [self.process.pid]
+        with contextlib.suppress(OSError):
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit() and _group_of(int(entry.name)) == self.process.pid:
+                    pids.append(int(entry.name))
+        loaded = None
+        for pid in pids:
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            loaded = loaded or f"{os.sep}h11_mypyc{os.sep}" in maps
+        return loaded
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a bounded wait; by pid, then the group it leads."""
@@ -365,10 +397,17 @@ class RunningServer:
         self._log.close()
 
 
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
-def running(server: Server, log_dir: Path) -> Iterator[RunningServer]:
+def running(server: Server, log_dir: Path, workers: int = 1) -> Iterator[RunningServer]:
     """Start a server on a fresh port, wait until it is ready, and always stop it."""
-    proc = RunningServer(server, free_port(), log_dir)
+    proc = RunningServer(server, free_port(), log_dir, workers)
     try:
         proc.wait_ready()
         yield proc
@@ -418,10 +457,15 @@ def run_wrk(command: list[str], seconds: int) -> str:
 
 
 def measure(
-    server: Server, scenario: Scenario, round_no: int, duration: int, log_dir: Path
+    server: Server,
+    scenario: Scenario,
+    round_no: int,
+    duration: int,
+    log_dir: Path,
+    workers: int = 1,
 ) -> Measurement:
     """Start the server, warm it up, run wrk once, stop the server."""
-    with running(server, log_dir) as proc:
+    with running(server, log_dir, workers) as proc:
         check_response(proc.port)
         run_wrk(wrk_command(proc.port, scenario, WARMUP_SECONDS), WARMUP_SECONDS)
         loadavg = os.getloadavg()[0]
@@ -446,6 +490,8 @@ def measure(
         loadavg_1m=loadavg,
         h11_mypyc_loaded=compiled,
         command=command,
+        workers=workers,
+        server_cpus=proc.cpus,
     )
 
 
@@ -467,7 +513,7 @@ class Row:
 def summarize(results: Sequence[Measurement], scenario: str, servers: Sequence[str]) -> list[Row]:
     rows = []
     for name in servers:
-        mine = [m for m in results if m.scenario == scenario and m.server == name]
+        mine = [m for m in results if m.scenario == scenario and m.row == name]
         if mine:
             rows.append(
                 Row(
@@ -491,6 +537,13 @@ def _ratio(rows: Sequence[Row], numerator: str, denominator: str) -> float | Non
     return None
 
 
+def _p50_ratio(rows: Sequence[Row], numerator: str, denominator: str) -> float | None:
+    by_name = {row.server: row for row in rows}
+    if numerator in by_name and denominator in by_name and by_name[denominator].p50_ms > 0:
+        return by_name[numerator].p50_ms / by_name[denominator].p50_ms
+    return None
+
+
 def _fmt_ratio(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.2f}{TIMES}"
 
@@ -511,8 +564,8 @@ def render_table(
             errors = f" ({row.errors} errors)" if row.errors else ""
             lines.append(
                 f"| {scenario} | {row.server} | {row.rps:,.0f}{errors} "
-                f"| {row.rps_min:,.0f}-{row.rps_max:,.0f} | {row.p50_ms:.2f} "
-                f"| {row.p99_ms:.2f} | {_fmt_ratio(_ratio(rows, row.server, BASELINE))} "
+                f"| {row.rps_min:,.0f}-{row.rps_max:,.0f} | {row.p50_ms:.3f} "
+                f"| {row.p99_ms:.3f} | {_fmt_ratio(_ratio(rows, row.server, BASELINE))} "
                 f"| {row.rounds} |"
             )
         pairs = [
@@ -523,11 +576,24 @@ def render_table(
             ("trioserve-compiled", "uvicorn-std"),
             ("trioserve-httptools", "uvicorn-std"),
         ]
+        # How each server scales with its workers (rows "NAME Nw" beside "NAME").
+        pairs += [
+            (row.server, row.server.rsplit(" ", 1)[0])
+            for row in rows
+            if re.search(r" \d+w$", row.server)
+        ]
         parts = [
             f"{num} / {den} = {_fmt_ratio(_ratio(rows, num, den))}"
             for num, den in pairs
             if num in servers and den in servers
         ]
+        if scenario == "single":
+            # One connection measures latency: the ratios of the medians of p50.
+            parts += [
+                f"p50 {num} / {den} = {_fmt_ratio(_p50_ratio(rows, num, den))}"
+                for num, den in pairs
+                if num in servers and den in servers and den == "uvicorn-std"
+            ]
         if parts:
             ratio_lines.append(f"- {scenario}: " + ", ".join(parts))
     return "\n".join([*lines, "", *ratio_lines])
@@ -592,8 +658,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="Comma-separated scenarios: "
         + ", ".join(f"{s.name} ({s.description})" for s in SCENARIOS.values()),
     )
+    parser.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=[1],
+        help="Comma-separated worker counts every server runs with (default: 1). One "
+        f"worker runs on CPU {SERVER_CPU}; more run on CPUs {SHARED_CPUS}, where wrk (on "
+        f"CPU {CLIENT_CPU}) shares a CPU with them. Rows of N > 1 workers are named "
+        "'SERVER Nw'. trioserve runs in-process (--workers 0) for one worker, as its master "
+        "and N workers for more.",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="Write the raw results here.")
     return parser
+
+
+def _worker_counts(text: str) -> list[int]:
+    counts = []
+    for item in text.split(","):
+        try:
+            count = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a worker count: {item!r}") from None
+        if count < 1:
+            raise argparse.ArgumentTypeError(f"a worker count is at least 1, not {count}")
+        if count not in counts:
+            counts.append(count)
+    return counts
 
 
 def _parser_problem(m: Measurement) -> str | None:
@@ -664,13 +754,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {BASELINE} is not in the run, so the ratio column is n/a", file=sys.stderr)
     scenarios: list[str] = args.scenarios
     duration: int = args.duration
+    worker_counts: list[int] = args.workers
+    # (server, workers) pairs, in the order each round runs them.
+    runs = [
+        (name, workers)
+        for name in servers
+        for workers in worker_counts
+        if workers == 1 or SERVERS[name].workers
+    ]
+    for name in servers:
+        if not SERVERS[name].workers and any(w > 1 for w in worker_counts):
+            print(f"note: {name} runs one process only: no rows with more workers", file=sys.stderr)
     per_run = duration + WARMUP_SECONDS + 2
-    estimate = per_run * len(servers) * len(scenarios) * args.rounds
+    estimate = per_run * len(runs) * len(scenarios) * args.rounds
     print(
-        f"{args.rounds} round(s) x {len(servers)} server(s) x {len(scenarios)} scenario(s), "
+        f"{args.rounds} round(s) x {len(runs)} server run(s) x {len(scenarios)} scenario(s), "
         f"{duration}s each: about {estimate // 60}m{estimate % 60:02d}s",
         file=sys.stderr,
     )
+    if any(w > 1 for w in worker_counts):
+        print(
+            f"note: servers with more than one worker run on CPUs {SHARED_CPUS} and share CPU "
+            f"{CLIENT_CPU} with wrk: their rows show what two CPUs give server and load "
+            "generator together, not what two CPUs of their own would give the server",
+            file=sys.stderr,
+        )
 
     env = environment(servers)
     results: list[Measurement] = []
@@ -678,15 +786,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="trioserve-bench-") as tmp:
         for round_no in range(1, args.rounds + 1):
-            for name in servers:
+            for name, workers in runs:
                 for scenario_name in scenarios:
                     if name in skipped:
                         continue
-                    label = f"round {round_no}/{args.rounds} {name:<18} {scenario_name:<11}"
+                    row = name if workers == 1 else f"{name} {workers}w"
+                    label = f"round {round_no}/{args.rounds} {row:<21} {scenario_name:<11}"
                     skip = False  # only for a missing parser, not for a noisy run
                     try:
                         m = measure(
-                            SERVERS[name], SCENARIOS[scenario_name], round_no, duration, Path(tmp)
+                            SERVERS[name],
+                            SCENARIOS[scenario_name],
+                            round_no,
+                            duration,
+                            Path(tmp),
+                            workers,
                         )
                         problem = _parser_problem(m)
                         skip = problem is not None
@@ -708,6 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     failures.append(
                         {
                             "server": name,
+                            "workers": workers,
                             "scenario": scenario_name,
                             "round": round_no,
                             "error": problem,
@@ -717,7 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if skip:
                         skipped.add(name)
 
-    ran = [name for name in servers if any(m.server == name for m in results)]
+    rows = [name if w == 1 else f"{name} {w}w" for name, w in runs]
+    ran = [row for row in rows if any(m.row == row for m in results)]
     print()
     print(render_table(results, scenarios, ran))
     if any(m.error_total for m in results):
@@ -725,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in results:
             if m.error_total:
                 detail = ", ".join(f"{k} {v}" for k, v in m.errors.items() if v)
-                print(f"- round {m.round} {m.server} {m.scenario}: {detail}")
+                print(f"- round {m.round} {m.row} {m.scenario}: {detail}")
     if failures:
         print(f"\n{len(failures)} run(s) gave no measurement (see above).")
 
@@ -746,6 +862,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "server_cpu": SERVER_CPU,
                 "client_cpu": CLIENT_CPU,
                 "servers": servers,
+                "workers": worker_counts,
+                "shared_cpus": SHARED_CPUS,
                 "scenarios": scenarios,
             },
             "results": [asdict(m) for m in results],
