@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -16,7 +17,14 @@ import trio
 import trio.testing
 
 from tests.helpers import require_ipv6_loopback
-from trioserve._accept import _TCP_OPTIONS, ACCEPT_BATCH, _TCPOptions, accept_connections
+from trioserve._accept import (
+    _COPY_CHECKS,
+    _TCP_OPTIONS,
+    ACCEPT_BATCH,
+    _backlog_probe,
+    _TCPOptions,
+    accept_connections,
+)
 from trioserve._peer import Peer
 
 
@@ -247,31 +255,37 @@ async def test_options_are_set_per_connection_when_the_listener_does_not_pass_th
     await listener.aclose()
 
 
-def test_the_first_connection_shows_whether_the_listener_passes_its_options_on():
-    """The per-connection setsockopt is skipped when the kernel copied the listener's
-    options to the first connection (Linux does); it is made when it did not."""
+def test_connections_show_whether_the_listener_passes_its_options_on():
+    """The per-connection setsockopt is skipped once a connection shows the kernel
+    copied the listener's options (Linux does); a connection queued before the options
+    were set on the listener gets them itself without deciding anything; a run of
+    connections without them means the kernel does not copy them."""
     with socket.create_server(("127.0.0.1", 0)) as raw:
         raw.setblocking(False)
         port = raw.getsockname()[1]
-        options = _TCPOptions.on_listener(raw)
-        assert listener_options(raw) == WANTED
-        with socket.create_connection(("127.0.0.1", port)) as client:
-            sock, _ = raw.accept()
-            with sock:
-                options.apply(sock)
-                assert listener_options(sock) == WANTED
+        with contextlib.ExitStack() as clients:
+            early = clients.enter_context(socket.create_connection(("127.0.0.1", port)))
+            options = _TCPOptions.on_listener(raw)
+            assert listener_options(raw) == WANTED
+            later = clients.enter_context(socket.create_connection(("127.0.0.1", port)))
+            for client in (early, later):
+                sock, _ = raw.accept()
+                with sock:
+                    options.apply(sock)
+                    assert listener_options(sock) == WANTED
                 if sys.platform == "linux":
-                    assert options.per_connection is False
+                    # The early one decides nothing; the later one shows the copy.
+                    assert options.per_connection is (None if client is early else False)
         for name, _ in _TCP_OPTIONS:
             raw.setsockopt(socket.IPPROTO_TCP, name, 0)
         fresh = _TCPOptions()
-        with socket.create_connection(("127.0.0.1", port)) as client:
-            sock, _ = raw.accept()
-            with sock:
-                fresh.apply(sock)
-                assert fresh.per_connection is True
-                assert listener_options(sock) == WANTED
-        del client
+        for count in range(1, _COPY_CHECKS + 1):
+            with socket.create_connection(("127.0.0.1", port)):
+                sock, _ = raw.accept()
+                with sock:
+                    fresh.apply(sock)
+                    assert listener_options(sock) == WANTED
+            assert fresh.per_connection is (True if count == _COPY_CHECKS else None)
 
 
 async def test_a_stream_is_built_over_the_socket_when_asked_for(nursery):
@@ -296,3 +310,20 @@ async def test_a_stream_is_built_over_the_socket_when_asked_for(nursery):
     assert first.socket.fileno() == -1
     assert peer.sock.fileno() == -1
     await listener.aclose()
+
+
+def test_the_backlog_probe_tells_a_pending_connection_without_accepting_it():
+    """The probe the loop asks before each further accept (instead of an accept that
+    fails with EAGAIN) is false on an empty backlog, true while a connection waits, and
+    takes nothing from the backlog."""
+    with socket.create_server(("127.0.0.1", 0)) as raw:
+        raw.setblocking(False)
+        pending = _backlog_probe(raw)
+        assert not pending()
+        with socket.create_connection(raw.getsockname()):
+            # (On loopback the connection is in the backlog once connect() returns.)
+            assert pending()
+            assert pending()  # still there: the probe did not take it
+            sock, _ = raw.accept()
+            sock.close()
+            assert not pending()
