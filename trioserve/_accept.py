@@ -1,18 +1,17 @@
 """Accepting connections on the listening sockets.
 
 trioserve runs its own accept loop instead of ``trio.serve_listeners``: a connection
-arrives with its peer address (no ``getpeername`` per connection) and with the plain
-socket under its stream, which the HTTP edge reads and writes directly; and it is
-closed once, after its handler, instead of through ``aclose_forcefully``, whose
-cancelled checkpoint costs more than a small request.
+arrives with its peer address (no ``getpeername`` per connection); and it is closed
+once, after its handler, instead of through ``aclose_forcefully``, whose cancelled
+checkpoint costs more than a small request.
 
 A connection is handed on as its plain socket, non-blocking, with no trio socket or
 stream built over it (see :class:`~trioserve._peer.Peer`): the HTTP edge uses the socket
 directly. The TCP options trio's streams set (``TCP_NODELAY``, ``TCP_NOTSENT_LOWAT``)
 are set on the listening socket instead, once: Linux copies a listener's options to
-each socket it accepts, so a connection then costs no ``setsockopt``. The first
-connection accepted shows whether the kernel did; where it did not, they are set on
-each connection (see :class:`_TCPOptions`).
+each socket it accepts, so a connection then costs no ``setsockopt``. The connections
+accepted show whether the kernel did; where it did not, they are set on each
+connection (see :class:`_TCPOptions`).
 
 While connections keep arriving the loop accepts up to ``ACCEPT_BATCH`` of them per
 turn and then lets the other tasks run; it waits on the socket only once the backlog
