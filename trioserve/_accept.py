@@ -15,11 +15,8 @@ connection (see :class:`_TCPOptions`).
 
 While connections keep arriving the loop accepts up to ``ACCEPT_BATCH`` of them per
 turn and then lets the other tasks run; it waits on the socket only once the backlog
-is empty. After the first connection of a wakeup, whether the backlog holds another
-is asked with a ``poll`` of no timeout rather than by an ``accept`` that fails: a failed
-accept costs a Python exception (about seven times the poll). Only after the first: a
-wakeup that finds several connections accepts them until one fails, since a poll
-before each would cost more than the one exception.
+is empty. (Asking the backlog with a ``poll`` of no timeout instead of ending each
+wakeup with an accept that fails did not pay: see docs/performance.md.)
 
 Whatever a connection's handler raises (a bug of ours in the PROXY header or the TLS
 handshake, a connection hook, an edge or a raw stream handler that let an error through)
@@ -41,10 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import os
-import select
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -197,11 +192,9 @@ async def accept_connections(
         raw.setblocking(False)
         server = _fixed_server_address(raw)
         tcp = None if raw.family == socket.AF_UNIX else _TCPOptions.on_listener(raw)
-        pending = _backlog_probe(raw)
         task_status.started()
         starved: _Starved | None = None
         while True:
-            accepted = 0
             for _ in range(ACCEPT_BATCH):
                 try:
                     sock, address = raw.accept()
@@ -227,9 +220,6 @@ async def accept_connections(
                     starved.end()
                     starved = None
                 nursery.start_soon(_serve, sock, address, tcp, server, handler)
-                if not accepted and not pending():
-                    break  # the one connection of this wakeup: wait again at once
-                accepted += 1
             else:
                 # A full batch: let the new connections (and everyone else) run first.
                 await trio.lowlevel.checkpoint()
@@ -240,17 +230,6 @@ async def accept_connections(
                 return
     finally:
         raw.detach()
-
-
-def _backlog_probe(raw: socket.socket) -> Callable[[], object]:
-    """A call that says (truthy) whether the listening socket ``raw`` has a connection
-    to accept, or an error to report, without waiting; always true where ``poll`` is
-    missing (the next accept then tells)."""
-    if not hasattr(select, "poll"):
-        return lambda: True
-    probe = select.poll()
-    probe.register(raw, select.POLLIN)
-    return functools.partial(probe.poll, 0)
 
 
 def _fixed_server_address(raw: socket.socket) -> tuple[str, int | None] | None:

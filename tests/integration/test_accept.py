@@ -21,7 +21,6 @@ from trioserve._accept import (
     _COPY_CHECKS,
     _TCP_OPTIONS,
     ACCEPT_BATCH,
-    _backlog_probe,
     _TCPOptions,
     accept_connections,
 )
@@ -310,20 +309,3 @@ async def test_a_stream_is_built_over_the_socket_when_asked_for(nursery):
     assert first.socket.fileno() == -1
     assert peer.sock.fileno() == -1
     await listener.aclose()
-
-
-def test_the_backlog_probe_tells_a_pending_connection_without_accepting_it():
-    """The probe the loop asks before each further accept (instead of an accept that
-    fails with EAGAIN) is false on an empty backlog, true while a connection waits, and
-    takes nothing from the backlog."""
-    with socket.create_server(("127.0.0.1", 0)) as raw:
-        raw.setblocking(False)
-        pending = _backlog_probe(raw)
-        assert not pending()
-        with socket.create_connection(raw.getsockname()):
-            # (On loopback the connection is in the backlog once connect() returns.)
-            assert pending()
-            assert pending()  # still there: the probe did not take it
-            sock, _ = raw.accept()
-            sock.close()
-            assert not pending()
