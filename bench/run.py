@@ -121,9 +121,8 @@ def _trioserve_argv(http: str, *extra: str) -> Callable[[int, int], list[str]]:
         # compiled parser whenever h11-mypyc is installed, hiding the difference.
         # One worker: served in the process itself (--workers 0), no master. More: the
         # master and its workers, each on a socket of its own (--reuse-port): on the
-        # master's one shared socket, the worker that wakes first takes a burst of new
-        # connections whole (all 64 of wrk's keep-alive connections, measured), and
-        # the other idles.
+        # master's one shared socket, a burst of new connections (wrk's 64 keep-alive
+        # ones) spread anywhere from 32/32 to 64/0 in tests, and stays so for the run.
         if workers == 1:
             processes = ["--workers", "0"]
         else:
