@@ -485,7 +485,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         config,
         h11_module=_h11_module(config.http),
         access_log=access_log,
-        record=extras.metrics.recorder() if extras.metrics is not None else None,
+        counts=extras.metrics,
         proxy=functools.partial(apply_proxy_headers, trusted=trusted)
         if config.proxy_headers
         else None,
