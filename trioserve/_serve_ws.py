@@ -42,8 +42,10 @@ tests/integration/test_ws_clients.py:
   socket the socket itself.
 - ``__init__`` (rewritten whole): what a server never changes is held by the class.
 
-It also reads ``_recv_channel`` directly (as ``get_message`` does) and swaps in a
-smaller event queue in wsproto's frame-level connection, to save memory.
+It also reads ``_recv_channel`` directly (as ``get_message`` does), replaces
+trio's memory channel (``_send_channel``, ``_recv_channel``) with a smaller queue of
+the same behaviour (:class:`_Messages`), and swaps in a smaller event queue in
+wsproto's frame-level connection, to save memory.
 
 wsproto's server handshake is extended in :class:`_Handshake` through two private
 methods (``_process_connection_request``, ``_reject``): the rules of
@@ -66,6 +68,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
 
 import h11
+import outcome
 import trio
 import trio_websocket
 import wsproto
@@ -120,7 +123,7 @@ _READER_NAME = "trioserve websocket reader"
 class _EventList(list[Any]):
     """A small queue for the two deques each connection would otherwise carry: wsproto's
     frame-level event queue (which only ever holds the event of a lost connection) and
-    trio's memory channel of received messages (at most --ws-max-queue of them). An empty
+    the queue of received messages (at most --ws-max-queue of them, see _Messages). An empty
     deque takes 760 bytes, a list 56; with so few items, pop(0) costs nothing."""
 
     __slots__ = ()
@@ -160,6 +163,165 @@ class _LazyEvent:
         if self._event is None:
             self._event = trio.Event()
         await self._event.wait()
+
+
+class _Messages:
+    """The received messages of one websocket, between its reader task and whoever
+    calls ``receive`` (the app): what trio's memory channel does for trio-websocket,
+    for one producer, without the sets, ordered dicts and attrs fields each of trio's
+    channels carries (about 1 KB per connection). ``send_end`` and ``receive_end`` are
+    the two ends, standing in for ``_send_channel`` and ``_recv_channel``; they close,
+    raise and wake waiting tasks as trio's do (one send channel, one receive channel,
+    no clones).
+
+    Waiting tasks are kept in dicts made on first wait (insertion order: first come,
+    first served)."""
+
+    __slots__ = ("data", "max_size", "receive_closed", "receivers", "send_closed", "senders")
+
+    def __init__(self, max_size: int) -> None:
+        self.data = _EventList()
+        self.max_size = max_size
+        self.send_closed = False
+        self.receive_closed = False
+        # task -> the value it waits to send; task -> None for a receiving task.
+        self.senders: dict[trio.lowlevel.Task, bytes | str] | None = None
+        self.receivers: dict[trio.lowlevel.Task, None] | None = None
+
+
+class _SendEnd:
+    """trio's MemorySendChannel for one :class:`_Messages`: send, send_nowait, close."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, messages: _Messages) -> None:
+        self._q = messages
+
+    def send_nowait(self, value: bytes | str) -> None:
+        q = self._q
+        if q.send_closed:
+            raise trio.ClosedResourceError
+        if q.receive_closed:
+            raise trio.BrokenResourceError
+        if q.receivers:
+            task = next(iter(q.receivers))
+            del q.receivers[task]
+            trio.lowlevel.reschedule(task, outcome.Value(value))
+        elif len(q.data) < q.max_size:
+            q.data.append(value)
+        else:
+            raise trio.WouldBlock
+
+    async def send(self, value: bytes | str) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self.send_nowait(value)
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        q = self._q
+        task = trio.lowlevel.current_task()
+        if q.senders is None:
+            q.senders = {}
+        senders = q.senders
+        senders[task] = value
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del senders[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def close(self) -> None:
+        q = self._q
+        if q.send_closed:
+            return
+        q.send_closed = True
+        if q.senders:
+            for task in q.senders:
+                trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError()))
+            q.senders.clear()
+        if q.receivers:
+            for task in q.receivers:
+                trio.lowlevel.reschedule(task, outcome.Error(trio.EndOfChannel()))
+            q.receivers.clear()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> _SendEnd:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _ReceiveEnd:
+    """trio's MemoryReceiveChannel for one :class:`_Messages`: receive,
+    receive_nowait, close."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, messages: _Messages) -> None:
+        self._q = messages
+
+    def receive_nowait(self) -> bytes | str:
+        q = self._q
+        if q.receive_closed:
+            raise trio.ClosedResourceError
+        if q.senders:
+            task = next(iter(q.senders))
+            q.data.append(q.senders.pop(task))
+            trio.lowlevel.reschedule(task)
+        if q.data:
+            return q.data.popleft()  # type: ignore[no-any-return]
+        if q.send_closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> bytes | str:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            value = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return value
+        q = self._q
+        task = trio.lowlevel.current_task()
+        if q.receivers is None:
+            q.receivers = {}
+        receivers = q.receivers
+        receivers[task] = None
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            del receivers[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        q = self._q
+        if q.receive_closed:
+            return
+        q.receive_closed = True
+        if q.receivers:
+            for task in q.receivers:
+                trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError()))
+            q.receivers.clear()
+        if q.senders:
+            for task in q.senders:
+                trio.lowlevel.reschedule(task, outcome.Error(trio.BrokenResourceError()))
+            q.senders.clear()
+        q.data.clear()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
 
 
 # A peer that closed or broke the websocket.
@@ -229,9 +391,9 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         self._reader_running = True
         self._path = None
         self._subprotocol: str | None = None
-        self._send_channel, self._recv_channel = trio.open_memory_channel[bytes | str](
-            config.ws_max_queue
-        )
+        messages = _Messages(config.ws_max_queue)
+        self._send_channel = _SendEnd(messages)  # type: ignore[assignment]
+        self._recv_channel = _ReceiveEnd(messages)  # type: ignore[assignment]
         self._pings: collections.OrderedDict[bytes, trio.Event] = collections.OrderedDict()
         self._connection_proposal: trio_websocket._impl.Future[WebSocketRequest] | None = (
             trio_websocket._impl.Future()
@@ -250,8 +412,6 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         self.ping_scope: trio.CancelScope | None = None
         # The (code, reason) we closed with, which the app is told rather than the echo.
         self.local_close: tuple[int, str] | None = None
-        # trio's channel only appends, pops from the left, measures and clears its data.
-        self._recv_channel._state.data = _EventList()  # type: ignore[assignment]
 
     async def _reader_task(self) -> None:
         # trio-websocket's reader builds a table of nine bound methods per connection
