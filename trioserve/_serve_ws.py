@@ -174,8 +174,10 @@ class _Messages:
     raise and wake waiting tasks as trio's do (one send channel, one receive channel,
     no clones).
 
-    Waiting tasks are kept in dicts made on first wait (insertion order: first come,
-    first served)."""
+    Waiting tasks are kept in containers made on first wait, first come first served.
+    An idle websocket's app waits in ``receive`` all the time, so that wait is kept
+    small: no exception raised on the way (it would make the frame object of the
+    waiting coroutine), a list, and a small object to abort it rather than a closure."""
 
     __slots__ = ("data", "max_size", "receive_closed", "receivers", "send_closed", "senders")
 
@@ -184,9 +186,35 @@ class _Messages:
         self.max_size = max_size
         self.send_closed = False
         self.receive_closed = False
-        # task -> the value it waits to send; task -> None for a receiving task.
+        # task -> the value it waits to send; the tasks waiting to receive.
         self.senders: dict[trio.lowlevel.Task, bytes | str] | None = None
-        self.receivers: dict[trio.lowlevel.Task, None] | None = None
+        self.receivers: list[trio.lowlevel.Task] | None = None
+
+    def receivable(self) -> bool:
+        """True when receive_nowait would not raise WouldBlock."""
+        return bool(self.data or self.senders or self.send_closed or self.receive_closed)
+
+    def wait_to_receive(self) -> _AbortReceive:
+        """Queue the current task to receive; what aborts its wait when cancelled."""
+        task = trio.lowlevel.current_task()
+        if self.receivers is None:
+            self.receivers = []
+        self.receivers.append(task)
+        return _AbortReceive(self.receivers, task)
+
+
+class _AbortReceive:
+    """Takes a receiving task that was cancelled off the list of waiting ones."""
+
+    __slots__ = ("receivers", "task")
+
+    def __init__(self, receivers: list[trio.lowlevel.Task], task: trio.lowlevel.Task) -> None:
+        self.receivers = receivers
+        self.task = task
+
+    def __call__(self, _: Any) -> trio.lowlevel.Abort:
+        self.receivers.remove(self.task)
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class _SendEnd:
@@ -204,9 +232,7 @@ class _SendEnd:
         if q.receive_closed:
             raise trio.BrokenResourceError
         if q.receivers:
-            task = next(iter(q.receivers))
-            del q.receivers[task]
-            trio.lowlevel.reschedule(task, outcome.Value(value))
+            trio.lowlevel.reschedule(q.receivers.pop(0), outcome.Value(value))
         elif len(q.data) < q.max_size:
             q.data.append(value)
         else:
@@ -283,25 +309,13 @@ class _ReceiveEnd:
         raise trio.WouldBlock
 
     async def receive(self) -> bytes | str:
+        # (_ASGISession.receive does the same in its own frame.)
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
+        if self._q.receivable():
             value = self.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return value
-        q = self._q
-        task = trio.lowlevel.current_task()
-        if q.receivers is None:
-            q.receivers = {}
-        receivers = q.receivers
-        receivers[task] = None
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            del receivers[task]
-            return trio.lowlevel.Abort.SUCCEEDED
-
+        abort = self._q.wait_to_receive()
         return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -418,6 +432,8 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         # (about 0.9 KB of every idle websocket); this loop does the same work with one
         # table shared by all connections. Server side: no opening request to send.
         dispatch = _READER_DISPATCH
+        event: wsproto.events.Event | None = None
+        data: bytes | bytearray | None = None
         async with self._send_channel:
             while self._reader_running:
                 # (self._wsproto is looked up each time: _accept swaps it.)
@@ -436,6 +452,9 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
                         await self._refuse_message()
                     except ConnectionClosed:
                         break
+                # Nothing of the last read or event is kept while the next read waits:
+                # a message's data, the handshake request.
+                event = data = None
                 stream = self._stream
                 if type(stream) is PrefixedStream and not stream._prefix:
                     # The replayed head (and what came with it) is consumed: the
@@ -451,14 +470,18 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
                         # of SocketStream's (about 1.2 KB of frames and a context
                         # manager fewer); a read that finds data is still a
                         # checkpoint, as receive_some is.
+                        # (The wait is outside the except clause: the BlockingIOError
+                        # would otherwise be kept, as the exception being handled, for
+                        # as long as the websocket idles.)
                         while True:
                             try:
                                 data = sock.recv(RECEIVE_SIZE)
                             except BlockingIOError:
-                                await _wait_readable(sock)
+                                pass
                             else:
                                 await trio.lowlevel.checkpoint()
                                 break
+                            await _wait_readable(sock)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await self._abort_web_socket()
                     break
@@ -1121,9 +1144,17 @@ class _ASGISession(ASGIWebSocket):
                 # websocket.disconnect (Quart-Trio does) would cut it.
                 await self.refused.wait()
             return self._disconnect()
+        receiving = cast(_ReceiveEnd, self.conn._recv_channel)
         try:
-            # What get_message() does, one coroutine frame less while the app waits.
-            data = await self.conn._recv_channel.receive()
+            # What get_message() and _ReceiveEnd.receive() do, in this frame: two
+            # coroutines fewer kept while the app waits.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if receiving._q.receivable():
+                data = receiving.receive_nowait()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            else:
+                abort = receiving._q.wait_to_receive()
+                data = await trio.lowlevel.wait_task_rescheduled(abort)
         except (trio.ClosedResourceError, trio.EndOfChannel):
             return self._disconnect()
         if isinstance(data, str):

@@ -4,6 +4,7 @@ serve_asgi_websocket on a real socket bound to 127.0.0.1:0."""
 from __future__ import annotations
 
 import functools
+import gc
 import json
 from typing import Any
 
@@ -466,3 +467,38 @@ async def test_idle_websocket_waits_on_its_socket_directly(nursery):
         waiting = _awaited_names(readers[0].coro)
         assert "wait_readable" in waiting
         assert not any(name.startswith("SocketStream.") for name in waiting), waiting
+
+
+async def test_idle_websocket_keeps_nothing_of_its_last_read(nursery):
+    """While an idle websocket waits, its reader holds neither the last bytes it read
+    nor the last event (a message's data), nor the BlockingIOError of an empty socket."""
+    url = await start_server(nursery, Recorder(), state_with())
+    message = b"\x01" * 100_000
+    async with trio_websocket.open_websocket_url(url, max_message_size=2**20) as ws:
+        await ws.send_message(message)
+        with trio.fail_after(WAIT):
+            assert await ws.get_message() == message
+        await trio.testing.wait_all_tasks_blocked()
+        [reader] = [t for t in _all_tasks() if t.name == "trioserve websocket reader"]
+        frame = reader.coro.cr_frame
+        assert frame is not None
+        local_names = frame.f_locals
+        assert local_names["data"] is None
+        assert local_names["event"] is None
+        gc.collect()
+        assert not [o for o in gc.get_objects() if isinstance(o, BlockingIOError)]
+
+
+async def test_idle_asgi_app_waits_in_receive_itself(nursery):
+    """An ASGI app waiting for a message waits in its receive() itself, through no
+    frame of a channel's (each would be kept by every idle websocket)."""
+    url = await start_server(nursery, Recorder(), state_with())
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await ws.send_message("hello")
+        with trio.fail_after(WAIT):
+            assert await ws.get_message() == "hello"
+        await trio.testing.wait_all_tasks_blocked()
+        chains = [_awaited_names(t.coro) for t in _all_tasks()]
+        [chain] = [c for c in chains if "_ASGISession.receive" in c]
+        after = chain[chain.index("_ASGISession.receive") + 1 :]
+        assert after[0] == "wait_task_rescheduled", chain

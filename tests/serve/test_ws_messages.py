@@ -166,3 +166,22 @@ async def test_lazy_event_wakes_a_waiter_and_lets_later_ones_through() -> None:
         await event.wait()
     assert event.is_set()
     assert woken == [True]
+
+
+async def test_waiting_receivers_are_served_first_come_first_served() -> None:
+    """Two tasks waiting to receive get the next two messages in the order they came."""
+    send, receive = pair()
+    got: list[tuple[str, bytes | str]] = []
+
+    async def receiver(name: str) -> None:
+        got.append((name, await receive.receive()))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver, "first")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(receiver, "second")
+            await trio.testing.wait_all_tasks_blocked()
+            send.send_nowait("a")
+            send.send_nowait("b")
+    assert sorted(got) == [("first", "a"), ("second", "b")]
