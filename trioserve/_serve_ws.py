@@ -59,7 +59,6 @@ extends: it only does what the returned actions say.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -338,6 +337,52 @@ class _ReceiveEnd:
         await trio.lowlevel.checkpoint()
 
 
+class _SendLock:
+    """trio-websocket's lock around sending (``async with``), first come first served
+    as its StrictFIFOLock is, with the parking lot (and its ordered dict, about 300
+    bytes with the lock) made only while tasks contend: an idle websocket holds two
+    slots."""
+
+    __slots__ = ("_held", "_lot")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._lot: trio.lowlevel.ParkingLot | None = None
+
+    async def __aenter__(self) -> None:
+        # trio's Lock.acquire, with the lot made on demand.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._held:
+            self._held = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        if self._lot is None:
+            self._lot = trio.lowlevel.ParkingLot()
+        # Woken by __aexit__ holding the lock (it stays held, handed over).
+        await self._lot.park()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        lot = self._lot
+        if lot:
+            lot.unpark()
+        else:
+            self._held = False
+            self._lot = None
+
+
+class _Pings(dict[bytes, trio.Event]):
+    """trio-websocket's pings in flight by payload, oldest first: its OrderedDict's
+    ``popitem(last=False)`` on a dict (64 bytes empty rather than 128)."""
+
+    __slots__ = ()
+
+    def popitem(self, last: bool = True) -> tuple[bytes, trio.Event]:
+        if not self:
+            raise KeyError("popitem(): dictionary is empty")
+        key = next(reversed(self)) if last else next(iter(self))
+        return key, self.pop(key)
+
+
 # A peer that closed or broke the websocket.
 _GONE = (ClientDisconnected, ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -397,7 +442,7 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         self._close_reason: trio_websocket.CloseReason | None = None
         self._id = next(trio_websocket.WebSocketConnection.CONNECTION_ID)
         self._stream = stream
-        self._stream_lock = trio.StrictFIFOLock()
+        self._stream_lock = _SendLock()  # type: ignore[assignment]
         self._wsproto = connection
         self._message_size = 0
         self._message_parts: list[bytes | str] = []
@@ -408,7 +453,7 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         messages = _Messages(config.ws_max_queue)
         self._send_channel = _SendEnd(messages)  # type: ignore[assignment]
         self._recv_channel = _ReceiveEnd(messages)  # type: ignore[assignment]
-        self._pings: collections.OrderedDict[bytes, trio.Event] = collections.OrderedDict()
+        self._pings = _Pings()  # type: ignore[assignment]
         self._connection_proposal: trio_websocket._impl.Future[WebSocketRequest] | None = (
             trio_websocket._impl.Future()
         )

@@ -1,5 +1,7 @@
-"""The received-message queue of a websocket (_Messages and its two ends): the
-behaviour of trio's memory channel that trio-websocket and the ASGI edge rely on."""
+"""The small stand-ins for trio's objects that each websocket carries: the
+received-message queue (_Messages and its two ends, with the behaviour of trio's
+memory channel that trio-websocket and the ASGI edge rely on), the send lock, the
+ping table and the close-handshake event."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from trioserve._serve_ws import _LazyEvent, _Messages, _ReceiveEnd, _SendEnd
+from trioserve._serve_ws import _LazyEvent, _Messages, _Pings, _ReceiveEnd, _SendEnd, _SendLock
 
 
 def pair(max_size: int = 2) -> tuple[_SendEnd, _ReceiveEnd]:
@@ -185,3 +187,69 @@ async def test_waiting_receivers_are_served_first_come_first_served() -> None:
             send.send_nowait("a")
             send.send_nowait("b")
     assert sorted(got) == [("first", "a"), ("second", "b")]
+
+
+async def test_send_lock_lets_one_task_in_at_a_time_first_come_first_served() -> None:
+    """While a task holds the send lock, others wait, and get it in the order they
+    came; a waiter cancelled meanwhile never gets it."""
+    lock = _SendLock()
+    order: list[str] = []
+    release = trio.Event()
+
+    async def holder() -> None:
+        async with lock:
+            order.append("holder")
+            await release.wait()
+
+    async def waiter(name: str) -> None:
+        async with lock:
+            order.append(name)
+
+    cancelled = trio.CancelScope()
+
+    async def cancelled_waiter() -> None:
+        with cancelled:
+            await waiter("cancelled")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(waiter, "first")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(cancelled_waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            cancelled.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(waiter, "second")
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == ["holder"]
+            release.set()
+        async with lock:
+            order.append("after")
+    assert order == ["holder", "first", "second", "after"]
+
+
+async def test_a_cancelled_waiter_leaves_the_send_lock_usable() -> None:
+    """A task cancelled while waiting for the send lock does not hold it afterwards."""
+    lock = _SendLock()
+    async with lock:
+        with trio.move_on_after(0.01):
+            async with lock:
+                raise AssertionError("entered a held lock")
+    with trio.fail_after(5):
+        async with lock:
+            pass
+
+
+def test_pings_pop_oldest_first() -> None:
+    """popitem(last=False) takes the oldest ping in flight, popitem() the newest, as
+    trio-websocket's OrderedDict does."""
+    pings = _Pings()
+    first, second, third = trio.Event(), trio.Event(), trio.Event()
+    pings[b"1"], pings[b"2"], pings[b"3"] = first, second, third
+    assert pings.popitem(False) == (b"1", first)
+    assert pings.popitem() == (b"3", third)
+    assert pings.popitem(last=False) == (b"2", second)
+    with pytest.raises(KeyError):
+        pings.popitem(False)
