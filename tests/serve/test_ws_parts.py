@@ -1,5 +1,5 @@
 """The small stand-ins for trio's objects that each websocket carries: the
-received-message queue (_Messages and its two ends, with the behaviour of trio's
+received-message queue (Messages and its two ends, with the behaviour of trio's
 memory channel that trio-websocket and the ASGI edge rely on), the send lock, the
 ping table and the close-handshake event."""
 
@@ -9,12 +9,12 @@ import pytest
 import trio
 import trio.testing
 
-from trioserve._serve_ws import _LazyEvent, _Messages, _Pings, _ReceiveEnd, _SendEnd, _SendLock
+from trioserve._ws_parts import LazyEvent, Messages, Pings, ReceiveEnd, SendEnd, SendLock
 
 
-def pair(max_size: int = 2) -> tuple[_SendEnd, _ReceiveEnd]:
-    messages = _Messages(max_size)
-    return _SendEnd(messages), _ReceiveEnd(messages)
+def pair(max_size: int = 2) -> tuple[SendEnd, ReceiveEnd]:
+    messages = Messages(max_size)
+    return SendEnd(messages), ReceiveEnd(messages)
 
 
 async def test_messages_come_out_in_order() -> None:
@@ -150,9 +150,9 @@ async def test_a_cancelled_send_sends_nothing() -> None:
 
 
 async def test_lazy_event_wakes_a_waiter_and_lets_later_ones_through() -> None:
-    """_LazyEvent (the close handshake's event) wakes a task that waited before set(),
+    """LazyEvent (the close handshake's event) wakes a task that waited before set(),
     and returns at once to one that waits after."""
-    event = _LazyEvent()
+    event = LazyEvent()
     woken = []
 
     async def waiter() -> None:
@@ -192,7 +192,7 @@ async def test_waiting_receivers_are_served_first_come_first_served() -> None:
 async def test_send_lock_lets_one_task_in_at_a_time_first_come_first_served() -> None:
     """While a task holds the send lock, others wait, and get it in the order they
     came; a waiter cancelled meanwhile never gets it."""
-    lock = _SendLock()
+    lock = SendLock()
     order: list[str] = []
     release = trio.Event()
 
@@ -232,7 +232,7 @@ async def test_send_lock_lets_one_task_in_at_a_time_first_come_first_served() ->
 
 async def test_a_cancelled_waiter_leaves_the_send_lock_usable() -> None:
     """A task cancelled while waiting for the send lock does not hold it afterwards."""
-    lock = _SendLock()
+    lock = SendLock()
     async with lock:
         with trio.move_on_after(0.01):
             async with lock:
@@ -245,7 +245,7 @@ async def test_a_cancelled_waiter_leaves_the_send_lock_usable() -> None:
 def test_pings_pop_oldest_first() -> None:
     """popitem(last=False) takes the oldest ping in flight, popitem() the newest, as
     trio-websocket's OrderedDict does."""
-    pings = _Pings()
+    pings = Pings()
     first, second, third = trio.Event(), trio.Event(), trio.Event()
     pings[b"1"], pings[b"2"], pings[b"3"] = first, second, third
     assert pings.popitem(False) == (b"1", first)
