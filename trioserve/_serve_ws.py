@@ -252,21 +252,22 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
                     if sock is None or type(stream) is PrefixedStream:
                         data = await stream.receive_some(RECEIVE_SIZE)
                     else:
-                        # The plain socket under the stream: tried first, waited for
-                        # when empty. An idle websocket then waits here, in no frame
-                        # of SocketStream's (about 1.2 KB of frames and a context
-                        # manager fewer); a read that finds data is still a
-                        # checkpoint, as receive_some is.
+                        # The plain socket under the stream, read as trio's socket
+                        # reads it (a cancellation is seen before the read, never
+                        # after it, so nothing read is lost), in this frame: an idle
+                        # websocket then waits here, in no frame of SocketStream's
+                        # (about 1.2 KB of frames and a context manager fewer).
                         # (The wait is outside the except clause: the BlockingIOError
                         # would otherwise be kept, as the exception being handled, for
                         # as long as the websocket idles.)
+                        await trio.lowlevel.checkpoint_if_cancelled()
                         while True:
                             try:
                                 data = sock.recv(RECEIVE_SIZE)
                             except BlockingIOError:
                                 pass
                             else:
-                                await trio.lowlevel.checkpoint()
+                                await trio.lowlevel.cancel_shielded_checkpoint()
                                 break
                             await _wait_readable(sock)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -933,8 +934,8 @@ class _ASGISession(ASGIWebSocket):
             return self._disconnect()
         receiving = cast(ReceiveEnd, self.conn._recv_channel)
         try:
-            # What get_message() and ReceiveEnd.receive() do, in this frame: two
-            # coroutines fewer kept while the app waits.
+            # What get_message() and ReceiveEnd.receive() do, in this frame: a coroutine
+            # fewer kept while the app waits (see ReceiveEnd.receive).
             await trio.lowlevel.checkpoint_if_cancelled()
             if receiving.queue.receivable():
                 data = receiving.receive_nowait()
