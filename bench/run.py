@@ -60,6 +60,8 @@ SERVER_CPU = "0"
 CLIENT_CPU = "1"
 # Servers with more than one worker run on both CPUs, sharing CPU 1 with wrk.
 SHARED_CPUS = "0,1"
+# Put before the server's and wrk's commands: ``chrt -f 20`` with --fifo (see there).
+PRIORITY: list[str] = []
 READY_TIMEOUT = 15.0  # seconds for a server to accept TCP connections
 WARMUP_SECONDS = 2
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
@@ -319,6 +321,7 @@ class RunningServer:
         self.port = port
         self.cpus = SERVER_CPU if workers == 1 else SHARED_CPUS
         self.command = [
+            *PRIORITY,
             "taskset",
             "-c",
             self.cpus,
@@ -438,7 +441,7 @@ def check_response(port: int) -> None:
 
 
 def wrk_command(port: int, scenario: Scenario, seconds: int) -> list[str]:
-    command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{scenario.connections}"]
+    command = [*PRIORITY, "taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{scenario.connections}"]
     command += [f"-d{seconds}s", "--latency"]
     for header in scenario.headers:
         command += ["-H", header]
@@ -673,6 +676,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'SERVER Nw'. trioserve runs in-process (--workers 0) for one worker, as its master "
         "and N workers with --reuse-port for more.",
     )
+    parser.add_argument(
+        "--fifo",
+        action="store_true",
+        help="Run the server and wrk at real-time priority (chrt -f 20; needs root or "
+        "CAP_SYS_NICE): on a machine others share, they then hardly lose the CPU to other "
+        "work, which the ratios need. The kernel still keeps 5%% of each second for the "
+        "rest (sched_rt_runtime_us), so figures are a little below a quiet machine's.",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="Write the raw results here.")
     return parser
 
@@ -754,6 +765,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
+    if args.fifo:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+        except OSError as exc:
+            print(f"--fifo: this process may not use real-time priority ({exc})", file=sys.stderr)
+            return 2
+        # (Only to check that it may: the server and wrk get it from chrt.)
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        PRIORITY[:] = ["chrt", "-f", "20"]
     servers = _available(args.servers)
     if BASELINE not in servers:
         print(f"note: {BASELINE} is not in the run, so the ratio column is n/a", file=sys.stderr)
@@ -865,6 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rounds": args.rounds,
                 "warmup": WARMUP_SECONDS,
                 "server_cpu": SERVER_CPU,
+                "priority": " ".join(PRIORITY) or "normal",
                 "client_cpu": CLIENT_CPU,
                 "servers": servers,
                 "workers": worker_counts,

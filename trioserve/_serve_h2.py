@@ -104,7 +104,7 @@ class H2Options(ExchangeOptions):
         super().__init__(
             root_path=http.root_path,
             access_log=http.access_log,
-            record=http.record,
+            counts=http.counts,
             proxy=http.proxy,
             app_hint=http.app_hint,
             pathsend=PATHSEND in http.offered,

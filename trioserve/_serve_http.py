@@ -28,7 +28,8 @@ import h11
 import trio
 
 from ._config import Config, timeout_seconds
-from ._exchange import FILE_CHUNK, AccessLogger, Exchange, ExchangeOptions, RequestRecorder
+from ._exchange import FILE_CHUNK, AccessLogger, Exchange, ExchangeOptions
+from ._metrics import ProcessCounts
 from ._peer import Peer
 from ._proto.h2c import SWITCHING_TO_H2C, h2c_settings, starts_as_preface
 from ._proto.http import Response, error_response, error_status_text, http_scope
@@ -116,7 +117,7 @@ class HTTPOptions(ExchangeOptions):
         *,
         h11_module: types.ModuleType = h11,
         access_log: AccessLogger | None = None,
-        record: RequestRecorder | None = None,
+        counts: ProcessCounts | None = None,
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
         app_hint: Callable[[BaseException], str | None] | None = None,
         websocket: WebSocketUpgrade | None = None,
@@ -130,7 +131,7 @@ class HTTPOptions(ExchangeOptions):
             proxy=proxy,
             access_log=access_log,
             # Counts each complete exchange (--metrics-bind).
-            record=record,
+            counts=counts,
             # Adds advice to the log of an app's exception (the asyncio hint).
             app_hint=app_hint,
             pathsend=config.pathsend,

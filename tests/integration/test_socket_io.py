@@ -67,9 +67,7 @@ async def test_pipelined_requests_let_other_tasks_run(nursery):
     assert turns >= count - 5
 
 
-async def test_a_client_answering_each_response_is_read_without_waiting(
-    nursery, monkeypatch
-):
+async def test_a_client_answering_each_response_is_read_without_waiting(nursery, monkeypatch):
     """Between two requests the edge checkpoints even when the last one had to wait:
     a client that sends its next request as soon as it has the response then finds it
     read at once, rather than by a failed read and a wait in epoll every time."""
