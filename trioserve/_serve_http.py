@@ -475,13 +475,17 @@ class _Owner:
     (about 5% more instructions per request: see tests/serve/test_http_background.py).
     """
 
-    __slots__ = ("app", "ended", "peer", "tasks")
+    __slots__ = ("app", "clock", "ended", "peer", "tasks")
 
     def __init__(self, peer: Peer, app: ASGIApp, tasks: trio.Nursery) -> None:
         self.peer = peer
         self.app = app
         self.tasks = tasks
         self.ended: trio.Event | None = None
+        # The run's clock, read for the idle deadline of every request: what
+        # trio.current_time() reads, without finding the run (a thread-local look-up
+        # and two calls) each time.
+        self.clock = trio.lowlevel.current_clock()
 
 
 class _Connection(ServerConnection):
@@ -761,11 +765,16 @@ class _Connection(ServerConnection):
         """
         self.waiting = "idle"
         self.idle = True
-        self.deadline = min(
-            trio.current_time() + self.options.keep_alive, self.state.drain_deadline
-        )
+        deadline = self.owner.clock.current_time() + self.options.keep_alive
+        drain_deadline = self.state.drain_deadline
+        if drain_deadline < deadline:
+            deadline = drain_deadline
+        self.deadline = deadline
         data = await self._receive()
-        if data and self.timer.cancel_called:
+        # Only the watchdog cancels the timer, and it sets the deadline to infinity
+        # first: while the deadline is the one set here (and finite), it did not, and
+        # the timer need not be asked (its cancel_called reads the clock).
+        if data and (self.deadline != deadline or deadline == _INF) and self.timer.cancel_called:
             # The deadline passed as the request arrived (on a plain socket, the read
             # is not a checkpoint): keep it for ``serve``, which serves it under a new
             # timer, rather than let the cancellation cut its exchange.

@@ -41,6 +41,14 @@ class PathSend(Exception):
         self.path = path
 
 
+# Single bytes as ints: ``int in bytes`` is a plain byte search, where ``b"?" in bytes``
+# first tries the operand as an int and builds (and drops) a TypeError, about four
+# times the cost on every request.
+_QUESTION_MARK = ord("?")
+_PERCENT = ord("%")
+_NUL = 0
+
+
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Split a request target into (raw_path, query_string).
 
@@ -59,7 +67,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 
 def decode_path(raw_path: bytes) -> str:
     """Percent-decode a path and read it as UTF-8 (invalid bytes become U+FFFD)."""
-    if b"%" not in raw_path:
+    if _PERCENT not in raw_path:
         try:
             return raw_path.decode("utf-8")
         except UnicodeDecodeError:
@@ -85,7 +93,7 @@ def http_scope(
     :func:`rooted`).
     """
     target = request.target
-    if target[:1] == b"/" and b"?" not in target:
+    if target[:1] == b"/" and _QUESTION_MARK not in target:
         raw_path, query = target, b""
     else:
         raw_path, query = split_target(target)
@@ -208,6 +216,13 @@ _MAX_LENGTH_DIGITS = 20
 # the same few names over and over, and a dict look-up is cheaper than a regex match.
 _checked_names: dict[bytes, bytes] = {}
 _MAX_CHECKED_NAMES = 1024
+# What Response._take_headers made of the header lists apps sent, by their items: the
+# header lines to copy, the Content-Length, whether nothing in them stands in the way of
+# the common answer, and the rarer flags ((attribute, value) pairs, or None). Bounded:
+# at most this many lists, each of at most this many bytes of lines.
+_known_heads: dict[tuple[Any, ...], tuple[bytes, int | None, bool, Any]] = {}
+_MAX_KNOWN_HEADS = 256
+_MAX_KNOWN_HEAD = 2048
 # Headers that decide the framing or the connection: never copied as the app gave them.
 _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 # Headers that need more than copying: the framing ones, and those we would add.
@@ -587,7 +602,27 @@ class Response(ResponseProgress[bytes]):
         return error_response(status, message, server_header=self.server_header)
 
     def _take_headers(self, raw: Iterable[Any]) -> None:
-        """Check the app's headers and keep what the head needs of them."""
+        """Check the app's headers and keep what the head needs of them.
+
+        An app usually sends the same header list again and again (the same names and
+        values): what the checks made of a list is kept in ``_known_heads``, keyed by
+        its items, and the next equal list costs a dict look-up.
+        """
+        key: tuple[Any, ...] | None = None
+        if type(raw) is list:
+            try:
+                key = tuple(raw)
+                known = _known_heads.get(key)
+            except TypeError:
+                # (An unhashable item: a pair as a list, a bytearray. Not kept.)
+                key = known = None
+            if known is not None:
+                self._lines, self._length, self._plain_headers, rare = known
+                if rare is not None:
+                    for name, value in rare:
+                        setattr(self, name, value)
+                self.headers = raw
+                return
         lines: list[bytes] = []
         checked = _checked_names
         # Until a header says otherwise, nothing in them changes the common answer (see
@@ -614,11 +649,33 @@ class Response(ResponseProgress[bytes]):
         # The names are tokens and the separators ours: the block holds one CR and one
         # LF per header, and no NUL, unless a value brings its own.
         count = len(lines) >> 2
-        if block.count(b"\n") != count or block.count(b"\r") != count or b"\x00" in block:
+        if block.count(b"\n") != count or block.count(b"\r") != count or _NUL in block:
             for name, value in headers:
                 _check_value(name, value)
         self.headers = headers
         self._lines = block
+        if key is not None and len(block) <= _MAX_KNOWN_HEAD:
+            self._know_head(key, block)
+
+    def _know_head(self, key: tuple[Any, ...], block: bytes) -> None:
+        """Keep what the checks made of a header list (see :meth:`_take_headers`):
+        only for exact pairs of exact bytes, whose equality is that of their bytes."""
+        for item in key:
+            if type(item) is not tuple or len(item) != 2:
+                return
+            name, value = item
+            if type(name) is not bytes or type(value) is not bytes:
+                return
+        rare = tuple(
+            (name, getattr(self, name))
+            for name in ("_app_chunked", "_connection", "_has_date", "_has_server")
+            if name in self.__dict__
+        )
+        if len(_known_heads) >= _MAX_KNOWN_HEADS:
+            # Many different lists (a value that changes with each response): start over
+            # rather than track which are used.
+            _known_heads.clear()
+        _known_heads[key] = (block, self._length, self._plain_headers, rare or None)
 
     def _forget_start(self) -> None:
         """Back to waiting for http.response.start, as if none came."""
