@@ -31,7 +31,13 @@ from ._config import Config, timeout_seconds
 from ._exchange import FILE_CHUNK, AccessLogger, Exchange, ExchangeOptions, RequestRecorder
 from ._peer import Peer
 from ._proto.h2c import SWITCHING_TO_H2C, h2c_settings, starts_as_preface
-from ._proto.http import Response, error_response, error_status_text, http_scope
+from ._proto.http import (
+    Response,
+    ResponsePhase,
+    error_response,
+    error_status_text,
+    http_scope,
+)
 from ._proto.http1 import CONTINUE, BodyEnd, Next, ServerConnection
 from ._proto.validate import (
     HTTP2Preface,
@@ -57,6 +63,7 @@ LINGER_BYTES = 1024 * 1024
 BODY_RATE_GRACE = 10.0
 
 _NEXT_REQUEST = Next.REQUEST
+_RESPONSE_DONE = ResponsePhase.DONE
 _DISCARD_BODY = Next.DISCARD_BODY
 _BROKEN = DISCONNECT_ERRORS
 
@@ -593,7 +600,11 @@ class _Connection(ServerConnection):
                     await self._linger()
                     return False
                 broken = cycle.broken
-                keep_alive = not broken and cycle.response.keep_alive
+                response = cycle.response
+                # (Response.keep_alive, without the property's call.)
+                keep_alive = (
+                    not broken and response.phase is _RESPONSE_DONE and not response.must_close
+                )
                 after = self.next_exchange(keep_alive, not broken)
                 if after is _DISCARD_BODY:
                     await self._discard_body()
@@ -770,7 +781,18 @@ class _Connection(ServerConnection):
         if drain_deadline < deadline:
             deadline = drain_deadline
         self.deadline = deadline
-        data = await self._receive()
+        sock = self.sock
+        if sock is None:
+            data = await self._receive()
+        else:
+            # _receive's first try, here: under load the next request is usually there,
+            # and then no coroutine is made for the read.
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                data = await self._receive()
+            except OSError:
+                data = b""
         # Only the watchdog cancels the timer, and it sets the deadline to infinity
         # first: while the deadline is the one set here (and finite), it did not, and
         # the timer need not be asked (its cancel_called reads the clock).

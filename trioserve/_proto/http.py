@@ -97,7 +97,10 @@ def http_scope(
         raw_path, query = target, b""
     else:
         raw_path, query = split_target(target)
-    path = decode_path(raw_path)
+    if _PERCENT not in raw_path and raw_path.isascii():
+        path = raw_path.decode("ascii")  # (most paths: decode_path's answer, a call less)
+    else:
+        path = decode_path(raw_path)
     if root_path:
         path, raw_path = rooted(root_path, path, raw_path)
     method = request.method
@@ -462,7 +465,7 @@ class Response(ResponseProgress[bytes]):
         self.client_keep_alive = keep_alive
         self.http_10 = http_10
         # Nothing about the request or the settings stands in the way of the common
-        # answer (see _head_and_body).
+        # answer (see on_send).
         self._plain = keep_alive and not http_10 and not head and server_header
         if default_headers:
             self._plain = False
@@ -492,7 +495,9 @@ class Response(ResponseProgress[bytes]):
                 if kind == EARLY_HINT:
                     return self._early_hint(message)
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
-            status = check_status(message.get("status"))
+            status = message.get("status")
+            if type(status) is not int or not 200 <= status <= 599:
+                status = check_status(status)
             try:
                 self._take_headers(message.get("headers", ()))
             except ASGIProtocolError:
@@ -516,6 +521,14 @@ class Response(ResponseProgress[bytes]):
                 raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")
             more = bool(message.get("more_body", False))
             if self._pending_head:
+                if (
+                    self._plain
+                    and not more
+                    and self._plain_headers
+                    and not self.close
+                    and (self._length is None or self._length == len(body))
+                ):
+                    return self._one_piece(body, len(body))
                 return self._head_and_body(body, more)
             if self._framing is _Framing.LENGTH and len(body) > self._remaining:
                 # Part of the response is out already: only closing can end it.
@@ -626,7 +639,7 @@ class Response(ResponseProgress[bytes]):
         lines: list[bytes] = []
         checked = _checked_names
         # Until a header says otherwise, nothing in them changes the common answer (see
-        # _head_and_body).
+        # on_send).
         self._plain_headers = True
         try:
             headers = raw if type(raw) is list else list(raw)
@@ -725,18 +738,11 @@ class Response(ResponseProgress[bytes]):
             self._connection = (self._connection or []) + _tokens(value)
 
     def _head_and_body(self, body: bytes | bytearray | memoryview, more: bool) -> bytes:
-        """The status line and headers, then the first body message."""
+        """The status line and headers, then the first body message (other than the
+        common answer, which on_send gives by :meth:`_one_piece`)."""
         size = len(body)
         length = self._length
         status = self.status
-        if (
-            self._plain
-            and not more
-            and (length is None or length == size)
-            and not self.close
-            and self._plain_headers
-        ):
-            return self._one_piece(body, size)
         if self._app_chunked:
             # Transfer-Encoding beats Content-Length, which is then not sent at all.
             length = None
