@@ -152,7 +152,7 @@ def header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
 
 
 def client_keep_alive(
-    request: h11.Request, headers: list[tuple[bytes, bytes]] | None = None
+    request: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> bool:
     """Whether the client lets the connection carry another request after this one.
 

@@ -205,7 +205,7 @@ class ServerConnection:
         version = version[5:]
         if not host and version == b"1.1":
             return None
-        event: Any = Request(method, target, headers, version)
+        event = Request(method, target, headers, version)
         # The bytes after the head wait in a parser for the next request, which has
         # seen nothing of this one (see next_exchange).
         parser = self.parser
