@@ -151,16 +151,14 @@ def header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers]
 
 
-def client_keep_alive(
-    request: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> bool:
+def client_keep_alive(request: Any, headers: list[tuple[bytes, bytes]] | None = None) -> bool:
     """Whether the client lets the connection carry another request after this one.
 
     HTTP/1.1 keeps the connection unless a ``Connection`` header says ``close``;
     HTTP/1.0 closes it unless one says ``keep-alive`` (and none says ``close``).
     ``headers``: as for :func:`http_scope`.
     """
-    keep_alive = request.http_version >= b"1.1"
+    keep_alive: bool = request.http_version >= b"1.1"
     for name, value in header_pairs(request.headers) if headers is None else headers:
         if name == b"connection":
             tokens = _tokens(value)
