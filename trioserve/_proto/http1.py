@@ -58,6 +58,12 @@ class Next(enum.Enum):
     DISCARD_BODY = "read and drop the rest of the request body first, then ask again"
 
 
+# (Read on every request: a member read through its class is a descriptor call on
+# CPython 3.11.)
+_REQUEST = Next.REQUEST
+_CLOSE = Next.CLOSE
+
+
 class BodyEnd(enum.Enum):
     """A request body that ended without its end of message (see
     :meth:`ServerConnection.body_message`)."""
@@ -433,7 +439,7 @@ class ServerConnection:
             # _split_head), had no body and was read whole. The parser holds just what
             # the client sent after it, as a fresh one would (an h11 connection costs
             # about 20,000 instructions to make).
-            return Next.REQUEST if keep_alive else Next.CLOSE
+            return _REQUEST if keep_alive else _CLOSE
         if may_discard and their_state is h11mod.SEND_BODY:
             self._discarded = 0
             return Next.DISCARD_BODY
