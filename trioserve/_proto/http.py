@@ -296,6 +296,7 @@ class ResponsePhase(enum.Enum):
     TRAILERS = "sending the trailers"
     DONE = "response complete"
 
+
 # The members as module constants, for the code run on every request: a member read
 # through its class (ResponsePhase.DONE) is a descriptor call on CPython 3.11, about ten
 # times the cost of reading a global.
@@ -310,6 +311,7 @@ class _Framing(enum.Enum):
     CHUNKED = "chunked"
     CLOSE = "close-delimited"  # HTTP/1.0 without a length: the close ends the body
     NONE = "no body"  # HEAD, 204, 304
+
 
 # (As for ResponsePhase above.)
 _LENGTH = _Framing.LENGTH
