@@ -1115,6 +1115,12 @@ class _Cycle(Exchange[bytes]):
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
         self.body_done = self.empty_body_due = connection.body_done
+        # The exchange's flags that every request reads, as instance attributes: a class
+        # default read through an instance is a slow attribute look-up on CPython 3.11,
+        # several times the cost of setting it here once.
+        self.rejected = None
+        self.disconnected = self.broken = self.handed_over = False
+        self._disconnect_waiter = None
 
     options: HTTPOptions
     response: Response
