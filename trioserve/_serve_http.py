@@ -737,12 +737,13 @@ class _Connection(ServerConnection):
             self.client,
         )
 
-    async def _receive(self) -> bytes:
+    async def _receive(self, *, found_nothing: bool = False) -> bytes:
         """The next bytes from the client; b"" once it is gone.
 
         On a plain socket the read is tried first and the wait comes only when nothing
         is there (under load the next request is usually there already); a read that
-        finds data is not a checkpoint (see ``yielded``).
+        finds data is not a checkpoint (see ``yielded``). ``found_nothing``: the caller
+        just tried that read itself, so this waits first.
         """
         sock = self.sock
         if sock is None:
@@ -753,12 +754,15 @@ class _Connection(ServerConnection):
                 return b""
             return bytes(data)
         while True:
-            try:
-                return sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError:
-                return b""
+            if found_nothing:
+                found_nothing = False
+            else:
+                try:
+                    return sock.recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return b""
             self.yielded = True
             try:
                 await _wait_readable(sock)
@@ -790,7 +794,7 @@ class _Connection(ServerConnection):
             try:
                 data = sock.recv(RECEIVE_SIZE)
             except BlockingIOError:
-                data = await self._receive()
+                data = await self._receive(found_nothing=True)
             except OSError:
                 data = b""
         # Only the watchdog cancels the timer, and it sets the deadline to infinity
