@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from time import time as _wall_clock
 from typing import Any, BinaryIO, Generic, NoReturn, Protocol, TypeVar
@@ -31,6 +32,7 @@ from typing import Any, BinaryIO, Generic, NoReturn, Protocol, TypeVar
 import trio
 
 from ._errors import ClientDisconnected, departure
+from ._metrics import DURATION_BUCKETS, ProcessCounts
 from ._peer import Peer
 from ._proto.http import (
     EARLY_HINT,
@@ -74,10 +76,7 @@ class AccessLogger(Protocol):
     ) -> None: ...
 
 
-#: What counts complete exchanges (``--metrics-bind``): called with the method, the
-#: status, the body bytes and the duration (seconds) of each
-#: (``_metrics.ProcessCounts.request``).
-RequestRecorder = Callable[[str, int, int, float], None]
+_FIRST_BUCKET = DURATION_BUCKETS[0]
 
 
 class ExchangeResponse(Protocol[Payload_co]):
@@ -157,7 +156,7 @@ class ExchangeOptions:
     Args:
         root_path: The ASGI ``root_path`` (--root-path).
         access_log: Where complete exchanges are logged, or None.
-        record: What counts complete exchanges (``--metrics-bind``), or None.
+        counts: Where complete exchanges are counted (``--metrics-bind``), or None.
         proxy: Rewrites a request scope from trusted proxy headers, or None.
         app_hint: Adds advice to the log of an app's exception (the asyncio hint).
         pathsend: Offer ``http.response.pathsend`` (--pathsend).
@@ -180,7 +179,7 @@ class ExchangeOptions:
         *,
         root_path: str = "",
         access_log: AccessLogger | None = None,
-        record: RequestRecorder | None = None,
+        counts: ProcessCounts | None = None,
         proxy: Callable[[MutableMapping[str, Any]], None] | None = None,
         app_hint: Callable[[BaseException], str | None] | None = None,
         pathsend: bool = True,
@@ -191,9 +190,9 @@ class ExchangeOptions:
             self.offered[PATHSEND] = self.offered_http_10[PATHSEND] = {}
         self.root_path = root_path
         self.access_log = access_log
-        self.record = record
+        self.counts = counts
         # Whether exchanges take the time they begin and end (for either of those).
-        self.timed = access_log is not None or record is not None
+        self.timed = access_log is not None or counts is not None
         self.proxy = proxy
         self.app_hint = app_hint
 
@@ -343,7 +342,7 @@ class Exchange(abc.ABC, Generic[Payload]):
         if timed:
             self.started = _wall_clock()
             # Read once here; used below only when ``timed``, like the start time.
-            record = options.record
+            counts = options.counts
         try:
             try:
                 await app(scope, self.receive, self.send)
@@ -398,13 +397,25 @@ class Exchange(abc.ABC, Generic[Payload]):
             if ended or response.head_sent:
                 started = self.started
                 duration = (ended or _wall_clock()) - started
-                if record is not None:
-                    record(scope["method"], response.status, response.body_bytes, duration)
+                status = response.status
+                if counts is not None:
+                    # ProcessCounts.request, inlined: a call costs more than the counting
+                    # (with it, --metrics-bind cost 4.0% more instructions per request).
+                    row = counts.requests.get(scope["method"])
+                    if row is None:
+                        row = counts.other
+                    row[status // 100] += 1
+                    if duration <= _FIRST_BUCKET:  # (most requests: no bisect)
+                        counts.durations[0] += 1
+                    else:
+                        counts.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
+                    counts.duration_sum += duration
+                    counts.body_bytes += response.body_bytes
                 access_log = options.access_log
                 if access_log is not None:
                     access_log.log(
                         scope,
-                        response.status,
+                        status,
                         response.headers,
                         response.body_bytes,
                         started,
@@ -423,9 +434,9 @@ class Exchange(abc.ABC, Generic[Payload]):
             started = self.started
             duration = (self.ended or _wall_clock()) - started
             scope = self._scope
-            record = options.record
-            if record is not None:
-                record(scope["method"], response.status, response.body_bytes, duration)
+            counts = options.counts
+            if counts is not None:
+                counts.request(scope["method"], response.status, response.body_bytes, duration)
             access_log = options.access_log
             if access_log is not None:
                 access_log.log(

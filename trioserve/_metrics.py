@@ -116,19 +116,34 @@ RESTART_CAUSES: tuple[ExitReason, ...] = (
 class ProcessCounts:
     """The counts of one serving process (a worker, or the in-process server).
 
-    The edges call :meth:`request` for each finished request (it is the exchanges'
-    ``record``), so it does as little as it can: no tuple is built or hashed.
+    Each finished request is counted by the exchange itself, inline (the hot path:
+    ``_exchange.Exchange.run``, which reads the attributes below, as
+    ``_exchange.RequestCounts`` describes them); :meth:`request` does the same for the
+    few other callers. No tuple is built or hashed per request.
     """
+
+    __slots__ = (
+        "accepted",
+        "body_bytes",
+        "duration_sum",
+        "durations",
+        "logs",
+        "open",
+        "other",
+        "requests",
+    )
 
     def __init__(self) -> None:
         #: Requests by method, then by status class (index ``status // 100``; the edges
         #: send statuses from 200 to 599 only): a row per method rather than a (method,
         #: class) key, so that counting a request builds and hashes no tuple. Every
         #: method of :data:`METHODS` has its row from the start; any other method
-        #: counts in the ``OTHER`` row.
+        #: counts in the ``OTHER`` row, which is also :attr:`other`.
         self.requests: dict[str, list[int]] = {
             method: [0] * 6 for method in (*sorted(METHODS), OTHER_METHOD)
         }
+        self.other = self.requests[OTHER_METHOD]
+        #: The duration histogram: index ``bisect_left(DURATION_BUCKETS, seconds)``.
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
         self.body_bytes = 0
@@ -137,29 +152,14 @@ class ProcessCounts:
         self.logs = dict.fromkeys(LOG_LEVELS, 0)
 
     def request(self, method: str, status: int, body_bytes: int, duration: float) -> None:
-        """Count one finished request."""
-        self.recorder()(method, status, body_bytes, duration)
-
-    def recorder(self) -> Callable[[str, int, int, float], None]:
-        """What counts one finished request, for the exchanges to call (their
-        ``record``): a closure over the counts, which reads them as cells rather than as
-        attributes (the hot path: every operation here counts)."""
-        requests = self.requests
-        other = requests[OTHER_METHOD]
-        durations = self.durations
-        counts = self
-
-        def record(method: str, status: int, body_bytes: int, duration: float) -> None:
-            try:
-                requests[method][status // 100] += 1
-            except KeyError:
-                other[status // 100] += 1
-            durations[bisect_left(DURATION_BUCKETS, duration)] += 1
-            # Attributes of a cell's object: fewer steps than items of a list.
-            counts.duration_sum += duration
-            counts.body_bytes += body_bytes
-
-        return record
+        """Count one finished request (as ``Exchange.run`` does inline)."""
+        row = self.requests.get(method)
+        if row is None:
+            row = self.other
+        row[status // 100] += 1
+        self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
+        self.duration_sum += duration
+        self.body_bytes += body_bytes
 
     def opened(self, kind: str) -> None:
         self.open[kind] += 1

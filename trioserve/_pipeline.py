@@ -448,8 +448,12 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         native_handler: Any = loaded.handler
         native_options = WSOptions(config)
 
-        async def handle_native_websocket(peer: Peer, *, tasks: trio.Nursery) -> None:
-            await serve_native_websocket(peer.stream, native_handler, state, native_options)
+        def handle_native_websocket(peer: Peer, *, tasks: trio.Nursery) -> Awaitable[None]:
+            # Returns the coroutine rather than awaiting it: one frame fewer kept alive
+            # per idle websocket.
+            return serve_native_websocket(
+                peer.stream, native_handler, state, native_options, sock=peer.sock
+            )
 
         return _Edges(handle_native_websocket, websockets=native_options, kind=WEBSOCKET)
 
@@ -485,7 +489,7 @@ def _edges(loaded: LoadedApp, state: ServerState, extras: Extras, worker: Worker
         config,
         h11_module=_h11_module(config.http),
         access_log=access_log,
-        record=extras.metrics.recorder() if extras.metrics is not None else None,
+        counts=extras.metrics,
         proxy=functools.partial(apply_proxy_headers, trusted=trusted)
         if config.proxy_headers
         else None,

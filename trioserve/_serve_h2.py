@@ -104,7 +104,7 @@ class H2Options(ExchangeOptions):
         super().__init__(
             root_path=http.root_path,
             access_log=http.access_log,
-            record=http.record,
+            counts=http.counts,
             proxy=http.proxy,
             app_hint=http.app_hint,
             pathsend=PATHSEND in http.offered,
@@ -349,6 +349,7 @@ class _H2Connection:
         state = self.state
         limit = self.http.limit_concurrency
         if limit and state.active_requests >= limit:
+            state.reject(503)
             response = H2Response(server_header=self.http.server_header)
             self.h2.send(
                 head.stream_id,
@@ -428,6 +429,7 @@ class _H2Connection:
     def _on_rejected(self, event: Rejected) -> None:
         if event.answered:
             LOGGER.info("bad request: %s", event.reason)
+            self.state.reject(event.status)
             return
         exchange = self.exchanges.get(event.stream_id)
         if exchange is not None:

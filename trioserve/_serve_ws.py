@@ -29,8 +29,6 @@ tests/integration/test_ws_clients.py:
   read and dropped until the peer answers the close. A compressed message the
   extension stopped inflating at the limit is refused the same way, as soon as it is
   seen (trio-websocket would only count what was inflated).
-- ``_handle_request_event``: once the replayed request head is read, trio-websocket
-  reads the socket directly rather than through the :class:`PrefixedStream`.
 - ``_accept`` (rewritten whole: trio-websocket never passes extensions to wsproto):
   permessage-deflate is negotiated when the client offers it (wsproto's extension,
   bounded and negotiated by :mod:`trioserve._proto.deflate`); a websocket accepted
@@ -39,10 +37,15 @@ tests/integration/test_ws_clients.py:
 - ``_reader_task`` (rewritten whole, with one dispatch table for all connections)
   closes with 1009 as soon as a frame header announces a message over the size
   limit, reading the header that wsproto's frame decoder (``_proto._frame_decoder``)
-  keeps while the payload is still to come.
+  keeps while the payload is still to come; once the replayed request head is read,
+  it reads the wrapped stream rather than the :class:`PrefixedStream`, and on a plain
+  socket the socket itself.
+- ``__init__`` (rewritten whole): what a server never changes is held by the class.
 
-It also reads ``_recv_channel`` directly (as ``get_message`` does) and swaps in a
-smaller event queue in wsproto's frame-level connection, to save memory.
+It also reads ``_recv_channel`` directly (as ``get_message`` does), replaces
+trio's memory channel (``_send_channel``, ``_recv_channel``) with a smaller queue of
+the same behaviour (:class:`~trioserve._ws_parts.Messages`), and swaps in a smaller event queue in
+wsproto's frame-level connection, to save memory.
 
 wsproto's server handshake is extended in :class:`_Handshake` through two private
 methods (``_process_connection_request``, ``_reject``): the rules of
@@ -59,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
 
@@ -90,6 +94,7 @@ from ._proto.websocket import (
 from ._state import ServerState
 from ._streams import PrefixedStream
 from ._types import ASGIApp, Message
+from ._ws_parts import EventList, LazyEvent, Messages, Pings, ReceiveEnd, SendEnd, SendLock
 
 LOGGER = logging.getLogger("trioserve.ws")
 
@@ -108,20 +113,10 @@ _BAD_REQUEST = (
 _LOCAL_ERRORS = (h11.LocalProtocolError, wsproto.utilities.LocalProtocolError)
 
 
+_wait_readable = trio.lowlevel.wait_readable
+
 # The reader task's name: trio would otherwise build a long one for every connection.
 _READER_NAME = "trioserve websocket reader"
-
-
-class _EventList(list[Any]):
-    """A small queue for the two deques each connection would otherwise carry: wsproto's
-    frame-level event queue (which only ever holds the event of a lost connection) and
-    trio's memory channel of received messages (at most --ws-max-queue of them). An empty
-    deque takes 760 bytes, a list 56; with so few items, pop(0) costs nothing."""
-
-    __slots__ = ()
-
-    def popleft(self) -> Any:
-        return self.pop(0)
 
 
 # Stands in for trio-websocket's events that are set once and never waited on again on
@@ -162,34 +157,70 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
     # only: an attribute more on every connection would cost 1.3 KB, see below).
     inflater: BoundedDeflate | None = None
 
-    def __init__(self, stream: trio.abc.Stream, config: Config, watcher: _Watcher) -> None:
+    # What trio-websocket's __init__ sets per connection and a server never changes:
+    # held by the class, so that each connection's dict is smaller (see __init__).
+    _initial_request = None
+    _handshake_headers: tuple[tuple[bytes, bytes], ...] = ()
+    _reject_status = 0
+    _reject_headers: tuple[tuple[bytes, bytes], ...] = ()
+    _reject_body = b""
+    _receive_buffer_size = RECEIVE_SIZE
+    # Set once and never waited on again on a server (the open handshake, a testing
+    # hook): one event for all connections.
+    _open_handshake = _ALWAYS_SET
+    _for_testing_peer_closed_connection = _ALWAYS_SET
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        config: Config,
+        watcher: _Watcher,
+        sock: socket.socket | None = None,
+    ) -> None:
+        # trio-websocket's __init__ (0.12), minus what the class holds above: an idle
+        # websocket costs what its instance holds.
         connection = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         connection.handshake = _Handshake(wsproto.ConnectionType.SERVER)
-        super().__init__(
-            stream,
-            connection,
-            message_queue_size=config.ws_max_queue,
-            max_message_size=config.ws_max_message_size,
-            receive_buffer_size=RECEIVE_SIZE,
+        self._close_reason: trio_websocket.CloseReason | None = None
+        self._id = next(trio_websocket.WebSocketConnection.CONNECTION_ID)
+        self._stream = stream
+        self._stream_lock = SendLock()  # type: ignore[assignment]
+        self._wsproto = connection
+        self._message_size = 0
+        self._message_parts: list[bytes | str] = []
+        self._max_message_size = config.ws_max_message_size
+        self._reader_running = True
+        self._path = None
+        self._subprotocol: str | None = None
+        messages = Messages(config.ws_max_queue)
+        self._send_channel = SendEnd(messages)  # type: ignore[assignment]
+        self._recv_channel = ReceiveEnd(messages)  # type: ignore[assignment]
+        self._pings = Pings()  # type: ignore[assignment]
+        self._connection_proposal: trio_websocket._impl.Future[WebSocketRequest] | None = (
+            trio_websocket._impl.Future()
         )
-        # No attribute more than these: with 30 or more, CPython 3.11 stops sharing the
-        # keys of instance dicts, and each connection's takes 1.3 KB more.
+        self._close_handshake = LazyEvent()  # type: ignore[assignment]
+        # Ours. With 30 attributes or more, CPython 3.11 stops sharing the keys of
+        # instance dicts, and each connection's takes 1.3 KB more.
         self.watcher = watcher
+        # The plain socket under ``stream`` (None under TLS): the reader reads it
+        # directly once nothing is left to replay, which keeps an idle websocket's
+        # wait a few coroutine frames smaller (see _reader_task).
+        self.sock = sock
         # When the watcher pings next; its connections are kept in this order.
         self.next_ping = math.inf
         # Set while a ping of the watcher's waits for its pong.
         self.ping_scope: trio.CancelScope | None = None
         # The (code, reason) we closed with, which the app is told rather than the echo.
         self.local_close: tuple[int, str] | None = None
-        self._for_testing_peer_closed_connection = _ALWAYS_SET
-        # trio's channel only appends, pops from the left, measures and clears its data.
-        self._recv_channel._state.data = _EventList()  # type: ignore[assignment]
 
     async def _reader_task(self) -> None:
         # trio-websocket's reader builds a table of nine bound methods per connection
         # (about 0.9 KB of every idle websocket); this loop does the same work with one
         # table shared by all connections. Server side: no opening request to send.
         dispatch = _READER_DISPATCH
+        event: wsproto.events.Event | None = None
+        data: bytes | bytearray | None = None
         async with self._send_channel:
             while self._reader_running:
                 # (self._wsproto is looked up each time: _accept swaps it.)
@@ -208,9 +239,38 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
                         await self._refuse_message()
                     except ConnectionClosed:
                         break
+                # Nothing of the last read or event is kept while the next read waits:
+                # a message's data, the handshake request.
+                event = data = None
+                stream = self._stream
+                if type(stream) is PrefixedStream and not stream._prefix:
+                    # The replayed head (and what came with it) is consumed: the
+                    # wrapped stream from now on, one layer less.
+                    self._stream = stream = stream.transport_stream
+                sock = self.sock
                 try:
-                    data = await self._stream.receive_some(self._receive_buffer_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    if sock is None or type(stream) is PrefixedStream:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    else:
+                        # The plain socket under the stream, read as trio's socket
+                        # reads it (a cancellation is seen before the read, never
+                        # after it, so nothing read is lost), in this frame: an idle
+                        # websocket then waits here, in no frame of SocketStream's
+                        # (about 1.2 KB of frames and a context manager fewer).
+                        # (The wait is outside the except clause: the BlockingIOError
+                        # would otherwise be kept, as the exception being handled, for
+                        # as long as the websocket idles.)
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        while True:
+                            try:
+                                data = sock.recv(RECEIVE_SIZE)
+                            except BlockingIOError:
+                                pass
+                            else:
+                                await trio.lowlevel.cancel_shielded_checkpoint()
+                                break
+                            await _wait_readable(sock)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await self._abort_web_socket()
                     break
                 if not data:
@@ -307,14 +367,6 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         if proposal is not None and not proposal._value_event.is_set():
             proposal.set_value(cast(WebSocketRequest, None))
 
-    async def _handle_request_event(self, event: wsproto.events.Request) -> None:
-        await super()._handle_request_event(event)
-        stream = self._stream
-        if isinstance(stream, PrefixedStream) and not stream._prefix:
-            # The replayed head is consumed: read the wrapped stream directly, one
-            # layer (and its frames while idle) less.
-            self._stream = stream.transport_stream
-
     async def _abort_web_socket(self) -> None:
         await super()._abort_web_socket()
         self._no_request()
@@ -385,9 +437,8 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         # receive_data, events and client.
         connection = self._wsproto.connection
         if connection is not None:
-            connection._events = _EventList()  # type: ignore[assignment]
+            connection._events = EventList()  # type: ignore[assignment]
             self._wsproto = cast(wsproto.WSConnection, connection)
-        self._open_handshake = _ALWAYS_SET
         self.watcher.opened(self)
 
     def _deflate(
@@ -578,17 +629,22 @@ class _Session(Protocol):
 
 
 async def _serve_websocket(
-    stream: trio.abc.Stream, state: ServerState, options: WSOptions, session: _Session
+    stream: trio.abc.Stream,
+    state: ServerState,
+    options: WSOptions,
+    session: _Session,
+    sock: socket.socket | None,
 ) -> None:
     """Wrap ``stream`` with trio-websocket, wait for the handshake request and run
-    ``session`` with it; closes ``stream`` before returning."""
+    ``session`` with it; closes ``stream`` before returning. ``sock`` is the plain
+    socket under ``stream``, if nothing but a replay of bytes read wraps it."""
     config = options.config
     watcher = options.watcher
     own = None
     if not watcher.running:
         # Served on its own (tests, embedding): a watcher for this websocket only.
         watcher = own = _Watcher(config)
-    conn = _ServerConnection(stream, config, watcher)
+    conn = _ServerConnection(stream, config, watcher, sock)
     try:
         async with trio.open_nursery() as nursery:
             if own is not None:
@@ -643,11 +699,28 @@ async def _handshake(conn: _ServerConnection, seconds: float) -> WebSocketReques
     return None
 
 
+def _plain_socket(stream: trio.abc.Stream, sock: socket.socket | None) -> socket.socket | None:
+    """``sock`` if it is the socket of the trio.SocketStream that ``stream`` is (or
+    replays bytes in front of), else None."""
+    if sock is None:
+        return None
+    if type(stream) is PrefixedStream:
+        stream = stream.transport_stream
+    if type(stream) is not trio.SocketStream or stream.socket.fileno() != sock.fileno():
+        return None
+    return sock
+
+
 # Native trio-websocket handlers
 
 
 def serve_native_websocket(
-    stream: trio.abc.Stream, handler: NativeHandler, state: ServerState, options: WSOptions
+    stream: trio.abc.Stream,
+    handler: NativeHandler,
+    state: ServerState,
+    options: WSOptions,
+    *,
+    sock: socket.socket | None = None,
 ) -> Coroutine[Any, Any, None]:
     """Serve one websocket with a native trio-websocket handler, as
     ``trio_websocket.serve_websocket`` would: ``handler(request)`` accepts or rejects
@@ -656,8 +729,11 @@ def serve_native_websocket(
     A handler that raises is logged and its websocket closed with 1011 (or answered
     500 before the handshake); ``ConnectionClosed`` from a peer that left is not an
     error. Never raises for a client's or a handler's fault; closes ``stream``.
+    ``sock`` is the plain socket ``stream`` wraps, if it is one (see :class:`Peer`):
+    the websocket then reads it directly.
     """
-    return _serve_websocket(stream, state, options, _NativeSession(handler))
+    session = _NativeSession(handler)
+    return _serve_websocket(stream, state, options, session, _plain_socket(stream, sock))
 
 
 class _NativeSession:
@@ -718,7 +794,7 @@ def serve_asgi_websocket(
     """
     scheme = "wss" if peer.secure else "ws"
     session = _ASGISession(app, stream, state, peer.client, peer.server, scheme, peer.extensions)
-    return _serve_websocket(stream, state, options, session)
+    return _serve_websocket(stream, state, options, session, _plain_socket(stream, peer.sock))
 
 
 def _request_headers(request: WebSocketRequest) -> list[tuple[bytes, bytes]]:
@@ -856,9 +932,17 @@ class _ASGISession(ASGIWebSocket):
                 # websocket.disconnect (Quart-Trio does) would cut it.
                 await self.refused.wait()
             return self._disconnect()
+        receiving = cast(ReceiveEnd, self.conn._recv_channel)
         try:
-            # What get_message() does, one coroutine frame less while the app waits.
-            data = await self.conn._recv_channel.receive()
+            # What get_message() and ReceiveEnd.receive() do, in this frame: a coroutine
+            # fewer kept while the app waits (see ReceiveEnd.receive).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if receiving.queue.receivable():
+                data = receiving.receive_nowait()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            else:
+                abort = receiving.queue.wait_to_receive()
+                data = await trio.lowlevel.wait_task_rescheduled(abort)
         except (trio.ClosedResourceError, trio.EndOfChannel):
             return self._disconnect()
         if isinstance(data, str):

@@ -4,11 +4,13 @@ serve_asgi_websocket on a real socket bound to 127.0.0.1:0."""
 from __future__ import annotations
 
 import functools
+import gc
 import json
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 from websockets.exceptions import ConnectionClosed as WebsocketsClosed
 from websockets.exceptions import InvalidStatus
@@ -17,6 +19,7 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from trioserve import Config
+from trioserve._accept import accept_connections
 from trioserve._peer import Peer
 from trioserve._serve_ws import (
     WSOptions,
@@ -74,13 +77,13 @@ async def start_server(
     """Serve ``app`` on 127.0.0.1:0 with serve_asgi_websocket; the ws:// base URL."""
     ws_options = options or WSOptions(state.config)
 
-    async def handler(stream: trio.SocketStream) -> None:
-        client, server = stream_addresses(stream)
-        peer = Peer(stream, None, client, server)
-        await serve_asgi_websocket(stream, app, state, ws_options, peer=peer)
+    async def handler(peer: Peer) -> None:
+        # As trioserve serves it: the accept loop's Peer carries the plain socket.
+        await serve_asgi_websocket(peer.stream, app, state, ws_options, peer=peer)
 
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-    host, port = listeners[0].socket.getsockname()[:2]
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(accept_connections, listener, handler, nursery)
+    host, port = listener.socket.getsockname()[:2]
     return f"ws://{host}:{port}"
 
 
@@ -395,11 +398,12 @@ async def test_native_handler_negotiates_deflate(nursery):
         ws = await request.accept()
         await ws.send_message(await ws.get_message())
 
-    async def handler(stream: trio.SocketStream) -> None:
-        await serve_native_websocket(stream, echo, state, options)
+    async def handler(peer: Peer) -> None:
+        await serve_native_websocket(peer.stream, echo, state, options, sock=peer.sock)
 
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(accept_connections, listener, handler, nursery)
+    port = listener.socket.getsockname()[1]
 
     def client() -> str | None:
         with connect(
@@ -424,3 +428,77 @@ async def test_trio_websocket_client_offers_nothing_and_gets_nothing(nursery):
         async with trio_websocket.open_websocket_url(url + "/") as ws:
             await ws.send_message(BIG_JSON[:50000])
             assert await ws.get_message() == BIG_JSON[:50000]
+
+
+def _awaited_names(coro: Any) -> list[str]:
+    """The qualified names of the coroutines and generators ``coro`` is awaiting through."""
+    names = []
+    while coro is not None:
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        if code is None:
+            break
+        names.append(code.co_qualname)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return names
+
+
+def _all_tasks() -> list[trio.lowlevel.Task]:
+    tasks, todo = [], [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        assert task is not None
+        tasks.append(task)
+        for child in task.child_nurseries:
+            todo.extend(child.child_tasks)
+    return tasks
+
+
+async def test_idle_websocket_waits_on_its_socket_directly(nursery):
+    """An idle websocket on a plain socket waits for the socket in its reader task, in
+    none of SocketStream's frames (which every idle websocket would keep, ~1.2 KB)."""
+    url = await start_server(nursery, Recorder(), state_with())
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await ws.send_message("hello")
+        with trio.fail_after(WAIT):
+            assert await ws.get_message() == "hello"
+        await trio.testing.wait_all_tasks_blocked()
+        readers = [t for t in _all_tasks() if t.name == "trioserve websocket reader"]
+        assert len(readers) == 1
+        waiting = _awaited_names(readers[0].coro)
+        assert "wait_readable" in waiting
+        assert not any(name.startswith("SocketStream.") for name in waiting), waiting
+
+
+async def test_idle_websocket_keeps_nothing_of_its_last_read(nursery):
+    """While an idle websocket waits, its reader holds neither the last bytes it read
+    nor the last event (a message's data), nor the BlockingIOError of an empty socket."""
+    url = await start_server(nursery, Recorder(), state_with())
+    message = b"\x01" * 100_000
+    async with trio_websocket.open_websocket_url(url, max_message_size=2**20) as ws:
+        await ws.send_message(message)
+        with trio.fail_after(WAIT):
+            assert await ws.get_message() == message
+        await trio.testing.wait_all_tasks_blocked()
+        [reader] = [t for t in _all_tasks() if t.name == "trioserve websocket reader"]
+        frame = reader.coro.cr_frame
+        assert frame is not None
+        local_names = frame.f_locals
+        assert local_names["data"] is None
+        assert local_names["event"] is None
+        gc.collect()
+        assert not [o for o in gc.get_objects() if isinstance(o, BlockingIOError)]
+
+
+async def test_idle_asgi_app_waits_in_receive_itself(nursery):
+    """An ASGI app waiting for a message waits in its receive() itself, through no
+    frame of a channel's (each would be kept by every idle websocket)."""
+    url = await start_server(nursery, Recorder(), state_with())
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await ws.send_message("hello")
+        with trio.fail_after(WAIT):
+            assert await ws.get_message() == "hello"
+        await trio.testing.wait_all_tasks_blocked()
+        chains = [_awaited_names(t.coro) for t in _all_tasks()]
+        [chain] = [c for c in chains if "_ASGISession.receive" in c]
+        after = chain[chain.index("_ASGISession.receive") + 1 :]
+        assert after[0] == "wait_task_rescheduled", chain

@@ -286,10 +286,13 @@ async def test_trailers_reach_the_client(nursery):
 
 
 async def test_a_bad_request_head_is_answered_on_its_stream(nursery):
-    """A head the HTTP/1.1 rules refuse gets 400 on its stream; the connection lives."""
-    client = await connect(nursery, hello_app)
+    """A head the HTTP/1.1 rules refuse gets 400 on its stream, counted as a rejection
+    (--metrics-bind); the connection lives."""
+    state = make_state()
+    client = await connect(nursery, hello_app, state)
     headers, _ = await client.response(await client.request([*GET, (b"x", b"a\x01")]))
     assert headers[b":status"] == b"400"
+    assert state.rejected == {400: 1}
     headers, _ = await client.response(await client.request())
     assert headers[b":status"] == b"200"
 
@@ -297,25 +300,30 @@ async def test_a_bad_request_head_is_answered_on_its_stream(nursery):
 async def test_a_body_over_the_limit_is_answered_413(nursery):
     """--limit-request-body holds for a streamed body: the app reading it is refused and
     the client gets 413."""
-    client = await connect(nursery, echo_body_app, make_state(limit_request_body=1000))
+    state = make_state(limit_request_body=1000)
+    client = await connect(nursery, echo_body_app, state)
     stream_id = await client.request(post(), b"x" * 2000)
     headers, _ = await client.response(stream_id)
     assert headers[b":status"] == b"413"
+    assert state.rejected == {413: 1}
 
 
 async def test_limit_concurrency_answers_503(nursery):
-    """Past --limit-concurrency requests in progress a stream gets 503."""
+    """Past --limit-concurrency requests in progress a stream gets 503, counted as a
+    rejection (--metrics-bind)."""
     release = trio.Event()
 
     async def app(scope, receive, send):
         await release.wait()
         await hello_app(scope, receive, send)
 
-    client = await connect(nursery, app, make_state(limit_concurrency=1))
+    state = make_state(limit_concurrency=1)
+    client = await connect(nursery, app, state)
     first = await client.request()
     await trio.testing.wait_all_tasks_blocked()
     headers, _ = await client.response(await client.request())
     assert headers[b":status"] == b"503"
+    assert state.rejected == {503: 1}
     release.set()
     assert (await client.response(first))[0][b":status"] == b"200"
 
