@@ -32,7 +32,13 @@ from ._exchange import FILE_CHUNK, AccessLogger, Exchange, ExchangeOptions
 from ._metrics import ProcessCounts
 from ._peer import Peer
 from ._proto.h2c import SWITCHING_TO_H2C, h2c_settings, starts_as_preface
-from ._proto.http import Response, error_response, error_status_text, http_scope
+from ._proto.http import (
+    Response,
+    ResponsePhase,
+    error_response,
+    error_status_text,
+    http_scope,
+)
 from ._proto.http1 import CONTINUE, BodyEnd, Next, ServerConnection
 from ._proto.validate import (
     HTTP2Preface,
@@ -58,6 +64,7 @@ LINGER_BYTES = 1024 * 1024
 BODY_RATE_GRACE = 10.0
 
 _NEXT_REQUEST = Next.REQUEST
+_RESPONSE_DONE = ResponsePhase.DONE
 _DISCARD_BODY = Next.DISCARD_BODY
 _BROKEN = DISCONNECT_ERRORS
 
@@ -476,13 +483,17 @@ class _Owner:
     (about 5% more instructions per request: see tests/serve/test_http_background.py).
     """
 
-    __slots__ = ("app", "ended", "peer", "tasks")
+    __slots__ = ("app", "clock", "ended", "peer", "tasks")
 
     def __init__(self, peer: Peer, app: ASGIApp, tasks: trio.Nursery) -> None:
         self.peer = peer
         self.app = app
         self.tasks = tasks
         self.ended: trio.Event | None = None
+        # The run's clock, read for the idle deadline of every request: what
+        # trio.current_time() reads, without finding the run (a thread-local look-up
+        # and two calls) each time.
+        self.clock = trio.lowlevel.current_clock()
 
 
 class _Connection(ServerConnection):
@@ -593,7 +604,11 @@ class _Connection(ServerConnection):
                     await self._linger()
                     return False
                 broken = cycle.broken
-                keep_alive = not broken and cycle.response.keep_alive
+                response = cycle.response
+                # (Response.keep_alive, without the property's call.)
+                keep_alive = (
+                    not broken and response.phase is _RESPONSE_DONE and not response.must_close
+                )
                 after = self.next_exchange(keep_alive, not broken)
                 if after is _DISCARD_BODY:
                     await self._discard_body()
@@ -741,12 +756,13 @@ class _Connection(ServerConnection):
             self.client,
         )
 
-    async def _receive(self) -> bytes:
+    async def _receive(self, *, found_nothing: bool = False) -> bytes:
         """The next bytes from the client; b"" once it is gone.
 
         On a plain socket the read is tried first and the wait comes only when nothing
         is there (under load the next request is usually there already); a read that
-        finds data is not a checkpoint.
+        finds data is not a checkpoint. ``found_nothing``: the caller just tried that
+        read itself, so this waits first.
         """
         sock = self.sock
         if sock is None:
@@ -756,12 +772,15 @@ class _Connection(ServerConnection):
                 return b""
             return bytes(data)
         while True:
-            try:
-                return sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError:
-                return b""
+            if found_nothing:
+                found_nothing = False
+            else:
+                try:
+                    return sock.recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return b""
             try:
                 await _wait_readable(sock)
             except _BROKEN:
@@ -778,11 +797,27 @@ class _Connection(ServerConnection):
         """
         self.waiting = "idle"
         self.idle = True
-        self.deadline = min(
-            trio.current_time() + self.options.keep_alive, self.state.drain_deadline
-        )
-        data = await self._receive()
-        if data and self.timer.cancel_called:
+        deadline = self.owner.clock.current_time() + self.options.keep_alive
+        drain_deadline = self.state.drain_deadline
+        if drain_deadline < deadline:
+            deadline = drain_deadline
+        self.deadline = deadline
+        sock = self.sock
+        if sock is None:
+            data = await self._receive()
+        else:
+            # _receive's first try, here: under load the next request is usually there,
+            # and then no coroutine is made for the read.
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                data = await self._receive(found_nothing=True)
+            except OSError:
+                data = b""
+        # Only the watchdog cancels the timer, and it sets the deadline to infinity
+        # first: while the deadline is the one set here (and finite), it did not, and
+        # the timer need not be asked (its cancel_called reads the clock).
+        if data and (self.deadline != deadline or deadline == _INF) and self.timer.cancel_called:
             # The deadline passed as the request arrived (on a plain socket, the read
             # is not a checkpoint): keep it for ``serve``, which serves it under a new
             # timer, rather than let the cancellation cut its exchange.
@@ -1099,6 +1134,12 @@ class _Cycle(Exchange[bytes]):
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
         self.body_done = self.empty_body_due = connection.body_done
+        # The exchange's flags that every request reads, as instance attributes: a class
+        # default read through an instance is a slow attribute look-up on CPython 3.11,
+        # several times the cost of setting it here once.
+        self.rejected = None
+        self.disconnected = self.broken = self.handed_over = False
+        self._disconnect_waiter = None
 
     options: HTTPOptions
     response: Response

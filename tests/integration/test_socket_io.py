@@ -327,3 +327,43 @@ def _unsent(fd: int) -> int:
     """Bytes the kernel still holds in a socket's send queue (TIOCOUTQ)."""
     raw = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4)
     return int(struct.unpack("i", raw)[0])
+
+
+class _CountingSocket:
+    """The server's socket, counting the reads that found nothing (EAGAIN)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.empty_reads = 0
+
+    def recv(self, *args: Any) -> bytes:
+        try:
+            return self._sock.recv(*args)
+        except BlockingIOError:
+            self.empty_reads += 1
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+async def test_an_idle_wait_reads_once_before_it_waits(nursery):
+    """Between two requests on a kept-alive connection the edge tries one read, and when
+    it finds nothing waits for the next request: no second read that must find nothing
+    too (a syscall and an exception for nothing)."""
+    client, stream, sock = await tcp_connection()
+    counting = _CountingSocket(sock)
+    serve(nursery, hello_app, ServerState(Config()), (stream, counting))
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    with trio.fail_after(10):
+        for _ in range(3):
+            await trio.testing.wait_all_tasks_blocked()
+            before = counting.empty_reads
+            await client.send_all(request)
+            received = b""
+            while b"Hello, world!" not in received:
+                received += await client.receive_some()
+            await trio.testing.wait_all_tasks_blocked()
+            # The server is waiting for the next request now: it read once and found
+            # nothing, after this response.
+            assert counting.empty_reads - before == 1

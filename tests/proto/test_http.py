@@ -713,6 +713,113 @@ def test_invalid_default_header_is_refused() -> None:
         response.on_send(body())
 
 
+# -- the header lists already checked (Response._take_headers) -------------------------
+
+
+class _Bytes(bytes):
+    """A bytes subclass, as an app might send (its equality could be its own)."""
+
+
+@pytest.fixture
+def known_heads(monkeypatch: pytest.MonkeyPatch) -> dict[Any, Any]:
+    """An empty cache of checked header lists for the test."""
+    heads: dict[Any, Any] = {}
+    monkeypatch.setattr(http, "_known_heads", heads)
+    return heads
+
+
+def test_an_equal_header_list_is_taken_from_the_known_heads(known_heads: dict[Any, Any]) -> None:
+    """A list equal to one checked before (another object) is looked up by its items, not
+    checked again: what the first check made of it is what the second response uses."""
+    run_app([{**START, "headers": [(b"content-type", b"text/plain")]}, body(b"x")])
+    key = ((b"content-type", b"text/plain"),)
+    assert key in known_heads
+    # What was kept is what goes out: mark it to see the look-up use it.
+    known_heads[key] = (b"x-marker: 1\r\n", *known_heads[key][1:])
+    head, _ = parse(run_app([{**START, "headers": [(b"content-type", b"text/plain")]}, body()]))
+    assert header_values(head, b"x-marker") == [b"1"]
+    assert header_values(head, b"content-type") == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [],
+        [(b"content-type", b"text/plain"), (b"content-length", b"5")],
+        [(b"Content-Length", b"5"), (b"content-length", b"5"), (b"X-A", b"1")],
+        [(b"content-length", b"9")],
+        [(b"transfer-encoding", b"chunked"), (b"content-length", b"5")],
+        [(b"connection", b"close")],
+        [(b"connection", b"keep-alive, x-y")],
+        [(b"date", b"Mon, 01 Jan 2024 00:00:00 GMT"), (b"server", b"other")],
+        [(b"server", b"other"), (b"x-b", b"2")],
+    ],
+)
+@pytest.mark.parametrize("request_kind", ["get", "head", "http10", "close"])
+def test_a_known_header_list_gives_what_a_fresh_check_gives(
+    known_heads: dict[Any, Any],
+    fixed_date: None,
+    headers: list[tuple[bytes, bytes]],
+    request_kind: str,
+) -> None:
+    """Bytes and connection state of a response from a known header list are those of
+    the same response checked afresh, whatever the framing and connection headers."""
+
+    def serve() -> tuple[bytes, bool, int]:
+        response = Response(
+            head=request_kind == "head",
+            http_10=request_kind == "http10",
+            close=request_kind == "close",
+        )
+        wire = send_all(response, [{**START, "headers": list(headers)}, body(b"hello")])
+        return wire, response.keep_alive, response.missing
+
+    fresh = serve()
+    assert len(known_heads) == 1
+    assert serve() == fresh
+    known_heads.clear()
+    assert serve() == fresh
+
+
+def test_a_changed_header_list_is_checked_again(known_heads: dict[Any, Any]) -> None:
+    """The same list object, changed by the app after a response, is checked as new: a
+    value with CR LF in it is refused."""
+    headers = [(b"x-a", b"1")]
+    run_app([{**START, "headers": headers}, body()])
+    headers[0] = (b"x-a", b"1\r\nx-injected: 1")
+    response = Response()
+    with pytest.raises(ASGIProtocolError, match="illegal value"):
+        response.on_send({**START, "headers": headers})
+    assert len(known_heads) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [[b"x-a", b"1"]],
+        [(b"x-a", _Bytes(b"1"))],
+        ((b"x-a", b"1"),),
+        [(b"x-a", b"v" * 4096)],
+    ],
+    ids=["list-pair", "bytes-subclass", "tuple", "long"],
+)
+def test_header_lists_not_kept_are_served(known_heads: dict[Any, Any], headers: Any) -> None:
+    """Pairs as lists, a bytes subclass, a tuple of pairs and long lines are served as always,
+    and not kept (the look-up is for lists of exact bytes pairs, of bounded size)."""
+    head, _ = parse(run_app([{**START, "headers": headers}, body()]))
+    assert len(header_values(head, b"x-a")) == 1
+    assert known_heads == {}
+
+
+def test_known_heads_are_bounded(known_heads: dict[Any, Any]) -> None:
+    """An app that sends a different list each time (a changing value) keeps at most
+    _MAX_KNOWN_HEADS lists."""
+    for n in range(http._MAX_KNOWN_HEADS + 10):
+        run_app([{**START, "headers": [(b"x-n", b"%d" % n)]}, body()])
+        assert len(known_heads) <= http._MAX_KNOWN_HEADS
+    assert ((b"x-n", b"%d" % (http._MAX_KNOWN_HEADS + 9)),) in known_heads
+
+
 # -- client_keep_alive ------------------------------------------------------------------
 
 

@@ -570,6 +570,62 @@ def test_trailers_are_checked() -> None:
     assert response.must_close
 
 
+@pytest.mark.parametrize("name", [b"proxy-connection", b"Connection", b"upgrade"])
+def test_connection_specific_trailers_are_refused(name: bytes) -> None:
+    """A connection-specific trailer field (RFC 9113 section 8.2.2), including one that
+    HTTP/1.1 lets through (Proxy-Connection), is the app's error, and the stream cannot
+    end normally: h2 does not check what goes out (H2Response does)."""
+    response = H2Response()
+    response.on_send({**START, "trailers": True})
+    response.on_send(body(b"x"))
+    with pytest.raises(ASGIProtocolError, match="not allowed in"):
+        response.on_send({"type": "http.response.trailers", "headers": [(name, b"1")]})
+    assert response.must_close and response.done
+
+
+def test_connection_specific_default_headers_are_not_sent() -> None:
+    """Default headers (--header) that HTTP/2 forbids are not sent; the others go out
+    lowercase, their values stripped, and the client (which checks what it receives)
+    takes the head."""
+    pair = Pair()
+    stream_id = pair.request()
+    pair.flush()
+    defaults = [
+        (b"Connection", b"close"),
+        (b"proxy-connection", b"x"),
+        (b"te", b"trailers"),
+        (b"X-Default", b" v\t"),
+    ]
+    pair.respond(stream_id, START, body(b"ok"), default_headers=defaults)
+    fields = response_headers(pair)
+    assert fields[b"x-default"] == b"v"
+    assert not {b"connection", b"proxy-connection", b"te"} & set(fields)
+    assert pair.client_of(h2.events.StreamEnded)
+
+
+def test_default_header_value_with_cr_lf_is_refused() -> None:
+    """A default header's value is checked as the app's are (as HTTP/1.1 does)."""
+    response = H2Response(default_headers=[(b"x-a", b"1\r\nx-b: 2")])
+    response.on_send(START)
+    with pytest.raises(ASGIProtocolError, match="illegal value"):
+        response.on_send(body())
+
+
+def test_early_hint_links_are_checked_and_stripped() -> None:
+    """An early hint's links go out without surrounding whitespace, and one holding CR,
+    LF or NUL is the app's error: h2 does not check what goes out (H2Response does)."""
+    pair = Pair()
+    stream_id = pair.request()
+    pair.flush()
+    hint = {"type": "http.response.early_hint", "links": [b" </a.css>; rel=preload\t"]}
+    pair.respond(stream_id, hint, START, body(b"x"))
+    hints = [e.headers for e in pair.client_of(h2.events.InformationalResponseReceived)]
+    assert hints == [[(b":status", b"103"), (b"link", b"</a.css>; rel=preload")]]
+    for bad in (b"</a>\r\nx-injected: 1", b"</a>\x00", b"</a>\nx"):
+        with pytest.raises(ASGIProtocolError, match="illegal value"):
+            H2Response().on_send({"type": "http.response.early_hint", "links": [bad]})
+
+
 def test_early_hints_go_before_the_final_head() -> None:
     """http.response.early_hint becomes a 103 HEADERS frame before the final head; once
     the head is out, hints are dropped."""

@@ -122,6 +122,26 @@ async def test_request_read_as_the_idle_deadline_passes_is_answered(nursery, aut
     assert (response.status_code, body) == (200, b"Hello, world!")
 
 
+async def test_request_read_as_the_drain_deadline_passes_without_idle_timeout_is_answered(
+    nursery, autojump_clock
+):
+    """Without an idle timeout (keep-alive off, no header timeout: a fresh connection's
+    wait is unbounded), a request read just as a stop's drain deadline passed is still
+    answered, not cut by the connection's timer."""
+    client, state = await start(
+        nursery, hello_app, keep_alive=0, header_timeout=0, graceful_timeout=5
+    )
+    await trio.testing.wait_all_tasks_blocked()
+    state.request_stop()
+    get = h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"test")])
+    request = client.conn.send(get) + client.conn.send(h11.EndOfMessage())
+    await client.stream.send_all(request)
+    (connection,) = state.connections
+    expire(connection)
+    response, body = await client.read_response()
+    assert (response.status_code, body) == (200, b"Hello, world!")
+
+
 async def test_silent_connection_is_closed_with_a_lingering_read(nursery, autojump_clock):
     """At its deadline a silent connection is half-closed, and a request that crosses
     that close is read and dropped rather than refused; the connection ends once the

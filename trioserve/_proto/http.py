@@ -41,6 +41,14 @@ class PathSend(Exception):
         self.path = path
 
 
+# Single bytes as ints: ``int in bytes`` is a plain byte search, where ``b"?" in bytes``
+# first tries the operand as an int and builds (and drops) a TypeError, about four
+# times the cost on every request.
+_QUESTION_MARK = ord("?")
+_PERCENT = ord("%")
+_NUL = 0
+
+
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Split a request target into (raw_path, query_string).
 
@@ -59,7 +67,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 
 def decode_path(raw_path: bytes) -> str:
     """Percent-decode a path and read it as UTF-8 (invalid bytes become U+FFFD)."""
-    if b"%" not in raw_path:
+    if _PERCENT not in raw_path:
         try:
             return raw_path.decode("utf-8")
         except UnicodeDecodeError:
@@ -85,11 +93,14 @@ def http_scope(
     :func:`rooted`).
     """
     target = request.target
-    if target[:1] == b"/" and b"?" not in target:
+    if target[:1] == b"/" and _QUESTION_MARK not in target:
         raw_path, query = target, b""
     else:
         raw_path, query = split_target(target)
-    path = decode_path(raw_path)
+    if _PERCENT not in raw_path and raw_path.isascii():
+        path = raw_path.decode("ascii")  # (most paths: decode_path's answer, a call less)
+    else:
+        path = decode_path(raw_path)
     if root_path:
         path, raw_path = rooted(root_path, path, raw_path)
     method = request.method
@@ -140,16 +151,14 @@ def header_pairs(headers: Any) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers]
 
 
-def client_keep_alive(
-    request: h11.Request, headers: list[tuple[bytes, bytes]] | None = None
-) -> bool:
+def client_keep_alive(request: Any, headers: list[tuple[bytes, bytes]] | None = None) -> bool:
     """Whether the client lets the connection carry another request after this one.
 
     HTTP/1.1 keeps the connection unless a ``Connection`` header says ``close``;
     HTTP/1.0 closes it unless one says ``keep-alive`` (and none says ``close``).
     ``headers``: as for :func:`http_scope`.
     """
-    keep_alive = request.http_version >= b"1.1"
+    keep_alive: bool = request.http_version >= b"1.1"
     for name, value in header_pairs(request.headers) if headers is None else headers:
         if name == b"connection":
             tokens = _tokens(value)
@@ -208,6 +217,13 @@ _MAX_LENGTH_DIGITS = 20
 # the same few names over and over, and a dict look-up is cheaper than a regex match.
 _checked_names: dict[bytes, bytes] = {}
 _MAX_CHECKED_NAMES = 1024
+# What Response._take_headers made of the header lists apps sent, by their items: the
+# header lines to copy, the Content-Length, whether nothing in them stands in the way of
+# the common answer, and the rarer flags ((attribute, value) pairs, or None). Bounded:
+# at most this many lists, each of at most this many bytes of lines.
+_known_heads: dict[tuple[Any, ...], tuple[bytes, int | None, bool, Any]] = {}
+_MAX_KNOWN_HEADS = 256
+_MAX_KNOWN_HEAD = 2048
 # Headers that decide the framing or the connection: never copied as the app gave them.
 _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 # Headers that need more than copying: the framing ones, and those we would add.
@@ -281,11 +297,27 @@ class ResponsePhase(enum.Enum):
     DONE = "response complete"
 
 
+# The members as module constants, for the code run on every request: a member read
+# through its class (ResponsePhase.DONE) is a descriptor call on CPython 3.11, about ten
+# times the cost of reading a global.
+_START = ResponsePhase.START
+_BODY = ResponsePhase.BODY
+_TRAILERS = ResponsePhase.TRAILERS
+_DONE = ResponsePhase.DONE
+
+
 class _Framing(enum.Enum):
     LENGTH = "content-length"
     CHUNKED = "chunked"
     CLOSE = "close-delimited"  # HTTP/1.0 without a length: the close ends the body
     NONE = "no body"  # HEAD, 204, 304
+
+
+# (As for ResponsePhase above.)
+_LENGTH = _Framing.LENGTH
+_CHUNKED = _Framing.CHUNKED
+_CLOSE = _Framing.CLOSE
+_NONE = _Framing.NONE
 
 
 # What Response keeps of http.response.start (instance attributes over class defaults).
@@ -323,17 +355,17 @@ class ResponseProgress(abc.ABC, Generic[_Output]):
     @property
     def started(self) -> bool:
         """True once http.response.start was accepted."""
-        return self.phase is not ResponsePhase.START
+        return self.phase is not _START
 
     @property
     def done(self) -> bool:
         """True once the last message was accepted."""
-        return self.phase is ResponsePhase.DONE
+        return self.phase is _DONE
 
     @property
     def head_sent(self) -> bool:
         """True once the status and headers were produced."""
-        return self.phase is not ResponsePhase.START and not self._pending_head
+        return self.phase is not _START and not self._pending_head
 
     @property
     def sent_status(self) -> int:
@@ -344,7 +376,7 @@ class ResponseProgress(abc.ABC, Generic[_Output]):
     @property
     def keep_alive(self) -> bool:
         """True when the response is complete and the connection may carry another."""
-        return self.phase is ResponsePhase.DONE and not self.must_close
+        return self.phase is _DONE and not self.must_close
 
     def _checked_trailers(
         self, kind: Any, message: MutableMapping[str, Any]
@@ -358,7 +390,7 @@ class ResponseProgress(abc.ABC, Generic[_Output]):
             return trailer_fields(message)
         except ASGIProtocolError:
             self.must_close = True
-            self.phase = ResponsePhase.DONE
+            self.phase = _DONE
             raise
 
     @abc.abstractmethod
@@ -408,7 +440,7 @@ class Response(ResponseProgress[bytes]):
     # How many bytes the body fell short of its Content-Length, once it ended.
     missing = 0
     _pending_head = False
-    _framing = _Framing.NONE
+    _framing = _NONE
     _remaining = 0
     # What http.response.start said, checked: the header lines to copy as they are,
     # and what the framing and connection headers and the names said.
@@ -438,7 +470,7 @@ class Response(ResponseProgress[bytes]):
         keep_alive: bool = True,
         http_10: bool = False,
     ) -> None:
-        self.phase = ResponsePhase.START
+        self.phase = _START
         self.head = head
         self.no_body = head
         self.close = close
@@ -447,7 +479,7 @@ class Response(ResponseProgress[bytes]):
         self.client_keep_alive = keep_alive
         self.http_10 = http_10
         # Nothing about the request or the settings stands in the way of the common
-        # answer (see _head_and_body).
+        # answer (see on_send).
         self._plain = keep_alive and not http_10 and not head and server_header
         if default_headers:
             self._plain = False
@@ -472,12 +504,14 @@ class Response(ResponseProgress[bytes]):
             else None
         )
         phase = self.phase
-        if phase is ResponsePhase.START:
+        if phase is _START:
             if kind != "http.response.start":
                 if kind == EARLY_HINT:
                     return self._early_hint(message)
                 raise ASGIProtocolError(f"expected 'http.response.start' first, got {kind!r}")
-            status = check_status(message.get("status"))
+            status = message.get("status")
+            if type(status) is not int or not 200 <= status <= 599:
+                status = check_status(status)
             try:
                 self._take_headers(message.get("headers", ()))
             except ASGIProtocolError:
@@ -491,9 +525,9 @@ class Response(ResponseProgress[bytes]):
                 self.no_body = True
                 self._plain_headers = False
             self._pending_head = True
-            self.phase = ResponsePhase.BODY
+            self.phase = _BODY
             return b""
-        if phase is ResponsePhase.BODY:
+        if phase is _BODY:
             if kind != "http.response.body":
                 return self._not_a_body(kind, message)
             body = message.get("body", b"")
@@ -501,11 +535,19 @@ class Response(ResponseProgress[bytes]):
                 raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")
             more = bool(message.get("more_body", False))
             if self._pending_head:
+                if (
+                    self._plain
+                    and not more
+                    and self._plain_headers
+                    and not self.close
+                    and (self._length is None or self._length == len(body))
+                ):
+                    return self._one_piece(body, len(body))
                 return self._head_and_body(body, more)
-            if self._framing is _Framing.LENGTH and len(body) > self._remaining:
+            if self._framing is _LENGTH and len(body) > self._remaining:
                 # Part of the response is out already: only closing can end it.
                 self.must_close = True
-                self.phase = ResponsePhase.DONE
+                self.phase = _DONE
                 raise ASGIProtocolError(
                     f"the body is longer than its Content-Length: {len(body)} more bytes"
                     f" with {self._remaining} left"
@@ -513,7 +555,7 @@ class Response(ResponseProgress[bytes]):
             parts: list[bytes] = []
             self._add_body(parts, body, more)
             return parts[0] if len(parts) == 1 else b"".join(parts)
-        if phase is ResponsePhase.TRAILERS:
+        if phase is _TRAILERS:
             return self._trailers(kind, message)
         raise ASGIProtocolError(f"the response is complete; got {kind!r} after it")
 
@@ -528,7 +570,7 @@ class Response(ResponseProgress[bytes]):
         framing needs them (chunked, trailers, HTTP/1.0 without a length) or ``size``
         differs from the length the app promised (on_send reports that).
         """
-        if self.phase is not ResponsePhase.BODY or self.trailers:
+        if self.phase is not _BODY or self.trailers:
             return None
         if self._pending_head:
             if self._app_chunked or (self._length is not None and self._length != size):
@@ -538,15 +580,15 @@ class Response(ResponseProgress[bytes]):
         else:
             head = b""
         framing = self._framing
-        if framing is _Framing.NONE:
+        if framing is _NONE:
             count = 0
-        elif framing is _Framing.LENGTH and self._remaining == size:
+        elif framing is _LENGTH and self._remaining == size:
             count = size
         else:
             return None
         self._remaining = 0
         self.body_bytes += count
-        self.phase = ResponsePhase.DONE
+        self.phase = _DONE
         return head, count
 
     def _early_hint(self, message: MutableMapping[str, Any]) -> bytes:
@@ -572,7 +614,7 @@ class Response(ResponseProgress[bytes]):
                 lines += (name, b": ", value, b"\r\n")
         if more:
             return b""
-        self.phase = ResponsePhase.DONE
+        self.phase = _DONE
         if not self._deliver_trailers:
             return b""
         return b"".join([b"0\r\n", *(self._trailer_lines or ()), b"\r\n"])
@@ -580,18 +622,38 @@ class Response(ResponseProgress[bytes]):
     def fail(self, status: int, message: str) -> bytes:
         """The error response that replaces this one, which must not have started: a
         plain-text body (see :func:`error_response`), and the connection closes."""
-        assert self.phase is ResponsePhase.START, "the response has started"
-        self.phase = ResponsePhase.DONE
+        assert self.phase is _START, "the response has started"
+        self.phase = _DONE
         self.status = status
         self.must_close = True
         return error_response(status, message, server_header=self.server_header)
 
     def _take_headers(self, raw: Iterable[Any]) -> None:
-        """Check the app's headers and keep what the head needs of them."""
+        """Check the app's headers and keep what the head needs of them.
+
+        An app usually sends the same header list again and again (the same names and
+        values): what the checks made of a list is kept in ``_known_heads``, keyed by
+        its items, and the next equal list costs a dict look-up.
+        """
+        key: tuple[Any, ...] | None = None
+        if type(raw) is list:
+            try:
+                key = tuple(raw)
+                known = _known_heads.get(key)
+            except TypeError:
+                # (An unhashable item: a pair as a list, a bytearray. Not kept.)
+                key = known = None
+            if known is not None:
+                self._lines, self._length, self._plain_headers, rare = known
+                if rare is not None:
+                    for name, value in rare:
+                        setattr(self, name, value)
+                self.headers = raw
+                return
         lines: list[bytes] = []
         checked = _checked_names
         # Until a header says otherwise, nothing in them changes the common answer (see
-        # _head_and_body).
+        # on_send).
         self._plain_headers = True
         try:
             headers = raw if type(raw) is list else list(raw)
@@ -614,17 +676,39 @@ class Response(ResponseProgress[bytes]):
         # The names are tokens and the separators ours: the block holds one CR and one
         # LF per header, and no NUL, unless a value brings its own.
         count = len(lines) >> 2
-        if block.count(b"\n") != count or block.count(b"\r") != count or b"\x00" in block:
+        if block.count(b"\n") != count or block.count(b"\r") != count or _NUL in block:
             for name, value in headers:
                 _check_value(name, value)
         self.headers = headers
         self._lines = block
+        if key is not None and len(block) <= _MAX_KNOWN_HEAD:
+            self._know_head(key, block)
+
+    def _know_head(self, key: tuple[Any, ...], block: bytes) -> None:
+        """Keep what the checks made of a header list (see :meth:`_take_headers`):
+        only for exact pairs of exact bytes, whose equality is that of their bytes."""
+        for item in key:
+            if type(item) is not tuple or len(item) != 2:
+                return
+            name, value = item
+            if type(name) is not bytes or type(value) is not bytes:
+                return
+        rare = tuple(
+            (name, getattr(self, name))
+            for name in ("_app_chunked", "_connection", "_has_date", "_has_server")
+            if name in self.__dict__
+        )
+        if len(_known_heads) >= _MAX_KNOWN_HEADS:
+            # Many different lists (a value that changes with each response): start over
+            # rather than track which are used.
+            _known_heads.clear()
+        _known_heads[key] = (block, self._length, self._plain_headers, rare or None)
 
     def _forget_start(self) -> None:
         """Back to waiting for http.response.start, as if none came."""
         for name in _START_STATE:
             self.__dict__.pop(name, None)
-        self.phase = ResponsePhase.START
+        self.phase = _START
         self.no_body = self.head
 
     def _take_special(self, lower: bytes, name: bytes, value: bytes) -> bool:
@@ -668,22 +752,15 @@ class Response(ResponseProgress[bytes]):
             self._connection = (self._connection or []) + _tokens(value)
 
     def _head_and_body(self, body: bytes | bytearray | memoryview, more: bool) -> bytes:
-        """The status line and headers, then the first body message."""
+        """The status line and headers, then the first body message (other than the
+        common answer, which on_send gives by :meth:`_one_piece`)."""
         size = len(body)
         length = self._length
         status = self.status
-        if (
-            self._plain
-            and not more
-            and (length is None or length == size)
-            and not self.close
-            and self._plain_headers
-        ):
-            return self._one_piece(body, size)
         if self._app_chunked:
             # Transfer-Encoding beats Content-Length, which is then not sent at all.
             length = None
-            framing = _Framing.CLOSE if self.http_10 else _Framing.CHUNKED
+            framing = _CLOSE if self.http_10 else _CHUNKED
         elif (
             self.trailers
             and self.trailers_accepted
@@ -694,28 +771,28 @@ class Response(ResponseProgress[bytes]):
             # Trailers go after the last chunk (RFC 9112 section 7.1.2): chunked framing,
             # whatever length the app gave.
             length = None
-            framing = _Framing.CHUNKED
+            framing = _CHUNKED
         elif length is not None:
-            framing = _Framing.LENGTH
+            framing = _LENGTH
         elif status == 204 or status == 304:
-            framing = _Framing.NONE
+            framing = _NONE
         elif not more and (size or not self.head):
             # The whole body is in this one message: give its length rather than chunk
             # it. (For HEAD an empty body tells nothing of what a GET would get.)
-            framing = _Framing.LENGTH
+            framing = _LENGTH
             length = size
         else:
-            framing = _Framing.CLOSE if self.http_10 else _Framing.CHUNKED
+            framing = _CLOSE if self.http_10 else _CHUNKED
         close_delimited = False
         short = False
         if self.no_body:
             # The framing headers are those a GET would get; no body bytes follow.
-            self._framing = _Framing.NONE
+            self._framing = _NONE
         else:
             self._framing = framing
-            if framing is _Framing.CHUNKED and self.trailers and self.trailers_accepted:
+            if framing is _CHUNKED and self.trailers and self.trailers_accepted:
                 self._deliver_trailers = True
-            if framing is _Framing.CLOSE:
+            if framing is _CLOSE:
                 close_delimited = True
             elif length is not None:
                 if size > length:
@@ -744,7 +821,7 @@ class Response(ResponseProgress[bytes]):
             self._add_default_headers(parts)
         if length is not None:
             parts.append(b"content-length: %d\r\n" % length)
-        elif framing is _Framing.CHUNKED:
+        elif framing is _CHUNKED:
             parts.append(_CHUNKED_LINE)
         if must_close or self.http_10 or connection:
             self.must_close = must_close
@@ -758,7 +835,7 @@ class Response(ResponseProgress[bytes]):
         """The common answer, in one piece: the whole body, framed by its length, on a
         connection that stays open, with our Date and Server lines."""
         self._pending_head = False
-        self.phase = ResponsePhase.DONE
+        self.phase = _DONE
         self.body_bytes = size
         status = self.status
         return b"".join(
@@ -793,7 +870,7 @@ class Response(ResponseProgress[bytes]):
         """Add one body message, framed; mark the response done after the last."""
         framing = self._framing
         size = len(body)
-        if framing is _Framing.LENGTH:
+        if framing is _LENGTH:
             if size:
                 parts.append(body if type(body) is bytes else bytes(body))
                 self.body_bytes += size
@@ -803,17 +880,17 @@ class Response(ResponseProgress[bytes]):
                 # or take the next response for it. The connection must end.
                 self.missing = self._remaining
                 self.must_close = True
-        elif framing is _Framing.CHUNKED:
+        elif framing is _CHUNKED:
             if size:
                 parts += (b"%x\r\n" % size, bytes(body), b"\r\n")
                 self.body_bytes += size
             if not more and not self._deliver_trailers:
                 parts.append(_LAST_CHUNK)
-        elif framing is _Framing.CLOSE and size:
+        elif framing is _CLOSE and size:
             parts.append(bytes(body))
             self.body_bytes += size
         if not more:
-            self.phase = ResponsePhase.TRAILERS if self.trailers else ResponsePhase.DONE
+            self.phase = _TRAILERS if self.trailers else _DONE
 
 
 class AppEnd(enum.Enum):
@@ -837,11 +914,11 @@ def app_returned(response: Phased, *, disconnected: bool) -> AppEnd:
     the app's) and CLIENT_LEFT (nothing wrong with the app: it may stop at a
     ClientDisconnected it caught) for the end of the connection, since the response
     cannot be completed."""
-    if response.phase is ResponsePhase.DONE:
+    if response.phase is _DONE:
         return AppEnd.COMPLETE
     if disconnected:
         return AppEnd.CLIENT_LEFT
-    if response.phase is ResponsePhase.START:
+    if response.phase is _START:
         return AppEnd.NO_RESPONSE
     return AppEnd.UNFINISHED
 

@@ -58,6 +58,12 @@ class Next(enum.Enum):
     DISCARD_BODY = "read and drop the rest of the request body first, then ask again"
 
 
+# (Read on every request: a member read through its class is a descriptor call on
+# CPython 3.11.)
+_REQUEST = Next.REQUEST
+_CLOSE = Next.CLOSE
+
+
 class BodyEnd(enum.Enum):
     """A request body that ended without its end of message (see
     :meth:`ServerConnection.body_message`)."""
@@ -193,12 +199,14 @@ class ServerConnection:
         if not target.isascii():
             return None
         headers = []
-        host = False
+        host = connection = False
         for field in fields:
             name, _, value = field.partition(b":")
             name = name.lower()
             if name == b"host":
                 host = True
+            elif name == b"connection":
+                connection = True
             headers.append((name, value.strip(b" \t")))
         version = version[5:]
         if not host and version == b"1.1":
@@ -216,7 +224,11 @@ class ServerConnection:
                 parser.receive_data(b"")
         elif end < len(pending):
             parser.receive_data(pending[end:])
-        self._take_request(event, headers)
+        # Without a Connection field, the version alone says whether the client keeps
+        # the connection (what client_keep_alive would find, a call less).
+        self._take_request(
+            event, headers, client_keep_alive(event, headers) if connection else version == b"1.1"
+        )
         self.body_done = True
         return event
 
@@ -317,14 +329,19 @@ class ServerConnection:
         self._take_request(event, header_pairs(event.headers))
         return event
 
-    def _take_request(self, event: Any, headers: list[tuple[bytes, bytes]]) -> None:
-        """Keep the request's header pairs and make its response (see :attr:`response`)."""
+    def _take_request(
+        self, event: Any, headers: list[tuple[bytes, bytes]], keep_alive: bool | None = None
+    ) -> None:
+        """Keep the request's header pairs and make its response (see :attr:`response`).
+        ``keep_alive``: what :func:`client_keep_alive` says of the request, if known."""
         self.request_headers = headers
+        if keep_alive is None:
+            keep_alive = client_keep_alive(event, headers)
         self.response = Response(
             head=event.method == b"HEAD",
             server_header=self.server_header,
             default_headers=self.default_headers,
-            keep_alive=self.allow_keep_alive and client_keep_alive(event, headers),
+            keep_alive=self.allow_keep_alive and keep_alive,
             http_10=event.http_version != b"1.1",
         )
 
@@ -422,7 +439,7 @@ class ServerConnection:
             # _split_head), had no body and was read whole. The parser holds just what
             # the client sent after it, as a fresh one would (an h11 connection costs
             # about 20,000 instructions to make).
-            return Next.REQUEST if keep_alive else Next.CLOSE
+            return _REQUEST if keep_alive else _CLOSE
         if may_discard and their_state is h11mod.SEND_BODY:
             self._discarded = 0
             return Next.DISCARD_BODY
