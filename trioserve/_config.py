@@ -802,7 +802,10 @@ class Config:
             _seconds_kind(),
             _WS,
             "Seconds a WebSocket peer has to answer a ping before it is disconnected "
-            "(1011); 0 keeps pinging but never disconnects for it.",
+            "(1011), counted from the ping or from the last bytes the peer sent, whichever "
+            "is later (a peer cannot answer in the middle of a frame, and one sending a "
+            "long frame on a slow link is alive); 0 keeps pinging but never disconnects "
+            "for it.",
             flags=("--ws-ping-timeout",),
             metavar="SECONDS",
         ),

@@ -273,6 +273,11 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await self._abort_web_socket()
                     break
+                scope = self.ping_scope
+                if scope is not None:
+                    # A ping waits for its pong: the peer is alive while it sends, even
+                    # if its pong must wait for the end of a long frame (see _Watcher).
+                    scope.deadline = max(scope.deadline, trio.current_time() + self.watcher.timeout)
                 if not data:
                     # TCP ended before the websocket did: an abnormal closure.
                     if self._wsproto.state is not ConnectionState.CLOSED:
@@ -558,19 +563,26 @@ class _Watcher:
                 await stop_requested.wait()
 
     async def _ping(self, conn: _ServerConnection) -> None:
+        # The peer has ws_ping_timeout seconds to answer, counted from the ping or from
+        # the last bytes it sent, whichever is later (the reader moves the deadline): a
+        # pong cannot be sent in the middle of a frame, so a peer sending a long one on a
+        # slow link answers late, and is alive all the while. Cancelled by discard()
+        # when the websocket ends: its pong will never come.
+        scope = conn.ping_scope = trio.CancelScope(
+            deadline=trio.current_time() + (self.timeout or math.inf)
+        )
         try:
-            # Cancelled by discard() when the websocket ends: its pong will never come.
-            with trio.CancelScope() as conn.ping_scope:
+            with scope:
                 try:
-                    with trio.move_on_after(self.timeout or math.inf) as timer:
-                        await conn.ping()
+                    await conn.ping()
                 except ConnectionClosed:
                     return
                 finally:
                     conn.ping_scope = None
-            if timer.cancelled_caught:
+            if scope.cancelled_caught and conn in self.connections:
                 LOGGER.info(
-                    "closing a websocket whose peer did not answer a ping within %gs",
+                    "closing a websocket whose peer neither answered a ping nor sent "
+                    "anything for %gs",
                     self.timeout,
                 )
                 await conn.close_with(1011, "keepalive ping timeout")

@@ -400,6 +400,64 @@ async def test_peer_that_does_not_answer_pings_is_closed(nursery, autojump_clock
     assert trio.current_time() - start == pytest.approx(8 + CLOSE_TIMEOUT, abs=0.01)
 
 
+async def _trickle_frame(raw: RawClient, size: int, seconds: int) -> None:
+    """Send one binary frame of ``size`` bytes in ``seconds`` equal parts, a second
+    apart: a client on a slow link, which cannot answer a ping before the frame ends."""
+    frame = raw.ws.send(BytesMessage(data=b"x" * size))
+    part = -(-len(frame) // seconds)
+    for start in range(0, len(frame), part):
+        await raw.stream.send_all(frame[start : start + part])
+        await trio.sleep(1)
+
+
+async def test_peer_sending_a_long_frame_outlives_the_ping_timeout(nursery, autojump_clock):
+    """A peer still sending a frame when a ping comes answers after the frame: it is
+    kept, however long the frame takes, and its message is echoed."""
+    state = make_state(ws_ping_interval=5, ws_ping_timeout=3)
+    options = WSOptions(state.config)
+    await nursery.start(watch_websockets, state, options)
+    app = App()
+    raw, _ = start_raw(nursery, app, state, options)
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    start = trio.current_time()
+    await _trickle_frame(raw, 100_000, 20)
+    assert trio.current_time() - start == pytest.approx(20, abs=0.01)
+    ping = await raw.next_event()
+    assert isinstance(ping, Ping)
+    await raw.send(ping.response())
+    echoed = b""
+    while True:
+        part = await raw.next_event()
+        assert isinstance(part, BytesMessage)
+        echoed += part.data
+        if part.message_finished:
+            break
+    assert echoed == b"x" * 100_000
+    assert not app.disconnected.is_set()
+
+
+async def test_ping_timeout_counts_from_the_peers_last_bytes(nursery, autojump_clock):
+    """A peer that stops sending and never answers the ping is closed with 1011
+    ws_ping_timeout seconds after the last bytes it sent."""
+    state = make_state(ws_ping_interval=5, ws_ping_timeout=3)
+    options = WSOptions(state.config)
+    await nursery.start(watch_websockets, state, options)
+    app = App()
+    raw, _ = start_raw(nursery, app, state, options)
+    assert isinstance(await raw.handshake(), AcceptConnection)
+    start = trio.current_time()
+    # Ten parts of a frame of 11: the peer is silent from 9 s on, mid-frame.
+    frame = raw.ws.send(BytesMessage(data=b"x" * 11_000))
+    for start_byte in range(0, 10_000, 1000):
+        await raw.stream.send_all(frame[start_byte : start_byte + 1000])
+        await trio.sleep(1)
+    with trio.fail_after(60):
+        await app.disconnected.wait()
+    assert trio.current_time() - start == pytest.approx(9 + 3, abs=0.01)
+    assert app.disconnect is not None
+    assert app.disconnect["code"] == 1011
+
+
 async def test_peer_that_answers_pings_stays_connected(nursery, autojump_clock):
     """A peer answering every ping is pinged every ws_ping_interval and kept."""
     state = make_state(ws_ping_interval=10, ws_ping_timeout=5)
