@@ -676,14 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'SERVER Nw'. trioserve runs in-process (--workers 0) for one worker, as its master "
         "and N workers with --reuse-port for more.",
     )
-    parser.add_argument(
-        "--fifo",
-        action="store_true",
-        help="Run the server and wrk at real-time priority (chrt -f 20; needs root or "
-        "CAP_SYS_NICE): on a machine others share, they then hardly lose the CPU to other "
-        "work, which the ratios need. The kernel still keeps 5%% of each second for the "
-        "rest (sched_rt_runtime_us), so figures are a little below a quiet machine's.",
-    )
+    parser.add_argument("--fifo", action="store_true", help=FIFO_HELP)
     parser.add_argument("--json", type=Path, metavar="FILE", help="Write the raw results here.")
     return parser
 
@@ -746,6 +739,28 @@ def _available(names: Sequence[str]) -> list[str]:
     return kept
 
 
+FIFO_HELP = (
+    "Run the server and the load generator at real-time priority (chrt -f 20; needs root "
+    "or CAP_SYS_NICE): on a machine others share, they then hardly lose the CPU to other "
+    "work, which the ratios need. The kernel still keeps 5%% of each second for the rest "
+    "(sched_rt_runtime_us), so figures are a little below a quiet machine's."
+)
+
+
+def use_fifo() -> bool:
+    """Put ``chrt -f 20`` before the servers' and the load generator's commands (--fifo);
+    False, said on stderr, when this process may not."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+    except OSError as exc:
+        print(f"--fifo: this process may not use real-time priority ({exc})", file=sys.stderr)
+        return False
+    # (Only to check that it may: the server and the load generator get it from chrt.)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    PRIORITY[:] = ["chrt", "-f", "20"]
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if shutil.which("wrk") is None:
@@ -765,15 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    if args.fifo:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
-        except OSError as exc:
-            print(f"--fifo: this process may not use real-time priority ({exc})", file=sys.stderr)
-            return 2
-        # (Only to check that it may: the server and wrk get it from chrt.)
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        PRIORITY[:] = ["chrt", "-f", "20"]
+    if args.fifo and not use_fifo():
+        return 2
     servers = _available(args.servers)
     if BASELINE not in servers:
         print(f"note: {BASELINE} is not in the run, so the ratio column is n/a", file=sys.stderr)

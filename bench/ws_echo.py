@@ -55,7 +55,17 @@ from bench.common import (
     positive_int,
     sources_fingerprint,
 )
-from bench.run import CLIENT_CPU, SERVER_CPU, BenchError, Server, StartError, running
+from bench.run import (
+    CLIENT_CPU,
+    FIFO_HELP,
+    PRIORITY,
+    SERVER_CPU,
+    BenchError,
+    Server,
+    StartError,
+    running,
+    use_fifo,
+)
 
 APP = "bench.ws_app:app"
 HANDLER = "bench.ws_app:handler"
@@ -480,6 +490,7 @@ def client_command(
     port: int, connections: int, scenario: Scenario, duration: int, compression: bool
 ) -> list[str]:
     return [
+        *PRIORITY,
         *("taskset", "-c", CLIENT_CPU, sys.executable, "-m", "bench.ws_echo", "client"),
         *("--port", str(port), "--connections", str(connections)),
         *("--scenario", scenario.name, "--warmup", str(WARMUP_SECONDS)),
@@ -649,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Offer permessage-deflate (each server compresses as it negotiates).",
     )
+    parser.add_argument("--fifo", action="store_true", help=FIFO_HELP)
     parser.add_argument("--json", type=Path, metavar="FILE", help="Write the raw results here.")
     return parser
 
@@ -683,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"use {sorted(cpus)}",
             file=sys.stderr,
         )
+        return 2
+    if args.fifo and not use_fifo():
         return 2
     servers = _available(args.servers)
     scenarios: list[str] = args.scenarios
