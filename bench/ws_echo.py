@@ -103,7 +103,7 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def _trioserve_argv(target: str, *extra: str) -> Any:
-    def argv(port: int) -> list[str]:
+    def argv(port: int, workers: int = 1) -> list[str]:  # (one worker: run.py's signature)
         return [
             *("-m", "trioserve", target, *extra),
             *("--bind", f"{HOST}:{port}", "--workers", "0"),
@@ -113,7 +113,7 @@ def _trioserve_argv(target: str, *extra: str) -> Any:
 
 
 def _uvicorn_argv(ws: str, http: str = "h11", loop: str = "asyncio") -> Any:
-    def argv(port: int) -> list[str]:
+    def argv(port: int, workers: int = 1) -> list[str]:  # (one worker: run.py's signature)
         return [
             *("-m", "uvicorn", "--ws", ws, "--http", http, "--loop", loop, "--workers", "1"),
             *("--no-access-log", "--host", HOST, "--port", str(port), APP),
@@ -123,7 +123,7 @@ def _uvicorn_argv(ws: str, http: str = "h11", loop: str = "asyncio") -> Any:
 
 
 def _hypercorn_argv(worker_class: str) -> Any:
-    def argv(port: int) -> list[str]:
+    def argv(port: int, workers: int = 1) -> list[str]:  # (one worker: run.py's signature)
         return [
             *("-m", "hypercorn", "--worker-class", worker_class, "--workers", "1"),
             *("--bind", f"{HOST}:{port}", APP),
