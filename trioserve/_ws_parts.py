@@ -17,6 +17,18 @@ import outcome
 import trio
 
 
+def _fail_waiting(
+    tasks: dict[trio.lowlevel.Task, Any] | list[trio.lowlevel.Task] | None,
+    error: type[Exception],
+) -> None:
+    """Wake every task waiting in ``tasks`` (a queue's senders or receivers) with a new
+    ``error`` each, and forget them."""
+    if tasks:
+        for task in tasks:
+            trio.lowlevel.reschedule(task, outcome.Error(error()))
+        tasks.clear()
+
+
 class EventList(list[Any]):
     """A small queue for the two deques each connection would otherwise carry: wsproto's
     frame-level event queue (which only ever holds the event of a lost connection) and
@@ -156,14 +168,8 @@ class SendEnd:
         if q.send_closed:
             return
         q.send_closed = True
-        if q.senders:
-            for task in q.senders:
-                trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError()))
-            q.senders.clear()
-        if q.receivers:
-            for task in q.receivers:
-                trio.lowlevel.reschedule(task, outcome.Error(trio.EndOfChannel()))
-            q.receivers.clear()
+        _fail_waiting(q.senders, trio.ClosedResourceError)
+        _fail_waiting(q.receivers, trio.EndOfChannel)
 
     async def aclose(self) -> None:
         self.close()
@@ -214,14 +220,8 @@ class ReceiveEnd:
         if q.receive_closed:
             return
         q.receive_closed = True
-        if q.receivers:
-            for task in q.receivers:
-                trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError()))
-            q.receivers.clear()
-        if q.senders:
-            for task in q.senders:
-                trio.lowlevel.reschedule(task, outcome.Error(trio.BrokenResourceError()))
-            q.senders.clear()
+        _fail_waiting(q.receivers, trio.ClosedResourceError)
+        _fail_waiting(q.senders, trio.BrokenResourceError)
         q.data.clear()
 
     async def aclose(self) -> None:
