@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import difflib
 import hashlib
+import importlib.util
 import os
 import platform
 import socket
 import subprocess
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -85,3 +88,41 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def names_arg(kind: str, known: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type for a comma-separated list of ``kind`` names out of ``known``
+    (an unknown one is refused with the closest known name as a hint)."""
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {name!r}{hint} (choose from {', '.join(known)})"
+                )
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected at least one {kind}")
+        return names
+
+    return parse
+
+
+def importable_servers(names: Sequence[str], servers: Mapping[str, Any]) -> list[str]:
+    """The servers of ``names`` whose module this Python can import (each entry of
+    ``servers`` has ``module`` and ``note``); each other one is said on stderr."""
+    kept = []
+    for name in names:
+        server = servers[name]
+        if importlib.util.find_spec(server.module) is None:
+            extra = f" ({server.note})" if server.note else ""
+            print(
+                f"skipping {name}: module {server.module!r} is not importable by "
+                f"{sys.executable}{extra}",
+                file=sys.stderr,
+            )
+        else:
+            kept.append(name)
+    return kept

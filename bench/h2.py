@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
-import importlib.util
 import json
 import os
 import re
@@ -50,7 +48,15 @@ from typing import Any
 if not __package__:
     # Run as a script (python bench/X.py): make the "bench" package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import HOST, REPO_ROOT, free_port, machine_facts, positive_int
+from bench.common import (
+    HOST,
+    REPO_ROOT,
+    free_port,
+    importable_servers,
+    machine_facts,
+    names_arg,
+    positive_int,
+)
 
 APP = "bench.app:app"
 SERVER_CPU = "0"
@@ -571,17 +577,7 @@ def abrupt(args: argparse.Namespace, name: str, log_dir: Path) -> int:
 
 
 def _server_names(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    for name in names:
-        if name not in SERVERS:
-            close = difflib.get_close_matches(name, list(SERVERS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise argparse.ArgumentTypeError(
-                f"unknown server {name!r}{hint} (choose from {', '.join(SERVERS)})"
-            )
-    if not names:
-        raise argparse.ArgumentTypeError("expected at least one server")
-    return names
+    return names_arg("server", list(SERVERS))(text)
 
 
 def _one_server(text: str) -> str:
@@ -627,22 +623,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _available(names: Sequence[str]) -> list[str]:
-    kept = []
-    for name in names:
-        server = SERVERS[name]
-        if importlib.util.find_spec(server.module) is None:
-            extra = f" ({server.note})" if server.note else ""
-            print(
-                f"skipping {name}: module {server.module!r} is not importable by "
-                f"{sys.executable}{extra}",
-                file=sys.stderr,
-            )
-        else:
-            kept.append(name)
-    return kept
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if shutil.which("h2load") is None:
@@ -663,10 +643,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="trioserve-h2bench-") as tmp:
         if args.abrupt is not None:
-            if not _available([args.abrupt]):
+            if not importable_servers([args.abrupt], SERVERS):
                 return 2
             return abrupt(args, args.abrupt, Path(tmp))
-        servers = _available(args.servers)
+        servers = importable_servers(args.servers, SERVERS)
         if not servers:
             return 2
         return throughput(args, servers, Path(tmp))

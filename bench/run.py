@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -48,7 +46,9 @@ from bench.common import (
     REPO_ROOT,
     changed_sources,
     free_port,
+    importable_servers,
     machine_facts,
+    names_arg,
     positive_int,
     sources_fingerprint,
 )
@@ -618,23 +618,6 @@ def environment(servers: Sequence[str]) -> dict[str, Any]:
 # --- command line --------------------------------------------------------------------
 
 
-def _names(kind: str, known: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        for name in names:
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise argparse.ArgumentTypeError(
-                    f"unknown {kind} {name!r}{hint} (choose from {', '.join(known)})"
-                )
-        if not names:
-            raise argparse.ArgumentTypeError(f"expected at least one {kind}")
-        return names
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
@@ -651,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--servers",
-        type=_names("server", list(SERVERS)),
+        type=names_arg("server", list(SERVERS)),
         default=list(DEFAULT_SERVERS),
         help=(
             "Comma-separated servers, run in this order each round (default: "
@@ -661,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scenarios",
-        type=_names("scenario", list(SCENARIOS)),
+        type=names_arg("scenario", list(SCENARIOS)),
         default=list(SCENARIOS),
         help="Comma-separated scenarios: "
         + ", ".join(f"{s.name} ({s.description})" for s in SCENARIOS.values()),
@@ -723,22 +706,6 @@ def _one_line(m: Measurement) -> str:
     return text
 
 
-def _available(names: Sequence[str]) -> list[str]:
-    kept = []
-    for name in names:
-        server = SERVERS[name]
-        if importlib.util.find_spec(server.module) is None:
-            extra = f" ({server.note})" if server.note else ""
-            print(
-                f"skipping {name}: module {server.module!r} is not importable by "
-                f"{sys.executable}{extra}",
-                file=sys.stderr,
-            )
-        else:
-            kept.append(name)
-    return kept
-
-
 FIFO_HELP = (
     "Run the server and the load generator at real-time priority (chrt -f 20; needs root "
     "or CAP_SYS_NICE): on a machine others share, they then hardly lose the CPU to other "
@@ -782,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.fifo and not use_fifo():
         return 2
-    servers = _available(args.servers)
+    servers = importable_servers(args.servers, SERVERS)
     if BASELINE not in servers:
         print(f"note: {BASELINE} is not in the run, so the ratio column is n/a", file=sys.stderr)
     scenarios: list[str] = args.scenarios

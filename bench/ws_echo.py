@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import difflib
 import hashlib
-import importlib.util
 import json
 import os
 import select
@@ -51,7 +49,9 @@ from bench.common import (
     HOST,
     REPO_ROOT,
     changed_sources,
+    importable_servers,
     machine_facts,
+    names_arg,
     positive_int,
     sources_fingerprint,
 )
@@ -601,23 +601,6 @@ def render_table(
     return "\n".join([*lines, "", *ratio_lines])
 
 
-def _names(kind: str, known: Sequence[str]) -> Any:
-    def parse(text: str) -> list[str]:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        for name in names:
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise argparse.ArgumentTypeError(
-                    f"unknown {kind} {name!r}{hint} (choose from {', '.join(known)})"
-                )
-        if not names:
-            raise argparse.ArgumentTypeError(f"expected at least one {kind}")
-        return names
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/ws_echo.py",
@@ -634,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--servers",
-        type=_names("server", list(SERVERS)),
+        type=names_arg("server", list(SERVERS)),
         default=list(DEFAULT_SERVERS),
         help="Comma-separated servers, run in this order each round (default: "
         + ",".join(DEFAULT_SERVERS)
@@ -644,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scenarios",
-        type=_names("scenario", list(SCENARIOS)),
+        type=names_arg("scenario", list(SCENARIOS)),
         default=list(SCENARIOS),
         help="Comma-separated scenarios: "
         + ", ".join(f"{s.name} ({s.description})" for s in SCENARIOS.values()),
@@ -665,21 +648,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _available(names: Sequence[str]) -> list[str]:
-    kept = []
-    for name in names:
-        server = SERVERS[name]
-        if importlib.util.find_spec(server.module) is None:
-            print(
-                f"skipping {name}: module {server.module!r} is not importable by "
-                f"{sys.executable} ({server.note})",
-                file=sys.stderr,
-            )
-        else:
-            kept.append(name)
-    return kept
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["client"]:
@@ -698,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.fifo and not use_fifo():
         return 2
-    servers = _available(args.servers)
+    servers = importable_servers(args.servers, SERVERS)
     scenarios: list[str] = args.scenarios
     duration: int = args.duration
     per_run = duration + WARMUP_SECONDS + 3
@@ -756,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render_table(results, scenarios, ran))
     print()
     for name in ran:
-        argv_text = " ".join(SERVERS[name].argv(0)[1:]).replace(":0", ":PORT")
+        argv_text = " ".join(SERVERS[name].argv(0, 1)[1:]).replace(":0", ":PORT")
         print(f"- {name}: {argv_text.replace('--port 0', '--port PORT')}")
     busy = [m for m in results if m.client_cpu >= CLIENT_BUSY]
     if busy:
