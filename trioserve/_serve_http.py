@@ -64,6 +64,7 @@ LINGER_BYTES = 1024 * 1024
 BODY_RATE_GRACE = 10.0
 
 _NEXT_REQUEST = Next.REQUEST
+_CLOSE = Next.CLOSE
 _RESPONSE_DONE = ResponsePhase.DONE
 _DISCARD_BODY = Next.DISCARD_BODY
 _BROKEN = DISCONNECT_ERRORS
@@ -609,10 +610,15 @@ class _Connection(ServerConnection):
                 keep_alive = (
                     not broken and response.phase is _RESPONSE_DONE and not response.must_close
                 )
-                after = self.next_exchange(keep_alive, not broken)
-                if after is _DISCARD_BODY:
-                    await self._discard_body()
-                    after = self.next_exchange(keep_alive, False)
+                if self.nothing_held:
+                    # A request split from a plain head left the parser idle and empty:
+                    # what next_exchange would answer, without the call.
+                    after = _NEXT_REQUEST if keep_alive else _CLOSE
+                else:
+                    after = self.next_exchange(keep_alive, not broken)
+                    if after is _DISCARD_BODY:
+                        await self._discard_body()
+                        after = self.next_exchange(keep_alive, False)
                 if after is not _NEXT_REQUEST:
                     if state.stopping and not broken:
                         # The answer said Connection: close: a client that sent more
@@ -635,9 +641,14 @@ class _Connection(ServerConnection):
             try:
                 # What the client sent after the previous request is in the parser
                 # already; usually one read brings a whole head, and ``pending`` stays
-                # the bytes that read returned: no copies.
-                pending: bytes = self.parser.trailing_data[0]
-                h11_has = len(pending)
+                # the bytes that read returned: no copies. (When the parser is known to
+                # hold nothing, it is not asked: h11's trailing_data copies its buffer.)
+                if self.nothing_held:
+                    pending = b""
+                    h11_has = 0
+                else:
+                    pending = self.parser.trailing_data[0]
+                    h11_has = len(pending)
                 if not h11_has:
                     pending = await self._receive_idle()
                     if not pending:

@@ -152,6 +152,11 @@ class ServerConnection:
         self.chunks: ChunkedChecker | None = None
         # True when the current request had no body and h11 already said so.
         self.body_done = False
+        # True when the parser is known to be idle and to hold nothing: the last request
+        # was split from a plain head with nothing after it (see _split_head), and no
+        # bytes reached the parser since. The edge then neither asks the parser what it
+        # holds (h11's trailing_data copies its buffer) nor asks next_exchange.
+        self.nothing_held = False
         # The raw bytes read for a request that may ask for an upgrade (head and beyond).
         self.upgrade_bytes: bytes | None = None
 
@@ -222,8 +227,13 @@ class ServerConnection:
                 parser.receive_data(pending[end:])
             if closed:
                 parser.receive_data(b"")
+            self.nothing_held = False
         elif end < len(pending):
             parser.receive_data(pending[end:])
+            self.nothing_held = False
+        else:
+            # (Most requests: the parser was empty, and nothing followed the head.)
+            self.nothing_held = True
         # Without a Connection field, the version alone says whether the client keeps
         # the connection (what client_keep_alive would find, a call less).
         self._take_request(
@@ -320,6 +330,7 @@ class ServerConnection:
         wrong with it), with its header pairs and its response made (see
         :attr:`response`)."""
         h11mod = self.h11
+        self.nothing_held = False
         try:
             event = parser.next_event()
         except h11mod.RemoteProtocolError as exc:
@@ -349,6 +360,7 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Keep bytes of a next request that arrived outside :meth:`request_head`."""
+        self.nothing_held = False
         self.parser.receive_data(data)
 
     @property
