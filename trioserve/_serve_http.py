@@ -650,7 +650,19 @@ class _Connection(ServerConnection):
                     pending = self.parser.trailing_data[0]
                     h11_has = len(pending)
                 if not h11_has:
-                    pending = await self._receive_idle()
+                    sock = self.sock
+                    if sock is None:
+                        pending = await self._receive_idle()
+                    else:
+                        # _receive_idle's first read, here: under load the next request
+                        # is usually there already, and a read that finds it does not
+                        # wait (no deadline, no coroutine, no clock read).
+                        try:
+                            pending = sock.recv(RECEIVE_SIZE)
+                        except BlockingIOError:
+                            pending = await self._receive_idle(found_nothing=True)
+                        except OSError:
+                            pending = b""
                     if not pending:
                         return False
                 request = self.request_head(pending, h11_has)
@@ -797,8 +809,10 @@ class _Connection(ServerConnection):
             except _BROKEN:
                 return b""
 
-    async def _receive_idle(self) -> bytes:
+    async def _receive_idle(self, *, found_nothing: bool = False) -> bytes:
         """Wait for the next request with nothing of it received yet: b"" to close.
+        ``found_nothing``: the caller just tried the read on the plain socket itself and
+        found nothing (as in :meth:`_receive`).
 
         The wait ends at the keep-alive deadline, or at a graceful stop's drain deadline
         if that comes first (see ``ServerState.request_stop``); a stop does not cut it
@@ -814,11 +828,11 @@ class _Connection(ServerConnection):
             deadline = drain_deadline
         self.deadline = deadline
         sock = self.sock
-        if sock is None:
-            data = await self._receive()
+        if sock is None or found_nothing:
+            data = await self._receive(found_nothing=found_nothing)
         else:
-            # _receive's first try, here: under load the next request is usually there,
-            # and then no coroutine is made for the read.
+            # _receive's first try, here: no coroutine is made for a read that finds
+            # the request there.
             try:
                 data = sock.recv(RECEIVE_SIZE)
             except BlockingIOError:
