@@ -445,7 +445,8 @@ class Exchange(abc.ABC, Generic[Payload]):
 
     def _complete(self) -> None:
         """The response is written out whole: the exchange is finished, and the
-        transport may go on without waiting for the app to return."""
+        transport may go on without waiting for the app to return. (``send`` has its
+        own copy of this, inline.)"""
         self.finished = True
         if self._disconnect_waiter is not None:
             self._disconnect_waiter.cancel()
@@ -551,14 +552,22 @@ class Exchange(abc.ABC, Generic[Payload]):
         last = response.phase is _DONE
         if last and response.missing:
             self._log_missing()
-        if not payload:
-            if last:
-                self._complete()
-            return
-        if not await self.transmit(payload):
+        if payload and not await self.transmit(payload):
             self._gone_while_sending()
         if last:
-            self._complete()
+            # _complete(), inline: every response's last message comes this way, and
+            # the call cost more than what it does.
+            self.finished = True
+            if self._disconnect_waiter is not None:
+                self._disconnect_waiter.cancel()
+            options = self.options
+            if options.timed:  # (``started`` was set: see run)
+                self.ended = _wall_clock()
+            handovers = options.handovers
+            if handovers is not None and handovers.watchers:
+                handovers.offered.append(self)
+                if handovers.parked:
+                    handovers.wake()
 
     def _bad_message(self, exc: ASGIProtocolError) -> NoReturn:
         """The app sent a message wrong for the response (its error, raised into it)."""
