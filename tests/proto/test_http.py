@@ -835,6 +835,32 @@ def test_length_lines_are_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> 
     assert lines[3] == b"content-length: 3\r\n\r\n"
 
 
+@pytest.mark.parametrize("head", [False, True])
+@pytest.mark.parametrize("server_header", [False, True])
+@pytest.mark.parametrize("default_headers", [(), ((b"x-d", b"1"),)])
+@pytest.mark.parametrize("keep_alive", [False, True])
+@pytest.mark.parametrize("http_10", [False, True])
+def test_new_response_is_the_class_call(
+    head: bool,
+    server_header: bool,
+    default_headers: tuple[tuple[bytes, bytes], ...],
+    keep_alive: bool,
+    http_10: bool,
+) -> None:
+    """new_response (the request loop's, without calling the class) makes exactly the
+    response the class makes from the same arguments."""
+    made = http.new_response(head, server_header, default_headers, keep_alive, http_10)
+    called = Response(
+        head=head,
+        server_header=server_header,
+        default_headers=default_headers,
+        keep_alive=keep_alive,
+        http_10=http_10,
+    )
+    assert type(made) is Response
+    assert vars(made) == vars(called)
+
+
 # -- client_keep_alive ------------------------------------------------------------------
 
 

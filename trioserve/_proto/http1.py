@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from .http import Response, client_keep_alive, header_pairs
+from .http import Response, client_keep_alive, header_pairs, new_response
 from .validate import (
     ChunkedChecker,
     HTTP2Preface,
@@ -86,6 +86,11 @@ class Request:
         self.target = target
         self.headers = headers
         self.http_version = version
+
+
+_new = object.__new__
+# (As for Response: see trioserve._proto.http.new_response.)
+_REQUEST_BY_NEW = Request.__new__ is object.__new__
 
 
 class ServerConnection:
@@ -216,7 +221,16 @@ class ServerConnection:
         version = version[5:]
         if not host and version == b"1.1":
             return None
-        event = Request(method, target, headers, version)
+        if _REQUEST_BY_NEW:
+            # (Request(method, target, headers, version), without calling the class:
+            # see new_response.)
+            event = _new(Request)
+            event.method = method
+            event.target = target
+            event.headers = headers
+            event.http_version = version
+        else:
+            event = Request(method, target, headers, version)
         # The bytes after the head wait in a parser for the next request, which has
         # seen nothing of this one (see next_exchange).
         parser = self.parser
@@ -348,12 +362,12 @@ class ServerConnection:
         self.request_headers = headers
         if keep_alive is None:
             keep_alive = client_keep_alive(event, headers)
-        self.response = Response(
-            head=event.method == b"HEAD",
-            server_header=self.server_header,
-            default_headers=self.default_headers,
-            keep_alive=self.allow_keep_alive and keep_alive,
-            http_10=event.http_version != b"1.1",
+        self.response = new_response(
+            event.method == b"HEAD",
+            self.server_header,
+            self.default_headers,
+            self.allow_keep_alive and keep_alive,
+            event.http_version != b"1.1",
         )
 
     # -- bytes between requests --------------------------------------------------------
