@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import types
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, BinaryIO, Protocol
 
 import h11
@@ -1004,6 +1004,31 @@ class _Connection(ServerConnection):
             if sent == len(data):
                 return True
             data = memoryview(data)[sent:]
+        return await self._write_rest(data)
+
+    def write_now(self, data: bytes) -> bool | Awaitable[bool]:
+        """:meth:`write`, for an exchange's ``transmit``: when the kernel takes ``data``
+        whole at once (an exchange's first write on a plain socket, usually its only
+        one), the answer itself, True (or False: the client is gone), without a
+        coroutine; otherwise the awaitable of the answer."""
+        sock = self.sock
+        if sock is None or self.wrote:
+            return self.write(data)
+        self.wrote = True
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False
+        if sent == len(data):
+            return True
+        return self._write_rest(memoryview(data)[sent:])
+
+    async def _write_rest(self, data: bytes | memoryview) -> bool:
+        """Send what the kernel did not take at once (all of ``data`` through a stream),
+        bounded by the write timeout: False if the client is gone (see :meth:`write`)."""
+        sock = self.sock
         self.waiting = "write"
         self.deadline = trio.current_time() + self.options.write_timeout
         # The watchdog cancels ``timer``: for this wait, a scope around the write alone.
@@ -1155,7 +1180,7 @@ class _Cycle(Exchange[bytes]):
         self.peer = connection.owner.peer
         self.response = connection.response
         # The hook as the connection's own method: no call layer on every write.
-        self.transmit = connection.write
+        self.transmit = connection.write_now
         # The request had no body and h11's end of message was taken with the head: the
         # first receive() gets the empty http.request without asking h11.
         self.body_done = self.empty_body_due = connection.body_done

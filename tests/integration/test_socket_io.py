@@ -347,6 +347,32 @@ class _CountingSocket:
         return getattr(self._sock, name)
 
 
+async def test_a_write_taken_at_once_needs_no_coroutine(nursery, monkeypatch):
+    """A response the kernel takes whole at once goes out from write_now itself: the
+    coroutine of write (a checkpoint, a deadline) is made only when a write must wait
+    or is not the exchange's first."""
+    from trioserve import _serve_http
+
+    writes = 0
+    write = _serve_http._Connection.write
+
+    async def counted(self: Any, data: Any) -> bool:
+        nonlocal writes
+        writes += 1
+        return await write(self, data)
+
+    monkeypatch.setattr(_serve_http._Connection, "write", counted)
+    client, *server = await tcp_connection()
+    serve(nursery, hello_app, ServerState(Config()), server)
+    with trio.fail_after(10):
+        for _ in range(3):
+            await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            received = b""
+            while b"Hello, world!" not in received:
+                received += await client.receive_some()
+    assert writes == 0
+
+
 async def test_an_idle_wait_reads_once_before_it_waits(nursery):
     """Between two requests on a kept-alive connection the edge tries one read, and when
     it finds nothing waits for the next request: no second read that must find nothing
