@@ -636,7 +636,12 @@ class _Connection(ServerConnection):
                 # epoll, every request after (measured: with that rule, some runs had a
                 # fifth of all requests wait so, and served 13% fewer requests; one
                 # connection alone served 14% fewer, p50 52 µs against 45 µs).
-                await trio.lowlevel.checkpoint()
+                # The checkpoint in its two public halves (trio's own checkpoint() is
+                # the same two steps): a schedule point, then a cancellation delivered
+                # if there is one. Awaited from here, the task resumes through one
+                # coroutine frame less (about 0.4% of a request).
+                await _schedule_point()
+                await _cancel_point()
             self.wrote = False
             try:
                 # What the client sent after the previous request is in the parser
@@ -1292,6 +1297,8 @@ def _file_ended(missing: int) -> None:
 
 
 _wait_readable = trio.lowlevel.wait_readable
+_schedule_point = trio.lowlevel.cancel_shielded_checkpoint
+_cancel_point = trio.lowlevel.checkpoint_if_cancelled
 _wait_writable = trio.lowlevel.wait_writable
 _PEEK = socket.MSG_PEEK
 

@@ -22,8 +22,16 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, hello_app, serve_http_connection, tcp_connection
+from tests.helpers import (
+    H11Client,
+    hello_app,
+    http_options,
+    serve_http_connection,
+    serve_peer,
+    tcp_connection,
+)
 from trioserve import ClientDisconnected, Config
+from trioserve._peer import Peer
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
 
@@ -345,6 +353,33 @@ class _CountingSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+async def test_a_cancellation_reaches_a_connection_that_never_waits():
+    """A connection whose requests are all there already (none of its reads or writes
+    has to wait) still takes a cancellation between two requests: cancelled before it
+    starts, it answers the first request and no other."""
+    client, stream, sock = await tcp_connection()
+    count = 50
+    state = ServerState(Config())
+    with trio.fail_after(10):
+        await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * count)
+        async with trio.open_nursery() as tasks:
+            # (The edge itself, without the helper's watchers: only it is cancelled.)
+            with trio.CancelScope() as serving:
+                serving.cancel()
+                await serve_peer(
+                    Peer(stream, sock, None, None),
+                    hello_app,
+                    state,
+                    http_options(state.config),
+                    tasks=tasks,
+                )
+        received = b""
+        while data := await client.receive_some():
+            received += data
+    assert serving.cancelled_caught
+    assert received.count(b"Hello, world!") == 1
 
 
 async def test_a_write_taken_at_once_needs_no_coroutine(nursery, monkeypatch):
