@@ -22,16 +22,10 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import (
-    H11Client,
-    hello_app,
-    http_options,
-    serve_http_connection,
-    serve_peer,
-    tcp_connection,
-)
+from tests.helpers import H11Client, hello_app, http_options, serve_http_connection, tcp_connection
 from trioserve import ClientDisconnected, Config
 from trioserve._peer import Peer
+from trioserve._serve_http import serve_http_connection as serve_peer
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
 
@@ -368,9 +362,10 @@ async def test_a_cancellation_reaches_a_connection_that_never_waits():
             # (The edge itself, without the helper's watchers: only it is cancelled.)
             with trio.CancelScope() as serving:
                 serving.cancel()
+                app: Any = hello_app
                 await serve_peer(
                     Peer(stream, sock, None, None),
-                    hello_app,
+                    app,
                     state,
                     http_options(state.config),
                     tasks=tasks,
