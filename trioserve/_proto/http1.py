@@ -248,10 +248,17 @@ class ServerConnection:
         else:
             # (Most requests: the parser was empty, and nothing followed the head.)
             self.nothing_held = True
-        # Without a Connection field, the version alone says whether the client keeps
-        # the connection (what client_keep_alive would find, a call less).
-        self._take_request(
-            event, headers, client_keep_alive(event, headers) if connection else version == b"1.1"
+        # _take_request, inline. Without a Connection field, the version alone says
+        # whether the client keeps the connection (what client_keep_alive would find, a
+        # call less).
+        self.request_headers = headers
+        self.response = new_response(
+            method == b"HEAD",
+            self.server_header,
+            self.default_headers,
+            self.allow_keep_alive
+            and (client_keep_alive(event, headers) if connection else version == b"1.1"),
+            version != b"1.1",
         )
         self.body_done = True
         return event
