@@ -447,8 +447,7 @@ class Exchange(abc.ABC, Generic[Payload]):
 
     def _complete(self) -> None:
         """The response is written out whole: the exchange is finished, and the
-        transport may go on without waiting for the app to return. (``send`` has its
-        own copy of this, inline.)"""
+        transport may go on without waiting for the app to return."""
         self.finished = True
         if self._disconnect_waiter is not None:
             self._disconnect_waiter.cancel()
@@ -560,19 +559,7 @@ class Exchange(abc.ABC, Generic[Payload]):
             if sent is not True and (sent is False or not await sent):
                 self._gone_while_sending()
         if last:
-            # _complete(), inline: every response's last message comes this way, and
-            # the call cost more than what it does.
-            self.finished = True
-            if self._disconnect_waiter is not None:
-                self._disconnect_waiter.cancel()
-            options = self.options
-            if options.timed:  # (``started`` was set: see run)
-                self.ended = _wall_clock()
-            handovers = options.handovers
-            if handovers is not None and handovers.watchers:
-                handovers.offered.append(self)
-                if handovers.parked:
-                    handovers.wake()
+            self._complete()
 
     def _bad_message(self, exc: ASGIProtocolError) -> NoReturn:
         """The app sent a message wrong for the response (its error, raised into it)."""
