@@ -90,6 +90,22 @@ def test_parser_kept_after_a_split_request() -> None:
     assert closing.next_exchange(respond(closing), True) is Next.CLOSE
 
 
+def test_split_head_with_classes_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Request and Response cannot be made by object.__new__ (classes compiled by
+    mypyc), the split head calls the classes: the same request and response."""
+    from trioserve._proto import http
+
+    monkeypatch.setattr(http1, "_REQUEST_BY_NEW", False)
+    monkeypatch.setattr(http, "_MADE_BY_NEW", False)
+    connection = server()
+    request = connection.request_head(GET, 0)
+    assert type(request) is http1.Request
+    assert (request.method, request.target, request.http_version) == (b"GET", b"/a", b"1.1")
+    assert request.headers == [(b"host", b"x")]
+    assert type(connection.response) is http.Response
+    assert respond(connection)
+
+
 def test_nothing_held_only_while_the_parser_is_idle_and_empty() -> None:
     """``nothing_held`` (the edge then skips trailing_data and next_exchange) is True only
     after a plain head with nothing after it, and False as soon as bytes reach the
