@@ -444,6 +444,33 @@ def test_client_asking_close_gets_connection_close() -> None:
     assert not response.keep_alive
 
 
+@pytest.mark.parametrize(
+    ("settings", "headers"),
+    [
+        ({"keep_alive": False}, []),
+        ({"keep_alive": False}, [(b"content-length", b"3")]),
+        ({"close": True}, [(b"x-a", b"1")]),
+    ],
+)
+def test_common_answer_on_a_closing_connection_is_whole_and_says_close(
+    fixed_date: None, settings: dict[str, bool], headers: list[tuple[bytes, bytes]]
+) -> None:
+    """The common answer (one body, plain headers) on a connection that ends after it
+    has the app's lines, Date and Server, its length and Connection: close, in order."""
+    response = Response(**settings)
+    wire = send_all(response, [{**START, "headers": headers}, body(b"bye")])
+    lines = b"".join(b"%s: %s\r\n" % pair for pair in headers if pair[0] != b"content-length")
+    assert wire == (
+        b"HTTP/1.1 200 OK\r\n"
+        + lines
+        + HEAD_TAIL
+        + b"content-length: 3\r\nConnection: close\r\n\r\nbye"
+    )
+    assert response.done
+    assert response.body_bytes == 3
+    assert not response.keep_alive
+
+
 @pytest.mark.parametrize("value", [b"close", b"Close", b"upgrade, CLOSE"])
 def test_app_connection_close_closes_the_connection(value: bytes) -> None:
     """The app's own Connection: close is sent once and ends the connection after it."""
@@ -835,6 +862,7 @@ def test_known_heads_are_bounded(known_heads: dict[Any, Any]) -> None:
         (b"1.0", [], False),
         (b"1.0", [(b"Connection", b"Keep-Alive")], True),
         (b"1.0", [(b"Connection", b"keep-alive, close")], False),
+        (b"1.0", [(b"Connection", b"Keep-Alive"), (b"Connection", b"CLOSE")], False),
     ],
 )
 def test_client_keep_alive(version: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool):
