@@ -445,19 +445,19 @@ def test_client_asking_close_gets_connection_close() -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "headers"),
+    ("keep_alive", "close", "headers"),
     [
-        ({"keep_alive": False}, []),
-        ({"keep_alive": False}, [(b"content-length", b"3")]),
-        ({"close": True}, [(b"x-a", b"1")]),
+        (False, False, []),
+        (False, False, [(b"content-length", b"3")]),
+        (True, True, [(b"x-a", b"1")]),
     ],
 )
 def test_common_answer_on_a_closing_connection_is_whole_and_says_close(
-    fixed_date: None, settings: dict[str, bool], headers: list[tuple[bytes, bytes]]
+    fixed_date: None, keep_alive: bool, close: bool, headers: list[tuple[bytes, bytes]]
 ) -> None:
     """The common answer (one body, plain headers) on a connection that ends after it
     has the app's lines, Date and Server, its length and Connection: close, in order."""
-    response = Response(**settings)
+    response = Response(keep_alive=keep_alive, close=close)
     wire = send_all(response, [{**START, "headers": headers}, body(b"bye")])
     lines = b"".join(b"%s: %s\r\n" % pair for pair in headers if pair[0] != b"content-length")
     assert wire == (
