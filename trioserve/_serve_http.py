@@ -490,10 +490,10 @@ class _Owner:
         self.app = app
         self.tasks = tasks
         self.ended: trio.Event | None = None
-        # The run's clock, read for the idle deadline of every request: what
+        # The run's clock, read for the idle deadline of every request that waits: what
         # trio.current_time() reads, without finding the run (a thread-local look-up
-        # and two calls) each time.
-        self.clock = trio.lowlevel.current_clock()
+        # and two calls) each time. Asked for at the first wait (see _receive_idle).
+        self.clock: trio.abc.Clock | None = None
 
 
 class _Connection(ServerConnection):
@@ -812,27 +812,30 @@ class _Connection(ServerConnection):
         When the deadline passes, the timer is cancelled and ``serve`` closes the
         connection, unless a request arrived meanwhile.
         """
+        sock = self.sock
+        if sock is not None:
+            # _receive's first try, here: under load the next request is usually there
+            # (and a new connection's first one, nearly always), and then no coroutine
+            # is made for the read and no deadline is set: nothing waits.
+            try:
+                return sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return b""
         self.waiting = "idle"
         self.idle = True
-        deadline = self.owner.clock.current_time() + self.options.keep_alive
+        owner = self.owner
+        clock = owner.clock
+        if clock is None:
+            clock = owner.clock = trio.lowlevel.current_clock()
+        deadline = clock.current_time() + self.options.keep_alive
         drain_deadline = self.state.drain_deadline
         if drain_deadline < deadline:
             deadline = drain_deadline
         self.deadline = deadline
-        sock = self.sock
-        if sock is None:
-            self._enter_timer()
-            data = await self._receive()
-        else:
-            # _receive's first try, here: under load the next request is usually there,
-            # and then no coroutine is made for the read.
-            try:
-                data = sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                self._enter_timer()
-                data = await self._receive(found_nothing=True)
-            except OSError:
-                data = b""
+        self._enter_timer()
+        data = await self._receive(found_nothing=sock is not None)
         # Only the watchdog cancels the timer, and it sets the deadline to infinity
         # first: while the deadline is the one set here (and finite), it did not, and
         # the timer need not be asked (its cancel_called reads the clock).
