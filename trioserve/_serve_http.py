@@ -210,7 +210,7 @@ async def serve_http_connection(
         await _ToHTTP2(peer.stream).serve(peer, options)
         return
     connection = _Connection(peer, app, state, options, tasks)
-    if not await _serve_requests(connection):
+    if not await connection.serve():
         # Another task serves the connection now; this one ran the app to its end. It
         # returns once the connection has ended there: whoever runs it (the accept loop,
         # the connection hooks) sees it end once, after everything.
@@ -235,7 +235,7 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
     assert ended is not None
     handed_over = False
     try:
-        if not await _serve_requests(connection, cycle):
+        if not await connection.serve(cycle):
             handed_over = True  # (again: the next task sets ``ended``)
             return
         upgrade, peer, options = connection.upgrade, owner.peer, connection.options
@@ -245,29 +245,6 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
     finally:
         if not handed_over:
             ended.set()
-
-
-async def _serve_requests(connection: _Connection, after: _Cycle | None = None) -> bool:
-    """Serve requests on ``connection`` (after ending the exchange of ``after``) until
-    it leaves, idles out or the server stops: True then, with the stream closed unless
-    the connection goes on as a WebSocket or HTTP/2 (``connection.upgrade`` then says
-    how, with the stream replaying what was read). False when the connection was
-    handed over to another task, which owns it from then on. Never raises for a client's
-    or an app's fault."""
-    handed_over = upgrading = False
-    try:
-        handed_over = not await connection.serve(after)
-        upgrading = connection.upgrade is not None
-    except _BROKEN:
-        LOGGER.debug("client went away")
-    except Exception:
-        # A bug of ours must cost one connection, never the server.
-        LOGGER.exception("unexpected error while serving a connection")
-    finally:
-        if not (handed_over or upgrading):
-            connection.upgrade = None
-            await connection.close()
-    return not handed_over
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -564,11 +541,18 @@ class _Connection(ServerConnection):
 
     async def serve(self, after: _Cycle | None = None) -> bool:
         """Serve requests (after ending the exchange of ``after``, when the connection
-        was handed over with it) until the connection ends: True; or until it is handed
-        over to another task: False."""
+        was handed over with it) until the connection leaves, idles out or the server
+        stops: True then, with the stream closed unless the connection goes on as a
+        WebSocket or HTTP/2 (``upgrade`` then says how, with the stream replaying what
+        was read). False when the connection was handed over to another task, which
+        owns it from then on. Never raises for a client's or an app's fault.
+
+        (One coroutine with the request loop's own, :meth:`_serve`: a frame more would
+        be made per connection and passed through on every wakeup of its task.)
+        """
         state = self.state
         state.connections.add(self)
-        handed_over = False
+        handed_over = upgrading = False
         try:
             if after is not None:
                 after.log_access()
@@ -601,12 +585,21 @@ class _Connection(ServerConnection):
                     return True
                 # The next request came as the wait ended: it is served, not cut.
                 self.timer = trio.CancelScope()
+            if timer.cancelled_caught and self.waiting == "head":
+                LOGGER.info("bad request: request head not received in time")
+                await self._send_error(408, "request head not received in time")
+            upgrading = self.upgrade is not None
+        except _BROKEN:
+            LOGGER.debug("client went away")
+        except Exception:
+            # A bug of ours must cost one connection, never the server.
+            LOGGER.exception("unexpected error while serving a connection")
         finally:
             if not handed_over:
                 state.connections.discard(self)
-        if timer.cancelled_caught and self.waiting == "head":
-            LOGGER.info("bad request: request head not received in time")
-            await self._send_error(408, "request head not received in time")
+                if not upgrading:
+                    self.upgrade = None
+                    await self.close()
         return True
 
     async def _serve(self, cycle: _Cycle | None) -> bool:
