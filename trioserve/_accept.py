@@ -289,7 +289,5 @@ async def _serve(
     finally:
         if peer is None:
             sock.close()
-        elif sock.fileno() != -1:
-            # (The HTTP edge closes the socket itself: no second close, two Python
-            # calls per connection.)
+        else:
             peer.close_socket(sock)
