@@ -289,5 +289,7 @@ async def _serve(
     finally:
         if peer is None:
             sock.close()
-        else:
+        elif sock.fileno() != -1:
+            # (The HTTP edge closes the socket itself: no second close, two Python
+            # calls per connection.)
             peer.close_socket(sock)
