@@ -42,6 +42,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -78,6 +79,18 @@ _CONNECTION_ERRNOS = frozenset(
 
 
 Handler = Callable[[Peer], Awaitable[object]]
+
+
+class ConnectionCounter(Protocol):
+    """Told of each connection the accept loop serves (``--metrics-bind``'s open and
+    accepted connections): counted in the connection's own task, around its handler,
+    rather than by a wrapper coroutine, which the task would pass through each time it
+    wakes (on every request of a keep-alive connection)."""
+
+    def opened(self) -> None: ...
+
+    def closed(self) -> None: ...
+
 
 # What trio.SocketStream sets on a TCP socket: no Nagle delay (a response goes out
 # at once) and a small unsent-bytes mark (a writer waits before the kernel buffers much).
@@ -177,10 +190,12 @@ async def accept_connections(
     handler: Handler,
     nursery: trio.Nursery,
     *,
+    counter: ConnectionCounter | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections on ``listener`` until cancelled, running ``handler`` for each
-    one in ``nursery``; the connection is closed once the handler returns.
+    one in ``nursery``; the connection is closed once the handler returns (and then
+    ``counter`` told, when given, as it was when the handler began).
 
     Returns when the listener is closed. Raises the OSError of an accept() that failed
     for a reason other than resources or the one connection.
@@ -225,7 +240,7 @@ async def accept_connections(
                     starved.end()
                     starved = None
                 sock = socket.socket(*kind, fd)
-                nursery.start_soon(_serve, sock, address, tcp, server, handler)
+                nursery.start_soon(_serve, sock, address, tcp, server, handler, counter)
             else:
                 # A full batch: let the new connections (and everyone else) run first.
                 await trio.lowlevel.checkpoint()
@@ -256,6 +271,7 @@ async def _serve(
     tcp: _TCPOptions | None,
     server: tuple[str, int | None] | None,
     handler: Handler,
+    counter: ConnectionCounter | None,
 ) -> None:
     try:
         sock.setblocking(False)
@@ -277,6 +293,8 @@ async def _serve(
                     return  # reset before we got to it
                 server = (str(local[0]), int(local[1]))
         peer = Peer(None, sock, client, server)
+        if counter is not None:
+            counter.opened()
         await handler(peer)
     except* Exception as group:
         # Costs this connection, never the nursery of all of them (see the module's
@@ -289,7 +307,10 @@ async def _serve(
     finally:
         if peer is None:
             sock.close()
-        elif sock.fileno() != -1:
-            # (The HTTP edge closes the socket itself: no second close, two Python
-            # calls per connection.)
-            peer.close_socket(sock)
+        else:
+            if sock.fileno() != -1:
+                # (The HTTP edge closes the socket itself: no second close, two Python
+                # calls per connection.)
+                peer.close_socket(sock)
+            if counter is not None:
+                counter.closed()
