@@ -240,7 +240,9 @@ async def accept_connections(
                     starved.end()
                     starved = None
                 sock = socket.socket(*kind, fd)
-                nursery.start_soon(_serve, sock, address, tcp, server, handler, counter)
+                nursery.start_soon(
+                    _serve, sock, address, tcp, server, handler, counter, name=_TASK_NAME
+                )
             else:
                 # A full batch: let the new connections (and everyone else) run first.
                 await trio.lowlevel.checkpoint()
@@ -251,6 +253,11 @@ async def accept_connections(
                 return
     finally:
         raw.detach()
+
+
+# The name trio would give each connection's task, worked out once: trio formats it from
+# the function's module and name for every task it spawns without one.
+_TASK_NAME = f"{__name__}._serve"
 
 
 def _fixed_server_address(raw: socket.socket) -> tuple[str, int | None] | None:
