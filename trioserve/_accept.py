@@ -207,12 +207,17 @@ async def accept_connections(
         raw.setblocking(False)
         server = _fixed_server_address(raw)
         tcp = None if raw.family == socket.AF_UNIX else _TCPOptions.on_listener(raw)
+        # What socket.accept() does, minus what it asks of the listener every time:
+        # its family and type as enums (eight Python calls, per connection) and the
+        # default timeout (the connection is made non-blocking in _serve anyway).
+        accept = raw._accept  # type: ignore[attr-defined]  # (CPython and PyPy have it)
+        kind = (int(raw.family), int(raw.type), raw.proto)
         task_status.started()
         starved: _Starved | None = None
         while True:
             for _ in range(ACCEPT_BATCH):
                 try:
-                    sock, address = raw.accept()
+                    fd, address = accept()
                 except BlockingIOError:
                     if starved is not None:
                         starved.end()
@@ -234,7 +239,10 @@ async def accept_connections(
                 if starved is not None:
                     starved.end()
                     starved = None
-                nursery.start_soon(_serve, sock, address, tcp, server, handler, counter)
+                sock = socket.socket(*kind, fd)
+                nursery.start_soon(
+                    _serve, sock, address, tcp, server, handler, counter, name=_TASK_NAME
+                )
             else:
                 # A full batch: let the new connections (and everyone else) run first.
                 await trio.lowlevel.checkpoint()
@@ -245,6 +253,11 @@ async def accept_connections(
                 return
     finally:
         raw.detach()
+
+
+# The name trio would give each connection's task, worked out once: trio formats it from
+# the function's module and name for every task it spawns without one.
+_TASK_NAME = f"{__name__}._serve"
 
 
 def _fixed_server_address(raw: socket.socket) -> tuple[str, int | None] | None:
@@ -276,7 +289,8 @@ async def _serve(
     peer = None
     try:
         if tcp is not None:
-            tcp.apply(sock)
+            if tcp.per_connection is not False:  # (else the listener's options were copied)
+                tcp.apply(sock)
             assert isinstance(address, tuple)
             client = (str(address[0]), int(address[1]))
             if server is None:
@@ -301,6 +315,9 @@ async def _serve(
         if peer is None:
             sock.close()
         else:
-            peer.close_socket(sock)
+            if sock.fileno() != -1:
+                # (The HTTP edge closes the socket itself: no second close, two Python
+                # calls per connection.)
+                peer.close_socket(sock)
             if counter is not None:
                 counter.closed()

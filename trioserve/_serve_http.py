@@ -211,7 +211,7 @@ async def serve_http_connection(
         await _ToHTTP2(peer.stream).serve(peer, options)
         return
     connection = _Connection(peer, app, state, options, tasks)
-    if not await _serve_requests(connection):
+    if not await connection.serve():
         # Another task serves the connection now; this one ran the app to its end. It
         # returns once the connection has ended there: whoever runs it (the accept loop,
         # the connection hooks) sees it end once, after everything.
@@ -236,7 +236,7 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
     assert ended is not None
     handed_over = False
     try:
-        if not await _serve_requests(connection, cycle):
+        if not await connection.serve(cycle):
             handed_over = True  # (again: the next task sets ``ended``)
             return
         upgrade, peer, options = connection.upgrade, owner.peer, connection.options
@@ -246,29 +246,6 @@ async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
     finally:
         if not handed_over:
             ended.set()
-
-
-async def _serve_requests(connection: _Connection, after: _Cycle | None = None) -> bool:
-    """Serve requests on ``connection`` (after ending the exchange of ``after``) until
-    it leaves, idles out or the server stops: True then, with the stream closed unless
-    the connection goes on as a WebSocket or HTTP/2 (``connection.upgrade`` then says
-    how, with the stream replaying what was read). False when the connection was
-    handed over to another task, which owns it from then on. Never raises for a client's
-    or an app's fault."""
-    handed_over = upgrading = False
-    try:
-        handed_over = not await connection.serve(after)
-        upgrading = connection.upgrade is not None
-    except _BROKEN:
-        LOGGER.debug("client went away")
-    except Exception:
-        # A bug of ours must cost one connection, never the server.
-        LOGGER.exception("unexpected error while serving a connection")
-    finally:
-        if not (handed_over or upgrading):
-            connection.upgrade = None
-            await connection.close()
-    return not handed_over
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -491,10 +468,10 @@ class _Owner:
         self.app = app
         self.tasks = tasks
         self.ended: trio.Event | None = None
-        # The run's clock, read for the idle deadline of every request: what
+        # The run's clock, read for the idle deadline of every request that waits: what
         # trio.current_time() reads, without finding the run (a thread-local look-up
-        # and two calls) each time.
-        self.clock = trio.lowlevel.current_clock()
+        # and two calls) each time. Asked for at the first wait (see _receive_idle).
+        self.clock: trio.abc.Clock | None = None
 
 
 class _Connection(ServerConnection):
@@ -505,7 +482,10 @@ class _Connection(ServerConnection):
     bounded by ``deadline``, a plain number set before each wait; the server's
     deadline watchdog cancels ``timer``, the connection's one cancel scope, when a
     deadline passes. Setting a number is much cheaper on the hot path than entering a
-    cancel scope, or moving a trio deadline, for every wait.
+    cancel scope, or moving a trio deadline, for every wait. The timer itself is entered
+    only at the first wait that has to wait (see ``_enter_timer``): a connection whose
+    request is whole in its first read and whose answer closes it enters none (entering
+    and leaving a cancel scope costs about 5 µs, a tenth of such a connection).
     """
 
     def __init__(
@@ -536,6 +516,7 @@ class _Connection(ServerConnection):
         # Cancelled by the deadline watchdog to end the current wait: replaced by a fresh
         # one when a request turns out to have arrived as its idle wait ended, and,
         # during a write that has to wait, by the scope of that write only (see write).
+        # Entered at the first idle or head wait, left by ``serve``.
         self.timer = trio.CancelScope()
         # When the current wait must end (idle, head or write); infinity while the app
         # works. Plain numbers: the watchdog compares them, no cancel scope per wait.
@@ -561,18 +542,38 @@ class _Connection(ServerConnection):
 
     async def serve(self, after: _Cycle | None = None) -> bool:
         """Serve requests (after ending the exchange of ``after``, when the connection
-        was handed over with it) until the connection ends: True; or until it is handed
-        over to another task: False."""
+        was handed over with it) until the connection leaves, idles out or the server
+        stops: True then, with the stream closed unless the connection goes on as a
+        WebSocket or HTTP/2 (``upgrade`` then says how, with the stream replaying what
+        was read). False when the connection was handed over to another task, which
+        owns it from then on. Never raises for a client's or an app's fault.
+
+        (One coroutine with the request loop's own, :meth:`_serve`: a frame more would
+        be made per connection and passed through on every wakeup of its task.)
+        """
         state = self.state
         state.connections.add(self)
-        handed_over = False
+        handed_over = upgrading = False
         try:
             if after is not None:
                 after.log_access()
             while True:
+                # Entered only when this task first waits for the client (see
+                # _enter_timer), and left here: a connection whose request was whole in
+                # its first read never waits outside the app, and costs no cancel scope.
                 timer = self.timer
-                with timer:
+                try:
                     handed_over = await self._serve(after)
+                except BaseException as exc:
+                    # What ``with timer:`` would do, had it been entered: its own
+                    # cancellation is caught, anything else goes on.
+                    if timer.is_relative is not None or not timer.__exit__(
+                        type(exc), exc, exc.__traceback__
+                    ):
+                        raise
+                else:
+                    if timer.is_relative is None:  # (None once entered)
+                        timer.__exit__(None, None, None)
                 if handed_over:
                     return False
                 after = None
@@ -585,12 +586,21 @@ class _Connection(ServerConnection):
                     return True
                 # The next request came as the wait ended: it is served, not cut.
                 self.timer = trio.CancelScope()
+            if timer.cancelled_caught and self.waiting == "head":
+                LOGGER.info("bad request: request head not received in time")
+                await self._send_error(408, "request head not received in time")
+            upgrading = self.upgrade is not None
+        except _BROKEN:
+            LOGGER.debug("client went away")
+        except Exception:
+            # A bug of ours must cost one connection, never the server.
+            LOGGER.exception("unexpected error while serving a connection")
         finally:
             if not handed_over:
                 state.connections.discard(self)
-        if timer.cancelled_caught and self.waiting == "head":
-            LOGGER.info("bad request: request head not received in time")
-            await self._send_error(408, "request head not received in time")
+                if not upgrading:
+                    self.upgrade = None
+                    await self.close()
         return True
 
     async def _serve(self, cycle: _Cycle | None) -> bool:
@@ -825,25 +835,30 @@ class _Connection(ServerConnection):
         When the deadline passes, the timer is cancelled and ``serve`` closes the
         connection, unless a request arrived meanwhile.
         """
+        sock = self.sock
+        if sock is not None and not found_nothing:
+            # _receive's first try, here: under load the next request is usually there
+            # (and a new connection's first one, nearly always), and then no coroutine
+            # is made for the read and no deadline is set: nothing waits.
+            try:
+                return sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return b""
         self.waiting = "idle"
         self.idle = True
-        deadline = self.owner.clock.current_time() + self.options.keep_alive
+        owner = self.owner
+        clock = owner.clock
+        if clock is None:
+            clock = owner.clock = trio.lowlevel.current_clock()
+        deadline = clock.current_time() + self.options.keep_alive
         drain_deadline = self.state.drain_deadline
         if drain_deadline < deadline:
             deadline = drain_deadline
         self.deadline = deadline
-        sock = self.sock
-        if sock is None or found_nothing:
-            data = await self._receive(found_nothing=found_nothing)
-        else:
-            # _receive's first try, here: no coroutine is made for a read that finds
-            # the request there.
-            try:
-                data = sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                data = await self._receive(found_nothing=True)
-            except OSError:
-                data = b""
+        self._enter_timer()
+        data = await self._receive(found_nothing=sock is not None)
         # Only the watchdog cancels the timer, and it sets the deadline to infinity
         # first: while the deadline is the one set here (and finite), it did not, and
         # the timer need not be asked (its cancel_called reads the clock).
@@ -855,6 +870,20 @@ class _Connection(ServerConnection):
             await trio.lowlevel.checkpoint()  # (raises Cancelled, still idle)
         self.idle = False
         return data
+
+    def _enter_timer(self) -> None:
+        """Enter the connection's timer before a wait it bounds (idle or head), if this
+        task has not yet: from here on the deadline watchdog can end the wait.
+
+        Only from the request loop's own waits (``_receive_idle``, ``_read_head``), where
+        no other cancel scope of this task is open: ``serve`` leaves the timer after the
+        request loop, and scopes must be left in the order they were entered. A
+        connection handed over to a new task gets a fresh timer (see ``hand_over``); the
+        old task leaves its own, if it entered it, once its app returns.
+        """
+        timer = self.timer
+        if timer.is_relative is not None:  # (None once entered)
+            timer.__enter__()
 
     def _request_arrived(self) -> bool:
         """Whether bytes of a next request are here, as the idle wait ended: read what
@@ -914,6 +943,7 @@ class _Connection(ServerConnection):
                     head_deadline = trio.current_time() + self.options.header_timeout
                 self.waiting = "head"
                 self.deadline = head_deadline
+                self._enter_timer()
                 data = await self._receive()
             else:
                 # Only stray CRLFs so far: still idle, as far as a stop is concerned.

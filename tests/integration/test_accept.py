@@ -351,3 +351,21 @@ async def test_the_counter_hears_of_each_connection_before_its_handler_and_after
                 await trio.lowlevel.wait_readable(client)  # (the server's close)
         await closed.wait()
     assert events == ["opened", "handler", "closed"] * 2
+
+
+async def test_connection_tasks_are_named_after_the_accept_loops_serve(nursery):
+    """Each connection's task carries the name trio would give it by default (the loop
+    passes it ready-made rather than have trio format it per connection)."""
+    listener = await tcp_listener()
+    names: list[str] = []
+
+    async def handler(connection: Peer) -> None:
+        names.append(trio.lowlevel.current_task().name)
+        await connection.stream.send_all(b"hi")
+
+    await nursery.start(accept_connections, listener, handler, nursery)
+    with trio.fail_after(10):
+        _, data = await connect_and_read(listener.socket.getsockname()[1])
+    assert data == b"hi"
+    assert names == ["trioserve._accept._serve"]
+    await listener.aclose()

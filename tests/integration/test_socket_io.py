@@ -96,10 +96,11 @@ async def test_a_client_answering_each_response_is_read_without_waiting(nursery,
     await client.aclose()
     # The first request is waited for (the edge starts before the client sends). Here
     # the client runs in the same thread: it sends its next request when trio runs it
-    # before the edge after the checkpoint, about every other time (trio varies the
-    # order within a round). With the next read right after each response, every
-    # request was waited for (40 waits).
-    assert waits <= 30
+    # before the edge after the checkpoint, which trio's shuffled order within a round
+    # gives about a third of the time (measured: 23-31 waits of 40 over 40 runs). With
+    # the next read right after each response, every request was waited for (40 waits).
+    # The bound sits between the two, about four standard deviations above the mean.
+    assert waits <= 36
 
 
 BIG_BODY = b"".join(bytes([i]) * 65536 for i in range(128))

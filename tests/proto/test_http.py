@@ -446,6 +446,33 @@ def test_client_asking_close_gets_connection_close() -> None:
     assert not response.keep_alive
 
 
+@pytest.mark.parametrize(
+    ("keep_alive", "close", "headers"),
+    [
+        (False, False, []),
+        (False, False, [(b"content-length", b"3")]),
+        (True, True, [(b"x-a", b"1")]),
+    ],
+)
+def test_common_answer_on_a_closing_connection_is_whole_and_says_close(
+    fixed_date: None, keep_alive: bool, close: bool, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """The common answer (one body, plain headers) on a connection that ends after it
+    has the app's lines, Date and Server, its length and Connection: close, in order."""
+    response = Response(keep_alive=keep_alive, close=close)
+    wire = send_all(response, [{**START, "headers": headers}, body(b"bye")])
+    lines = b"".join(b"%s: %s\r\n" % pair for pair in headers if pair[0] != b"content-length")
+    assert wire == (
+        b"HTTP/1.1 200 OK\r\n"
+        + lines
+        + HEAD_TAIL
+        + b"content-length: 3\r\nConnection: close\r\n\r\nbye"
+    )
+    assert response.done
+    assert response.body_bytes == 3
+    assert not response.keep_alive
+
+
 @pytest.mark.parametrize("value", [b"close", b"Close", b"upgrade, CLOSE"])
 def test_app_connection_close_closes_the_connection(value: bytes) -> None:
     """The app's own Connection: close is sent once and ends the connection after it."""
@@ -876,6 +903,7 @@ def test_new_response_is_the_class_call(
         (b"1.0", [], False),
         (b"1.0", [(b"Connection", b"Keep-Alive")], True),
         (b"1.0", [(b"Connection", b"keep-alive, close")], False),
+        (b"1.0", [(b"Connection", b"Keep-Alive"), (b"Connection", b"CLOSE")], False),
     ],
 )
 def test_client_keep_alive(version: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool):

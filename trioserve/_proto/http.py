@@ -161,6 +161,8 @@ def client_keep_alive(request: Any, headers: list[tuple[bytes, bytes]] | None = 
     keep_alive: bool = request.http_version >= b"1.1"
     for name, value in header_pairs(request.headers) if headers is None else headers:
         if name == b"connection":
+            if value.lower() == b"close":
+                return False  # (the usual value: no tokens to split)
             tokens = _tokens(value)
             if b"close" in tokens:
                 return False
@@ -469,6 +471,8 @@ class Response(ResponseProgress[bytes]):
     _has_date = False
     _has_server = False
     _plain_headers = False
+    # The common answer, on a connection that the client closes after it (see __init__).
+    _plain_close = False
     # The ASGI trailers extension: the app's start said "trailers": True (its body is
     # then followed by http.response.trailers messages); the exchange says whether the
     # client takes them (set before the start, see accepts_trailers); and whether they
@@ -501,6 +505,9 @@ class Response(ResponseProgress[bytes]):
         self._plain = keep_alive and not http_10 and not head and server_header
         if default_headers:
             self._plain = False
+        elif not keep_alive and not http_10 and not head and server_header:
+            # The same, on a connection the client closes after it (Connection: close).
+            self._plain_close = True
 
     def on_send(self, message: MutableMapping[str, Any]) -> bytes:
         """The bytes to write for one app message; b"" when there are none yet.
@@ -807,6 +814,13 @@ class Response(ResponseProgress[bytes]):
         """The status line and headers, then the first body message (other than the
         common answer, which on_send gives itself)."""
         size = len(body)
+        if (
+            (self._plain_close or (self._plain and self.close))
+            and not more
+            and self._plain_headers
+            and (self._length is None or self._length == size)
+        ):
+            return self._closing_piece(body, size)
         length = self._length
         status = self.status
         if self._app_chunked:
@@ -882,6 +896,26 @@ class Response(ResponseProgress[bytes]):
         self._pending_head = False
         self._add_body(parts, body, more)
         return b"".join(parts)
+
+    def _closing_piece(self, body: bytes | bytearray | memoryview, size: int) -> bytes:
+        """The common answer on a connection that ends after it (the client asked to
+        close, or the server stops): as the common answer of :meth:`on_send`, with
+        ``Connection: close`` (the bytes :meth:`_head_and_body` would give, with far
+        fewer steps)."""
+        self._pending_head = False
+        self.phase = _DONE
+        self.body_bytes = size
+        self.must_close = True
+        status = self.status
+        return b"".join(
+            (
+                _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
+                self._lines,
+                _date_lines()[3],
+                b"content-length: %d\r\nConnection: close\r\n\r\n" % size,
+                body if type(body) is bytes else bytes(body),
+            )
+        )
 
     def _add_default_headers(self, parts: list[bytes]) -> None:
         names = {bytes(name).lower() for name, _ in self.headers}
@@ -967,6 +1001,8 @@ def new_response(
     response._plain = keep_alive and not http_10 and not head and server_header
     if default_headers:
         response._plain = False
+    elif not keep_alive and not http_10 and not head and server_header:
+        response._plain_close = True
     return response
 
 
