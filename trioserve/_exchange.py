@@ -34,6 +34,7 @@ import trio
 from ._errors import ClientDisconnected, departure
 from ._metrics import DURATION_BUCKETS, ProcessCounts
 from ._peer import Peer
+from ._proto.compiled import mypyc_attr
 from ._proto.http import (
     EARLY_HINT,
     PATHSEND,
@@ -149,6 +150,8 @@ class HandoverWatch(Protocol):
     def wake(self) -> None: ...
 
 
+# Compiled in the optional mypyc build; the HTTP/2 edge's H2Options, pure Python, extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ExchangeOptions:
     """What an exchange needs from the settings, worked out once per server (the edges'
     options extend it).
@@ -197,6 +200,8 @@ class ExchangeOptions:
         self.app_hint = app_hint
 
 
+# Compiled in the optional mypyc build; the HTTP/2 edge's _H2Stream, pure Python, extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Exchange(abc.ABC, Generic[Payload]):
     """One request/response exchange: the ``receive`` and ``send`` given to the app, and
     :meth:`run`, which calls the app with them.

@@ -436,5 +436,5 @@ async def test_watcher_sets_no_timer_for_apps_that_return_at_once(nursery, mock_
         response, body = await client.request(target=b"/")
         assert (response.status_code, body) == (200, b"Hello, world!")
         await trio.testing.wait_all_tasks_blocked()
-        assert len(options.handovers.parked) == 1
+        assert len(options.handover_watch.parked) == 1
     await client_stream.aclose()
