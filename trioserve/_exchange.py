@@ -175,7 +175,7 @@ class ExchangeOptions:
             edge's options.
     """
 
-    handovers: HandoverWatch | None = None
+    handovers: HandoverWatch | None
 
     def __init__(
         self,
@@ -198,6 +198,9 @@ class ExchangeOptions:
         self.timed = access_log is not None or counts is not None
         self.proxy = proxy
         self.app_hint = app_hint
+        # (Set here, not as a class default: compiled with mypyc, this class did not
+        # apply that default to its instances.)
+        self.handovers = None
 
 
 # Compiled in the optional mypyc build; the HTTP/2 edge's _H2Stream, pure Python, extends it.
@@ -225,9 +228,10 @@ class Exchange(abc.ABC, Generic[Payload]):
       proxy rewriting.
     - ``async`` ``transmit(payload) -> bool``: write a payload of the response; False
       when the client is gone (it left, or stopped reading within the write timeout).
-      Never raises for the client's fault. A method, or an async callable set as an
-      attribute in ``__init__`` (the HTTP/1.1 edge sets its connection's ``write``:
-      a call layer less on every write).
+      Never raises for the client's fault. An async callable set as an attribute in
+      ``__init__`` (the HTTP/1.1 edge sets its connection's ``write``: a call layer less
+      on every write; the HTTP/2 edge a method of its own under another name: with this
+      class compiled by mypyc, its code reads the attribute, not a method).
     - ``async`` :meth:`read_body` ``() -> Message | None``: the next ``http.request``
       message (the exchange notes the end of the body); None when the client has gone
       (the exchange then says ``http.disconnect``; set ``broken`` first if the
@@ -265,8 +269,8 @@ class Exchange(abc.ABC, Generic[Payload]):
     response: ExchangeResponse[Payload]
     body_done: bool
     empty_body_due: bool
-    # Write a payload; False when the client is gone (see the class doc): a method of
-    # the subclass, or a callable it sets in __init__.
+    # Write a payload; False when the client is gone (see the class doc): a callable the
+    # subclass sets in __init__.
     transmit: Callable[[Payload], Awaitable[bool]]
 
     # Defaults at class level: most exchanges never change them, and one exchange is
@@ -605,8 +609,10 @@ class Exchange(abc.ABC, Generic[Payload]):
             raise RuntimeError(f"http.response.pathsend: cannot read {path!r}: {exc}") from None
         try:
             sent = await self.transmit_file(file)
-        except ASGIProtocolError as exc:
-            self._bad_message(exc)
+        except ASGIProtocolError as error:
+            # (Not ``exc``, the OSError above: compiled with mypyc, a name keeps its
+            # first type.)
+            self._bad_message(error)
         finally:
             file.close()
         if not sent:
