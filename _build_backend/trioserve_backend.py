@@ -40,8 +40,17 @@ def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) 
     return requires + _mypyc_requires()
 
 
+def _refuse_editable() -> None:
+    if _compiled():
+        raise RuntimeError(
+            "TRIOSERVE_MYPYC=1 builds a wheel: an editable install (pip install -e) "
+            "runs the source as it is; build the compiled modules with pip install ."
+        )
+
+
 def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
-    """An editable install is never compiled (see build_editable)."""
+    """An editable install is never compiled: refused with the switch (see build_editable)."""
+    _refuse_editable()
     return _setuptools.get_requires_for_build_editable(config_settings)
 
 
@@ -52,9 +61,5 @@ def build_editable(
 ) -> str:
     """An editable install, always pure Python: compiled extensions beside the source
     would shadow every later edit of it."""
-    if _compiled():
-        raise RuntimeError(
-            "TRIOSERVE_MYPYC=1 builds a wheel: an editable install (pip install -e) "
-            "runs the source as it is; build the compiled modules with pip install ."
-        )
+    _refuse_editable()
     return _setuptools.build_editable(wheel_directory, config_settings, metadata_directory)

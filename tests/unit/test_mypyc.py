@@ -89,7 +89,10 @@ def test_the_build_needs_mypy_only_when_compiling(monkeypatch: pytest.MonkeyPatc
     assert "mypy>=1.11" in compiled
     assert any(requirement.startswith("trio>=") for requirement in compiled)
     assert os.environ["TRIOSERVE_MYPYC"] == "1"  # restored after setuptools' question
-    assert not any(r.startswith("mypy") for r in backend.get_requires_for_build_editable())
+    with pytest.raises(RuntimeError, match="editable install"):
+        backend.get_requires_for_build_editable()
     with pytest.raises(RuntimeError, match="editable install"):
         backend.build_editable(str(ROOT / "dist-never-written"))
+    monkeypatch.delenv("TRIOSERVE_MYPYC")
+    assert not any(r.startswith("mypy") for r in backend.get_requires_for_build_editable())
     assert sys.modules.get("trioserve_backend") is None
