@@ -42,6 +42,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -78,6 +79,18 @@ _CONNECTION_ERRNOS = frozenset(
 
 
 Handler = Callable[[Peer], Awaitable[object]]
+
+
+class ConnectionCounter(Protocol):
+    """Told of each connection the accept loop serves (``--metrics-bind``'s open and
+    accepted connections): counted in the connection's own task, around its handler,
+    rather than by a wrapper coroutine, which the task would pass through each time it
+    wakes (on every request of a keep-alive connection)."""
+
+    def opened(self) -> None: ...
+
+    def closed(self) -> None: ...
+
 
 # What trio.SocketStream sets on a TCP socket: no Nagle delay (a response goes out
 # at once) and a small unsent-bytes mark (a writer waits before the kernel buffers much).
@@ -177,10 +190,12 @@ async def accept_connections(
     handler: Handler,
     nursery: trio.Nursery,
     *,
+    counter: ConnectionCounter | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections on ``listener`` until cancelled, running ``handler`` for each
-    one in ``nursery``; the connection is closed once the handler returns.
+    one in ``nursery``; the connection is closed once the handler returns (and then
+    ``counter`` told, when given, as it was when the handler began).
 
     Returns when the listener is closed. Raises the OSError of an accept() that failed
     for a reason other than resources or the one connection.
@@ -219,7 +234,7 @@ async def accept_connections(
                 if starved is not None:
                     starved.end()
                     starved = None
-                nursery.start_soon(_serve, sock, address, tcp, server, handler)
+                nursery.start_soon(_serve, sock, address, tcp, server, handler, counter)
             else:
                 # A full batch: let the new connections (and everyone else) run first.
                 await trio.lowlevel.checkpoint()
@@ -250,6 +265,7 @@ async def _serve(
     tcp: _TCPOptions | None,
     server: tuple[str, int | None] | None,
     handler: Handler,
+    counter: ConnectionCounter | None,
 ) -> None:
     try:
         sock.setblocking(False)
@@ -270,6 +286,8 @@ async def _serve(
                     return  # reset before we got to it
                 server = (str(local[0]), int(local[1]))
         peer = Peer(None, sock, client, server)
+        if counter is not None:
+            counter.opened()
         await handler(peer)
     except* Exception as group:
         # Costs this connection, never the nursery of all of them (see the module's
@@ -284,3 +302,5 @@ async def _serve(
             sock.close()
         else:
             peer.close_socket(sock)
+            if counter is not None:
+                counter.closed()

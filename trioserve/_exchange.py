@@ -33,6 +33,7 @@ import trio
 
 from ._errors import ClientDisconnected, departure
 from ._metrics import DURATION_BUCKETS, ProcessCounts
+from ._metrics import FIRST_BUCKET as _FIRST_BUCKET  # (a module constant: read per request)
 from ._peer import Peer
 from ._proto.compiled import mypyc_attr
 from ._proto.http import (
@@ -75,9 +76,6 @@ class AccessLogger(Protocol):
         request_time: float,
         duration: float,
     ) -> None: ...
-
-
-_FIRST_BUCKET = DURATION_BUCKETS[0]
 
 
 class ExchangeResponse(Protocol[Payload_co]):
@@ -350,8 +348,6 @@ class Exchange(abc.ABC, Generic[Payload]):
         timed = options.timed
         if timed:
             self.started = _wall_clock()
-            # Read once here; used below only when ``timed``, like the start time.
-            counts = options.counts
         try:
             try:
                 await app(scope, self.receive, self.send)
@@ -396,61 +392,33 @@ class Exchange(abc.ABC, Generic[Payload]):
                     await self._fail()
                 else:
                     self.broken = True
-        if timed and not self.handed_over:
-            # log_access(), inlined: with --metrics-bind this runs for every request,
-            # and every Python call and step here counts.
-            response = self.response
-            ended = self.ended
-            # A response that was complete (``ended`` set) went out head and all: the
-            # property is asked only about the others.
-            if ended or response.head_sent:
-                started = self.started
-                duration = (ended or _wall_clock()) - started
-                status = response.status
-                if counts is not None:
-                    # ProcessCounts.request, inlined: a call costs more than the counting
-                    # (with it, --metrics-bind cost 4.0% more instructions per request).
-                    row = counts.requests.get(scope["method"])
-                    if row is None:
-                        row = counts.other
-                    row[status // 100] += 1
-                    if duration <= _FIRST_BUCKET:  # (most requests: no bisect)
-                        counts.durations[0] += 1
-                    else:
-                        counts.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
-                    counts.duration_sum += duration
-                    counts.body_bytes += response.body_bytes
-                access_log = options.access_log
-                if access_log is not None:
-                    access_log.log(
-                        scope,
-                        status,
-                        response.headers,
-                        response.body_bytes,
-                        started,
-                        duration,
-                    )
+        if timed and not self.ended and not self.handed_over and self.response.head_sent:
+            # A response that started but never completed (a complete one was counted
+            # and logged as it completed: see _complete).
+            self._log_incomplete()
 
     def log_access(self) -> None:
-        """Count this exchange and write its access log line (its duration: until the
-        response was complete), if there is an access log or a count and a response
-        went out."""
-        options = self.options
-        if not options.timed:
-            return
+        """Count this exchange and write its access log line if its response started
+        but did not complete (a complete one was, as it completed: see ``_complete``)."""
+        if self.options.timed and not self.ended and self.response.head_sent:
+            self._log_incomplete()
+
+    def _log_incomplete(self) -> None:
+        """Count and log an exchange whose response started but never completed (an
+        error answer, a client gone, a broken body), its duration until now."""
         response = self.response
-        if response.head_sent:
-            started = self.started
-            duration = (self.ended or _wall_clock()) - started
-            scope = self._scope
-            counts = options.counts
-            if counts is not None:
-                counts.request(scope["method"], response.status, response.body_bytes, duration)
-            access_log = options.access_log
-            if access_log is not None:
-                access_log.log(
-                    scope, response.status, response.headers, response.body_bytes, started, duration
-                )
+        started = self.started
+        duration = _wall_clock() - started
+        scope = self._scope
+        options = self.options
+        counts = options.counts
+        if counts is not None:
+            counts.request(scope["method"], response.status, response.body_bytes, duration)
+        access_log = options.access_log
+        if access_log is not None:
+            access_log.log(
+                scope, response.status, response.headers, response.body_bytes, started, duration
+            )
 
     def _complete(self) -> None:
         """The response is written out whole: the exchange is finished, and the
@@ -458,8 +426,37 @@ class Exchange(abc.ABC, Generic[Payload]):
         self.finished = True
         if self._disconnect_waiter is not None:
             self._disconnect_waiter.cancel()
-        if self.started:
-            self.ended = _wall_clock()
+        started = self.started
+        if started:
+            # Counted and logged here, as the response is complete (the access log line
+            # comes with the response, not with the app's later work). Inlined: with
+            # --metrics-bind this runs for every request, and a call costs more than the
+            # counting (ProcessCounts.request does the same; the first duration bucket
+            # is not counted: see ProcessCounts.durations).
+            self.ended = ended = _wall_clock()
+            options = self.options
+            counts = options.counts
+            response = self.response
+            if counts is not None:
+                try:
+                    counts.requests[self._scope["method"]][response.status // 100] += 1
+                except KeyError:
+                    counts.other[response.status // 100] += 1
+                duration = ended - started
+                if duration > _FIRST_BUCKET:
+                    counts.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
+                counts.duration_sum += duration
+                counts.body_bytes += response.body_bytes
+            access_log = options.access_log
+            if access_log is not None:
+                access_log.log(
+                    self._scope,
+                    response.status,
+                    response.headers,
+                    response.body_bytes,
+                    started,
+                    ended - started,
+                )
         handovers = self.options.handovers
         if handovers is not None and handovers.watchers:
             handovers.offered.append(self)

@@ -98,6 +98,10 @@ def app_label(prefix: str | None) -> str:
     return prefix or MAIN_APP
 
 
+#: The first bucket's bound: the requests within it are not counted one by one (see
+#: ``ProcessCounts.durations``).
+FIRST_BUCKET = DURATION_BUCKETS[0]
+
 #: Why the master replaced a worker (the ``cause`` label of worker restarts): the exit
 #: reasons of the workers the master replaces (``_hooks.ExitReason``), every one listed.
 RESTART_CAUSES: tuple[ExitReason, ...] = (
@@ -143,7 +147,11 @@ class ProcessCounts:
             method: [0] * 6 for method in (*sorted(METHODS), OTHER_METHOD)
         }
         self.other = self.requests[OTHER_METHOD]
-        #: The duration histogram: index ``bisect_left(DURATION_BUCKETS, seconds)``.
+        #: The duration histogram: index ``bisect_left(DURATION_BUCKETS, seconds)``,
+        #: except the first bucket, which most requests fall in: it is never counted
+        #: here (it stays 0) but worked out in :meth:`counts`, as the requests counted
+        #: in no other bucket. Each counted request is in exactly one row of
+        #: :attr:`requests`, so that is exact, and a request costs one increment less.
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
         self.body_bytes = 0
@@ -157,7 +165,8 @@ class ProcessCounts:
         if row is None:
             row = self.other
         row[status // 100] += 1
-        self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
+        if duration > FIRST_BUCKET:
+            self.durations[bisect_left(DURATION_BUCKETS, duration)] += 1
         self.duration_sum += duration
         self.body_bytes += body_bytes
 
@@ -171,6 +180,8 @@ class ProcessCounts:
     def counts(self, state: ServerState | None) -> Counts:
         """All of it as one channel message; ``state`` adds rejections and in-flight."""
         rejected = state.rejected if state is not None else {}
+        durations = self.durations.copy()
+        durations[0] = sum(map(sum, self.requests.values())) - sum(durations)
         return Counts(
             requests=tuple(
                 (method, cls, n)
@@ -178,7 +189,7 @@ class ProcessCounts:
                 for cls, n in enumerate(row)
                 if n
             ),
-            durations=tuple(self.durations),
+            durations=tuple(durations),
             duration_sum=self.duration_sum,
             body_bytes=self.body_bytes,
             rejected=tuple(rejected.items()),

@@ -22,7 +22,7 @@ import attrs
 import h11
 import trio
 
-from ._accept import CONNECTION_LOGGER, accept_connections
+from ._accept import CONNECTION_LOGGER, ConnectionCounter, accept_connections
 from ._accesslog import AccessLog
 from ._asyncio_loop import app_loop, asyncio_hint
 from ._bind import cleanup_listener, listener_address, listener_url
@@ -237,12 +237,16 @@ async def _run(
         if edges.websockets is not None:
             await app_tasks.start(watch_websockets, state, edges.websockets)
         async with trio.open_nursery() as connections:
-            handler = _connection_handler(
+            handler, counter = _connection_handler(
                 edges.serve, connections, config, extras, worker, edges.kind
             )
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
-                    await acceptors.start(accept_connections, listener, handler, connections)
+                    await acceptors.start(
+                        functools.partial(
+                            accept_connections, listener, handler, connections, counter=counter
+                        )
+                    )
                 await ready(
                     [listener_address(listener) for listener in listeners],
                     [listener_url(listener, scheme) for listener in listeners],
@@ -295,41 +299,29 @@ def _connection_handler(
     extras: Extras,
     worker: WorkerInfo,
     kind: str = HTTP,
-) -> Callable[[Peer], Awaitable[None]]:
+) -> tuple[Callable[[Peer], Awaitable[None]], ConnectionCounter | None]:
     """What runs for each accepted connection, in ``tasks``: the acceptor, the connection
-    hooks (when set), then ``serve``; with ``--metrics-bind`` it counts the connection as
-    open (and accepted) as a ``kind`` connection while it lasts."""
+    hooks (when set), then ``serve``; and, with ``--metrics-bind``, what counts the
+    connection as open (and accepted) as a ``kind`` connection while it lasts, for the
+    accept loop to call (None when the handler counts it itself, or nothing does)."""
     accept = _acceptor(config, extras)
     counts = extras.metrics
     hooks = config.connection_made is not None or config.connection_lost is not None
-    if not hooks and counts is None and accept is None:
+    counter = None if counts is None or hooks else _CountConnections(counts, kind)
+    if not hooks and accept is None:
         # Nothing to do before the edge: the edge's coroutine is the connection's, with
         # no frame of ours around it (two coroutines fewer to create per connection and
         # to pass through each time the connection's task wakes).
-        return functools.partial(serve, tasks=tasks)
+        return functools.partial(serve, tasks=tasks), counter
     if accept is None:
         accept = _accept_as_is
-    if not hooks and counts is None:
+    if not hooks:
 
         async def handle(peer: Peer) -> None:
             if await accept(peer):
                 await serve(peer, tasks=tasks)
 
-        return handle
-
-    if not hooks and counts is not None:
-        # Counted here rather than in a wrapper of ``serve``: a coroutine frame more
-        # would be resumed each time the connection's task wakes (every request).
-
-        async def handle_counted(peer: Peer) -> None:
-            counts.opened(kind)
-            try:
-                if await accept(peer):
-                    await serve(peer, tasks=tasks)
-            finally:
-                counts.closed(kind)
-
-        return handle_counted
+        return handle, counter
 
     async def handle_with_hooks(peer: Peer) -> None:
         if counts is None:
@@ -366,7 +358,21 @@ def _connection_handler(
                     logger=CONNECTION_LOGGER,
                 )
 
-    return handle_with_hooks
+    return handle_with_hooks, None
+
+
+@attrs.frozen
+class _CountConnections:
+    """Counts a ``kind`` connection as open (and accepted) while it lasts."""
+
+    counts: ProcessCounts
+    kind: str
+
+    def opened(self) -> None:
+        self.counts.opened(self.kind)
+
+    def closed(self) -> None:
+        self.counts.closed(self.kind)
 
 
 async def _accept_as_is(peer: Peer) -> bool:

@@ -320,5 +320,5 @@ async def test_what_is_not_an_exception_is_never_swallowed():
         raise _NotAnError
 
     with client_side, pytest.raises(_NotAnError):
-        await _accept._serve(server_side, "", None, None, handler)
+        await _accept._serve(server_side, "", None, None, handler, None)
     assert server_side.fileno() == -1  # closed

@@ -1,7 +1,8 @@
 """What the HTTP edges count for ``--metrics-bind``: each finished request by method
 and status class, its duration in the histogram, its response body bytes.
 
-The exchange counts inline (``Exchange.run``); these tests hold it to
+The exchange counts inline as its response completes (``Exchange._complete``), or
+after its app returned when it never completed; these tests hold it to
 ``ProcessCounts.request``'s rules, with the wall clock the exchange reads replaced
 by one the test moves.
 """
@@ -83,6 +84,44 @@ async def test_requests_are_counted_by_method_status_duration_and_bytes(monkeypa
     expected = [0] * (len(DURATION_BUCKETS) + 1)
     expected[0] += 2  # 1 ms twice: <= 5 ms
     expected[DURATION_BUCKETS.index(0.5)] += 1  # 0.3 s: <= 0.5 s (not <= 0.25 s)
-    assert counts.durations == expected
+    assert list(counts.counts(None).durations) == expected
     assert counts.duration_sum == pytest.approx(0.302)
     assert counts.body_bytes == len(b"Hello, world!") + len(b"no")  # (HEAD: no body)
+
+
+async def test_each_exchange_is_counted_once_however_it_ends(caplog):
+    """A response completed while its app works on (the connection goes on without it),
+    a 500 for an app that raised before answering, and one whose app raised after it
+    answered: each counted once, in its status class, and once in the histogram."""
+    release = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        path = scope["path"]
+        if path == "/boom":
+            raise RuntimeError("before the response")
+        await hello_app(scope, receive, send)
+        if path == "/later":
+            await release.wait()
+        elif path == "/release":
+            release.set()
+        elif path == "/after":
+            raise RuntimeError("after the response")
+
+    counts = ProcessCounts()
+    first = await _serve(
+        app,
+        b"GET /later HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /release HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        counts,
+    )
+    second = await _serve(app, b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\n", counts)
+    third = await _serve(app, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n", counts)
+    assert first.count(b"HTTP/1.1 200 ") == 2
+    assert second.startswith(b"HTTP/1.1 500 ")
+    assert third.startswith(b"HTTP/1.1 200 ")
+    assert counts.requests["GET"] == [0, 0, 3, 0, 0, 1]
+    message = counts.counts(None)
+    assert sum(message.durations) == 4
+    assert message.durations[0] == 4  # (each took well under 5 ms)
+    # (The server's own 500 page is not an app's body: not counted, as before.)
+    assert counts.body_bytes == 3 * len(b"Hello, world!")
