@@ -224,12 +224,14 @@ class Exchange(abc.ABC, Generic[Payload]):
       included), whose ``extensions`` is a fresh dict (empty, or with the protocol's
       own); the exchange adds the extensions it offers and the peer's, and applies the
       proxy rewriting.
-    - ``async`` ``transmit(payload) -> bool``: write a payload of the response; False
-      when the client is gone (it left, or stopped reading within the write timeout).
-      Never raises for the client's fault. An async callable set as an attribute in
-      ``__init__`` (the HTTP/1.1 edge sets its connection's ``write``: a call layer less
-      on every write; the HTTP/2 edge a method of its own under another name: with this
-      class compiled by mypyc, its code reads the attribute, not a method).
+    - ``transmit(payload)``: write a payload of the response; its answer is False when
+      the client is gone (it left, or stopped reading within the write timeout), True
+      otherwise: either the bool itself (a write done at once: no coroutine is made,
+      the HTTP/1.1 edge's common case) or an awaitable of it (an async method is
+      fine). Never raises for the client's fault. A callable set as an attribute in
+      ``__init__`` (the HTTP/1.1 edge sets its connection's ``write_now``: a call layer
+      less on every write; the HTTP/2 edge a method of its own under another name: with
+      this class compiled by mypyc, its code reads the attribute, never a method).
     - ``async`` :meth:`read_body` ``() -> Message | None``: the next ``http.request``
       message (the exchange notes the end of the body); None when the client has gone
       (the exchange then says ``http.disconnect``; set ``broken`` first if the
@@ -267,9 +269,9 @@ class Exchange(abc.ABC, Generic[Payload]):
     response: ExchangeResponse[Payload]
     body_done: bool
     empty_body_due: bool
-    # Write a payload; False when the client is gone (see the class doc): a callable the
-    # subclass sets in __init__.
-    transmit: Callable[[Payload], Awaitable[bool]]
+    # Write a payload; False when the client is gone, as a bool or an awaitable of one
+    # (see the class doc): a callable the subclass sets in __init__.
+    transmit: Callable[[Payload], bool | Awaitable[bool]]
 
     # Defaults at class level: most exchanges never change them, and one exchange is
     # made per request.
@@ -497,7 +499,7 @@ class Exchange(abc.ABC, Generic[Payload]):
         rejection's answer); a failed write marks the client gone."""
         if self.disconnected and not force:
             return
-        if not await self.transmit(payload):
+        if not await self._transmitted(payload):
             # The client left or stopped reading: drop the rest; receive() now reports
             # http.disconnect.
             self.disconnected = True
@@ -557,12 +559,11 @@ class Exchange(abc.ABC, Generic[Payload]):
         last = response.phase is _DONE
         if last and response.missing:
             self._log_missing()
-        if not payload:
-            if last:
-                self._complete()
-            return
-        if not await self.transmit(payload):
-            self._gone_while_sending()
+        if payload:
+            # (_transmitted, inline: a write done at once answers without a coroutine.)
+            sent = self.transmit(payload)
+            if sent is not True and (sent is False or not await sent):
+                self._gone_while_sending()
         if last:
             self._complete()
 
@@ -639,10 +640,15 @@ class Exchange(abc.ABC, Generic[Payload]):
             payload = response.on_send(
                 {"type": "http.response.body", "body": chunk, "more_body": more}
             )
-            if payload and not await self.transmit(payload):
+            if payload and not await self._transmitted(payload):
                 return False
             if not more:
                 return True
+
+    async def _transmitted(self, payload: Payload) -> bool:
+        """Write ``payload`` with :attr:`transmit`: False when the client is gone."""
+        sent = self.transmit(payload)
+        return sent if type(sent) is bool else await sent
 
 
 async def _client_gone() -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -309,3 +310,44 @@ async def test_a_stream_is_built_over_the_socket_when_asked_for(nursery):
     assert first.socket.fileno() == -1
     assert peer.sock.fileno() == -1
     await listener.aclose()
+
+
+async def test_the_counter_hears_of_each_connection_before_its_handler_and_after_its_close(
+    nursery: trio.Nursery,
+) -> None:
+    """``counter`` (--metrics-bind's open connections) is told of a connection as its
+    handler begins, and of its end once the socket is closed, also when the handler
+    fails."""
+    listener = await tcp_listener()
+    events: list[str] = []
+    closed = trio.Event()
+    sockets: list[socket.socket] = []
+
+    class Counter:
+        def opened(self) -> None:
+            events.append("opened")
+
+        def closed(self) -> None:
+            assert sockets[-1].fileno() == -1  # (closed before the counter hears of it)
+            events.append("closed")
+            if events.count("closed") == 2:
+                closed.set()
+
+    async def handler(peer: Peer) -> None:
+        assert peer.sock is not None
+        sockets.append(peer.sock)
+        events.append("handler")
+        if len(sockets) == 2:
+            raise RuntimeError("a bug of ours")
+
+    await nursery.start(
+        functools.partial(accept_connections, listener, handler, nursery, counter=Counter())
+    )
+    port = listener.socket.getsockname()[1]
+    with trio.fail_after(10):
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                client.setblocking(False)
+                await trio.lowlevel.wait_readable(client)  # (the server's close)
+        await closed.wait()
+    assert events == ["opened", "handler", "closed"] * 2

@@ -22,8 +22,10 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import H11Client, hello_app, serve_http_connection, tcp_connection
+from tests.helpers import H11Client, hello_app, http_options, serve_http_connection, tcp_connection
 from trioserve import ClientDisconnected, Config
+from trioserve._peer import Peer
+from trioserve._serve_http import serve_http_connection as serve_peer
 from trioserve._state import ServerState
 from trioserve._types import Receive, Scope, Send
 
@@ -345,6 +347,60 @@ class _CountingSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+async def test_a_cancellation_reaches_a_connection_that_never_waits():
+    """A connection whose requests are all there already (none of its reads or writes
+    has to wait) still takes a cancellation between two requests: cancelled before it
+    starts, it answers the first request and no other."""
+    client, stream, sock = await tcp_connection()
+    count = 50
+    state = ServerState(Config())
+    with trio.fail_after(10):
+        await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * count)
+        async with trio.open_nursery() as tasks:
+            # (The edge itself, without the helper's watchers: only it is cancelled.)
+            with trio.CancelScope() as serving:
+                serving.cancel()
+                app: Any = hello_app
+                await serve_peer(
+                    Peer(stream, sock, None, None),
+                    app,
+                    state,
+                    http_options(state.config),
+                    tasks=tasks,
+                )
+        received = b""
+        while data := await client.receive_some():
+            received += data
+    assert serving.cancelled_caught
+    assert received.count(b"Hello, world!") == 1
+
+
+async def test_a_write_taken_at_once_needs_no_coroutine(nursery, monkeypatch):
+    """A response the kernel takes whole at once goes out from write_now itself: the
+    coroutine of write (a checkpoint, a deadline) is made only when a write must wait
+    or is not the exchange's first."""
+    from trioserve import _serve_http
+
+    writes = 0
+    write = _serve_http._Connection.write
+
+    async def counted(self: Any, data: Any) -> bool:
+        nonlocal writes
+        writes += 1
+        return await write(self, data)
+
+    monkeypatch.setattr(_serve_http._Connection, "write", counted)
+    client, *server = await tcp_connection()
+    serve(nursery, hello_app, ServerState(Config()), server)
+    with trio.fail_after(10):
+        for _ in range(3):
+            await client.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            received = b""
+            while b"Hello, world!" not in received:
+                received += await client.receive_some()
+    assert writes == 0
 
 
 async def test_an_idle_wait_reads_once_before_it_waits(nursery):

@@ -21,6 +21,7 @@ from trioserve._proto import http
 from trioserve._proto.http import (
     ASGIProtocolError,
     Response,
+    ResponsePhase,
     client_keep_alive,
     decode_path,
     error_response,
@@ -74,16 +75,14 @@ def run_app(messages: list[dict[str, Any]], *, head: bool = False, close: bool =
 
 DATE = b"date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
 HEAD_TAIL = DATE + b"server: trioserve\r\n"
-# DATE's second since the epoch.
-DATE_SECOND = 784111777
 
 
 @pytest.fixture
 def fixed_date(monkeypatch: pytest.MonkeyPatch) -> None:
     """Responses carry DATE, so that their exact bytes can be compared."""
-    # The clock, not _date_lines: compiled with mypyc, the module calls its own function
-    # directly, but reads a module attribute where it is.
-    monkeypatch.setattr(http, "_clock", lambda: DATE_SECOND)
+    # The second of DATE, as the clock every response reads, and the lines of it.
+    monkeypatch.setattr(http, "_time", lambda: 784111777.5)
+    monkeypatch.setattr(http, "_date_cache", (784111777, DATE[6:-2], DATE, HEAD_TAIL))
 
 
 # -- split_target / decode_path ---------------------------------------------------------
@@ -849,6 +848,48 @@ def test_a_refused_start_leaves_the_state_of_a_fresh_response() -> None:
     assert response.phase is http.ResponsePhase.START
 
 
+def test_length_lines_are_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The common answer's Content-Length line, kept by body size, is the body's own for
+    every size, and at most _MAX_LENGTH_LINES sizes are kept."""
+    lines: dict[int, bytes] = {}
+    monkeypatch.setattr(http, "_LENGTH_LINES", lines)
+    for size in [*range(http._MAX_LENGTH_LINES + 10), 3, 3]:
+        head, data = parse(run_app([START, body(b"x" * size)]))
+        assert header_values(head, b"content-length") == [b"%d" % size]
+        assert data == b"x" * size
+        assert len(lines) <= http._MAX_LENGTH_LINES
+    assert lines[3] == b"content-length: 3\r\n\r\n"
+
+
+@pytest.mark.parametrize("head", [False, True])
+@pytest.mark.parametrize("server_header", [False, True])
+@pytest.mark.parametrize("default_headers", [(), ((b"x-d", b"1"),)])
+@pytest.mark.parametrize("keep_alive", [False, True])
+@pytest.mark.parametrize("http_10", [False, True])
+def test_new_response_is_the_class_call(
+    head: bool,
+    server_header: bool,
+    default_headers: tuple[tuple[bytes, bytes], ...],
+    keep_alive: bool,
+    http_10: bool,
+) -> None:
+    """new_response (the request loop's, without calling the class) makes exactly the
+    response the class makes from the same arguments."""
+    made = http.new_response(head, server_header, default_headers, keep_alive, http_10)
+    called = Response(
+        head=head,
+        server_header=server_header,
+        default_headers=default_headers,
+        keep_alive=keep_alive,
+        http_10=http_10,
+    )
+    assert type(made) is Response
+    if "trioserve._proto.http" not in compiled_modules():
+        # (Compiled with mypyc, new_response calls the class, and a Response has no
+        # __dict__ to compare.)
+        assert vars(made) == vars(called)
+
+
 # -- client_keep_alive ------------------------------------------------------------------
 
 
@@ -1041,22 +1082,25 @@ def test_one_piece_answer_matches_the_general_path(
     cases = itertools.product(
         [200, 204, 304, 404], header_lists, [b"", b"hello", b"hello!"], [False, True], REQUESTS
     )
-    shortcuts = 0
-    one_piece = Response._one_piece
+    shortcuts = general = 0
+    head_and_body = Response._head_and_body
 
     def counted(self: Response, *args: Any) -> bytes:
-        nonlocal shortcuts
-        shortcuts += 1
-        return one_piece(self, *args)
+        nonlocal general
+        general += 1
+        return head_and_body(self, *args)
 
     # Compiled with mypyc, Response calls its method directly, not through the class
     # attribute: the count is kept only for the pure-Python module.
     counting = "trioserve._proto.http" not in compiled_modules()
     if counting:
-        monkeypatch.setattr(Response, "_one_piece", counted)
+        monkeypatch.setattr(Response, "_head_and_body", counted)
     for status, headers, content, more, request in cases:
         messages = [{**START, "status": status, "headers": headers}, body(content, more=more)]
+        before = general
         fast = serialized(True, request, messages)
+        if general == before and fast[1] is ResponsePhase.DONE:
+            shortcuts += 1  # (a complete response without the general serializer)
         assert fast == serialized(False, request, messages), (status, headers, content, request)
     if counting:
         assert shortcuts >= 30  # the shortcut was taken, not only the general path

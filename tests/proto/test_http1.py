@@ -90,6 +90,43 @@ def test_parser_kept_after_a_split_request() -> None:
     assert closing.next_exchange(respond(closing), True) is Next.CLOSE
 
 
+def test_split_head_with_classes_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Request and Response cannot be made by object.__new__ (classes compiled by
+    mypyc), the split head calls the classes: the same request and response."""
+    from trioserve._proto import http
+
+    monkeypatch.setattr(http1, "_REQUEST_BY_NEW", False)
+    monkeypatch.setattr(http, "_MADE_BY_NEW", False)
+    connection = server()
+    request = connection.request_head(GET, 0)
+    assert type(request) is http1.Request
+    assert (request.method, request.target, request.http_version) == (b"GET", b"/a", b"1.1")
+    assert request.headers == [(b"host", b"x")]
+    assert type(connection.response) is http.Response
+    assert respond(connection)
+
+
+def test_nothing_held_only_while_the_parser_is_idle_and_empty() -> None:
+    """``nothing_held`` (the edge then skips trailing_data and next_exchange) is True only
+    after a plain head with nothing after it, and False as soon as bytes reach the
+    parser, or a request goes through it."""
+    connection = server()
+    assert not connection.nothing_held
+    connection.request_head(GET, 0)
+    assert connection.nothing_held
+    assert connection.parser.trailing_data == (b"", False)
+    connection.receive_data(b"GET")  # the next request, arriving while the app works
+    assert not connection.nothing_held
+    assert connection.next_exchange(respond(connection), True) is Next.REQUEST
+    pending = connection.parser.trailing_data[0] + b" /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    connection.request_head(pending, 3)
+    assert not connection.nothing_held  # (bytes were in the parser: a fresh one)
+    connection.request_head(GET + GET, 0)
+    assert not connection.nothing_held  # (the second request waits in the parser)
+    connection.request_head(POST, 0)
+    assert not connection.nothing_held  # (a body: the parser has the request)
+
+
 @pytest.mark.parametrize(
     "head",
     [

@@ -189,14 +189,15 @@ def date_value() -> bytes:
     return _date_lines()[1]
 
 
-# The clock of the Date header: a module attribute that tests can replace (a call to
-# time.time from code compiled with mypyc would not see a replaced _date_lines).
-_clock = time.time
+# (The clock as a global: on_send reads it inline on every request, and tests replace
+# it: compiled with mypyc, a call of time.time or of _date_lines would not see a
+# replacement.)
+_time = time.time
 
 
 def _date_lines() -> tuple[int, bytes, bytes, bytes]:
     global _date_cache
-    now = int(_clock())
+    now = int(_time())
     if _date_cache[0] != now:
         value = email.utils.formatdate(now, usegmt=True).encode("ascii")
         line = b"date: " + value + b"\r\n"
@@ -234,6 +235,20 @@ _MAX_KNOWN_HEAD = 2048
 _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 # Headers that need more than copying: the framing ones, and those we would add.
 _SPECIAL_NAMES = _FRAMING_NAMES | {b"date", b"server"}
+
+
+# The end of the common answer's head (see Response.on_send) by body size: most apps
+# answer with few different sizes. Bounded (cleared when full).
+_LENGTH_LINES: dict[int, bytes] = {}
+_MAX_LENGTH_LINES = 1024
+
+
+def _length_line(size: int) -> bytes:
+    line = b"content-length: %d\r\n\r\n" % size
+    if len(_LENGTH_LINES) >= _MAX_LENGTH_LINES:
+        _LENGTH_LINES.clear()
+    _LENGTH_LINES[size] = line
+    return line
 
 
 def _status_line(status: int) -> bytes:
@@ -520,11 +535,24 @@ class Response(ResponseProgress[bytes]):
             status = message.get("status")
             if type(status) is not int or not 200 <= status <= 599:
                 status = check_status(status)
-            try:
-                self._take_headers(message.get("headers", ()))
-            except ASGIProtocolError:
-                self._forget_start()
-                raise
+            raw = message.get("headers", ())
+            # A header list seen before (see _take_headers), without a flag of the rarer
+            # kind: what its checks made of it, without the call.
+            known = None
+            if type(raw) is list:
+                try:
+                    known = _known_heads.get(tuple(raw))
+                except TypeError:
+                    known = None  # (an unhashable item: _take_headers says what)
+            if known is not None and known[3] is None:
+                self._lines, self._length, self._plain_headers, _ = known
+                self.headers = raw
+            else:
+                try:
+                    self._take_headers(raw)
+                except ASGIProtocolError:
+                    self._forget_start()
+                    raise
             self.status = status
             if message.get("trailers"):
                 self.trailers = True
@@ -541,17 +569,38 @@ class Response(ResponseProgress[bytes]):
             body = message.get("body", b"")
             if type(body) is not bytes and not isinstance(body, bytearray | memoryview):
                 raise ASGIProtocolError(f"'body' must be bytes, got {type(body).__name__}")
-            more = bool(message.get("more_body", False))
+            more = message.get("more_body", False)
             if self._pending_head:
+                size = len(body)
+                length = self._length
                 if (
-                    self._plain
-                    and not more
+                    not more
+                    and self._plain
                     and self._plain_headers
                     and not self.close
-                    and (self._length is None or self._length == len(body))
+                    and (length is None or length == size)
                 ):
-                    return self._one_piece(body, len(body))
-                return self._head_and_body(body, more)
+                    # The common answer, in one piece: the whole body, framed by its
+                    # length, on a connection that stays open, with our Date and Server
+                    # lines. (Inline: the calls cost more than the joining.)
+                    self._pending_head = False
+                    self.phase = _DONE
+                    self.body_bytes = size
+                    date = _date_cache
+                    if date[0] != int(_time()):
+                        date = _date_lines()
+                    status = self.status
+                    return b"".join(
+                        (
+                            _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
+                            self._lines,
+                            date[3],
+                            _LENGTH_LINES.get(size) or _length_line(size),
+                            body if type(body) is bytes else bytes(body),
+                        )
+                    )
+                return self._head_and_body(body, bool(more))
+            more = bool(more)
             if self._framing is _LENGTH and len(body) > self._remaining:
                 # Part of the response is out already: only closing can end it.
                 self.must_close = True
@@ -775,7 +824,7 @@ class Response(ResponseProgress[bytes]):
 
     def _head_and_body(self, body: bytes | bytearray | memoryview, more: bool) -> bytes:
         """The status line and headers, then the first body message (other than the
-        common answer, which on_send gives by :meth:`_one_piece`)."""
+        common answer, which on_send gives itself)."""
         size = len(body)
         length = self._length
         status = self.status
@@ -853,23 +902,6 @@ class Response(ResponseProgress[bytes]):
         self._add_body(parts, body, more)
         return b"".join(parts)
 
-    def _one_piece(self, body: bytes | bytearray | memoryview, size: int) -> bytes:
-        """The common answer, in one piece: the whole body, framed by its length, on a
-        connection that stays open, with our Date and Server lines."""
-        self._pending_head = False
-        self.phase = _DONE
-        self.body_bytes = size
-        status = self.status
-        return b"".join(
-            (
-                _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status,
-                self._lines,
-                _date_lines()[3],
-                b"content-length: %d\r\n\r\n" % size,
-                body if type(body) is bytes else bytes(body),
-            )
-        )
-
     def _add_default_headers(self, parts: list[bytes]) -> None:
         names = {bytes(name).lower() for name, _ in self.headers}
         for name, value in self.default_headers:
@@ -913,6 +945,48 @@ class Response(ResponseProgress[bytes]):
             self.body_bytes += size
         if not more:
             self.phase = _TRAILERS if self.trailers else _DONE
+
+
+_new = object.__new__
+# Whether Response is plain Python code, whose instances object.__new__ makes: a class
+# compiled (by mypyc) makes its own, and calling it costs no nested interpreter run.
+_MADE_BY_NEW = Response.__new__ is object.__new__
+
+
+def new_response(
+    head: bool,
+    server_header: bool,
+    default_headers: Sequence[tuple[bytes, bytes]],
+    keep_alive: bool,
+    http_10: bool,
+) -> Response:
+    """``Response(head=..., server_header=..., default_headers=..., keep_alive=...,
+    http_10=...)`` for the request loop, one made per request: the same object, without
+    calling the class: on CPython 3.11 a class whose ``__init__`` is Python code is
+    called through C, a nested run of the interpreter, and with keyword arguments a
+    dict of them is built too; a function is neither (about 2% of a request)."""
+    if not _MADE_BY_NEW:
+        return Response(
+            head=head,
+            server_header=server_header,
+            default_headers=default_headers,
+            keep_alive=keep_alive,
+            http_10=http_10,
+        )
+    response: Response = _new(Response)
+    response.phase = _START
+    response.head = head
+    response.no_body = head
+    response.close = False
+    response.server_header = server_header
+    response.default_headers = default_headers
+    response.client_keep_alive = keep_alive
+    response.http_10 = http_10
+    # (As in __init__.)
+    response._plain = keep_alive and not http_10 and not head and server_header
+    if default_headers:
+        response._plain = False
+    return response
 
 
 class AppEnd(enum.Enum):

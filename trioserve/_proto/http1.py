@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from .http import Response, client_keep_alive, header_pairs
+from .http import Response, client_keep_alive, header_pairs, new_response
 from .validate import (
     ChunkedChecker,
     HTTP2Preface,
@@ -86,6 +86,11 @@ class Request:
         self.target = target
         self.headers = headers
         self.http_version = version
+
+
+_new = object.__new__
+# (As for Response: see trioserve._proto.http.new_response.)
+_REQUEST_BY_NEW = Request.__new__ is object.__new__
 
 
 class ServerConnection:
@@ -152,6 +157,11 @@ class ServerConnection:
         self.chunks: ChunkedChecker | None = None
         # True when the current request had no body and h11 already said so.
         self.body_done = False
+        # True when the parser is known to be idle and to hold nothing: the last request
+        # was split from a plain head with nothing after it (see _split_head), and no
+        # bytes reached the parser since. The edge then neither asks the parser what it
+        # holds (h11's trailing_data copies its buffer) nor asks next_exchange.
+        self.nothing_held = False
         # The raw bytes read for a request that may ask for an upgrade (head and beyond).
         self.upgrade_bytes: bytes | None = None
 
@@ -211,7 +221,16 @@ class ServerConnection:
         version = version[5:]
         if not host and version == b"1.1":
             return None
-        event = Request(method, target, headers, version)
+        if _REQUEST_BY_NEW:
+            # (Request(method, target, headers, version), without calling the class:
+            # see new_response.)
+            event = _new(Request)
+            event.method = method
+            event.target = target
+            event.headers = headers
+            event.http_version = version
+        else:
+            event = Request(method, target, headers, version)
         # The bytes after the head wait in a parser for the next request, which has
         # seen nothing of this one (see next_exchange).
         parser = self.parser
@@ -222,12 +241,24 @@ class ServerConnection:
                 parser.receive_data(pending[end:])
             if closed:
                 parser.receive_data(b"")
+            self.nothing_held = False
         elif end < len(pending):
             parser.receive_data(pending[end:])
-        # Without a Connection field, the version alone says whether the client keeps
-        # the connection (what client_keep_alive would find, a call less).
-        self._take_request(
-            event, headers, client_keep_alive(event, headers) if connection else version == b"1.1"
+            self.nothing_held = False
+        else:
+            # (Most requests: the parser was empty, and nothing followed the head.)
+            self.nothing_held = True
+        # _take_request, inline. Without a Connection field, the version alone says
+        # whether the client keeps the connection (what client_keep_alive would find, a
+        # call less).
+        self.request_headers = headers
+        self.response = new_response(
+            method == b"HEAD",
+            self.server_header,
+            self.default_headers,
+            self.allow_keep_alive
+            and (client_keep_alive(event, headers) if connection else version == b"1.1"),
+            version != b"1.1",
         )
         self.body_done = True
         return event
@@ -321,6 +352,7 @@ class ServerConnection:
         wrong with it), with its header pairs and its response made (see
         :attr:`response`)."""
         h11mod = self.h11
+        self.nothing_held = False
         try:
             event = parser.next_event()
         except h11mod.RemoteProtocolError as exc:
@@ -338,18 +370,19 @@ class ServerConnection:
         self.request_headers = headers
         if keep_alive is None:
             keep_alive = client_keep_alive(event, headers)
-        self.response = Response(
-            head=event.method == b"HEAD",
-            server_header=self.server_header,
-            default_headers=self.default_headers,
-            keep_alive=self.allow_keep_alive and keep_alive,
-            http_10=event.http_version != b"1.1",
+        self.response = new_response(
+            event.method == b"HEAD",
+            self.server_header,
+            self.default_headers,
+            self.allow_keep_alive and keep_alive,
+            event.http_version != b"1.1",
         )
 
     # -- bytes between requests --------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Keep bytes of a next request that arrived outside :meth:`request_head`."""
+        self.nothing_held = False
         self.parser.receive_data(data)
 
     @property
