@@ -116,7 +116,11 @@ def importable_servers(names: Sequence[str], servers: Mapping[str, Any]) -> list
     kept = []
     for name in names:
         server = servers[name]
-        if importlib.util.find_spec(server.module) is None:
+        # A server with an interpreter of its own (``python``) is there when that is.
+        python = getattr(server, "python", None)
+        if python is not None and not python.exists():
+            print(f"skipping {name}: no {python} ({server.note})", file=sys.stderr)
+        elif python is None and importlib.util.find_spec(server.module) is None:
             extra = f" ({server.note})" if server.note else ""
             print(
                 f"skipping {name}: module {server.module!r} is not importable by "

@@ -115,6 +115,11 @@ class Server:
     note: str = ""
     # Whether it can run more than one worker process (--workers 2).
     workers: bool = True
+    # Another interpreter and working directory than this script's and the checkout's
+    # (trioserve-mypyc: the compiled build's venv, run where the checkout's pure source
+    # is not on sys.path).
+    python: Path | None = None
+    cwd: Path | None = None
 
 
 def _trioserve_argv(http: str, *extra: str) -> Callable[[int, int], list[str]]:
@@ -138,6 +143,12 @@ def _trioserve_argv(http: str, *extra: str) -> Callable[[int, int], list[str]]:
     return argv
 
 
+# The build compiled with mypyc (docs/deployment.md, "The compiled build"), made by
+# bench/mypyc_setup.sh: its own venv, and a directory holding only a link to bench/ to run
+# it from (in the checkout, ``-m trioserve`` would import the pure source there instead).
+MYPYC_DIR = REPO_ROOT / ".bench-mypyc"
+MYPYC_PYTHON = MYPYC_DIR / "venv" / "bin" / "python"
+
 SERVERS: dict[str, Server] = {
     s.name: s
     for s in (
@@ -155,6 +166,19 @@ SERVERS: dict[str, Server] = {
             distributions=("trioserve", "h11-mypyc"),
             ready_line="listening on",
             note="needs h11-mypyc (pip install h11-mypyc)",
+        ),
+        Server(
+            "trioserve-mypyc",
+            _trioserve_argv("h11-compiled"),
+            module="trioserve",
+            distributions=("trioserve", "h11-mypyc"),
+            # The start-up line of the compiled build (after "listening on"): a server
+            # that started on the pure source never gets a row under this name.
+            ready_line="HTTP/1.1 modules compiled with mypyc",
+            note="trioserve's hot modules compiled with mypyc, --http h11-compiled "
+            "(build it first: bench/mypyc_setup.sh)",
+            python=MYPYC_PYTHON,
+            cwd=MYPYC_DIR / "run",
         ),
         Server(
             "trioserve-metrics",
@@ -325,7 +349,7 @@ class RunningServer:
             "taskset",
             "-c",
             self.cpus,
-            sys.executable,
+            str(server.python or sys.executable),
             *server.argv(port, workers),
         ]
         self.log_path = log_dir / f"{server.name}-{workers}-{port}.log"
@@ -334,7 +358,7 @@ class RunningServer:
         # master (hypercorn runs one) can still be reached by its group id.
         self.process = subprocess.Popen(
             self.command,
-            cwd=REPO_ROOT,
+            cwd=server.cwd or REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -26,6 +26,7 @@ from ._importer import peek_target
 from ._loader import load_config_app, require_app
 from ._logging import configure_logging
 from ._master import AppPlan
+from ._mypyc import build_description
 from ._server import run_cli
 from ._tls import ssl_context
 from ._version import __version__
@@ -106,7 +107,10 @@ def build_parser(*, add_help: bool = True) -> argparse.ArgumentParser:
         default=False,
         help="Load the configuration and the app, then exit 0, or 1 with the reason.",
     )
-    actions.add_argument("--version", action="version", version=f"trioserve {__version__}")
+    # "(compiled with mypyc)" after the version for the optional compiled build.
+    build = build_description()
+    version = f"trioserve {__version__}" + (f" ({build})" if build else "")
+    actions.add_argument("--version", action="version", version=version)
     return parser
 
 

@@ -35,6 +35,7 @@ from ._errors import ClientDisconnected, departure
 from ._metrics import DURATION_BUCKETS, ProcessCounts
 from ._metrics import FIRST_BUCKET as _FIRST_BUCKET  # (a module constant: read per request)
 from ._peer import Peer
+from ._proto.compiled import mypyc_attr
 from ._proto.http import (
     EARLY_HINT,
     PATHSEND,
@@ -147,6 +148,8 @@ class HandoverWatch(Protocol):
     def wake(self) -> None: ...
 
 
+# Compiled in the optional mypyc build; the HTTP/2 edge's H2Options, pure Python, extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ExchangeOptions:
     """What an exchange needs from the settings, worked out once per server (the edges'
     options extend it).
@@ -170,7 +173,7 @@ class ExchangeOptions:
             edge's options.
     """
 
-    handovers: HandoverWatch | None = None
+    handovers: HandoverWatch | None
 
     def __init__(
         self,
@@ -193,8 +196,13 @@ class ExchangeOptions:
         self.timed = access_log is not None or counts is not None
         self.proxy = proxy
         self.app_hint = app_hint
+        # (Set here, not as a class default: compiled with mypyc, this class did not
+        # apply that default to its instances.)
+        self.handovers = None
 
 
+# Compiled in the optional mypyc build; the HTTP/2 edge's _H2Stream, pure Python, extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Exchange(abc.ABC, Generic[Payload]):
     """One request/response exchange: the ``receive`` and ``send`` given to the app, and
     :meth:`run`, which calls the app with them.
@@ -220,9 +228,10 @@ class Exchange(abc.ABC, Generic[Payload]):
       the client is gone (it left, or stopped reading within the write timeout), True
       otherwise: either the bool itself (a write done at once: no coroutine is made,
       the HTTP/1.1 edge's common case) or an awaitable of it (an async method is
-      fine). Never raises for the client's fault. A method, or a callable set as an
-      attribute in ``__init__`` (the HTTP/1.1 edge sets its connection's
-      ``write_now``: a call layer less on every write).
+      fine). Never raises for the client's fault. A callable set as an attribute in
+      ``__init__`` (the HTTP/1.1 edge sets its connection's ``write_now``: a call layer
+      less on every write; the HTTP/2 edge a method of its own under another name: with
+      this class compiled by mypyc, its code reads the attribute, never a method).
     - ``async`` :meth:`read_body` ``() -> Message | None``: the next ``http.request``
       message (the exchange notes the end of the body); None when the client has gone
       (the exchange then says ``http.disconnect``; set ``broken`` first if the
@@ -261,7 +270,7 @@ class Exchange(abc.ABC, Generic[Payload]):
     body_done: bool
     empty_body_due: bool
     # Write a payload; False when the client is gone, as a bool or an awaitable of one
-    # (see the class doc): a method of the subclass, or a callable it sets in __init__.
+    # (see the class doc): a callable the subclass sets in __init__.
     transmit: Callable[[Payload], bool | Awaitable[bool]]
 
     # Defaults at class level: most exchanges never change them, and one exchange is
@@ -598,8 +607,10 @@ class Exchange(abc.ABC, Generic[Payload]):
             raise RuntimeError(f"http.response.pathsend: cannot read {path!r}: {exc}") from None
         try:
             sent = await self.transmit_file(file)
-        except ASGIProtocolError as exc:
-            self._bad_message(exc)
+        except ASGIProtocolError as error:
+            # (Not ``exc``, the OSError above: compiled with mypyc, a name keeps its
+            # first type.)
+            self._bad_message(error)
         finally:
             file.close()
         if not sent:

@@ -82,6 +82,7 @@ from ._metrics import (
     resident_bytes,
 )
 from ._metrics_server import require_prometheus, serve_metrics
+from ._mypyc import build_description
 from ._pipeline import STOP_MARGIN, Control, stop_budget
 from ._preload_client import Preloader
 from ._proto.channel import (
@@ -1239,6 +1240,9 @@ async def _run_master(
             urls = next((p.urls for p in pool.slots.values() if p.urls), [])
             for url in urls:
                 LOGGER.info("listening on %s", url)
+            build = build_description()
+            if build:
+                LOGGER.info("HTTP/1.1 modules %s", build)
             LOGGER.info(
                 "%s%d worker(s) ready",
                 f"{pool.plan.prefix}: " if pool.plan.prefix else "",

@@ -584,6 +584,9 @@ class _H2Stream(Exchange[list[Action]]):
         # The client reset the stream or left.
         self.gone = False
         self._arrival = trio.Event()
+        # The exchange's transmit hook, set as an attribute: with Exchange compiled by
+        # mypyc, its code reads the attribute and would not see a method of that name.
+        self.transmit = self._transmit
 
     # -- what the connection tells ----------------------------------------------
 
@@ -617,7 +620,7 @@ class _H2Stream(Exchange[list[Action]]):
             state=self.state.lifespan_state,
         )
 
-    async def transmit(self, payload: list[Action]) -> bool:
+    async def _transmit(self, payload: list[Action]) -> bool:
         return await self.connection.transmit(self, payload)
 
     async def read_body(self) -> Message | None:

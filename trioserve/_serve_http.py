@@ -22,7 +22,7 @@ import os
 import socket
 import types
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import h11
 import trio
@@ -183,8 +183,10 @@ class HTTPOptions(ExchangeOptions):
         # Whether a TLS handshake on this plain port was logged yet (it is logged once).
         self.tls_logged = False
         # The exchanges whose app may work on after their response (run by the server
-        # beside its connections: see watch_handovers).
-        self.handovers: Handovers = Handovers()
+        # beside its connections: see watch_handovers). Two names for one object: the
+        # base class's attribute keeps its wider type (mypyc rejects a narrowed one).
+        self.handover_watch = Handovers()
+        self.handovers = self.handover_watch
 
 
 async def serve_http_connection(
@@ -227,10 +229,16 @@ async def serve_http_connection(
         await upgrade.serve(peer, options)
 
 
-async def _carry_on(connection: _Connection, cycle: _Cycle) -> None:
-    """The new task of a connection handed over (see :class:`Handovers`): end the
-    exchange of ``cycle``, whose app works on elsewhere, and serve the connection on, as
-    :func:`serve_http_connection` would have."""
+async def _carry_on(handover: list[Any]) -> None:
+    """The new task of a connection handed over (see :class:`Handovers`): ``handover``
+    holds the connection and ``cycle``; end the exchange of ``cycle``, whose app works on
+    elsewhere, and serve the connection on, as :func:`serve_http_connection` would have."""
+    # Taken out of the list, not passed as arguments: they are dropped below, and code
+    # compiled with mypyc cannot delete an argument.
+    connection: _Connection
+    cycle: _Cycle
+    connection, cycle = handover
+    handover.clear()
     owner = connection.owner
     ended = owner.ended
     assert ended is not None
@@ -447,7 +455,7 @@ async def watch_handovers(
     """Hand over the connections whose app works on after its response (see
     :class:`Handovers`); runs until cancelled, beside the server's connections. Without
     it, a connection waits for its app to return before it reads the next request."""
-    await options.handovers.watch(task_status=task_status)
+    await options.handover_watch.watch(task_status=task_status)
 
 
 class _Owner:
@@ -771,7 +779,7 @@ class _Connection(ServerConnection):
         owner = self.owner
         if owner.ended is None:
             owner.ended = trio.Event()
-        owner.tasks.start_soon(_carry_on, self, cycle)
+        owner.tasks.start_soon(_carry_on, [self, cycle])
 
     async def close(self) -> None:
         """Close the connection at once, whatever the cancellation around."""
@@ -1226,8 +1234,8 @@ class _Cycle(Exchange[bytes]):
         self.disconnected = self.broken = self.handed_over = False
         self._disconnect_waiter = None
 
-    options: HTTPOptions
-    response: Response
+    # (``options`` and ``response`` keep the base class's types: mypyc rejects an
+    # attribute narrowed in a subclass. They are this edge's HTTPOptions and Response.)
     # True while receive() waits for body bytes from the connection.
     reading = False
     # Whether "100 Continue" went out for a request with Expect: 100-continue.
@@ -1284,7 +1292,7 @@ class _Cycle(Exchange[bytes]):
         # bytes after the head: with os.sendfile on a plain socket (no copy through
         # Python, no worker thread), read in a worker thread otherwise. When the framing
         # needs the bytes (chunked, trailers), as any body (see Exchange).
-        plan = self.response.file_body(os.fstat(file.fileno()).st_size)
+        plan = cast(Response, self.response).file_body(os.fstat(file.fileno()).st_size)
         if plan is None:
             return await super().transmit_file(file)
         head, count = plan

@@ -38,6 +38,7 @@ from ._metrics import (
     resident_bytes,
 )
 from ._metrics_server import require_prometheus, serve_metrics
+from ._mypyc import build_description
 from ._pipeline import Control, Extras, serve_listeners
 from ._statsd import install as install_statsd
 from ._systemd import Notifier, activated_sockets
@@ -135,6 +136,9 @@ async def _serve_inner(
         async def ready(addresses: list[Address], urls: list[str]) -> None:
             for url in urls:
                 LOGGER.info("listening on %s", url)
+            build = build_description()
+            if build:
+                LOGGER.info("HTTP/1.1 modules %s", build)
             await run_hook(config, "when_ready", server)
             task_status.started(addresses)
             control.ready()

@@ -15,6 +15,7 @@ import trio
 from tests.helpers import echo_body_app, hello_app
 from trioserve import AppLoadError, BindError, Config, LifespanError, serve
 from trioserve import _accept as accept_module
+from trioserve._mypyc import compiled_modules
 
 
 async def test_serve_reports_bound_address_and_answers_httpx(nursery):
@@ -237,6 +238,10 @@ async def test_app_given_as_import_string(nursery):
     assert response.text == "Hello, world!\n"
 
 
+@pytest.mark.skipif(
+    "trioserve._serve_http" in compiled_modules(),
+    reason="compiled with mypyc, the edge's coroutines have no Python frames to look at",
+)
 async def test_a_plain_http_connection_costs_no_stream_and_no_frame_of_ours(nursery):
     """Without TLS, a PROXY header, connection hooks or metrics, the accept loop's task
     runs the HTTP edge's coroutine directly (no wrapper coroutine between them), and the

@@ -13,6 +13,7 @@ import trio.testing
 
 from tests.helpers import echo_body_app, hello_app
 from trioserve import Config, ConfigError, serve
+from trioserve._mypyc import compiled_modules
 
 
 def scope_recorder(scopes: list[dict[str, Any]]) -> Any:
@@ -148,6 +149,11 @@ async def test_httptools_parser_serves(nursery):
             assert response.content == b"abc" * 1000
 
 
+@pytest.mark.skipif(
+    "trioserve._proto.llhttp" in compiled_modules(),
+    reason="compiled with mypyc, _proto.llhttp is initialised once per process: it cannot "
+    "be imported again without httptools",
+)
 async def test_httptools_missing_is_a_config_error(nursery, monkeypatch):
     """Asking for httptools without it installed is a one-line ConfigError naming the extra."""
     import sys

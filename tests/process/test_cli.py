@@ -17,6 +17,7 @@ import httpx
 import trio
 
 from trioserve import __version__
+from trioserve._mypyc import build_description
 from trioserve.testing import ServerProcess, running_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,4 +303,5 @@ async def test_python_m_trioserve_version() -> None:
     """``python -m trioserve --version`` prints the name and version and exits 0."""
     status, out, _ = await run_cli("--version", command=[sys.executable, "-m", "trioserve"])
     assert status == 0
-    assert out == f"trioserve {__version__}\n"
+    build = build_description()
+    assert out == f"trioserve {__version__}" + (f" ({build})" if build else "") + "\n"

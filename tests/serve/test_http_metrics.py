@@ -89,10 +89,21 @@ async def test_requests_are_counted_by_method_status_duration_and_bytes(monkeypa
     assert counts.body_bytes == len(b"Hello, world!") + len(b"no")  # (HEAD: no body)
 
 
-async def test_each_exchange_is_counted_once_however_it_ends(caplog):
+async def test_each_exchange_is_counted_once_however_it_ends(monkeypatch):
     """A response completed while its app works on (the connection goes on without it),
     a 500 for an app that raised before answering, and one whose app raised after it
     answered: each counted once, in its status class, and once in the histogram."""
+    # Each exchange reads the clock as it starts and as it ends (completes, or is
+    # counted unfinished): every one takes 0.3 s by this clock.
+    now = [0.0]
+    phase = [0]
+
+    def wall_clock() -> float:
+        now[0] += 100.0 if phase[0] % 2 == 0 else 0.3
+        phase[0] += 1
+        return now[0]
+
+    monkeypatch.setattr(exchange_module, "_wall_clock", wall_clock)
     release = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -121,7 +132,9 @@ async def test_each_exchange_is_counted_once_however_it_ends(caplog):
     assert third.startswith(b"HTTP/1.1 200 ")
     assert counts.requests["GET"] == [0, 0, 3, 0, 0, 1]
     message = counts.counts(None)
-    assert sum(message.durations) == 4
-    assert message.durations[0] == 4  # (each took well under 5 ms)
+    expected = [0] * (len(DURATION_BUCKETS) + 1)
+    expected[DURATION_BUCKETS.index(0.5)] = 4  # (0.3 s each: <= 0.5 s)
+    assert list(message.durations) == expected
+    assert message.duration_sum == pytest.approx(1.2)
     # (The server's own 500 page is not an app's body: not counted, as before.)
     assert counts.body_bytes == 3 * len(b"Hello, world!")

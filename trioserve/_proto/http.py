@@ -21,6 +21,7 @@ from urllib.parse import unquote_to_bytes
 
 import h11
 
+from .compiled import mypyc_attr
 from .validate import FORBIDDEN_IN_VALUE, TOKEN
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
@@ -190,7 +191,9 @@ def date_value() -> bytes:
     return _date_lines()[1]
 
 
-# (The clock as a global: on_send reads it inline on every request.)
+# (The clock as a global: on_send reads it inline on every request, and tests replace
+# it: compiled with mypyc, a call of time.time or of _date_lines would not see a
+# replacement.)
 _time = time.time
 
 
@@ -360,6 +363,8 @@ _START_STATE = (
 _Output = TypeVar("_Output")
 
 
+# Compiled in the optional mypyc build; HTTP/2's H2Response, pure Python, extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ResponseProgress(abc.ABC, Generic[_Output]):
     """Where one response is, as the exchange reads it: the part of the state and the
     message rules that the HTTP/1.1 :class:`Response` and the HTTP/2 response share."""
@@ -752,10 +757,13 @@ class Response(ResponseProgress[bytes]):
             name, value = item
             if type(name) is not bytes or type(value) is not bytes:
                 return
+        # The rare attributes the checks moved off their class defaults (False, None).
+        # (Compared with the default, not looked up in the instance's __dict__: a Response
+        # compiled with mypyc has none.)
         rare = tuple(
-            (name, getattr(self, name))
+            (name, value)
             for name in ("_app_chunked", "_connection", "_has_date", "_has_server")
-            if name in self.__dict__
+            if (value := getattr(self, name)) is not False and value is not None
         )
         if len(_known_heads) >= _MAX_KNOWN_HEADS:
             # Many different lists (a value that changes with each response): start over
@@ -764,9 +772,20 @@ class Response(ResponseProgress[bytes]):
         _known_heads[key] = (block, self._length, self._plain_headers, rare or None)
 
     def _forget_start(self) -> None:
-        """Back to waiting for http.response.start, as if none came."""
-        for name in _START_STATE:
-            self.__dict__.pop(name, None)
+        """Back to waiting for http.response.start, as if none came: what the start set
+        (``_START_STATE``) back to the class defaults. (Assigned one by one, not popped
+        from the instance's __dict__: a Response compiled with mypyc has none.)"""
+        self.status = 0
+        self.headers = ()
+        self._pending_head = False
+        self._lines = b""
+        self._length = None
+        self._app_chunked = False
+        self._connection = None
+        self._has_date = False
+        self._has_server = False
+        self._plain_headers = False
+        self.trailers = False
         self.phase = _START
         self.no_body = self.head
 

@@ -268,7 +268,8 @@ class ServerConnection:
         """Whether a request was parsed on this connection yet: a request's response is
         made as it is parsed (see :attr:`response`), so none exists before the first.
         (Asked only on rare paths, such as the HTTP/2 preface: no counter on the hot one.)"""
-        return "response" in vars(self)
+        # (hasattr, not the instance's __dict__: a class compiled with mypyc has none.)
+        return hasattr(self, "response")
 
     @property
     def head_started(self) -> bool:

@@ -1158,13 +1158,13 @@ class H2Response(ResponseProgress[list[Action]]):
     trailers``), and are dropped otherwise.
     """
 
-    status = 0
+    # (``status`` and ``must_close`` are ResponseProgress's, not repeated here: with that
+    # class compiled by mypyc, a class attribute here would hide the value its code sets.
+    # HTTP/2 never closes the connection for one response: an unfinishable response
+    # resets its stream instead, and must_close says so.)
     headers: Sequence[Any] = ()
     body_bytes = 0
     missing = 0
-    # HTTP/2 never closes the connection for one response: an unfinishable response
-    # resets its stream instead (must_close then says so).
-    must_close = False
     close = False
     # The start asked for trailers; the exchange says whether the client takes them.
     trailers = False

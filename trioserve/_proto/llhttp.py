@@ -337,9 +337,11 @@ class Connection:
                     parser.feed_data(piece)
             except httptools.HttpParserUpgrade:
                 pass  # (the end of a message that asks for an upgrade, as in _head)
-            except httptools.HttpParserError as exc:
+            except httptools.HttpParserError as error:
+                # (Not ``exc``, the RequestRejected above: compiled with mypyc, a name
+                # keeps its first type.)
                 self.their_state = ERROR
-                raise RemoteProtocolError(_reason(exc)) from None
+                raise RemoteProtocolError(_reason(error)) from None
             ended = chunks.done if chunks is not None else self._remaining == 0
             if ended and not self._complete:
                 # Our framing says the body ended and llhttp does not: refuse rather

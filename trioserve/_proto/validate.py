@@ -38,10 +38,12 @@ class HTTP2Preface(RequestRejected):
     client speaking HTTP/2 with prior knowledge. ``received`` is set by whoever knows
     what was read before it (see :meth:`~trioserve._proto.http1.ServerConnection.request_head`)."""
 
-    received: bytes | None = None
+    received: bytes | None
 
     def __init__(self) -> None:
         super().__init__(400, "HTTP/2 connection preface where an HTTP/1.1 request was expected")
+        # (Set here, not as a class default: mypyc does not apply one to an exception.)
+        self.received = None
 
 
 # The head of the HTTP/2 connection preface (RFC 9113 section 3.4), as an HTTP/1.1
