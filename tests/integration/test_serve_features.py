@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from typing import Any
@@ -117,9 +118,12 @@ async def test_proxy_headers_count_from_trusted_peers_only(nursery, allowed, cli
     assert scopes[0]["scheme"] == scheme
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("h11_mypyc") is None,
+    reason="--http h11-compiled needs the speed extra (trioserve[speed])",
+)
 async def test_compiled_parser_serves(nursery):
     """--http h11-compiled serves the same responses through h11_mypyc."""
-    pytest.importorskip("h11_mypyc", reason="the [speed] extra is not installed")
     config = Config(app=hello_app, bind=["127.0.0.1:0"], workers=0, http="h11-compiled")
     [(host, port)] = await nursery.start(serve, config)
     async with httpx.AsyncClient() as client:
@@ -138,9 +142,12 @@ async def test_compiled_parser_missing_is_a_config_error(nursery, monkeypatch):
         )
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("httptools") is None,
+    reason="--http httptools needs the speed extra (trioserve[speed])",
+)
 async def test_httptools_parser_serves(nursery):
     """--http httptools serves requests parsed by llhttp, bodies and keep-alive included."""
-    pytest.importorskip("httptools", reason="--http httptools needs the speed extra")
     config = Config(app=echo_body_app, bind=["127.0.0.1:0"], workers=0, http="httptools")
     [(host, port)] = await nursery.start(serve, config)
     async with httpx.AsyncClient() as client:
