@@ -372,9 +372,9 @@ async def test_bad_frames_close_with_1007_or_1002(nursery, caplog, frame, code):
     assert not errors(caplog)
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["own-watcher", "server-watcher"])
-async def test_peer_that_does_not_answer_pings_is_closed(nursery, autojump_clock, shared):
-    """No pong within ws_ping_timeout after a ping closes with 1011."""
+async def _pinged_websocket(nursery: trio.Nursery, *, shared: bool = True) -> tuple[Any, App, Any]:
+    """A websocket past its handshake, pinged every 5 s with its pong due within 3 s,
+    by the server's watcher (``shared``) or its own: (raw client, app, served)."""
     state = make_state(ws_ping_interval=5, ws_ping_timeout=3)
     options = WSOptions(state.config)
     if shared:
@@ -382,6 +382,13 @@ async def test_peer_that_does_not_answer_pings_is_closed(nursery, autojump_clock
     app = App()
     raw, served = start_raw(nursery, app, state, options)
     assert isinstance(await raw.handshake(), AcceptConnection)
+    return raw, app, served
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own-watcher", "server-watcher"])
+async def test_peer_that_does_not_answer_pings_is_closed(nursery, autojump_clock, shared):
+    """No pong within ws_ping_timeout after a ping closes with 1011."""
+    raw, app, served = await _pinged_websocket(nursery, shared=shared)
     start = trio.current_time()
     with trio.fail_after(60):
         await app.disconnected.wait()
@@ -413,12 +420,7 @@ async def _trickle_frame(raw: RawClient, size: int, seconds: int) -> None:
 async def test_peer_sending_a_long_frame_outlives_the_ping_timeout(nursery, autojump_clock):
     """A peer still sending a frame when a ping comes answers after the frame: it is
     kept, however long the frame takes, and its message is echoed."""
-    state = make_state(ws_ping_interval=5, ws_ping_timeout=3)
-    options = WSOptions(state.config)
-    await nursery.start(watch_websockets, state, options)
-    app = App()
-    raw, _ = start_raw(nursery, app, state, options)
-    assert isinstance(await raw.handshake(), AcceptConnection)
+    raw, app, _ = await _pinged_websocket(nursery)
     start = trio.current_time()
     await _trickle_frame(raw, 100_000, 20)
     assert trio.current_time() - start == pytest.approx(20, abs=0.01)
@@ -439,12 +441,7 @@ async def test_peer_sending_a_long_frame_outlives_the_ping_timeout(nursery, auto
 async def test_ping_timeout_counts_from_the_peers_last_bytes(nursery, autojump_clock):
     """A peer that stops sending and never answers the ping is closed with 1011
     ws_ping_timeout seconds after the last bytes it sent."""
-    state = make_state(ws_ping_interval=5, ws_ping_timeout=3)
-    options = WSOptions(state.config)
-    await nursery.start(watch_websockets, state, options)
-    app = App()
-    raw, _ = start_raw(nursery, app, state, options)
-    assert isinstance(await raw.handshake(), AcceptConnection)
+    raw, app, _ = await _pinged_websocket(nursery)
     start = trio.current_time()
     # Ten parts of a frame of 11: the peer is silent from 9 s on, mid-frame.
     frame = raw.ws.send(BytesMessage(data=b"x" * 11_000))
