@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import importlib.util
 import json
 import math
@@ -78,6 +77,7 @@ from bench.common import (
     changed_sources,
     free_port,
     machine_facts,
+    names_arg,
     positive_int,
     sources_fingerprint,
 )
@@ -820,21 +820,6 @@ def check_port_range(connections: int) -> str | None:
 # --- command line --------------------------------------------------------------------
 
 
-def _names(text: str) -> list[str]:
-    known = list(SERVERS)
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise argparse.ArgumentTypeError(
-                f"unknown server {name!r}{hint} (choose from {', '.join(known)})"
-            )
-    if not names:
-        raise argparse.ArgumentTypeError("expected at least one server")
-    return names
-
-
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 60:
@@ -861,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--servers",
-        type=_names,
+        type=names_arg("server", list(SERVERS)),
         default=list(SERVERS),
         help="Comma-separated servers, measured in this order each round (default: "
         + ",".join(SERVERS)
