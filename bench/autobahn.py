@@ -37,7 +37,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from pathlib import Path
 if not __package__:
     # Run as a script (python bench/X.py): make the "bench" package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import HOST, free_port
+from bench.common import HOST, accepts, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {
@@ -101,7 +100,7 @@ def start_server(target: str, log: Path, extra: list[str]) -> tuple[subprocess.P
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline and process.poll() is None:
         if port:
-            if _accepts(port):
+            if accepts(port):
                 return process, port
         else:
             match = _LISTENING.search(log.read_bytes())
@@ -110,14 +109,6 @@ def start_server(target: str, log: Path, extra: list[str]) -> tuple[subprocess.P
         time.sleep(0.1)
     stop(process)
     raise SystemExit(f"{target} did not start:\n{log.read_text(errors='replace')}")
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -90,6 +90,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def accepts(port: int) -> bool:
+    """Whether a server on ``HOST`` takes connections on ``port`` (tried for 0.5 s)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def names_arg(kind: str, known: Sequence[str]) -> Callable[[str], list[str]]:
     """An argparse type for a comma-separated list of ``kind`` names out of ``known``
     (an unknown one is refused with the closest known name as a hint)."""

@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ if not __package__:
 from bench.common import (
     HOST,
     REPO_ROOT,
+    accepts,
     free_port,
     importable_servers,
     machine_facts,
@@ -223,14 +223,6 @@ def run_h2load(command: list[str], limit: float) -> H2Load:
 # --- running servers ------------------------------------------------------------------
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (read from /proc)."""
     found = []
@@ -287,7 +279,7 @@ class RunningServer:
                     f"{self.server.name} exited with status {self.process.returncode} "
                     f"before accepting connections:\n{self.log_tail()}"
                 )
-            if _accepts(self.port) and self.workers():
+            if accepts(self.port) and self.workers():
                 return
             time.sleep(0.05)
         raise StartError(

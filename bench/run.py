@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ if not __package__:
 from bench.common import (
     HOST,
     REPO_ROOT,
+    accepts,
     changed_sources,
     free_port,
     importable_servers,
@@ -329,14 +329,6 @@ def parse_wrk(output: str) -> tuple[float, float, float, int, dict[str, int]]:
 # --- running servers -----------------------------------------------------------------
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 class RunningServer:
     """A server process pinned to the server CPU, with its output in a log file."""
 
@@ -384,7 +376,7 @@ class RunningServer:
                 )
             if ready_line is not None and ready_line in self.log_text():
                 seen_line = True
-            if seen_line and _accepts(self.port):
+            if seen_line and accepts(self.port):
                 return
             time.sleep(0.05)
         raise StartError(
