@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 rm -rf .bench-mypyc
 python3 -m venv .bench-mypyc/venv
 .bench-mypyc/venv/bin/pip install --quiet --upgrade pip
-TRIOSERVE_MYPYC=1 .bench-mypyc/venv/bin/pip install --quiet '.[speed]'
+TRIOSERVE_MYPYC=1 .bench-mypyc/venv/bin/pip install --quiet '.[speed,metrics]'
 mkdir -p .bench-mypyc/run
 ln -s ../../bench .bench-mypyc/run/bench
 cd .bench-mypyc/run && ../venv/bin/python -m trioserve --version

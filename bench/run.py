@@ -191,6 +191,18 @@ SERVERS: dict[str, Server] = {
             note="trioserve with --metrics-bind (needs prometheus_client)",
         ),
         Server(
+            "trioserve-mypyc-metrics",
+            # The compiled build with --metrics-bind: there the counting on the request
+            # path is compiled too (_exchange is one of the compiled modules).
+            _trioserve_argv("h11-compiled", "--metrics-bind", f"{HOST}:0"),
+            module="prometheus_client",
+            distributions=("trioserve", "h11-mypyc", "prometheus-client"),
+            ready_line="HTTP/1.1 modules compiled with mypyc",
+            note="the compiled build with --metrics-bind (build it first: bench/mypyc_setup.sh)",
+            python=MYPYC_PYTHON,
+            cwd=MYPYC_DIR / "run",
+        ),
+        Server(
             "trioserve-httptools",
             _trioserve_argv("httptools"),
             module="httptools",
@@ -597,6 +609,7 @@ def render_table(
             (BASELINE, "uvicorn"),
             ("trioserve-compiled", "uvicorn"),
             ("trioserve-metrics", BASELINE),
+            ("trioserve-mypyc-metrics", "trioserve-mypyc"),
             ("trioserve-compiled", "uvicorn-std"),
             ("trioserve-httptools", "uvicorn-std"),
         ]

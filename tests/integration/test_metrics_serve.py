@@ -14,7 +14,9 @@ import trio_websocket
 from tests.helpers import hello_app
 from tests.process.test_metrics_cli import metric, scrape
 from trioserve import Config, ConfigError, serve
+from trioserve import _exchange as exchange_module
 from trioserve import _metrics_server as metrics_server
+from trioserve._proto import http as http_module
 
 
 async def ws_or_http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -170,3 +172,45 @@ async def test_access_log_and_metrics_both_see_each_request(
     assert await metric(sock, "trioserve_requests_total", method="GET", status="2xx") == 2
     assert await metric(sock, "trioserve_requests_total", method="DELETE", status="2xx") == 1
     assert await metric(sock, "trioserve_request_duration_seconds_count") == 3
+
+
+async def test_a_response_written_at_once_is_timed_by_its_own_clock_reading(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A response serialized whole and written out at once ends at the time read for
+    its Date line (no second clock reading per request); one whose write had to wait
+    for the client ends when the exchange reads the clock after it."""
+    # The exchange's clock says 1000.0 whenever it is read; the response's says 1000.25.
+    # So each request that takes the response's reading lasts 0.25 s, and one for
+    # which the exchange reads its own clock again lasts 0.0 s.
+    exchange_reads = [0]
+
+    def exchange_clock() -> float:
+        exchange_reads[0] += 1
+        return 1000.0
+
+    monkeypatch.setattr(exchange_module, "_wall_clock", exchange_clock)
+    monkeypatch.setattr(http_module, "_time", lambda: 1000.25)
+    big = b"x" * (32 * 1024 * 1024)  # more than the loopback socket buffers hold
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = big if scope["path"] == "/big" else b"Hello, world!"
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    sock = tmp_path / "metrics.sock"
+    config = Config(
+        app=app, bind=["127.0.0.1:0"], workers=0, lifespan="off", metrics_bind=f"unix:{sock}"
+    )
+    [(host, port)] = await nursery.start(serve, config)
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+        for _ in range(3):
+            assert (await client.get("/")).status_code == 200
+        assert exchange_reads[0] == 3  # as each request began, and no more
+        assert await metric(sock, "trioserve_request_duration_seconds_sum") == 0.75
+        response = await client.get("/big")
+        assert response.status_code == 200 and len(response.content) == len(big)
+    assert exchange_reads[0] == 5  # as it began, and as its waiting write ended
+    assert await metric(sock, "trioserve_request_duration_seconds_sum") == 0.75
+    assert await metric(sock, "trioserve_request_duration_seconds_count") == 4

@@ -376,6 +376,11 @@ class ResponseProgress(abc.ABC, Generic[_Output]):
     must_close = False
     # The head was accepted but is held back until the first body message.
     _pending_head = False
+    # The wall-clock time read as the whole response was serialized in one piece (for
+    # its Date line): the exchange takes it as the time the response completed, when
+    # that piece is written out at once, instead of reading the clock again. 0.0 when
+    # the response was not serialized so.
+    done_at = 0.0
 
     @property
     def started(self) -> bool:
@@ -594,7 +599,8 @@ class Response(ResponseProgress[bytes]):
                     self.phase = _DONE
                     self.body_bytes = size
                     date = _date_cache
-                    if date[0] != int(_time()):
+                    self.done_at = now = _time()
+                    if date[0] != int(now):
                         date = _date_lines()
                     status = self.status
                     return b"".join(
