@@ -149,6 +149,23 @@ def _trioserve_argv(http: str, *extra: str) -> Callable[[int, int], list[str]]:
 MYPYC_DIR = REPO_ROOT / ".bench-mypyc"
 MYPYC_PYTHON = MYPYC_DIR / "venv" / "bin" / "python"
 
+
+def _mypyc_build(name: str, *extra: str, note: str, distributions: tuple[str, ...] = ()) -> Server:
+    """A row of the compiled build, served with ``--http h11-compiled`` and ``extra``."""
+    return Server(
+        name,
+        _trioserve_argv("h11-compiled", *extra),
+        module="trioserve",
+        distributions=("trioserve", "h11-mypyc", *distributions),
+        # The start-up line of the compiled build (after "listening on"): a server
+        # that started on the pure source never gets a row under this name.
+        ready_line="HTTP/1.1 modules compiled with mypyc",
+        note=f"{note} (build it first: bench/mypyc_setup.sh)",
+        python=MYPYC_PYTHON,
+        cwd=MYPYC_DIR / "run",
+    )
+
+
 SERVERS: dict[str, Server] = {
     s.name: s
     for s in (
@@ -167,18 +184,9 @@ SERVERS: dict[str, Server] = {
             ready_line="listening on",
             note="needs h11-mypyc (pip install h11-mypyc)",
         ),
-        Server(
+        _mypyc_build(
             "trioserve-mypyc",
-            _trioserve_argv("h11-compiled"),
-            module="trioserve",
-            distributions=("trioserve", "h11-mypyc"),
-            # The start-up line of the compiled build (after "listening on"): a server
-            # that started on the pure source never gets a row under this name.
-            ready_line="HTTP/1.1 modules compiled with mypyc",
-            note="trioserve's hot modules compiled with mypyc, --http h11-compiled "
-            "(build it first: bench/mypyc_setup.sh)",
-            python=MYPYC_PYTHON,
-            cwd=MYPYC_DIR / "run",
+            note="trioserve's hot modules compiled with mypyc, --http h11-compiled",
         ),
         Server(
             "trioserve-metrics",
@@ -190,17 +198,14 @@ SERVERS: dict[str, Server] = {
             ready_line="listening on",
             note="trioserve with --metrics-bind (needs prometheus_client)",
         ),
-        Server(
+        # With --metrics-bind: there the counting on the request path is compiled too
+        # (_exchange is one of the compiled modules).
+        _mypyc_build(
             "trioserve-mypyc-metrics",
-            # The compiled build with --metrics-bind: there the counting on the request
-            # path is compiled too (_exchange is one of the compiled modules).
-            _trioserve_argv("h11-compiled", "--metrics-bind", f"{HOST}:0"),
-            module="prometheus_client",
-            distributions=("trioserve", "h11-mypyc", "prometheus-client"),
-            ready_line="HTTP/1.1 modules compiled with mypyc",
-            note="the compiled build with --metrics-bind (build it first: bench/mypyc_setup.sh)",
-            python=MYPYC_PYTHON,
-            cwd=MYPYC_DIR / "run",
+            "--metrics-bind",
+            f"{HOST}:0",
+            note="the compiled build with --metrics-bind",
+            distributions=("prometheus-client",),
         ),
         Server(
             "trioserve-httptools",
